@@ -1,0 +1,14 @@
+//! The host's bindings to `wit/stage.wit` — the only `bindgen!` in the host.
+//!
+//! Generated for the `host-view` world, which imports `host` and exports every stage
+//! interface. A plugin exports just one of them; the runtime looks up that one
+//! interface per kind (`GuestIndices`), never the whole world.
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "sitsflow:stage/host-view",
+    imports: { default: trappable },
+});
+
+pub use exports::sitsflow::stage as stages;
+pub use sitsflow::stage::{host, types};

@@ -1,0 +1,262 @@
+//! The command line: parses arguments, calls the library, maps failures to exit
+//! codes that scripts can rely on.
+
+use crate::config::{ConfigError, Lockfile, PluginRef};
+use crate::plan::Plan;
+use crate::plugins::PluginDir;
+use crate::runtime::{Plugin, Runtime, RuntimeOptions};
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// Exit codes.
+pub mod exit {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// The run failed (a stage, an input, an output).
+    pub const FAILED: u8 = 1;
+    /// Bad command-line usage (clap's own code).
+    pub const USAGE: u8 = 2;
+    /// The pipeline file is invalid; the message gives file:line:column.
+    pub const INVALID_CONFIG: u8 = 3;
+    /// Plugins differ from the lockfile.
+    pub const LOCK_MISMATCH: u8 = 4;
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "sitsflow", version, about = "Sentinel-2 time series to consistent land-cover maps")]
+pub struct Cli {
+    /// Print only errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// More detail (-v: debug, -vv: trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a pipeline.
+    Run {
+        pipeline: PathBuf,
+    },
+    /// Check a pipeline (syntax, plugins, parameters, lockfile) and print its plan.
+    Validate {
+        pipeline: PathBuf,
+    },
+    /// Manage plugins.
+    #[command(subcommand)]
+    Plugins(PluginsCommand),
+    /// Generate the demo data set (a small multi-year Sentinel-2-like series).
+    DemoData {
+        dir: PathBuf,
+        /// Side of the scene in pixels.
+        #[arg(long, default_value_t = 256)]
+        size: usize,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PluginsCommand {
+    /// List installed plugins.
+    List {
+        #[arg(long, env = "SITSFLOW_PLUGIN_DIR", default_value = "plugins/dist")]
+        dir: PathBuf,
+    },
+    /// Show a plugin's name, version, kind, hash and parameter schema.
+    Inspect {
+        /// `name@version` of an installed plugin, or a path to a `.wasm` component.
+        plugin: String,
+        #[arg(long, env = "SITSFLOW_PLUGIN_DIR", default_value = "plugins/dist")]
+        dir: PathBuf,
+    },
+    /// Install components into the plugin directory as `name@version.wasm`.
+    Install {
+        #[arg(required = true)]
+        components: Vec<PathBuf>,
+        #[arg(long, env = "SITSFLOW_PLUGIN_DIR", default_value = "plugins/dist")]
+        dir: PathBuf,
+    },
+    /// Check a pipeline's plugins against its lockfile.
+    Verify {
+        pipeline: PathBuf,
+    },
+    /// Pin a pipeline's plugins as they are now (writes the lockfile).
+    Lock {
+        pipeline: PathBuf,
+    },
+}
+
+/// Failures, by the exit code they map to.
+enum Failure {
+    Config(ConfigError),
+    Lock(anyhow::Error),
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Other(e)
+    }
+}
+
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Self {
+        Failure::Config(e)
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => log::LevelFilter::Error,
+        (false, 0) => log::LevelFilter::Info,
+        (false, 1) => log::LevelFilter::Debug,
+        (false, _) => log::LevelFilter::Trace,
+    };
+    env_logger::Builder::new()
+        .filter_level(level)
+        .format_target(false)
+        .format_timestamp(None)
+        .parse_env("SITSFLOW_LOG")
+        .init();
+    match dispatch(&cli) {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(Failure::Config(e)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(exit::INVALID_CONFIG)
+        }
+        Err(Failure::Lock(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit::LOCK_MISMATCH)
+        }
+        Err(Failure::Other(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit::FAILED)
+        }
+    }
+}
+
+fn runtime() -> Result<Arc<Runtime>> {
+    Runtime::new(RuntimeOptions::from_env())
+}
+
+fn dispatch(cli: &Cli) -> Result<(), Failure> {
+    match &cli.command {
+        Command::Run { pipeline } => {
+            let runtime = runtime()?;
+            let plan = Plan::load(pipeline, &runtime)?;
+            plan.verify_lock().map_err(Failure::Lock)?;
+            let options = crate::run::RunOptions { progress: !cli.quiet };
+            let summary = crate::run::run(&plan, &options)?;
+            log::info!(
+                "done in {:.1} s: {} chunks, outputs in {}",
+                summary.seconds,
+                summary.chunks,
+                summary.run_dir.display()
+            );
+            for output in &summary.outputs {
+                println!("{}", output.display());
+            }
+            Ok(())
+        }
+        Command::Validate { pipeline } => {
+            let runtime = runtime()?;
+            let plan = Plan::load(pipeline, &runtime)?;
+            print!("{}", plan.render());
+            plan.verify_lock().map_err(Failure::Lock)?;
+            println!("ok: {} is valid and its plugins match {}", pipeline.display(), plan.lockfile.display());
+            Ok(())
+        }
+        Command::Plugins(command) => plugins(command),
+        Command::DemoData { dir, size, seed } => {
+            let options = crate::demo::DemoOptions { size: *size, seed: *seed, ..Default::default() };
+            crate::demo::generate(dir, &options).with_context(|| format!("generating demo data in {}", dir.display()))?;
+            println!("{}", dir.display());
+            Ok(())
+        }
+    }
+}
+
+fn plugins(command: &PluginsCommand) -> Result<(), Failure> {
+    match command {
+        PluginsCommand::List { dir } => {
+            let runtime = runtime()?;
+            let installed = PluginDir::new(dir).installed()?;
+            if installed.is_empty() {
+                println!("no plugins in {}", dir.display());
+            }
+            for (_, path) in installed {
+                match runtime.load(&path) {
+                    Ok(p) => {
+                        let i = p.info();
+                        println!("{:<36} {:<10} {}", i.reference(), i.kind_name(), i.summary);
+                    }
+                    Err(e) => println!("{:<36} UNUSABLE   {e:#}", path.display()),
+                }
+            }
+            Ok(())
+        }
+        PluginsCommand::Inspect { plugin, dir } => {
+            let runtime = runtime()?;
+            let path = if plugin.ends_with(".wasm") || Path::new(plugin).exists() {
+                PathBuf::from(plugin)
+            } else {
+                let reference = PluginRef::try_from(plugin.clone()).map_err(anyhow::Error::msg)?;
+                PluginDir::new(dir).find(&reference)?
+            };
+            let plugin = runtime.load(&path)?;
+            print!("{}", inspect(&plugin));
+            Ok(())
+        }
+        PluginsCommand::Install { components, dir } => {
+            let runtime = runtime()?;
+            let target = PluginDir::new(dir);
+            for component in components {
+                let plugin = target.install(&runtime, component)?;
+                println!("installed {} ({}) in {}", plugin.info().reference(), plugin.info().kind_name(), dir.display());
+            }
+            Ok(())
+        }
+        PluginsCommand::Verify { pipeline } => {
+            let runtime = runtime()?;
+            let plan = Plan::load(pipeline, &runtime)?;
+            plan.verify_lock().map_err(Failure::Lock)?;
+            println!("ok: {} plugins match {}", plan.stages.len(), plan.lockfile.display());
+            Ok(())
+        }
+        PluginsCommand::Lock { pipeline } => {
+            let runtime = runtime()?;
+            let plan = Plan::load(pipeline, &runtime)?;
+            let lock = Lockfile::new(plan.lock_entries());
+            crate::fsutil::write_atomic(&plan.lockfile, lock.to_toml().as_bytes())
+                .with_context(|| format!("writing {}", plan.lockfile.display()))?;
+            for entry in &lock.plugins {
+                println!("{:<12} {:<36} {}", entry.stage, entry.plugin, entry.sha256);
+            }
+            println!("wrote {}", plan.lockfile.display());
+            Ok(())
+        }
+    }
+}
+
+/// What `plugins inspect` prints.
+pub fn inspect(plugin: &Plugin) -> String {
+    let info = plugin.info();
+    format!(
+        "name     {}\nversion  {}\nkind     {}\nsummary  {}\nfile     {}\nsha256   {}\nparameters (JSON Schema):\n{}\n",
+        info.name,
+        info.version,
+        info.kind_name(),
+        info.summary,
+        plugin.path().display(),
+        plugin.sha256(),
+        serde_json::to_string_pretty(&info.params_schema).expect("JSON serialises")
+    )
+}

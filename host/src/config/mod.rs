@@ -1,0 +1,13 @@
+//! Pipeline configuration: TOML in, typed and validated values out.
+//!
+//! Architecture invariant: this is the only module that knows TOML. Everything
+//! downstream sees [`Pipeline`] and [`Lockfile`]; every error points at the file,
+//! line and column at fault.
+
+mod lockfile;
+mod pipeline;
+mod source;
+
+pub use lockfile::{LockEntry, Lockfile};
+pub use pipeline::*;
+pub use source::{ConfigError, Located, Source};

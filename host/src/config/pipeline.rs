@@ -1,0 +1,308 @@
+//! The pipeline file (`sitsflow run pipeline.toml`), schema version 1.
+//!
+//! ```toml
+//! schema = 1
+//! name = "demo"
+//!
+//! [input]
+//! series = "../data/demo/series"     # folder of YYYY-MM-DD.tif, relative to this file
+//!
+//! [output]
+//! dir = "../runs/demo"               # the run directory
+//!
+//! [run]
+//! chunk_size = 256                   # pixels per chunk side
+//!
+//! [plugins]
+//! dir = "../plugins/dist"            # where `name@version` plugins live
+//!
+//! [[stage]]
+//! id = "ndvi"
+//! plugin = "normalized-difference@0.1.0"
+//! params = { a = "B08", b = "B04", name = "NDVI" }
+//! ```
+
+use super::source::{ConfigError, Located, Source};
+use serde::Deserialize;
+use std::fmt;
+use std::path::Path;
+
+/// The pipeline schema version this build reads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Default memory cap of a stage instance.
+pub const DEFAULT_MEMORY_MIB: u32 = 1024;
+/// Default deadline of one stage call.
+pub const DEFAULT_DEADLINE_MS: u64 = 60_000;
+/// The largest memory a 32-bit Wasm instance can address.
+pub const MAX_MEMORY_MIB: u32 = 4096;
+
+/// A parsed, syntactically valid pipeline, with the spans of its values.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pipeline {
+    /// `schema = 1`: the pipeline schema version the file is written for.
+    pub schema: Located<u32>,
+    /// `name = "demo"`: names the run in reports.
+    pub name: Located<String>,
+    /// `description = "…"`: free text for the report.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// `[input]`: the image time series.
+    pub input: Input,
+    /// `[output]`: where results go.
+    #[serde(default)]
+    pub output: Output,
+    /// `[run]`: chunking, parallelism and seed.
+    #[serde(default)]
+    pub run: Run,
+    /// `[plugins]`: where plugins are found and pinned.
+    #[serde(default)]
+    pub plugins: Plugins,
+    /// `[[stage]]`: the stages, run in order.
+    #[serde(default, rename = "stage")]
+    pub stages: Vec<Stage>,
+}
+
+/// `[input]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Input {
+    /// `series = "path"`: a folder of per-date rasters `YYYY-MM-DD.tif`, band names in
+    /// the band descriptions; relative to the pipeline file.
+    pub series: Located<String>,
+    /// `bands = ["B02", "B04", "B08"]`: read only these bands, in this order (default: all).
+    #[serde(default)]
+    pub bands: Option<Located<Vec<String>>>,
+}
+
+/// `[output]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Output {
+    /// `dir = "runs/demo"`: the run directory, relative to the pipeline file
+    /// (default `runs/<name>`).
+    #[serde(default)]
+    pub dir: Option<Located<String>>,
+}
+
+/// `[run]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Run {
+    /// `chunk_size = 256`: side of a square chunk in pixels (16..=4096).
+    #[serde(default)]
+    pub chunk_size: Option<Located<u32>>,
+    /// `workers = 0`: worker threads; 0 means one per core.
+    #[serde(default)]
+    pub workers: Option<u32>,
+    /// `seed = 42`: seed handed to stochastic stages.
+    #[serde(default)]
+    pub seed: Option<u64>,
+}
+
+/// `[plugins]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plugins {
+    /// `dir = "plugins"`: folder of installed plugins `name@version.wasm`, relative to the
+    /// pipeline file (default: `$SITSFLOW_PLUGIN_DIR`, else `plugins/` beside the file).
+    #[serde(default)]
+    pub dir: Option<Located<String>>,
+    /// `lockfile = "demo.lock"`: the sha256 pins (default: the pipeline's name with `.lock`).
+    #[serde(default)]
+    pub lockfile: Option<Located<String>>,
+}
+
+/// `[[stage]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    /// `id = "ndvi"`: unique within the pipeline; names outputs and errors.
+    pub id: Located<StageId>,
+    /// `plugin = "normalized-difference@0.1.0"`: an installed plugin.
+    #[serde(default)]
+    pub plugin: Option<Located<PluginRef>>,
+    /// `path = "my-stage.wasm"`: a component file instead, relative to the pipeline file.
+    #[serde(default)]
+    pub path: Option<Located<String>>,
+    /// `memory_mib = 1024`: the instance's memory cap (1..=4096).
+    #[serde(default)]
+    pub memory_mib: Option<Located<u32>>,
+    /// `deadline_ms = 60000`: the longest one call on one chunk may take.
+    #[serde(default)]
+    pub deadline_ms: Option<Located<u64>>,
+    /// `params = { … }` or `[stage.params]`: checked against the plugin's schema.
+    #[serde(default)]
+    pub params: Option<Located<toml::Table>>,
+}
+
+/// A stage id: a lower-case letter, then letters, digits, `-` or `_`; at most 64 characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
+pub struct StageId(String);
+
+impl TryFrom<String> for StageId {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let mut chars = s.chars();
+        let ok = s.len() <= 64
+            && chars.next().is_some_and(|c| c.is_ascii_lowercase())
+            && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        if ok {
+            Ok(StageId(s))
+        } else {
+            Err(format!(
+                "invalid stage id '{s}': use a lower-case letter, then lower-case letters, digits, '-' or '_' (at most 64)"
+            ))
+        }
+    }
+}
+
+impl StageId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for StageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A plugin reference `name@version`, e.g. `normalized-difference@0.1.0`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
+pub struct PluginRef {
+    pub name: String,
+    pub version: String,
+}
+
+/// Checks a plugin name: a lower-case letter, then lower-case letters, digits or `-`.
+pub fn valid_plugin_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 64
+        && chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// Checks a version: `MAJOR.MINOR.PATCH`, optionally with a `-pre` suffix.
+pub fn valid_version(version: &str) -> bool {
+    let core = version.split_once('-').map_or(version, |(c, _)| c);
+    let parts: Vec<_> = core.split('.').collect();
+    parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+}
+
+impl TryFrom<String> for PluginRef {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let Some((name, version)) = s.split_once('@') else {
+            return Err(format!("invalid plugin reference '{s}': expected 'name@version', e.g. 'normalized-difference@0.1.0'"));
+        };
+        if !valid_plugin_name(name) {
+            return Err(format!("invalid plugin name '{name}': use lower-case letters, digits and '-'"));
+        }
+        if !valid_version(version) {
+            return Err(format!("invalid plugin version '{version}': expected MAJOR.MINOR.PATCH"));
+        }
+        Ok(PluginRef { name: name.to_string(), version: version.to_string() })
+    }
+}
+
+impl fmt::Display for PluginRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.name, self.version)
+    }
+}
+
+impl Pipeline {
+    /// Reads and parses a pipeline file, checking everything that needs no plugin.
+    pub fn load(path: &Path) -> Result<(Pipeline, Source), ConfigError> {
+        let source = Source::read(path)?;
+        let pipeline = Self::parse(&source)?;
+        Ok((pipeline, source))
+    }
+
+    /// Parses pipeline text, checking everything that needs no plugin.
+    pub fn parse(source: &Source) -> Result<Pipeline, ConfigError> {
+        let pipeline: Pipeline = toml::from_str(&source.text).map_err(|e| {
+            // toml's message repeats the place and the line; keep only what it says.
+            source.error(e.span(), e.message().trim_end().to_string())
+        })?;
+        pipeline.check(source)?;
+        Ok(pipeline)
+    }
+
+    fn check(&self, source: &Source) -> Result<(), ConfigError> {
+        let at = |l: &dyn Spanned| Some(l.span());
+        if *self.schema.get_ref() != SCHEMA_VERSION {
+            return Err(source.error(
+                at(&self.schema),
+                format!(
+                    "unsupported schema version {} (this sitsflow reads schema {SCHEMA_VERSION})",
+                    self.schema.get_ref()
+                ),
+            ));
+        }
+        if self.name.get_ref().trim().is_empty() {
+            return Err(source.error(at(&self.name), "the pipeline name must not be empty"));
+        }
+        if let Some(size) = &self.run.chunk_size {
+            if !(16..=4096).contains(size.get_ref()) {
+                return Err(source.error(at(size), format!("chunk_size {} is outside 16..=4096", size.get_ref())));
+            }
+        }
+        if self.stages.is_empty() {
+            return Err(source.error(None, "the pipeline has no [[stage]]"));
+        }
+        let mut seen: Vec<&Located<StageId>> = Vec::new();
+        for stage in &self.stages {
+            if let Some(first) = seen.iter().find(|s| s.get_ref() == stage.id.get_ref()) {
+                let (line, _) = source.line_col(first.span().start);
+                return Err(source.error(
+                    at(&stage.id),
+                    format!("duplicate stage id '{}' (first defined on line {line})", stage.id.get_ref()),
+                ));
+            }
+            seen.push(&stage.id);
+            match (&stage.plugin, &stage.path) {
+                (Some(_), Some(path)) => {
+                    return Err(source.error(at(path), "a stage takes either 'plugin' or 'path', not both"));
+                }
+                (None, None) => {
+                    return Err(source.error(
+                        at(&stage.id),
+                        format!("stage '{}' needs 'plugin = \"name@version\"' or 'path = \"file.wasm\"'", stage.id.get_ref()),
+                    ));
+                }
+                _ => {}
+            }
+            if let Some(mem) = &stage.memory_mib {
+                if !(1..=MAX_MEMORY_MIB).contains(mem.get_ref()) {
+                    return Err(source.error(
+                        at(mem),
+                        format!("memory_mib {} is outside 1..={MAX_MEMORY_MIB}", mem.get_ref()),
+                    ));
+                }
+            }
+            if let Some(deadline) = &stage.deadline_ms {
+                if *deadline.get_ref() == 0 {
+                    return Err(source.error(at(deadline), "deadline_ms must be at least 1"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Anything with a byte span (so checks can point at fields of any type).
+pub trait Spanned {
+    fn span(&self) -> std::ops::Range<usize>;
+}
+
+impl<T> Spanned for Located<T> {
+    fn span(&self) -> std::ops::Range<usize> {
+        toml::Spanned::span(self)
+    }
+}

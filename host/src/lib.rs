@@ -1,0 +1,14 @@
+//! sitsflow: Sentinel-2 image time series to land-cover maps, with pipeline stages
+//! run as sandboxed WebAssembly components. See `ARCHITECTURE.md` for the map.
+
+pub mod bindings;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod fsutil;
+pub mod hash;
+pub mod plan;
+pub mod plugins;
+pub mod raster;
+pub mod run;
+pub mod runtime;

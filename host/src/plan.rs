@@ -1,0 +1,291 @@
+//! The plan: a pipeline resolved against the file system and its plugins —
+//! absolute paths, loaded plugins, parameters checked against each plugin's
+//! schema, sandbox limits. Building it runs nothing but `describe()`.
+
+use crate::config::{
+    ConfigError, DEFAULT_DEADLINE_MS, DEFAULT_MEMORY_MIB, LockEntry, Lockfile, Pipeline, Source,
+    StageId,
+};
+use crate::plugins::PluginDir;
+use crate::runtime::{Limits, Plugin, Runtime};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Default chunk side in pixels.
+pub const DEFAULT_CHUNK_SIZE: u32 = 256;
+
+/// A resolved pipeline, ready to run.
+pub struct Plan {
+    pub name: String,
+    pub description: Option<String>,
+    /// The pipeline file.
+    pub pipeline: PathBuf,
+    /// The pipeline file's text, recorded in the manifest.
+    pub pipeline_text: String,
+    pub series_dir: PathBuf,
+    pub bands: Option<Vec<String>>,
+    pub output_dir: PathBuf,
+    pub chunk_size: u32,
+    /// 0 = one per core.
+    pub workers: usize,
+    pub seed: u64,
+    pub plugin_dir: PathBuf,
+    pub lockfile: PathBuf,
+    pub stages: Vec<StagePlan>,
+}
+
+/// One stage, resolved.
+pub struct StagePlan {
+    pub id: StageId,
+    pub plugin: Arc<Plugin>,
+    pub limits: Limits,
+    /// The parameters as JSON, checked against the plugin's schema.
+    pub params: serde_json::Value,
+}
+
+impl StagePlan {
+    /// Parameters as the JSON text handed to the stage.
+    pub fn params_json(&self) -> String {
+        serde_json::to_string(&self.params).expect("JSON values serialise")
+    }
+}
+
+/// The plugin directory used when neither the pipeline nor the environment names one.
+fn default_plugin_dir(base: &Path) -> PathBuf {
+    std::env::var_os("SITSFLOW_PLUGIN_DIR").map(PathBuf::from).unwrap_or_else(|| base.join("plugins"))
+}
+
+impl Plan {
+    /// Resolves a parsed pipeline. Errors point into `source`.
+    pub fn resolve(pipeline: &Pipeline, source: &Source, runtime: &Arc<Runtime>) -> Result<Plan, ConfigError> {
+        let base = source.path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+        let rel = |p: &str| base.join(p);
+        let name = pipeline.name.get_ref().clone();
+        let plugin_dir = PluginDir::new(
+            pipeline.plugins.dir.as_ref().map(|d| rel(d.get_ref())).unwrap_or_else(|| default_plugin_dir(&base)),
+        );
+        let lockfile = pipeline.plugins.lockfile.as_ref().map(|l| rel(l.get_ref())).unwrap_or_else(|| {
+            let stem = source.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or(name.clone());
+            base.join(format!("{stem}.lock"))
+        });
+
+        let mut stages = Vec::new();
+        for stage in &pipeline.stages {
+            let id = stage.id.get_ref().clone();
+            let plugin = match (&stage.plugin, &stage.path) {
+                (Some(reference), _) => {
+                    let file = plugin_dir
+                        .find(reference.get_ref())
+                        .map_err(|e| source.error(Some(reference.span()), format!("{e:#}")))?;
+                    let plugin = runtime
+                        .load(&file)
+                        .map_err(|e| source.error(Some(reference.span()), format!("{e:#}")))?;
+                    let info = plugin.info();
+                    if info.name != reference.get_ref().name || info.version != reference.get_ref().version {
+                        return Err(source.error(
+                            Some(reference.span()),
+                            format!("{} describes itself as '{}', not '{}'", file.display(), info.reference(), reference.get_ref()),
+                        ));
+                    }
+                    plugin
+                }
+                (None, Some(path)) => runtime
+                    .load(&rel(path.get_ref()))
+                    .map_err(|e| source.error(Some(path.span()), format!("{e:#}")))?,
+                (None, None) => unreachable!("Pipeline::parse checks that a stage names its plugin"),
+            };
+            let kind = plugin.info().kind_name();
+            if !matches!(kind, "cloud-mask" | "features") {
+                let at = stage.plugin.as_ref().map(|p| p.span()).or(stage.path.as_ref().map(|p| p.span()));
+                return Err(source.error(
+                    at,
+                    format!(
+                        "stage '{id}' is a {kind} stage; pipelines of this version run cloud-mask and features stages \
+                         (other kinds are run through the library API)"
+                    ),
+                ));
+            }
+
+            let params = match &stage.params {
+                Some(table) => serde_json::to_value(table.get_ref())
+                    .map_err(|e| source.error(Some(table.span()), format!("parameters cannot be converted to JSON: {e}")))?,
+                None => serde_json::json!({}),
+            };
+            if let Err(errors) = plugin.check_params(&params) {
+                let (pointer, message) = &errors[0];
+                let at = param_span(source, stage.params.as_ref().map(|t| t.span()), pointer, message)
+                    .or_else(|| Some(stage.id.span()));
+                let more = if errors.len() > 1 { format!(" (and {} more)", errors.len() - 1) } else { String::new() };
+                let place = if pointer.is_empty() { String::new() } else { format!(" at '{pointer}'") };
+                return Err(source.error(
+                    at,
+                    format!(
+                        "parameters of stage '{id}' do not fit {}'s schema{place}: {message}{more}",
+                        plugin.info().reference()
+                    ),
+                ));
+            }
+            let memory_mib = stage.memory_mib.as_ref().map_or(DEFAULT_MEMORY_MIB, |m| *m.get_ref());
+            let deadline_ms = stage.deadline_ms.as_ref().map_or(DEFAULT_DEADLINE_MS, |d| *d.get_ref());
+            stages.push(StagePlan {
+                id,
+                plugin,
+                limits: Limits { memory_bytes: memory_mib as usize * 1024 * 1024, deadline_ms },
+                params,
+            });
+        }
+
+        Ok(Plan {
+            name: name.clone(),
+            description: pipeline.description.clone(),
+            pipeline: source.path.clone(),
+            pipeline_text: source.text.clone(),
+            series_dir: rel(pipeline.input.series.get_ref()),
+            bands: pipeline.input.bands.as_ref().map(|b| b.get_ref().clone()),
+            output_dir: pipeline
+                .output
+                .dir
+                .as_ref()
+                .map(|d| rel(d.get_ref()))
+                .unwrap_or_else(|| base.join("runs").join(&name)),
+            chunk_size: pipeline.run.chunk_size.as_ref().map_or(DEFAULT_CHUNK_SIZE, |c| *c.get_ref()),
+            workers: pipeline.run.workers.unwrap_or(0) as usize,
+            seed: pipeline.run.seed.unwrap_or(0),
+            plugin_dir: plugin_dir.path,
+            lockfile,
+            stages,
+        })
+    }
+
+    /// Loads and resolves a pipeline file.
+    pub fn load(path: &Path, runtime: &Arc<Runtime>) -> Result<Plan, ConfigError> {
+        let (pipeline, source) = Pipeline::load(path)?;
+        Plan::resolve(&pipeline, &source, runtime)
+    }
+
+    /// Worker threads to use.
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+
+    /// The lockfile entries that pin this plan's plugins.
+    pub fn lock_entries(&self) -> Vec<LockEntry> {
+        self.stages
+            .iter()
+            .map(|s| LockEntry {
+                stage: s.id.to_string(),
+                plugin: s.plugin.info().reference(),
+                sha256: s.plugin.sha256().to_string(),
+            })
+            .collect()
+    }
+
+    /// Checks every plugin against the lockfile; the error says what differs and
+    /// how to accept the change.
+    pub fn verify_lock(&self) -> anyhow::Result<()> {
+        let fix = format!("run `sitsflow plugins lock {}` to pin the plugins as they are now", self.pipeline.display());
+        let Some(lock) = Lockfile::load(&self.lockfile)? else {
+            anyhow::bail!("no lockfile {} pins this pipeline's plugins; {fix}", self.lockfile.display());
+        };
+        let mut problems = Vec::new();
+        for entry in self.lock_entries() {
+            match lock.entry(&entry.stage) {
+                None => problems.push(format!("stage '{}' ({}) is not in the lockfile", entry.stage, entry.plugin)),
+                Some(pinned) if pinned.plugin != entry.plugin => problems.push(format!(
+                    "stage '{}' uses {} but the lockfile pins {}",
+                    entry.stage, entry.plugin, pinned.plugin
+                )),
+                Some(pinned) if pinned.sha256 != entry.sha256 => problems.push(format!(
+                    "stage '{}': {} has changed (sha256 {}…, the lockfile pins {}…)",
+                    entry.stage,
+                    entry.plugin,
+                    &entry.sha256[..12],
+                    &pinned.sha256[..12.min(pinned.sha256.len())]
+                )),
+                Some(_) => {}
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            anyhow::bail!(
+                "plugins differ from the lockfile {}:\n  - {}\n{fix}",
+                self.lockfile.display(),
+                problems.join("\n  - ")
+            )
+        }
+    }
+
+    /// A readable summary, stable across machines (paths relative to the pipeline
+    /// file, no hashes): what `sitsflow validate` prints and golden tests compare.
+    pub fn render(&self) -> String {
+        let base = self.pipeline.parent().unwrap_or(Path::new(""));
+        let show = |p: &Path| p.strip_prefix(base).unwrap_or(p).display().to_string();
+        let mut out = String::new();
+        let _ = writeln!(out, "pipeline {}", self.name);
+        let _ = writeln!(out, "  input series  {}", show(&self.series_dir));
+        if let Some(bands) = &self.bands {
+            let _ = writeln!(out, "  input bands   {}", bands.join(", "));
+        }
+        let _ = writeln!(out, "  output        {}", show(&self.output_dir));
+        let workers = if self.workers == 0 { "one per core".to_string() } else { self.workers.to_string() };
+        let _ = writeln!(out, "  chunks        {0} x {0} px, workers: {workers}, seed {1}", self.chunk_size, self.seed);
+        let _ = writeln!(out, "  plugins       {} (lockfile {})", show(&self.plugin_dir), show(&self.lockfile));
+        for (i, stage) in self.stages.iter().enumerate() {
+            let info = stage.plugin.info();
+            let _ = writeln!(
+                out,
+                "  stage {} {:<12} {} {} [memory {} MiB, deadline {} ms]",
+                i + 1,
+                stage.id,
+                info.kind_name(),
+                info.reference(),
+                stage.limits.memory_bytes >> 20,
+                stage.limits.deadline_ms
+            );
+            let _ = writeln!(out, "      params {}", stage.params_json());
+        }
+        out
+    }
+}
+
+/// The span of the parameter a schema error is about: the key named by the
+/// pointer's first segment, or by the error text (unknown or missing properties),
+/// found inside the parameters' table.
+fn param_span(
+    source: &Source,
+    table: Option<std::ops::Range<usize>>,
+    pointer: &str,
+    message: &str,
+) -> Option<std::ops::Range<usize>> {
+    let table = table?;
+    let key = pointer
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .filter(|k| !k.is_empty())
+        .map(str::to_string)
+        // jsonschema: "Additional properties are not allowed ('c' was unexpected)"
+        .or_else(|| message.split('\'').nth(1).map(str::to_string));
+    let Some(key) = key else { return Some(table) };
+    let text = &source.text[table.clone()];
+    let bytes = text.as_bytes();
+    let mut from = 0;
+    while let Some(pos) = text[from..].find(key.as_str()) {
+        let start = from + pos;
+        let end = start + key.len();
+        let before_ok = start == 0 || matches!(bytes[start - 1], b' ' | b'\t' | b'\n' | b'{' | b',' | b'"');
+        let after = text[end..].trim_start_matches('"').trim_start();
+        if before_ok && after.starts_with('=') {
+            return Some(table.start + start..table.start + end);
+        }
+        from = end;
+    }
+    Some(table)
+}

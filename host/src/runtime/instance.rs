@@ -1,0 +1,393 @@
+//! Stage instances: a `Store` with its limits, the typed exports of its kind, and
+//! a pool that reuses healthy instances across chunks.
+
+use super::engine::EPOCH_TICK;
+use super::plugin::{KindIndices, Plugin};
+use crate::bindings::host::{self, InferError, LogLevel};
+use crate::bindings::stages::{cloud_mask, clusterer, decoder, features, labeller, sampler};
+use crate::bindings::types::{self, Cube, FeatureMatrix, ModelBlob, Probabilities, StageError, StageKind, Tensor};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, Store, Trap};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+/// What the guest may write to stderr (a panic message) before it is cut.
+const STDERR_CAPTURE_BYTES: usize = 64 * 1024;
+
+/// The sandbox limits of one stage instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Cap on each linear memory of the instance.
+    pub memory_bytes: usize,
+    /// The longest one call may run.
+    pub deadline_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_bytes: crate::config::DEFAULT_MEMORY_MIB as usize * 1024 * 1024,
+            deadline_ms: crate::config::DEFAULT_DEADLINE_MS,
+        }
+    }
+}
+
+/// Who is calling, for log lines and errors: the stage id and the chunk.
+#[derive(Debug, Clone, Default)]
+pub struct CallContext {
+    pub stage: String,
+    pub chunk: String,
+}
+
+/// Why a stage call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StageCallError {
+    /// The stage itself returned an error (bad input, parameters, …).
+    #[error("{}", describe_stage_error(.0))]
+    Stage(StageError),
+    /// The call ran past its deadline and was interrupted.
+    #[error("interrupted after its deadline of {deadline_ms} ms")]
+    Deadline { deadline_ms: u64 },
+    /// The guest tried to grow its memory past the cap.
+    #[error("tried to grow its memory to {requested_mib} MiB, past its cap of {cap_mib} MiB (raise `memory_mib`)")]
+    Memory { cap_mib: usize, requested_mib: usize },
+    /// The guest trapped (a panic or another bug in the plugin).
+    #[error("trapped: {0}")]
+    Trap(String),
+    /// The component could not be instantiated.
+    #[error("could not be instantiated: {0}")]
+    Instantiate(String),
+    /// The host asked a stage for something its kind does not do.
+    #[error("is a {actual} stage, not a {expected} stage")]
+    WrongKind { expected: KindName, actual: KindName },
+}
+
+fn describe_stage_error(e: &StageError) -> String {
+    match e {
+        StageError::InvalidInput(m) => format!("rejected its input: {m}"),
+        StageError::InvalidParams(m) => format!("rejected its parameters: {m}"),
+        StageError::Unsupported(m) => format!("cannot do this: {m}"),
+        StageError::Failed(m) => format!("failed: {m}"),
+    }
+}
+
+/// A stage kind's name as written in WIT and in messages (`cloud-mask`, …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KindName(pub StageKind);
+
+impl fmt::Display for KindName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(kind_name(self.0))
+    }
+}
+
+pub fn kind_name(kind: StageKind) -> &'static str {
+    match kind {
+        StageKind::CloudMask => "cloud-mask",
+        StageKind::Features => "features",
+        StageKind::Clusterer => "clusterer",
+        StageKind::Labeller => "labeller",
+        StageKind::Sampler => "sampler",
+        StageKind::Decoder => "decoder",
+    }
+}
+
+/// Per-store state: the (empty) WASI context and the limits' bookkeeping.
+pub struct StageState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: CapLimiter,
+    stderr: MemoryOutputPipe,
+    context: CallContext,
+}
+
+impl StageState {
+    fn new(memory_bytes: usize) -> Self {
+        let stderr = MemoryOutputPipe::new(STDERR_CAPTURE_BYTES);
+        // Deny by default: no arguments, no environment, no preopened directories,
+        // no sockets, no stdin; stdout is discarded and stderr kept for panic messages.
+        let wasi = WasiCtxBuilder::new()
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        StageState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: CapLimiter { cap: memory_bytes, exceeded: None },
+            stderr,
+            context: CallContext::default(),
+        }
+    }
+}
+
+impl WasiView for StageState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl types::Host for StageState {}
+
+impl host::Host for StageState {
+    fn log(&mut self, level: LogLevel, message: String) -> wasmtime::Result<()> {
+        let level = match level {
+            LogLevel::Trace => log::Level::Trace,
+            LogLevel::Debug => log::Level::Debug,
+            LogLevel::Info => log::Level::Info,
+            LogLevel::Warn => log::Level::Warn,
+            LogLevel::Error => log::Level::Error,
+        };
+        // A runaway plugin must not flood the log: cut long lines.
+        let message: String = message.chars().take(2000).collect();
+        log::log!(target: "stage", level, "[{} {}] {message}", self.context.stage, self.context.chunk);
+        Ok(())
+    }
+
+    fn progress(&mut self, done: u64, total: u64) -> wasmtime::Result<()> {
+        log::trace!(target: "stage", "[{} {}] progress {done}/{total}", self.context.stage, self.context.chunk);
+        Ok(())
+    }
+
+    fn infer(&mut self, model: String, _inputs: Vec<Tensor>) -> wasmtime::Result<Result<Vec<Tensor>, InferError>> {
+        Ok(Err(InferError::Unsupported(format!(
+            "model '{model}': this sitsflow build has no model runtime yet (ONNX Runtime support is planned)"
+        ))))
+    }
+}
+
+/// Caps each linear memory; remembers a refused growth so the trap that follows
+/// (Rust aborts on allocation failure) is reported as a memory error.
+struct CapLimiter {
+    cap: usize,
+    exceeded: Option<usize>,
+}
+
+impl ResourceLimiter for CapLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.cap {
+            self.exceeded = Some(desired);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 1 << 20)
+    }
+}
+
+/// The typed exports of one instance, by kind.
+pub(crate) enum Guest {
+    CloudMask(cloud_mask::Guest),
+    Features(features::Guest),
+    Clusterer(clusterer::Guest),
+    Labeller(labeller::Guest),
+    Sampler(sampler::Guest),
+    Decoder(decoder::Guest),
+}
+
+impl Guest {
+    fn kind(&self) -> StageKind {
+        match self {
+            Guest::CloudMask(_) => StageKind::CloudMask,
+            Guest::Features(_) => StageKind::Features,
+            Guest::Clusterer(_) => StageKind::Clusterer,
+            Guest::Labeller(_) => StageKind::Labeller,
+            Guest::Sampler(_) => StageKind::Sampler,
+            Guest::Decoder(_) => StageKind::Decoder,
+        }
+    }
+}
+
+/// One sandboxed instance of a plugin. Not `Sync`: one thread calls it at a time.
+pub struct Instance {
+    store: Store<StageState>,
+    guest: Guest,
+    limits: Limits,
+    trapped: bool,
+}
+
+macro_rules! kind_call {
+    ($self:ident, $ctx:ident, $variant:ident, $expected:expr, |$g:ident, $store:ident| $call:expr) => {{
+        let actual = $self.guest.kind();
+        $self.call($ctx, |guest, $store| match guest {
+            Guest::$variant($g) => Ok($call),
+            _ => Err(StageCallError::WrongKind { expected: KindName($expected), actual: KindName(actual) }),
+        })
+    }};
+}
+
+impl Instance {
+    pub(crate) fn new(plugin: &Plugin, limits: Limits) -> Result<Self, StageCallError> {
+        let mut store = Store::new(&plugin.runtime.engine, StageState::new(limits.memory_bytes));
+        store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(deadline_ticks(limits.deadline_ms));
+        let instance = plugin.pre.instantiate(&mut store).map_err(|e| StageCallError::Instantiate(format!("{e:#}")))?;
+        let guest = match &plugin.indices {
+            KindIndices::CloudMask(i) => Guest::CloudMask(loaded(i.load(&mut store, &instance))?),
+            KindIndices::Features(i) => Guest::Features(loaded(i.load(&mut store, &instance))?),
+            KindIndices::Clusterer(i) => Guest::Clusterer(loaded(i.load(&mut store, &instance))?),
+            KindIndices::Labeller(i) => Guest::Labeller(loaded(i.load(&mut store, &instance))?),
+            KindIndices::Sampler(i) => Guest::Sampler(loaded(i.load(&mut store, &instance))?),
+            KindIndices::Decoder(i) => Guest::Decoder(loaded(i.load(&mut store, &instance))?),
+        };
+        Ok(Instance { store, guest, limits, trapped: false })
+    }
+
+    /// False once the instance has trapped; it must then be discarded.
+    pub fn is_healthy(&self) -> bool {
+        !self.trapped
+    }
+
+    /// Runs one export under the deadline and classifies what went wrong.
+    fn call<R>(
+        &mut self,
+        context: &CallContext,
+        f: impl FnOnce(&Guest, &mut Store<StageState>) -> Result<wasmtime::Result<Result<R, StageError>>, StageCallError>,
+    ) -> Result<R, StageCallError> {
+        assert!(!self.trapped, "a trapped instance must not be called again");
+        self.store.data_mut().context = context.clone();
+        self.store.data_mut().limiter.exceeded = None;
+        self.store.set_epoch_deadline(deadline_ticks(self.limits.deadline_ms));
+        match f(&self.guest, &mut self.store)? {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(stage_error)) => Err(StageCallError::Stage(stage_error)),
+            Err(trap) => {
+                self.trapped = true;
+                let state = self.store.data();
+                if let Some(requested) = state.limiter.exceeded {
+                    return Err(StageCallError::Memory {
+                        cap_mib: self.limits.memory_bytes >> 20,
+                        requested_mib: requested.div_ceil(1 << 20),
+                    });
+                }
+                if trap.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+                    return Err(StageCallError::Deadline { deadline_ms: self.limits.deadline_ms });
+                }
+                let stderr = String::from_utf8_lossy(&state.stderr.contents()).trim().to_string();
+                let cause = trap.downcast_ref::<Trap>().map_or_else(|| format!("{trap:#}"), |t| t.to_string());
+                Err(StageCallError::Trap(if stderr.is_empty() { cause } else { format!("{cause}; the plugin wrote: {stderr}") }))
+            }
+        }
+    }
+
+    /// `describe()` of whatever kind this instance is.
+    pub fn describe(&mut self, context: &CallContext) -> Result<types::StageInfo, StageCallError> {
+        self.call(context, |guest, store| {
+            Ok(match guest {
+                Guest::CloudMask(g) => g.call_describe(store).map(Ok),
+                Guest::Features(g) => g.call_describe(store).map(Ok),
+                Guest::Clusterer(g) => g.call_describe(store).map(Ok),
+                Guest::Labeller(g) => g.call_describe(store).map(Ok),
+                Guest::Sampler(g) => g.call_describe(store).map(Ok),
+                Guest::Decoder(g) => g.call_describe(store).map(Ok),
+            })
+        })
+    }
+
+    pub fn mask(&mut self, context: &CallContext, chunk: &Cube, params: &str) -> Result<cloud_mask::MaskLayers, StageCallError> {
+        kind_call!(self, context, CloudMask, StageKind::CloudMask, |g, store| g.call_mask(store, chunk, params))
+    }
+
+    pub fn features(&mut self, context: &CallContext, chunk: &Cube, params: &str) -> Result<FeatureMatrix, StageCallError> {
+        kind_call!(self, context, Features, StageKind::Features, |g, store| g.call_compute(store, chunk, params))
+    }
+
+    pub fn fit(&mut self, context: &CallContext, samples: &FeatureMatrix, params: &str) -> Result<clusterer::Fitted, StageCallError> {
+        kind_call!(self, context, Clusterer, StageKind::Clusterer, |g, store| g.call_fit(store, samples, params))
+    }
+
+    pub fn assign(
+        &mut self,
+        context: &CallContext,
+        model: &ModelBlob,
+        samples: &FeatureMatrix,
+        params: &str,
+    ) -> Result<clusterer::Assignment, StageCallError> {
+        kind_call!(self, context, Clusterer, StageKind::Clusterer, |g, store| g.call_assign(store, model, samples, params))
+    }
+
+    pub fn train(
+        &mut self,
+        context: &CallContext,
+        samples: &FeatureMatrix,
+        labels: &[u16],
+        params: &str,
+    ) -> Result<labeller::Trained, StageCallError> {
+        kind_call!(self, context, Labeller, StageKind::Labeller, |g, store| g.call_train(store, samples, labels, params))
+    }
+
+    pub fn predict(
+        &mut self,
+        context: &CallContext,
+        model: &ModelBlob,
+        samples: &FeatureMatrix,
+        params: &str,
+    ) -> Result<Probabilities, StageCallError> {
+        kind_call!(self, context, Labeller, StageKind::Labeller, |g, store| g.call_predict(store, model, samples, params))
+    }
+
+    pub fn select(
+        &mut self,
+        context: &CallContext,
+        input: &sampler::SampleInput,
+        params: &str,
+    ) -> Result<sampler::Selection, StageCallError> {
+        kind_call!(self, context, Sampler, StageKind::Sampler, |g, store| g.call_select(store, input, params))
+    }
+
+    pub fn decode(
+        &mut self,
+        context: &CallContext,
+        series: &decoder::PosteriorSeries,
+        params: &str,
+    ) -> Result<decoder::Decoded, StageCallError> {
+        kind_call!(self, context, Decoder, StageKind::Decoder, |g, store| g.call_decode(store, series, params))
+    }
+}
+
+fn loaded<T>(r: wasmtime::Result<T>) -> Result<T, StageCallError> {
+    r.map_err(|e| StageCallError::Instantiate(format!("{e:#}")))
+}
+
+fn deadline_ticks(deadline_ms: u64) -> u64 {
+    deadline_ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1)
+}
+
+/// Healthy instances of one stage, reused across chunks and worker threads.
+/// An instance that trapped is dropped and replaced by a fresh one on demand.
+pub struct StagePool {
+    plugin: Arc<Plugin>,
+    limits: Limits,
+    idle: Mutex<Vec<Instance>>,
+}
+
+impl StagePool {
+    pub fn new(plugin: Arc<Plugin>, limits: Limits) -> Self {
+        StagePool { plugin, limits, idle: Mutex::new(Vec::new()) }
+    }
+
+    pub fn plugin(&self) -> &Arc<Plugin> {
+        &self.plugin
+    }
+
+    /// Runs `f` on an idle instance (or a new one), returning the instance to the
+    /// pool only if it is still healthy.
+    pub fn with<R>(&self, f: impl FnOnce(&mut Instance) -> Result<R, StageCallError>) -> Result<R, StageCallError> {
+        let idle = self.idle.lock().expect("stage pool lock").pop();
+        let mut instance = match idle {
+            Some(i) => i,
+            None => self.plugin.instantiate(self.limits)?,
+        };
+        let result = f(&mut instance);
+        if instance.is_healthy() {
+            self.idle.lock().expect("stage pool lock").push(instance);
+        }
+        result
+    }
+}

@@ -1,0 +1,26 @@
+//! The sandbox: one wasmtime `Engine` per process, components compiled once and
+//! cached on disk, one `Store` per stage instance with a memory cap and an epoch
+//! deadline, instances pooled and reused, a trapped instance discarded.
+//!
+//! Architecture invariants:
+//! - a stage sees no files, no network, no environment, no arguments and no stdio;
+//!   what it needs arrives as call arguments, what it says goes through `host.log`;
+//! - an instance that trapped is never called again;
+//! - nothing outside this module touches wasmtime types.
+
+mod cache;
+mod engine;
+mod instance;
+mod plugin;
+
+pub use engine::{Runtime, RuntimeOptions};
+pub use instance::{CallContext, Instance, Limits, StageCallError, StagePool};
+pub use plugin::{Plugin, PluginInfo};
+
+/// The data types a stage call takes and returns (generated from the WIT).
+pub mod data {
+    pub use crate::bindings::stages::cloud_mask::MaskLayers;
+    pub use crate::bindings::types::{
+        Cube, FeatureMatrix, ModelBlob, Probabilities, StageError, StageKind, Tensor,
+    };
+}

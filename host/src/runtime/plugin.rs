@@ -1,0 +1,169 @@
+//! A loaded plugin: its compiled component, pre-linked for fast instantiation,
+//! its kind (which stage interface it exports) and what `describe()` said.
+
+use super::engine::Runtime;
+use super::instance::{CallContext, Instance, Limits, StageCallError, StageState, kind_name};
+use crate::bindings::stages::{cloud_mask, clusterer, decoder, features, labeller, sampler};
+use crate::bindings::types::StageKind;
+use crate::config::{valid_plugin_name, valid_version};
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use wasmtime::component::{Component, InstancePre};
+
+/// What a plugin says of itself, checked.
+#[derive(Debug, Clone)]
+pub struct PluginInfo {
+    pub name: String,
+    pub version: String,
+    pub kind: StageKind,
+    pub summary: String,
+    /// The JSON Schema of its parameters.
+    pub params_schema: serde_json::Value,
+}
+
+impl PluginInfo {
+    pub fn kind_name(&self) -> &'static str {
+        kind_name(self.kind)
+    }
+
+    /// `name@version`.
+    pub fn reference(&self) -> String {
+        format!("{}@{}", self.name, self.version)
+    }
+}
+
+pub(crate) enum KindIndices {
+    CloudMask(cloud_mask::GuestIndices),
+    Features(features::GuestIndices),
+    Clusterer(clusterer::GuestIndices),
+    Labeller(labeller::GuestIndices),
+    Sampler(sampler::GuestIndices),
+    Decoder(decoder::GuestIndices),
+}
+
+pub struct Plugin {
+    pub(crate) runtime: Arc<Runtime>,
+    pub(crate) pre: InstancePre<StageState>,
+    pub(crate) indices: KindIndices,
+    path: PathBuf,
+    sha256: String,
+    info: PluginInfo,
+    schema: jsonschema::Validator,
+}
+
+impl Plugin {
+    pub(crate) fn new(runtime: Arc<Runtime>, path: &Path, bytes: &[u8], component: Component) -> Result<Arc<Self>> {
+        let shown = path.display();
+        let pre = runtime.linker.instantiate_pre(&component).map_err(anyhow::Error::from).with_context(|| {
+            format!("plugin {shown} imports something the sandbox does not offer (only WASI without capabilities and sitsflow:stage/host)")
+        })?;
+        let mut found = Vec::new();
+        if let Ok(i) = cloud_mask::GuestIndices::new(&pre) {
+            found.push(KindIndices::CloudMask(i));
+        }
+        if let Ok(i) = features::GuestIndices::new(&pre) {
+            found.push(KindIndices::Features(i));
+        }
+        if let Ok(i) = clusterer::GuestIndices::new(&pre) {
+            found.push(KindIndices::Clusterer(i));
+        }
+        if let Ok(i) = labeller::GuestIndices::new(&pre) {
+            found.push(KindIndices::Labeller(i));
+        }
+        if let Ok(i) = sampler::GuestIndices::new(&pre) {
+            found.push(KindIndices::Sampler(i));
+        }
+        if let Ok(i) = decoder::GuestIndices::new(&pre) {
+            found.push(KindIndices::Decoder(i));
+        }
+        if found.len() != 1 {
+            bail!(
+                "plugin {shown} must export exactly one sitsflow:stage@0.1.0 stage interface \
+                 (cloud-mask, features, clusterer, labeller, sampler or decoder); it exports {}",
+                found.len()
+            );
+        }
+        let indices = found.pop().expect("one kind");
+        // Ask it to describe itself, in a throw-away instance with default limits.
+        let provisional = Plugin {
+            runtime,
+            pre,
+            indices,
+            path: path.to_path_buf(),
+            sha256: crate::hash::sha256_hex(bytes),
+            info: PluginInfo {
+                name: String::new(),
+                version: String::new(),
+                kind: StageKind::Features,
+                summary: String::new(),
+                params_schema: serde_json::Value::Null,
+            },
+            schema: jsonschema::validator_for(&serde_json::json!({})).expect("empty schema"),
+        };
+        let context = CallContext { stage: "describe".into(), chunk: "-".into() };
+        let raw = provisional
+            .instantiate(Limits::default())
+            .and_then(|mut i| i.describe(&context))
+            .map_err(|e| anyhow::anyhow!("plugin {shown}: describe() {e}"))?;
+        let kind = match &provisional.indices {
+            KindIndices::CloudMask(_) => StageKind::CloudMask,
+            KindIndices::Features(_) => StageKind::Features,
+            KindIndices::Clusterer(_) => StageKind::Clusterer,
+            KindIndices::Labeller(_) => StageKind::Labeller,
+            KindIndices::Sampler(_) => StageKind::Sampler,
+            KindIndices::Decoder(_) => StageKind::Decoder,
+        };
+        if raw.kind != kind {
+            bail!(
+                "plugin {shown} exports the {} interface but describe() says it is a {} stage",
+                kind_name(kind),
+                kind_name(raw.kind)
+            );
+        }
+        if !valid_plugin_name(&raw.name) {
+            bail!("plugin {shown}: describe() gives the invalid name '{}' (lower-case letters, digits, '-')", raw.name);
+        }
+        if !valid_version(&raw.version) {
+            bail!("plugin {shown}: describe() gives the invalid version '{}' (MAJOR.MINOR.PATCH)", raw.version);
+        }
+        let params_schema: serde_json::Value = serde_json::from_str(&raw.params_schema)
+            .with_context(|| format!("plugin {shown}: its parameter schema is not JSON"))?;
+        let schema = jsonschema::validator_for(&params_schema)
+            .map_err(|e| anyhow::anyhow!("plugin {shown}: its parameter schema is not a valid JSON Schema: {e}"))?;
+        Ok(Arc::new(Plugin {
+            info: PluginInfo { name: raw.name, version: raw.version, kind, summary: raw.summary, params_schema },
+            schema,
+            ..provisional
+        }))
+    }
+
+    pub fn info(&self) -> &PluginInfo {
+        &self.info
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Hex sha256 of the component file.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    /// A fresh instance with these limits.
+    pub fn instantiate(&self, limits: Limits) -> Result<Instance, StageCallError> {
+        Instance::new(self, limits)
+    }
+
+    /// Checks parameters against the plugin's schema: `Err` lists each violation
+    /// with its JSON pointer (e.g. `/a`).
+    pub fn check_params(&self, params: &serde_json::Value) -> Result<(), Vec<(String, String)>> {
+        let errors: Vec<_> = self
+            .schema
+            .iter_errors(params)
+            .map(|e| (e.instance_path().to_string(), e.to_string()))
+            .collect();
+        if errors.is_empty() { Ok(()) } else { Err(errors) }
+    }
+}

@@ -1,0 +1,172 @@
+//! The guest SDK: write a sitsflow stage in plain Rust, export it as a WebAssembly component.
+//!
+//! A stage is a type that implements [`Stage`] (name, version, parameters) and one
+//! kind trait ([`FeatureStage`], [`CloudMaskStage`], …). The method itself sees only
+//! plain Rust types from [`data`], so the same code runs natively — for unit tests and
+//! for Wasm-vs-native benchmarks — and inside the sandbox. One macro line exports it:
+//!
+//! ```ignore
+//! use sitsflow_sdk::prelude::*;
+//!
+//! #[derive(serde::Deserialize, schemars::JsonSchema)]
+//! #[serde(deny_unknown_fields)]
+//! pub struct Params { band: String }
+//!
+//! pub struct Passthrough;
+//! impl Stage for Passthrough {
+//!     const NAME: &'static str = "passthrough";
+//!     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+//!     const SUMMARY: &'static str = "Copies one band out as a feature.";
+//!     type Params = Params;
+//! }
+//! impl FeatureStage for Passthrough {
+//!     fn compute(chunk: Cube, params: Params) -> Result<FeatureMatrix, StageError> { … }
+//! }
+//! sitsflow_sdk::export_features_stage!(Passthrough);
+//! ```
+//!
+//! Parameters arrive as JSON; the SDK parses them into `Params` and maps a parse error to
+//! [`StageError::InvalidParams`], and publishes `Params`' JSON Schema through `describe()`
+//! so the host validates a pipeline before anything runs.
+
+pub mod data;
+pub mod host;
+#[doc(hidden)]
+pub mod glue;
+#[doc(hidden)]
+pub mod wit;
+
+pub use data::*;
+pub use schemars;
+pub use serde;
+pub use serde_json;
+
+/// Everything a stage author needs in scope.
+pub mod prelude {
+    pub use crate::data::*;
+    pub use crate::{
+        ClustererStage, CloudMaskStage, DecoderStage, FeatureStage, LabellerStage, SamplerStage,
+        Stage, StageError, StageInfo, StageKind,
+    };
+}
+
+use std::fmt;
+
+/// What a stage returns for bad input or parameters. Panics (traps) are for bugs only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StageError {
+    /// The data handed in is malformed or inconsistent.
+    InvalidInput(String),
+    /// The parameters do not fit the schema or each other.
+    InvalidParams(String),
+    /// The stage cannot do this with what it was given (e.g. a needed band is absent).
+    Unsupported(String),
+    /// Anything else that went wrong inside the method.
+    Failed(String),
+}
+
+impl fmt::Display for StageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StageError::InvalidInput(m) => write!(f, "invalid input: {m}"),
+            StageError::InvalidParams(m) => write!(f, "invalid parameters: {m}"),
+            StageError::Unsupported(m) => write!(f, "unsupported: {m}"),
+            StageError::Failed(m) => write!(f, "failed: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for StageError {}
+
+/// The kind of a stage: which WIT world it implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StageKind {
+    CloudMask,
+    Features,
+    Clusterer,
+    Labeller,
+    Sampler,
+    Decoder,
+}
+
+/// What `describe()` returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageInfo {
+    pub name: String,
+    pub version: String,
+    pub kind: StageKind,
+    pub summary: String,
+    /// JSON Schema of the parameters object.
+    pub params_schema: String,
+}
+
+/// Identity and parameters of a stage. Implement this plus one kind trait.
+pub trait Stage {
+    /// Lower-case name with digits and `-`, e.g. `normalized-difference`.
+    const NAME: &'static str;
+    /// Semantic version; use `env!("CARGO_PKG_VERSION")`.
+    const VERSION: &'static str;
+    /// One line for `sitsflow plugins list`.
+    const SUMMARY: &'static str;
+    /// The parameters, deserialised from the pipeline's `[stage.params]` table.
+    /// Use `#[serde(deny_unknown_fields)]` so typos are caught.
+    type Params: serde::de::DeserializeOwned + schemars::JsonSchema;
+
+    /// Parse the JSON parameters handed in by the host.
+    fn parse_params(json: &str) -> Result<Self::Params, StageError> {
+        let json = if json.trim().is_empty() { "{}" } else { json };
+        serde_json::from_str(json).map_err(|e| StageError::InvalidParams(e.to_string()))
+    }
+
+    /// JSON Schema of [`Stage::Params`].
+    fn params_schema() -> String {
+        serde_json::to_string(&schemars::schema_for!(Self::Params))
+            .expect("a JSON Schema always serialises")
+    }
+}
+
+/// Builds the `describe()` answer of a stage of the given kind.
+pub fn info_of<S: Stage>(kind: StageKind) -> StageInfo {
+    StageInfo {
+        name: S::NAME.to_string(),
+        version: S::VERSION.to_string(),
+        kind,
+        summary: S::SUMMARY.to_string(),
+        params_schema: S::params_schema(),
+    }
+}
+
+/// Cloud, shadow and snow masking of a cube chunk.
+pub trait CloudMaskStage: Stage {
+    fn mask(chunk: Cube, params: Self::Params) -> Result<Mask, StageError>;
+}
+
+/// Per-pixel features of a cube chunk: one sample per pixel, row-major.
+pub trait FeatureStage: Stage {
+    fn compute(chunk: Cube, params: Self::Params) -> Result<FeatureMatrix, StageError>;
+}
+
+/// Unsupervised clustering.
+pub trait ClustererStage: Stage {
+    fn fit(samples: FeatureMatrix, params: Self::Params) -> Result<Fitted, StageError>;
+    fn assign(model: ModelBlob, samples: FeatureMatrix, params: Self::Params)
+    -> Result<Assignment, StageError>;
+}
+
+/// Supervised per-pixel classification.
+pub trait LabellerStage: Stage {
+    fn train(samples: FeatureMatrix, labels: Vec<u16>, params: Self::Params)
+    -> Result<Trained, StageError>;
+    fn predict(model: ModelBlob, samples: FeatureMatrix, params: Self::Params)
+    -> Result<Probabilities, StageError>;
+}
+
+/// Sample selection.
+pub trait SamplerStage: Stage {
+    fn select(input: SampleInput, params: Self::Params) -> Result<Selection, StageError>;
+}
+
+/// Temporal decoding of posterior series.
+pub trait DecoderStage: Stage {
+    fn decode(series: PosteriorSeries, params: Self::Params) -> Result<Decoded, StageError>;
+}

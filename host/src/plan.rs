@@ -274,6 +274,13 @@ fn param_span(
         // jsonschema: "Additional properties are not allowed ('c' was unexpected)"
         .or_else(|| message.split('\'').nth(1).map(str::to_string));
     let Some(key) = key else { return Some(table) };
+    // A `[stage.params]` table's span is its header: its keys follow, up to the next header.
+    let table = if source.text[table.clone()].starts_with('[') {
+        let end = source.text[table.end..].find("\n[").map_or(source.text.len(), |i| table.end + i);
+        table.start..end
+    } else {
+        table
+    };
     let text = &source.text[table.clone()];
     let bytes = text.as_bytes();
     let mut from = 0;

@@ -32,10 +32,14 @@ impl FeatureStage for Snoop {
             Ok(d) => format!("cwd:{}", d.display()),
             Err(e) => format!("cwd:denied:{:?}", e.kind()),
         };
+        let infer = match sitsflow_sdk::host::infer("any-model", Vec::new()) {
+            Ok(_) => "infer:ok".to_string(),
+            Err(e) => format!("infer:{e}"),
+        };
         Ok(FeatureMatrix {
             samples: chunk.pixels(),
-            names: vec![read, list, env, args, cwd],
-            data: vec![0.0; chunk.pixels() * 5],
+            names: vec![read, list, env, args, cwd, infer],
+            data: vec![0.0; chunk.pixels() * 6],
         })
     }
 }

@@ -1,0 +1,139 @@
+//! The `sitsflow` command end to end: exit codes, messages, runs on generated data.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn sitsflow(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sitsflow"))
+        .args(args)
+        .current_dir(cwd)
+        .env("SITSFLOW_CACHE_DIR", common::workspace().join("target/test-cache"))
+        .output()
+        .expect("running sitsflow")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A project folder with the template plugin installed and a pipeline over the small demo.
+fn project(stages: &str) -> tempfile::TempDir {
+    let dir = common::project_dir();
+    let series = common::small_demo().join("series");
+    let pipeline = format!(
+        "schema = 1\nname = \"cli\"\n\n[input]\nseries = {:?}\n\n[run]\nchunk_size = 32\n\n{stages}",
+        series.display().to_string()
+    );
+    std::fs::write(dir.path().join("pipeline.toml"), pipeline).unwrap();
+    dir
+}
+
+const NDVI: &str = "[[stage]]\nid = \"ndvi\"\nplugin = \"normalized-difference@0.1.0\"\nparams = { a = \"B08\", b = \"B04\", name = \"NDVI\" }\n";
+
+#[test]
+fn validate_lock_and_run_end_to_end() {
+    let dir = project(NDVI);
+    let out = sitsflow(&["--quiet", "validate", "pipeline.toml"], dir.path());
+    assert_eq!(out.status.code(), Some(4), "no lockfile yet: {}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("sitsflow plugins lock pipeline.toml"), "{}", text(&out.stderr));
+
+    let out = sitsflow(&["--quiet", "plugins", "lock", "pipeline.toml"], dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = sitsflow(&["--quiet", "validate", "pipeline.toml"], dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("stage 1 ndvi features normalized-difference@0.1.0"));
+
+    let out = sitsflow(&["--quiet", "run", "pipeline.toml"], dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let run_dir = dir.path().join("runs/cli");
+    let ndvi = gdal::Dataset::open(run_dir.join("ndvi.tif")).expect("ndvi.tif opens");
+    assert_eq!(ndvi.raster_size(), (64, 64));
+    assert_eq!(ndvi.raster_count(), 12, "one band per date");
+    use gdal::Metadata;
+    let first = ndvi.rasterband(1).unwrap().description().unwrap();
+    assert!(first.starts_with("NDVI@2018-01-"), "band names carry index and date: {first}");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["inputs"].as_array().unwrap().len(), 12);
+    assert_eq!(manifest["stages"][0]["plugin"], "normalized-difference@0.1.0");
+    assert_eq!(manifest["outputs"][0]["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(manifest["chunks"], 4);
+    // No temporary file is left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(&run_dir).unwrap().filter_map(|e| {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        name.contains(".partial-").then_some(name)
+    }).collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn a_changed_plugin_is_refused_until_relocked() {
+    let dir = project(NDVI);
+    assert!(sitsflow(&["--quiet", "plugins", "lock", "pipeline.toml"], dir.path()).status.success());
+    // Append a custom section: the component still loads, but its hash changes.
+    let installed = dir.path().join("plugins/normalized-difference@0.1.0.wasm");
+    let mut bytes = std::fs::read(&installed).unwrap();
+    bytes.extend_from_slice(&[0x00, 0x05, 0x04, b't', b'e', b's', b't']);
+    std::fs::write(&installed, bytes).unwrap();
+
+    let out = sitsflow(&["--quiet", "run", "pipeline.toml"], dir.path());
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("stage 'ndvi': normalized-difference@0.1.0 has changed"), "{err}");
+    assert!(!dir.path().join("runs/cli/ndvi.tif").exists());
+    let out = sitsflow(&["--quiet", "plugins", "verify", "pipeline.toml"], dir.path());
+    assert_eq!(out.status.code(), Some(4));
+
+    assert!(sitsflow(&["--quiet", "plugins", "lock", "pipeline.toml"], dir.path()).status.success());
+    let out = sitsflow(&["--quiet", "run", "pipeline.toml"], dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn invalid_pipeline_exits_3_with_file_line_column() {
+    let dir = project(&format!("{NDVI}colour = \"blue\"\n"));
+    let out = sitsflow(&["--quiet", "validate", "pipeline.toml"], dir.path());
+    assert_eq!(out.status.code(), Some(3));
+    let err = text(&out.stderr);
+    assert!(err.starts_with("error: pipeline.toml:14:1: unknown field `colour`"), "{err}");
+    assert!(err.contains("14 | colour = \"blue\""), "the excerpt shows the line: {err}");
+}
+
+#[test]
+fn failing_stage_writes_nothing_and_keeps_previous_outputs() {
+    let spin = common::component("fixture-spin");
+    let stage = format!("[[stage]]\nid = \"ndvi\"\npath = {:?}\ndeadline_ms = 50\n", spin.display().to_string());
+    let dir = project(&stage);
+    // A previous run's output must survive a failed run untouched.
+    let previous = dir.path().join("runs/cli/ndvi.tif");
+    std::fs::create_dir_all(previous.parent().unwrap()).unwrap();
+    std::fs::write(&previous, b"previous run").unwrap();
+    assert!(sitsflow(&["--quiet", "plugins", "lock", "pipeline.toml"], dir.path()).status.success());
+    let out = sitsflow(&["--quiet", "run", "pipeline.toml"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("4 of 4 chunks failed; no output was written"), "{err}");
+    assert!(err.contains("stage 'ndvi' (fixture-spin@0.1.0) on chunk 0 (rows 0..32, cols 0..32): interrupted after its deadline of 50 ms"), "{err}");
+    assert_eq!(std::fs::read(&previous).unwrap(), b"previous run");
+    assert!(!dir.path().join("runs/cli/manifest.json").exists());
+    let names: Vec<_> = std::fs::read_dir(previous.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names.len(), 1, "only the previous file remains: {names:?}");
+}
+
+#[test]
+fn inspect_prints_name_version_kind_and_schema() {
+    let dir = common::project_dir();
+    let out = sitsflow(&["plugins", "inspect", "normalized-difference@0.1.0", "--dir", "plugins"], dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    for line in ["name     normalized-difference", "version  0.1.0", "kind     features", "\"required\": ["] {
+        assert!(shown.contains(line), "missing {line:?} in:\n{shown}");
+    }
+    let out = sitsflow(&["plugins", "list", "--dir", "plugins"], dir.path());
+    assert!(text(&out.stdout).starts_with("normalized-difference@0.1.0"), "{}", text(&out.stdout));
+    let out = sitsflow(&["plugins", "inspect", "nothing@1.0.0", "--dir", "plugins"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("unknown plugin 'nothing@1.0.0'"));
+}

@@ -1,0 +1,76 @@
+//! Test harness: builds the plugin components for wasm32-wasip2 (once per test
+//! binary) and hands out a shared runtime, so tests drive real components.
+
+#![allow(dead_code)]
+
+use sitsflow::runtime::{Runtime, RuntimeOptions};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+
+/// The components the harness builds: shipped plugins and sandbox fixtures.
+pub const PACKAGES: [&str; 5] =
+    ["normalized-difference", "fixture-spin", "fixture-alloc-bomb", "fixture-snoop", "fixture-trap-on-chunk"];
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("host/ is inside the workspace").to_path_buf()
+}
+
+pub fn shared_data() -> PathBuf {
+    workspace().join("../shared/data")
+}
+
+/// Builds every component once and returns the folder holding them.
+fn built() -> &'static PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut command = Command::new(cargo);
+        command.current_dir(workspace()).args(["build", "--quiet", "--profile", "plugin", "--target", "wasm32-wasip2"]);
+        for p in PACKAGES {
+            command.args(["-p", p]);
+        }
+        let status = command.status().expect("running cargo to build the test components");
+        assert!(status.success(), "building the components for wasm32-wasip2 failed (is the target installed? scripts/setup.sh adds it)");
+        workspace().join("target/wasm32-wasip2/plugin")
+    })
+}
+
+/// The component file of a package, e.g. `component("fixture-spin")`.
+pub fn component(package: &str) -> PathBuf {
+    let path = built().join(format!("{}.wasm", package.replace('-', "_")));
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+/// One runtime per test binary, with its component cache under target/.
+pub fn runtime() -> Arc<Runtime> {
+    static RUNTIME: OnceLock<Arc<Runtime>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            let cache = workspace().join("target/test-cache");
+            Runtime::new(RuntimeOptions { cache_dir: Some(cache) }).expect("creating the runtime")
+        })
+        .clone()
+}
+
+/// Makes a folder with the shipped plugins installed in `plugins/` beside where a
+/// pipeline file will go (the default plugin directory of a pipeline).
+pub fn project_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plugins = sitsflow::plugins::PluginDir::new(dir.path().join("plugins"));
+    plugins.install(&runtime(), &component("normalized-difference")).expect("installing the template plugin");
+    dir
+}
+
+/// A small demo series (64 × 64 px, 3 years × 4 dates) generated once per test binary.
+pub fn small_demo() -> &'static Path {
+    static DEMO: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DEMO.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let options = sitsflow::demo::DemoOptions { size: 64, dates_per_year: 4, ..Default::default() };
+        sitsflow::demo::generate(dir.path(), &options).expect("generating demo data");
+        dir
+    })
+    .path()
+}

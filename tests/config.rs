@@ -1,0 +1,88 @@
+//! Golden tests of pipeline files: `tests/config/valid/*.toml` resolve to the plan
+//! in the `.plan` file beside them; `tests/config/invalid/*.toml` fail with the
+//! error text in the `.err` file beside them (file:line:column, message, excerpt).
+//!
+//! Set `UPDATE_GOLDEN=1` to rewrite the expected files after a deliberate change.
+
+mod common;
+
+use sitsflow::plan::Plan;
+use std::path::{Path, PathBuf};
+
+fn cases(kind: &str) -> Vec<PathBuf> {
+    let dir = common::workspace().join("tests/config").join(kind);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("golden folder")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no cases in {}", dir.display());
+    files
+}
+
+/// Resolves a case inside a project folder (plugins installed beside it), and
+/// returns the plan text or the error text with the folder's path removed.
+fn outcome(case: &Path) -> Result<String, String> {
+    let project = common::project_dir();
+    let file = project.path().join(case.file_name().expect("file name"));
+    std::fs::copy(case, &file).expect("copying the case");
+    let prefix = format!("{}/", project.path().display());
+    Plan::load(&file, &common::runtime()).map(|plan| plan.render()).map_err(|e| e.to_string().replace(&prefix, ""))
+}
+
+fn check(case: &Path, extension: &str, actual: &str) -> Option<String> {
+    let golden = case.with_extension(extension);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&golden, actual).expect("writing golden file");
+        return None;
+    }
+    let expected = std::fs::read_to_string(&golden).unwrap_or_default();
+    (expected != actual).then(|| {
+        format!("{}:\n--- expected ({})\n{expected}\n--- actual\n{actual}\n", case.display(), golden.display())
+    })
+}
+
+#[test]
+fn valid_pipelines_give_the_expected_plan() {
+    let mut failures = Vec::new();
+    for case in cases("valid") {
+        match outcome(&case) {
+            Ok(plan) => failures.extend(check(&case, "plan", &plan)),
+            Err(e) => failures.push(format!("{}: expected a plan, got:\n{e}", case.display())),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn invalid_pipelines_give_the_expected_error() {
+    let mut failures = Vec::new();
+    for case in cases("invalid") {
+        match outcome(&case) {
+            Ok(plan) => failures.push(format!("{}: expected an error, got a plan:\n{plan}", case.display())),
+            Err(e) => {
+                // Every error names the file, and all but whole-file ones a line and column.
+                let name = case.file_name().unwrap().to_string_lossy().to_string();
+                if !e.starts_with(&name) {
+                    failures.push(format!("{}: error does not start with the file name: {e}", case.display()));
+                }
+                failures.extend(check(&case, "err", &format!("{e}\n")));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn demo_pipeline_is_valid() {
+    // configs/demo.toml resolves against the real plugin folder layout.
+    let project = common::project_dir();
+    let demo = std::fs::read_to_string(common::workspace().join("configs/demo.toml")).unwrap();
+    let demo = demo.replace("dir = \"../plugins/dist\"", "dir = \"plugins\"");
+    let file = project.path().join("demo.toml");
+    std::fs::write(&file, demo).unwrap();
+    let plan = Plan::load(&file, &common::runtime()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(plan.stages.len(), 2);
+    assert_eq!(plan.stages[1].limits.memory_bytes, 512 << 20);
+}

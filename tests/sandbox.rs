@@ -1,0 +1,142 @@
+//! The sandbox, driven through real components: deadlines, memory caps, denied
+//! capabilities, and traps that fail one chunk without harming the others.
+
+mod common;
+
+use sitsflow::runtime::data::Cube;
+use sitsflow::runtime::{CallContext, Limits, StageCallError, StagePool};
+use std::time::{Duration, Instant};
+
+fn cube(rows: u32, cols: u32, fill: impl Fn(usize) -> f32) -> Cube {
+    let dates = vec!["2020-01-01".to_string(), "2020-02-01".to_string()];
+    let bands = vec!["B04".to_string(), "B08".to_string()];
+    let n = (dates.len() * bands.len()) * (rows * cols) as usize;
+    Cube { dates, bands, rows, cols, data: (0..n).map(fill).collect(), valid: Vec::new() }
+}
+
+fn context(chunk: usize) -> CallContext {
+    CallContext { stage: "test".into(), chunk: format!("chunk {chunk}") }
+}
+
+fn pool(package: &str, limits: Limits) -> StagePool {
+    let plugin = common::runtime().load(&common::component(package)).expect("loading the component");
+    StagePool::new(plugin, limits)
+}
+
+#[test]
+fn endless_loop_is_interrupted_at_its_deadline() {
+    let pool = pool("fixture-spin", Limits { deadline_ms: 200, ..Limits::default() });
+    let started = Instant::now();
+    let err = pool.with(|i| i.features(&context(0), &cube(4, 4, |_| 0.5), "{}")).unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(err, StageCallError::Deadline { deadline_ms: 200 }), "got {err:?}");
+    assert_eq!(err.to_string(), "interrupted after its deadline of 200 ms");
+    // The epoch ticks every 10 ms; anything near a second means the deadline is not enforced.
+    assert!(took < Duration::from_secs(2), "interrupted only after {took:?}");
+}
+
+#[test]
+fn allocation_past_the_cap_is_a_clean_error_and_under_it_works() {
+    let limits = Limits { memory_bytes: 64 << 20, ..Limits::default() };
+    let pool = pool("fixture-alloc-bomb", limits);
+    let err = pool.with(|i| i.features(&context(0), &cube(4, 4, |_| 0.5), r#"{"mib": 200}"#)).unwrap_err();
+    match &err {
+        StageCallError::Memory { cap_mib, requested_mib } => {
+            assert_eq!(*cap_mib, 64);
+            assert!(*requested_mib > 64, "requested {requested_mib} MiB");
+        }
+        other => panic!("expected a memory error, got {other:?}"),
+    }
+    assert!(err.to_string().contains("past its cap of 64 MiB"), "{err}");
+    // The host survives and a fresh instance serves the next call.
+    let ok = pool.with(|i| i.features(&context(1), &cube(4, 4, |_| 0.5), r#"{"mib": 8}"#)).unwrap();
+    assert_eq!(ok.names, ["touched=8"]);
+}
+
+#[test]
+fn files_environment_and_arguments_are_denied() {
+    let pool = pool("fixture-snoop", Limits::default());
+    let secret = common::workspace().join("Cargo.toml");
+    let params = format!(r#"{{"path": {:?}}}"#, secret.display().to_string());
+    let seen = pool.with(|i| i.features(&context(0), &cube(2, 2, |_| 0.1), &params)).unwrap().names;
+    assert!(seen[0].starts_with("read:denied:"), "reading a host file: {}", seen[0]);
+    assert!(seen[1].starts_with("list:denied:"), "listing /: {}", seen[1]);
+    assert_eq!(seen[2], "env:0", "the environment must be empty");
+    assert_eq!(seen[3], "args:0", "there must be no arguments");
+    assert!(seen[4].starts_with("cwd:denied") || seen[4] == "cwd:/", "working directory: {}", seen[4]);
+    // The host's inference import answers with a typed error, never a trap.
+    assert!(seen[5].starts_with("infer:inference unsupported:"), "infer: {}", seen[5]);
+}
+
+#[test]
+fn a_trap_in_one_chunk_leaves_the_others_correct() {
+    let pool = pool("fixture-trap-on-chunk", Limits::default());
+    let params = r#"{"trap_value": -7.0}"#;
+    let chunks: Vec<Cube> = (0..8)
+        .map(|k| cube(8, 8, move |i| if k == 3 && i == 5 { -7.0 } else { (k * 1000 + i) as f32 / 1e4 }))
+        .collect();
+    let results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = chunks
+            .iter()
+            .enumerate()
+            .map(|(k, c)| {
+                let pool = &pool;
+                s.spawn(move || pool.with(|i| i.features(&context(k), c, params)))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("worker thread")).collect()
+    });
+    for (k, (result, chunk)) in results.iter().zip(&chunks).enumerate() {
+        if k == 3 {
+            let err = result.as_ref().unwrap_err();
+            assert!(matches!(err, StageCallError::Trap(_)), "chunk 3: {err:?}");
+            assert!(err.to_string().contains("marked chunk"), "the panic message reaches the error: {err}");
+            continue;
+        }
+        let out = result.as_ref().unwrap_or_else(|e| panic!("chunk {k} failed: {e}"));
+        let n = 64;
+        for p in 0..n {
+            let expected = (0..4).map(|layer| chunk.data[layer * n + p]).sum::<f32>() / 4.0;
+            assert!((out.data[p] - expected).abs() < 1e-6, "chunk {k} pixel {p}: {} vs {expected}", out.data[p]);
+        }
+    }
+}
+
+#[test]
+fn stage_errors_are_returned_not_trapped() {
+    let pool = pool("normalized-difference", Limits::default());
+    let err = pool.with(|i| i.features(&context(0), &cube(2, 2, |_| 0.1), r#"{"a": "B11", "b": "B04"}"#)).unwrap_err();
+    assert_eq!(err.to_string(), "cannot do this: band 'B11' is not in the cube (bands: B04, B08)");
+    let err = pool.with(|i| i.features(&context(0), &cube(2, 2, |_| 0.1), r#"{"a": "B08"}"#)).unwrap_err();
+    assert!(err.to_string().starts_with("rejected its parameters: missing field `b`"), "{err}");
+    // The same instance is still healthy and computes NDVI.
+    let ok = pool.with(|i| i.features(&context(0), &cube(1, 1, |i| [0.1, 0.5, 0.2, 0.2][i]), r#"{"a": "B08", "b": "B04"}"#));
+    let ok = ok.unwrap();
+    assert_eq!(ok.names, ["ND(B08,B04)@2020-01-01", "ND(B08,B04)@2020-02-01"]);
+    assert!((ok.data[0] - (0.5 - 0.1) / 0.6).abs() < 1e-6);
+    assert!(ok.data[1].abs() < 1e-6);
+}
+
+#[test]
+fn wasm_and_native_give_identical_results() {
+    use sitsflow_sdk::{FeatureStage, Stage};
+    let pool = pool("normalized-difference", Limits::default());
+    let c = cube(16, 16, |i| ((i * 7919) % 1000) as f32 / 1000.0);
+    let params = r#"{"a": "B08", "b": "B04", "name": "NDVI"}"#;
+    let wasm = pool.with(|i| i.features(&context(0), &c, params)).unwrap();
+    let native_cube = sitsflow_sdk::Cube {
+        dates: c.dates.clone(),
+        bands: c.bands.clone(),
+        rows: 16,
+        cols: 16,
+        data: c.data.clone(),
+        valid: Vec::new(),
+    };
+    type Nd = normalized_difference::NormalizedDifference;
+    let native = Nd::compute(native_cube, Nd::parse_params(params).unwrap()).unwrap();
+    assert_eq!(wasm.names, native.names);
+    assert_eq!(
+        wasm.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        native.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+    );
+}

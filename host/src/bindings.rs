@@ -10,5 +10,5 @@ wasmtime::component::bindgen!({
     imports: { default: trappable },
 });
 
-pub use exports::sitsflow::stage as stages;
-pub use sitsflow::stage::{host, types};
+pub use self::exports::sitsflow::stage as stages;
+pub use self::sitsflow::stage::{host, types};

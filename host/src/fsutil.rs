@@ -46,3 +46,67 @@ pub fn produce<T>(path: &Path, write: impl FnOnce(&Path) -> anyhow::Result<T>) -
         }
     }
 }
+
+/// Removes `.` and resolves `..` lexically (no file-system access), so paths shown to
+/// operators read `runs/demo` rather than `configs/../runs/demo`.
+pub fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                let last = out.components().next_back();
+                if matches!(last, Some(Component::Normal(_))) {
+                    out.pop();
+                } else if !matches!(last, Some(Component::RootDir | Component::Prefix(_))) {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    if out.as_os_str().is_empty() { PathBuf::from(".") } else { out }
+}
+
+/// `path` relative to `base`, lexically (both normalised first); `path` unchanged when
+/// one is absolute and the other is not.
+pub fn relative_to(path: &Path, base: &Path) -> PathBuf {
+    let (path, base) = (normalize(path), normalize(base));
+    if path.is_absolute() != base.is_absolute() {
+        return path;
+    }
+    let base_parts: Vec<_> = base.components().filter(|c| *c != std::path::Component::CurDir).collect();
+    let path_parts: Vec<_> = path.components().collect();
+    let common = base_parts.iter().zip(&path_parts).take_while(|(a, b)| a == b).count();
+    let mut out = PathBuf::new();
+    for _ in common..base_parts.len() {
+        out.push("..");
+    }
+    for part in &path_parts[common..] {
+        out.push(part);
+    }
+    if out.as_os_str().is_empty() { PathBuf::from(".") } else { out }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_resolves_dots_lexically() {
+        assert_eq!(normalize(Path::new("configs/../runs/demo")), Path::new("runs/demo"));
+        assert_eq!(normalize(Path::new("./a/./b/")), Path::new("a/b"));
+        assert_eq!(normalize(Path::new("../x/../../y")), Path::new("../../y"));
+        assert_eq!(normalize(Path::new("/a/../../b")), Path::new("/b"));
+        assert_eq!(normalize(Path::new("a/..")), Path::new("."));
+    }
+
+    #[test]
+    fn relative_to_walks_up_and_down() {
+        assert_eq!(relative_to(Path::new("data/demo/series"), Path::new("configs")), Path::new("../data/demo/series"));
+        assert_eq!(relative_to(Path::new("/t/x/plugins"), Path::new("/t/x")), Path::new("plugins"));
+        assert_eq!(relative_to(Path::new("configs/demo.lock"), Path::new("configs")), Path::new("demo.lock"));
+        assert_eq!(relative_to(Path::new("a"), Path::new(".")), Path::new("a"));
+    }
+}

@@ -61,14 +61,14 @@ impl Plan {
     pub fn resolve(pipeline: &Pipeline, source: &Source, runtime: &Arc<Runtime>) -> Result<Plan, ConfigError> {
         let base = source.path.parent().map(Path::to_path_buf).unwrap_or_default();
         let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
-        let rel = |p: &str| base.join(p);
+        let rel = |p: &str| crate::fsutil::normalize(&base.join(p));
         let name = pipeline.name.get_ref().clone();
         let plugin_dir = PluginDir::new(
             pipeline.plugins.dir.as_ref().map(|d| rel(d.get_ref())).unwrap_or_else(|| default_plugin_dir(&base)),
         );
         let lockfile = pipeline.plugins.lockfile.as_ref().map(|l| rel(l.get_ref())).unwrap_or_else(|| {
             let stem = source.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or(name.clone());
-            base.join(format!("{stem}.lock"))
+            crate::fsutil::normalize(&base.join(format!("{stem}.lock")))
         });
 
         let mut stages = Vec::new();
@@ -149,7 +149,7 @@ impl Plan {
                 .dir
                 .as_ref()
                 .map(|d| rel(d.get_ref()))
-                .unwrap_or_else(|| base.join("runs").join(&name)),
+                .unwrap_or_else(|| crate::fsutil::normalize(&base.join("runs").join(&name))),
             chunk_size: pipeline.run.chunk_size.as_ref().map_or(DEFAULT_CHUNK_SIZE, |c| *c.get_ref()),
             workers: pipeline.run.workers.unwrap_or(0) as usize,
             seed: pipeline.run.seed.unwrap_or(0),
@@ -226,7 +226,7 @@ impl Plan {
     /// file, no hashes): what `sitsflow validate` prints and golden tests compare.
     pub fn render(&self) -> String {
         let base = self.pipeline.parent().unwrap_or(Path::new(""));
-        let show = |p: &Path| p.strip_prefix(base).unwrap_or(p).display().to_string();
+        let show = |p: &Path| crate::fsutil::relative_to(p, base).display().to_string();
         let mut out = String::new();
         let _ = writeln!(out, "pipeline {}", self.name);
         let _ = writeln!(out, "  input series  {}", show(&self.series_dir));

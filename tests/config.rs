@@ -27,6 +27,12 @@ fn outcome(case: &Path) -> Result<String, String> {
     let project = common::project_dir();
     let file = project.path().join(case.file_name().expect("file name"));
     std::fs::copy(case, &file).expect("copying the case");
+    let nomenclatures = project.path().join("nomenclature");
+    std::fs::create_dir_all(&nomenclatures).unwrap();
+    for entry in std::fs::read_dir(common::workspace().join("configs/nomenclature")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, nomenclatures.join(path.file_name().unwrap())).unwrap();
+    }
     let prefix = format!("{}/", project.path().display());
     Plan::load(&file, &common::runtime()).map(|plan| plan.render()).map_err(|e| e.to_string().replace(&prefix, ""))
 }

@@ -25,7 +25,7 @@ fn slovenia_series_has_its_dates_bands_and_georeferencing() {
     let window = Window { row: 40, col: 30, rows: 7, cols: 9 };
     let chunk = reader.read(window).unwrap();
     assert_eq!(chunk.data.len(), 67 * 3 * 63);
-    let ds = gdal::Dataset::open(&series.scenes[10].path).unwrap();
+    let ds = gdal::Dataset::open(&series.scenes[10].sources[0].path).unwrap();
     let ndvi = ds.rasterband(1).unwrap().read_as::<f32>((30, 40), (9, 7), (9, 7), None).unwrap();
     let ours = &chunk.data[(10 * 3) * 63..(10 * 3 + 1) * 63];
     assert_eq!(ours, ndvi.data());

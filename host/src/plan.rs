@@ -3,17 +3,64 @@
 //! schema, sandbox limits. Building it runs nothing but `describe()`.
 
 use crate::config::{
-    ConfigError, DEFAULT_DEADLINE_MS, DEFAULT_MEMORY_MIB, LockEntry, Lockfile, Pipeline, Source,
+    ConfigError, DEFAULT_DEADLINE_MS, DEFAULT_MEMORY_MIB, LockEntry, Lockfile, Nomenclature, Pipeline, Source,
     StageId,
 };
+use crate::raster::{GridSpec, L2aOptions, Series};
 use crate::plugins::PluginDir;
 use crate::runtime::{Limits, Plugin, Runtime};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Default chunk side in pixels.
-pub const DEFAULT_CHUNK_SIZE: u32 = 256;
+/// Default memory budget of a run.
+pub const DEFAULT_MEMORY_BUDGET_MIB: u32 = 2048;
+
+/// What the series is read from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InputSource {
+    /// A folder of `YYYY-MM-DD.tif`.
+    Series(PathBuf),
+    /// A folder of Sentinel-2 L2A products.
+    L2a(PathBuf),
+    /// A STAC ItemCollection file.
+    Stac(PathBuf),
+}
+
+/// The input, resolved.
+#[derive(Debug, Clone)]
+pub struct InputPlan {
+    pub source: InputSource,
+    pub bands: Option<Vec<String>>,
+    pub tile: Option<String>,
+    pub boa_add_offset: Option<f64>,
+    pub grid: Option<GridSpec>,
+}
+
+impl InputPlan {
+    /// Opens and checks the series (every file, band and date) without reading pixels.
+    pub fn open(&self) -> anyhow::Result<Series> {
+        let grid = self.grid.as_ref().map(GridSpec::to_grid).transpose()?;
+        let options = L2aOptions {
+            bands: self.bands.clone(),
+            tile: self.tile.clone(),
+            boa_add_offset: self.boa_add_offset,
+            grid: grid.clone(),
+        };
+        match &self.source {
+            InputSource::Series(dir) => Series::open_folder(dir, self.bands.as_deref(), grid),
+            InputSource::L2a(dir) => crate::raster::open_l2a(dir, &options),
+            InputSource::Stac(file) => crate::raster::open_stac(file, &options),
+        }
+    }
+}
+
+/// The reference map, resolved.
+#[derive(Debug, Clone)]
+pub struct ReferencePlan {
+    pub path: PathBuf,
+    pub nomenclature: Nomenclature,
+}
 
 /// A resolved pipeline, ready to run.
 pub struct Plan {
@@ -23,10 +70,13 @@ pub struct Plan {
     pub pipeline: PathBuf,
     /// The pipeline file's text, recorded in the manifest.
     pub pipeline_text: String,
-    pub series_dir: PathBuf,
-    pub bands: Option<Vec<String>>,
+    pub input: InputPlan,
+    pub reference: Option<ReferencePlan>,
     pub output_dir: PathBuf,
-    pub chunk_size: u32,
+    /// Chunk side in pixels when the pipeline fixes it; otherwise derived from the budget.
+    pub chunk_size: Option<u32>,
+    pub memory_budget_mib: u32,
+    pub halo: u32,
     /// 0 = one per core.
     pub workers: usize,
     pub seed: u64,
@@ -137,20 +187,57 @@ impl Plan {
             });
         }
 
+        let i = &pipeline.input;
+        let source_kind = if let Some(p) = &i.series {
+            InputSource::Series(rel(p.get_ref()))
+        } else if let Some(p) = &i.l2a {
+            InputSource::L2a(rel(p.get_ref()))
+        } else if let Some(p) = &i.stac {
+            InputSource::Stac(rel(p.get_ref()))
+        } else {
+            unreachable!("Pipeline::parse checks that [input] names one source")
+        };
+        let input = InputPlan {
+            source: source_kind,
+            bands: i.bands.as_ref().map(|b| b.get_ref().clone()),
+            tile: i.tile.as_ref().map(|t| t.get_ref().clone()),
+            boa_add_offset: i.boa_add_offset.as_ref().map(|o| *o.get_ref()),
+            grid: i.grid.as_ref().map(|g| {
+                let g = g.get_ref();
+                GridSpec { crs: g.crs.clone(), bounds: g.bounds, resolution: g.resolution }
+            }),
+        };
+        if let (Some(spec), Some(located)) = (&input.grid, &i.grid) {
+            spec.to_grid().map_err(|e| source.error(Some(located.span()), format!("{e:#}")))?;
+        }
+        let reference = match &pipeline.reference {
+            None => None,
+            Some(r) => {
+                let nomenclature = match (&r.nomenclature, &r.classes) {
+                    (Some(n), _) => Nomenclature::load(&rel(n.get_ref()))?,
+                    (None, Some(c)) => Nomenclature::from_classes_csv(&rel(c.get_ref()))?,
+                    (None, None) => unreachable!("Pipeline::parse checks [reference]"),
+                };
+                Some(ReferencePlan { path: rel(r.path.get_ref()), nomenclature })
+            }
+        };
+
         Ok(Plan {
             name: name.clone(),
             description: pipeline.description.clone(),
             pipeline: source.path.clone(),
             pipeline_text: source.text.clone(),
-            series_dir: rel(pipeline.input.series.get_ref()),
-            bands: pipeline.input.bands.as_ref().map(|b| b.get_ref().clone()),
+            input,
+            reference,
             output_dir: pipeline
                 .output
                 .dir
                 .as_ref()
                 .map(|d| rel(d.get_ref()))
                 .unwrap_or_else(|| crate::fsutil::normalize(&base.join("runs").join(&name))),
-            chunk_size: pipeline.run.chunk_size.as_ref().map_or(DEFAULT_CHUNK_SIZE, |c| *c.get_ref()),
+            chunk_size: pipeline.run.chunk_size.as_ref().map(|c| *c.get_ref()),
+            memory_budget_mib: pipeline.run.memory_budget_mib.as_ref().map_or(DEFAULT_MEMORY_BUDGET_MIB, |b| *b.get_ref()),
+            halo: pipeline.run.halo.as_ref().map_or(0, |h| *h.get_ref()),
             workers: pipeline.run.workers.unwrap_or(0) as usize,
             seed: pipeline.run.seed.unwrap_or(0),
             plugin_dir: plugin_dir.path,
@@ -229,13 +316,44 @@ impl Plan {
         let show = |p: &Path| crate::fsutil::relative_to(p, base).display().to_string();
         let mut out = String::new();
         let _ = writeln!(out, "pipeline {}", self.name);
-        let _ = writeln!(out, "  input series  {}", show(&self.series_dir));
-        if let Some(bands) = &self.bands {
+        let (kind, path) = match &self.input.source {
+            InputSource::Series(p) => ("series", p),
+            InputSource::L2a(p) => ("l2a", p),
+            InputSource::Stac(p) => ("stac", p),
+        };
+        let _ = writeln!(out, "  input {kind:<7} {}", show(path));
+        if let Some(bands) = &self.input.bands {
             let _ = writeln!(out, "  input bands   {}", bands.join(", "));
+        }
+        if let Some(tile) = &self.input.tile {
+            let _ = writeln!(out, "  input tile    {tile}");
+        }
+        if let Some(offset) = self.input.boa_add_offset {
+            let _ = writeln!(out, "  boa offset    {offset} DN where the products do not say");
+        }
+        if let Some(g) = &self.input.grid {
+            let _ = writeln!(out, "  grid          {} {:?} at {} m", g.crs, g.bounds, g.resolution);
+        }
+        if let Some(r) = &self.reference {
+            let _ = writeln!(
+                out,
+                "  reference     {} ({}: {} classes)",
+                show(&r.path),
+                r.nomenclature.name,
+                r.nomenclature.classes.len()
+            );
         }
         let _ = writeln!(out, "  output        {}", show(&self.output_dir));
         let workers = if self.workers == 0 { "one per core".to_string() } else { self.workers.to_string() };
-        let _ = writeln!(out, "  chunks        {0} x {0} px, workers: {workers}, seed {1}", self.chunk_size, self.seed);
+        let chunks = match self.chunk_size {
+            Some(c) => format!("{c} x {c} px"),
+            None => "sized to the budget".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "  chunks        {chunks}, halo {} px, memory budget {} MiB, workers: {workers}, seed {}",
+            self.halo, self.memory_budget_mib, self.seed
+        );
         let _ = writeln!(out, "  plugins       {} (lockfile {})", show(&self.plugin_dir), show(&self.lockfile));
         for (i, stage) in self.stages.iter().enumerate() {
             let info = stage.plugin.info();

@@ -4,21 +4,33 @@
 //! Workers each own GDAL handles and take chunks from a shared counter; stage
 //! instances come from per-stage pools. Results flow through a bounded channel to
 //! the one thread that writes (GDAL datasets are not shared between threads), so
-//! memory stays at a few chunks per worker. Outputs are written under temporary
-//! names and renamed only when every chunk succeeded: a failed or interrupted run
-//! leaves no file that looks finished, and never damages a previous run's files.
+//! memory stays at a few chunks per worker; the chunk size is derived from the
+//! run's memory budget unless the pipeline fixes it.
+//!
+//! Outputs are written into `<run>/.partial/` (working GeoTIFFs plus a journal of
+//! the chunks done) and become Cloud-Optimized GeoTIFFs under their final names only
+//! when every chunk succeeded. A failed or interrupted run leaves no file that looks
+//! finished and never touches a previous run's outputs; rerunning the same pipeline
+//! on the same inputs resumes from the chunks already done.
 
 use crate::bindings::types::{Cube, StageKind};
 use crate::plan::{Plan, StagePlan};
-use crate::raster::{GeoTiffWriter, Series, Window, chunk_grid};
+use crate::raster::{ClassStyle, GeoTiffWriter, OutputKind, ReferenceMap, Series, Window, chunk_grid};
 use crate::runtime::{CallContext, StagePool};
 use anyhow::{Context, Result, bail};
 use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
+
+/// The mask class that leaves a pixel usable.
+const MASK_CLEAR: u8 = 0;
+/// What the engine, compiled components and bookkeeping take besides chunks.
+const FIXED_OVERHEAD_MIB: usize = 96;
 
 /// Settings of a run that are not part of the pipeline.
 #[derive(Debug, Clone, Default)]
@@ -33,10 +45,84 @@ pub struct RunSummary {
     pub run_dir: PathBuf,
     pub outputs: Vec<PathBuf>,
     pub chunks: usize,
+    /// Chunks taken over from an interrupted run.
+    pub resumed_chunks: usize,
+    pub chunk_size: usize,
     pub seconds: f64,
 }
 
-/// One stage's result on one chunk.
+/// How the scene is cut: chunk side, halo and workers, with the memory they need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub chunk_size: usize,
+    pub halo: usize,
+    pub workers: usize,
+    /// GDAL's block cache.
+    pub gdal_cache_mib: usize,
+    /// The estimate of what the run holds at its peak.
+    pub estimate_mib: usize,
+}
+
+/// Bytes held per pixel of a chunk, by one worker: the cube, each stage instance's
+/// copy of it and its result, the result's copy on the host.
+fn bytes_per_pixel(dates: usize, bands: usize, stages: &[StageKind]) -> (usize, usize) {
+    let cube = dates * bands * 4 + dates;
+    let mut held = cube;
+    let mut result = 0;
+    for kind in stages {
+        // Features: assume two values per date; masks: one byte per date.
+        let out = match kind {
+            StageKind::CloudMask => dates * 5,
+            _ => dates * 8,
+        };
+        held += cube + out + out;
+        result += out;
+    }
+    (held, result + 2)
+}
+
+impl Layout {
+    /// Derives the chunk size from the budget, or checks a fixed one against it.
+    pub fn plan(budget_mib: usize, fixed: Option<usize>, halo: usize, workers: usize, dates: usize, bands: usize, stages: &[StageKind]) -> Result<Layout> {
+        let gdal_cache_mib = (budget_mib / 8).clamp(16, 256);
+        let (per_px, result_px) = bytes_per_pixel(dates, bands, stages);
+        let estimate = |side: usize| {
+            let with_halo = (side + 2 * halo).pow(2);
+            let bytes = workers * with_halo * per_px + 2 * workers * side * side * result_px;
+            bytes.div_ceil(1 << 20) + gdal_cache_mib + FIXED_OVERHEAD_MIB
+        };
+        let chunk_size = match fixed {
+            Some(side) => {
+                let need = estimate(side);
+                if need > budget_mib {
+                    bail!(
+                        "chunk_size {side} needs about {need} MiB with {workers} workers ({dates} dates × {bands} bands, {} stages), \
+                         over memory_budget_mib = {budget_mib}; lower chunk_size or raise the budget",
+                        stages.len()
+                    );
+                }
+                side
+            }
+            None => {
+                let mut side = 4096;
+                while side > 16 && estimate(side) > budget_mib {
+                    side -= 16;
+                }
+                if estimate(side) > budget_mib {
+                    bail!(
+                        "memory_budget_mib = {budget_mib} is too small for {dates} dates × {bands} bands with {workers} workers \
+                         (16 px chunks need about {} MiB)",
+                        estimate(16)
+                    );
+                }
+                side
+            }
+        };
+        Ok(Layout { chunk_size, halo, workers, gdal_cache_mib, estimate_mib: estimate(chunk_size) })
+    }
+}
+
+/// One stage's result on one chunk, cropped to the chunk (halo removed).
 enum StageOutput {
     /// `dates × rows × cols` mask classes.
     Mask(Vec<u8>),
@@ -44,54 +130,169 @@ enum StageOutput {
     Features(Vec<String>, Vec<f32>),
 }
 
-/// The mask class that leaves a pixel usable.
-const MASK_CLEAR: u8 = 0;
+struct ChunkOutputs {
+    stages: Vec<StageOutput>,
+    reference: Option<Vec<u16>>,
+}
 
-type ChunkResult = (usize, Result<Vec<StageOutput>, String>);
+type ChunkResult = (usize, Result<ChunkOutputs, String>);
 
-/// Per-stage output file, created when the first chunk arrives.
-enum Writer {
-    Mask(GeoTiffWriter),
-    Features(GeoTiffWriter, Vec<String>),
+/// The working files of a run and the journal of chunks done.
+struct Partial {
+    dir: PathBuf,
+    journal: std::fs::File,
+    done: BTreeSet<usize>,
+}
+
+impl Partial {
+    /// Opens the partial state of a run with this key, or starts a fresh one.
+    fn open(run_dir: &Path, key: &str) -> Result<Partial> {
+        let dir = run_dir.join(".partial");
+        let key_file = dir.join("key");
+        let same = std::fs::read_to_string(&key_file).is_ok_and(|k| k.trim() == key);
+        let mut done = BTreeSet::new();
+        if same {
+            let journal = std::fs::read_to_string(dir.join("done")).unwrap_or_default();
+            // A line is complete only with its newline: a torn last line is ignored.
+            for line in journal.split_inclusive('\n').filter(|l| l.ends_with('\n')) {
+                if let Ok(i) = line.trim().parse::<usize>() {
+                    done.insert(i);
+                }
+            }
+        } else {
+            if dir.exists() {
+                log::info!("discarding the unfinished run in {} (its pipeline, plugins or inputs differ)", dir.display());
+                std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+            }
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            crate::fsutil::write_atomic(&key_file, key.as_bytes())?;
+        }
+        let journal = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("done"))
+            .with_context(|| format!("opening the journal in {}", dir.display()))?;
+        Ok(Partial { dir, journal, done })
+    }
+
+    fn record(&mut self, chunk: usize) -> Result<()> {
+        writeln!(self.journal, "{chunk}")?;
+        self.journal.sync_data()?;
+        self.done.insert(chunk);
+        Ok(())
+    }
+
+    fn work_file(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.tif"))
+    }
+}
+
+/// What identifies a run for resuming: pipeline, plugins, inputs (by size and time),
+/// layout and version. Any difference starts the run afresh.
+fn run_key(plan: &Plan, series: &Series, layout: &Layout) -> String {
+    let mut text = format!("sitsflow {}\n{}\n", env!("CARGO_PKG_VERSION"), plan.pipeline_text);
+    text.push_str(&format!("chunk {} halo {}\n", layout.chunk_size, layout.halo));
+    for s in &plan.stages {
+        text.push_str(&format!("{} {}\n", s.id, s.plugin.sha256()));
+    }
+    let mut files = series.files();
+    if let Some(r) = &plan.reference {
+        files.push(r.path.display().to_string());
+    }
+    for f in files {
+        let meta = std::fs::metadata(&f).ok();
+        let size = meta.as_ref().map_or(0, |m| m.len());
+        let mtime = meta.and_then(|m| m.modified().ok()).and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+        text.push_str(&format!("{f} {size} {:?}\n", mtime.map(|d| d.as_nanos())));
+    }
+    crate::hash::sha256_hex(text.as_bytes())
+}
+
+/// Per-stage (and reference) output file, created when the first chunk arrives.
+struct Output {
+    name: String,
+    writer: GeoTiffWriter,
+    /// Feature names (features outputs), to check every chunk returns the same.
+    names: Vec<String>,
 }
 
 /// Runs a resolved plan.
 pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
     let started = Instant::now();
     plan.verify_lock()?;
-    let series = Series::open(&plan.series_dir, plan.bands.as_deref())?;
+    let series = plan.input.open()?;
     let grid = series.grid.clone();
-    let chunks = chunk_grid(grid.width, grid.height, plan.chunk_size as usize);
-    let workers = plan.worker_count().min(chunks.len()).max(1);
-    let pools: Vec<StagePool> = plan.stages.iter().map(|s| StagePool::new(s.plugin.clone(), s.limits)).collect();
-    let stage_nanos: Vec<AtomicU64> = plan.stages.iter().map(|_| AtomicU64::new(0)).collect();
-    let dates = series.dates();
+    let kinds: Vec<StageKind> = plan.stages.iter().map(|s| s.plugin.info().kind).collect();
+    let workers = plan.worker_count();
+    let layout = Layout::plan(
+        plan.memory_budget_mib as usize,
+        plan.chunk_size.map(|c| c as usize),
+        plan.halo as usize,
+        workers,
+        series.scenes.len(),
+        series.bands.len(),
+        &kinds,
+    )?;
+    gdal::config::set_config_option("GDAL_CACHEMAX", &layout.gdal_cache_mib.to_string())?;
+    let reference = plan.reference.as_ref().map(|r| ReferenceMap::open(&r.path, &grid)).transpose()?;
+    let lookup: HashMap<u32, u16> = plan.reference.as_ref().map(|r| r.nomenclature.lookup()).unwrap_or_default();
+    drop(reference); // each worker opens its own; this was only to fail early
+
+    let chunks = chunk_grid(grid.width, grid.height, layout.chunk_size);
+    std::fs::create_dir_all(&plan.output_dir).with_context(|| format!("creating {}", plan.output_dir.display()))?;
+    let mut partial = Partial::open(&plan.output_dir, &run_key(plan, &series, &layout))?;
+    let resumed = partial.done.len();
+    let todo: Vec<usize> = (0..chunks.len()).filter(|i| !partial.done.contains(i)).collect();
+    let workers = workers.min(todo.len()).max(1);
     log::info!(
-        "running '{}': {} dates × {} bands, {} × {} px in {} chunks on {workers} workers",
+        "running '{}': {} dates × {} bands, {} × {} px in {} chunks of {} px{} on {workers} workers (memory estimate {} MiB of {} MiB)",
         plan.name,
-        dates.len(),
+        series.scenes.len(),
         series.bands.len(),
         grid.width,
         grid.height,
-        chunks.len()
+        chunks.len(),
+        layout.chunk_size,
+        if layout.halo > 0 { format!(" + {} px halo", layout.halo) } else { String::new() },
+        layout.estimate_mib,
+        plan.memory_budget_mib
     );
+    if resumed > 0 {
+        log::info!("resuming: {resumed} of {} chunks were done by an interrupted run", chunks.len());
+    }
 
-    std::fs::create_dir_all(&plan.output_dir).with_context(|| format!("creating {}", plan.output_dir.display()))?;
-    let bar = progress_bar(options.progress, chunks.len());
+    // Outputs left by an interrupted run are reopened; the others are created lazily.
+    let mut outputs: Vec<Option<Output>> = Vec::new();
+    for stage in &plan.stages {
+        outputs.push(reopen_output(&partial, &plan.output_dir, stage.id.as_str(), output_kind(stage))?);
+    }
+    let mut reference_out = match &plan.reference {
+        Some(_) => reopen_output(&partial, &plan.output_dir, "reference", OutputKind::Categorical)?,
+        None => None,
+    };
+
+    let pools: Vec<StagePool> = plan.stages.iter().map(|s| StagePool::new(s.plugin.clone(), s.limits)).collect();
+    let stage_nanos: Vec<AtomicU64> = plan.stages.iter().map(|_| AtomicU64::new(0)).collect();
+    let unmapped: Mutex<BTreeMap<u32, u64>> = Mutex::new(BTreeMap::new());
+    let dates = series.dates();
+    let bar = progress_bar(options.progress, chunks.len(), resumed);
     let next = AtomicUsize::new(0);
     let (tx, rx) = mpsc::sync_channel::<ChunkResult>(workers * 2);
     let worker_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
-    let mut writers: Vec<Option<Writer>> = plan.stages.iter().map(|_| None).collect();
     let mut failures: Vec<String> = Vec::new();
     let mut write_error: Option<anyhow::Error> = None;
 
     std::thread::scope(|scope| {
         for _ in 0..workers {
             let tx = tx.clone();
-            let (series, chunks, pools, next, stage_nanos, dates, worker_error) =
-                (&series, &chunks, &pools, &next, &stage_nanos, &dates, &worker_error);
+            let (series, chunks, todo, pools, next, stage_nanos, dates, worker_error, lookup, unmapped) =
+                (&series, &chunks, &todo, &pools, &next, &stage_nanos, &dates, &worker_error, &lookup, &unmapped);
             scope.spawn(move || {
-                let reader = match series.reader() {
+                let opened = series.reader().and_then(|reader| {
+                    let reference = plan.reference.as_ref().map(|r| ReferenceMap::open(&r.path, &series.grid)).transpose()?;
+                    Ok((reader, reference))
+                });
+                let (reader, reference) = match opened {
                     Ok(r) => r,
                     Err(e) => {
                         *worker_error.lock().expect("lock") = Some(e);
@@ -99,25 +300,35 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
                     }
                 };
                 loop {
-                    let index = next.fetch_add(1, Ordering::Relaxed);
-                    if index >= chunks.len() {
-                        break;
-                    }
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&index) = todo.get(k) else { break };
                     let window = chunks[index];
-                    let result = reader
-                        .read(window)
-                        .map_err(|e| format!("chunk {index} ({window}): {e:#}"))
-                        .and_then(|data| {
-                            let cube = Cube {
-                                dates: dates.clone(),
-                                bands: series.bands.clone(),
-                                rows: window.rows as u32,
-                                cols: window.cols as u32,
-                                data: data.data,
-                                valid: data.valid,
-                            };
-                            run_stages(plan, pools, stage_nanos, index, window, cube)
-                        });
+                    let read_window = window.with_halo(layout.halo, series.grid.width, series.grid.height);
+                    let result = (|| {
+                        let data = reader.read(read_window).map_err(|e| format!("chunk {index} ({window}): {e:#}"))?;
+                        let cube = Cube {
+                            dates: dates.clone(),
+                            bands: series.bands.clone(),
+                            rows: read_window.rows as u32,
+                            cols: read_window.cols as u32,
+                            data: data.data,
+                            valid: data.valid,
+                        };
+                        let stages = run_stages(plan, pools, stage_nanos, index, window, read_window, cube)?;
+                        let reference = match &reference {
+                            Some(r) => {
+                                let mut seen = BTreeMap::new();
+                                let labels = r.read(window, lookup, &mut seen).map_err(|e| format!("chunk {index}: {e:#}"))?;
+                                let mut all = unmapped.lock().expect("lock");
+                                for (code, n) in seen {
+                                    *all.entry(code).or_default() += n;
+                                }
+                                Some(labels)
+                            }
+                            None => None,
+                        };
+                        Ok(ChunkOutputs { stages, reference })
+                    })();
                     if tx.send((index, result)).is_err() {
                         break;
                     }
@@ -130,50 +341,76 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
             bar.inc(1);
             match result {
                 Err(message) => failures.push(message),
-                Ok(outputs) if write_error.is_none() && failures.is_empty() => {
-                    if let Err(e) = write_chunk(plan, &series, &mut writers, chunks[index], outputs) {
+                Ok(_) if write_error.is_some() => {}
+                Ok(chunk) => {
+                    let written = write_chunk(plan, &series, &partial, &mut outputs, &mut reference_out, chunks[index], chunk)
+                        .and_then(|()| partial.record(index));
+                    if let Err(e) = written {
                         write_error = Some(e);
                     }
                 }
-                Ok(_) => {} // a run that already failed writes nothing more
             }
         }
     });
     bar.finish_and_clear();
 
-    let first_error = worker_error.into_inner().expect("lock").or(write_error);
-    if first_error.is_some() || !failures.is_empty() {
-        for writer in writers.into_iter().flatten() {
-            match writer {
-                Writer::Mask(w) | Writer::Features(w, _) => w.abandon(),
-            }
-        }
-        if let Some(e) = first_error {
-            return Err(e);
-        }
+    if let Some(e) = worker_error.into_inner().expect("lock").or(write_error) {
+        return Err(e);
+    }
+    if !failures.is_empty() {
         failures.sort();
         let shown = failures.iter().take(10).map(|f| format!("  - {f}")).collect::<Vec<_>>().join("\n");
         let more = if failures.len() > 10 { format!("\n  … and {} more", failures.len() - 10) } else { String::new() };
         bail!(
-            "{} of {} chunks failed; no output was written:\n{shown}{more}",
+            "{} of {} chunks failed; no output was written (the {} chunks done are kept in {} and a rerun resumes from them):\n{shown}{more}",
             failures.len(),
-            chunks.len()
+            chunks.len(),
+            partial.done.len(),
+            partial.dir.display()
         );
     }
 
-    let mut outputs = Vec::new();
-    for writer in writers.into_iter().flatten() {
-        let path = match writer {
-            Writer::Mask(w) | Writer::Features(w, _) => w.finish()?,
-        };
-        outputs.push(path);
+    let mut finished = Vec::new();
+    for output in outputs.into_iter().chain(std::iter::once(reference_out)).flatten() {
+        log::debug!("writing the COG {}", output.name);
+        finished.push(output.writer.finish()?);
+    }
+    let unmapped = unmapped.into_inner().expect("lock");
+    if !unmapped.is_empty() {
+        let list: Vec<String> = unmapped.iter().map(|(c, n)| format!("{c} ({n} px)")).collect();
+        log::warn!("reference codes not in the nomenclature, written as 0: {}", list.join(", "));
     }
     let seconds = started.elapsed().as_secs_f64();
-    write_manifest(plan, &series, &outputs, &stage_nanos, chunks.len(), workers, seconds)?;
-    Ok(RunSummary { run_dir: plan.output_dir.clone(), outputs, chunks: chunks.len(), seconds })
+    write_manifest(plan, &series, &finished, &stage_nanos, &layout, chunks.len(), resumed, &unmapped, seconds)?;
+    let _ = std::fs::remove_dir_all(&partial.dir);
+    Ok(RunSummary {
+        run_dir: plan.output_dir.clone(),
+        outputs: finished,
+        chunks: chunks.len(),
+        resumed_chunks: resumed,
+        chunk_size: layout.chunk_size,
+        seconds,
+    })
 }
 
-fn progress_bar(show: bool, total: usize) -> indicatif::ProgressBar {
+fn output_kind(stage: &StagePlan) -> OutputKind {
+    match stage.plugin.info().kind {
+        StageKind::CloudMask => OutputKind::Categorical,
+        _ => OutputKind::Continuous,
+    }
+}
+
+fn reopen_output(partial: &Partial, run_dir: &Path, name: &str, kind: OutputKind) -> Result<Option<Output>> {
+    let work = partial.work_file(name);
+    if partial.done.is_empty() || !work.exists() {
+        return Ok(None);
+    }
+    let writer = GeoTiffWriter::reopen(&work, &run_dir.join(format!("{name}.tif")), kind)?;
+    let names = writer.band_names()?;
+    Ok(Some(Output { name: name.to_string(), writer, names }))
+}
+
+fn progress_bar(show: bool, total: usize, done: usize) -> indicatif::ProgressBar {
     if !show {
         return indicatif::ProgressBar::hidden();
     }
@@ -183,7 +420,38 @@ fn progress_bar(show: bool, total: usize) -> indicatif::ProgressBar {
             .expect("valid template")
             .progress_chars("=> "),
     );
+    bar.set_position(done as u64);
     bar
+}
+
+/// Copies the `core` window out of per-pixel planes laid out on `outer`.
+fn crop<T: Copy>(planes: &[T], layers: usize, outer: Window, core: Window) -> Vec<T> {
+    if outer == core {
+        return planes.to_vec();
+    }
+    let (dr, dc) = (core.row - outer.row, core.col - outer.col);
+    let mut out = Vec::with_capacity(layers * core.pixels());
+    for layer in planes.chunks_exact(outer.pixels()).take(layers) {
+        for r in 0..core.rows {
+            let start = (dr + r) * outer.cols + dc;
+            out.extend_from_slice(&layer[start..start + core.cols]);
+        }
+    }
+    out
+}
+
+/// Copies the rows of the `core` pixels out of a pixel-major matrix laid out on `outer`.
+fn crop_rows(data: &[f32], width: usize, outer: Window, core: Window) -> Vec<f32> {
+    if outer == core {
+        return data.to_vec();
+    }
+    let (dr, dc) = (core.row - outer.row, core.col - outer.col);
+    let mut out = Vec::with_capacity(core.pixels() * width);
+    for r in 0..core.rows {
+        let start = ((dr + r) * outer.cols + dc) * width;
+        out.extend_from_slice(&data[start..start + core.cols * width]);
+    }
+    out
 }
 
 /// Runs every stage on one chunk, in order; cloud masks narrow the validity that
@@ -194,32 +462,31 @@ fn run_stages(
     stage_nanos: &[AtomicU64],
     index: usize,
     window: Window,
+    read_window: Window,
     mut cube: Cube,
 ) -> Result<Vec<StageOutput>, String> {
     let mut outputs = Vec::with_capacity(plan.stages.len());
+    let dates = cube.dates.len();
     for (s, (stage, pool)) in plan.stages.iter().zip(pools).enumerate() {
         let context = CallContext { stage: stage.id.to_string(), chunk: format!("chunk {index}") };
         let params = stage.params_json();
         let started = Instant::now();
         let fail = |e: crate::runtime::StageCallError| {
-            format!(
-                "stage '{}' ({}) on chunk {index} ({window}): {e}",
-                stage.id,
-                stage.plugin.info().reference()
-            )
+            format!("stage '{}' ({}) on chunk {index} ({window}): {e}", stage.id, stage.plugin.info().reference())
         };
         let output = match stage.plugin.info().kind {
             StageKind::CloudMask => {
                 let mask = pool.with(|i| i.mask(&context, &cube, &params)).map_err(fail)?;
-                check_len(stage, index, "mask classes", mask.classes.len(), cube.dates.len() * window.pixels())?;
+                check_len(stage, index, "mask classes", mask.classes.len(), dates * read_window.pixels())?;
                 apply_mask(&mut cube, &mask.classes);
-                StageOutput::Mask(mask.classes)
+                StageOutput::Mask(crop(&mask.classes, dates, read_window, window))
             }
             StageKind::Features => {
                 let features = pool.with(|i| i.features(&context, &cube, &params)).map_err(fail)?;
-                check_len(stage, index, "feature samples", features.samples as usize, window.pixels())?;
-                check_len(stage, index, "feature values", features.data.len(), window.pixels() * features.names.len())?;
-                StageOutput::Features(features.names, features.data)
+                check_len(stage, index, "feature samples", features.samples as usize, read_window.pixels())?;
+                let width = features.names.len();
+                check_len(stage, index, "feature values", features.data.len(), read_window.pixels() * width)?;
+                StageOutput::Features(features.names, crop_rows(&features.data, width, read_window, window))
             }
             other => unreachable!("Plan::resolve admits only runnable kinds, not {other:?}"),
         };
@@ -256,66 +523,98 @@ fn apply_mask(cube: &mut Cube, classes: &[u8]) {
 fn write_chunk(
     plan: &Plan,
     series: &Series,
-    writers: &mut [Option<Writer>],
+    partial: &Partial,
+    outputs: &mut [Option<Output>],
+    reference_out: &mut Option<Output>,
     window: Window,
-    outputs: Vec<StageOutput>,
+    chunk: ChunkOutputs,
 ) -> Result<()> {
     let n = window.pixels();
-    for ((stage, slot), output) in plan.stages.iter().zip(writers.iter_mut()).zip(outputs) {
-        let path = plan.output_dir.join(format!("{}.tif", stage.id));
+    for ((stage, slot), output) in plan.stages.iter().zip(outputs.iter_mut()).zip(chunk.stages) {
+        let name = stage.id.to_string();
+        let target = plan.output_dir.join(format!("{name}.tif"));
         match output {
             StageOutput::Mask(classes) => {
                 if slot.is_none() {
                     let names: Vec<String> = series.dates().iter().map(|d| format!("mask@{d}")).collect();
-                    *slot = Some(Writer::Mask(GeoTiffWriter::create::<u8>(&path, &series.grid, &names, Some(255.0))?));
+                    let writer = GeoTiffWriter::create::<u8>(&partial.work_file(&name), &target, &series.grid, &names, Some(255.0), OutputKind::Categorical)?;
+                    *slot = Some(Output { name: name.clone(), writer, names });
                 }
-                let Some(Writer::Mask(w)) = slot else { unreachable!("mask stage has a mask writer") };
+                let out = slot.as_mut().expect("created above");
                 for (d, plane) in classes.chunks_exact(n).enumerate() {
-                    w.write(d, window, plane.to_vec())?;
+                    out.writer.write(d, window, plane.to_vec())?;
                 }
+                out.writer.flush()?;
             }
             StageOutput::Features(names, data) => {
                 if slot.is_none() {
-                    let writer = GeoTiffWriter::create::<f32>(&path, &series.grid, &names, Some(f64::NAN))?;
-                    *slot = Some(Writer::Features(writer, names.clone()));
+                    let writer = GeoTiffWriter::create::<f32>(&partial.work_file(&name), &target, &series.grid, &names, Some(f64::NAN), OutputKind::Continuous)?;
+                    *slot = Some(Output { name: name.clone(), writer, names: names.clone() });
                 }
-                let Some(Writer::Features(w, expected)) = slot else { unreachable!("features stage has a features writer") };
-                if *expected != names {
+                let out = slot.as_mut().expect("created above");
+                if out.names != names {
                     bail!(
                         "stage '{}' returned features [{}] on one chunk and [{}] on another",
                         stage.id,
                         names.join(", "),
-                        expected.join(", ")
+                        out.names.join(", ")
                     );
                 }
                 let f = names.len();
                 for k in 0..f {
                     let plane: Vec<f32> = (0..n).map(|p| data[p * f + k]).collect();
-                    w.write(k, window, plane)?;
+                    out.writer.write(k, window, plane)?;
                 }
+                out.writer.flush()?;
             }
         }
+    }
+    if let (Some(labels), Some(reference)) = (chunk.reference, &plan.reference) {
+        if reference_out.is_none() {
+            let target = plan.output_dir.join("reference.tif");
+            let mut writer = GeoTiffWriter::create::<u16>(
+                &partial.work_file("reference"),
+                &target,
+                &series.grid,
+                &["reference".to_string()],
+                Some(0.0),
+                OutputKind::Categorical,
+            )?;
+            writer.set_classes(&ClassStyle { classes: reference.nomenclature.styles() })?;
+            *reference_out = Some(Output { name: "reference".into(), writer, names: vec!["reference".into()] });
+        }
+        let out = reference_out.as_mut().expect("created above");
+        out.writer.write(0, window, labels)?;
+        out.writer.flush()?;
     }
     Ok(())
 }
 
-fn file_record(path: &Path) -> Result<serde_json::Value> {
-    let bytes = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?.len();
-    let sha256 = crate::hash::sha256_file(path).with_context(|| format!("hashing {}", path.display()))?;
-    Ok(json!({ "path": path.display().to_string(), "bytes": bytes, "sha256": sha256 }))
+fn file_record(path: &str) -> Result<serde_json::Value> {
+    let local = Path::new(path);
+    if !local.exists() {
+        // A GDAL virtual path (/vsicurl/…): recorded by name only.
+        return Ok(json!({ "path": path }));
+    }
+    let bytes = std::fs::metadata(local).with_context(|| format!("reading {path}"))?.len();
+    let sha256 = crate::hash::sha256_file(local).with_context(|| format!("hashing {path}"))?;
+    Ok(json!({ "path": path, "bytes": bytes, "sha256": sha256 }))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn write_manifest(
     plan: &Plan,
     series: &Series,
     outputs: &[PathBuf],
     stage_nanos: &[AtomicU64],
+    layout: &Layout,
     chunks: usize,
-    workers: usize,
+    resumed: usize,
+    unmapped: &BTreeMap<u32, u64>,
     seconds: f64,
 ) -> Result<()> {
-    let inputs = series.scenes.iter().map(|s| file_record(&s.path)).collect::<Result<Vec<_>>>()?;
-    let outputs = outputs.iter().map(|p| file_record(p)).collect::<Result<Vec<_>>>()?;
+    let inputs = series.files().iter().map(|f| file_record(f)).collect::<Result<Vec<_>>>()?;
+    let outputs = outputs.iter().map(|p| file_record(&p.display().to_string())).collect::<Result<Vec<_>>>()?;
     let stages: Vec<_> = plan
         .stages
         .iter()
@@ -334,6 +633,15 @@ fn write_manifest(
             })
         })
         .collect();
+    let reference = match &plan.reference {
+        Some(r) => json!({
+            "path": r.path.display().to_string(),
+            "source": file_record(&r.path.display().to_string())?,
+            "nomenclature": r.nomenclature.name,
+            "unmapped_codes": unmapped.iter().map(|(c, n)| json!({"code": c, "pixels": n})).collect::<Vec<_>>(),
+        }),
+        None => serde_json::Value::Null,
+    };
     let manifest = json!({
         "sitsflow": env!("CARGO_PKG_VERSION"),
         "wit": "sitsflow:stage@0.1.0",
@@ -346,21 +654,55 @@ fn write_manifest(
         },
         "seed": plan.seed,
         "series": {
+            "origin": series.origin.display().to_string(),
             "dates": series.dates(),
             "bands": series.bands,
             "width": series.grid.width,
             "height": series.grid.height,
             "geo_transform": series.grid.geo_transform,
+            "crs_wkt": series.grid.projection,
         },
         "inputs": inputs,
+        "reference": reference,
         "stages": stages,
         "outputs": outputs,
         "chunks": chunks,
-        "chunk_size": plan.chunk_size,
-        "workers": workers,
+        "resumed_chunks": resumed,
+        "chunk_size": layout.chunk_size,
+        "halo": layout.halo,
+        "workers": layout.workers,
+        "memory_budget_mib": plan.memory_budget_mib,
+        "memory_estimate_mib": layout.estimate_mib,
         "wall_seconds": seconds,
     });
     let text = serde_json::to_string_pretty(&manifest)?;
     crate::fsutil::write_atomic(&plan.output_dir.join("manifest.json"), text.as_bytes())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crop_removes_the_halo() {
+        // 2 layers on a 4 × 4 outer window; core is the middle 2 × 2.
+        let outer = Window { row: 0, col: 0, rows: 4, cols: 4 };
+        let core = Window { row: 1, col: 1, rows: 2, cols: 2 };
+        let planes: Vec<u32> = (0..32).collect();
+        assert_eq!(crop(&planes, 2, outer, core), [5, 6, 9, 10, 21, 22, 25, 26]);
+        let features: Vec<f32> = (0..32).map(|v| v as f32).collect(); // 16 px × 2 features
+        assert_eq!(crop_rows(&features, 2, outer, core), [10.0, 11.0, 12.0, 13.0, 18.0, 19.0, 20.0, 21.0]);
+    }
+
+    #[test]
+    fn layout_fits_the_budget() {
+        let stages = [StageKind::Features];
+        let l = Layout::plan(2048, None, 0, 2, 36, 10, &stages).unwrap();
+        assert!(l.estimate_mib <= 2048 && l.chunk_size >= 256, "{l:?}");
+        let small = Layout::plan(256, None, 16, 2, 36, 10, &stages).unwrap();
+        assert!(small.estimate_mib <= 256 && small.chunk_size < l.chunk_size, "{small:?}");
+        let err = Layout::plan(256, Some(2048), 0, 2, 36, 10, &stages).unwrap_err().to_string();
+        assert!(err.starts_with("chunk_size 2048 needs about"), "{err}");
+    }
 }

@@ -5,9 +5,11 @@
 //! line and column at fault.
 
 mod lockfile;
+mod nomenclature;
 mod pipeline;
 mod source;
 
 pub use lockfile::{LockEntry, Lockfile};
+pub use nomenclature::{Nomenclature, NomenclatureClass};
 pub use pipeline::*;
 pub use source::{ConfigError, Located, Source};

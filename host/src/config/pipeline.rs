@@ -6,6 +6,7 @@
 //!
 //! [input]
 //! series = "../data/demo/series"     # folder of YYYY-MM-DD.tif, relative to this file
+//!                                    # (or l2a = "products/", or stac = "items.json")
 //!
 //! [output]
 //! dir = "../runs/demo"               # the run directory
@@ -50,6 +51,9 @@ pub struct Pipeline {
     pub description: Option<String>,
     /// `[input]`: the image time series.
     pub input: Input,
+    /// `[reference]`: a reference map, aligned and written with the outputs.
+    #[serde(default)]
+    pub reference: Option<Reference>,
     /// `[output]`: where results go.
     #[serde(default)]
     pub output: Output,
@@ -64,16 +68,59 @@ pub struct Pipeline {
     pub stages: Vec<Stage>,
 }
 
-/// `[input]`
+/// `[input]`: exactly one of `series`, `l2a` or `stac`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Input {
     /// `series = "path"`: a folder of per-date rasters `YYYY-MM-DD.tif`, band names in
     /// the band descriptions; relative to the pipeline file.
-    pub series: Located<String>,
-    /// `bands = ["B02", "B04", "B08"]`: read only these bands, in this order (default: all).
+    #[serde(default)]
+    pub series: Option<Located<String>>,
+    /// `l2a = "path"`: a folder of Sentinel-2 L2A products (`.SAFE` folders or band
+    /// files like `T33TPS_20190119T100319_B04_10m.jp2`).
+    #[serde(default)]
+    pub l2a: Option<Located<String>>,
+    /// `stac = "items.json"`: a STAC ItemCollection whose assets are the bands.
+    #[serde(default)]
+    pub stac: Option<Located<String>>,
+    /// `bands = ["B02", "B04", "B08"]`: read only these bands, in this order (default:
+    /// all bands of a series folder; B02–B08, B8A, B11, B12 of L2A products and STAC items).
     #[serde(default)]
     pub bands: Option<Located<Vec<String>>>,
+    /// `tile = "T33TPS"`: the tile to read when an L2A folder holds several.
+    #[serde(default)]
+    pub tile: Option<Located<String>>,
+    /// `boa_add_offset = -1000`: the L2A offset in DN for products whose metadata does not
+    /// say (read from `MTD_MSIL2A.xml` or the product name when they do).
+    #[serde(default)]
+    pub boa_add_offset: Option<Located<f64>>,
+    /// `grid = { crs = "EPSG:32633", bounds = [xmin, ymin, xmax, ymax], resolution = 10.0 }`:
+    /// the target grid every input is aligned to (default: the first input's grid).
+    #[serde(default)]
+    pub grid: Option<Located<GridTable>>,
+}
+
+/// `grid = { crs = "EPSG:32633", bounds = [xmin, ymin, xmax, ymax], resolution = 10.0 }`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GridTable {
+    pub crs: String,
+    pub bounds: [f64; 4],
+    pub resolution: f64,
+}
+
+/// `[reference]`: a categorical reference map (e.g. CORINE Land Cover).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reference {
+    /// `path = "clc2018.tif"`: any CRS; aligned to the cube grid by mode.
+    pub path: Located<String>,
+    /// `nomenclature = "nomenclature/clc-to-10.toml"`: source codes → classes.
+    #[serde(default)]
+    pub nomenclature: Option<Located<String>>,
+    /// `classes = "classes.csv"`: `code,name,color`, codes kept as they are.
+    #[serde(default)]
+    pub classes: Option<Located<String>>,
 }
 
 /// `[output]`
@@ -90,9 +137,18 @@ pub struct Output {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Run {
-    /// `chunk_size = 256`: side of a square chunk in pixels (16..=4096).
+    /// `chunk_size = 256`: side of a square chunk in pixels (16..=4096); default: the
+    /// largest that fits the memory budget.
     #[serde(default)]
     pub chunk_size: Option<Located<u32>>,
+    /// `memory_budget_mib = 2048`: what the run may hold in memory at once (chunks in
+    /// flight, stage instances, GDAL's cache).
+    #[serde(default)]
+    pub memory_budget_mib: Option<Located<u32>>,
+    /// `halo = 16`: pixels of context read around each chunk for spatial stages; outputs
+    /// keep only the chunk itself.
+    #[serde(default)]
+    pub halo: Option<Located<u32>>,
     /// `workers = 0`: worker threads; 0 means one per core.
     #[serde(default)]
     pub workers: Option<u32>,
@@ -247,6 +303,39 @@ impl Pipeline {
         }
         if self.name.get_ref().trim().is_empty() {
             return Err(source.error(at(&self.name), "the pipeline name must not be empty"));
+        }
+        let inputs: Vec<&Located<String>> =
+            [&self.input.series, &self.input.l2a, &self.input.stac].into_iter().flatten().collect();
+        match inputs.as_slice() {
+            [] => return Err(source.error(None, "[input] needs one of `series`, `l2a` or `stac`")),
+            [_] => {}
+            [_, second, ..] => {
+                return Err(source.error(at(*second), "[input] takes one of `series`, `l2a` or `stac`, not several"));
+            }
+        }
+        if let Some(reference) = &self.reference {
+            match (&reference.nomenclature, &reference.classes) {
+                (Some(_), Some(classes)) => {
+                    return Err(source.error(at(classes), "[reference] takes `nomenclature` or `classes`, not both"));
+                }
+                (None, None) => {
+                    return Err(source.error(
+                        at(&reference.path),
+                        "[reference] needs `nomenclature = \"….toml\"` or `classes = \"classes.csv\"`",
+                    ));
+                }
+                _ => {}
+            }
+        }
+        if let Some(budget) = &self.run.memory_budget_mib {
+            if *budget.get_ref() < 64 {
+                return Err(source.error(at(budget), "memory_budget_mib must be at least 64"));
+            }
+        }
+        if let Some(halo) = &self.run.halo {
+            if *halo.get_ref() > 512 {
+                return Err(source.error(at(halo), format!("halo {} is larger than 512 px", halo.get_ref())));
+            }
         }
         if let Some(size) = &self.run.chunk_size {
             if !(16..=4096).contains(size.get_ref()) {

@@ -1,0 +1,121 @@
+//! Raster I/O through GDAL: image time series in, GeoTIFFs out.
+//!
+//! Architecture invariant: this is the only module that knows GDAL.
+//!
+//! Inputs of three shapes become one [`Series`]: a folder of per-date multi-band
+//! rasters (`YYYY-MM-DD.tif`, band names in the descriptions), Sentinel-2 L2A products
+//! as delivered (per-band JP2/GeoTIFF at 10 m and 20 m, DN with the processing
+//! baseline's offset), and STAC ItemCollections. Every band of every date is a
+//! [`BandSource`]; sources not on the target [`Grid`] are warped onto it by GDAL
+//! (bilinear for reflectance, nearest for classes), lazily, window by window.
+
+mod l2a;
+mod reference;
+mod series;
+mod stac;
+mod warp;
+mod write;
+
+pub use l2a::{L2aOptions, open_l2a};
+pub use reference::ReferenceMap;
+pub use series::{BandSource, ChunkData, Resampling, Scene, Series, SeriesReader};
+pub use stac::open_stac;
+pub use warp::GridSpec;
+pub use write::{ClassStyle, GeoTiffWriter, OutputKind, write_class_map, write_geotiff_f32};
+
+/// A rectangle of pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Window {
+    pub row: usize,
+    pub col: usize,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl Window {
+    pub fn pixels(&self) -> usize {
+        self.rows * self.cols
+    }
+
+    /// This window grown by `halo` pixels on every side, clipped to `width × height`.
+    pub fn with_halo(&self, halo: usize, width: usize, height: usize) -> Window {
+        let row = self.row.saturating_sub(halo);
+        let col = self.col.saturating_sub(halo);
+        let row_end = (self.row + self.rows + halo).min(height);
+        let col_end = (self.col + self.cols + halo).min(width);
+        Window { row, col, rows: row_end - row, cols: col_end - col }
+    }
+}
+
+impl std::fmt::Display for Window {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "rows {}..{}, cols {}..{}", self.row, self.row + self.rows, self.col, self.col + self.cols)
+    }
+}
+
+/// Splits a `width × height` raster into chunks of at most `size × size`, row-major.
+pub fn chunk_grid(width: usize, height: usize, size: usize) -> Vec<Window> {
+    let mut chunks = Vec::new();
+    for row in (0..height).step_by(size) {
+        for col in (0..width).step_by(size) {
+            chunks.push(Window { row, col, rows: size.min(height - row), cols: size.min(width - col) });
+        }
+    }
+    chunks
+}
+
+/// The pixel grid a series is read onto and outputs are written on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grid {
+    pub width: usize,
+    pub height: usize,
+    /// GDAL geotransform, or `None` for rasters without georeferencing.
+    pub geo_transform: Option<[f64; 6]>,
+    /// CRS as WKT (empty when unknown).
+    pub projection: String,
+}
+
+impl Grid {
+    /// The grid of an open dataset.
+    pub(crate) fn of(ds: &gdal::Dataset) -> Grid {
+        let (width, height) = ds.raster_size();
+        Grid { width, height, geo_transform: ds.geo_transform().ok(), projection: ds.projection() }
+    }
+
+    /// True when `other` covers the same pixels (same size, transform within 1e-6 of a
+    /// pixel, same CRS).
+    pub fn same_pixels(&self, other: &Grid) -> bool {
+        if (self.width, self.height) != (other.width, other.height) {
+            return false;
+        }
+        let crs_equal = self.projection == other.projection
+            || (!self.projection.is_empty() && !other.projection.is_empty() && warp::same_crs(&self.projection, &other.projection));
+        match (self.geo_transform, other.geo_transform) {
+            (None, None) => true,
+            (Some(a), Some(b)) => {
+                let tolerance = a[1].abs().max(a[5].abs()) * 1e-6;
+                crs_equal && a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= tolerance)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Checks `YYYY-MM-DD` (a real calendar date).
+pub fn parse_date(s: &str) -> Option<(i32, u32, u32)> {
+    let b = s.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let y: i32 = s[0..4].parse().ok()?;
+    let m: u32 = s[5..7].parse().ok()?;
+    let d: u32 = s[8..10].parse().ok()?;
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let days = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    ((1..=12).contains(&m) && d >= 1 && d <= days[m as usize - 1]).then_some((y, m, d))
+}
+
+/// GDAL's version, for `doctor` and the manifest.
+pub fn gdal_version() -> String {
+    gdal::version::VersionInfo::version_summary()
+}

@@ -8,7 +8,7 @@ cd "$root"
 
 # Plugins that ship (installed into plugins/dist) and test fixtures (built only).
 shipped=(normalized-difference)
-fixtures=(fixture-spin fixture-alloc-bomb fixture-snoop fixture-trap-on-chunk)
+fixtures=(fixture-spin fixture-alloc-bomb fixture-snoop fixture-trap-on-chunk fixture-slow-mean)
 
 args=()
 for p in "${shipped[@]}" "${fixtures[@]}"; do args+=(-p "$p"); done

@@ -140,3 +140,96 @@ fn inspect_prints_name_version_kind_and_schema() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("unknown plugin 'nothing@1.0.0'"));
 }
+
+/// Regression guard for resuming: a run killed in the middle (SIGKILL, no chance to
+/// clean up) leaves no finished-looking file, and the rerun takes over the chunks done
+/// and produces exactly what an uninterrupted run produces.
+#[test]
+fn an_interrupted_run_leaves_no_finished_file_and_resumes() {
+    let slow = common::component("fixture-slow-mean");
+    let stage = format!(
+        "[[stage]]\nid = \"mean\"\npath = {:?}\nparams = {{ work = 40 }}\n",
+        slow.display().to_string()
+    );
+    let pipeline = |dir: &Path| {
+        let text = std::fs::read_to_string(dir.join("pipeline.toml")).unwrap();
+        std::fs::write(dir.join("pipeline.toml"), text.replace("chunk_size = 32", "chunk_size = 16\nworkers = 1")).unwrap();
+    };
+    let dir = project(&stage);
+    pipeline(dir.path());
+    assert!(sitsflow(&["--quiet", "plugins", "lock", "pipeline.toml"], dir.path()).status.success());
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sitsflow"))
+        .args(["--quiet", "run", "pipeline.toml"])
+        .current_dir(dir.path())
+        .env("SITSFLOW_CACHE_DIR", common::workspace().join("target/test-cache"))
+        .spawn()
+        .unwrap();
+    let journal = dir.path().join("runs/cli/.partial/done");
+    let started = std::time::Instant::now();
+    loop {
+        let done = std::fs::read_to_string(&journal).map(|j| j.lines().count()).unwrap_or(0);
+        if done >= 3 {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the run finished before it could be interrupted; raise `work`");
+        assert!(started.elapsed() < std::time::Duration::from_secs(120), "no progress");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!dir.path().join("runs/cli/mean.tif").exists(), "an interrupted run must not leave a finished-looking output");
+    assert!(!dir.path().join("runs/cli/manifest.json").exists());
+
+    let out = sitsflow(&["run", "pipeline.toml"], dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let log = text(&out.stderr);
+    assert!(log.contains("resuming: ") && log.contains(" of 16 chunks were done by an interrupted run"), "{log}");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("runs/cli/manifest.json")).unwrap()).unwrap();
+    let resumed = manifest["resumed_chunks"].as_u64().unwrap();
+    assert!((3..16).contains(&resumed), "resumed {resumed}");
+    assert!(!dir.path().join("runs/cli/.partial").exists(), "the working folder is removed after success");
+
+    // The same pipeline run in one go gives the same bytes.
+    let fresh = project(&stage);
+    pipeline(fresh.path());
+    assert!(sitsflow(&["--quiet", "plugins", "lock", "pipeline.toml"], fresh.path()).status.success());
+    assert!(sitsflow(&["--quiet", "run", "pipeline.toml"], fresh.path()).status.success());
+    let a = std::fs::read(dir.path().join("runs/cli/mean.tif")).unwrap();
+    let b = std::fs::read(fresh.path().join("runs/cli/mean.tif")).unwrap();
+    assert!(a == b, "resumed and uninterrupted outputs differ");
+}
+
+#[test]
+fn reference_map_is_aligned_mapped_and_written_as_a_class_cog() {
+    let dir = project(NDVI);
+    let demo = common::small_demo();
+    let pipeline = std::fs::read_to_string(dir.path().join("pipeline.toml")).unwrap();
+    let nomenclature = common::workspace().join("configs/nomenclature/clc-to-seed001.toml");
+    let pipeline = pipeline.replace(
+        "[run]",
+        &format!(
+            "[reference]\npath = {:?}\nnomenclature = {:?}\n\n[run]",
+            demo.join("reference.tif").display().to_string(),
+            nomenclature.display().to_string()
+        ),
+    );
+    std::fs::write(dir.path().join("pipeline.toml"), pipeline).unwrap();
+    assert!(sitsflow(&["--quiet", "plugins", "lock", "pipeline.toml"], dir.path()).status.success());
+    let out = sitsflow(&["--quiet", "run", "pipeline.toml"], dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let reference = gdal::Dataset::open(dir.path().join("runs/cli/reference.tif")).unwrap();
+    assert_eq!(reference.raster_size(), (64, 64), "the 100 m reference is on the 10 m grid");
+    let labels = reference.rasterband(1).unwrap().read_as::<u16>((0, 0), (64, 64), (64, 64), None).unwrap();
+    let truth = gdal::Dataset::open(demo.join("truth/2018.tif")).unwrap();
+    let truth = truth.rasterband(1).unwrap().read_as::<u16>((0, 0), (64, 64), (64, 64), None).unwrap();
+    // The coarse reference agrees with the fine truth on most pixels, not all (it is coarse).
+    let agree = labels.data().iter().zip(truth.data()).filter(|(a, b)| a == b).count();
+    assert!(agree > 64 * 64 * 6 / 10, "agreement {agree} of 4096");
+    assert!(agree < 64 * 64, "a 100 m map cannot match 10 m truth everywhere");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("runs/cli/manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["reference"]["nomenclature"], "clc-to-seed001");
+    assert_eq!(manifest["reference"]["unmapped_codes"].as_array().unwrap().len(), 0);
+}

@@ -72,3 +72,265 @@ fn bad_file_names_and_duplicate_dates_are_refused_before_reading() {
     let err = Series::open(dir.path(), None).unwrap_err().to_string();
     assert!(err.starts_with("date 2015-07-11 appears twice"), "{err}");
 }
+
+// ---- Generated Sentinel-2 L2A products and STAC items ------------------------------
+
+use gdal::raster::{Buffer, RasterCreationOptions};
+use gdal::{DriverManager, Metadata};
+use std::path::Path;
+
+const ORIGIN: (f64, f64) = (500_000.0, 5_100_000.0);
+
+/// Writes a one-band uint16 raster in EPSG:32633 (GeoTIFF, or JPEG 2000 when `jp2`).
+fn write_u16(path: &Path, size: usize, pixel_m: f64, data: Vec<u16>, jp2: bool) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mem = DriverManager::get_driver_by_name("MEM").unwrap();
+    let mut ds = mem.create_with_band_type::<u16, _>("", size, size, 1).unwrap();
+    ds.set_geo_transform(&[ORIGIN.0, pixel_m, 0.0, ORIGIN.1, 0.0, -pixel_m]).unwrap();
+    ds.set_spatial_ref(&gdal::spatial_ref::SpatialRef::from_epsg(32633).unwrap()).unwrap();
+    let mut buffer = Buffer::new((size, size), data);
+    ds.rasterband(1).unwrap().write((0, 0), (size, size), &mut buffer).unwrap();
+    let (driver, options) = if jp2 {
+        ("JP2OpenJPEG", RasterCreationOptions::from_iter(["REVERSIBLE=YES", "QUALITY=100"]))
+    } else {
+        ("GTiff", RasterCreationOptions::from_iter(["COMPRESS=DEFLATE"]))
+    };
+    ds.create_copy(&DriverManager::get_driver_by_name(driver).unwrap(), path, &options).unwrap();
+}
+
+/// DN of the 10 m bands: a distinct value per band and pixel, 0 (no data) at (0, 0).
+fn dn10(band: usize, r: usize, c: usize) -> u16 {
+    if r == 0 && c == 0 { 0 } else { (1500 + 100 * band + r * 20 + c) as u16 }
+}
+
+/// DN of the 20 m bands: a ramp along columns, for checking bilinear resampling.
+fn dn20(c: usize) -> u16 {
+    (3000 + 40 * c) as u16
+}
+
+const MTD: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<n1:Level-2A_User_Product xmlns:n1="https://psd-14.sentinel2.eo.esa.int/PSD/User_Product_Level-2A.xsd">
+  <n1:General_Info><Product_Info><PROCESSING_BASELINE>04.00</PROCESSING_BASELINE></Product_Info>
+  <Product_Image_Characteristics>
+    <QUANTIFICATION_VALUES_LIST><BOA_QUANTIFICATION_VALUE unit="none">10000</BOA_QUANTIFICATION_VALUE></QUANTIFICATION_VALUES_LIST>
+    <BOA_ADD_OFFSET_VALUES_LIST>
+      BANDS
+    </BOA_ADD_OFFSET_VALUES_LIST>
+  </Product_Image_Characteristics></n1:General_Info>
+</n1:Level-2A_User_Product>"#;
+
+/// A product as delivered: `.SAFE/MTD_MSIL2A.xml` and `GRANULE/…/IMG_DATA/R10m|R20m/…`;
+/// B11 as JPEG 2000, the rest GeoTIFF. Returns the folder holding the product.
+fn make_product(root: &Path, datetime: &str, with_metadata: bool) {
+    let safe = root.join(format!("S2A_MSIL2A_{datetime}_N9999_R122_T33TPS_{datetime}.SAFE"));
+    let safe = if with_metadata { safe } else { root.join(format!("loose_{datetime}")) };
+    let img = safe.join(format!("GRANULE/L2A_T33TPS_A000001_{datetime}/IMG_DATA"));
+    for (i, band) in ["B02", "B03", "B04", "B08"].iter().enumerate() {
+        let data = (0..400).map(|p| dn10(i, p / 20, p % 20)).collect();
+        write_u16(&img.join(format!("R10m/T33TPS_{datetime}_{band}_10m.tif")), 20, 10.0, data, false);
+    }
+    for band in ["B05", "B06", "B07", "B8A", "B11", "B12"] {
+        let data = (0..100).map(|p| dn20(p % 10)).collect();
+        write_u16(&img.join(format!("R20m/T33TPS_{datetime}_{band}_20m.{}", if band == "B11" { "jp2" } else { "tif" })), 10, 20.0, data, band == "B11");
+    }
+    let scl = (0..100).map(|p| ((p / 10 + p % 10) % 11 + 1) as u16).collect();
+    write_u16(&img.join(format!("R20m/T33TPS_{datetime}_SCL_20m.tif")), 10, 20.0, scl, false);
+    if with_metadata {
+        let bands: String = (0..13).map(|i| format!("<BOA_ADD_OFFSET band_id=\"{i}\">-1000</BOA_ADD_OFFSET>")).collect();
+        std::fs::write(safe.join("MTD_MSIL2A.xml"), MTD.replace("BANDS", &bands)).unwrap();
+    }
+}
+
+fn l2a_bands() -> Vec<String> {
+    ["B02", "B03", "B04", "B08", "B11", "SCL"].iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn l2a_product_reads_to_reflectance_on_the_10m_grid() {
+    let dir = tempfile::tempdir().unwrap();
+    make_product(dir.path(), "20220315T100031", true);
+    let options = sitsflow::raster::L2aOptions { bands: Some(l2a_bands()), ..Default::default() };
+    let series = sitsflow::raster::open_l2a(dir.path(), &options).unwrap();
+    assert_eq!(series.dates(), ["2022-03-15"]);
+    assert_eq!((series.grid.width, series.grid.height), (20, 20));
+    assert_eq!(series.grid.geo_transform.unwrap()[1], 10.0);
+    let window = Window { row: 0, col: 0, rows: 20, cols: 20 };
+    let chunk = series.reader().unwrap().read(window).unwrap();
+    let plane = |b: usize| &chunk.data[b * 400..(b + 1) * 400];
+    // 10 m bands: (DN − 1000) / 10000 exactly; DN 0 is missing.
+    for (b, band) in [0usize, 1, 2, 3].iter().enumerate() {
+        for p in 1..400 {
+            let expected = (dn10(*band, p / 20, p % 20) as f32 - 1000.0) / 10000.0;
+            assert!((plane(b)[p] - expected).abs() < 1e-6, "band {b} pixel {p}: {} vs {expected}", plane(b)[p]);
+        }
+        assert!(plane(b)[0].is_nan(), "DN 0 is no data");
+    }
+    assert_eq!(chunk.valid[0], 0, "a pixel with a missing band is not valid");
+    assert_eq!(chunk.valid[1], 1);
+    // B11 (20 m, JPEG 2000): bilinear onto 10 m; inside the ramp the value is exact.
+    for c in 1..19 {
+        let dn = 3000.0 + 40.0 * ((c as f32 + 0.5) / 2.0 - 0.5);
+        let expected = (dn - 1000.0) / 10000.0;
+        assert!((plane(4)[5 * 20 + c] - expected).abs() < 1e-5, "B11 col {c}: {} vs {expected}", plane(4)[5 * 20 + c]);
+    }
+    // SCL (20 m): nearest, classes unchanged.
+    for p in 0..400 {
+        let (r, c) = (p / 20 / 2, p % 20 / 2);
+        assert_eq!(plane(5)[p], ((r + c) % 11 + 1) as f32, "SCL pixel {p}");
+    }
+}
+
+#[test]
+fn l2a_offset_comes_from_the_pipeline_when_products_do_not_say() {
+    let dir = tempfile::tempdir().unwrap();
+    make_product(dir.path(), "20220315T100031", false);
+    let options = sitsflow::raster::L2aOptions { bands: Some(vec!["B04".into()]), ..Default::default() };
+    let err = format!("{:#}", sitsflow::raster::open_l2a(dir.path(), &options).unwrap_err());
+    assert!(err.contains("T33TPS_20220315T100031_B04_10m.tif: cannot tell its processing baseline"), "{err}");
+    assert!(err.contains("set `boa_add_offset` in [input]"), "{err}");
+    let options = sitsflow::raster::L2aOptions { bands: Some(vec!["B04".into()]), boa_add_offset: Some(0.0), ..Default::default() };
+    let series = sitsflow::raster::open_l2a(dir.path(), &options).unwrap();
+    let chunk = series.reader().unwrap().read(Window { row: 1, col: 1, rows: 1, cols: 1 }).unwrap();
+    assert!((chunk.data[0] - dn10(2, 1, 1) as f32 / 10000.0).abs() < 1e-6);
+}
+
+#[test]
+fn l2a_missing_band_names_the_product_and_band() {
+    let dir = tempfile::tempdir().unwrap();
+    make_product(dir.path(), "20220315T100031", true);
+    let options = sitsflow::raster::L2aOptions { bands: Some(vec!["B01".into()]), ..Default::default() };
+    let err = format!("{:#}", sitsflow::raster::open_l2a(dir.path(), &options).unwrap_err());
+    assert!(err.contains("product T33TPS of 2022-03-15 has no band B01 (it has B02, B03, B04, B05, B06, B07, B08, B11, B12, B8A, SCL)"), "{err}");
+}
+
+#[test]
+fn stac_items_read_with_their_own_radiometry() {
+    let dir = tempfile::tempdir().unwrap();
+    make_product(dir.path(), "20220315T100031", true);
+    let img = "S2A_MSIL2A_20220315T100031_N9999_R122_T33TPS_20220315T100031.SAFE/GRANULE/L2A_T33TPS_A000001_20220315T100031/IMG_DATA";
+    let asset = |band: &str, res: &str, ext: &str| format!("{img}/R{res}/T33TPS_20220315T100031_{band}_{res}.{ext}");
+    let items = serde_json::json!({
+        "type": "FeatureCollection",
+        "features": [
+            {   // Earth Search style: common names and raster:bands scale/offset.
+                "type": "Feature", "id": "item-a",
+                "properties": { "datetime": "2022-03-15T10:00:31Z" },
+                "assets": {
+                    "red": { "href": asset("B04", "10m", "tif"), "raster:bands": [{ "scale": 0.0001, "offset": -0.1, "nodata": 0 }] },
+                    "nir": { "href": asset("B08", "10m", "tif"), "raster:bands": [{ "scale": 0.0001, "offset": -0.1, "nodata": 0 }] },
+                    "scl": { "href": asset("SCL", "20m", "tif") }
+                }
+            },
+            {   // Band-named assets, radiometry from the processing baseline.
+                "type": "Feature", "id": "item-b",
+                "properties": { "datetime": "2022-03-25T10:00:31Z", "s2:processing_baseline": "04.00" },
+                "assets": {
+                    "B04": { "href": asset("B04", "10m", "tif") },
+                    "B08": { "href": asset("B08", "10m", "tif") },
+                    "SCL": { "href": asset("SCL", "20m", "tif") }
+                }
+            }
+        ]
+    });
+    let file = dir.path().join("items.json");
+    std::fs::write(&file, serde_json::to_string_pretty(&items).unwrap()).unwrap();
+    let bands: Vec<String> = ["B04", "B08", "SCL"].iter().map(|s| s.to_string()).collect();
+    let options = sitsflow::raster::L2aOptions { bands: Some(bands), ..Default::default() };
+    let series = sitsflow::raster::open_stac(&file, &options).unwrap();
+    assert_eq!(series.dates(), ["2022-03-15", "2022-03-25"]);
+    assert_eq!((series.grid.width, series.grid.height), (20, 20), "the finest band's grid");
+    let chunk = series.reader().unwrap().read(Window { row: 2, col: 3, rows: 1, cols: 1 }).unwrap();
+    let b04 = (dn10(2, 2, 3) as f32 - 1000.0) / 10000.0;
+    let b08 = (dn10(3, 2, 3) as f32 - 1000.0) / 10000.0;
+    // date × band × 1 pixel
+    assert!((chunk.data[0] - b04).abs() < 1e-6 && (chunk.data[1] - b08).abs() < 1e-6, "{:?}", chunk.data);
+    assert!((chunk.data[3] - b04).abs() < 1e-6 && (chunk.data[4] - b08).abs() < 1e-6, "{:?}", chunk.data);
+    assert_eq!(chunk.data[2], ((1 + 1) % 11 + 1) as f32, "SCL nearest from 20 m");
+}
+
+// ---- Reference maps -----------------------------------------------------------------
+
+#[test]
+fn corine_like_map_in_wgs84_is_reprojected_onto_utm_by_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    // A 1 km × 1 km UTM 33N grid centred on the zone's central meridian (15° E).
+    let spec = sitsflow::raster::GridSpec {
+        crs: "EPSG:32633".into(),
+        bounds: [499_500.0, 5_099_000.0, 500_500.0, 5_100_000.0],
+        resolution: 10.0,
+    };
+    let grid = spec.to_grid().unwrap();
+    // The reference in EPSG:4326: CLC 311 (broad-leaved) west of 15° E, 312 (coniferous)
+    // east of it, at 0.0002° (about 15 m × 22 m), with a no-data strip at the north.
+    let (lon0, lat1, step, w, h) = (14.99, 46.06, 0.0002, 100usize, 100usize);
+    let data: Vec<u16> = (0..w * h)
+        .map(|p| {
+            let (r, c) = (p / w, p % w);
+            let lon = lon0 + (c as f64 + 0.5) * step;
+            if r < 2 { 0 } else if lon < 15.0 { 311 } else { 312 }
+        })
+        .collect();
+    let path = dir.path().join("clc4326.tif");
+    let mem = DriverManager::get_driver_by_name("MEM").unwrap();
+    let mut ds = mem.create_with_band_type::<u16, _>("", w, h, 1).unwrap();
+    ds.set_geo_transform(&[lon0, step, 0.0, lat1, 0.0, -step]).unwrap();
+    let mut wgs84 = gdal::spatial_ref::SpatialRef::from_epsg(4326).unwrap();
+    wgs84.set_axis_mapping_strategy(gdal::spatial_ref::AxisMappingStrategy::TraditionalGisOrder);
+    ds.set_spatial_ref(&wgs84).unwrap();
+    ds.rasterband(1).unwrap().set_no_data_value(Some(0.0)).unwrap();
+    ds.rasterband(1).unwrap().write((0, 0), (w, h), &mut Buffer::new((w, h), data)).unwrap();
+    ds.create_copy(&DriverManager::get_driver_by_name("GTiff").unwrap(), &path, &RasterCreationOptions::default()).unwrap();
+
+    let nomenclature = sitsflow::config::Nomenclature::load(&common::workspace().join("configs/nomenclature/clc-to-seed001.toml")).unwrap();
+    let reference = sitsflow::raster::ReferenceMap::open(&path, &grid).unwrap();
+    let mut unmapped = std::collections::BTreeMap::new();
+    let window = Window { row: 0, col: 0, rows: grid.height, cols: grid.width };
+    let labels = reference.read(window, &nomenclature.lookup(), &mut unmapped).unwrap();
+    assert!(unmapped.is_empty(), "{unmapped:?}");
+    // Broadleaves (7) west of the central meridian, conifers (8) east; allow the
+    // boundary column.
+    let mut wrong = 0;
+    for (p, label) in labels.iter().enumerate() {
+        let c = p % grid.width;
+        let expected = if c < 50 { 7 } else { 8 };
+        if *label != expected && c != 49 && c != 50 {
+            wrong += 1;
+        }
+    }
+    assert_eq!(wrong, 0, "pixels off the expected class");
+}
+
+// ---- Outputs ------------------------------------------------------------------------
+
+fn gdalinfo(path: &Path) -> String {
+    let out = std::process::Command::new("gdalinfo").arg(path).output().expect("gdalinfo (gdal-bin, installed by scripts/setup.sh)");
+    assert!(out.status.success(), "gdalinfo failed on {}", path.display());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn class_maps_are_cogs_with_colour_table_names_and_overviews() {
+    let dir = tempfile::tempdir().unwrap();
+    let grid = sitsflow::raster::GridSpec { crs: "EPSG:32633".into(), bounds: [500_000.0, 5_093_000.0, 507_000.0, 5_100_000.0], resolution: 10.0 }
+        .to_grid()
+        .unwrap();
+    let labels: Vec<u16> = (0..grid.width * grid.height).map(|p| ((p / grid.width / 100 + p % grid.width / 100) % 3 + 1) as u16).collect();
+    let style = sitsflow::raster::ClassStyle {
+        classes: vec![(1, "Artificial".into(), "#e6004d".into()), (2, "Grass".into(), "#ccf24d".into()), (3, "Crops".into(), "#ffe64d".into())],
+    };
+    let path = dir.path().join("map.tif");
+    sitsflow::raster::write_class_map(&path, &grid, "class", labels, &style).unwrap();
+    let info = gdalinfo(&path);
+    assert!(info.contains("LAYOUT=COG"), "{info}");
+    assert!(info.contains("COMPRESSION=DEFLATE"), "{info}");
+    assert!(info.contains("Overviews: "), "{info}");
+    assert!(info.contains("Color Table (RGB"), "{info}");
+    assert!(info.contains("      1: Artificial") && info.contains("      3: Crops"), "{info}");
+    assert!(info.contains("1: 230,0,77,255"), "{info}");
+    // Only the finished file (and its metadata sidecar) carry the final name.
+    let mut names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["map.tif", "map.tif.aux.xml"]);
+    let ds = gdal::Dataset::open(&path).unwrap();
+    assert_eq!(ds.rasterband(1).unwrap().description().unwrap(), "class");
+}

@@ -55,7 +55,7 @@ pub enum Command {
     DemoData {
         dir: PathBuf,
         /// Side of the scene in pixels.
-        #[arg(long, default_value_t = 256)]
+        #[arg(long, default_value_t = 512)]
         size: usize,
         #[arg(long, default_value_t = 7)]
         seed: u64,

@@ -8,12 +8,11 @@
 //! August, broadleaves lose their leaves in winter, conifers stay green). Clouds
 //! (bright, NaN-free) and their shadows (dark) cover some dates. Land cover
 //! changes between years: a clear-cut, storm damage and new buildings. The truth
-//! of each year and a coarse, CORINE-like reference map are written beside it.
+//! of each year (codes of seed 001's nomenclature, `classes.csv`) and a coarse
+//! CORINE-like reference (CLC level-3 codes at 100 m) are written beside it.
 
-use crate::raster::{Grid, write_geotiff_f32};
+use crate::raster::{ClassStyle, Grid, write_class_map, write_geotiff_f32};
 use anyhow::{Context, Result};
-use gdal::raster::Buffer;
-use gdal::{DriverManager, Metadata};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::path::Path;
@@ -21,43 +20,60 @@ use std::path::Path;
 /// The Sentinel-2 bands of the demo, in order.
 pub const BANDS: [&str; 10] = ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"];
 
-/// Demo classes: code, name, colour.
-pub const CLASSES: [(u16, &str, &str); 7] = [
-    (1, "Artificial", "#e6004d"),
-    (2, "Grass", "#ccf24d"),
-    (3, "Crops", "#ffe64d"),
-    (4, "Broadleaves", "#80ff00"),
-    (5, "Conifers", "#00a600"),
-    (6, "Water", "#00ccf2"),
-    (7, "Bare soil", "#cc9966"),
+/// Demo classes (codes of seed 001's nomenclature, `configs/nomenclature`): code,
+/// name, colour, and the CORINE code the coarse reference uses for it.
+pub const CLASSES: [(u16, &str, &str, u32); 7] = [
+    (ARTIFICIAL, "Artificial", "#e6004d", 112),
+    (GRASS, "Grass", "#ccf24d", 231),
+    (CROPS, "Crops", "#ffe64d", 211),
+    (MINERAL, "Mineral", "#a600cc", 333),
+    (BROADLEAVES, "Broadleaves", "#80ff00", 311),
+    (CONIFERS, "Conifers", "#00a600", 312),
+    (WATER, "Water", "#00ccf2", 512),
 ];
 
+const ARTIFICIAL: u16 = 1;
+const GRASS: u16 = 2;
+const CROPS: u16 = 3;
+const MINERAL: u16 = 4;
+const BROADLEAVES: u16 = 7;
+const CONIFERS: u16 = 8;
+const WATER: u16 = 9;
+
 const SOIL: [f32; 10] = [0.08, 0.10, 0.13, 0.16, 0.19, 0.21, 0.22, 0.23, 0.30, 0.25];
-const GREEN: [[f32; 10]; 8] = [
-    [0.0; 10],                                                    // unused
-    [0.10, 0.11, 0.12, 0.13, 0.15, 0.16, 0.17, 0.17, 0.20, 0.18], // artificial (no phenology)
-    [0.03, 0.07, 0.04, 0.11, 0.26, 0.31, 0.33, 0.34, 0.20, 0.10], // grass
-    [0.03, 0.08, 0.03, 0.12, 0.32, 0.40, 0.43, 0.44, 0.21, 0.09], // crops
-    [0.03, 0.06, 0.03, 0.10, 0.30, 0.38, 0.40, 0.42, 0.18, 0.08], // broadleaves
-    [0.02, 0.04, 0.02, 0.07, 0.20, 0.25, 0.27, 0.28, 0.13, 0.06], // conifers
-    [0.06, 0.05, 0.03, 0.02, 0.015, 0.012, 0.01, 0.01, 0.005, 0.003], // water
-    SOIL,                                                         // bare soil
-];
+/// The spectrum of a class at full greenness (or its only spectrum, for classes
+/// without phenology).
+fn spectrum(class: u16) -> [f32; 10] {
+    match class {
+        ARTIFICIAL => [0.10, 0.11, 0.12, 0.13, 0.15, 0.16, 0.17, 0.17, 0.20, 0.18],
+        GRASS => [0.03, 0.07, 0.04, 0.11, 0.26, 0.31, 0.33, 0.34, 0.20, 0.10],
+        CROPS => [0.03, 0.08, 0.03, 0.12, 0.32, 0.40, 0.43, 0.44, 0.21, 0.09],
+        BROADLEAVES => [0.03, 0.06, 0.03, 0.10, 0.30, 0.38, 0.40, 0.42, 0.18, 0.08],
+        CONIFERS => [0.02, 0.04, 0.02, 0.07, 0.20, 0.25, 0.27, 0.28, 0.13, 0.06],
+        WATER => [0.06, 0.05, 0.03, 0.02, 0.015, 0.012, 0.01, 0.01, 0.005, 0.003],
+        _ => SOIL,
+    }
+}
+
+/// Classes whose reflectance follows a greenness curve between soil and their spectrum.
+fn has_phenology(class: u16) -> bool {
+    matches!(class, GRASS | CROPS | BROADLEAVES | CONIFERS)
+}
 
 /// Greenness 0..1 of a class on a day of year.
 fn greenness(class: u16, doy: f32) -> f32 {
     let bump = |peak: f32, width: f32| (-((doy - peak) / width).powi(2)).exp();
     match class {
-        2 => 0.35 + 0.55 * bump(170.0, 70.0),
-        3 => {
+        GRASS => 0.35 + 0.55 * bump(170.0, 70.0),
+        CROPS => {
             if doy > 225.0 {
                 0.05
             } else {
                 0.05 + 0.9 * bump(180.0, 35.0)
             }
         }
-        4 => 0.15 + 0.8 * bump(190.0, 60.0),
-        5 => 0.85 + 0.1 * bump(190.0, 80.0),
+        BROADLEAVES => 0.15 + 0.8 * bump(190.0, 60.0),
+        CONIFERS => 0.85 + 0.1 * bump(190.0, 80.0),
         _ => 1.0,
     }
 }
@@ -73,19 +89,19 @@ pub struct DemoOptions {
 
 impl Default for DemoOptions {
     fn default() -> Self {
-        DemoOptions { size: 256, years: vec![2018, 2019, 2020], dates_per_year: 12, seed: 7 }
+        DemoOptions { size: 512, years: vec![2018, 2019, 2020], dates_per_year: 12, seed: 7 }
     }
 }
 
 /// The land cover of the first year.
 fn base_map(size: usize, rng: &mut ChaCha8Rng) -> Vec<u16> {
-    let mut map = vec![3u16; size * size];
+    let mut map = vec![CROPS; size * size];
     let s = size as f32;
     // Parcels: crops or grass in a jittered grid of fields.
     let field = (size / 8).max(4);
     for fr in (0..size).step_by(field) {
         for fc in (0..size).step_by(field) {
-            let class = if rng.random::<f32>() < 0.35 { 2 } else { 3 };
+            let class = if rng.random::<f32>() < 0.35 { GRASS } else { CROPS };
             for r in fr..(fr + field).min(size) {
                 for c in fc..(fc + field).min(size) {
                     map[r * size + c] = class;
@@ -94,7 +110,7 @@ fn base_map(size: usize, rng: &mut ChaCha8Rng) -> Vec<u16> {
         }
     }
     // Forests: two large blobs, conifers in the north-east, broadleaves in the south-west.
-    let blobs = [(0.25 * s, 0.75 * s, 0.22 * s, 5u16), (0.72 * s, 0.25 * s, 0.2 * s, 4u16), (0.3 * s, 0.45 * s, 0.08 * s, 4u16)];
+    let blobs = [(0.25 * s, 0.75 * s, 0.22 * s, CONIFERS), (0.72 * s, 0.25 * s, 0.2 * s, BROADLEAVES), (0.3 * s, 0.45 * s, 0.08 * s, BROADLEAVES)];
     for r in 0..size {
         for c in 0..size {
             let (y, x) = (r as f32, c as f32);
@@ -107,14 +123,14 @@ fn base_map(size: usize, rng: &mut ChaCha8Rng) -> Vec<u16> {
             // A river across the scene and a lake.
             let river = 0.55 * s + 0.08 * s * (x / s * 6.0).sin();
             if (y - river).abs() < 0.012 * s + 1.0 {
-                map[r * size + c] = 6;
+                map[r * size + c] = WATER;
             }
             if ((y - 0.85 * s).powi(2) + (x - 0.8 * s).powi(2)).sqrt() < 0.07 * s {
-                map[r * size + c] = 6;
+                map[r * size + c] = WATER;
             }
             // The town.
             if (y - 0.2 * s).abs() < 0.08 * s && (x - 0.25 * s).abs() < 0.1 * s {
-                map[r * size + c] = 1;
+                map[r * size + c] = ARTIFICIAL;
             }
         }
     }
@@ -133,16 +149,16 @@ fn yearly_maps(base: &[u16], size: usize, years: usize) -> Vec<Vec<u16>> {
                 let i = r * size + c;
                 // Year 2: a clear-cut in the conifers and storm damage in the broadleaves.
                 if year == 1 {
-                    if map[i] == 5 && (y - 0.2 * s).abs() < 0.06 * s && (x - 0.8 * s).abs() < 0.06 * s {
-                        map[i] = 7;
+                    if map[i] == CONIFERS && (y - 0.2 * s).abs() < 0.06 * s && (x - 0.8 * s).abs() < 0.06 * s {
+                        map[i] = MINERAL;
                     }
-                    if map[i] == 4 && (y - 0.75 * s).abs() < 0.04 * s && (x - 0.2 * s).abs() < 0.1 * s {
-                        map[i] = 2;
+                    if map[i] == BROADLEAVES && (y - 0.75 * s).abs() < 0.04 * s && (x - 0.2 * s).abs() < 0.1 * s {
+                        map[i] = GRASS;
                     }
                 }
                 // Year 3: new buildings on fields next to the town.
-                if year == 2 && matches!(map[i], 2 | 3) && (y - 0.2 * s).abs() < 0.08 * s && (x - 0.4 * s).abs() < 0.05 * s {
-                    map[i] = 1;
+                if year == 2 && matches!(map[i], GRASS | CROPS) && (y - 0.2 * s).abs() < 0.08 * s && (x - 0.4 * s).abs() < 0.05 * s {
+                    map[i] = ARTIFICIAL;
                 }
             }
         }
@@ -201,8 +217,9 @@ pub fn generate(dir: &Path, options: &DemoOptions) -> Result<()> {
                     let ds = ((r - cy - radius * 0.6).powi(2) + (c - cx - radius * 0.6).powi(2)).sqrt();
                     shadow |= ds < radius * 0.8;
                 }
+                let green = spectrum(class);
                 for b in 0..BANDS.len() {
-                    let pure = if class == 1 || class == 6 || class == 7 { GREEN[class as usize][b] } else { SOIL[b] + g * (GREEN[class as usize][b] - SOIL[b]) };
+                    let pure = if has_phenology(class) { SOIL[b] + g * (green[b] - SOIL[b]) } else { green[b] };
                     let noise = 1.0 + 0.04 * (rng.random::<f32>() - 0.5);
                     let mut v = pure * noise;
                     if shadow && cover < 0.2 {
@@ -218,28 +235,36 @@ pub fn generate(dir: &Path, options: &DemoOptions) -> Result<()> {
         }
         write_labels(&dir.join("truth").join(format!("{year}.tif")), &grid, map)?;
     }
-    // CORINE-like reference: the first year's map by majority over 10 × 10 px (100 m).
-    let mut reference = vec![0u16; n];
+    // CORINE-like reference: the first year's land cover as CLC level-3 codes on a
+    // 100 m grid, each cell the most frequent class of its 10 × 10 pixels.
     let block = 10;
-    for br in (0..size).step_by(block) {
-        for bc in (0..size).step_by(block) {
-            let mut counts = [0usize; 8];
-            for r in br..(br + block).min(size) {
-                for c in bc..(bc + block).min(size) {
-                    counts[maps[0][r * size + c] as usize] += 1;
+    let coarse = size.div_ceil(block);
+    let mut reference = vec![0u16; coarse * coarse];
+    for br in 0..coarse {
+        for bc in 0..coarse {
+            let mut counts = std::collections::BTreeMap::<u16, usize>::new();
+            for r in br * block..((br + 1) * block).min(size) {
+                for c in bc * block..((bc + 1) * block).min(size) {
+                    *counts.entry(maps[0][r * size + c]).or_default() += 1;
                 }
             }
-            let mode = (1..8).max_by_key(|&k| (counts[k], std::cmp::Reverse(k))).unwrap_or(0) as u16;
-            for r in br..(br + block).min(size) {
-                for c in bc..(bc + block).min(size) {
-                    reference[r * size + c] = mode;
-                }
-            }
+            let mode = counts.iter().max_by_key(|(k, n)| (**n, std::cmp::Reverse(**k))).map_or(0, |(k, _)| *k);
+            reference[br * coarse + bc] = CLASSES.iter().find(|c| c.0 == mode).map_or(0, |c| c.3 as u16);
         }
     }
-    write_labels(&dir.join("reference.tif"), &grid, &reference)?;
+    let gt = grid.geo_transform.expect("the demo grid is georeferenced");
+    let coarse_grid = Grid {
+        width: coarse,
+        height: coarse,
+        geo_transform: Some([gt[0], gt[1] * block as f64, 0.0, gt[3], 0.0, gt[5] * block as f64]),
+        projection: grid.projection.clone(),
+    };
+    let clc_style = ClassStyle {
+        classes: CLASSES.iter().map(|c| (c.3 as u16, format!("CLC {}", c.3), c.2.to_string())).collect(),
+    };
+    write_class_map(&dir.join("reference.tif"), &coarse_grid, "CLC", reference, &clc_style)?;
     let mut csv = String::from("code,name,color\n");
-    for (code, name, color) in CLASSES {
+    for (code, name, color, _) in CLASSES {
         csv.push_str(&format!("{code},{name},{color}\n"));
     }
     crate::fsutil::write_atomic(&dir.join("classes.csv"), csv.as_bytes())?;
@@ -247,19 +272,6 @@ pub fn generate(dir: &Path, options: &DemoOptions) -> Result<()> {
 }
 
 fn write_labels(path: &Path, grid: &Grid, labels: &[u16]) -> Result<()> {
-    crate::fsutil::produce(path, |tmp| {
-        let driver = DriverManager::get_driver_by_name("GTiff")?;
-        let options = gdal::raster::RasterCreationOptions::from_iter(["COMPRESS=DEFLATE", "TILED=YES"]);
-        let mut ds = driver.create_with_band_type_with_options::<u16, _>(tmp, grid.width, grid.height, 1, &options)?;
-        if let Some(gt) = grid.geo_transform {
-            ds.set_geo_transform(&gt)?;
-        }
-        ds.set_projection(&grid.projection)?;
-        let mut band = ds.rasterband(1)?;
-        band.set_description("class")?;
-        band.set_no_data_value(Some(0.0))?;
-        let mut buffer = Buffer::new((grid.width, grid.height), labels.to_vec());
-        band.write((0, 0), (grid.width, grid.height), &mut buffer)?;
-        Ok(())
-    })
+    let style = ClassStyle { classes: CLASSES.iter().map(|c| (c.0, c.1.to_string(), c.2.to_string())).collect() };
+    write_class_map(path, grid, "class", labels.to_vec(), &style)
 }

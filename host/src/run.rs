@@ -15,7 +15,7 @@
 
 use crate::bindings::types::{Cube, StageKind};
 use crate::plan::{Plan, StagePlan};
-use crate::raster::{ClassStyle, GeoTiffWriter, OutputKind, ReferenceMap, Series, Window, chunk_grid};
+use crate::raster::{ChunkedRaster, ClassStyle, OutputKind, ReferenceMap, Series, Window, chunk_grid};
 use crate::runtime::{CallContext, StagePool};
 use anyhow::{Context, Result, bail};
 use serde_json::json;
@@ -181,10 +181,6 @@ impl Partial {
         self.done.insert(chunk);
         Ok(())
     }
-
-    fn work_file(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}.tif"))
-    }
 }
 
 /// What identifies a run for resuming: pipeline, plugins, inputs (by size and time),
@@ -208,12 +204,38 @@ fn run_key(plan: &Plan, series: &Series, layout: &Layout) -> String {
     crate::hash::sha256_hex(text.as_bytes())
 }
 
-/// Per-stage (and reference) output file, created when the first chunk arrives.
+/// The value type of an output's pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PixelType {
+    U8,
+    U16,
+    F32,
+}
+
+/// One output of the run (a stage's, or the aligned reference).
 struct Output {
-    name: String,
-    writer: GeoTiffWriter,
-    /// Feature names (features outputs), to check every chunk returns the same.
-    names: Vec<String>,
+    raster: ChunkedRaster,
+    pixel: PixelType,
+}
+
+impl Output {
+    fn new(partial: &Partial, run_dir: &Path, name: &str, grid: &crate::raster::Grid, pixel: PixelType, style: Option<ClassStyle>) -> Output {
+        let (kind, nodata) = match pixel {
+            PixelType::U8 => (OutputKind::Categorical, Some(255.0)),
+            PixelType::U16 => (OutputKind::Categorical, Some(0.0)),
+            PixelType::F32 => (OutputKind::Continuous, Some(f64::NAN)),
+        };
+        let raster = ChunkedRaster::new(&partial.dir.join(name), &run_dir.join(format!("{name}.tif")), grid, kind, nodata, style);
+        Output { raster, pixel }
+    }
+
+    fn finish(&mut self, chunks: &[(usize, Window)]) -> Result<PathBuf> {
+        match self.pixel {
+            PixelType::U8 => self.raster.finish::<u8>(chunks),
+            PixelType::U16 => self.raster.finish::<u16>(chunks),
+            PixelType::F32 => self.raster.finish::<f32>(chunks),
+        }
+    }
 }
 
 /// Runs a resolved plan.
@@ -261,15 +283,21 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
         log::info!("resuming: {resumed} of {} chunks were done by an interrupted run", chunks.len());
     }
 
-    // Outputs left by an interrupted run are reopened; the others are created lazily.
-    let mut outputs: Vec<Option<Output>> = Vec::new();
-    for stage in &plan.stages {
-        outputs.push(reopen_output(&partial, &plan.output_dir, stage.id.as_str(), output_kind(stage))?);
-    }
-    let mut reference_out = match &plan.reference {
-        Some(_) => reopen_output(&partial, &plan.output_dir, "reference", OutputKind::Categorical)?,
-        None => None,
-    };
+    let mut outputs: Vec<Output> = plan
+        .stages
+        .iter()
+        .map(|stage| {
+            let pixel = match stage.plugin.info().kind {
+                StageKind::CloudMask => PixelType::U8,
+                _ => PixelType::F32,
+            };
+            Output::new(&partial, &plan.output_dir, stage.id.as_str(), &grid, pixel, None)
+        })
+        .collect();
+    let mut reference_out = plan.reference.as_ref().map(|r| {
+        let style = ClassStyle { classes: r.nomenclature.styles() };
+        Output::new(&partial, &plan.output_dir, "reference", &grid, PixelType::U16, Some(style))
+    });
 
     let pools: Vec<StagePool> = plan.stages.iter().map(|s| StagePool::new(s.plugin.clone(), s.limits)).collect();
     let stage_nanos: Vec<AtomicU64> = plan.stages.iter().map(|_| AtomicU64::new(0)).collect();
@@ -343,7 +371,7 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
                 Err(message) => failures.push(message),
                 Ok(_) if write_error.is_some() => {}
                 Ok(chunk) => {
-                    let written = write_chunk(plan, &series, &partial, &mut outputs, &mut reference_out, chunks[index], chunk)
+                    let written = write_chunk(&series, &mut outputs, &mut reference_out, index, chunks[index], chunk)
                         .and_then(|()| partial.record(index));
                     if let Err(e) = written {
                         write_error = Some(e);
@@ -370,10 +398,10 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
         );
     }
 
+    let all: Vec<(usize, Window)> = chunks.iter().copied().enumerate().collect();
     let mut finished = Vec::new();
-    for output in outputs.into_iter().chain(std::iter::once(reference_out)).flatten() {
-        log::debug!("writing the COG {}", output.name);
-        finished.push(output.writer.finish()?);
+    for output in outputs.iter_mut().chain(reference_out.as_mut()) {
+        finished.push(output.finish(&all)?);
     }
     let unmapped = unmapped.into_inner().expect("lock");
     if !unmapped.is_empty() {
@@ -391,23 +419,6 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
         chunk_size: layout.chunk_size,
         seconds,
     })
-}
-
-fn output_kind(stage: &StagePlan) -> OutputKind {
-    match stage.plugin.info().kind {
-        StageKind::CloudMask => OutputKind::Categorical,
-        _ => OutputKind::Continuous,
-    }
-}
-
-fn reopen_output(partial: &Partial, run_dir: &Path, name: &str, kind: OutputKind) -> Result<Option<Output>> {
-    let work = partial.work_file(name);
-    if partial.done.is_empty() || !work.exists() {
-        return Ok(None);
-    }
-    let writer = GeoTiffWriter::reopen(&work, &run_dir.join(format!("{name}.tif")), kind)?;
-    let names = writer.band_names()?;
-    Ok(Some(Output { name: name.to_string(), writer, names }))
 }
 
 fn progress_bar(show: bool, total: usize, done: usize) -> indicatif::ProgressBar {
@@ -521,71 +532,35 @@ fn apply_mask(cube: &mut Cube, classes: &[u8]) {
 }
 
 fn write_chunk(
-    plan: &Plan,
     series: &Series,
-    partial: &Partial,
-    outputs: &mut [Option<Output>],
+    outputs: &mut [Output],
     reference_out: &mut Option<Output>,
+    index: usize,
     window: Window,
     chunk: ChunkOutputs,
 ) -> Result<()> {
     let n = window.pixels();
-    for ((stage, slot), output) in plan.stages.iter().zip(outputs.iter_mut()).zip(chunk.stages) {
-        let name = stage.id.to_string();
-        let target = plan.output_dir.join(format!("{name}.tif"));
+    for (out, output) in outputs.iter_mut().zip(chunk.stages) {
         match output {
             StageOutput::Mask(classes) => {
-                if slot.is_none() {
-                    let names: Vec<String> = series.dates().iter().map(|d| format!("mask@{d}")).collect();
-                    let writer = GeoTiffWriter::create::<u8>(&partial.work_file(&name), &target, &series.grid, &names, Some(255.0), OutputKind::Categorical)?;
-                    *slot = Some(Output { name: name.clone(), writer, names });
-                }
-                let out = slot.as_mut().expect("created above");
-                for (d, plane) in classes.chunks_exact(n).enumerate() {
-                    out.writer.write(d, window, plane.to_vec())?;
-                }
-                out.writer.flush()?;
+                let names: Vec<String> = series.dates().iter().map(|d| format!("mask@{d}")).collect();
+                out.raster.write_chunk(index, window, &names, &classes)?;
             }
             StageOutput::Features(names, data) => {
-                if slot.is_none() {
-                    let writer = GeoTiffWriter::create::<f32>(&partial.work_file(&name), &target, &series.grid, &names, Some(f64::NAN), OutputKind::Continuous)?;
-                    *slot = Some(Output { name: name.clone(), writer, names: names.clone() });
-                }
-                let out = slot.as_mut().expect("created above");
-                if out.names != names {
-                    bail!(
-                        "stage '{}' returned features [{}] on one chunk and [{}] on another",
-                        stage.id,
-                        names.join(", "),
-                        out.names.join(", ")
-                    );
-                }
+                // Pixel-major from the stage, band-major in the file.
                 let f = names.len();
-                for k in 0..f {
-                    let plane: Vec<f32> = (0..n).map(|p| data[p * f + k]).collect();
-                    out.writer.write(k, window, plane)?;
+                let mut planes = vec![0f32; f * n];
+                for p in 0..n {
+                    for k in 0..f {
+                        planes[k * n + p] = data[p * f + k];
+                    }
                 }
-                out.writer.flush()?;
+                out.raster.write_chunk(index, window, &names, &planes)?;
             }
         }
     }
-    if let (Some(labels), Some(reference)) = (chunk.reference, &plan.reference) {
-        if reference_out.is_none() {
-            let target = plan.output_dir.join("reference.tif");
-            let mut writer = GeoTiffWriter::create::<u16>(
-                &partial.work_file("reference"),
-                &target,
-                &series.grid,
-                &["reference".to_string()],
-                Some(0.0),
-                OutputKind::Categorical,
-            )?;
-            writer.set_classes(&ClassStyle { classes: reference.nomenclature.styles() })?;
-            *reference_out = Some(Output { name: "reference".into(), writer, names: vec!["reference".into()] });
-        }
-        let out = reference_out.as_mut().expect("created above");
-        out.writer.write(0, window, labels)?;
-        out.writer.flush()?;
+    if let (Some(labels), Some(out)) = (chunk.reference, reference_out.as_mut()) {
+        out.raster.write_chunk(index, window, &["reference".to_string()], &labels)?;
     }
     Ok(())
 }

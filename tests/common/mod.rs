@@ -9,8 +9,8 @@ use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
 /// The components the harness builds: shipped plugins and sandbox fixtures.
-pub const PACKAGES: [&str; 5] =
-    ["normalized-difference", "fixture-spin", "fixture-alloc-bomb", "fixture-snoop", "fixture-trap-on-chunk"];
+pub const PACKAGES: [&str; 6] =
+    ["normalized-difference", "fixture-spin", "fixture-alloc-bomb", "fixture-snoop", "fixture-trap-on-chunk", "fixture-slow-mean"];
 
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("host/ is inside the workspace").to_path_buf()

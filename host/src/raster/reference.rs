@@ -6,7 +6,7 @@
 //! are finer than the map's (10 m against CLC's 100 m) the two orders agree.
 
 use super::series::Resampling;
-use super::warp::warp_to_grid;
+use super::warp::Aligned;
 use super::{Grid, Window};
 use anyhow::{Context, Result};
 use gdal::Dataset;
@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 /// A reference map opened on a target grid.
 pub struct ReferenceMap {
     pub path: PathBuf,
-    dataset: Dataset,
+    aligned: Aligned,
     nodata: Option<f64>,
 }
 
@@ -25,20 +25,17 @@ impl ReferenceMap {
     pub fn open(path: &Path, grid: &Grid) -> Result<ReferenceMap> {
         let ds = Dataset::open(path).with_context(|| format!("{}: cannot open the reference map with GDAL", path.display()))?;
         let nodata = ds.rasterband(1)?.no_data_value();
-        let dataset = if Grid::of(&ds).same_pixels(grid) {
-            ds
-        } else {
-            warp_to_grid(&ds, grid, Resampling::Mode, nodata)
-                .with_context(|| format!("{}: aligning the reference map to the cube grid", path.display()))?
-        };
-        Ok(ReferenceMap { path: path.to_path_buf(), dataset, nodata })
+        let aligned = Aligned::new(ds, grid, Resampling::Mode, nodata)
+            .with_context(|| format!("{}: aligning the reference map to the cube grid", path.display()))?;
+        Ok(ReferenceMap { path: path.to_path_buf(), aligned, nodata })
     }
 
     /// Reads a window and translates source codes with `lookup`; codes not in it
     /// (and no-data) become 0 and are counted in `unmapped`.
     pub fn read(&self, window: Window, lookup: &HashMap<u32, u16>, unmapped: &mut BTreeMap<u32, u64>) -> Result<Vec<u16>> {
         let mut raw = vec![0u32; window.pixels()];
-        self.dataset
+        self.aligned
+            .dataset
             .rasterband(1)?
             .read_into_slice::<u32>(
                 (window.col as isize, window.row as isize),

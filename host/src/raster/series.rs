@@ -1,6 +1,6 @@
 //! A time series: for every date, where each band comes from; read window by window.
 
-use super::warp::warp_to_grid;
+use super::warp::Aligned;
 use super::{Grid, Window, parse_date};
 use anyhow::{Context, Result, bail, ensure};
 use gdal::{Dataset, Metadata};
@@ -185,20 +185,15 @@ impl Series {
 
     /// Opens the files for reading (warping where needed); one reader per thread.
     pub fn reader(&self) -> Result<SeriesReader<'_>> {
-        let mut datasets: HashMap<(String, Resampling), Dataset> = HashMap::new();
+        let mut datasets: HashMap<(String, Resampling), Aligned> = HashMap::new();
         for scene in &self.scenes {
             for source in &scene.sources {
                 let key = (source.path.clone(), source.resampling);
                 if datasets.contains_key(&key) {
                     continue;
                 }
-                let ds = open(&source.path)?;
-                let ds = if Grid::of(&ds).same_pixels(&self.grid) {
-                    ds
-                } else {
-                    warp_to_grid(&ds, &self.grid, source.resampling, source.nodata)
-                        .with_context(|| format!("{}: aligning to the target grid", source.path))?
-                };
+                let ds = Aligned::new(open(&source.path)?, &self.grid, source.resampling, source.nodata)
+                    .with_context(|| format!("{}: aligning to the target grid", source.path))?;
                 datasets.insert(key, ds);
             }
         }
@@ -222,7 +217,7 @@ fn probe(ds: &Dataset, path: &str) -> Result<()> {
 /// Open file handles of a series, for one thread.
 pub struct SeriesReader<'a> {
     series: &'a Series,
-    datasets: HashMap<(String, Resampling), Dataset>,
+    datasets: HashMap<(String, Resampling), Aligned>,
 }
 
 /// The pixels of one chunk: `dates × bands × rows × cols` and per-date validity.
@@ -242,7 +237,7 @@ impl SeriesReader<'_> {
         for (d, scene) in self.series.scenes.iter().enumerate() {
             for (b, source) in scene.sources.iter().enumerate() {
                 let out = &mut data[(d * bands + b) * n..(d * bands + b + 1) * n];
-                let ds = &self.datasets[&(source.path.clone(), source.resampling)];
+                let ds = &self.datasets[&(source.path.clone(), source.resampling)].dataset;
                 let band = ds.rasterband(source.band)?;
                 band.read_into_slice::<f32>(
                     (window.col as isize, window.row as isize),

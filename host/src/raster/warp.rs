@@ -44,9 +44,29 @@ pub(crate) fn same_crs(a: &str, b: &str) -> bool {
     }
 }
 
+/// A dataset on the target grid: the source itself, or a warped VRT over it. The VRT
+/// reads through the source's handle, so the source must outlive it: fields drop in
+/// order, the VRT first.
+pub(crate) struct Aligned {
+    pub dataset: Dataset,
+    _source: Option<Dataset>,
+}
+
+impl Aligned {
+    /// `src` as it is when it is on `grid`, else warped onto it.
+    pub fn new(src: Dataset, grid: &Grid, resampling: Resampling, nodata: Option<f64>) -> Result<Aligned> {
+        if Grid::of(&src).same_pixels(grid) {
+            return Ok(Aligned { dataset: src, _source: None });
+        }
+        let dataset = warp_to_grid(&src, grid, resampling, nodata)?;
+        Ok(Aligned { dataset, _source: Some(src) })
+    }
+}
+
 /// A virtual dataset presenting `src` on `grid` (GDAL warp to VRT, nothing computed
 /// until read). `nodata` is the source's no-data value, carried to the output.
-pub(crate) fn warp_to_grid(src: &Dataset, grid: &Grid, resampling: Resampling, nodata: Option<f64>) -> Result<Dataset> {
+/// The result reads through `src`'s handle: keep `src` open while it is used.
+fn warp_to_grid(src: &Dataset, grid: &Grid, resampling: Resampling, nodata: Option<f64>) -> Result<Dataset> {
     let Some(gt) = grid.geo_transform else {
         bail!("the target grid has no georeferencing, so other rasters cannot be aligned to it");
     };

@@ -1,14 +1,17 @@
-//! Writing rasters: a tiled working GeoTIFF filled chunk by chunk, finished into a
-//! Cloud-Optimized GeoTIFF (tiled, DEFLATE, overviews) under the final name.
+//! Writing rasters as Cloud-Optimized GeoTIFFs (tiled, DEFLATE, overviews), with
+//! band names, no-data, and for class maps a colour table and class names.
 //!
-//! The working file and the COG copy both live under temporary names; only the
-//! final rename gives a file its real name, so an interrupted run never leaves a
-//! file that looks finished.
+//! A run writes each chunk of an output as its own small GeoTIFF (under a temporary
+//! name, renamed when complete), so a run killed at any moment leaves only whole
+//! chunk files behind and a rerun can take them over. When every chunk is there, a
+//! VRT mosaic of them is copied into the COG, under a temporary name first; only the
+//! final rename gives the output its real name.
 
 use super::{Grid, Window};
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use gdal::raster::{Buffer, ColorEntry, ColorTable, GdalType, PaletteInterpretation, RasterCreationOptions, RgbaEntry};
-use gdal::{Dataset, DatasetOptions, DriverManager, GdalOpenFlags, Metadata};
+use gdal::{Dataset, DriverManager, Metadata};
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 /// Class names and colours of a categorical map.
@@ -36,164 +39,266 @@ fn rgb(hex: &str) -> Option<(i16, i16, i16)> {
     Some((((v >> 16) & 0xff) as i16, ((v >> 8) & 0xff) as i16, (v & 0xff) as i16))
 }
 
-/// A raster being written: a tiled GeoTIFF at `work`, to become a COG at `target`.
-pub struct GeoTiffWriter {
-    dataset: Dataset,
-    work: PathBuf,
-    target: PathBuf,
-    kind: OutputKind,
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
-fn work_options() -> RasterCreationOptions {
-    RasterCreationOptions::from_iter(["TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256", "COMPRESS=ZSTD", "ZSTD_LEVEL=1", "BIGTIFF=IF_SAFER"])
+fn cog_options(kind: OutputKind) -> RasterCreationOptions {
+    let resampling = match kind {
+        OutputKind::Continuous => "AVERAGE",
+        OutputKind::Categorical => "MODE",
+    };
+    RasterCreationOptions::from_iter([
+        "COMPRESS=DEFLATE".to_string(),
+        "PREDICTOR=YES".to_string(),
+        "BLOCKSIZE=256".to_string(),
+        "BIGTIFF=IF_SAFER".to_string(),
+        format!("OVERVIEW_RESAMPLING={resampling}"),
+        "NUM_THREADS=ALL_CPUS".to_string(),
+    ])
 }
 
-impl GeoTiffWriter {
-    /// Creates the working file `work` with one band per name.
-    pub fn create<T: GdalType>(
-        work: &Path,
-        target: &Path,
-        grid: &Grid,
-        band_names: &[String],
-        nodata: Option<f64>,
-        kind: OutputKind,
-    ) -> Result<Self> {
-        if let Some(parent) = work.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        let driver = DriverManager::get_driver_by_name("GTiff")?;
-        let mut dataset = driver
-            .create_with_band_type_with_options::<T, _>(work, grid.width, grid.height, band_names.len(), &work_options())
-            .with_context(|| format!("creating {}", work.display()))?;
-        if let Some(gt) = grid.geo_transform {
-            dataset.set_geo_transform(&gt)?;
-        }
-        if !grid.projection.is_empty() {
-            dataset.set_projection(&grid.projection)?;
-        }
-        for (i, name) in band_names.iter().enumerate() {
-            let mut band = dataset.rasterband(i + 1)?;
-            band.set_description(name)?;
-            if let Some(nd) = nodata {
-                band.set_no_data_value(Some(nd))?;
-            }
-        }
-        Ok(GeoTiffWriter { dataset, work: work.to_path_buf(), target: target.to_path_buf(), kind })
+/// Copies `source` into a COG at `target` via a temporary name (moving a PAM
+/// sidecar, which holds class names, along with it).
+fn copy_to_cog(source: &Dataset, target: &Path, kind: OutputKind) -> Result<PathBuf> {
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent)?;
     }
-
-    /// Reopens a working file left by an interrupted run, to go on writing into it.
-    pub fn reopen(work: &Path, target: &Path, kind: OutputKind) -> Result<Self> {
-        let options = DatasetOptions { open_flags: GdalOpenFlags::GDAL_OF_UPDATE | GdalOpenFlags::GDAL_OF_RASTER, ..Default::default() };
-        let dataset = Dataset::open_ex(work, options).with_context(|| format!("reopening {}", work.display()))?;
-        Ok(GeoTiffWriter { dataset, work: work.to_path_buf(), target: target.to_path_buf(), kind })
+    let tmp = crate::fsutil::temp_path(target);
+    let driver = DriverManager::get_driver_by_name("COG")?;
+    let copy = source.create_copy(&driver, &tmp, &cog_options(kind)).with_context(|| format!("writing the COG {}", tmp.display()));
+    drop(copy?);
+    let aux = PathBuf::from(format!("{}.aux.xml", tmp.display()));
+    if aux.exists() {
+        std::fs::rename(&aux, format!("{}.aux.xml", target.display()))?;
     }
-
-    /// Band names of the file.
-    pub fn band_names(&self) -> Result<Vec<String>> {
-        (1..=self.dataset.raster_count()).map(|i| Ok(self.dataset.rasterband(i)?.description()?)).collect()
-    }
-
-    /// Gives band 1 a colour table and category names (for class maps).
-    pub fn set_classes(&mut self, style: &ClassStyle) -> Result<()> {
-        let mut table = ColorTable::new(PaletteInterpretation::Rgba);
-        let max = style.classes.iter().map(|c| c.0).max().unwrap_or(0);
-        let mut names = vec![String::new(); max as usize + 1];
-        table.set_color_entry(0, &ColorEntry::Rgba(RgbaEntry { r: 0, g: 0, b: 0, a: 0 }));
-        for (code, name, color) in &style.classes {
-            let (r, g, b) = rgb(color).with_context(|| format!("class {code} '{name}': colour '{color}' is not #rrggbb"))?;
-            table.set_color_entry(*code, &ColorEntry::Rgba(RgbaEntry { r, g, b, a: 255 }));
-            names[*code as usize] = name.clone();
-        }
-        let mut band = self.dataset.rasterband(1)?;
-        band.set_color_table(&table);
-        let list: gdal::cpl::CslStringList = names.iter().map(String::as_str).collect();
-        // SAFETY: GDALSetRasterCategoryNames copies the list; the band handle is valid
-        // for as long as `self.dataset` lives.
-        let err = unsafe { gdal_sys::GDALSetRasterCategoryNames(band.c_rasterband(), list.as_ptr() as *mut *mut std::ffi::c_char) };
-        if err != gdal_sys::CPLErr::CE_None {
-            anyhow::bail!("setting category names of {}", self.work.display());
-        }
-        Ok(())
-    }
-
-    /// Writes a window of band `band` (0-based) from a `rows × cols` plane.
-    pub fn write<T: GdalType + Copy>(&mut self, band: usize, window: Window, plane: Vec<T>) -> Result<()> {
-        let mut buffer = Buffer::new((window.cols, window.rows), plane);
-        self.dataset
-            .rasterband(band + 1)?
-            .write((window.col as isize, window.row as isize), (window.cols, window.rows), &mut buffer)
-            .with_context(|| format!("writing {} band {} at {window}", self.work.display(), band + 1))
-    }
-
-    /// Pushes written blocks to disk (so a chunk recorded as done survives a crash).
-    pub fn flush(&mut self) -> Result<()> {
-        self.dataset.flush_cache().with_context(|| format!("flushing {}", self.work.display()))
-    }
-
-    /// Turns the working file into a COG under the target name and removes it.
-    pub fn finish(mut self) -> Result<PathBuf> {
-        self.dataset.flush_cache()?;
-        let resampling = match self.kind {
-            OutputKind::Continuous => "AVERAGE",
-            OutputKind::Categorical => "MODE",
-        };
-        let cog_tmp = crate::fsutil::temp_path(&self.target);
-        let driver = DriverManager::get_driver_by_name("COG")?;
-        let options = RasterCreationOptions::from_iter([
-            "COMPRESS=DEFLATE".to_string(),
-            "PREDICTOR=YES".to_string(),
-            "BLOCKSIZE=512".to_string(),
-            "BIGTIFF=IF_SAFER".to_string(),
-            format!("OVERVIEW_RESAMPLING={resampling}"),
-            "NUM_THREADS=ALL_CPUS".to_string(),
-        ]);
-        let copy = self
-            .dataset
-            .create_copy(&driver, &cog_tmp, &options)
-            .with_context(|| format!("writing the COG {}", cog_tmp.display()));
-        let GeoTiffWriter { dataset, work, target, .. } = self;
-        drop(dataset);
-        let copy = copy?;
-        drop(copy);
-        std::fs::rename(&cog_tmp, &target).with_context(|| format!("renaming {} to {}", cog_tmp.display(), target.display()))?;
-        // Category names live in the PAM sidecar for some types: keep it with the file.
-        let aux = PathBuf::from(format!("{}.aux.xml", cog_tmp.display()));
-        if aux.exists() {
-            std::fs::rename(&aux, format!("{}.aux.xml", target.display()))?;
-        }
-        let _ = std::fs::remove_file(&work);
-        let _ = std::fs::remove_file(format!("{}.aux.xml", work.display()));
-        Ok(target)
-    }
-
-    /// Closes and removes the working file.
-    pub fn abandon(self) {
-        let GeoTiffWriter { dataset, work, .. } = self;
-        drop(dataset);
-        let _ = std::fs::remove_file(&work);
-        let _ = std::fs::remove_file(format!("{}.aux.xml", work.display()));
-    }
+    std::fs::rename(&tmp, target).with_context(|| format!("renaming {} to {}", tmp.display(), target.display()))?;
+    Ok(target.to_path_buf())
 }
 
-/// Writes a whole multi-band float raster as a COG (used by the demo generator).
+/// Gives band 1 of `ds` a colour table and category names.
+fn set_classes(ds: &Dataset, style: &ClassStyle) -> Result<()> {
+    let mut table = ColorTable::new(PaletteInterpretation::Rgba);
+    let max = style.classes.iter().map(|c| c.0).max().unwrap_or(0);
+    let mut names = vec![String::new(); max as usize + 1];
+    table.set_color_entry(0, &ColorEntry::Rgba(RgbaEntry { r: 0, g: 0, b: 0, a: 0 }));
+    for (code, name, color) in &style.classes {
+        let (r, g, b) = rgb(color).with_context(|| format!("class {code} '{name}': colour '{color}' is not #rrggbb"))?;
+        table.set_color_entry(*code, &ColorEntry::Rgba(RgbaEntry { r, g, b, a: 255 }));
+        names[*code as usize] = name.clone();
+    }
+    let mut band = ds.rasterband(1)?;
+    band.set_color_table(&table);
+    let list: gdal::cpl::CslStringList = names.iter().map(String::as_str).collect();
+    // SAFETY: GDALSetRasterCategoryNames copies the list; the band handle is valid
+    // while `ds` lives.
+    let err = unsafe { gdal_sys::GDALSetRasterCategoryNames(band.c_rasterband(), list.as_ptr() as *mut *mut std::ffi::c_char) };
+    if err != gdal_sys::CPLErr::CE_None {
+        bail!("setting category names");
+    }
+    Ok(())
+}
+
+/// The colour table and category names of a class style, as VRT band elements.
+fn class_xml(style: &ClassStyle) -> Result<String> {
+    let max = style.classes.iter().map(|c| c.0).max().unwrap_or(0) as usize;
+    let mut colors = vec![(0i16, 0i16, 0i16, 0i16); max + 1];
+    let mut names = vec![String::new(); max + 1];
+    for (code, name, color) in &style.classes {
+        let (r, g, b) = rgb(color).with_context(|| format!("class {code} '{name}': colour '{color}' is not #rrggbb"))?;
+        colors[*code as usize] = (r, g, b, 255);
+        names[*code as usize] = name.clone();
+    }
+    let mut xml = String::from("    <ColorInterp>Palette</ColorInterp>\n    <CategoryNames>\n");
+    for name in &names {
+        let _ = writeln!(xml, "      <Category>{}</Category>", xml_escape(name));
+    }
+    xml.push_str("    </CategoryNames>\n    <ColorTable>\n");
+    for (r, g, b, a) in colors {
+        let _ = writeln!(xml, r#"      <Entry c1="{r}" c2="{g}" c3="{b}" c4="{a}"/>"#);
+    }
+    xml.push_str("    </ColorTable>\n");
+    Ok(xml)
+}
+
+/// An in-memory raster on `grid` with named bands.
+fn mem_dataset<T: GdalType>(grid: &Grid, band_names: &[String], nodata: Option<f64>) -> Result<Dataset> {
+    let driver = DriverManager::get_driver_by_name("MEM")?;
+    let mut ds = driver.create_with_band_type::<T, _>("", grid.width, grid.height, band_names.len())?;
+    if let Some(gt) = grid.geo_transform {
+        ds.set_geo_transform(&gt)?;
+    }
+    if !grid.projection.is_empty() {
+        ds.set_projection(&grid.projection)?;
+    }
+    for (i, name) in band_names.iter().enumerate() {
+        let mut band = ds.rasterband(i + 1)?;
+        band.set_description(name)?;
+        if let Some(nd) = nodata {
+            band.set_no_data_value(Some(nd))?;
+        }
+    }
+    Ok(ds)
+}
+
+/// Writes a whole multi-band float raster as a COG (the demo generator's scenes).
 pub fn write_geotiff_f32(path: &Path, grid: &Grid, band_names: &[String], planes: Vec<Vec<f32>>) -> Result<()> {
-    let window = Window { row: 0, col: 0, rows: grid.height, cols: grid.width };
-    let work = crate::fsutil::temp_path(&path.with_extension("work.tif"));
-    let mut writer = GeoTiffWriter::create::<f32>(&work, path, grid, band_names, None, OutputKind::Continuous)?;
+    let ds = mem_dataset::<f32>(grid, band_names, None)?;
     for (i, plane) in planes.into_iter().enumerate() {
-        writer.write(i, window, plane)?;
+        ds.rasterband(i + 1)?.write((0, 0), (grid.width, grid.height), &mut Buffer::new((grid.width, grid.height), plane))?;
     }
-    writer.finish()?;
+    copy_to_cog(&ds, path, OutputKind::Continuous)?;
     Ok(())
 }
 
 /// Writes a class map (`u16`, 0 = no data) as a COG with colour table and class names.
 pub fn write_class_map(path: &Path, grid: &Grid, name: &str, labels: Vec<u16>, style: &ClassStyle) -> Result<()> {
-    let window = Window { row: 0, col: 0, rows: grid.height, cols: grid.width };
-    let work = crate::fsutil::temp_path(&path.with_extension("work.tif"));
-    let mut writer = GeoTiffWriter::create::<u16>(&work, path, grid, &[name.to_string()], Some(0.0), OutputKind::Categorical)?;
-    writer.set_classes(style)?;
-    writer.write(0, window, labels)?;
-    writer.finish()?;
+    let ds = mem_dataset::<u16>(grid, &[name.to_string()], Some(0.0))?;
+    ds.rasterband(1)?.write((0, 0), (grid.width, grid.height), &mut Buffer::new((grid.width, grid.height), labels))?;
+    set_classes(&ds, style)?;
+    copy_to_cog(&ds, path, OutputKind::Categorical)?;
     Ok(())
+}
+
+/// One output of a run, written chunk by chunk into `work/<chunk>.tif` and finished
+/// into a COG at `target`.
+pub struct ChunkedRaster {
+    work: PathBuf,
+    target: PathBuf,
+    grid: Grid,
+    kind: OutputKind,
+    nodata: Option<f64>,
+    style: Option<ClassStyle>,
+    band_names: Option<Vec<String>>,
+}
+
+impl ChunkedRaster {
+    pub fn new(work: &Path, target: &Path, grid: &Grid, kind: OutputKind, nodata: Option<f64>, style: Option<ClassStyle>) -> Self {
+        ChunkedRaster {
+            work: work.to_path_buf(),
+            target: target.to_path_buf(),
+            grid: grid.clone(),
+            kind,
+            nodata,
+            style,
+            band_names: None,
+        }
+    }
+
+    fn chunk_file(&self, index: usize) -> PathBuf {
+        self.work.join(format!("{index:06}.tif"))
+    }
+
+    /// The band names chunks were written with (from this run or a previous one).
+    fn known_band_names(&mut self) -> Result<Option<Vec<String>>> {
+        if self.band_names.is_none() {
+            let existing = match std::fs::read_dir(&self.work) {
+                Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.path())).find(|p| p.extension().is_some_and(|x| x == "tif")),
+                Err(_) => None,
+            };
+            if let Some(path) = existing {
+                let ds = Dataset::open(&path).with_context(|| format!("reopening {}", path.display()))?;
+                let names = (1..=ds.raster_count()).map(|i| Ok(ds.rasterband(i)?.description()?)).collect::<Result<Vec<_>>>()?;
+                self.band_names = Some(names);
+            }
+        }
+        Ok(self.band_names.clone())
+    }
+
+    /// Writes one chunk: `planes` holds `band_names.len()` planes of `window.pixels()`.
+    pub fn write_chunk<T: GdalType + Copy>(&mut self, index: usize, window: Window, band_names: &[String], planes: &[T]) -> Result<()> {
+        match self.known_band_names()? {
+            Some(known) if known != band_names => bail!(
+                "{}: chunk {index} has bands [{}], earlier chunks [{}]",
+                self.target.display(),
+                band_names.join(", "),
+                known.join(", ")
+            ),
+            Some(_) => {}
+            None => self.band_names = Some(band_names.to_vec()),
+        }
+        std::fs::create_dir_all(&self.work)?;
+        let path = self.chunk_file(index);
+        let tmp = crate::fsutil::temp_path(&path);
+        let result = (|| -> Result<()> {
+            let driver = DriverManager::get_driver_by_name("GTiff")?;
+            let options = RasterCreationOptions::from_iter(["COMPRESS=ZSTD", "ZSTD_LEVEL=1", "TILED=YES"]);
+            let mut ds = driver.create_with_band_type_with_options::<T, _>(&tmp, window.cols, window.rows, band_names.len(), &options)?;
+            if let Some(gt) = self.grid.geo_transform {
+                let x = gt[0] + window.col as f64 * gt[1] + window.row as f64 * gt[2];
+                let y = gt[3] + window.col as f64 * gt[4] + window.row as f64 * gt[5];
+                ds.set_geo_transform(&[x, gt[1], gt[2], y, gt[4], gt[5]])?;
+            }
+            for (b, name) in band_names.iter().enumerate() {
+                let mut band = ds.rasterband(b + 1)?;
+                band.set_description(name)?;
+                let plane = planes[b * window.pixels()..(b + 1) * window.pixels()].to_vec();
+                band.write((0, 0), (window.cols, window.rows), &mut Buffer::new((window.cols, window.rows), plane))?;
+            }
+            ds.flush_cache()?;
+            drop(ds);
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result.with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Mosaics the chunk files (a VRT) into the COG at the target name.
+    pub fn finish<T: GdalType>(&mut self, chunks: &[(usize, Window)]) -> Result<PathBuf> {
+        let Some(names) = self.known_band_names()? else {
+            bail!("{}: no chunk was written", self.target.display());
+        };
+        let data_type = gdal::raster::GdalDataType::try_from(T::datatype())
+            .map(|t| t.name())
+            .unwrap_or_else(|_| "Float32".to_string());
+        let mut vrt = String::new();
+        let _ = writeln!(vrt, r#"<VRTDataset rasterXSize="{}" rasterYSize="{}">"#, self.grid.width, self.grid.height);
+        if !self.grid.projection.is_empty() {
+            let _ = writeln!(vrt, "  <SRS>{}</SRS>", xml_escape(&self.grid.projection));
+        }
+        if let Some(gt) = self.grid.geo_transform {
+            let _ = writeln!(vrt, "  <GeoTransform>{}, {}, {}, {}, {}, {}</GeoTransform>", gt[0], gt[1], gt[2], gt[3], gt[4], gt[5]);
+        }
+        for (b, name) in names.iter().enumerate() {
+            let _ = writeln!(vrt, r#"  <VRTRasterBand dataType="{data_type}" band="{}">"#, b + 1);
+            let _ = writeln!(vrt, "    <Description>{}</Description>", xml_escape(name));
+            if let Some(nd) = self.nodata {
+                let _ = writeln!(vrt, "    <NoDataValue>{}</NoDataValue>", if nd.is_nan() { "nan".to_string() } else { nd.to_string() });
+            }
+            if let (0, Some(style)) = (b, &self.style) {
+                vrt.push_str(&class_xml(style)?);
+            }
+            for (index, w) in chunks {
+                let file = self.chunk_file(*index);
+                if !file.exists() {
+                    bail!("{}: chunk {index} is missing from {}", self.target.display(), self.work.display());
+                }
+                let _ = writeln!(
+                    vrt,
+                    r#"    <SimpleSource><SourceFilename relativeToVRT="0">{}</SourceFilename><SourceBand>{}</SourceBand><SrcRect xOff="0" yOff="0" xSize="{}" ySize="{}"/><DstRect xOff="{}" yOff="{}" xSize="{}" ySize="{}"/></SimpleSource>"#,
+                    xml_escape(&file.display().to_string()),
+                    b + 1,
+                    w.cols,
+                    w.rows,
+                    w.col,
+                    w.row,
+                    w.cols,
+                    w.rows
+                );
+            }
+            let _ = writeln!(vrt, "  </VRTRasterBand>");
+        }
+        let _ = writeln!(vrt, "</VRTDataset>");
+        let vrt_path = self.work.join("mosaic.vrt");
+        std::fs::write(&vrt_path, vrt)?;
+        let mosaic = Dataset::open(&vrt_path).with_context(|| format!("opening {}", vrt_path.display()))?;
+        let target = copy_to_cog(&mosaic, &self.target, self.kind)?;
+        drop(mosaic);
+        let _ = std::fs::remove_dir_all(&self.work);
+        Ok(target)
+    }
 }

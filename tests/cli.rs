@@ -233,3 +233,22 @@ fn reference_map_is_aligned_mapped_and_written_as_a_class_cog() {
     assert_eq!(manifest["reference"]["nomenclature"], "clc-to-seed001");
     assert_eq!(manifest["reference"]["unmapped_codes"].as_array().unwrap().len(), 0);
 }
+
+#[test]
+fn a_halo_gives_stages_context_without_changing_per_pixel_outputs() {
+    let plain = project(NDVI);
+    let with_halo = project(NDVI);
+    let pipeline = std::fs::read_to_string(with_halo.path().join("pipeline.toml")).unwrap();
+    std::fs::write(with_halo.path().join("pipeline.toml"), pipeline.replace("chunk_size = 32", "chunk_size = 32\nhalo = 8")).unwrap();
+    for dir in [&plain, &with_halo] {
+        assert!(sitsflow(&["--quiet", "plugins", "lock", "pipeline.toml"], dir.path()).status.success());
+        let out = sitsflow(&["--quiet", "run", "pipeline.toml"], dir.path());
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let a = std::fs::read(plain.path().join("runs/cli/ndvi.tif")).unwrap();
+    let b = std::fs::read(with_halo.path().join("runs/cli/ndvi.tif")).unwrap();
+    assert!(a == b, "the halo must be cropped away exactly");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(with_halo.path().join("runs/cli/manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["halo"], 8);
+}

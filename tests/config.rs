@@ -27,14 +27,19 @@ fn outcome(case: &Path) -> Result<String, String> {
     let project = common::project_dir();
     let file = project.path().join(case.file_name().expect("file name"));
     std::fs::copy(case, &file).expect("copying the case");
-    let nomenclatures = project.path().join("nomenclature");
-    std::fs::create_dir_all(&nomenclatures).unwrap();
-    for entry in std::fs::read_dir(common::workspace().join("configs/nomenclature")).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, nomenclatures.join(path.file_name().unwrap())).unwrap();
-    }
+    copy_nomenclatures(project.path());
     let prefix = format!("{}/", project.path().display());
     Plan::load(&file, &common::runtime()).map(|plan| plan.render()).map_err(|e| e.to_string().replace(&prefix, ""))
+}
+
+/// The shipped nomenclatures, where pipelines in `dir` find them (`nomenclature/…`).
+fn copy_nomenclatures(dir: &Path) {
+    let target = dir.join("nomenclature");
+    std::fs::create_dir_all(&target).unwrap();
+    for entry in std::fs::read_dir(common::workspace().join("configs/nomenclature")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, target.join(path.file_name().unwrap())).unwrap();
+    }
 }
 
 fn check(case: &Path, extension: &str, actual: &str) -> Option<String> {
@@ -88,6 +93,7 @@ fn demo_pipeline_is_valid() {
     let demo = demo.replace("dir = \"../plugins/dist\"", "dir = \"plugins\"");
     let file = project.path().join("demo.toml");
     std::fs::write(&file, demo).unwrap();
+    copy_nomenclatures(project.path());
     let plan = Plan::load(&file, &common::runtime()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(plan.stages.len(), 2);
     assert_eq!(plan.stages[1].limits.memory_bytes, 512 << 20);

@@ -334,3 +334,39 @@ fn class_maps_are_cogs_with_colour_table_names_and_overviews() {
     let ds = gdal::Dataset::open(&path).unwrap();
     assert_eq!(ds.rasterband(1).unwrap().description().unwrap(), "class");
 }
+
+// ---- Labelled samples -----------------------------------------------------------------
+
+#[test]
+fn formosat2_samples_read_with_labels_groups_and_149_dates() {
+    let dir = common::shared_data().join("formosat2-tempcnn");
+    let train = sitsflow::samples::Samples::read_csv(&dir.join("train.csv")).unwrap();
+    let test = sitsflow::samples::Samples::read_csv(&dir.join("test.csv")).unwrap();
+    assert_eq!((train.len(), test.len()), (260, 260));
+    assert_eq!(train.features.len(), 447);
+    assert_eq!(train.bands(), ["NIR", "R", "G"]);
+    assert_eq!(train.dates().len(), 149);
+    assert_eq!(train.dates()[0], "t000");
+    let counts = train.class_counts();
+    assert_eq!(counts.len(), 13);
+    assert!(counts.values().all(|&n| n == 20), "{counts:?}");
+    // Train and test share no parcel (the data README says so).
+    let groups: std::collections::BTreeSet<_> = train.groups.as_ref().unwrap().iter().collect();
+    assert!(test.groups.as_ref().unwrap().iter().all(|g| !groups.contains(g)));
+    assert!(train.data.iter().all(|v| v.is_finite()));
+}
+
+#[test]
+fn bad_samples_name_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("samples.csv");
+    std::fs::write(&file, "label,group,B04@2020-01-01,B08@2020-01-01\nwheat,1,0.1,0.3\ncorn,2,0.2,x\n").unwrap();
+    let err = sitsflow::samples::Samples::read_csv(&file).unwrap_err().to_string();
+    assert!(err.ends_with("samples.csv:3:4: 'x' is not a number (B08@2020-01-01)"), "{err}");
+    std::fs::write(&file, "label,B04@2020-13-01\nwheat,0.1\n").unwrap();
+    let err = format!("{:#}", sitsflow::samples::Samples::read_csv(&file).unwrap_err());
+    assert!(err.ends_with("samples.csv:1: column 2 'B04@2020-13-01': expected BAND@YYYY-MM-DD or BAND@t000"), "{err}");
+    std::fs::write(&file, "label,B04@2020-01-01\nwheat,\n").unwrap();
+    let s = sitsflow::samples::Samples::read_csv(&file).unwrap();
+    assert!(s.data[0].is_nan(), "empty is missing");
+}

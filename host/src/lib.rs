@@ -11,4 +11,5 @@ pub mod plan;
 pub mod plugins;
 pub mod raster;
 pub mod run;
+pub mod samples;
 pub mod runtime;

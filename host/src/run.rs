@@ -82,8 +82,20 @@ fn bytes_per_pixel(dates: usize, bands: usize, stages: &[StageKind]) -> (usize, 
 }
 
 impl Layout {
-    /// Derives the chunk size from the budget, or checks a fixed one against it.
-    pub fn plan(budget_mib: usize, fixed: Option<usize>, halo: usize, workers: usize, dates: usize, bands: usize, stages: &[StageKind]) -> Result<Layout> {
+    /// Derives the chunk size from the budget (a multiple of the sources' square tile
+    /// size `align` when there is one, so chunks read whole tiles), or checks a fixed
+    /// one against it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn plan(
+        budget_mib: usize,
+        fixed: Option<usize>,
+        align: Option<usize>,
+        halo: usize,
+        workers: usize,
+        dates: usize,
+        bands: usize,
+        stages: &[StageKind],
+    ) -> Result<Layout> {
         let gdal_cache_mib = (budget_mib / 8).clamp(16, 256);
         let (per_px, result_px) = bytes_per_pixel(dates, bands, stages);
         let estimate = |side: usize| {
@@ -107,6 +119,9 @@ impl Layout {
                 let mut side = 4096;
                 while side > 16 && estimate(side) > budget_mib {
                     side -= 16;
+                }
+                if let Some(tile) = align.filter(|t| *t >= 16 && *t <= side) {
+                    side -= side % tile;
                 }
                 if estimate(side) > budget_mib {
                     bail!(
@@ -249,6 +264,7 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
     let layout = Layout::plan(
         plan.memory_budget_mib as usize,
         plan.chunk_size.map(|c| c as usize),
+        series.tile_size(),
         plan.halo as usize,
         workers,
         series.scenes.len(),
@@ -673,11 +689,14 @@ mod tests {
     #[test]
     fn layout_fits_the_budget() {
         let stages = [StageKind::Features];
-        let l = Layout::plan(2048, None, 0, 2, 36, 10, &stages).unwrap();
+        let l = Layout::plan(2048, None, None, 0, 2, 36, 10, &stages).unwrap();
         assert!(l.estimate_mib <= 2048 && l.chunk_size >= 256, "{l:?}");
-        let small = Layout::plan(256, None, 16, 2, 36, 10, &stages).unwrap();
+        let aligned = Layout::plan(2048, None, Some(256), 0, 2, 36, 10, &stages).unwrap();
+        assert_eq!(aligned.chunk_size % 256, 0, "{aligned:?}");
+        assert!(aligned.chunk_size <= l.chunk_size);
+        let small = Layout::plan(256, None, None, 16, 2, 36, 10, &stages).unwrap();
         assert!(small.estimate_mib <= 256 && small.chunk_size < l.chunk_size, "{small:?}");
-        let err = Layout::plan(256, Some(2048), 0, 2, 36, 10, &stages).unwrap_err().to_string();
+        let err = Layout::plan(256, Some(2048), None, 0, 2, 36, 10, &stages).unwrap_err().to_string();
         assert!(err.starts_with("chunk_size 2048 needs about"), "{err}");
     }
 }

@@ -171,6 +171,15 @@ impl Series {
         Ok(Series { origin, scenes, bands, grid })
     }
 
+    /// The square tile size of the first source, when it is tiled (so chunks can be
+    /// aligned to whole tiles); `None` for striped or untiled files.
+    pub fn tile_size(&self) -> Option<usize> {
+        let source = self.scenes.first()?.sources.first()?;
+        let ds = Dataset::open(&source.path).ok()?;
+        let (bx, by) = ds.rasterband(source.band).ok()?.block_size();
+        (bx == by && bx < self.grid.width.max(self.grid.height)).then_some(bx)
+    }
+
     pub fn dates(&self) -> Vec<String> {
         self.scenes.iter().map(|s| s.date.clone()).collect()
     }

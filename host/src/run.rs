@@ -90,6 +90,7 @@ impl Layout {
         budget_mib: usize,
         fixed: Option<usize>,
         align: Option<usize>,
+        decode_bytes: usize,
         halo: usize,
         workers: usize,
         dates: usize,
@@ -100,7 +101,7 @@ impl Layout {
         let (per_px, result_px) = bytes_per_pixel(dates, bands, stages);
         let estimate = |side: usize| {
             let with_halo = (side + 2 * halo).pow(2);
-            let bytes = workers * with_halo * per_px + 2 * workers * side * side * result_px;
+            let bytes = workers * (with_halo * per_px + decode_bytes) + 2 * workers * side * side * result_px;
             bytes.div_ceil(1 << 20) + gdal_cache_mib + FIXED_OVERHEAD_MIB
         };
         let chunk_size = match fixed {
@@ -265,13 +266,14 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
         plan.memory_budget_mib as usize,
         plan.chunk_size.map(|c| c as usize),
         series.tile_size(),
+        series.decode_buffer_bytes(),
         plan.halo as usize,
         workers,
         series.scenes.len(),
         series.bands.len(),
         &kinds,
     )?;
-    gdal::config::set_config_option("GDAL_CACHEMAX", &layout.gdal_cache_mib.to_string())?;
+    crate::raster::set_block_cache(layout.gdal_cache_mib);
     let reference = plan.reference.as_ref().map(|r| ReferenceMap::open(&r.path, &grid)).transpose()?;
     let lookup: HashMap<u32, u16> = plan.reference.as_ref().map(|r| r.nomenclature.lookup()).unwrap_or_default();
     drop(reference); // each worker opens its own; this was only to fail early
@@ -689,14 +691,14 @@ mod tests {
     #[test]
     fn layout_fits_the_budget() {
         let stages = [StageKind::Features];
-        let l = Layout::plan(2048, None, None, 0, 2, 36, 10, &stages).unwrap();
+        let l = Layout::plan(2048, None, None, 0, 0, 2, 36, 10, &stages).unwrap();
         assert!(l.estimate_mib <= 2048 && l.chunk_size >= 256, "{l:?}");
-        let aligned = Layout::plan(2048, None, Some(256), 0, 2, 36, 10, &stages).unwrap();
+        let aligned = Layout::plan(2048, None, Some(256), 0, 0, 2, 36, 10, &stages).unwrap();
         assert_eq!(aligned.chunk_size % 256, 0, "{aligned:?}");
         assert!(aligned.chunk_size <= l.chunk_size);
-        let small = Layout::plan(256, None, None, 16, 2, 36, 10, &stages).unwrap();
+        let small = Layout::plan(256, None, None, 0, 16, 2, 36, 10, &stages).unwrap();
         assert!(small.estimate_mib <= 256 && small.chunk_size < l.chunk_size, "{small:?}");
-        let err = Layout::plan(256, Some(2048), None, 0, 2, 36, 10, &stages).unwrap_err().to_string();
+        let err = Layout::plan(256, Some(2048), None, 0, 0, 2, 36, 10, &stages).unwrap_err().to_string();
         assert!(err.starts_with("chunk_size 2048 needs about"), "{err}");
     }
 }

@@ -115,6 +115,13 @@ pub fn parse_date(s: &str) -> Option<(i32, u32, u32)> {
     ((1..=12).contains(&m) && d >= 1 && d <= days[m as usize - 1]).then_some((y, m, d))
 }
 
+/// Caps GDAL's block cache (decoded tiles of inputs and outputs), which otherwise
+/// grows to 5 % of the machine's memory.
+pub fn set_block_cache(mib: usize) {
+    // SAFETY: sets a process-wide size; GDAL evicts blocks to honour it.
+    unsafe { gdal_sys::GDALSetCacheMax64((mib as i64) << 20) };
+}
+
 /// GDAL's version, for `doctor` and the manifest.
 pub fn gdal_version() -> String {
     gdal::version::VersionInfo::version_summary()

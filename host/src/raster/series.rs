@@ -180,6 +180,25 @@ impl Series {
         (bx == by && bx < self.grid.width.max(self.grid.height)).then_some(bx)
     }
 
+    /// Bytes GDAL holds per open file while reading it: one decoded tile (all bands of
+    /// it for pixel-interleaved files), estimated from the first date's files.
+    pub fn decode_buffer_bytes(&self) -> usize {
+        let Some(scene) = self.scenes.first() else { return 0 };
+        let mut files: Vec<&str> = scene.sources.iter().map(|s| s.path.as_str()).collect();
+        files.dedup();
+        let per_date: usize = files
+            .iter()
+            .filter_map(|f| Dataset::open(f).ok())
+            .map(|ds| {
+                let Ok(band) = ds.rasterband(1) else { return 0 };
+                let (bx, by) = band.block_size();
+                let interleaved = ds.metadata_item("INTERLEAVE", "IMAGE_STRUCTURE").is_some_and(|i| i == "PIXEL");
+                bx * by * 8 * if interleaved { ds.raster_count() } else { 1 }
+            })
+            .sum();
+        per_date * self.scenes.len()
+    }
+
     pub fn dates(&self) -> Vec<String> {
         self.scenes.iter().map(|s| s.date.clone()).collect()
     }

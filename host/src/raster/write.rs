@@ -141,14 +141,27 @@ fn mem_dataset<T: GdalType>(grid: &Grid, band_names: &[String], nodata: Option<f
     Ok(ds)
 }
 
-/// Writes a whole multi-band float raster as a COG (the demo generator's scenes).
+/// Writes a whole multi-band float raster as a tiled, band-interleaved GeoTIFF (the
+/// demo generator's scenes). Band interleaving lets a reader decode one band's tile
+/// without the others' (a pixel-interleaved COG decodes all bands of a tile at once).
 pub fn write_geotiff_f32(path: &Path, grid: &Grid, band_names: &[String], planes: Vec<Vec<f32>>) -> Result<()> {
     let ds = mem_dataset::<f32>(grid, band_names, None)?;
     for (i, plane) in planes.into_iter().enumerate() {
         ds.rasterband(i + 1)?.write((0, 0), (grid.width, grid.height), &mut Buffer::new((grid.width, grid.height), plane))?;
     }
-    copy_to_cog(&ds, path, OutputKind::Continuous)?;
-    Ok(())
+    let options = RasterCreationOptions::from_iter([
+        "TILED=YES",
+        "BLOCKXSIZE=256",
+        "BLOCKYSIZE=256",
+        "INTERLEAVE=BAND",
+        "COMPRESS=DEFLATE",
+        "PREDICTOR=3",
+        "BIGTIFF=IF_SAFER",
+    ]);
+    crate::fsutil::produce(path, |tmp| {
+        drop(ds.create_copy(&DriverManager::get_driver_by_name("GTiff")?, tmp, &options)?);
+        Ok(())
+    })
 }
 
 /// Writes a class map (`u16`, 0 = no data) as a COG with colour table and class names.

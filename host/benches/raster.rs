@@ -102,17 +102,21 @@ fn main() {
     let exe = env!("CARGO_BIN_EXE_sitsflow");
     assert!(Command::new(exe).args(["--quiet", "plugins", "lock", "pipeline.toml"]).current_dir(project.path()).status().unwrap().success());
     let t = Instant::now();
-    let out = Command::new(exe).args(["run", "pipeline.toml"]).current_dir(project.path()).output().unwrap();
+    let child = Command::new(exe)
+        .args(["--quiet", "run", "pipeline.toml"])
+        .current_dir(project.path())
+        .stderr(std::process::Stdio::inherit())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The run reports its own peak (VmHWM) in the manifest; the rusage of a child
+    // forked from this large process would count this process's pages too.
+    let status = child.wait_with_output().unwrap().status;
     let run_s = t.elapsed().as_secs_f64();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    // SAFETY: getrusage only fills the struct.
-    let peak_mib = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
-        usage.ru_maxrss as f64 / 1024.0
-    };
+    assert!(status.success(), "the run failed");
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(big.join("run/manifest.json")).unwrap()).unwrap();
+    let peak_mib = manifest["peak_rss_mib"].as_f64().expect("peak_rss_mib in the manifest (Linux)");
 
     let mbps = |s: f64| bytes / s / 1e6;
     println!("raster I/O (baseline: gdal_translate of the same files into /vsimem, same run)");
@@ -142,5 +146,10 @@ fn main() {
     let out = common::workspace().join("target/bench/raster.json");
     sitsflow::fsutil::write_atomic(&out, serde_json::to_string_pretty(&report).unwrap().as_bytes()).unwrap();
     println!("wrote {}", out.display());
-    let _ = std::fs::remove_dir_all(&root);
+    // SITSFLOW_BENCH_KEEP=1 keeps the generated series for looking into a run by hand.
+    if std::env::var_os("SITSFLOW_BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&root);
+    } else {
+        let _ = std::fs::copy(project.path().join("pipeline.toml"), root.join("pipeline.toml"));
+    }
 }

@@ -399,6 +399,9 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
         }
     });
     bar.finish_and_clear();
+    // The stage instances keep their linear memory (a chunk's worth each); free it
+    // before GDAL assembles the COGs, so the two phases' peaks do not add up.
+    drop(pools);
 
     if let Some(e) = worker_error.into_inner().expect("lock").or(write_error) {
         return Err(e);
@@ -667,10 +670,19 @@ fn write_manifest(
         "memory_budget_mib": plan.memory_budget_mib,
         "memory_estimate_mib": layout.estimate_mib,
         "wall_seconds": seconds,
+        "peak_rss_mib": peak_rss_mib(),
     });
     let text = serde_json::to_string_pretty(&manifest)?;
     crate::fsutil::write_atomic(&plan.output_dir.join("manifest.json"), text.as_bytes())?;
     Ok(())
+}
+
+/// The process's peak resident memory so far (Linux `VmHWM`), for the manifest.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 #[cfg(test)]

@@ -54,7 +54,6 @@ fn cog_options(kind: OutputKind) -> RasterCreationOptions {
         "BLOCKSIZE=256".to_string(),
         "BIGTIFF=IF_SAFER".to_string(),
         format!("OVERVIEW_RESAMPLING={resampling}"),
-        "NUM_THREADS=ALL_CPUS".to_string(),
     ])
 }
 
@@ -235,7 +234,7 @@ impl ChunkedRaster {
         let tmp = crate::fsutil::temp_path(&path);
         let result = (|| -> Result<()> {
             let driver = DriverManager::get_driver_by_name("GTiff")?;
-            let options = RasterCreationOptions::from_iter(["COMPRESS=ZSTD", "ZSTD_LEVEL=1", "TILED=YES"]);
+            let options = RasterCreationOptions::from_iter(["COMPRESS=ZSTD", "ZSTD_LEVEL=1", "TILED=YES", "INTERLEAVE=BAND"]);
             let mut ds = driver.create_with_band_type_with_options::<T, _>(&tmp, window.cols, window.rows, band_names.len(), &options)?;
             if let Some(gt) = self.grid.geo_transform {
                 let x = gt[0] + window.col as f64 * gt[1] + window.row as f64 * gt[2];

@@ -370,3 +370,20 @@ fn bad_samples_name_file_line_and_column() {
     let s = sitsflow::samples::Samples::read_csv(&file).unwrap();
     assert!(s.data[0].is_nan(), "empty is missing");
 }
+
+/// Regression guard: a truncated file (an interrupted download) must fail when the
+/// series is opened, naming the file, not in the middle of a run.
+#[test]
+fn a_truncated_file_is_refused_when_the_series_is_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = common::shared_data().join("slovenia-s2-eolearn/l1c");
+    for name in ["2015-07-11.tif", "2015-07-31.tif"] {
+        std::fs::copy(src.join(name), dir.path().join(name)).unwrap();
+    }
+    let victim = dir.path().join("2015-07-31.tif");
+    let bytes = std::fs::read(&victim).unwrap();
+    std::fs::write(&victim, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let err = format!("{:#}", Series::open(dir.path(), None).unwrap_err());
+    assert!(err.contains("2015-07-31.tif"), "{err}");
+    assert!(err.contains("cannot be read (corrupt or truncated file?)") || err.contains("cannot open with GDAL"), "{err}");
+}

@@ -33,4 +33,12 @@ if [ ! -f "$ort_dir/onnxruntime/capi/libonnxruntime.so.$ort_version" ]; then
     --target "$ort_dir.tmp" "onnxruntime==$ort_version"
   rm -rf "$ort_dir" && mv "$ort_dir.tmp" "$ort_dir"
 fi
+# Python packages the tests compare against (scikit-learn's metrics), kept in .deps/python.
+py_dir="$here/.deps/python"
+if ! PYTHONPATH="$py_dir" python3 -c "import sklearn, numpy" 2>/dev/null; then
+  echo "setup: installing numpy and scikit-learn into .deps/python" >&2
+  rm -rf "$py_dir.tmp"
+  python3 -m pip install --quiet --disable-pip-version-check --target "$py_dir.tmp" "numpy>=1.26,<3" "scikit-learn>=1.4,<2"
+  rm -rf "$py_dir" && mv "$py_dir.tmp" "$py_dir"
+fi
 echo "setup: ok" >&2

@@ -51,6 +51,30 @@ pub enum Command {
     /// Manage plugins.
     #[command(subcommand)]
     Plugins(PluginsCommand),
+    /// Assess a map against a reference raster (OA, kappa, per-class accuracies, F1,
+    /// IoU; area-adjusted estimates for stratified samples), or the year-to-year
+    /// agreement of a series of maps.
+    Eval {
+        /// The map to assess (class codes; 0 = no data).
+        #[arg(long, required_unless_present = "series")]
+        map: Option<PathBuf>,
+        /// The reference: a raster in any CRS (aligned onto the map's grid by mode).
+        #[arg(long, requires = "map")]
+        reference: Option<PathBuf>,
+        /// Translate reference codes with this nomenclature (e.g. CORINE to the map's classes).
+        #[arg(long, requires = "reference")]
+        nomenclature: Option<PathBuf>,
+        /// The reference is a sample stratified by map class: add area-adjusted accuracy
+        /// and class areas with 95 % intervals (Olofsson et al. 2014).
+        #[arg(long, requires = "reference")]
+        stratified: bool,
+        /// Maps of consecutive years: report the agreement per class between each pair.
+        #[arg(long, num_args = 2.., conflicts_with = "map")]
+        series: Vec<PathBuf>,
+        /// Also write everything as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Generate the demo data set (a small multi-year Sentinel-2-like series).
     DemoData {
         dir: PathBuf,
@@ -175,6 +199,26 @@ fn dispatch(cli: &Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Plugins(command) => plugins(command),
+        Command::Eval { map, reference, nomenclature, stratified, series, json } => {
+            let report = if !series.is_empty() {
+                let pairs = crate::eval::series_agreement(series)?;
+                print!("{}", crate::eval::render_agreement(&pairs));
+                serde_json::to_value(&pairs).map_err(anyhow::Error::from)?
+            } else {
+                let (Some(map), Some(reference)) = (map, reference) else {
+                    return Err(anyhow::anyhow!("eval needs --map and --reference, or --series").into());
+                };
+                let lookup = nomenclature.as_deref().map(crate::config::Nomenclature::load).transpose()?.map(|n| n.lookup());
+                let evaluation = crate::eval::evaluate_map(map, reference, lookup.as_ref(), *stratified)?;
+                print!("{}", crate::eval::render_evaluation(&evaluation));
+                serde_json::to_value(&evaluation).map_err(anyhow::Error::from)?
+            };
+            if let Some(path) = json {
+                let text = serde_json::to_string_pretty(&report).map_err(anyhow::Error::from)?;
+                crate::fsutil::write_atomic(path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(())
+        }
         Command::DemoData { dir, size, seed } => {
             let options = crate::demo::DemoOptions { size: *size, seed: *seed, ..Default::default() };
             crate::demo::generate(dir, &options).with_context(|| format!("generating demo data in {}", dir.display()))?;

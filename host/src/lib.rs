@@ -5,6 +5,7 @@ pub mod bindings;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod eval;
 pub mod fsutil;
 pub mod hash;
 pub mod plan;

@@ -101,6 +101,18 @@ impl Grid {
     }
 }
 
+/// The grid of a raster file.
+pub fn grid_of(path: &std::path::Path) -> anyhow::Result<Grid> {
+    use anyhow::Context;
+    let ds = gdal::Dataset::open(path).with_context(|| format!("{}: cannot open with GDAL", path.display()))?;
+    Ok(Grid::of(&ds))
+}
+
+/// Area of one pixel in the grid's units squared (m² for projected CRSs), if known.
+pub fn pixel_area(grid: &Grid) -> Option<f64> {
+    grid.geo_transform.map(|gt| (gt[1] * gt[5] - gt[2] * gt[4]).abs())
+}
+
 /// Checks `YYYY-MM-DD` (a real calendar date).
 pub fn parse_date(s: &str) -> Option<(i32, u32, u32)> {
     let b = s.as_bytes();

@@ -30,6 +30,28 @@ impl ReferenceMap {
         Ok(ReferenceMap { path: path.to_path_buf(), aligned, nodata })
     }
 
+    /// Reads a window of raw codes (no-data as 0).
+    pub fn read_raw(&self, window: Window) -> Result<Vec<u32>> {
+        let mut raw = vec![0u32; window.pixels()];
+        self.aligned
+            .dataset
+            .rasterband(1)?
+            .read_into_slice::<u32>(
+                (window.col as isize, window.row as isize),
+                (window.cols, window.rows),
+                (window.cols, window.rows),
+                &mut raw,
+                None,
+            )
+            .with_context(|| format!("{}: reading at {window}", self.path.display()))?;
+        if let Some(nd) = self.nodata {
+            for v in raw.iter_mut().filter(|v| **v as f64 == nd) {
+                *v = 0;
+            }
+        }
+        Ok(raw)
+    }
+
     /// Reads a window and translates source codes with `lookup`; codes not in it
     /// (and no-data) become 0 and are counted in `unmapped`.
     pub fn read(&self, window: Window, lookup: &HashMap<u32, u16>, unmapped: &mut BTreeMap<u32, u64>) -> Result<Vec<u16>> {

@@ -252,3 +252,43 @@ fn a_halo_gives_stages_context_without_changing_per_pixel_outputs() {
         serde_json::from_str(&std::fs::read_to_string(with_halo.path().join("runs/cli/manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["halo"], 8);
 }
+
+#[test]
+fn two_runs_of_the_same_pipeline_give_byte_identical_outputs() {
+    let a = project(NDVI);
+    let b = project(NDVI);
+    for dir in [&a, &b] {
+        assert!(sitsflow(&["--quiet", "plugins", "lock", "pipeline.toml"], dir.path()).status.success());
+        let out = sitsflow(&["--quiet", "run", "pipeline.toml"], dir.path());
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let read = |d: &tempfile::TempDir| std::fs::read(d.path().join("runs/cli/ndvi.tif")).unwrap();
+    assert!(read(&a) == read(&b), "outputs differ between identical runs");
+    let manifest = |d: &tempfile::TempDir| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(d.path().join("runs/cli/manifest.json")).unwrap()).unwrap()
+    };
+    assert_eq!(manifest(&a)["outputs"][0]["sha256"], manifest(&b)["outputs"][0]["sha256"]);
+}
+
+#[test]
+fn bench_records_runs_and_compares_two_records() {
+    let dir = project(NDVI);
+    assert!(sitsflow(&["--quiet", "plugins", "lock", "pipeline.toml"], dir.path()).status.success());
+    for name in ["a.json", "b.json"] {
+        let out = sitsflow(&["--quiet", "bench", "pipeline.toml", "--runs", "2", "--out", name], dir.path());
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let record: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("a.json")).unwrap()).unwrap();
+    assert_eq!(record["runs"].as_array().unwrap().len(), 2);
+    for key in ["wall_s", "cpu_s", "peak_rss_mib", "mpx_per_s"] {
+        assert!(record["median"][key].as_f64().unwrap() > 0.0, "{key}: {}", record["median"]);
+    }
+    assert_eq!(record["median"]["stages"][0]["id"], "ndvi");
+    assert!(record["machine"]["cores"].as_u64().unwrap() >= 1);
+    // Runs write into their own folders: the pipeline's output folder stays empty.
+    assert!(!dir.path().join("runs/cli/ndvi.tif").exists());
+    let out = sitsflow(&["bench", "--compare", "a.json", "b.json"], dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    assert!(table.contains("wall_s") && table.contains("ndvi Mpx per CPU s") && table.contains("x\n"), "{table}");
+}

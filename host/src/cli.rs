@@ -43,6 +43,23 @@ pub enum Command {
     /// Run a pipeline.
     Run {
         pipeline: PathBuf,
+        /// Write the run here instead of the pipeline's [output] dir.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// Run a pipeline N times and record wall and CPU time, peak memory and throughput
+    /// per stage (JSON); or compare two records.
+    Bench {
+        #[arg(required_unless_present = "compare")]
+        pipeline: Option<PathBuf>,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Where to write the record.
+        #[arg(long, default_value = "bench.json")]
+        out: PathBuf,
+        /// Print the ratios of two records (b / a) instead of running.
+        #[arg(long, num_args = 2, value_names = ["A", "B"], conflicts_with = "pipeline")]
+        compare: Vec<PathBuf>,
     },
     /// Check a pipeline (syntax, plugins, parameters, lockfile) and print its plan.
     Validate {
@@ -173,9 +190,12 @@ fn runtime() -> Result<Arc<Runtime>> {
 
 fn dispatch(cli: &Cli) -> Result<(), Failure> {
     match &cli.command {
-        Command::Run { pipeline } => {
+        Command::Run { pipeline, output } => {
             let runtime = runtime()?;
-            let plan = Plan::load(pipeline, &runtime)?;
+            let mut plan = Plan::load(pipeline, &runtime)?;
+            if let Some(dir) = output {
+                plan.output_dir = dir.clone();
+            }
             plan.verify_lock().map_err(Failure::Lock)?;
             let options = crate::run::RunOptions { progress: !cli.quiet };
             let summary = crate::run::run(&plan, &options)?;
@@ -199,6 +219,24 @@ fn dispatch(cli: &Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Plugins(command) => plugins(command),
+        Command::Bench { pipeline, runs, out, compare } => {
+            if let [a, b] = compare.as_slice() {
+                print!("{}", crate::bench::compare(a, b)?);
+            } else {
+                let pipeline = pipeline.as_ref().expect("clap requires a pipeline without --compare");
+                let record = crate::bench::bench(pipeline, *runs, out)?;
+                println!(
+                    "{} runs: median wall {:.2} s, CPU {:.2} s, peak {:.0} MiB, {:.2} Mpx/s; wrote {}",
+                    runs,
+                    record["median"]["wall_s"].as_f64().unwrap_or(f64::NAN),
+                    record["median"]["cpu_s"].as_f64().unwrap_or(f64::NAN),
+                    record["median"]["peak_rss_mib"].as_f64().unwrap_or(f64::NAN),
+                    record["median"]["mpx_per_s"].as_f64().unwrap_or(f64::NAN),
+                    out.display()
+                );
+            }
+            Ok(())
+        }
         Command::Eval { map, reference, nomenclature, stratified, series, json } => {
             let report = if !series.is_empty() {
                 let pairs = crate::eval::series_agreement(series)?;

@@ -2,6 +2,7 @@
 //! run as sandboxed WebAssembly components. See `ARCHITECTURE.md` for the map.
 
 pub mod bindings;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -10,7 +10,8 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 need_apt=()
-for pkg in libgdal-dev gdal-bin pkg-config; do
+# chromium renders report.html in the report test (headless).
+for pkg in libgdal-dev gdal-bin pkg-config chromium; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

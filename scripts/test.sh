@@ -7,4 +7,4 @@ cd "$root"
 bash scripts/setup.sh
 # shellcheck source=env.sh
 source scripts/env.sh
-cargo test --workspace --locked "$@"
+cargo test --workspace --locked --no-fail-fast "$@"

@@ -12,6 +12,7 @@ pub mod hash;
 pub mod plan;
 pub mod plugins;
 pub mod raster;
+pub mod report;
 pub mod run;
 pub mod samples;
 pub mod runtime;

@@ -55,6 +55,16 @@ impl InputPlan {
     }
 }
 
+/// An `[[evaluate]]`, resolved.
+#[derive(Debug, Clone)]
+pub struct EvaluatePlan {
+    /// The output's name (stage id or `reference`).
+    pub output: String,
+    pub truth: PathBuf,
+    pub nomenclature: Option<Nomenclature>,
+    pub stratified: bool,
+}
+
 /// The reference map, resolved.
 #[derive(Debug, Clone)]
 pub struct ReferencePlan {
@@ -72,6 +82,7 @@ pub struct Plan {
     pub pipeline_text: String,
     pub input: InputPlan,
     pub reference: Option<ReferencePlan>,
+    pub evaluations: Vec<EvaluatePlan>,
     pub output_dir: PathBuf,
     /// Chunk side in pixels when the pipeline fixes it; otherwise derived from the budget.
     pub chunk_size: Option<u32>,
@@ -222,6 +233,16 @@ impl Plan {
             }
         };
 
+        let mut evaluations = Vec::new();
+        for e in &pipeline.evaluations {
+            evaluations.push(EvaluatePlan {
+                output: e.output.get_ref().clone(),
+                truth: rel(e.truth.get_ref()),
+                nomenclature: e.nomenclature.as_ref().map(|n| Nomenclature::load(&rel(n.get_ref()))).transpose()?,
+                stratified: e.stratified,
+            });
+        }
+
         Ok(Plan {
             name: name.clone(),
             description: pipeline.description.clone(),
@@ -229,6 +250,7 @@ impl Plan {
             pipeline_text: source.text.clone(),
             input,
             reference,
+            evaluations,
             output_dir: pipeline
                 .output
                 .dir
@@ -344,6 +366,15 @@ impl Plan {
             );
         }
         let _ = writeln!(out, "  output        {}", show(&self.output_dir));
+        for e in &self.evaluations {
+            let _ = writeln!(
+                out,
+                "  evaluate      {} against {}{}",
+                e.output,
+                show(&e.truth),
+                if e.stratified { " (stratified sample)" } else { "" }
+            );
+        }
         let workers = if self.workers == 0 { "one per core".to_string() } else { self.workers.to_string() };
         let chunks = match self.chunk_size {
             Some(c) => format!("{c} x {c} px"),

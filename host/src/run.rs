@@ -430,7 +430,8 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
         log::warn!("reference codes not in the nomenclature, written as 0: {}", list.join(", "));
     }
     let seconds = started.elapsed().as_secs_f64();
-    write_manifest(plan, &series, &finished, &stage_nanos, &layout, chunks.len(), resumed, &unmapped, seconds)?;
+    let manifest = write_manifest(plan, &series, &finished, &stage_nanos, &layout, chunks.len(), resumed, &unmapped, seconds)?;
+    report(plan, &finished, &manifest)?;
     let _ = std::fs::remove_dir_all(&partial.dir);
     Ok(RunSummary {
         run_dir: plan.output_dir.clone(),
@@ -608,7 +609,7 @@ fn write_manifest(
     resumed: usize,
     unmapped: &BTreeMap<u32, u64>,
     seconds: f64,
-) -> Result<()> {
+) -> Result<serde_json::Value> {
     let inputs = series.files().iter().map(|f| file_record(f)).collect::<Result<Vec<_>>>()?;
     let outputs = outputs.iter().map(|p| file_record(&p.display().to_string())).collect::<Result<Vec<_>>>()?;
     let stages: Vec<_> = plan
@@ -674,7 +675,33 @@ fn write_manifest(
     });
     let text = serde_json::to_string_pretty(&manifest)?;
     crate::fsutil::write_atomic(&plan.output_dir.join("manifest.json"), text.as_bytes())?;
-    Ok(())
+    Ok(manifest)
+}
+
+/// Evaluates the outputs the pipeline asks for and writes the report.
+fn report(plan: &Plan, outputs: &[PathBuf], manifest: &serde_json::Value) -> Result<()> {
+    let mut quicklooks = Vec::new();
+    for path in outputs {
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let q = crate::raster::quicklook(path, 384, None).with_context(|| format!("drawing {}", path.display()))?;
+        quicklooks.push((name, q));
+    }
+    let mut evaluations = Vec::new();
+    for e in &plan.evaluations {
+        let map = plan.output_dir.join(format!("{}.tif", e.output));
+        let lookup = e.nomenclature.as_ref().map(|n| n.lookup());
+        let evaluation = crate::eval::evaluate_map(&map, &e.truth, lookup.as_ref(), e.stratified)
+            .with_context(|| format!("evaluating {} against {}", e.output, e.truth.display()))?;
+        log::info!(
+            "{} against {}: OA {:.4}, kappa {:.4}",
+            e.output,
+            e.truth.display(),
+            evaluation.metrics.overall_accuracy,
+            evaluation.metrics.kappa
+        );
+        evaluations.push(crate::report::EvaluationEntry { output: e.output.clone(), evaluation });
+    }
+    crate::report::write_report(&plan.output_dir, manifest, &quicklooks, &evaluations)
 }
 
 /// The process's peak resident memory so far (Linux `VmHWM`), for the manifest.

@@ -66,6 +66,25 @@ pub struct Pipeline {
     /// `[[stage]]`: the stages, run in order.
     #[serde(default, rename = "stage")]
     pub stages: Vec<Stage>,
+    /// `[[evaluate]]`: accuracy of outputs against truth rasters, in the report.
+    #[serde(default, rename = "evaluate")]
+    pub evaluations: Vec<Evaluate>,
+}
+
+/// `[[evaluate]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Evaluate {
+    /// `output = "reference"`: a class-map output of the run (a stage id, or `reference`).
+    pub output: Located<String>,
+    /// `truth = "truth/2018.tif"`: the reference raster, any CRS (aligned by mode).
+    pub truth: Located<String>,
+    /// `nomenclature = "….toml"`: translate the truth's codes first.
+    #[serde(default)]
+    pub nomenclature: Option<Located<String>>,
+    /// `stratified = true`: the truth is a sample stratified by map class (area estimates).
+    #[serde(default)]
+    pub stratified: bool,
 }
 
 /// `[input]`: exactly one of `series`, `l2a` or `stac`.
@@ -325,6 +344,17 @@ impl Pipeline {
                     ));
                 }
                 _ => {}
+            }
+        }
+        for e in &self.evaluations {
+            let name = e.output.get_ref();
+            let known = name == "reference" && self.reference.is_some() || self.stages.iter().any(|s| s.id.get_ref().as_str() == name);
+            if !known {
+                let mut names: Vec<&str> = self.stages.iter().map(|s| s.id.get_ref().as_str()).collect();
+                if self.reference.is_some() {
+                    names.push("reference");
+                }
+                return Err(source.error(at(&e.output), format!("no output named '{name}' (outputs: {})", names.join(", "))));
             }
         }
         if let Some(budget) = &self.run.memory_budget_mib {

@@ -10,6 +10,7 @@
 //! (bilinear for reflectance, nearest for classes), lazily, window by window.
 
 mod l2a;
+mod quicklook;
 mod reference;
 mod series;
 mod stac;
@@ -17,6 +18,7 @@ mod warp;
 mod write;
 
 pub use l2a::{L2aOptions, open_l2a};
+pub use quicklook::{Quicklook, quicklook};
 pub use reference::ReferenceMap;
 pub use series::{BandSource, ChunkData, Resampling, Scene, Series, SeriesReader};
 pub use stac::open_stac;

@@ -1,0 +1,229 @@
+//! The run report: `report.json` (provenance, timings, evaluations) and a
+//! self-contained `report.html` (no external resources: styles inline, charts as SVG,
+//! quicklooks as embedded PNG) that an operator can mail or archive with the maps.
+
+use crate::eval::MapEvaluation;
+use crate::raster::Quicklook;
+use anyhow::Result;
+use base64::Engine as _;
+use serde_json::{Value, json};
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// An evaluation of one output, for the report.
+pub struct EvaluationEntry {
+    pub output: String,
+    pub evaluation: MapEvaluation,
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// Class name lookup from a quicklook legend or the evaluation's codes.
+fn class_label(class: u16, names: &[(u16, String, String)]) -> String {
+    names.iter().find(|c| c.0 == class).map_or_else(|| format!("{class}"), |c| format!("{class} {}", c.1))
+}
+
+/// A confusion-matrix heatmap: cell shade by the share of its reference row.
+fn heatmap_svg(e: &MapEvaluation, names: &[(u16, String, String)]) -> String {
+    let k = e.confusion.classes.len();
+    let (cell, left, top) = (44, 150, 150);
+    let (w, h) = (left + cell * k + 10, top + cell * k + 10);
+    let mut svg = format!(r#"<svg class="heatmap" xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img" aria-label="confusion matrix">"#);
+    let _ = write!(svg, r#"<text x="{}" y="14" font-size="12" text-anchor="middle">map →</text>"#, left + cell * k / 2);
+    let _ = write!(svg, r#"<text x="12" y="{}" font-size="12" transform="rotate(-90 12 {})" text-anchor="middle">reference →</text>"#, top + cell * k / 2, top + cell * k / 2);
+    for (j, c) in e.confusion.classes.iter().enumerate() {
+        let x = left + j * cell + cell / 2;
+        let _ = write!(svg, r#"<text x="{x}" y="{}" font-size="11" transform="rotate(-60 {x} {})">{}</text>"#, top - 6, top - 6, esc(&class_label(*c, names)));
+    }
+    for (i, (c, row)) in e.confusion.classes.iter().zip(&e.confusion.counts).enumerate() {
+        let y = top + i * cell;
+        let _ = write!(svg, r#"<text x="{}" y="{}" font-size="11" text-anchor="end">{}</text>"#, left - 6, y + cell / 2 + 4, esc(&class_label(*c, names)));
+        let total: u64 = row.iter().sum();
+        for (j, &n) in row.iter().enumerate() {
+            let share = if total > 0 { n as f64 / total as f64 } else { 0.0 };
+            let shade = (255.0 - share * 200.0).round() as u8;
+            let (fill, ink) = if i == j { (format!("rgb({shade},{},{shade})", 255), "#000") } else { (format!("rgb(255,{shade},{shade})"), "#000") };
+            let x = left + j * cell;
+            let _ = write!(svg, r##"<rect x="{x}" y="{y}" width="{cell}" height="{cell}" fill="{fill}" stroke="#fff"><title>reference {} → map {}: {n}</title></rect>"##, c, e.confusion.classes[j]);
+            if n > 0 {
+                let _ = write!(svg, r#"<text x="{}" y="{}" font-size="10" text-anchor="middle" fill="{ink}">{n}</text>"#, x + cell / 2, y + cell / 2 + 4);
+            }
+        }
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+/// Horizontal bars of per-class F1.
+fn f1_bars_svg(e: &MapEvaluation, names: &[(u16, String, String)]) -> String {
+    let rows: Vec<_> = e.metrics.classes.iter().filter(|c| c.support > 0).collect();
+    let (bar_w, row_h, left) = (300.0, 22, 150);
+    let h = rows.len() * row_h + 10;
+    let mut svg = format!(r#"<svg class="f1bars" xmlns="http://www.w3.org/2000/svg" width="{}" height="{h}" role="img" aria-label="F1 per class">"#, left + bar_w as usize + 60);
+    for (i, c) in rows.iter().enumerate() {
+        let y = i * row_h + 4;
+        let color = names.iter().find(|n| n.0 == c.class).map_or("#4477aa".to_string(), |n| n.2.clone());
+        let _ = write!(svg, r#"<text x="{}" y="{}" font-size="11" text-anchor="end">{}</text>"#, left - 6, y + 13, esc(&class_label(c.class, names)));
+        let _ = write!(svg, r##"<rect x="{left}" y="{y}" width="{:.1}" height="16" fill="{color}" stroke="#333"/>"##, bar_w * c.f1);
+        let _ = write!(svg, r#"<text x="{:.1}" y="{}" font-size="11">{:.3}</text>"#, left as f64 + bar_w * c.f1 + 4.0, y + 13, c.f1);
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+fn quicklook_html(name: &str, q: &Quicklook) -> String {
+    let data = base64::engine::general_purpose::STANDARD.encode(&q.png);
+    // Small rasters are shown enlarged (pixelated), so they stay readable.
+    let zoom = (256 / q.width.max(q.height).max(1)).max(1);
+    let mut html = format!(
+        r#"<figure class="quicklook"><img alt="{0}" width="{1}" height="{2}" src="data:image/png;base64,{data}"><figcaption>{0} — {3}</figcaption>"#,
+        esc(name),
+        q.width * zoom,
+        q.height * zoom,
+        esc(&q.band)
+    );
+    if let Some(legend) = &q.legend {
+        html.push_str(r#"<ul class="legend">"#);
+        for (code, label, color) in legend {
+            let _ = write!(html, r#"<li><span class="swatch" style="background:{color}"></span>{code} {}</li>"#, esc(label));
+        }
+        html.push_str("</ul>");
+    }
+    if let Some((lo, hi)) = q.range {
+        let _ = write!(html, r#"<div class="ramp"><span>{lo:.3}</span><span class="bar"></span><span>{hi:.3}</span></div>"#);
+    }
+    html.push_str("</figure>");
+    html
+}
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}\
+h1{margin-bottom:0}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}\
+th{background:#f3f3f3}td.l,th.l{text-align:left}.quicklooks{display:flex;flex-wrap:wrap;gap:1.5em}\
+figure{margin:0}img{image-rendering:pixelated;border:1px solid #999}.legend{list-style:none;padding:0;columns:2;font-size:12px}\
+.swatch{display:inline-block;width:12px;height:12px;margin-right:4px;border:1px solid #555;vertical-align:middle}\
+.ramp{display:flex;gap:6px;align-items:center;font-size:12px}.ramp .bar{display:inline-block;width:160px;height:10px;\
+background:linear-gradient(90deg,#440154,#3b528b,#21918c,#5ec962,#fde725)}code{font-size:12px}";
+
+/// Writes `report.json` and `report.html` into the run folder.
+pub fn write_report(run_dir: &Path, manifest: &Value, quicklooks: &[(String, Quicklook)], evaluations: &[EvaluationEntry]) -> Result<()> {
+    let legend_of = |output: &str| quicklooks.iter().find(|(n, _)| n == output).and_then(|(_, q)| q.legend.clone()).unwrap_or_default();
+    let report = json!({
+        "pipeline": manifest["pipeline"]["name"],
+        "provenance": {
+            "sitsflow": manifest["sitsflow"], "wit": manifest["wit"], "gdal": manifest["gdal"],
+            "pipeline_sha256": manifest["pipeline"]["sha256"], "seed": manifest["seed"],
+            "inputs": manifest["inputs"].as_array().map_or(0, |a| a.len()),
+        },
+        "series": manifest["series"],
+        "stages": manifest["stages"],
+        "timings": { "wall_seconds": manifest["wall_seconds"], "peak_rss_mib": manifest["peak_rss_mib"],
+                     "chunks": manifest["chunks"], "chunk_size": manifest["chunk_size"], "workers": manifest["workers"] },
+        "outputs": manifest["outputs"],
+        "evaluations": evaluations.iter().map(|e| json!({ "output": e.output, "evaluation": e.evaluation })).collect::<Vec<_>>(),
+    });
+    crate::fsutil::write_atomic(&run_dir.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
+
+    let megapixels = manifest["series"]["width"].as_f64().unwrap_or(0.0) * manifest["series"]["height"].as_f64().unwrap_or(0.0) / 1e6;
+    let mut html = String::new();
+    let name = manifest["pipeline"]["name"].as_str().unwrap_or("run");
+    let _ = write!(html, "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>sitsflow report — {}</title><style>{STYLE}</style></head><body>", esc(name));
+    let _ = write!(html, "<h1>{}</h1><p>sitsflow {} · WIT {} · {}</p>", esc(name), esc(manifest["sitsflow"].as_str().unwrap_or("")), esc(manifest["wit"].as_str().unwrap_or("")), esc(manifest["gdal"].as_str().unwrap_or("")));
+    let series = &manifest["series"];
+    let dates = series["dates"].as_array().map_or(0, |d| d.len());
+    let _ = write!(
+        html,
+        "<h2>Provenance</h2><table><tr><th class=l>pipeline</th><td class=l><code>{}</code> (sha256 {}…)</td></tr><tr><th class=l>input</th><td class=l><code>{}</code>: {} dates, bands {}, {} × {} px</td></tr><tr><th class=l>seed</th><td class=l>{}</td></tr><tr><th class=l>inputs hashed</th><td class=l>{} files (see manifest.json)</td></tr></table>",
+        esc(manifest["pipeline"]["path"].as_str().unwrap_or("")),
+        &manifest["pipeline"]["sha256"].as_str().unwrap_or("")[..12.min(manifest["pipeline"]["sha256"].as_str().unwrap_or("").len())],
+        esc(series["origin"].as_str().unwrap_or("")),
+        dates,
+        esc(&series["bands"].as_array().map(|b| b.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", ")).unwrap_or_default()),
+        series["width"],
+        series["height"],
+        manifest["seed"],
+        manifest["inputs"].as_array().map_or(0, |a| a.len()),
+    );
+    html.push_str("<h2>Stages and timings</h2><table><tr><th class=l>stage</th><th class=l>plugin</th><th class=l>kind</th><th class=l>sha256</th><th>CPU s</th><th>Mpx per CPU s</th></tr>");
+    for s in manifest["stages"].as_array().into_iter().flatten() {
+        let cpu = s["cpu_seconds"].as_f64().unwrap_or(0.0);
+        let _ = write!(
+            html,
+            "<tr><td class=l>{}</td><td class=l>{}</td><td class=l>{}</td><td class=l><code>{}…</code></td><td>{cpu:.2}</td><td>{:.3}</td></tr>",
+            esc(s["id"].as_str().unwrap_or("")),
+            esc(s["plugin"].as_str().unwrap_or("")),
+            esc(s["kind"].as_str().unwrap_or("")),
+            &s["sha256"].as_str().unwrap_or("")[..12.min(s["sha256"].as_str().unwrap_or("").len())],
+            if cpu > 0.0 { megapixels / cpu } else { 0.0 }
+        );
+    }
+    let _ = write!(
+        html,
+        "</table><p>Wall time {:.1} s · peak memory {:.0} MiB (budget {} MiB) · {} chunks of {} px on {} workers</p>",
+        manifest["wall_seconds"].as_f64().unwrap_or(0.0),
+        manifest["peak_rss_mib"].as_f64().unwrap_or(0.0),
+        manifest["memory_budget_mib"],
+        manifest["chunks"],
+        manifest["chunk_size"],
+        manifest["workers"]
+    );
+    html.push_str("<h2>Maps</h2><div class=\"quicklooks\">");
+    for (name, q) in quicklooks {
+        html.push_str(&quicklook_html(name, q));
+    }
+    html.push_str("</div>");
+    for entry in evaluations {
+        let e = &entry.evaluation;
+        let names = legend_of(&entry.output);
+        let m = &e.metrics;
+        let _ = write!(
+            html,
+            "<h2>Accuracy of {} against <code>{}</code></h2><p>OA {:.4} · kappa {:.4} · macro F1 {:.4} · mIoU {:.4} · {} reference pixels</p>",
+            esc(&entry.output),
+            esc(&e.reference.display().to_string()),
+            m.overall_accuracy,
+            m.kappa,
+            m.macro_f1,
+            m.miou,
+            m.samples
+        );
+        html.push_str("<table><tr><th class=l>class</th><th>support</th><th>producer's</th><th>user's</th><th>F1</th><th>IoU</th></tr>");
+        for c in &m.classes {
+            let _ = write!(
+                html,
+                "<tr><td class=l>{}</td><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td></tr>",
+                esc(&class_label(c.class, &names)),
+                c.support,
+                c.producers_accuracy,
+                c.users_accuracy,
+                c.f1,
+                c.iou
+            );
+        }
+        html.push_str("</table><h3>Confusion matrix</h3>");
+        html.push_str(&heatmap_svg(e, &names));
+        html.push_str("<h3>F1 per class</h3>");
+        html.push_str(&f1_bars_svg(e, &names));
+        if let Some(a) = &e.area {
+            let _ = write!(html, "<h3>Area-adjusted (Olofsson et al. 2014)</h3><p>OA {:.4} ± {:.4} (95 %)</p><table><tr><th class=l>class</th><th>area</th><th>± 95 %</th><th>UA</th><th>PA</th></tr>", a.overall_accuracy, a.overall_accuracy_ci95);
+            for c in &a.classes {
+                let _ = write!(
+                    html,
+                    "<tr><td class=l>{}</td><td>{:.1}</td><td>{:.1}</td><td>{:.3} ± {:.3}</td><td>{:.3} ± {:.3}</td></tr>",
+                    esc(&class_label(c.class, &names)),
+                    c.area,
+                    c.area_ci95,
+                    c.users_accuracy,
+                    c.users_accuracy_ci95,
+                    c.producers_accuracy,
+                    c.producers_accuracy_ci95
+                );
+            }
+            html.push_str("</table>");
+        }
+    }
+    html.push_str("</body></html>\n");
+    crate::fsutil::write_atomic(&run_dir.join("report.html"), html.as_bytes())?;
+    Ok(())
+}

@@ -179,3 +179,34 @@ fn stratified_sample_gives_area_estimates() {
     let grass = e.classes.iter().find(|c| c.class == 2).unwrap();
     assert!(grass.area < grass.map_pixels as f64 * 100.0, "{grass:?}");
 }
+
+#[test]
+fn reference_points_are_placed_by_coordinates() {
+    let demo = common::small_demo();
+    let ds = gdal::Dataset::open(demo.join("truth/2018.tif")).unwrap();
+    let gt = ds.geo_transform().unwrap();
+    let (w, _, truth18) = read_u16(&demo.join("truth/2018.tif"));
+    let (_, _, truth19) = read_u16(&demo.join("truth/2019.tif"));
+    let picked: Vec<usize> = (0..truth18.len()).step_by(37).collect();
+    let mut csv = String::from("x,y,class\n");
+    for &p in &picked {
+        let (r, c) = (p / w, p % w);
+        csv.push_str(&format!("{},{},{}\n", gt[0] + (c as f64 + 0.5) * gt[1], gt[3] + (r as f64 + 0.5) * gt[5], truth18[p]));
+    }
+    csv.push_str("0,0,3\n"); // far outside the map: skipped
+    let dir = tempfile::tempdir().unwrap();
+    let points = dir.path().join("points.csv");
+    std::fs::write(&points, &csv).unwrap();
+    // Against the map they were drawn from: perfect.
+    let e = sitsflow::eval::evaluate_points(&demo.join("truth/2018.tif"), &points, None, false).unwrap();
+    assert_eq!(e.metrics.samples, picked.len() as u64);
+    assert_eq!(e.metrics.overall_accuracy, 1.0);
+    // Against the next year: the same counts as comparing those pixels directly.
+    let e = sitsflow::eval::evaluate_points(&demo.join("truth/2019.tif"), &points, None, true).unwrap();
+    let expected = Confusion::from_pairs(&picked.iter().map(|&p| truth18[p]).collect::<Vec<_>>(), &picked.iter().map(|&p| truth19[p]).collect::<Vec<_>>());
+    assert_eq!(e.confusion, expected);
+    assert!(e.area.is_some());
+    std::fs::write(&points, "x,y,class\n460005,5099995,two\n").unwrap();
+    let err = sitsflow::eval::evaluate_points(&demo.join("truth/2018.tif"), &points, None, false).unwrap_err().to_string();
+    assert!(err.ends_with("points.csv:2:3: class 'two' is not a code"), "{err}");
+}

@@ -76,14 +76,17 @@ pub enum Command {
         #[arg(long, required_unless_present = "series")]
         map: Option<PathBuf>,
         /// The reference: a raster in any CRS (aligned onto the map's grid by mode).
-        #[arg(long, requires = "map")]
+        #[arg(long, requires = "map", conflicts_with = "points")]
         reference: Option<PathBuf>,
+        /// Or reference points: a CSV with columns x, y (in the map's CRS) and class.
+        #[arg(long, requires = "map")]
+        points: Option<PathBuf>,
         /// Translate reference codes with this nomenclature (e.g. CORINE to the map's classes).
-        #[arg(long, requires = "reference")]
+        #[arg(long)]
         nomenclature: Option<PathBuf>,
         /// The reference is a sample stratified by map class: add area-adjusted accuracy
         /// and class areas with 95 % intervals (Olofsson et al. 2014).
-        #[arg(long, requires = "reference")]
+        #[arg(long)]
         stratified: bool,
         /// Maps of consecutive years: report the agreement per class between each pair.
         #[arg(long, num_args = 2.., conflicts_with = "map")]
@@ -237,17 +240,18 @@ fn dispatch(cli: &Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Eval { map, reference, nomenclature, stratified, series, json } => {
+        Command::Eval { map, reference, points, nomenclature, stratified, series, json } => {
             let report = if !series.is_empty() {
                 let pairs = crate::eval::series_agreement(series)?;
                 print!("{}", crate::eval::render_agreement(&pairs));
                 serde_json::to_value(&pairs).map_err(anyhow::Error::from)?
             } else {
-                let (Some(map), Some(reference)) = (map, reference) else {
-                    return Err(anyhow::anyhow!("eval needs --map and --reference, or --series").into());
-                };
                 let lookup = nomenclature.as_deref().map(crate::config::Nomenclature::load).transpose()?.map(|n| n.lookup());
-                let evaluation = crate::eval::evaluate_map(map, reference, lookup.as_ref(), *stratified)?;
+                let evaluation = match (map, reference, points) {
+                    (Some(map), Some(reference), _) => crate::eval::evaluate_map(map, reference, lookup.as_ref(), *stratified)?,
+                    (Some(map), None, Some(points)) => crate::eval::evaluate_points(map, points, lookup.as_ref(), *stratified)?,
+                    _ => return Err(anyhow::anyhow!("eval needs --map with --reference or --points, or --series").into()),
+                };
                 print!("{}", crate::eval::render_evaluation(&evaluation));
                 serde_json::to_value(&evaluation).map_err(anyhow::Error::from)?
             };

@@ -68,6 +68,83 @@ pub fn evaluate_map(map: &Path, reference: &Path, lookup: Option<&HashMap<u32, u
     })
 }
 
+/// Compares `map` with reference points from a CSV with columns `x`, `y` (in the map's
+/// CRS) and `class` (a code, translated by `lookup` when given). Points outside the map
+/// or on its no-data are counted as skipped. With `stratified`, the points are a sample
+/// stratified by map class and area estimates are added.
+pub fn evaluate_points(map: &Path, points: &Path, lookup: Option<&HashMap<u32, u16>>, stratified: bool) -> Result<MapEvaluation> {
+    let grid = grid_of(map)?;
+    let Some(gt) = grid.geo_transform else {
+        bail!("{}: has no georeferencing, so points cannot be placed on it", map.display());
+    };
+    if gt[2] != 0.0 || gt[4] != 0.0 {
+        bail!("{}: rotated grids are not supported for point evaluation", map.display());
+    }
+    let map_raster = ReferenceMap::open(map, &grid)?;
+    let mut reader = csv::Reader::from_path(points).with_context(|| format!("{}: cannot open", points.display()))?;
+    let header = reader.headers().with_context(|| format!("{}: cannot read the header", points.display()))?.clone();
+    let col = |name: &str| {
+        header.iter().position(|h| h == name).with_context(|| format!("{}:1: no `{name}` column (needs x, y, class)", points.display()))
+    };
+    let (cx, cy, cc) = (col("x")?, col("y")?, col("class")?);
+    let mut reference = Vec::new();
+    let mut mapped = Vec::new();
+    let mut unmapped: BTreeMap<u32, u64> = BTreeMap::new();
+    for (n, record) in reader.records().enumerate() {
+        let line = n + 2;
+        let record = record.with_context(|| format!("{}:{line}: malformed row", points.display()))?;
+        let number = |c: usize| -> Result<f64> {
+            record[c].trim().parse::<f64>().with_context(|| format!("{}:{line}:{}: '{}' is not a number", points.display(), c + 1, &record[c]))
+        };
+        let (x, y) = (number(cx)?, number(cy)?);
+        let code: u32 = record[cc].trim().parse().with_context(|| format!("{}:{line}:{}: class '{}' is not a code", points.display(), cc + 1, &record[cc]))?;
+        let class = match lookup {
+            Some(l) => match l.get(&code) {
+                Some(c) => *c,
+                None => {
+                    *unmapped.entry(code).or_default() += 1;
+                    continue;
+                }
+            },
+            None => to_u16(code, points)?,
+        };
+        let colf = (x - gt[0]) / gt[1];
+        let rowf = (y - gt[3]) / gt[5];
+        if colf < 0.0 || rowf < 0.0 || colf >= grid.width as f64 || rowf >= grid.height as f64 {
+            continue;
+        }
+        let window = Window { row: rowf as usize, col: colf as usize, rows: 1, cols: 1 };
+        let m = to_u16(map_raster.read_raw(window)?[0], map)?;
+        if m == 0 {
+            continue;
+        }
+        reference.push(class);
+        mapped.push(m);
+    }
+    if reference.is_empty() {
+        bail!("{}: no point falls on a mapped pixel of {}", points.display(), map.display());
+    }
+    let mut map_pixels: BTreeMap<u16, u64> = BTreeMap::new();
+    for window in chunk_grid(grid.width, grid.height, 1024) {
+        for c in map_raster.read_raw(window)? {
+            if c != 0 {
+                *map_pixels.entry(to_u16(c, map)?).or_default() += 1;
+            }
+        }
+    }
+    let confusion = Confusion::from_pairs(&reference, &mapped);
+    let area = if stratified { Some(area_estimate(&confusion, &map_pixels, pixel_area(&grid).unwrap_or(1.0))?) } else { None };
+    Ok(MapEvaluation {
+        map: map.to_path_buf(),
+        reference: points.to_path_buf(),
+        metrics: confusion.metrics(),
+        confusion,
+        map_pixels,
+        area,
+        unmapped,
+    })
+}
+
 /// Agreement between consecutive maps of a series.
 #[derive(Debug, Clone, Serialize)]
 pub struct SeriesAgreement {

@@ -181,7 +181,8 @@ impl Series {
     }
 
     /// Bytes GDAL holds per open file while reading it: one decoded tile (all bands of
-    /// it for pixel-interleaved files), estimated from the first date's files.
+    /// it for pixel-interleaved files) plus its compressed copy, counted as 8 bytes per
+    /// pixel and band (f32 decoded, plus as much again), from the first date's files.
     pub fn decode_buffer_bytes(&self) -> usize {
         let Some(scene) = self.scenes.first() else { return 0 };
         let mut files: Vec<&str> = scene.sources.iter().map(|s| s.path.as_str()).collect();

@@ -387,3 +387,47 @@ fn a_truncated_file_is_refused_when_the_series_is_opened() {
     assert!(err.contains("2015-07-31.tif"), "{err}");
     assert!(err.contains("cannot be read (corrupt or truncated file?)") || err.contains("cannot open with GDAL"), "{err}");
 }
+
+// ---- A pipeline on L2A products: SCL cloud mask, then NDVI ---------------------------
+
+#[test]
+fn l2a_pipeline_masks_clouds_from_scl_before_ndvi() {
+    let project = common::project_dir();
+    make_product(&project.path().join("products"), "20220315T100031", true);
+    let pipeline = "schema = 1\nname = \"l2a\"\n\n[input]\nl2a = \"products\"\nbands = [\"B04\", \"B08\", \"SCL\"]\n\n[run]\nchunk_size = 16\n\n\
+        [[stage]]\nid = \"clouds\"\nplugin = \"scl-mask@0.1.0\"\nparams = { classes = [\"cloud-high\", \"cloud-shadow\"] }\n\n\
+        [[stage]]\nid = \"ndvi\"\nplugin = \"normalized-difference@0.1.0\"\nparams = { a = \"B08\", b = \"B04\", name = \"NDVI\" }\n";
+    std::fs::write(project.path().join("pipeline.toml"), pipeline).unwrap();
+    let exe = env!("CARGO_BIN_EXE_sitsflow");
+    for args in [&["--quiet", "plugins", "lock", "pipeline.toml"][..], &["--quiet", "run", "pipeline.toml"][..]] {
+        let out = std::process::Command::new(exe)
+            .args(args)
+            .current_dir(project.path())
+            .env("SITSFLOW_CACHE_DIR", common::workspace().join("target/test-cache"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let run = project.path().join("runs/l2a");
+    let read = |name: &str| -> Vec<f32> {
+        let ds = gdal::Dataset::open(run.join(name)).unwrap();
+        ds.rasterband(1).unwrap().read_as::<f32>((0, 0), (20, 20), (20, 20), None).unwrap().data().to_vec()
+    };
+    let (mask, ndvi) = (read("clouds.tif"), read("ndvi.tif"));
+    for p in 0..400 {
+        // make_product's SCL (20 m, nearest onto 10 m): class (r/2 + c/2) % 11 + 1.
+        let scl = ((p / 20 / 2 + p % 20 / 2) % 11 + 1) as u8;
+        let expected = match scl {
+            9 => 1,
+            3 => 2,
+            _ => 0,
+        };
+        assert_eq!(mask[p] as u8, expected, "mask at pixel {p} (SCL {scl})");
+        if expected != 0 || p == 0 {
+            assert!(ndvi[p].is_nan(), "pixel {p}: masked or missing gives NaN NDVI, got {}", ndvi[p]);
+        } else {
+            let (b04, b08) = ((dn10(2, p / 20, p % 20) as f32 - 1000.0) / 1e4, (dn10(3, p / 20, p % 20) as f32 - 1000.0) / 1e4);
+            assert!((ndvi[p] - (b08 - b04) / (b08 + b04)).abs() < 1e-6, "pixel {p}");
+        }
+    }
+}

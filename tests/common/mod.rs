@@ -9,8 +9,15 @@ use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
 /// The components the harness builds: shipped plugins and sandbox fixtures.
-pub const PACKAGES: [&str; 6] =
-    ["normalized-difference", "fixture-spin", "fixture-alloc-bomb", "fixture-snoop", "fixture-trap-on-chunk", "fixture-slow-mean"];
+pub const PACKAGES: [&str; 7] = [
+    "normalized-difference",
+    "scl-mask",
+    "fixture-spin",
+    "fixture-alloc-bomb",
+    "fixture-snoop",
+    "fixture-trap-on-chunk",
+    "fixture-slow-mean",
+];
 
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("host/ is inside the workspace").to_path_buf()
@@ -59,7 +66,9 @@ pub fn runtime() -> Arc<Runtime> {
 pub fn project_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
     let plugins = sitsflow::plugins::PluginDir::new(dir.path().join("plugins"));
-    plugins.install(&runtime(), &component("normalized-difference")).expect("installing the template plugin");
+    for shipped in ["normalized-difference", "scl-mask"] {
+        plugins.install(&runtime(), &component(shipped)).expect("installing a shipped plugin");
+    }
     dir
 }
 

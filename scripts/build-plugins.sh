@@ -7,7 +7,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 # Plugins that ship (installed into plugins/dist) and test fixtures (built only).
-shipped=(normalized-difference scl-mask)
+shipped=(normalized-difference scl-mask indices)
 fixtures=(fixture-spin fixture-alloc-bomb fixture-snoop fixture-trap-on-chunk fixture-slow-mean)
 
 args=()

@@ -135,7 +135,10 @@ fn inspect_prints_name_version_kind_and_schema() {
         assert!(shown.contains(line), "missing {line:?} in:\n{shown}");
     }
     let out = sitsflow(&["plugins", "list", "--dir", "plugins"], dir.path());
-    assert!(text(&out.stdout).starts_with("normalized-difference@0.1.0"), "{}", text(&out.stdout));
+    let listed = text(&out.stdout);
+    let names: Vec<&str> = listed.lines().filter_map(|l| l.split_whitespace().next()).collect();
+    assert_eq!(names, ["indices@0.1.0", "normalized-difference@0.1.0", "scl-mask@0.1.0"], "{listed}");
+    assert!(listed.contains("scl-mask@0.1.0                       cloud-mask"), "{listed}");
     let out = sitsflow(&["plugins", "inspect", "nothing@1.0.0", "--dir", "plugins"], dir.path());
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("unknown plugin 'nothing@1.0.0'"));

@@ -9,9 +9,10 @@ use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
 /// The components the harness builds: shipped plugins and sandbox fixtures.
-pub const PACKAGES: [&str; 7] = [
+pub const PACKAGES: [&str; 8] = [
     "normalized-difference",
     "scl-mask",
+    "indices",
     "fixture-spin",
     "fixture-alloc-bomb",
     "fixture-snoop",
@@ -66,7 +67,7 @@ pub fn runtime() -> Arc<Runtime> {
 pub fn project_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
     let plugins = sitsflow::plugins::PluginDir::new(dir.path().join("plugins"));
-    for shipped in ["normalized-difference", "scl-mask"] {
+    for shipped in ["normalized-difference", "scl-mask", "indices"] {
         plugins.install(&runtime(), &component(shipped)).expect("installing a shipped plugin");
     }
     dir

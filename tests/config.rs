@@ -95,6 +95,6 @@ fn demo_pipeline_is_valid() {
     std::fs::write(&file, demo).unwrap();
     copy_nomenclatures(project.path());
     let plan = Plan::load(&file, &common::runtime()).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(plan.stages.len(), 2);
-    assert_eq!(plan.stages[1].limits.memory_bytes, 512 << 20);
+    assert_eq!(plan.stages.len(), 3);
+    assert_eq!(plan.stages[2].limits.memory_bytes, 512 << 20);
 }

@@ -170,6 +170,7 @@ pub fn main() -> ExitCode {
         .format_timestamp(None)
         .parse_env("SITSFLOW_LOG")
         .init();
+    crate::raster::route_gdal_messages();
     match dispatch(&cli) {
         Ok(()) => ExitCode::from(exit::OK),
         Err(Failure::Config(e)) => {

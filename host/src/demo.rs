@@ -6,7 +6,8 @@
 //! S2 bands mixes a class's green-vegetation spectrum with soil by a greenness
 //! curve (phenology per class: crops green up in May and are harvested in
 //! August, broadleaves lose their leaves in winter, conifers stay green). Clouds
-//! (bright, NaN-free) and their shadows (dark) cover some dates. Land cover
+//! (bright, NaN-free) and their shadows (dark) cover some dates; an `SCL` band
+//! classifies each scene as Sen2Cor would (missing the faint cloud edges). Land cover
 //! changes between years: a clear-cut, storm damage and new buildings. The truth
 //! of each year (codes of seed 001's nomenclature, `classes.csv`) and a coarse
 //! CORINE-like reference (CLC level-3 codes at 100 m) are written beside it.
@@ -76,6 +77,27 @@ fn greenness(class: u16, doy: f32) -> f32 {
         CONIFERS => 0.85 + 0.1 * bump(190.0, 80.0),
         _ => 1.0,
     }
+}
+
+/// A Scene Classification Layer code like Sen2Cor's: clouds by their cover (faint
+/// cloud edges are missed, as real SCL misses them), shadows, then the surface.
+fn scl(class: u16, greenness: f32, cover: f32, shadow: bool) -> f32 {
+    let code = if cover > 0.6 {
+        9 // cloud, high probability
+    } else if cover > 0.3 {
+        8 // cloud, medium probability
+    } else if cover > 0.1 {
+        10 // thin cirrus
+    } else if shadow && cover < 0.2 {
+        3 // cloud shadow
+    } else if class == WATER {
+        6
+    } else if has_phenology(class) && greenness > 0.3 {
+        4 // vegetation
+    } else {
+        5 // not vegetated
+    };
+    code as f32
 }
 
 /// Options of the generator.
@@ -185,7 +207,7 @@ pub fn generate(dir: &Path, options: &DemoOptions) -> Result<()> {
         geo_transform: Some([460_000.0, 10.0, 0.0, 5_100_000.0, 0.0, -10.0]),
         projection: gdal::spatial_ref::SpatialRef::from_epsg(32633)?.to_wkt()?,
     };
-    let bands: Vec<String> = BANDS.iter().map(|b| b.to_string()).collect();
+    let bands: Vec<String> = BANDS.iter().map(|b| b.to_string()).chain(std::iter::once("SCL".to_string())).collect();
     let series = dir.join("series");
     std::fs::create_dir_all(&series)?;
     let n = size * size;
@@ -204,7 +226,7 @@ pub fn generate(dir: &Path, options: &DemoOptions) -> Result<()> {
             } else {
                 Vec::new()
             };
-            let mut planes = vec![vec![0f32; n]; BANDS.len()];
+            let mut planes = vec![vec![0f32; n]; BANDS.len() + 1];
             for i in 0..n {
                 let (r, c) = ((i / size) as f32, (i % size) as f32);
                 let class = map[i];
@@ -228,6 +250,7 @@ pub fn generate(dir: &Path, options: &DemoOptions) -> Result<()> {
                     v = v * (1.0 - cover) + cover * (0.45 + 0.1 * (b as f32 / 10.0));
                     planes[b][i] = v;
                 }
+                planes[BANDS.len()][i] = scl(class, g, cover, shadow);
             }
             let date = format!("{year}-{month:02}-{day:02}");
             write_geotiff_f32(&series.join(format!("{date}.tif")), &grid, &bands, planes)

@@ -160,13 +160,17 @@ pub fn write_report(run_dir: &Path, manifest: &Value, quicklooks: &[(String, Qui
     }
     let _ = write!(
         html,
-        "</table><p>Wall time {:.1} s · peak memory {:.0} MiB (budget {} MiB) · {} chunks of {} px on {} workers</p>",
+        "</table><p>Wall time {:.1} s · peak memory {:.0} MiB (budget {} MiB) · {} chunks of {} px on {} workers{}</p>",
         manifest["wall_seconds"].as_f64().unwrap_or(0.0),
         manifest["peak_rss_mib"].as_f64().unwrap_or(0.0),
         manifest["memory_budget_mib"],
         manifest["chunks"],
         manifest["chunk_size"],
-        manifest["workers"]
+        manifest["workers"],
+        match manifest["resumed_chunks"].as_u64() {
+            Some(n) if n > 0 => format!(" · {n} chunks taken over from an interrupted run (their stage time is not counted here)"),
+            _ => String::new(),
+        }
     );
     html.push_str("<h2>Maps</h2><div class=\"quicklooks\">");
     for (name, q) in quicklooks {

@@ -220,6 +220,12 @@ fn run_key(plan: &Plan, series: &Series, layout: &Layout) -> String {
     crate::hash::sha256_hex(text.as_bytes())
 }
 
+/// Colours and names of cloud-mask classes (see `wit/stage.wit`).
+fn mask_style() -> ClassStyle {
+    let classes = [(1, "cloud", "#ff00ff"), (2, "cloud shadow", "#5a3a8c"), (3, "snow", "#00e5ff")];
+    ClassStyle { classes: classes.iter().map(|(c, n, col)| (*c, n.to_string(), col.to_string())).collect() }
+}
+
 /// The value type of an output's pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PixelType {
@@ -305,11 +311,11 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
         .stages
         .iter()
         .map(|stage| {
-            let pixel = match stage.plugin.info().kind {
-                StageKind::CloudMask => PixelType::U8,
-                _ => PixelType::F32,
+            let (pixel, style) = match stage.plugin.info().kind {
+                StageKind::CloudMask => (PixelType::U8, Some(mask_style())),
+                _ => (PixelType::F32, None),
             };
-            Output::new(&partial, &plan.output_dir, stage.id.as_str(), &grid, pixel, None)
+            Output::new(&partial, &plan.output_dir, stage.id.as_str(), &grid, pixel, style)
         })
         .collect();
     let mut reference_out = plan.reference.as_ref().map(|r| {

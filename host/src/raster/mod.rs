@@ -129,6 +129,17 @@ pub fn parse_date(s: &str) -> Option<(i32, u32, u32)> {
     ((1..=12).contains(&m) && d >= 1 && d <= days[m as usize - 1]).then_some((y, m, d))
 }
 
+/// Sends GDAL's own messages to the log instead of stderr: failures that matter come
+/// back as errors with their message anyway, so they are logged at debug level;
+/// warnings at warn level.
+pub fn route_gdal_messages() {
+    gdal::config::set_error_handler(|kind, code, message| match kind {
+        gdal::errors::CplErrType::Warning => log::warn!(target: "gdal", "GDAL: {message}"),
+        gdal::errors::CplErrType::Fatal => log::error!(target: "gdal", "GDAL fatal error {code}: {message}"),
+        _ => log::debug!(target: "gdal", "GDAL ({kind:?} {code}): {message}"),
+    });
+}
+
 /// Caps GDAL's block cache (decoded tiles of inputs and outputs), which otherwise
 /// grows to 5 % of the machine's memory.
 pub fn set_block_cache(mib: usize) {

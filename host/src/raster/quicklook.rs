@@ -46,6 +46,27 @@ fn encode_png(rgb: Vec<Vec<u8>>, width: usize, height: usize) -> Result<Vec<u8>>
     Ok(bytes)
 }
 
+/// The band to show when none is asked for: for class rasters with several bands
+/// (masks per date) the one with the most classified pixels, else the middle one.
+fn default_band(ds: &Dataset, size: (usize, usize)) -> Result<usize> {
+    let count = ds.raster_count();
+    if count == 1 || ds.rasterband(1)?.color_table().is_none() {
+        return Ok(count / 2 + 1);
+    }
+    let (w, h) = ds.raster_size();
+    let mut best = (0usize, count / 2 + 1);
+    for i in 1..=count {
+        let band = ds.rasterband(i)?;
+        let nodata = band.no_data_value();
+        let values = band.read_as::<u16>((0, 0), (w, h), size, Some(ResampleAlg::NearestNeighbour))?;
+        let classified = values.data().iter().filter(|&&v| v != 0 && !nodata.is_some_and(|nd| v as f64 == nd)).count();
+        if classified > best.0 {
+            best = (classified, i);
+        }
+    }
+    Ok(best.1)
+}
+
 /// Draws `path` at most `max_px` wide or high. For multi-band continuous rasters the
 /// band `band` (0-based; default the middle one) is shown.
 pub fn quicklook(path: &Path, max_px: usize, band: Option<usize>) -> Result<Quicklook> {
@@ -53,13 +74,18 @@ pub fn quicklook(path: &Path, max_px: usize, band: Option<usize>) -> Result<Quic
     let (w, h) = ds.raster_size();
     let scale = (w.max(h) as f64 / max_px as f64).max(1.0);
     let (qw, qh) = (((w as f64 / scale).round() as usize).max(1), ((h as f64 / scale).round() as usize).max(1));
-    let index = band.unwrap_or(ds.raster_count() / 2).min(ds.raster_count() - 1) + 1;
+    let index = match band {
+        Some(b) => b.min(ds.raster_count() - 1) + 1,
+        None => default_band(&ds, (qw, qh))?,
+    };
     let rb = ds.rasterband(index)?;
     let name = rb.description().unwrap_or_default();
     let nodata = rb.no_data_value();
+    // Class rasters keep their colour table and names on band 1, for all bands.
+    let first = ds.rasterband(1)?;
     let n = qw * qh;
     let mut rgb = vec![vec![255u8; n]; 3];
-    if let Some(table) = rb.color_table() {
+    if let Some(table) = first.color_table() {
         let codes = rb.read_as::<u16>((0, 0), (w, h), (qw, qh), Some(ResampleAlg::NearestNeighbour))?;
         let mut present = std::collections::BTreeSet::new();
         for (p, &code) in codes.data().iter().enumerate() {
@@ -76,7 +102,7 @@ pub fn quicklook(path: &Path, max_px: usize, band: Option<usize>) -> Result<Quic
         // Class names from the category names, when the file has them.
         let names: Vec<String> = {
             // SAFETY: GDALGetRasterCategoryNames returns a list owned by the band.
-            let list = unsafe { gdal_sys::GDALGetRasterCategoryNames(rb.c_rasterband()) };
+            let list = unsafe { gdal_sys::GDALGetRasterCategoryNames(first.c_rasterband()) };
             let mut names = Vec::new();
             if !list.is_null() {
                 let mut i = 0;

@@ -281,6 +281,8 @@ impl ChunkedRaster {
             if let Some(nd) = self.nodata {
                 let _ = writeln!(vrt, "    <NoDataValue>{}</NoDataValue>", if nd.is_nan() { "nan".to_string() } else { nd.to_string() });
             }
+            // GDAL builds overviews of one colour-mapped band only: the table and names
+            // go on band 1 and describe the classes of every band.
             if let (0, Some(style)) = (b, &self.style) {
                 vrt.push_str(&class_xml(style)?);
             }

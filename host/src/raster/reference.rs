@@ -53,24 +53,13 @@ impl ReferenceMap {
     }
 
     /// Reads a window and translates source codes with `lookup`; codes not in it
-    /// (and no-data) become 0 and are counted in `unmapped`.
+    /// become 0 and are counted in `unmapped` (no-data stays 0 and is not counted).
     pub fn read(&self, window: Window, lookup: &HashMap<u32, u16>, unmapped: &mut BTreeMap<u32, u64>) -> Result<Vec<u16>> {
-        let mut raw = vec![0u32; window.pixels()];
-        self.aligned
-            .dataset
-            .rasterband(1)?
-            .read_into_slice::<u32>(
-                (window.col as isize, window.row as isize),
-                (window.cols, window.rows),
-                (window.cols, window.rows),
-                &mut raw,
-                None,
-            )
-            .with_context(|| format!("{}: reading the reference at {window}", self.path.display()))?;
-        Ok(raw
+        Ok(self
+            .read_raw(window)?
             .into_iter()
             .map(|code| {
-                if self.nodata.is_some_and(|nd| code as f64 == nd) {
+                if code == 0 {
                     return 0;
                 }
                 lookup.get(&code).copied().unwrap_or_else(|| {

@@ -9,7 +9,7 @@
 
 use super::{Grid, Window};
 use anyhow::{Context, Result, bail};
-use gdal::raster::{Buffer, ColorEntry, ColorTable, GdalType, PaletteInterpretation, RasterCreationOptions, RgbaEntry};
+use gdal::raster::{Buffer, GdalType, RasterCreationOptions};
 use gdal::{Dataset, DriverManager, Metadata};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -73,29 +73,6 @@ fn copy_to_cog(source: &Dataset, target: &Path, kind: OutputKind) -> Result<Path
     }
     std::fs::rename(&tmp, target).with_context(|| format!("renaming {} to {}", tmp.display(), target.display()))?;
     Ok(target.to_path_buf())
-}
-
-/// Gives band 1 of `ds` a colour table and category names.
-fn set_classes(ds: &Dataset, style: &ClassStyle) -> Result<()> {
-    let mut table = ColorTable::new(PaletteInterpretation::Rgba);
-    let max = style.classes.iter().map(|c| c.0).max().unwrap_or(0);
-    let mut names = vec![String::new(); max as usize + 1];
-    table.set_color_entry(0, &ColorEntry::Rgba(RgbaEntry { r: 0, g: 0, b: 0, a: 0 }));
-    for (code, name, color) in &style.classes {
-        let (r, g, b) = rgb(color).with_context(|| format!("class {code} '{name}': colour '{color}' is not #rrggbb"))?;
-        table.set_color_entry(*code, &ColorEntry::Rgba(RgbaEntry { r, g, b, a: 255 }));
-        names[*code as usize] = name.clone();
-    }
-    let mut band = ds.rasterband(1)?;
-    band.set_color_table(&table);
-    let list: gdal::cpl::CslStringList = names.iter().map(String::as_str).collect();
-    // SAFETY: GDALSetRasterCategoryNames copies the list; the band handle is valid
-    // while `ds` lives.
-    let err = unsafe { gdal_sys::GDALSetRasterCategoryNames(band.c_rasterband(), list.as_ptr() as *mut *mut std::ffi::c_char) };
-    if err != gdal_sys::CPLErr::CE_None {
-        bail!("setting category names");
-    }
-    Ok(())
 }
 
 /// The colour table and category names of a class style, as VRT band elements.
@@ -163,13 +140,18 @@ pub fn write_geotiff_f32(path: &Path, grid: &Grid, band_names: &[String], planes
     })
 }
 
-/// Writes a class map (`u16`, 0 = no data) as a COG with colour table and class names.
+/// Writes a class map (`u16`, 0 = no data) as a COG with colour table and class names,
+/// through the same chunk-file → VRT → COG path as a run's outputs (one chunk).
 pub fn write_class_map(path: &Path, grid: &Grid, name: &str, labels: Vec<u16>, style: &ClassStyle) -> Result<()> {
-    let ds = mem_dataset::<u16>(grid, &[name.to_string()], Some(0.0))?;
-    ds.rasterband(1)?.write((0, 0), (grid.width, grid.height), &mut Buffer::new((grid.width, grid.height), labels))?;
-    set_classes(&ds, style)?;
-    copy_to_cog(&ds, path, OutputKind::Categorical)?;
-    Ok(())
+    let window = Window { row: 0, col: 0, rows: grid.height, cols: grid.width };
+    // Not temp_path(path) itself: that name is the COG's own temporary file.
+    let work = crate::fsutil::temp_path(&path.with_extension("chunks"));
+    let mut raster = ChunkedRaster::new(&work, path, grid, OutputKind::Categorical, Some(0.0), Some(style.clone()));
+    let written = raster.write_chunk(0, window, &[name.to_string()], &labels).and_then(|()| raster.finish::<u16>(&[(0, window)]));
+    if written.is_err() {
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    written.map(|_| ())
 }
 
 /// One output of a run, written chunk by chunk into `work/<chunk>.tif` and finished

@@ -7,7 +7,8 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 # Plugins that ship (installed into plugins/dist) and test fixtures (built only).
-shipped=(normalized-difference scl-mask indices)
+shipped=(normalized-difference scl-mask s2cloudless spectral-mask indices onnx-classifier kmeans reliable-samples
+         agreement-samples stratified-samples uncertainty-query random-forest markov)
 fixtures=(fixture-spin fixture-alloc-bomb fixture-snoop fixture-trap-on-chunk fixture-slow-mean)
 
 args=()

@@ -13,4 +13,8 @@ sitsflow=target/release/sitsflow
 "$sitsflow" --quiet plugins lock configs/demo.toml >/dev/null
 [ -d data/demo/series ] || "$sitsflow" demo-data data/demo
 "$sitsflow" run configs/demo.toml
-echo "demo: outputs and manifest.json in runs/demo/"
+echo "demo: outputs, manifest.json and report.html in runs/demo/"
+# The same series through the shipped TempCNN (ONNX Runtime) and a Markov chain.
+"$sitsflow" --quiet plugins lock configs/demo-tempcnn.toml >/dev/null
+"$sitsflow" run configs/demo-tempcnn.toml
+echo "demo: TempCNN + Markov chain in runs/demo-tempcnn/"

@@ -34,6 +34,21 @@ if [ ! -f "$ort_dir/onnxruntime/capi/libonnxruntime.so.$ort_version" ]; then
     --target "$ort_dir.tmp" "onnxruntime==$ort_version"
   rm -rf "$ort_dir" && mv "$ort_dir.tmp" "$ort_dir"
 fi
+# The s2cloudless LightGBM model (CC BY-SA 4.0, so never committed) from the s2cloudless wheel;
+# plugins/s2cloudless/build.rs embeds it into the component.
+s2c_version=1.7.3
+s2c_dir="$here/.deps/s2cloudless-$s2c_version"
+s2c_model="$s2c_dir/s2cloudless/models/pixel_s2_cloud_detector_lightGBM_v0.1.txt"
+if [ ! -f "$s2c_model" ]; then
+  echo "setup: fetching the s2cloudless $s2c_version model from PyPI" >&2
+  rm -rf "$s2c_dir.tmp"
+  python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+    --dest "$s2c_dir.tmp/wheel" "s2cloudless==$s2c_version"
+  python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' \
+    "$(ls "$s2c_dir.tmp"/wheel/s2cloudless-*.whl)" "$s2c_dir.tmp"
+  rm -rf "$s2c_dir.tmp/wheel"
+  rm -rf "$s2c_dir" && mv "$s2c_dir.tmp" "$s2c_dir"
+fi
 # Python packages the tests compare against (scikit-learn's metrics), kept in .deps/python.
 py_dir="$here/.deps/python"
 if ! PYTHONPATH="$py_dir" python3 -c "import sklearn, numpy" 2>/dev/null; then

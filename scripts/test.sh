@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
-# The test command (README, CI): set up the machine (idempotent), then run every test.
-# The test harness builds the plugin components for wasm32-wasip2 itself.
+# The test command (README, CI): set up the machine (idempotent), then run every test:
+# the Rust workspace (the harness builds the plugin components for wasm32-wasip2 itself)
+# and the Python training package in models/.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 bash scripts/setup.sh
+bash scripts/setup-python.sh
 # shellcheck source=env.sh
 source scripts/env.sh
-cargo test --workspace --locked --no-fail-fast "$@"
+status=0
+cargo test --workspace --locked --no-fail-fast "$@" || status=$?
+echo "test.sh: models/ (python -m unittest)" >&2
+(cd models && PYTHONPATH="$root/.deps/models-python:$root/.deps/onnxruntime-1.31.1:$root/models" \
+  python3 -m unittest discover -s tests -t .) || status=$?
+exit "$status"

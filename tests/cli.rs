@@ -295,3 +295,80 @@ fn bench_records_runs_and_compares_two_records() {
     let table = text(&out.stdout);
     assert!(table.contains("wall_s") && table.contains("ndvi Mpx per CPU s") && table.contains("x\n"), "{table}");
 }
+
+/// `sitsflow train` drives the PyTorch recipe in models/ under the file contract:
+/// a few epochs of TempCNN on the real Formosat-2 samples give an ONNX model, its
+/// sidecar and test metrics.
+#[test]
+fn train_launches_the_recipe_and_reads_its_outputs() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let data = common::shared_data().join("formosat2-tempcnn");
+    let model = out_dir.path().join("tempcnn");
+    let (train, test, classes) = (data.join("train.csv"), data.join("test.csv"), data.join("classes.csv"));
+    let args = [
+        "train", "--samples", train.to_str().unwrap(), "--test", test.to_str().unwrap(), "--classes",
+        classes.to_str().unwrap(), "--arch", "tempcnn", "--epochs", "3", "--out", model.to_str().unwrap(),
+    ];
+    let out = sitsflow(&args, &common::workspace());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("OA "), "{}", text(&out.stdout));
+    let sidecar: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(model.join("model.json")).unwrap()).unwrap();
+    assert_eq!(sidecar["contract"], "sitsflow-model/1");
+    assert_eq!(sidecar["input"]["shape"], serde_json::json!(["N", 149, 3]));
+    assert!(model.join("model.onnx").exists() && model.join("metrics.json").exists());
+
+    // The host's ONNX Runtime reproduces PyTorch's probabilities on the test set.
+    let probs = out_dir.path().join("probs.csv");
+    let workspace = common::workspace();
+    let predict = Command::new("python3")
+        .args(["-m", "sitsflow_models", "predict", "--model", model.join("model.onnx").to_str().unwrap()])
+        .args(["--samples", test.to_str().unwrap(), "--out", probs.to_str().unwrap()])
+        .env("PYTHONPATH", sitsflow::train::python_path(&workspace))
+        .output()
+        .unwrap();
+    assert!(predict.status.success(), "{}", text(&predict.stderr));
+    if std::env::var_os("ORT_DYLIB_PATH").is_none() {
+        // SAFETY: set before any thread of this test loads ONNX Runtime.
+        unsafe { std::env::set_var("ORT_DYLIB_PATH", sitsflow::inference::default_library()) };
+    }
+    let samples = sitsflow::samples::Samples::read_csv(&test).unwrap();
+    let onnx = sitsflow::inference::Model::load(&model.join("model.onnx"), sitsflow::inference::Device::Cpu).unwrap();
+    let (ours, _) = onnx.run_batched(&samples.data, &[149, 3], 1 << 20).unwrap();
+    let text_probs = std::fs::read_to_string(&probs).unwrap();
+    let theirs: Vec<f32> =
+        text_probs.lines().skip(1).flat_map(|l| l.split(',').skip(3).map(|v| v.parse::<f32>().unwrap()).collect::<Vec<_>>()).collect();
+    assert_eq!(ours.len(), theirs.len());
+    let max = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    eprintln!("formosat-2 TempCNN: max |ONNX Runtime − PyTorch| = {max:.2e} on {} test samples", samples.len());
+    assert!(max < 1e-4, "{max}");
+}
+
+#[test]
+fn train_without_torch_says_how_to_install_it() {
+    let empty = tempfile::tempdir().unwrap();
+    let data = common::shared_data().join("formosat2-tempcnn");
+    let out = Command::new(env!("CARGO_BIN_EXE_sitsflow"))
+        .args(["train", "--samples", data.join("train.csv").to_str().unwrap(), "--out", empty.path().join("m").to_str().unwrap()])
+        .current_dir(common::workspace())
+        .env("SITSFLOW_MODELS_PYTHON", empty.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("run `bash scripts/setup-python.sh`"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn doctor_reports_gdal_onnx_runtime_cuda_and_the_wasm_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = sitsflow(&["doctor", "--json", "--dir", dir.path().to_str().unwrap()], dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(&text(&out.stdout)).unwrap();
+    assert!(report["gdal"]["version"].as_str().unwrap().starts_with("GDAL 3."));
+    assert_eq!(report["gdal"]["drivers"]["COG"], true);
+    assert!(!report["onnxruntime"].is_null());
+    assert_eq!(report["plugin_dir"]["plugins"], serde_json::json!([]));
+    let human = text(&sitsflow(&["doctor", "--dir", dir.path().to_str().unwrap()], dir.path()).stdout);
+    for needle in ["GDAL", "ONNX Runtime", "CUDA", "wasm32-wasip2", "plugins"] {
+        assert!(human.contains(needle), "doctor output lacks {needle}:\n{human}");
+    }
+}

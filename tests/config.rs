@@ -95,6 +95,18 @@ fn demo_pipeline_is_valid() {
     std::fs::write(&file, demo).unwrap();
     copy_nomenclatures(project.path());
     let plan = Plan::load(&file, &common::runtime()).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(plan.stages.len(), 3);
-    assert_eq!(plan.stages[2].limits.memory_bytes, 512 << 20);
+    let ids: Vec<&str> = plan.stages.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, ["clouds", "features", "clusters", "reliable", "pseudo", "agreeing", "landcover", "consistent"]);
+    assert!(plan.stages[1].per_year && plan.stages[4].year == Some(2018) && plan.stages[6].year.is_none());
+    assert_eq!(plan.stages[4].samples.as_ref().map(|s| s.as_str()), Some("reliable"));
+
+    // The TempCNN demo resolves its [[model]] against the shipped pretrained model.
+    let text = std::fs::read_to_string(common::workspace().join("configs/demo-tempcnn.toml")).unwrap();
+    let models = common::workspace().join("models");
+    let text = text.replace("dir = \"../plugins/dist\"", "dir = \"plugins\"").replace("../models", &models.display().to_string());
+    let file = project.path().join("demo-tempcnn.toml");
+    std::fs::write(&file, text).unwrap();
+    let plan = Plan::load(&file, &common::runtime()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(plan.models.len(), 1);
+    assert!(plan.render().contains("model         tempcnn = "), "{}", plan.render());
 }

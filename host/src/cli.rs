@@ -104,6 +104,38 @@ pub enum Command {
         #[arg(long, default_value_t = 7)]
         seed: u64,
     },
+    /// Print what this machine offers sitsflow: GDAL and its drivers, ONNX Runtime and its
+    /// execution providers (CUDA found or why not), the wasm32-wasip2 target for
+    /// building plugins, the plugin directory and the component cache.
+    Doctor {
+        /// Print it as JSON instead.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, env = "SITSFLOW_PLUGIN_DIR", default_value = "plugins/dist")]
+        dir: PathBuf,
+    },
+    /// Train a temporal classifier (TempCNN or LSTM, PyTorch in models/) on labelled
+    /// samples and export it to ONNX with its metadata and metrics.
+    Train {
+        /// Training samples (CSV: label, optional id/group, BAND@DATE columns).
+        #[arg(long)]
+        samples: PathBuf,
+        /// Test samples: metrics are computed on them (else on a validation split).
+        #[arg(long)]
+        test: Option<PathBuf>,
+        /// Class codes, names and colours (code,name,color).
+        #[arg(long)]
+        classes: Option<PathBuf>,
+        #[arg(long, value_parser = ["tempcnn", "lstm"], default_value = "tempcnn")]
+        arch: String,
+        /// Output folder: model.onnx, model.json, metrics.json.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        epochs: Option<u32>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -262,6 +294,50 @@ fn dispatch(cli: &Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Command::Doctor { json, dir } => {
+            doctor(*json, dir);
+            Ok(())
+        }
+        Command::Train { samples, test, classes, arch, out, seed, epochs } => {
+            let workspace = crate::train::find_workspace().unwrap_or_else(|| PathBuf::from("."));
+            let request = crate::train::TrainRequest {
+                samples: samples.clone(),
+                test: test.clone(),
+                classes: classes.clone(),
+                arch: arch.clone(),
+                out: out.clone(),
+                seed: *seed,
+                epochs: *epochs,
+                extra: Vec::new(),
+            };
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} epoch {pos}/{len} [{bar:40}] {elapsed_precise} {msg}")
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            );
+            if log::max_level() < log::LevelFilter::Info {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            }
+            let trained = crate::train::train(&request, &crate::train::python_path(&workspace), |epoch, epochs, event| {
+                bar.set_length(epochs);
+                bar.set_position(epoch);
+                if let Some(loss) = event["val_loss"].as_f64() {
+                    bar.set_message(format!("val loss {loss:.4}"));
+                }
+            });
+            bar.finish_and_clear();
+            let trained = trained?;
+            let m = &trained.metrics;
+            println!(
+                "{}: OA {:.4}, kappa {:.4} on {}",
+                trained.model.display(),
+                m["overall_accuracy"].as_f64().unwrap_or(f64::NAN),
+                m["kappa"].as_f64().unwrap_or(f64::NAN),
+                m["evaluated_on"].as_str().unwrap_or("held-out samples")
+            );
+            Ok(())
+        }
         Command::DemoData { dir, size, seed } => {
             let options = crate::demo::DemoOptions { size: *size, seed: *seed, ..Default::default() };
             crate::demo::generate(dir, &options).with_context(|| format!("generating demo data in {}", dir.display()))?;
@@ -269,6 +345,54 @@ fn dispatch(cli: &Cli) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// `sitsflow doctor`: each check reports what it found; none of them fails the command.
+fn doctor(as_json: bool, plugin_dir: &Path) {
+    let drivers = crate::raster::gdal_drivers();
+    let wasm_target = std::process::Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == "wasm32-wasip2"));
+    let plugins: Vec<String> = match PluginDir::new(plugin_dir).installed() {
+        Ok(list) => list.iter().map(|(name, _)| name.to_string()).collect(),
+        Err(_) => Vec::new(),
+    };
+    let cache = RuntimeOptions::from_env().cache_dir;
+    let onnx = crate::inference::doctor();
+    if as_json {
+        let value = serde_json::json!({
+            "sitsflow": env!("CARGO_PKG_VERSION"),
+            "gdal": { "version": crate::raster::gdal_version(), "drivers": drivers.iter().map(|(d, ok)| (d.to_string(), serde_json::json!(ok))).collect::<serde_json::Map<_, _>>(), "registered": crate::raster::gdal_driver_count() },
+            "onnxruntime": onnx,
+            "wasm32_wasip2_target": wasm_target,
+            "plugin_dir": { "path": plugin_dir.display().to_string(), "plugins": plugins },
+            "component_cache": cache.as_ref().map(|c| c.display().to_string()),
+        });
+        println!("{}", serde_json::to_string_pretty(&value).expect("JSON"));
+        return;
+    }
+    println!("sitsflow {}", env!("CARGO_PKG_VERSION"));
+    println!("GDAL       {} ({} drivers registered)", crate::raster::gdal_version(), crate::raster::gdal_driver_count());
+    for (driver, ok) in &drivers {
+        println!("  {driver:<12} {}", if *ok { "yes" } else { "MISSING" });
+    }
+    print!("{onnx}");
+    println!(
+        "wasm32-wasip2 target: {}",
+        match wasm_target {
+            Some(true) => "installed (plugins can be built)".to_string(),
+            Some(false) => "not installed: `rustup target add wasm32-wasip2` (scripts/setup.sh does it)".to_string(),
+            None => "unknown (rustup not found; only needed to build plugins)".to_string(),
+        }
+    );
+    println!(
+        "plugins    {}: {}",
+        plugin_dir.display(),
+        if plugins.is_empty() { "none installed (scripts/build-plugins.sh installs the shipped ones)".to_string() } else { plugins.join(", ") }
+    );
+    println!("cache      {}", cache.map_or("none".to_string(), |c| c.display().to_string()));
 }
 
 fn plugins(command: &PluginsCommand) -> Result<(), Failure> {

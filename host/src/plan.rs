@@ -3,7 +3,7 @@
 //! schema, sandbox limits. Building it runs nothing but `describe()`.
 
 use crate::config::{
-    ConfigError, DEFAULT_DEADLINE_MS, DEFAULT_MEMORY_MIB, LockEntry, Lockfile, Nomenclature, Pipeline, Source,
+    ActiveLearning, ConfigError, DEFAULT_DEADLINE_MS, DEFAULT_MEMORY_MIB, LockEntry, Lockfile, Nomenclature, Pipeline, Source,
     StageId,
 };
 use crate::raster::{GridSpec, L2aOptions, Series};
@@ -94,6 +94,8 @@ pub struct Plan {
     pub plugin_dir: PathBuf,
     pub lockfile: PathBuf,
     pub stages: Vec<StagePlan>,
+    /// ONNX models the stages may call (loaded when the run starts).
+    pub models: Vec<crate::inference::ModelSpec>,
 }
 
 /// One stage, resolved.
@@ -103,6 +105,36 @@ pub struct StagePlan {
     pub limits: Limits,
     /// The parameters as JSON, checked against the plugin's schema.
     pub params: serde_json::Value,
+    /// The features stage a clusterer, sampler or labeller reads.
+    pub input: Option<StageId>,
+    /// The sampler stage a labeller trains on.
+    pub samples: Option<StageId>,
+    /// Pixels a clusterer is fitted on / candidates a sampler considers.
+    pub sample_size: u64,
+    /// Share of a labeller's samples held out for its accuracy report.
+    pub holdout: f64,
+    /// A features stage run once per year of the series.
+    pub per_year: bool,
+    /// The year of a per-year input a scene stage works on (a labeller without one
+    /// trains on all years).
+    pub year: Option<i32>,
+    /// Active learning of a labeller.
+    pub active_learning: Option<ActiveLearning>,
+}
+
+/// Pixels drawn to fit a clusterer when the pipeline does not say.
+pub const DEFAULT_FIT_SAMPLES: u64 = 200_000;
+/// Candidates a sampler considers when the pipeline does not say.
+pub const DEFAULT_CANDIDATES: u64 = 1_000_000;
+/// Share of a labeller's samples held out when the pipeline does not say.
+pub const DEFAULT_HOLDOUT: f64 = 0.25;
+
+impl StagePlan {
+    /// Whether the stage runs chunk by chunk on the series (cloud masks, features)
+    /// rather than on the whole scene after them (clusterers, samplers, labellers).
+    pub fn is_chunk_stage(&self) -> bool {
+        matches!(self.plugin.info().kind_name(), "cloud-mask" | "features")
+    }
 }
 
 impl StagePlan {
@@ -158,16 +190,129 @@ impl Plan {
                 (None, None) => unreachable!("Pipeline::parse checks that a stage names its plugin"),
             };
             let kind = plugin.info().kind_name();
-            if !matches!(kind, "cloud-mask" | "features") {
-                let at = stage.plugin.as_ref().map(|p| p.span()).or(stage.path.as_ref().map(|p| p.span()));
+            let kind_of = |target: &StageId| -> &'static str {
+                stages.iter().find(|s: &&StagePlan| &s.id == target).map_or("", |s| s.plugin.info().kind_name())
+            };
+            let chunk_kind = matches!(kind, "cloud-mask" | "features");
+            for (field, value) in [("input", &stage.input), ("samples", &stage.samples)] {
+                if let (true, Some(v)) = (chunk_kind, value) {
+                    return Err(source.error(
+                        Some(v.span()),
+                        format!("'{field}' is for clusterer, sampler and labeller stages; '{id}' is a {kind} stage"),
+                    ));
+                }
+            }
+            let input = match &stage.input {
+                Some(target) if kind == "decoder" => {
+                    let earlier = stages.iter().find(|s| &s.id == target.get_ref());
+                    let ok = earlier.is_some_and(|s| {
+                        let k = s.plugin.info().kind_name();
+                        k == "labeller" && s.input.as_ref().is_some_and(|i| stages.iter().any(|f| &f.id == i && f.per_year))
+                            || k == "features" && s.per_year
+                    });
+                    if !ok {
+                        return Err(source.error(
+                            Some(target.span()),
+                            format!(
+                                "input = '{}': a decoder reads yearly posteriors, from a labeller predicting per year or a per-year features stage of probabilities",
+                                target.get_ref()
+                            ),
+                        ));
+                    }
+                    Some(target.get_ref().clone())
+                }
+                None if kind == "decoder" => {
+                    return Err(source.error(
+                        Some(stage.id.span()),
+                        format!("the decoder stage '{id}' needs `input = \"<stage id>\"`: the labeller or per-year features stage whose posteriors it decodes"),
+                    ));
+                }
+                Some(target) => {
+                    let target_kind = kind_of(target.get_ref());
+                    if target_kind != "features" {
+                        return Err(source.error(
+                            Some(target.span()),
+                            format!("input = '{}' is a {target_kind} stage; '{id}' reads a features stage", target.get_ref()),
+                        ));
+                    }
+                    Some(target.get_ref().clone())
+                }
+                None if chunk_kind => None,
+                None => stages.iter().rev().find(|s| s.plugin.info().kind_name() == "features").map(|s| s.id.clone()),
+            };
+            if matches!(kind, "clusterer" | "labeller") && input.is_none() {
                 return Err(source.error(
-                    at,
-                    format!(
-                        "stage '{id}' is a {kind} stage; pipelines of this version run cloud-mask and features stages \
-                         (other kinds are run through the library API)"
-                    ),
+                    Some(stage.id.span()),
+                    format!("the {kind} stage '{id}' needs features: add a features stage before it (or name one with `input`)"),
                 ));
             }
+            let samples = match (&stage.samples, kind) {
+                (Some(target), "labeller") => {
+                    let target_kind = kind_of(target.get_ref());
+                    if target_kind != "sampler" {
+                        return Err(source.error(
+                            Some(target.span()),
+                            format!("samples = '{}' is a {target_kind} stage; a labeller trains on a sampler's selection", target.get_ref()),
+                        ));
+                    }
+                    Some(target.get_ref().clone())
+                }
+                (Some(target), _) => {
+                    return Err(source.error(Some(target.span()), format!("'samples' is for labeller stages; '{id}' is a {kind} stage")));
+                }
+                (None, "labeller") => {
+                    return Err(source.error(
+                        Some(stage.id.span()),
+                        format!("the labeller stage '{id}' needs `samples = \"<sampler stage id>\"` to train on"),
+                    ));
+                }
+                (None, _) => None,
+            };
+            let sample_size = stage.sample_size.as_ref().map(|s| *s.get_ref()).unwrap_or(match kind {
+                "sampler" => DEFAULT_CANDIDATES,
+                _ => DEFAULT_FIT_SAMPLES,
+            });
+            let holdout = stage.holdout.as_ref().map_or(DEFAULT_HOLDOUT, |h| *h.get_ref());
+            let active_learning = match (&stage.active_learning, kind) {
+                (None, _) => None,
+                (Some(a), "labeller") => {
+                    let al = a.get_ref();
+                    if kind_of(&al.query) != "sampler" {
+                        return Err(source.error(
+                            Some(a.span()),
+                            format!("active_learning.query = '{}' must name an earlier sampler stage", al.query),
+                        ));
+                    }
+                    if al.rounds == 0 || al.pool == 0 {
+                        return Err(source.error(Some(a.span()), "active_learning needs rounds ≥ 1 and pool ≥ 1"));
+                    }
+                    Some(al.clone())
+                }
+                (Some(a), _) => {
+                    return Err(source.error(Some(a.span()), format!("'active_learning' is for labeller stages; '{id}' is a {kind} stage")));
+                }
+            };
+            let per_year = stage.per_year.as_ref().is_some_and(|p| *p.get_ref());
+            if let (Some(p), false) = (&stage.per_year, kind == "features") {
+                return Err(source.error(Some(p.span()), format!("'per_year' is for features stages; '{id}' is a {kind} stage")));
+            }
+            let input_per_year = input.as_ref().is_some_and(|i| stages.iter().any(|s| &s.id == i && s.per_year));
+            let year = match &stage.year {
+                Some(y) if !input_per_year => {
+                    return Err(source.error(
+                        Some(y.span()),
+                        format!("'year' picks a year of a per-year features stage, and '{id}' reads none"),
+                    ));
+                }
+                Some(y) => Some(*y.get_ref()),
+                None if input_per_year && kind == "clusterer" => {
+                    return Err(source.error(
+                        Some(stage.id.span()),
+                        format!("the {kind} stage '{id}' reads per-year features: say which year with `year = …`"),
+                    ));
+                }
+                None => None,
+            };
 
             let params = match &stage.params {
                 Some(table) => serde_json::to_value(table.get_ref())
@@ -195,6 +340,13 @@ impl Plan {
                 plugin,
                 limits: Limits { memory_bytes: memory_mib as usize * 1024 * 1024, deadline_ms },
                 params,
+                input,
+                samples,
+                sample_size,
+                holdout,
+                per_year,
+                year,
+                active_learning,
             });
         }
 
@@ -243,7 +395,19 @@ impl Plan {
             });
         }
 
+        let mut models = Vec::new();
+        for m in &pipeline.models {
+            let path = rel(m.path.get_ref());
+            if !path.is_file() {
+                return Err(source.error(Some(m.path.span()), format!("model file {} does not exist", path.display())));
+            }
+            let device = m.device.as_ref().map_or(Ok(crate::inference::Device::Auto), |d| d.get_ref().parse());
+            let device = device.map_err(|e| source.error(m.device.as_ref().map(|d| d.span()), e))?;
+            models.push(crate::inference::ModelSpec { name: m.name.get_ref().clone(), path, device });
+        }
+
         Ok(Plan {
+            models,
             name: name.clone(),
             description: pipeline.description.clone(),
             pipeline: source.path.clone(),
@@ -386,6 +550,9 @@ impl Plan {
             self.halo, self.memory_budget_mib, self.seed
         );
         let _ = writeln!(out, "  plugins       {} (lockfile {})", show(&self.plugin_dir), show(&self.lockfile));
+        for m in &self.models {
+            let _ = writeln!(out, "  model         {} = {} on {}", m.name, show(&m.path), m.device);
+        }
         for (i, stage) in self.stages.iter().enumerate() {
             let info = stage.plugin.info();
             let _ = writeln!(
@@ -399,6 +566,33 @@ impl Plan {
                 stage.limits.deadline_ms
             );
             let _ = writeln!(out, "      params {}", stage.params_json());
+            if stage.per_year {
+                let _ = writeln!(out, "      once per year");
+            }
+            if !stage.is_chunk_stage() {
+                let mut reads = Vec::new();
+                let kind = stage.plugin.info().kind_name();
+                if let Some(input) = &stage.input {
+                    reads.push(format!("{} of '{input}'", if kind == "decoder" { "yearly posteriors" } else { "features" }));
+                }
+                if let Some(samples) = &stage.samples {
+                    reads.push(format!("samples of '{samples}'"));
+                }
+                if let Some(year) = stage.year {
+                    reads.push(format!("year {year}"));
+                }
+                let size = match kind {
+                    "clusterer" => format!(", fitted on {} px", stage.sample_size),
+                    "sampler" => format!(", up to {} candidates", stage.sample_size),
+                    "labeller" => format!(", {:.0} % held out", stage.holdout * 100.0),
+                    _ => String::new(),
+                };
+                if let Some(al) = &stage.active_learning {
+                    reads.push(format!("active learning: {} rounds of '{}' queries from {} px", al.rounds, al.query, al.pool));
+                }
+                let reads = if reads.is_empty() { "no features".to_string() } else { reads.join(", ") };
+                let _ = writeln!(out, "      reads {reads}{size}");
+            }
         }
         out
     }

@@ -4,6 +4,7 @@
 
 use crate::eval::MapEvaluation;
 use crate::raster::Quicklook;
+use crate::scene::SceneSection;
 use anyhow::Result;
 use base64::Engine as _;
 use serde_json::{Value, json};
@@ -73,6 +74,155 @@ fn f1_bars_svg(e: &MapEvaluation, names: &[(u16, String, String)]) -> String {
     svg
 }
 
+fn scalar(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(match n.as_f64() {
+            Some(f) if n.is_f64() => format!("{f:.4}"),
+            _ => n.to_string(),
+        }),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// A `{ "columns": [...], "rows": [[...]] }` object as an HTML table.
+fn table_html(v: &Value) -> Option<String> {
+    let columns = v.get("columns")?.as_array()?;
+    let rows = v.get("rows")?.as_array()?;
+    let mut html = String::from("<table><tr>");
+    for (i, c) in columns.iter().enumerate() {
+        let _ = write!(html, "<th{}>{}</th>", if i == 0 { " class=l" } else { "" }, esc(&scalar(c).unwrap_or_default()));
+    }
+    html.push_str("</tr>");
+    for row in rows {
+        html.push_str("<tr>");
+        for (i, cell) in row.as_array().into_iter().flatten().enumerate() {
+            let _ = write!(html, "<td{}>{}</td>", if i == 0 { " class=l" } else { "" }, esc(&scalar(cell).unwrap_or_default()));
+        }
+        html.push_str("</tr>");
+    }
+    html.push_str("</table>");
+    Some(html)
+}
+
+/// Scalars of an object as a two-column table, then its tables, each under its key.
+fn object_html(v: &Value) -> String {
+    let Some(map) = v.as_object() else { return String::new() };
+    let mut html = String::new();
+    let scalars: Vec<_> = map.iter().filter_map(|(k, v)| scalar(v).map(|s| (k, s))).collect();
+    if !scalars.is_empty() {
+        html.push_str("<table>");
+        for (k, s) in scalars {
+            let _ = write!(html, "<tr><th class=l>{}</th><td class=l>{}</td></tr>", esc(k), esc(&s));
+        }
+        html.push_str("</table>");
+    }
+    for (k, v) in map {
+        if let Some(table) = table_html(v) {
+            let _ = write!(html, "<h4>{}</h4>{table}", esc(&k.replace('_', " ")));
+        }
+    }
+    html
+}
+
+/// OA against labels, from a learning-curve table (columns round, labels, OA, …).
+fn curve_svg(curve: &Value) -> String {
+    let points: Vec<(f64, f64)> = curve["rows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| Some((r[1].as_f64()?, r[2].as_f64()?)))
+        .collect();
+    let (w, h, left, bottom) = (420.0, 220.0, 50.0, 30.0);
+    let max_x = points.iter().map(|p| p.0).fold(1.0, f64::max);
+    let x = |v: f64| left + v / max_x * (w - left - 20.0);
+    let y = |v: f64| (h - bottom) - v * (h - bottom - 10.0);
+    let mut svg = format!(r#"<svg class="curve" xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img" aria-label="learning curve">"#);
+    let _ = write!(svg, r##"<line x1="{left}" y1="{}" x2="{}" y2="{}" stroke="#333"/><line x1="{left}" y1="10" x2="{left}" y2="{}" stroke="#333"/>"##, y(0.0), w - 20.0, y(0.0), y(0.0));
+    for t in [0.0, 0.5, 1.0] {
+        let _ = write!(svg, r#"<text x="{}" y="{}" font-size="10" text-anchor="end">{t:.1}</text>"#, left - 4.0, y(t) + 3.0);
+    }
+    let _ = write!(svg, r#"<text x="{}" y="{}" font-size="11" text-anchor="middle">labels (max {max_x:.0})</text>"#, (left + w) / 2.0, h - 6.0);
+    let path: Vec<String> = points.iter().map(|(a, b)| format!("{:.1},{:.1}", x(*a), y(*b))).collect();
+    let _ = write!(svg, r##"<polyline fill="none" stroke="#4477aa" stroke-width="2" points="{}"/>"##, path.join(" "));
+    for (a, b) in &points {
+        let _ = write!(svg, r##"<circle cx="{:.1}" cy="{:.1}" r="3" fill="#4477aa"><title>{a:.0} labels: OA {b:.4}</title></circle>"##, x(*a), y(*b));
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+/// A scene stage's part of the report: the host's figures, the stage's own report,
+/// and for labellers the held-out accuracy.
+fn section_html(section: &SceneSection) -> String {
+    let mut html = format!(
+        "<h2>{} <code>{}</code> ({})</h2>",
+        esc(section.kind),
+        esc(&section.stage),
+        esc(&section.plugin)
+    );
+    let summary = &section.summary;
+    if section.kind == "labeller" {
+        let split = &summary["split"];
+        let _ = write!(
+            html,
+            "<p>Trained on {} samples; {} held out by {} (share {}).</p>",
+            split["train_samples"],
+            split["test_samples"],
+            esc(split["grouped_by"].as_str().unwrap_or("")),
+            split["holdout"]
+        );
+        let m = &summary["held_out"]["metrics"];
+        if m.is_object() {
+            let names = summary["class_names"].as_object().cloned().unwrap_or_default();
+            let _ = write!(
+                html,
+                "<p>Held-out OA {:.4} · kappa {:.4} · macro F1 {:.4}</p><table><tr><th class=l>class</th><th>support</th><th>precision</th><th>recall</th><th>F1</th></tr>",
+                m["overall_accuracy"].as_f64().unwrap_or(0.0),
+                m["kappa"].as_f64().unwrap_or(0.0),
+                m["macro_f1"].as_f64().unwrap_or(0.0)
+            );
+            for c in m["classes"].as_array().into_iter().flatten() {
+                let code = c["class"].to_string();
+                let name = names.get(&code).and_then(|n| n.as_str()).map_or(code.clone(), |n| format!("{code} {n}"));
+                let _ = write!(
+                    html,
+                    "<tr><td class=l>{}</td><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td></tr>",
+                    esc(&name),
+                    c["support"],
+                    c["users_accuracy"].as_f64().unwrap_or(0.0),
+                    c["producers_accuracy"].as_f64().unwrap_or(0.0),
+                    c["f1"].as_f64().unwrap_or(0.0)
+                );
+            }
+            html.push_str("</table>");
+        } else {
+            html.push_str("<p>No samples were held out: no accuracy to report.</p>");
+        }
+        if let Some(table) = table_html(&summary["learning_curve"]) {
+            html.push_str("<h3>Active learning: learning curve</h3><p>Accuracy on the held-out blocks (never queried) against the number of labels.</p>");
+            html.push_str(&curve_svg(&summary["learning_curve"]));
+            html.push_str(&table);
+        }
+        if let Some(table) = table_html(&summary["consistency"]) {
+            html.push_str("<h3>Year-to-year consistency</h3><p>Per class, the share of its pixels in one year that keep the class the next year (seed 001's agreement table).</p>");
+            html.push_str(&table);
+        }
+        if let Some(years) = summary["training_years"].as_array() {
+            let years: Vec<String> = years.iter().map(|y| y.to_string()).collect();
+            let _ = write!(html, "<p>Training features from {}.</p>", esc(&years.join(", ")));
+        }
+        html.push_str("<h3>Training report</h3>");
+        html.push_str(&object_html(&summary["training"]));
+    } else {
+        html.push_str(&object_html(summary));
+        html.push_str("<h3>Stage report</h3>");
+        html.push_str(&object_html(&summary["report"]));
+    }
+    html
+}
+
 fn quicklook_html(name: &str, q: &Quicklook) -> String {
     let data = base64::engine::general_purpose::STANDARD.encode(&q.png);
     // Small rasters are shown enlarged (pixelated), so they stay readable.
@@ -107,7 +257,13 @@ figure{margin:0}img{image-rendering:pixelated;border:1px solid #999}.legend{list
 background:linear-gradient(90deg,#440154,#3b528b,#21918c,#5ec962,#fde725)}code{font-size:12px}";
 
 /// Writes `report.json` and `report.html` into the run folder.
-pub fn write_report(run_dir: &Path, manifest: &Value, quicklooks: &[(String, Quicklook)], evaluations: &[EvaluationEntry]) -> Result<()> {
+pub fn write_report(
+    run_dir: &Path,
+    manifest: &Value,
+    quicklooks: &[(String, Quicklook)],
+    evaluations: &[EvaluationEntry],
+    sections: &[SceneSection],
+) -> Result<()> {
     let legend_of = |output: &str| quicklooks.iter().find(|(n, _)| n == output).and_then(|(_, q)| q.legend.clone()).unwrap_or_default();
     let report = json!({
         "pipeline": manifest["pipeline"]["name"],
@@ -122,6 +278,7 @@ pub fn write_report(run_dir: &Path, manifest: &Value, quicklooks: &[(String, Qui
                      "chunks": manifest["chunks"], "chunk_size": manifest["chunk_size"], "workers": manifest["workers"] },
         "outputs": manifest["outputs"],
         "evaluations": evaluations.iter().map(|e| json!({ "output": e.output, "evaluation": e.evaluation })).collect::<Vec<_>>(),
+        "scene_stages": sections.iter().map(|s| json!({ "stage": s.stage, "kind": s.kind, "plugin": s.plugin, "summary": s.summary })).collect::<Vec<_>>(),
     });
     crate::fsutil::write_atomic(&run_dir.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
 
@@ -226,6 +383,9 @@ pub fn write_report(run_dir: &Path, manifest: &Value, quicklooks: &[(String, Qui
             }
             html.push_str("</table>");
         }
+    }
+    for section in sections {
+        html.push_str(&section_html(section));
     }
     html.push_str("</body></html>\n");
     crate::fsutil::write_atomic(&run_dir.join("report.html"), html.as_bytes())?;

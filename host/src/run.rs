@@ -228,30 +228,30 @@ fn mask_style() -> ClassStyle {
 
 /// The value type of an output's pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PixelType {
+pub(crate) enum PixelType {
     U8,
     U16,
     F32,
 }
 
 /// One output of the run (a stage's, or the aligned reference).
-struct Output {
-    raster: ChunkedRaster,
+pub(crate) struct Output {
+    pub(crate) raster: ChunkedRaster,
     pixel: PixelType,
 }
 
 impl Output {
-    fn new(partial: &Partial, run_dir: &Path, name: &str, grid: &crate::raster::Grid, pixel: PixelType, style: Option<ClassStyle>) -> Output {
+    pub(crate) fn new(partial_dir: &Path, run_dir: &Path, name: &str, grid: &crate::raster::Grid, pixel: PixelType, style: Option<ClassStyle>) -> Output {
         let (kind, nodata) = match pixel {
             PixelType::U8 => (OutputKind::Categorical, Some(255.0)),
             PixelType::U16 => (OutputKind::Categorical, Some(0.0)),
             PixelType::F32 => (OutputKind::Continuous, Some(f64::NAN)),
         };
-        let raster = ChunkedRaster::new(&partial.dir.join(name), &run_dir.join(format!("{name}.tif")), grid, kind, nodata, style);
+        let raster = ChunkedRaster::new(&partial_dir.join(name), &run_dir.join(format!("{name}.tif")), grid, kind, nodata, style);
         Output { raster, pixel }
     }
 
-    fn finish(&mut self, chunks: &[(usize, Window)]) -> Result<PathBuf> {
+    pub(crate) fn finish(&mut self, chunks: &[(usize, Window)]) -> Result<PathBuf> {
         match self.pixel {
             PixelType::U8 => self.raster.finish::<u8>(chunks),
             PixelType::U16 => self.raster.finish::<u16>(chunks),
@@ -260,13 +260,27 @@ impl Output {
     }
 }
 
+/// Loads the pipeline's ONNX models (one session per file and device per process).
+fn load_models(plan: &Plan) -> Result<std::sync::Arc<crate::inference::ModelSet>> {
+    if plan.models.is_empty() {
+        return Ok(crate::inference::ModelSet::empty());
+    }
+    let set = crate::inference::ModelSet::load(&plan.models).context("loading the pipeline's [[model]]s")?;
+    for (name, model) in set.iter() {
+        log::info!("model '{name}' ({}) runs on {}", model.path().display(), model.provider());
+    }
+    Ok(std::sync::Arc::new(set))
+}
+
 /// Runs a resolved plan.
 pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
     let started = Instant::now();
     plan.verify_lock()?;
     let series = plan.input.open()?;
     let grid = series.grid.clone();
-    let kinds: Vec<StageKind> = plan.stages.iter().map(|s| s.plugin.info().kind).collect();
+    // Cloud masks and features stream chunk by chunk; the scene stages run after them.
+    let chunk_stages: Vec<(usize, &StagePlan)> = plan.stages.iter().enumerate().filter(|(_, s)| s.is_chunk_stage()).collect();
+    let kinds: Vec<StageKind> = chunk_stages.iter().map(|(_, s)| s.plugin.info().kind).collect();
     let workers = plan.worker_count();
     let layout = Layout::plan(
         plan.memory_budget_mib as usize,
@@ -307,23 +321,29 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
         log::info!("resuming: {resumed} of {} chunks were done by an interrupted run", chunks.len());
     }
 
-    let mut outputs: Vec<Output> = plan
-        .stages
-        .iter()
-        .map(|stage| {
-            let (pixel, style) = match stage.plugin.info().kind {
-                StageKind::CloudMask => (PixelType::U8, Some(mask_style())),
-                _ => (PixelType::F32, None),
-            };
-            Output::new(&partial, &plan.output_dir, stage.id.as_str(), &grid, pixel, style)
-        })
-        .collect();
+    let years = years_of(&series.dates());
+    let mut outputs: Vec<Output> = Vec::new();
+    for (_, stage) in &chunk_stages {
+        let (pixel, style) = match stage.plugin.info().kind {
+            StageKind::CloudMask => (PixelType::U8, Some(mask_style())),
+            _ => (PixelType::F32, None),
+        };
+        if stage.per_year {
+            for (year, _) in &years {
+                outputs.push(Output::new(&partial.dir, &plan.output_dir, &format!("{}_{year}", stage.id), &grid, pixel, None));
+            }
+        } else {
+            outputs.push(Output::new(&partial.dir, &plan.output_dir, stage.id.as_str(), &grid, pixel, style));
+        }
+    }
     let mut reference_out = plan.reference.as_ref().map(|r| {
         let style = ClassStyle { classes: r.nomenclature.styles() };
-        Output::new(&partial, &plan.output_dir, "reference", &grid, PixelType::U16, Some(style))
+        Output::new(&partial.dir, &plan.output_dir, "reference", &grid, PixelType::U16, Some(style))
     });
 
-    let pools: Vec<StagePool> = plan.stages.iter().map(|s| StagePool::new(s.plugin.clone(), s.limits)).collect();
+    let models = load_models(plan)?;
+    let pools: Vec<StagePool> =
+        chunk_stages.iter().map(|(_, s)| StagePool::with_models(s.plugin.clone(), s.limits, models.clone())).collect();
     let stage_nanos: Vec<AtomicU64> = plan.stages.iter().map(|_| AtomicU64::new(0)).collect();
     let unmapped: Mutex<BTreeMap<u32, u64>> = Mutex::new(BTreeMap::new());
     let dates = series.dates();
@@ -337,8 +357,8 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
     std::thread::scope(|scope| {
         for _ in 0..workers {
             let tx = tx.clone();
-            let (series, chunks, todo, pools, next, stage_nanos, dates, worker_error, lookup, unmapped) =
-                (&series, &chunks, &todo, &pools, &next, &stage_nanos, &dates, &worker_error, &lookup, &unmapped);
+            let (series, chunks, todo, pools, next, stage_nanos, dates, worker_error, lookup, unmapped, chunk_stages, years) =
+                (&series, &chunks, &todo, &pools, &next, &stage_nanos, &dates, &worker_error, &lookup, &unmapped, &chunk_stages, &years);
             scope.spawn(move || {
                 let opened = series.reader().and_then(|reader| {
                     let reference = plan.reference.as_ref().map(|r| ReferenceMap::open(&r.path, &series.grid)).transpose()?;
@@ -366,7 +386,7 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
                             data: data.data,
                             valid: data.valid,
                         };
-                        let stages = run_stages(plan, pools, stage_nanos, index, window, read_window, cube)?;
+                        let stages = run_stages(chunk_stages, pools, stage_nanos, years, index, window, read_window, cube)?;
                         let reference = match &reference {
                             Some(r) => {
                                 let mut seen = BTreeMap::new();
@@ -430,14 +450,31 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
     for output in outputs.iter_mut().chain(reference_out.as_mut()) {
         finished.push(output.finish(&all)?);
     }
+    let scene = crate::scene::Scene {
+        plan,
+        years: years.iter().map(|(y, _)| *y).collect(),
+        grid: &grid,
+        chunks: &chunks,
+        chunk_size: layout.chunk_size,
+        workers: layout.workers,
+        partial_dir: &partial.dir,
+        stage_nanos: &stage_nanos,
+        models: models.clone(),
+    };
+    let aligned_reference = plan.reference.as_ref().map(|r| (plan.output_dir.join("reference.tif"), &r.nomenclature));
+    let scene_results = crate::scene::run(&scene, aligned_reference.as_ref().map(|(p, n)| (p.as_path(), *n)))?;
+    finished.extend(scene_results.outputs.iter().cloned());
     let unmapped = unmapped.into_inner().expect("lock");
     if !unmapped.is_empty() {
         let list: Vec<String> = unmapped.iter().map(|(c, n)| format!("{c} ({n} px)")).collect();
         log::warn!("reference codes not in the nomenclature, written as 0: {}", list.join(", "));
     }
     let seconds = started.elapsed().as_secs_f64();
-    let manifest = write_manifest(plan, &series, &finished, &stage_nanos, &layout, chunks.len(), resumed, &unmapped, seconds)?;
-    report(plan, &finished, &manifest)?;
+    let mut recorded = finished.clone();
+    recorded.extend(scene_results.files.iter().cloned());
+    let manifest =
+        write_manifest(plan, &series, &recorded, &stage_nanos, &layout, chunks.len(), resumed, &unmapped, &models, seconds)?;
+    report(plan, &finished, &manifest, &scene_results.sections)?;
     let _ = std::fs::remove_dir_all(&partial.dir);
     Ok(RunSummary {
         run_dir: plan.output_dir.clone(),
@@ -495,18 +532,20 @@ fn crop_rows(data: &[f32], width: usize, outer: Window, core: Window) -> Vec<f32
 
 /// Runs every stage on one chunk, in order; cloud masks narrow the validity that
 /// later stages see.
+#[allow(clippy::too_many_arguments)]
 fn run_stages(
-    plan: &Plan,
+    stages: &[(usize, &StagePlan)],
     pools: &[StagePool],
     stage_nanos: &[AtomicU64],
+    years: &[(i32, Vec<usize>)],
     index: usize,
     window: Window,
     read_window: Window,
     mut cube: Cube,
 ) -> Result<Vec<StageOutput>, String> {
-    let mut outputs = Vec::with_capacity(plan.stages.len());
+    let mut outputs = Vec::with_capacity(stages.len());
     let dates = cube.dates.len();
-    for (s, (stage, pool)) in plan.stages.iter().zip(pools).enumerate() {
+    for (&(s, stage), pool) in stages.iter().zip(pools) {
         let context = CallContext { stage: stage.id.to_string(), chunk: format!("chunk {index}") };
         let params = stage.params_json();
         let started = Instant::now();
@@ -520,6 +559,19 @@ fn run_stages(
                 apply_mask(&mut cube, &mask.classes);
                 StageOutput::Mask(crop(&mask.classes, dates, read_window, window))
             }
+            StageKind::Features if stage.per_year => {
+                for (_, dates_of_year) in years {
+                    let sub = year_cube(&cube, dates_of_year);
+                    let features = pool.with(|i| i.features(&context, &sub, &params)).map_err(fail)?;
+                    check_len(stage, index, "feature samples", features.samples as usize, read_window.pixels())?;
+                    let width = features.names.len();
+                    check_len(stage, index, "feature values", features.data.len(), read_window.pixels() * width)?;
+                    let names = positional_names(&features.names);
+                    outputs.push(StageOutput::Features(names, crop_rows(&features.data, width, read_window, window)));
+                }
+                stage_nanos[s].fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                continue;
+            }
             StageKind::Features => {
                 let features = pool.with(|i| i.features(&context, &cube, &params)).map_err(fail)?;
                 check_len(stage, index, "feature samples", features.samples as usize, read_window.pixels())?;
@@ -527,12 +579,66 @@ fn run_stages(
                 check_len(stage, index, "feature values", features.data.len(), read_window.pixels() * width)?;
                 StageOutput::Features(features.names, crop_rows(&features.data, width, read_window, window))
             }
-            other => unreachable!("Plan::resolve admits only runnable kinds, not {other:?}"),
+            other => unreachable!("only chunk stages run on chunks, not {other:?}"),
         };
         stage_nanos[s].fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         outputs.push(output);
     }
     Ok(outputs)
+}
+
+/// The dates of each calendar year of the series, in order.
+pub(crate) fn years_of(dates: &[String]) -> Vec<(i32, Vec<usize>)> {
+    let mut years: Vec<(i32, Vec<usize>)> = Vec::new();
+    for (i, d) in dates.iter().enumerate() {
+        let year = crate::raster::parse_date(d).map_or(0, |(y, _, _)| y);
+        match years.last_mut() {
+            Some((y, list)) if *y == year => list.push(i),
+            _ => years.push((year, vec![i])),
+        }
+    }
+    years
+}
+
+/// The sub-cube of some dates (data and validity of those dates only).
+fn year_cube(cube: &Cube, dates: &[usize]) -> Cube {
+    let plane = cube.bands.len() * (cube.rows * cube.cols) as usize;
+    let pixels = (cube.rows * cube.cols) as usize;
+    let mut data = Vec::with_capacity(dates.len() * plane);
+    let mut valid = Vec::with_capacity(if cube.valid.is_empty() { 0 } else { dates.len() * pixels });
+    for &d in dates {
+        data.extend_from_slice(&cube.data[d * plane..(d + 1) * plane]);
+        if !cube.valid.is_empty() {
+            valid.extend_from_slice(&cube.valid[d * pixels..(d + 1) * pixels]);
+        }
+    }
+    Cube {
+        dates: dates.iter().map(|&d| cube.dates[d].clone()).collect(),
+        bands: cube.bands.clone(),
+        rows: cube.rows,
+        cols: cube.cols,
+        data,
+        valid,
+    }
+}
+
+/// `NDVI@2019-03-04` → `NDVI@t02` (the date's rank among the names' dates), so the
+/// features of different years carry the same names.
+fn positional_names(names: &[String]) -> Vec<String> {
+    let date_of = |n: &str| n.rsplit_once('@').map(|(_, d)| d.to_string()).filter(|d| crate::raster::parse_date(d).is_some());
+    let mut dates: Vec<String> = names.iter().filter_map(|n| date_of(n)).collect();
+    dates.sort();
+    dates.dedup();
+    names
+        .iter()
+        .map(|n| match date_of(n) {
+            Some(d) => {
+                let rank = dates.binary_search(&d).expect("collected above");
+                format!("{}@t{rank:02}", n.rsplit_once('@').expect("has a date").0)
+            }
+            None => n.clone(),
+        })
+        .collect()
 }
 
 fn check_len(stage: &StagePlan, index: usize, what: &str, got: usize, expected: usize) -> Result<(), String> {
@@ -614,8 +720,20 @@ fn write_manifest(
     chunks: usize,
     resumed: usize,
     unmapped: &BTreeMap<u32, u64>,
+    models: &crate::inference::ModelSet,
     seconds: f64,
 ) -> Result<serde_json::Value> {
+    let models = models
+        .iter()
+        .map(|(name, m)| {
+            Ok(json!({
+                "name": name,
+                "file": file_record(&m.path().display().to_string())?,
+                "provider": m.provider().to_string(),
+                "fallback_reason": m.fallback_reason(),
+            }))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let inputs = series.files().iter().map(|f| file_record(f)).collect::<Result<Vec<_>>>()?;
     let outputs = outputs.iter().map(|p| file_record(&p.display().to_string())).collect::<Result<Vec<_>>>()?;
     let stages: Vec<_> = plan
@@ -668,6 +786,7 @@ fn write_manifest(
         "inputs": inputs,
         "reference": reference,
         "stages": stages,
+        "models": models,
         "outputs": outputs,
         "chunks": chunks,
         "resumed_chunks": resumed,
@@ -685,7 +804,7 @@ fn write_manifest(
 }
 
 /// Evaluates the outputs the pipeline asks for and writes the report.
-fn report(plan: &Plan, outputs: &[PathBuf], manifest: &serde_json::Value) -> Result<()> {
+fn report(plan: &Plan, outputs: &[PathBuf], manifest: &serde_json::Value, sections: &[crate::scene::SceneSection]) -> Result<()> {
     let mut quicklooks = Vec::new();
     for path in outputs {
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
@@ -693,21 +812,59 @@ fn report(plan: &Plan, outputs: &[PathBuf], manifest: &serde_json::Value) -> Res
         quicklooks.push((name, q));
     }
     let mut evaluations = Vec::new();
+    let mut sections = sections.to_vec();
+    let years: Vec<i32> = years_of(&manifest["series"]["dates"].as_array().into_iter().flatten().filter_map(|d| d.as_str().map(str::to_string)).collect::<Vec<_>>())
+        .into_iter()
+        .map(|(y, _)| y)
+        .collect();
     for e in &plan.evaluations {
-        let map = plan.output_dir.join(format!("{}.tif", e.output));
         let lookup = e.nomenclature.as_ref().map(|n| n.lookup());
-        let evaluation = crate::eval::evaluate_map(&map, &e.truth, lookup.as_ref(), e.stratified)
-            .with_context(|| format!("evaluating {} against {}", e.output, e.truth.display()))?;
-        log::info!(
-            "{} against {}: OA {:.4}, kappa {:.4}",
-            e.output,
-            e.truth.display(),
-            evaluation.metrics.overall_accuracy,
-            evaluation.metrics.kappa
-        );
-        evaluations.push(crate::report::EvaluationEntry { output: e.output.clone(), evaluation });
+        let truth_text = e.truth.display().to_string();
+        // `truth = ".../{year}.tif"` evaluates each year's map of a per-year output, and
+        // how the series follows the true changes.
+        let jobs: Vec<(String, PathBuf)> = if truth_text.contains("{year}") {
+            years.iter().map(|y| (format!("{}_{y}", e.output), PathBuf::from(truth_text.replace("{year}", &y.to_string())))).collect()
+        } else {
+            vec![(e.output.clone(), e.truth.clone())]
+        };
+        for (output, truth) in &jobs {
+            let map = plan.output_dir.join(format!("{output}.tif"));
+            if !map.exists() {
+                bail!("[[evaluate]] output '{output}': the run wrote no {}", map.display());
+            }
+            let evaluation = crate::eval::evaluate_map(&map, truth, lookup.as_ref(), e.stratified)
+                .with_context(|| format!("evaluating {output} against {}", truth.display()))?;
+            log::info!("{output} against {}: OA {:.4}, kappa {:.4}", truth.display(), evaluation.metrics.overall_accuracy, evaluation.metrics.kappa);
+            evaluations.push(crate::report::EvaluationEntry { output: output.clone(), evaluation });
+        }
+        if jobs.len() > 1 && lookup.is_none() {
+            let maps: Vec<PathBuf> = jobs.iter().map(|(o, _)| plan.output_dir.join(format!("{o}.tif"))).collect();
+            let truths: Vec<PathBuf> = jobs.iter().map(|(_, t)| t.clone()).collect();
+            let changes = crate::eval::change_agreement(&maps, &truths)?;
+            log::info!(
+                "{} against the true changes: {:.4} stable where nothing changed ({} pixel-years), {:.4} of {} true changes kept",
+                e.output,
+                changes.stable_share,
+                changes.unchanged,
+                changes.detected_share,
+                changes.changed
+            );
+            sections.push(crate::scene::SceneSection {
+                stage: e.output.clone(),
+                kind: "series evaluation",
+                plugin: truth_text.clone(),
+                summary: json!({
+                    "truth": truth_text,
+                    "unchanged_pixel_years": changes.unchanged,
+                    "stable_where_unchanged": changes.stable_share,
+                    "changed_pixel_years": changes.changed,
+                    "true_changes_kept": changes.detected_share,
+                    "true_changes_kept_with_right_class": changes.detected_correct_share,
+                }),
+            });
+        }
     }
-    crate::report::write_report(&plan.output_dir, manifest, &quicklooks, &evaluations)
+    crate::report::write_report(&plan.output_dir, manifest, &quicklooks, &evaluations, &sections)
 }
 
 /// The process's peak resident memory so far (Linux `VmHWM`), for the manifest.

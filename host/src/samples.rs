@@ -83,14 +83,20 @@ impl Samples {
             bail!("{shown}:1: no `label` column (columns: {})", header.iter().take(8).collect::<Vec<_>>().join(", "));
         };
         let (id_col, group_col, lon_col, lat_col) = (column("id"), column("group"), column("lon"), column("lat"));
-        let meta = ["label", "id", "group", "lon", "lat"];
+        // `row`, `col`, `x`, `y`: where a pixel sample sits (as sitsflow's samplers write them).
+        let meta = ["label", "id", "group", "lon", "lat", "row", "col", "x", "y"];
         let mut feature_cols = Vec::new();
         for (i, h) in header.iter().enumerate() {
             if meta.contains(&h) {
                 continue;
             }
             let Some((band, date)) = h.split_once('@') else {
-                bail!("{shown}:1: column {} '{h}' is neither label/id/group/lon/lat nor BAND@DATE", i + 1);
+                // A feature without a date (e.g. a temporal statistic `NDVI:mean`).
+                if h.trim().is_empty() {
+                    bail!("{shown}:1: column {} has no name", i + 1);
+                }
+                feature_cols.push(i);
+                continue;
             };
             let index_ok = date.len() > 1 && date.starts_with('t') && date[1..].chars().all(|c| c.is_ascii_digit());
             if band.is_empty() || !(index_ok || crate::raster::parse_date(date).is_some()) {
@@ -99,7 +105,7 @@ impl Samples {
             feature_cols.push(i);
         }
         if feature_cols.is_empty() {
-            bail!("{shown}:1: no BAND@DATE feature columns");
+            bail!("{shown}:1: no feature columns (BAND@DATE, or named features such as NDVI:mean)");
         }
         let mut s = Samples {
             features: feature_cols.iter().map(|&i| header[i].to_string()).collect(),

@@ -9,15 +9,42 @@ use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
 /// The components the harness builds: shipped plugins and sandbox fixtures.
-pub const PACKAGES: [&str; 8] = [
+pub const PACKAGES: &[&str] = &[
     "normalized-difference",
     "scl-mask",
     "indices",
+    "s2cloudless",
+    "spectral-mask",
+    "reliable-samples",
+    "kmeans",
+    "random-forest",
+    "onnx-classifier",
+    "agreement-samples",
+    "stratified-samples",
+    "uncertainty-query",
+    "markov",
     "fixture-spin",
     "fixture-alloc-bomb",
     "fixture-snoop",
     "fixture-trap-on-chunk",
     "fixture-slow-mean",
+];
+
+/// The plugins that ship (installed into a project's plugins/ by `project_dir`).
+pub const SHIPPED: &[&str] = &[
+    "normalized-difference",
+    "scl-mask",
+    "s2cloudless",
+    "spectral-mask",
+    "indices",
+    "onnx-classifier",
+    "kmeans",
+    "reliable-samples",
+    "agreement-samples",
+    "stratified-samples",
+    "uncertainty-query",
+    "random-forest",
+    "markov",
 ];
 
 pub fn workspace() -> PathBuf {
@@ -34,7 +61,7 @@ fn built() -> &'static PathBuf {
     BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut command = Command::new(cargo);
-        command.current_dir(workspace()).args(["build", "--quiet", "--profile", "plugin", "--target", "wasm32-wasip2"]);
+        command.current_dir(workspace()).env_remove("CARGO_TARGET_DIR").args(["build", "--quiet", "--profile", "plugin", "--target", "wasm32-wasip2"]);
         for p in PACKAGES {
             command.args(["-p", p]);
         }
@@ -67,7 +94,7 @@ pub fn runtime() -> Arc<Runtime> {
 pub fn project_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
     let plugins = sitsflow::plugins::PluginDir::new(dir.path().join("plugins"));
-    for shipped in ["normalized-difference", "scl-mask", "indices"] {
+    for shipped in SHIPPED {
         plugins.install(&runtime(), &component(shipped)).expect("installing a shipped plugin");
     }
     dir

@@ -69,6 +69,23 @@ pub struct Pipeline {
     /// `[[evaluate]]`: accuracy of outputs against truth rasters, in the report.
     #[serde(default, rename = "evaluate")]
     pub evaluations: Vec<Evaluate>,
+    /// `[[model]]`: ONNX models that stages may run through the host's `infer` import.
+    #[serde(default, rename = "model")]
+    pub models: Vec<ModelDecl>,
+}
+
+/// `[[model]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelDecl {
+    /// `name = "tempcnn"`: what stages call it (e.g. onnx-classifier's `model` parameter).
+    pub name: Located<String>,
+    /// `path = "../models/pretrained/demo-tempcnn/model.onnx"`: the ONNX file; its
+    /// `model.json` sidecar beside it is read when present.
+    pub path: Located<String>,
+    /// `device = "auto"`: `auto` (CUDA when usable, else CPU, saying why), `cpu` or `cuda`.
+    #[serde(default)]
+    pub device: Option<Located<String>>,
 }
 
 /// `[[evaluate]]`
@@ -210,6 +227,59 @@ pub struct Stage {
     /// `params = { … }` or `[stage.params]`: checked against the plugin's schema.
     #[serde(default)]
     pub params: Option<Located<toml::Table>>,
+    /// `input = "stats"`: the features stage a clusterer, sampler or labeller reads
+    /// (default: the last features stage before it).
+    #[serde(default)]
+    pub input: Option<Located<StageId>>,
+    /// `samples = "reliable"`: the sampler stage whose selection a labeller trains on.
+    #[serde(default)]
+    pub samples: Option<Located<StageId>>,
+    /// `sample_size = 200000`: pixels drawn at random to fit a clusterer on, or the most
+    /// candidate pixels a sampler considers.
+    #[serde(default)]
+    pub sample_size: Option<Located<u64>>,
+    /// `holdout = 0.25`: share of a labeller's samples held out, by 32 px blocks, for its
+    /// accuracy report (0 = report none).
+    #[serde(default)]
+    pub holdout: Option<Located<f64>>,
+    /// `per_year = true`: run a features stage once per calendar year of the series, on
+    /// that year's dates, writing `<id>_<year>.tif` (date-named features become `@t00`,
+    /// `@t01`, … so that a model trained on one year applies to the others).
+    #[serde(default)]
+    pub per_year: Option<Located<bool>>,
+    /// `year = 2018`: which year of a per-year input a clusterer or sampler works on, or a
+    /// labeller trains on (a labeller without `year` trains on all years' features of its
+    /// samples: a multi-year training set; a sampler without one sees no features, only
+    /// the class layers).
+    #[serde(default)]
+    pub year: Option<Located<i32>>,
+    /// `active_learning = { query = "query", rounds = 8, pool = 20000 }`: grow a labeller's
+    /// sparse samples by active learning, the reference map answering the queries.
+    #[serde(default)]
+    pub active_learning: Option<Located<ActiveLearning>>,
+}
+
+/// `active_learning = { … }` of a labeller stage.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActiveLearning {
+    /// `query = "query"`: the sampler stage that picks each round's queries from the
+    /// unlabelled pool's class probabilities (it does not run on its own).
+    pub query: StageId,
+    /// `rounds = 8`: query rounds after the first training.
+    #[serde(default = "default_rounds")]
+    pub rounds: u32,
+    /// `pool = 20000`: unlabelled pixels drawn at random (outside the held-out blocks) to query from.
+    #[serde(default = "default_pool")]
+    pub pool: u64,
+}
+
+fn default_rounds() -> u32 {
+    5
+}
+
+fn default_pool() -> u64 {
+    20_000
 }
 
 /// A stage id: a lower-case letter, then letters, digits, `-` or `_`; at most 64 characters.
@@ -348,7 +418,10 @@ impl Pipeline {
         }
         for e in &self.evaluations {
             let name = e.output.get_ref();
-            let known = name == "reference" && self.reference.is_some() || self.stages.iter().any(|s| s.id.get_ref().as_str() == name);
+            // `<id>_<year>` names a year's output of a per-year stage (checked when the run has its years).
+            let stage_of_year = name.rsplit_once('_').filter(|(_, y)| y.len() == 4 && y.bytes().all(|b| b.is_ascii_digit())).map(|(s, _)| s);
+            let known = name == "reference" && self.reference.is_some()
+                || self.stages.iter().any(|s| s.id.get_ref().as_str() == name || Some(s.id.get_ref().as_str()) == stage_of_year);
             if !known {
                 let mut names: Vec<&str> = self.stages.iter().map(|s| s.id.get_ref().as_str()).collect();
                 if self.reference.is_some() {
@@ -374,6 +447,17 @@ impl Pipeline {
         }
         if self.stages.is_empty() {
             return Err(source.error(None, "the pipeline has no [[stage]]"));
+        }
+        for (i, m) in self.models.iter().enumerate() {
+            if let Some(first) = self.models[..i].iter().find(|o| o.name.get_ref() == m.name.get_ref()) {
+                let (line, _) = source.line_col(first.name.span().start);
+                return Err(source.error(at(&m.name), format!("duplicate model name '{}' (first declared on line {line})", m.name.get_ref())));
+            }
+            if let Some(device) = &m.device {
+                if !matches!(device.get_ref().as_str(), "auto" | "cpu" | "cuda") {
+                    return Err(source.error(at(device), format!("unknown device '{}' (auto, cpu or cuda)", device.get_ref())));
+                }
+            }
         }
         let mut seen: Vec<&Located<StageId>> = Vec::new();
         for stage in &self.stages {
@@ -408,6 +492,32 @@ impl Pipeline {
             if let Some(deadline) = &stage.deadline_ms {
                 if *deadline.get_ref() == 0 {
                     return Err(source.error(at(deadline), "deadline_ms must be at least 1"));
+                }
+            }
+            for (field, target) in [("input", &stage.input), ("samples", &stage.samples)] {
+                let Some(target) = target else { continue };
+                let earlier = seen[..seen.len() - 1].iter().any(|s| s.get_ref() == target.get_ref());
+                if !earlier {
+                    let names: Vec<&str> = seen[..seen.len() - 1].iter().map(|s| s.get_ref().as_str()).collect();
+                    return Err(source.error(
+                        at(target),
+                        format!(
+                            "{field} = '{}' names no earlier stage (stages before '{}': {})",
+                            target.get_ref(),
+                            stage.id.get_ref(),
+                            if names.is_empty() { "none".to_string() } else { names.join(", ") }
+                        ),
+                    ));
+                }
+            }
+            if let Some(size) = &stage.sample_size {
+                if *size.get_ref() == 0 {
+                    return Err(source.error(at(size), "sample_size must be at least 1"));
+                }
+            }
+            if let Some(holdout) = &stage.holdout {
+                if !(0.0..0.9).contains(holdout.get_ref()) {
+                    return Err(source.error(at(holdout), format!("holdout {} is outside 0 ≤ holdout < 0.9", holdout.get_ref())));
                 }
             }
         }

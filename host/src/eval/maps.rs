@@ -176,3 +176,56 @@ pub fn series_agreement(maps: &[PathBuf]) -> Result<Vec<SeriesAgreement>> {
         })
         .collect())
 }
+
+/// How a series of maps follows the true changes of a series of reference maps.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChangeAgreement {
+    /// Pixel-year pairs whose reference class stays the same.
+    pub unchanged: u64,
+    /// Of those, the share where the maps keep one class too (stability where nothing changed).
+    pub stable_share: f64,
+    /// Pixel-year pairs whose reference class changes.
+    pub changed: u64,
+    /// Of those, the share where the maps change too (true changes kept).
+    pub detected_share: f64,
+    /// Of those, the share where the maps change to the right class.
+    pub detected_correct_share: f64,
+}
+
+/// Compares consecutive-year changes of `maps` with those of `truths` (same grid and
+/// order; 0 = no data in either is skipped).
+pub fn change_agreement(maps: &[PathBuf], truths: &[PathBuf]) -> Result<ChangeAgreement> {
+    if maps.len() != truths.len() || maps.len() < 2 {
+        bail!("a change comparison needs as many maps as references, at least two");
+    }
+    let grid = grid_of(&maps[0])?;
+    let window = Window { row: 0, col: 0, rows: grid.height, cols: grid.width };
+    let read = |p: &PathBuf| -> Result<Vec<u32>> { ReferenceMap::open(p, &grid)?.read_raw(window) };
+    let maps: Vec<Vec<u32>> = maps.iter().map(read).collect::<Result<_>>()?;
+    let truths: Vec<Vec<u32>> = truths.iter().map(read).collect::<Result<_>>()?;
+    let (mut unchanged, mut stable, mut changed, mut detected, mut correct) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    for t in 0..maps.len() - 1 {
+        for p in 0..maps[t].len() {
+            let (r0, r1, m0, m1) = (truths[t][p], truths[t + 1][p], maps[t][p], maps[t + 1][p]);
+            if r0 == 0 || r1 == 0 || m0 == 0 || m1 == 0 {
+                continue;
+            }
+            if r0 == r1 {
+                unchanged += 1;
+                stable += u64::from(m0 == m1);
+            } else {
+                changed += 1;
+                detected += u64::from(m0 != m1);
+                correct += u64::from(m0 != m1 && m1 == r1);
+            }
+        }
+    }
+    let share = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    Ok(ChangeAgreement {
+        unchanged,
+        stable_share: share(stable, unchanged),
+        changed,
+        detected_share: share(detected, changed),
+        detected_correct_share: share(correct, changed),
+    })
+}

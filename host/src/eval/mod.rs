@@ -11,7 +11,7 @@ mod maps;
 
 pub use area::{AreaEstimate, ClassArea, area_estimate};
 pub use confusion::{ClassMetrics, Confusion, Metrics, agreement};
-pub use maps::{MapEvaluation, SeriesAgreement, evaluate_map, evaluate_points, series_agreement};
+pub use maps::{ChangeAgreement, MapEvaluation, SeriesAgreement, change_agreement, evaluate_map, evaluate_points, series_agreement};
 
 use std::fmt::Write as _;
 

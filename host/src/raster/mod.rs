@@ -10,6 +10,7 @@
 //! (bilinear for reflectance, nearest for classes), lazily, window by window.
 
 mod l2a;
+mod layers;
 mod quicklook;
 mod reference;
 mod series;
@@ -18,6 +19,7 @@ mod warp;
 mod write;
 
 pub use l2a::{L2aOptions, open_l2a};
+pub use layers::{ClassRaster, FeatureRaster, pixel_centre};
 pub use quicklook::{Quicklook, quicklook};
 pub use reference::ReferenceMap;
 pub use series::{BandSource, ChunkData, Resampling, Scene, Series, SeriesReader};
@@ -150,4 +152,18 @@ pub fn set_block_cache(mib: usize) {
 /// GDAL's version, for `doctor` and the manifest.
 pub fn gdal_version() -> String {
     gdal::version::VersionInfo::version_summary()
+}
+
+/// The GDAL drivers this build can use for what sitsflow reads and writes (GeoTIFF/COG,
+/// JPEG 2000 for L2A products, VRT, PNG for quicklooks), each with whether it is present.
+pub fn gdal_drivers() -> Vec<(&'static str, bool)> {
+    ["GTiff", "COG", "JP2OpenJPEG", "VRT", "PNG", "MEM"]
+        .into_iter()
+        .map(|name| (name, gdal::DriverManager::get_driver_by_name(name).is_ok()))
+        .collect()
+}
+
+/// How many GDAL drivers are registered in all.
+pub fn gdal_driver_count() -> usize {
+    gdal::DriverManager::count()
 }

@@ -179,6 +179,11 @@ impl ChunkedRaster {
         }
     }
 
+    /// Sets the colour table and class names (when they are known only after the chunks).
+    pub fn set_style(&mut self, style: ClassStyle) {
+        self.style = Some(style);
+    }
+
     fn chunk_file(&self, index: usize) -> PathBuf {
         self.work.join(format!("{index:06}.tif"))
     }

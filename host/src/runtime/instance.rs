@@ -6,6 +6,7 @@ use super::plugin::{KindIndices, Plugin};
 use crate::bindings::host::{self, InferError, LogLevel};
 use crate::bindings::stages::{cloud_mask, clusterer, decoder, features, labeller, sampler};
 use crate::bindings::types::{self, Cube, FeatureMatrix, ModelBlob, Probabilities, StageError, StageKind, Tensor};
+use crate::inference::{InferenceError, ModelSet};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use wasmtime::component::ResourceTable;
@@ -94,17 +95,19 @@ pub fn kind_name(kind: StageKind) -> &'static str {
     }
 }
 
-/// Per-store state: the (empty) WASI context and the limits' bookkeeping.
+/// Per-store state: the (empty) WASI context, the limits' bookkeeping and the models the
+/// stage may call through `infer`.
 pub struct StageState {
     wasi: WasiCtx,
     table: ResourceTable,
     limiter: CapLimiter,
     stderr: MemoryOutputPipe,
     context: CallContext,
+    models: Arc<ModelSet>,
 }
 
 impl StageState {
-    fn new(memory_bytes: usize) -> Self {
+    fn new(memory_bytes: usize, models: Arc<ModelSet>) -> Self {
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE_BYTES);
         // Deny by default: no arguments, no environment, no preopened directories,
         // no sockets, no stdin; stdout is discarded and stderr kept for panic messages.
@@ -120,7 +123,47 @@ impl StageState {
             limiter: CapLimiter { cap: memory_bytes, exceeded: None },
             stderr,
             context: CallContext::default(),
+            models,
         }
+    }
+
+    /// The `infer` import: a model of this stage's set on the host's model runtime.
+    fn run_model(&self, model: &str, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, InferError> {
+        if self.models.is_empty() {
+            return Err(InferError::Unsupported(format!(
+                "model '{model}': no models are declared for this stage (a pipeline declares them in [[model]] tables)"
+            )));
+        }
+        let Some(found) = self.models.get(model) else {
+            let names: Vec<&str> = self.models.names().collect();
+            return Err(InferError::UnknownModel(format!("'{model}' is not declared (this stage has {})", names.join(", "))));
+        };
+        let inputs = inputs
+            .into_iter()
+            .map(|t| (t.name, t.shape.into_iter().map(|d| d as usize).collect(), t.data))
+            .collect();
+        let started = std::time::Instant::now();
+        let outputs = found.run(inputs).map_err(|e| match e {
+            InferenceError::InvalidInput(m) => InferError::InvalidInput(format!("model '{model}': {m}")),
+            other => InferError::Failed(format!("model '{model}': {other}")),
+        })?;
+        log::trace!(
+            target: "stage",
+            "[{} {}] infer '{model}' on {} in {:?}",
+            self.context.stage,
+            self.context.chunk,
+            found.provider(),
+            started.elapsed()
+        );
+        outputs
+            .into_iter()
+            .map(|(name, shape, data)| {
+                let shape = shape.iter().map(|&d| u32::try_from(d)).collect::<Result<Vec<u32>, _>>().map_err(|_| {
+                    InferError::Failed(format!("model '{model}': output '{name}' has a dimension past u32 ({shape:?})"))
+                })?;
+                Ok(Tensor { name, shape, data })
+            })
+            .collect()
     }
 }
 
@@ -152,10 +195,10 @@ impl host::Host for StageState {
         Ok(())
     }
 
-    fn infer(&mut self, model: String, _inputs: Vec<Tensor>) -> wasmtime::Result<Result<Vec<Tensor>, InferError>> {
-        Ok(Err(InferError::Unsupported(format!(
-            "model '{model}': this sitsflow build has no model runtime yet (ONNX Runtime support is planned)"
-        ))))
+    // The time inside the model counts against the call's deadline: the epoch keeps
+    // ticking and the guest is interrupted as soon as it resumes past it.
+    fn infer(&mut self, model: String, inputs: Vec<Tensor>) -> wasmtime::Result<Result<Vec<Tensor>, InferError>> {
+        Ok(self.run_model(&model, inputs))
     }
 }
 
@@ -222,8 +265,8 @@ macro_rules! kind_call {
 }
 
 impl Instance {
-    pub(crate) fn new(plugin: &Plugin, limits: Limits) -> Result<Self, StageCallError> {
-        let mut store = Store::new(&plugin.runtime.engine, StageState::new(limits.memory_bytes));
+    pub(crate) fn new(plugin: &Plugin, limits: Limits, models: Arc<ModelSet>) -> Result<Self, StageCallError> {
+        let mut store = Store::new(&plugin.runtime.engine, StageState::new(limits.memory_bytes, models));
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(deadline_ticks(limits.deadline_ms));
@@ -364,16 +407,27 @@ fn deadline_ticks(deadline_ms: u64) -> u64 {
 pub struct StagePool {
     plugin: Arc<Plugin>,
     limits: Limits,
+    models: Arc<ModelSet>,
     idle: Mutex<Vec<Instance>>,
 }
 
 impl StagePool {
+    /// A pool whose instances have no models (`infer` answers `unsupported`).
     pub fn new(plugin: Arc<Plugin>, limits: Limits) -> Self {
-        StagePool { plugin, limits, idle: Mutex::new(Vec::new()) }
+        StagePool::with_models(plugin, limits, ModelSet::empty())
+    }
+
+    /// A pool whose instances may call these models through `infer`, by their names in the set.
+    pub fn with_models(plugin: Arc<Plugin>, limits: Limits, models: Arc<ModelSet>) -> Self {
+        StagePool { plugin, limits, models, idle: Mutex::new(Vec::new()) }
     }
 
     pub fn plugin(&self) -> &Arc<Plugin> {
         &self.plugin
+    }
+
+    pub fn models(&self) -> &Arc<ModelSet> {
+        &self.models
     }
 
     /// Runs `f` on an idle instance (or a new one), returning the instance to the
@@ -382,7 +436,7 @@ impl StagePool {
         let idle = self.idle.lock().expect("stage pool lock").pop();
         let mut instance = match idle {
             Some(i) => i,
-            None => self.plugin.instantiate(self.limits)?,
+            None => self.plugin.instantiate_with_models(self.limits, self.models.clone())?,
         };
         let result = f(&mut instance);
         if instance.is_healthy() {

@@ -20,6 +20,7 @@ pub use plugin::{Plugin, PluginInfo};
 /// The data types a stage call takes and returns (generated from the WIT).
 pub mod data {
     pub use crate::bindings::stages::cloud_mask::MaskLayers;
+    pub use crate::bindings::stages::sampler::{SampleInput, Selection};
     pub use crate::bindings::types::{
         Cube, FeatureMatrix, ModelBlob, Probabilities, StageError, StageKind, Tensor,
     };

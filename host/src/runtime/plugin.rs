@@ -6,6 +6,7 @@ use super::instance::{CallContext, Instance, Limits, StageCallError, StageState,
 use crate::bindings::stages::{cloud_mask, clusterer, decoder, features, labeller, sampler};
 use crate::bindings::types::StageKind;
 use crate::config::{valid_plugin_name, valid_version};
+use crate::inference::ModelSet;
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -151,9 +152,14 @@ impl Plugin {
         &self.sha256
     }
 
-    /// A fresh instance with these limits.
+    /// A fresh instance with these limits and no models.
     pub fn instantiate(&self, limits: Limits) -> Result<Instance, StageCallError> {
-        Instance::new(self, limits)
+        Instance::new(self, limits, ModelSet::empty())
+    }
+
+    /// A fresh instance with these limits that may call these models through `infer`.
+    pub fn instantiate_with_models(&self, limits: Limits, models: Arc<ModelSet>) -> Result<Instance, StageCallError> {
+        Instance::new(self, limits, models)
     }
 
     /// Checks parameters against the plugin's schema: `Err` lists each violation

@@ -26,13 +26,29 @@ fn nd(a: f32, b: f32) -> f32 {
     if s == 0.0 { f32::NAN } else { (a - b) / s }
 }
 
-fn index_value(name: &str, v: &[f32]) -> f32 {
+fn evi(nir: f32, red: f32, blue: f32) -> f32 {
+    let d = nir + 6.0 * red - 7.5 * blue + 1.0;
+    if d == 0.0 { f32::NAN } else { 2.5 * (nir - red) / d }
+}
+
+/// One index over a whole plane (the formula is chosen once, outside the pixel loop,
+/// so the loop is branch-free and vectorises). NaN inputs give NaN by IEEE rules.
+fn index_plane(name: &str, planes: &[&[f32]], out: &mut [f32]) {
     match name {
-        "NDVI" | "NDWI" | "MNDWI" | "NDSI" | "NDBI" => nd(v[0], v[1]),
-        "BSI" => nd(v[0] + v[1], v[2] + v[3]),
+        "NDVI" | "NDWI" | "MNDWI" | "NDSI" | "NDBI" => {
+            for ((o, &a), &b) in out.iter_mut().zip(planes[0]).zip(planes[1]) {
+                *o = nd(a, b);
+            }
+        }
+        "BSI" => {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = nd(planes[0][i] + planes[1][i], planes[2][i] + planes[3][i]);
+            }
+        }
         "EVI" => {
-            let d = v[0] + 6.0 * v[1] - 7.5 * v[2] + 1.0;
-            if d == 0.0 { f32::NAN } else { 2.5 * (v[0] - v[1]) / d }
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = evi(planes[0][i], planes[1][i], planes[2][i]);
+            }
         }
         _ => unreachable!("checked against FORMULAS"),
     }
@@ -146,29 +162,41 @@ fn percentile(sorted: &[f32], q: f32) -> f32 {
     sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f32)
 }
 
-fn stat(values: &[f32], s: Stat) -> f32 {
-    let valid: Vec<f32> = values.iter().copied().filter(|v| !v.is_nan()).collect();
-    if s == Stat::Count {
-        return valid.len() as f32;
+/// Writes the statistics of one series into `out`, using `sorted` as scratch space
+/// (the valid values are sorted once for all percentiles).
+fn stats_into(values: &[f32], stats: &[Stat], sorted: &mut Vec<f32>, out: &mut [f32]) {
+    sorted.clear();
+    sorted.extend(values.iter().copied().filter(|v| !v.is_nan()));
+    let n = sorted.len();
+    if n == 0 {
+        for (o, s) in out.iter_mut().zip(stats) {
+            *o = if *s == Stat::Count { 0.0 } else { f32::NAN };
+        }
+        return;
     }
-    if valid.is_empty() {
-        return f32::NAN;
+    let needs_order = stats.iter().any(|s| !matches!(s, Stat::Mean | Stat::Std | Stat::Count));
+    let mean = sorted.iter().map(|v| *v as f64).sum::<f64>() / n as f64;
+    let std = if stats.contains(&Stat::Std) {
+        (sorted.iter().map(|v| (*v as f64 - mean).powi(2)).sum::<f64>() / n as f64).sqrt() as f32
+    } else {
+        f32::NAN
+    };
+    if needs_order {
+        sorted.sort_unstable_by(f32::total_cmp);
     }
-    let n = valid.len() as f64;
-    let mean = valid.iter().map(|v| *v as f64).sum::<f64>() / n;
-    let mut sorted = valid.clone();
-    sorted.sort_by(f32::total_cmp);
-    match s {
-        Stat::Mean => mean as f32,
-        Stat::Std => (valid.iter().map(|v| (*v as f64 - mean).powi(2)).sum::<f64>() / n).sqrt() as f32,
-        Stat::Min => sorted[0],
-        Stat::Max => sorted[sorted.len() - 1],
-        Stat::P10 => percentile(&sorted, 0.10),
-        Stat::P25 => percentile(&sorted, 0.25),
-        Stat::P50 => percentile(&sorted, 0.50),
-        Stat::P75 => percentile(&sorted, 0.75),
-        Stat::P90 => percentile(&sorted, 0.90),
-        Stat::Count => unreachable!(),
+    for (o, s) in out.iter_mut().zip(stats) {
+        *o = match s {
+            Stat::Count => n as f32,
+            Stat::Mean => mean as f32,
+            Stat::Std => std,
+            Stat::Min => sorted[0],
+            Stat::Max => sorted[n - 1],
+            Stat::P10 => percentile(sorted, 0.10),
+            Stat::P25 => percentile(sorted, 0.25),
+            Stat::P50 => percentile(sorted, 0.50),
+            Stat::P75 => percentile(sorted, 0.75),
+            Stat::P90 => percentile(sorted, 0.90),
+        };
     }
 }
 
@@ -267,28 +295,36 @@ impl FeatureStage for Indices {
         let width = names.len();
         let n = chunk.pixels();
         let mut data = vec![f32::NAN; n * width];
+        // One layer at a time: its `dates × pixels` planes (masked dates as NaN), then
+        // per pixel its series, gap-filled and summarised. Buffers are reused throughout.
+        let mut planes = vec![f32::NAN; dates * n];
         let mut series = vec![f32::NAN; dates];
-        let mut inputs = [0f32; 4];
-        for px in 0..n {
-            let row = &mut data[px * width..(px + 1) * width];
-            let mut k = 0;
-            for (_, layer) in &layers {
-                for d in 0..dates {
-                    let usable = chunk.valid_plane(d).is_none_or(|v| v[px] != 0);
-                    series[d] = if !usable {
-                        f32::NAN
-                    } else {
-                        match layer {
-                            Layer::Band(b) => chunk.plane(d, *b)[px],
-                            Layer::Index(formula, bands) => {
-                                for (i, b) in bands.iter().enumerate() {
-                                    inputs[i] = chunk.plane(d, *b)[px];
-                                }
-                                if inputs[..bands.len()].iter().any(|v| v.is_nan()) { f32::NAN } else { index_value(formula, &inputs) }
-                            }
-                        }
-                    };
+        let mut sorted = Vec::with_capacity(dates);
+        let per_layer = if p.per_date { grid.as_ref().map_or(dates, Vec::len) } else { 0 } + p.stats.len();
+        for (l, (_, layer)) in layers.iter().enumerate() {
+            for d in 0..dates {
+                let out = &mut planes[d * n..(d + 1) * n];
+                match layer {
+                    Layer::Band(b) => out.copy_from_slice(chunk.plane(d, *b)),
+                    Layer::Index(formula, bands) => {
+                        let inputs: Vec<&[f32]> = bands.iter().map(|b| chunk.plane(d, *b)).collect();
+                        index_plane(formula, &inputs, out);
+                    }
                 }
+                if let Some(valid) = chunk.valid_plane(d) {
+                    for (o, &v) in out.iter_mut().zip(valid) {
+                        if v == 0 {
+                            *o = f32::NAN;
+                        }
+                    }
+                }
+            }
+            for px in 0..n {
+                for (d, s) in series.iter_mut().enumerate() {
+                    *s = planes[d * n + px];
+                }
+                let row = &mut data[px * width + l * per_layer..px * width + (l + 1) * per_layer];
+                let mut k = 0;
                 if p.per_date {
                     match &grid {
                         Some(g) => {
@@ -298,15 +334,12 @@ impl FeatureStage for Indices {
                             }
                         }
                         None => {
-                            row[k..k + dates].copy_from_slice(&series);
-                            k += dates;
+                            row[..dates].copy_from_slice(&series);
+                            k = dates;
                         }
                     }
                 }
-                for s in &p.stats {
-                    row[k] = stat(&series, *s);
-                    k += 1;
-                }
+                stats_into(&series, &p.stats, &mut sorted, &mut row[k..]);
             }
         }
         Ok(FeatureMatrix { samples: n, names, data })

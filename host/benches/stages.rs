@@ -1,0 +1,328 @@
+//! Every shipped stage, inside the Wasm sandbox against the same code called natively,
+//! on the same chunk, in the same run (target: Wasm within 1.5× of native).
+//!
+//! `cargo bench -p sitsflow --bench stages` prints a table and writes
+//! `target/bench/stages.json`. Inputs: the real s2cloudless scene (cloud masks), a
+//! generated 12-date × 11-band 256 × 256 chunk (SCL mask, indices, normalized
+//! difference), and the indices' features of that chunk for the scene stages (k-means,
+//! random forest, samplers, Markov chain). Times are medians; the Wasm call includes
+//! copying the inputs into the sandbox and the results out, as in a run.
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+use sitsflow::runtime::data::{Cube, FeatureMatrix, ModelBlob, Probabilities, SampleInput};
+use sitsflow::runtime::{CallContext, Limits, StagePool};
+use sitsflow_sdk::prelude as sdk;
+use sitsflow_sdk::{ClustererStage, CloudMaskStage, DecoderStage, FeatureStage, LabellerStage, SamplerStage, Stage};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+fn median(runs: usize, mut f: impl FnMut() -> Duration) -> Duration {
+    f();
+    let mut t: Vec<Duration> = (0..runs).map(|_| f()).collect();
+    t.sort();
+    t[runs / 2]
+}
+
+fn to_sdk_cube(c: &Cube) -> sdk::Cube {
+    sdk::Cube {
+        dates: c.dates.clone(),
+        bands: c.bands.clone(),
+        rows: c.rows as usize,
+        cols: c.cols as usize,
+        data: c.data.clone(),
+        valid: c.valid.clone(),
+    }
+}
+
+fn to_sdk_matrix(m: &FeatureMatrix) -> sdk::FeatureMatrix {
+    sdk::FeatureMatrix { samples: m.samples as usize, names: m.names.clone(), data: m.data.clone() }
+}
+
+fn to_sdk_input(i: &SampleInput) -> sdk::SampleInput {
+    sdk::SampleInput {
+        features: to_sdk_matrix(&i.features),
+        layers: i.layers.clone(),
+        probabilities: i.probabilities.as_ref().map(|p| sdk::Probabilities { samples: p.samples as usize, classes: p.classes.clone(), data: p.data.clone() }),
+        positions: i.positions.clone(),
+        seed: i.seed,
+    }
+}
+
+/// A deterministic pseudo-random stream (SplitMix64) for the generated chunk.
+struct Mix(u64);
+impl Mix {
+    fn next(&mut self) -> f32 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+/// 12 dates × (10 reflectance bands + SCL) × 256 × 256: seven surface types in blocks,
+/// a seasonal NDVI curve, noise, and SCL clouds on a fifth of the pixel-dates.
+fn series_chunk() -> Cube {
+    let (rows, cols, dates) = (256usize, 256usize, 12usize);
+    let bands = ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12", "SCL"];
+    let mut mix = Mix(11);
+    let n = rows * cols;
+    let mut data = vec![0f32; dates * bands.len() * n];
+    for d in 0..dates {
+        let season = (std::f32::consts::PI * (d as f32 + 0.5) / dates as f32).sin();
+        for p in 0..n {
+            let class = ((p / cols) / 37 * 3 + (p % cols) / 41) % 7;
+            let green = 0.1 + 0.5 * season * (class as f32 / 6.0);
+            for (b, name) in bands.iter().enumerate() {
+                let v = match *name {
+                    "SCL" => {
+                        if mix.next() < 0.2 { [3.0, 8.0, 9.0, 10.0][(mix.next() * 4.0) as usize % 4] } else { 4.0 }
+                    }
+                    "B08" | "B8A" | "B07" => 0.15 + green + 0.02 * mix.next(),
+                    "B04" => 0.12 - 0.08 * green + 0.02 * mix.next(),
+                    _ => 0.08 + 0.05 * b as f32 / 10.0 + 0.02 * mix.next(),
+                };
+                data[(d * bands.len() + b) * n + p] = v;
+            }
+        }
+    }
+    Cube {
+        dates: (0..dates).map(|d| format!("2020-{:02}-15", d + 1)).collect(),
+        bands: bands.iter().map(|b| b.to_string()).collect(),
+        rows: rows as u32,
+        cols: cols as u32,
+        data,
+        valid: Vec::new(),
+    }
+}
+
+/// The real 13-band s2cloudless scene, 512 × 512 from its top-left corner.
+fn cloud_scene() -> Cube {
+    let path = common::shared_data().join("s2cloudless-scene/scene.tif");
+    let ds = gdal::Dataset::open(&path).expect("the s2cloudless scene (../shared/data)");
+    let (rows, cols) = (512usize, 512usize);
+    let mut bands = Vec::new();
+    let mut data = Vec::new();
+    for b in 1..=ds.raster_count() {
+        let band = ds.rasterband(b).unwrap();
+        use gdal::Metadata as _;
+        bands.push(band.description().unwrap());
+        data.extend(band.read_as::<f32>((0, 0), (cols, rows), (cols, rows), None).unwrap().data().iter().copied());
+    }
+    Cube { dates: vec!["2020-01-01".into()], bands, rows: rows as u32, cols: cols as u32, data, valid: Vec::new() }
+}
+
+struct Row {
+    stage: &'static str,
+    input: String,
+    wasm: Duration,
+    native: Duration,
+    megapixels: f64,
+}
+
+fn pool(package: &str) -> StagePool {
+    let plugin = common::runtime().load(&common::component(package)).expect("loading a component");
+    StagePool::new(plugin, Limits { memory_bytes: 3072 << 20, deadline_ms: 600_000 })
+}
+
+fn main() {
+    let ctx = CallContext { stage: "bench".into(), chunk: "-".into() };
+    let runs = 5;
+    let mut rows: Vec<Row> = Vec::new();
+    let mut measure = |stage: &'static str, input: String, megapixels: f64, wasm: &mut dyn FnMut(), native: &mut dyn FnMut()| {
+        let w = median(runs, || {
+            let t = Instant::now();
+            wasm();
+            t.elapsed()
+        });
+        let n = median(runs, || {
+            let t = Instant::now();
+            native();
+            t.elapsed()
+        });
+        eprintln!("{stage}: wasm {:.1} ms, native {:.1} ms", w.as_secs_f64() * 1e3, n.as_secs_f64() * 1e3);
+        rows.push(Row { stage, input, wasm: w, native: n, megapixels });
+    };
+
+    // Cloud masks on the real scene.
+    let scene = cloud_scene();
+    let mpx_scene = (scene.rows * scene.cols) as f64 / 1e6;
+    {
+        let p = pool("s2cloudless");
+        let params = r#"{"threshold": 0.4, "average_over": 1, "dilation_size": 1}"#;
+        measure("s2cloudless", "s2cloudless scene 512×512, 13 bands".into(), mpx_scene,
+            &mut || { black_box(p.with(|i| i.mask(&ctx, &scene, params)).unwrap()); },
+            &mut || { black_box(s2cloudless::S2Cloudless::mask(to_sdk_cube(&scene), s2cloudless::S2Cloudless::parse_params(params).unwrap()).unwrap()); });
+    }
+    {
+        let p = pool("spectral-mask");
+        let params = "{}";
+        measure("spectral-mask", "s2cloudless scene 512×512, 13 bands".into(), mpx_scene,
+            &mut || { black_box(p.with(|i| i.mask(&ctx, &scene, params)).unwrap()); },
+            &mut || { black_box(spectral_mask::SpectralMask::mask(to_sdk_cube(&scene), spectral_mask::SpectralMask::parse_params(params).unwrap()).unwrap()); });
+    }
+
+    // Per-pixel stages on the generated series chunk.
+    let cube = series_chunk();
+    let mpx = (cube.rows * cube.cols) as f64 / 1e6;
+    let series_label = "256×256 px, 12 dates × 11 bands".to_string();
+    {
+        let p = pool("scl-mask");
+        let params = r#"{"dilation": 2}"#;
+        measure("scl-mask", series_label.clone(), mpx,
+            &mut || { black_box(p.with(|i| i.mask(&ctx, &cube, params)).unwrap()); },
+            &mut || { black_box(scl_mask::SclMask::mask(to_sdk_cube(&cube), scl_mask::SclMask::parse_params(params).unwrap()).unwrap()); });
+    }
+    let indices_params = r#"{"indices": ["NDVI", "NDWI", "NDBI", "BSI", "EVI"], "per_date": false, "stats": ["mean", "std", "p10", "p50", "p90"]}"#;
+    let features = {
+        let p = pool("indices");
+        measure("indices", series_label.clone(), mpx,
+            &mut || { black_box(p.with(|i| i.features(&ctx, &cube, indices_params)).unwrap()); },
+            &mut || { black_box(indices::Indices::compute(to_sdk_cube(&cube), indices::Indices::parse_params(indices_params).unwrap()).unwrap()); });
+        p.with(|i| i.features(&ctx, &cube, indices_params)).unwrap()
+    };
+    {
+        let p = pool("normalized-difference");
+        let params = r#"{"a": "B08", "b": "B04", "name": "NDVI"}"#;
+        measure("normalized-difference", series_label.clone(), mpx,
+            &mut || { black_box(p.with(|i| i.features(&ctx, &cube, params)).unwrap()); },
+            &mut || { black_box(normalized_difference::NormalizedDifference::compute(to_sdk_cube(&cube), normalized_difference::NormalizedDifference::parse_params(params).unwrap()).unwrap()); });
+    }
+
+    // Scene stages on the indices' features of that chunk (65 536 samples × 25).
+    let n = features.samples as usize;
+    let feature_label = format!("{n} samples × {} features", features.names.len());
+    let kmeans_params = r#"{"k": 12, "n_init": 1, "standardize": true, "seed": 1}"#;
+    let kp = pool("kmeans");
+    let fitted = kp.with(|i| i.fit(&ctx, &features, kmeans_params)).unwrap();
+    measure("kmeans (fit)", feature_label.clone(), n as f64 / 1e6,
+        &mut || { black_box(kp.with(|i| i.fit(&ctx, &features, kmeans_params)).unwrap()); },
+        &mut || { black_box(kmeans::KMeans::fit(to_sdk_matrix(&features), kmeans::KMeans::parse_params(kmeans_params).unwrap()).unwrap()); });
+    let model = fitted.model.clone();
+    let sdk_model = sdk::ModelBlob { format: model.format.clone(), data: model.data.clone() };
+    measure("kmeans (assign)", feature_label.clone(), n as f64 / 1e6,
+        &mut || { black_box(kp.with(|i| i.assign(&ctx, &model, &features, kmeans_params)).unwrap()); },
+        &mut || { black_box(kmeans::KMeans::assign(sdk_model.clone(), to_sdk_matrix(&features), kmeans::KMeans::parse_params(kmeans_params).unwrap()).unwrap()); });
+    let clusters: Vec<u32> = kp.with(|i| i.assign(&ctx, &model, &features, kmeans_params)).unwrap().clusters.iter().map(|c| c + 1).collect();
+    // A reference: the generator's surface type, with a tenth of labels wrong (as a stale map's).
+    let mut mix = Mix(5);
+    let reference: Vec<u32> = (0..n)
+        .map(|p| {
+            let class = ((p / 256) / 37 * 3 + (p % 256) / 41) % 7 + 1;
+            if mix.next() < 0.1 { (class % 7 + 1) as u32 } else { class as u32 }
+        })
+        .collect();
+    let positions: Vec<(u32, u32)> = (0..n).map(|p| ((p / 256) as u32, (p % 256) as u32)).collect();
+    let input = SampleInput {
+        features: features.clone(),
+        layers: vec![("reference".into(), reference.clone()), ("clusters".into(), clusters.clone())],
+        probabilities: None,
+        positions: positions.clone(),
+        seed: 1,
+    };
+    {
+        let p = pool("reliable-samples");
+        let params = r#"{"clusters": "clusters", "purity": 0.6, "per_class": 500}"#;
+        measure("reliable-samples", feature_label.clone(), n as f64 / 1e6,
+            &mut || { black_box(p.with(|i| i.select(&ctx, &input, params)).unwrap()); },
+            &mut || { black_box(reliable_samples::ReliableSamples::select(to_sdk_input(&input), reliable_samples::ReliableSamples::parse_params(params).unwrap()).unwrap()); });
+    }
+    {
+        let p = pool("stratified-samples");
+        let params = r#"{"per_class": 500}"#;
+        measure("stratified-samples", feature_label.clone(), n as f64 / 1e6,
+            &mut || { black_box(p.with(|i| i.select(&ctx, &input, params)).unwrap()); },
+            &mut || { black_box(stratified_samples::StratifiedSamples::select(to_sdk_input(&input), stratified_samples::StratifiedSamples::parse_params(params).unwrap()).unwrap()); });
+    }
+    // Random forest: trained on 5 000 labelled samples, predicting the whole chunk.
+    let rf_params = r#"{"n_trees": 100, "seed": 1}"#;
+    let train_n = 5000;
+    let step = n / train_n;
+    let train = FeatureMatrix {
+        samples: train_n as u32,
+        names: features.names.clone(),
+        data: (0..train_n).flat_map(|i| features.data[i * step * 25..i * step * 25 + 25].to_vec()).collect(),
+    };
+    let train_labels: Vec<u16> = (0..train_n).map(|i| reference[i * step] as u16).collect();
+    let rp = pool("random-forest");
+    measure("random-forest (train)", format!("{train_n} samples × 25 features, 100 trees"), train_n as f64 / 1e6,
+        &mut || { black_box(rp.with(|i| i.train(&ctx, &train, &train_labels, rf_params)).unwrap()); },
+        &mut || { black_box(random_forest::RandomForest::train(to_sdk_matrix(&train), train_labels.clone(), random_forest::RandomForest::parse_params(rf_params).unwrap()).unwrap()); });
+    let forest = rp.with(|i| i.train(&ctx, &train, &train_labels, rf_params)).unwrap().model;
+    let sdk_forest = sdk::ModelBlob { format: forest.format.clone(), data: forest.data.clone() };
+    measure("random-forest (predict)", feature_label.clone(), n as f64 / 1e6,
+        &mut || { black_box(rp.with(|i| i.predict(&ctx, &forest, &features, rf_params)).unwrap()); },
+        &mut || { black_box(random_forest::RandomForest::predict(sdk_forest.clone(), to_sdk_matrix(&features), random_forest::RandomForest::parse_params(rf_params).unwrap()).unwrap()); });
+    let probabilities: Probabilities = rp.with(|i| i.predict(&ctx, &forest, &features, rf_params)).unwrap();
+    {
+        let p = pool("uncertainty-query");
+        let params = r#"{"strategy": "margin", "batch": 100}"#;
+        let query = SampleInput { probabilities: Some(probabilities.clone()), layers: Vec::new(), ..input.clone() };
+        measure("uncertainty-query", feature_label.clone(), n as f64 / 1e6,
+            &mut || { black_box(p.with(|i| i.select(&ctx, &query, params)).unwrap()); },
+            &mut || { black_box(uncertainty_query::UncertaintyQuery::select(to_sdk_input(&query), uncertainty_query::UncertaintyQuery::parse_params(params).unwrap()).unwrap()); });
+    }
+    {
+        // Three years of labels: the reference, then two noisier copies.
+        let years: Vec<(String, Vec<u32>)> = (0..3)
+            .map(|y| {
+                let mut mix = Mix(100 + y);
+                (format!("pseudo_{}", 2018 + y), reference.iter().map(|&c| if mix.next() < 0.1 { c % 7 + 1 } else { c }).collect())
+            })
+            .collect();
+        let agreement = SampleInput { layers: years, ..input.clone() };
+        let p = pool("agreement-samples");
+        let params = r#"{"maps": "pseudo", "per_class": 500}"#;
+        measure("agreement-samples", feature_label.clone(), n as f64 / 1e6,
+            &mut || { black_box(p.with(|i| i.select(&ctx, &agreement, params)).unwrap()); },
+            &mut || { black_box(agreement_samples::AgreementSamples::select(to_sdk_input(&agreement), agreement_samples::AgreementSamples::parse_params(params).unwrap()).unwrap()); });
+    }
+    {
+        // Three years of the forest's posteriors.
+        let k = probabilities.classes.len();
+        let mut data = Vec::with_capacity(3 * n * k);
+        for _ in 0..3 {
+            data.extend_from_slice(&probabilities.data);
+        }
+        let series = sitsflow::bindings::stages::decoder::PosteriorSeries { steps: 3, samples: n as u32, classes: probabilities.classes.clone(), data };
+        let sdk_series = sdk::PosteriorSeries { steps: 3, samples: n, classes: series.classes.clone(), data: series.data.clone() };
+        let p = pool("markov");
+        let params = r#"{"transition": {"stay": 0.9}}"#;
+        measure("markov", format!("{n} pixels × 3 years × {k} classes"), n as f64 / 1e6,
+            &mut || { black_box(p.with(|i| i.decode(&ctx, &series, params)).unwrap()); },
+            &mut || { black_box(markov::Markov::decode(sdk_series.clone(), markov::Markov::parse_params(params).unwrap()).unwrap()); });
+    }
+
+    println!("Wasm sandbox vs the same stage code called natively, same input, same run (median of {runs})");
+    println!("{:<26} {:<40} {:>10} {:>10} {:>11} {:>7}", "stage", "input", "wasm ms", "native ms", "wasm Mpx/s", "ratio");
+    let mut json_rows = Vec::new();
+    for r in &rows {
+        let ratio = r.wasm.as_secs_f64() / r.native.as_secs_f64();
+        println!(
+            "{:<26} {:<40} {:>10.1} {:>10.1} {:>11.2} {:>6.2}x{}",
+            r.stage,
+            r.input,
+            r.wasm.as_secs_f64() * 1e3,
+            r.native.as_secs_f64() * 1e3,
+            r.megapixels / r.wasm.as_secs_f64(),
+            ratio,
+            if ratio > 1.5 { "  (over the 1.5× target)" } else { "" }
+        );
+        json_rows.push(serde_json::json!({
+            "stage": r.stage, "input": r.input, "wasm_ms": r.wasm.as_secs_f64() * 1e3, "native_ms": r.native.as_secs_f64() * 1e3,
+            "wasm_mpx_per_s": r.megapixels / r.wasm.as_secs_f64(), "native_mpx_per_s": r.megapixels / r.native.as_secs_f64(), "ratio": ratio,
+        }));
+    }
+    let report = serde_json::json!({
+        "bench": "stages",
+        "baseline": "the same stage code called natively on the same input in the same run",
+        "target_ratio": 1.5,
+        "machine": { "cores": std::thread::available_parallelism().map_or(1, |n| n.get()) },
+        "stages": json_rows,
+    });
+    let out = common::workspace().join("target/bench/stages.json");
+    sitsflow::fsutil::write_atomic(&out, serde_json::to_string_pretty(&report).unwrap().as_bytes()).unwrap();
+    println!("wrote {}", out.display());
+}

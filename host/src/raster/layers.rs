@@ -1,0 +1,92 @@
+//! Reading a run's own outputs back, window by window: multi-band feature rasters
+//! (pixel-major, as stages take them) and single-band class rasters.
+
+use super::Window;
+use anyhow::{Context, Result, bail};
+use gdal::Dataset;
+use gdal::Metadata as _;
+use std::path::{Path, PathBuf};
+
+/// A multi-band f32 raster written by a features stage (band descriptions = feature names).
+pub struct FeatureRaster {
+    pub path: PathBuf,
+    pub names: Vec<String>,
+    dataset: Dataset,
+}
+
+impl FeatureRaster {
+    pub fn open(path: &Path) -> Result<FeatureRaster> {
+        let dataset = Dataset::open(path).with_context(|| format!("{}: cannot open with GDAL", path.display()))?;
+        let mut names = Vec::with_capacity(dataset.raster_count());
+        for b in 1..=dataset.raster_count() {
+            let band = dataset.rasterband(b)?;
+            let name = band.description().unwrap_or_default();
+            names.push(if name.is_empty() { format!("band{b}") } else { name });
+        }
+        Ok(FeatureRaster { path: path.to_path_buf(), names, dataset })
+    }
+
+    /// `window.pixels() × features` values, pixel-major.
+    pub fn read(&self, window: Window) -> Result<Vec<f32>> {
+        let n = window.pixels();
+        let f = self.names.len();
+        let mut plane = vec![0f32; n];
+        let mut out = vec![0f32; n * f];
+        for k in 0..f {
+            self.dataset
+                .rasterband(k + 1)?
+                .read_into_slice::<f32>(
+                    (window.col as isize, window.row as isize),
+                    (window.cols, window.rows),
+                    (window.cols, window.rows),
+                    &mut plane,
+                    None,
+                )
+                .with_context(|| format!("{}: reading band {} ({}) at {window}", self.path.display(), k + 1, self.names[k]))?;
+            for (p, v) in plane.iter().enumerate() {
+                out[p * f + k] = *v;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A single-band class raster of the run (u16 codes, 0 = none).
+pub struct ClassRaster {
+    pub path: PathBuf,
+    dataset: Dataset,
+}
+
+impl ClassRaster {
+    pub fn open(path: &Path) -> Result<ClassRaster> {
+        let dataset = Dataset::open(path).with_context(|| format!("{}: cannot open with GDAL", path.display()))?;
+        if dataset.raster_count() != 1 {
+            bail!("{}: a class raster has one band, this has {}", path.display(), dataset.raster_count());
+        }
+        Ok(ClassRaster { path: path.to_path_buf(), dataset })
+    }
+
+    pub fn read(&self, window: Window) -> Result<Vec<u16>> {
+        let mut out = vec![0u16; window.pixels()];
+        self.dataset
+            .rasterband(1)?
+            .read_into_slice::<u16>(
+                (window.col as isize, window.row as isize),
+                (window.cols, window.rows),
+                (window.cols, window.rows),
+                &mut out,
+                None,
+            )
+            .with_context(|| format!("{}: reading at {window}", self.path.display()))?;
+        Ok(out)
+    }
+}
+
+/// Map coordinates of a pixel's centre.
+pub fn pixel_centre(geo_transform: &[f64; 6], row: usize, col: usize) -> (f64, f64) {
+    let (c, r) = (col as f64 + 0.5, row as f64 + 0.5);
+    (
+        geo_transform[0] + c * geo_transform[1] + r * geo_transform[2],
+        geo_transform[3] + c * geo_transform[4] + r * geo_transform[5],
+    )
+}

@@ -1,0 +1,154 @@
+//! Training the temporal classifiers (TempCNN, LSTM) of `models/`: the host launches
+//! the PyTorch recipe as a subprocess under the versioned file contract (samples CSV
+//! in; `model.onnx`, `model.json` and `metrics.json` out), shows its epochs in a
+//! progress bar and fails with a clear message when Python or torch is missing.
+//!
+//! Contract 1 (see `models/README.md`): stdout carries one JSON object per line
+//! (`{"event": "epoch", "epoch", "epochs", …}`, finally `{"event": "done"}` or
+//! `{"event": "error", "message"}`), stderr human messages; exit 0 success, 2 bad input,
+//! 1 a crash. `model.json` is written last, so its presence means the folder is complete.
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// The contract version this host speaks.
+pub const CONTRACT: u32 = 1;
+
+/// What to train.
+#[derive(Debug, Clone)]
+pub struct TrainRequest {
+    pub samples: PathBuf,
+    pub test: Option<PathBuf>,
+    pub classes: Option<PathBuf>,
+    /// `tempcnn` or `lstm`.
+    pub arch: String,
+    pub out: PathBuf,
+    pub seed: u64,
+    pub epochs: Option<u32>,
+    /// Extra arguments handed to the recipe as they are (e.g. `--hyperparameters {…}`).
+    pub extra: Vec<String>,
+}
+
+/// What a finished training wrote.
+#[derive(Debug, Clone)]
+pub struct Trained {
+    pub model: PathBuf,
+    pub sidecar: Value,
+    pub metrics: Value,
+}
+
+/// Where the recipe and its Python packages are: the workspace's `models/` and
+/// `.deps/models-python` (installed by `scripts/setup-python.sh`), unless
+/// `SITSFLOW_MODELS_DIR` / `SITSFLOW_MODELS_PYTHON` say otherwise.
+pub fn python_path(workspace: &Path) -> String {
+    let models = std::env::var_os("SITSFLOW_MODELS_DIR").map(PathBuf::from).unwrap_or_else(|| workspace.join("models"));
+    let packages =
+        std::env::var_os("SITSFLOW_MODELS_PYTHON").map(PathBuf::from).unwrap_or_else(|| workspace.join(".deps/models-python"));
+    format!("{}:{}", packages.display(), models.display())
+}
+
+/// The folder holding `models/` and `.deps/`: the current directory or one of its parents.
+pub fn find_workspace() -> Option<PathBuf> {
+    let cwd = std::env::current_dir().ok()?;
+    cwd.ancestors().find(|d| d.join("models/sitsflow_models").is_dir()).map(Path::to_path_buf)
+}
+
+fn python() -> String {
+    std::env::var("SITSFLOW_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// Checks that Python, torch and the recipe can be imported, saying what to install if not.
+pub fn check_environment(pythonpath: &str) -> Result<String> {
+    let out = Command::new(python())
+        .args(["-c", "import torch, sitsflow_models; print(torch.__version__)"])
+        .env("PYTHONPATH", pythonpath)
+        .output()
+        .with_context(|| format!("cannot start '{}': training needs Python 3 (set SITSFLOW_PYTHON to another interpreter)", python()))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.lines().last().unwrap_or("").trim().to_string();
+        if last.contains("No module named 'torch'") || last.contains("libcu") {
+            bail!("PyTorch is not importable ({last}); run `bash scripts/setup-python.sh` to install it into .deps/models-python");
+        }
+        if last.contains("sitsflow_models") {
+            bail!("the training recipe is not found ({last}); run from the sitsflow folder or set SITSFLOW_MODELS_DIR to its models/");
+        }
+        bail!("the training environment is broken: {last}");
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Runs the recipe, forwarding its progress to `progress(epoch, epochs, event)`.
+pub fn train(request: &TrainRequest, pythonpath: &str, mut progress: impl FnMut(u64, u64, &Value)) -> Result<Trained> {
+    let torch = check_environment(pythonpath)?;
+    log::info!("training {} on {} with torch {torch}", request.arch, request.samples.display());
+    let mut command = Command::new(python());
+    command
+        .args(["-m", "sitsflow_models", "train", "--contract", &CONTRACT.to_string(), "--arch", &request.arch])
+        .arg("--samples")
+        .arg(&request.samples)
+        .arg("--out")
+        .arg(&request.out)
+        .args(["--seed", &request.seed.to_string()]);
+    if let Some(test) = &request.test {
+        command.arg("--test").arg(test);
+    }
+    if let Some(classes) = &request.classes {
+        command.arg("--classes").arg(classes);
+    }
+    if let Some(epochs) = request.epochs {
+        command.args(["--epochs", &epochs.to_string()]);
+    }
+    command.args(&request.extra).env("PYTHONPATH", pythonpath).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command.spawn().with_context(|| format!("starting {}", python()))?;
+    // stderr in its own thread so neither pipe can fill up and stall the recipe.
+    let stderr = child.stderr.take().expect("piped");
+    let errors = std::thread::spawn(move || {
+        let mut tail = Vec::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            log::debug!(target: "train", "{line}");
+            tail.push(line);
+            if tail.len() > 40 {
+                tail.remove(0);
+            }
+        }
+        tail
+    });
+    let mut last_error = None;
+    let stdout = child.stdout.take().expect("piped");
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading the recipe's output")?;
+        let Ok(event) = serde_json::from_str::<Value>(&line) else {
+            log::warn!(target: "train", "not a contract line: {line}");
+            continue;
+        };
+        match event["event"].as_str() {
+            Some("epoch") => progress(event["epoch"].as_u64().unwrap_or(0), event["epochs"].as_u64().unwrap_or(0), &event),
+            Some("error") => last_error = event["message"].as_str().map(str::to_string),
+            _ => log::debug!(target: "train", "{line}"),
+        }
+    }
+    let status = child.wait().context("waiting for the recipe")?;
+    let tail = errors.join().unwrap_or_default();
+    if !status.success() {
+        let why = last_error.unwrap_or_else(|| tail.iter().rev().take(5).rev().cloned().collect::<Vec<_>>().join("\n"));
+        let kind = if status.code() == Some(2) { "rejected its input" } else { "failed" };
+        bail!("training {} on {} {kind}: {why}", request.arch, request.samples.display());
+    }
+    let sidecar_path = request.out.join("model.json");
+    let sidecar: Value = serde_json::from_str(
+        &std::fs::read_to_string(&sidecar_path)
+            .with_context(|| format!("the recipe succeeded but wrote no {}", sidecar_path.display()))?,
+    )
+    .with_context(|| format!("{} is not JSON", sidecar_path.display()))?;
+    if sidecar["contract"] != "sitsflow-model/1" {
+        bail!("{}: contract {} is not sitsflow-model/1", sidecar_path.display(), sidecar["contract"]);
+    }
+    let metrics_path = request.out.join("metrics.json");
+    let metrics: Value = serde_json::from_str(&std::fs::read_to_string(&metrics_path).with_context(|| format!("reading {}", metrics_path.display()))?)
+        .with_context(|| format!("{} is not JSON", metrics_path.display()))?;
+    Ok(Trained { model: request.out.join("model.onnx"), sidecar, metrics })
+}

@@ -1,0 +1,357 @@
+"""`python -m sitsflow_models`: the versioned file contract the Rust host drives.
+
+stdout carries only JSON lines (progress events, the bench result); human messages go
+to stderr. Exit codes: 0 success, 2 bad input or usage (missing column, unknown class,
+unsupported contract version …), 1 an unexpected failure. On failure the last stdout
+line is `{"event": "error", "message": …}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+#: Contract versions this package implements (`--contract N`).
+CONTRACTS = (1,)
+SIDECAR_CONTRACT = "sitsflow-model/1"
+
+
+def emit(event: dict) -> None:
+    print(json.dumps(_finite(event), allow_nan=False, default=_json_default), flush=True)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _json_default(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value)}")
+
+
+def _finite(value):
+    """JSON has no NaN: undefined metrics (e.g. kappa of one class) become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _write_json(path: Path, document: dict) -> None:
+    from .export import replace_atomically
+
+    tmp = path.with_name(path.name + ".tmp")
+    text = json.dumps(_finite(document), indent=2, allow_nan=False, ensure_ascii=False, default=_json_default)
+    tmp.write_text(text + "\n", encoding="utf-8")
+    replace_atomically(tmp, path)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors follow the contract too: a JSON error line on stdout, exit code 2."""
+
+    def error(self, message):
+        emit({"event": "error", "message": f"usage: {message}"})
+        super().error(message)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m sitsflow_models",
+                                description="Train TempCNN / LSTM pixel classifiers and export them to ONNX.")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train a model on a samples CSV and export it to OUTDIR")
+    t.add_argument("--contract", type=int, required=True,
+                   help=f"file-contract version the caller expects (supported: {', '.join(map(str, CONTRACTS))})")
+    t.add_argument("--samples", type=Path, required=True, help="training samples CSV (wide BAND@DATE convention)")
+    t.add_argument("--test", type=Path, help="test samples CSV; metrics.json is computed on it (else on validation)")
+    t.add_argument("--arch", choices=("tempcnn", "lstm"), required=True)
+    t.add_argument("--out", type=Path, required=True, help="output directory (created)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--epochs", type=int, default=100, help="epoch cap (early stopping usually ends sooner)")
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--patience", type=int, default=10, help="epochs without a better validation loss")
+    t.add_argument("--learning-rate", type=float, default=1e-3)
+    t.add_argument("--classes", type=Path, help="nomenclature CSV code,name,color (else names sorted → 1..C)")
+    t.add_argument("--hyperparameters", type=json.loads, default={},
+                   help='JSON object overriding the architecture defaults, e.g. \'{"filters": 32}\'')
+    t.add_argument("--threads", type=int, default=1,
+                   help="CPU threads; fixed (default 1) so a seed gives the same weights on any machine")
+    t.add_argument("--note", default=None, help="free text stored in model.json (e.g. how to apply the model)")
+    pr = sub.add_parser("predict", help="class probabilities of the PyTorch model (reference for ONNX inference)")
+    pr.add_argument("--model", type=Path, required=True, help="OUTDIR/model.onnx (model.pt and model.json beside it)")
+    pr.add_argument("--samples", type=Path, required=True)
+    pr.add_argument("--out", type=Path, required=True, help="probabilities CSV")
+    b = sub.add_parser("bench", help="PyTorch CPU inference throughput, as JSON on stdout")
+    b.add_argument("--model", type=Path, required=True)
+    b.add_argument("--samples", type=Path, required=True)
+    b.add_argument("--repeat", type=int, default=5)
+    b.add_argument("--batch-size", type=int, default=4096)
+    b.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default, one per core)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from .data import InputError
+
+    try:
+        if args.command == "train":
+            return cmd_train(args)
+        if args.command == "predict":
+            return cmd_predict(args)
+        return cmd_bench(args)
+    except InputError as e:
+        log(f"error: {e}")
+        emit({"event": "error", "message": str(e)})
+        return 2
+    except Exception as e:  # noqa: BLE001 — the host needs a JSON line and an exit code, whatever broke
+        traceback.print_exc()
+        emit({"event": "error", "message": f"{type(e).__name__}: {e}"})
+        return 1
+
+
+def cmd_train(args) -> int:
+    from .data import InputError, encode_labels, model_classes, read_classes, read_samples, sha256_file
+
+    if args.contract not in CONTRACTS:
+        raise InputError(f"contract version {args.contract} is not supported by this sitsflow_models "
+                         f"(supported: {', '.join(map(str, CONTRACTS))})")
+    if not isinstance(args.hyperparameters, dict):
+        raise InputError("--hyperparameters must be a JSON object")
+    if args.threads < 1 or args.epochs < 1 or args.patience < 1 or args.batch_size < 2:
+        raise InputError("--threads, --epochs and --patience must be ≥ 1 and --batch-size ≥ 2")
+    nomenclature = read_classes(args.classes) if args.classes else None
+    samples = read_samples(args.samples)
+    classes = model_classes(samples, nomenclature)
+    if len(classes) < 2:
+        raise InputError(f"{args.samples}: at least two classes are needed, found {len(classes)}")
+    targets = encode_labels(samples, classes, nomenclature)
+    test = None
+    if args.test:
+        test = read_samples(args.test)
+        if test.bands != samples.bands or len(test.dates) != len(samples.dates):
+            raise InputError(f"{args.test}: bands {test.bands} × {len(test.dates)} dates differ from the training "
+                             f"samples' {samples.bands} × {len(samples.dates)} dates")
+        test_targets = encode_labels(test, classes, nomenclature)
+    # torch is imported once the inputs are known to be good: it takes seconds to load.
+    import torch
+
+    from . import export, metrics, nets
+    from .train import TrainConfig, predict_logits, train
+
+    # Float reductions split across threads sum in a thread-count-dependent order.
+    torch.set_num_threads(args.threads)
+
+    try:
+        nets.build(args.arch, 1, 1, 1, [0.0], [1.0], args.hyperparameters)
+    except (ValueError, TypeError) as e:
+        raise InputError(f"--hyperparameters: {e}") from None
+    n, dates, bands = samples.cube.shape
+    log(f"{args.samples}: {n} samples, {dates} dates × {bands} bands, {len(classes)} classes; training {args.arch}")
+    emit({"event": "start", "arch": args.arch, "samples": n, "dates": dates, "bands": bands,
+          "classes": len(classes), "seed": args.seed})
+    config = TrainConfig(arch=args.arch, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size,
+                         patience=args.patience, learning_rate=args.learning_rate,
+                         hyperparameters=args.hyperparameters)
+    started = time.perf_counter()
+    result = train(samples.cube, targets, samples.groups, samples.bands, len(classes), config, emit)
+    train_seconds = time.perf_counter() - started
+    classifier = result.classifier
+
+    if test is not None:
+        evaluated_on, eval_cube, eval_targets = "test", test.cube, test_targets
+    elif len(result.validation_index):
+        evaluated_on = "validation"
+        eval_cube, eval_targets = samples.cube[result.validation_index], targets[result.validation_index]
+    else:
+        log("warning: no test set and too few groups per class for a validation split: "
+            "metrics are on the training set and are optimistic")
+        evaluated_on, eval_cube, eval_targets = "training", samples.cube, targets
+    predicted = predict_logits(classifier, eval_cube).argmax(1).numpy()
+    report = metrics.report(eval_targets, predicted, classes, evaluated_on)
+    log(f"{evaluated_on}: OA {report['overall_accuracy']:.4f}, kappa {report['kappa']:.4f} "
+        f"({report['samples']} samples, {train_seconds:.1f} s training)")
+
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    # A previous run's sidecar would vouch for the files being replaced below.
+    (out / "model.json").unlink(missing_ok=True)
+    hyperparameters = {**nets.default_hyperparameters(args.arch), **args.hyperparameters}
+    checkpoint_config = {"arch": args.arch, "bands": bands, "dates": dates, "classes": len(classes),
+                         "hyperparameters": hyperparameters, "mean": result.mean.tolist(),
+                         "std": result.std.tolist()}
+    tmp = out / "model.pt.tmp"
+    export.save_checkpoint(tmp, classifier, checkpoint_config)
+    export.replace_atomically(tmp, out / "model.pt")
+    tmp = out / "model.onnx.tmp"
+    export.export_onnx(classifier, dates, bands, tmp)
+    # Cross-check on real rows (NaNs included) when onnxruntime is importable.
+    check_rows = eval_cube[: min(len(eval_cube), 512)]
+    check = export.onnxruntime_max_abs_diff(tmp, classifier, check_rows)
+    if check is not None and check[0] > 1e-4:
+        raise RuntimeError(f"the ONNX export differs from PyTorch by {check[0]:.2e} (onnxruntime {check[1]})")
+    export.replace_atomically(tmp, out / "model.onnx")
+    _write_json(out / "metrics.json", report)
+
+    validation = (f"{config.validation_fraction:.0%} of each class's groups (`group` column)"
+                  if samples.groups is not None else f"{config.validation_fraction:.0%} of each class's rows")
+    sidecar = {
+        "contract": SIDECAR_CONTRACT,
+        "arch": args.arch,
+        "hyperparameters": hyperparameters,
+        "parameters": sum(p.numel() for p in classifier.parameters()),
+        "input": {
+            "name": export.INPUT_NAME,
+            "dtype": "float32",
+            "shape": ["N", dates, bands],
+            "layout": "N×T×B",
+            "bands": samples.bands,
+            "dates": samples.dates,
+            "missing": "NaN (replaced by the band mean inside the graph)",
+        },
+        "output": {
+            "name": export.OUTPUT_NAME,
+            "dtype": "float32",
+            "shape": ["N", len(classes)],
+            "kind": "softmax probabilities",
+            "classes": [{"code": c.code, "name": c.name} for c in classes],
+        },
+        "normalisation": {"mean": result.mean.tolist(), "std": result.std.tolist(), "in_graph": True},
+        "opset": export.OPSET,
+        "exporter": "torch.onnx.export (TorchScript)",
+        "training_data_sha256": sha256_file(args.samples),
+        "seed": args.seed,
+        "threads": args.threads,
+        "torch_version": torch.__version__,
+        "training": {
+            "samples": n,
+            "train_rows": int(len(result.train_index)),
+            "validation_rows": int(len(result.validation_index)),
+            "validation": validation,
+            "epochs_cap": args.epochs,
+            "epochs_run": len(result.history),
+            "best_epoch": result.best_epoch,
+            "stopped_early": result.stopped_early,
+            "batch_size": args.batch_size,
+            "learning_rate": args.learning_rate,
+            "patience": args.patience,
+            "min_delta": config.min_delta,
+            "weight_decay": config.weight_decay,
+            "loss": "cross-entropy weighted by inverse class frequency, unlabelled ignored",
+            "class_weights": result.class_weights.tolist(),
+            "seconds": round(train_seconds, 2),
+        },
+        "onnx_check": None if check is None else {"onnxruntime": check[1], "max_abs_diff": check[0],
+                                                  "rows": int(len(check_rows))},
+        "metrics": {k: report[k] for k in ("evaluated_on", "samples", "overall_accuracy", "kappa", "macro_f1")},
+    }
+    if args.test is not None:
+        sidecar["test_data_sha256"] = sha256_file(args.test)
+    if args.note:
+        sidecar["note"] = args.note
+    # The sidecar goes last: its presence means the directory is complete.
+    _write_json(out / "model.json", sidecar)
+    emit({"event": "done", "model": str((out / "model.onnx").resolve()),
+          "overall_accuracy": report["overall_accuracy"], "kappa": _finite(report["kappa"])})
+    return 0
+
+
+def _load_for_inference(model: Path):
+    from .data import InputError
+    from .export import load_checkpoint
+
+    directory = model.parent
+    sidecar_path, checkpoint = directory / "model.json", directory / "model.pt"
+    for f in (sidecar_path, checkpoint):
+        if not f.is_file():
+            raise InputError(f"{f}: missing (predict and bench run the PyTorch model saved beside model.onnx)")
+    sidecar = json.loads(sidecar_path.read_text())
+    if sidecar.get("contract") != SIDECAR_CONTRACT:
+        raise InputError(f"{sidecar_path}: contract {sidecar.get('contract')!r} is not {SIDECAR_CONTRACT!r}")
+    classifier, _ = load_checkpoint(checkpoint)
+    return classifier, sidecar
+
+
+def _read_matching(samples_path: Path, sidecar: dict):
+    from .data import InputError, read_samples
+
+    samples = read_samples(samples_path, require_label=False)
+    bands, dates = sidecar["input"]["bands"], sidecar["input"]["dates"]
+    if samples.bands != bands:
+        raise InputError(f"{samples_path}: bands {samples.bands} differ from the model's {bands}")
+    if len(samples.dates) != len(dates):
+        raise InputError(f"{samples_path}: {len(samples.dates)} dates, the model takes {len(dates)} "
+                         f"(matched by position)")
+    return samples
+
+
+def cmd_predict(args) -> int:
+    import torch
+
+    from .export import replace_atomically
+
+    classifier, sidecar = _load_for_inference(args.model)
+    samples = _read_matching(args.samples, sidecar)
+    with torch.no_grad():
+        probs = torch.cat([classifier.probabilities(torch.from_numpy(samples.cube[s:s + 4096]))
+                           for s in range(0, len(samples), 4096)]).numpy()
+    codes = [c["code"] for c in sidecar["output"]["classes"]]
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["row"] + (["id"] if samples.ids is not None else []) + ["predicted"] + [str(c) for c in codes])
+        for i, p in enumerate(probs):
+            w.writerow([i] + ([samples.ids[i]] if samples.ids is not None else []) + [codes[int(p.argmax())]]
+                       + [f"{v:.9g}" for v in p])
+    replace_atomically(tmp, args.out)
+    log(f"{args.out}: probabilities of {len(samples)} samples over {len(codes)} classes")
+    emit({"event": "done", "probabilities": str(args.out.resolve()), "samples": len(samples)})
+    return 0
+
+
+def cmd_bench(args) -> int:
+    import torch
+
+    from .data import InputError
+
+    if args.repeat < 1 or args.batch_size < 1:
+        raise InputError("--repeat and --batch-size must be ≥ 1")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    classifier, sidecar = _load_for_inference(args.model)
+    samples = _read_matching(args.samples, sidecar)
+    x = torch.from_numpy(samples.cube)
+
+    def run():
+        with torch.no_grad():
+            for s in range(0, len(x), args.batch_size):
+                classifier.probabilities(x[s:s + args.batch_size])
+
+    run()  # warm-up: first-call allocations and kernel selection
+    times = []
+    for _ in range(args.repeat):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    best, median = min(times), float(np.median(times))
+    emit({"event": "bench", "arch": sidecar["arch"], "samples": len(samples), "repeat": args.repeat,
+          "batch_size": args.batch_size, "threads": torch.get_num_threads(), "torch_version": torch.__version__,
+          "seconds_median": median, "seconds_best": best,
+          "samples_per_s": len(samples) / median, "samples_per_s_best": len(samples) / best})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

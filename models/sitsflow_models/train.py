@@ -1,0 +1,197 @@
+"""The training recipe: seeded, grouped validation split, class-weighted cross-entropy
+that ignores unlabelled samples, Adam, early stopping on the validation loss."""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import nets
+from .data import InputError
+
+
+@dataclass
+class TrainConfig:
+    arch: str
+    seed: int = 0
+    #: Upper bound; early stopping usually ends sooner.
+    epochs: int = 100
+    batch_size: int = 64
+    #: Epochs without a better validation loss before stopping.
+    patience: int = 10
+    #: A validation loss must beat the best by more than this to count as better: on
+    #: separable data the loss creeps towards 0 for ever and would never stop early.
+    min_delta: float = 1e-3
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-6
+    #: Share of the groups (parcels) held out for validation, per class.
+    validation_fraction: float = 0.2
+    hyperparameters: dict = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    classifier: nets.Classifier
+    mean: np.ndarray
+    std: np.ndarray
+    train_index: np.ndarray
+    validation_index: np.ndarray
+    class_weights: np.ndarray
+    history: list[dict]
+    best_epoch: int | None
+    stopped_early: bool
+
+
+def seed_everything(seed: int) -> None:
+    """Same seed, same data, same machine → same weights."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True)
+
+
+def grouped_split(targets: np.ndarray, groups: list[str] | None, fraction: float,
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Train / validation row indices. Whole groups go to one side (no parcel on both);
+    groups are drawn per class (a group's class is its most frequent label) so every
+    class with at least two groups is validated. Without groups each row is a group."""
+    n = len(targets)
+    keys = groups if groups is not None else [str(i) for i in range(n)]
+    members: dict[str, list[int]] = {}
+    for i, g in enumerate(keys):
+        members.setdefault(g, []).append(i)
+    by_class: dict[int, list[str]] = {}
+    for g, rows in members.items():
+        labelled = targets[rows][targets[rows] >= 0]
+        if len(labelled) == 0:
+            continue  # unlabelled groups carry no loss; they stay in training
+        values, counts = np.unique(labelled, return_counts=True)
+        by_class.setdefault(int(values[np.argmax(counts)]), []).append(g)
+    held_out: set[str] = set()
+    for c in sorted(by_class):
+        class_groups = sorted(by_class[c])
+        if len(class_groups) < 2:
+            continue
+        k = min(len(class_groups) - 1, max(1, round(fraction * len(class_groups))))
+        chosen = rng.choice(len(class_groups), size=k, replace=False)
+        held_out.update(class_groups[j] for j in chosen)
+    validation = np.array(sorted(i for g in held_out for i in members[g]), dtype=np.int64)
+    train = np.setdiff1d(np.arange(n), validation)
+    return train, validation
+
+
+def band_statistics(cube: np.ndarray, bands: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band mean and standard deviation over samples and dates, ignoring NaN."""
+    flat = cube.reshape(-1, cube.shape[-1]).astype(np.float64)
+    valid = ~np.isnan(flat)
+    for b, name in enumerate(bands):
+        if not valid[:, b].any():
+            raise InputError(f"band `{name}` has no valid value in the training samples")
+    mean = np.nanmean(flat, axis=0)
+    std = np.nanstd(flat, axis=0)
+    # A constant band carries no information; std 1 keeps it finite (all zeros after centring).
+    std = np.where(std > 0, std, 1.0)
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def class_weights(targets: np.ndarray, classes: int) -> np.ndarray:
+    """Inverse class frequency, scaled so a balanced set has weight 1 everywhere; a class
+    without training sample gets 0 (it is never a target, and 1/0 is not a weight)."""
+    counts = np.bincount(targets[targets >= 0], minlength=classes).astype(np.float64)
+    total = counts.sum()
+    with np.errstate(divide="ignore"):
+        w = np.where(counts > 0, total / (classes * counts), 0.0)
+    return w.astype(np.float32)
+
+
+def make_loss(weights: np.ndarray) -> nn.CrossEntropyLoss:
+    """Class-weighted cross-entropy; targets -1 (unlabelled: label 0 / empty) add no loss."""
+    return nn.CrossEntropyLoss(weight=torch.from_numpy(weights), ignore_index=-1)
+
+
+def predict_logits(classifier: nn.Module, cube: np.ndarray, batch_size: int = 4096) -> torch.Tensor:
+    classifier.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(cube), batch_size):
+            out.append(classifier(torch.from_numpy(cube[start:start + batch_size])))
+    return torch.cat(out)
+
+
+def train(cube: np.ndarray, targets: np.ndarray, groups: list[str] | None, bands: list[str], classes: int,
+          config: TrainConfig, emit: Callable[[dict], None] = lambda event: None) -> TrainResult:
+    """Trains a classifier on `[N, T, B]` raw values with class indices (-1 = unlabelled)."""
+    if config.epochs < 1 or config.batch_size < 2 or config.patience < 1:
+        raise InputError("epochs and patience must be ≥ 1 and batch size ≥ 2")
+    seed_everything(config.seed)
+    rng = np.random.default_rng(config.seed)
+    train_index, validation_index = grouped_split(targets, groups, config.validation_fraction, rng)
+    if not (targets[train_index] >= 0).any():
+        raise InputError("no labelled training sample")
+    mean, std = band_statistics(cube[train_index], bands)
+    classifier = nets.build(config.arch, bands=cube.shape[2], dates=cube.shape[1], classes=classes, mean=mean,
+                            std=std, hyperparameters=config.hyperparameters)
+    weights = class_weights(targets[train_index], classes)
+    loss_fn = make_loss(weights)
+    optimiser = torch.optim.Adam(classifier.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(config.seed)
+
+    x_train = torch.from_numpy(np.ascontiguousarray(cube[train_index]))
+    y_train = torch.from_numpy(targets[train_index])
+    has_validation = len(validation_index) > 0 and (targets[validation_index] >= 0).any()
+    if has_validation:
+        x_val = np.ascontiguousarray(cube[validation_index])
+        y_val = torch.from_numpy(targets[validation_index])
+    history: list[dict] = []
+    best_loss, best_epoch, best_state, waited = math.inf, None, None, 0
+    stopped_early = False
+    for epoch in range(1, config.epochs + 1):
+        classifier.train()
+        order = torch.randperm(len(x_train), generator=generator)
+        total, seen = 0.0, 0
+        for start in range(0, len(order), config.batch_size):
+            batch = order[start:start + config.batch_size]
+            if len(batch) < 2:
+                continue  # batch norm needs two samples to estimate a variance
+            yb = y_train[batch]
+            if not (yb >= 0).any():
+                continue
+            optimiser.zero_grad()
+            loss = loss_fn(classifier(x_train[batch]), yb)
+            loss.backward()
+            optimiser.step()
+            labelled = int((yb >= 0).sum())
+            total += loss.item() * labelled
+            seen += labelled
+        event = {"event": "epoch", "epoch": epoch, "epochs": config.epochs,
+                 "train_loss": total / seen if seen else None}
+        if has_validation:
+            logits = predict_logits(classifier, x_val)
+            val_loss = float(loss_fn(logits, y_val))
+            keep = y_val >= 0
+            val_oa = float((logits.argmax(1)[keep] == y_val[keep]).float().mean())
+            event.update(val_loss=val_loss, val_oa=val_oa)
+            if val_loss < best_loss - config.min_delta:
+                best_loss, best_epoch, waited = val_loss, epoch, 0
+                best_state = copy.deepcopy(classifier.state_dict())
+            else:
+                waited += 1
+        history.append(event)
+        emit(event)
+        if has_validation and waited >= config.patience:
+            stopped_early = True
+            emit({"event": "early_stop", "epoch": epoch, "best_epoch": best_epoch, "best_val_loss": best_loss})
+            break
+    if best_state is not None:
+        classifier.load_state_dict(best_state)
+    classifier.eval()
+    return TrainResult(classifier=classifier, mean=mean, std=std, train_index=train_index,
+                       validation_index=validation_index if has_validation else np.array([], dtype=np.int64),
+                       class_weights=weights, history=history, best_epoch=best_epoch, stopped_early=stopped_early)

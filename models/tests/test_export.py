@@ -1,0 +1,106 @@
+"""ONNX export: ONNX Runtime reproduces PyTorch, NaN handling and normalisation are
+inside the graph, the batch dimension is dynamic."""
+
+import tempfile
+import unittest
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from sitsflow_models import export, nets
+
+from . import synthetic
+
+HAVE_ORT = synthetic.ensure_onnxruntime()
+
+
+def small(arch, dates=9, bands=4, classes=5, seed=0):
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    mean, std = rng.uniform(100, 300, bands), rng.uniform(10, 50, bands)
+    hp = {"filters": 8, "dense": 16} if arch == "tempcnn" else {"hidden": 12}
+    classifier = nets.build(arch, bands, dates, classes, mean, std, hp)
+    # Non-trivial batch-norm statistics, so eval mode is really exercised.
+    with torch.no_grad():
+        for m in classifier.modules():
+            if isinstance(m, torch.nn.BatchNorm1d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    return classifier.eval(), mean, std
+
+
+def raw_inputs(n, dates=9, bands=4, seed=1, missing=0.2):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(50, 400, (n, dates, bands)).astype(np.float32)
+    x[rng.random(x.shape) < missing] = np.nan
+    return x
+
+
+class Export(unittest.TestCase):
+    def setUp(self):
+        self.dir = tempfile.TemporaryDirectory()
+        self.tmp = Path(self.dir.name)
+
+    def tearDown(self):
+        self.dir.cleanup()
+
+    def test_graph_signature(self):
+        classifier, _, _ = small("tempcnn")
+        path = self.tmp / "m.onnx"
+        export.export_onnx(classifier, 9, 4, path)
+        model = onnx.load(str(path))
+        self.assertEqual(model.opset_import[0].version, export.OPSET)
+        (inp,), (out,) = model.graph.input, model.graph.output
+        self.assertEqual(inp.name, "reflectance")
+        dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
+        self.assertEqual(dims, ["N", 9, 4])
+        self.assertEqual(out.name, "probabilities")
+        self.assertEqual([d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim], ["N", 5])
+        self.assertIn("IsNaN", {n.op_type for n in model.graph.node})
+
+    @unittest.skipUnless(HAVE_ORT, "onnxruntime not found (run scripts/setup.sh for .deps/onnxruntime-1.31.1)")
+    def test_onnxruntime_matches_pytorch_with_nans_for_any_batch_size(self):
+        for arch in nets.ARCHS:
+            with self.subTest(arch=arch):
+                classifier, _, _ = small(arch)
+                path = self.tmp / f"{arch}.onnx"
+                export.export_onnx(classifier, 9, 4, path)
+                for n in (1, 7, 300):
+                    diff, _ = export.onnxruntime_max_abs_diff(path, classifier, raw_inputs(n, seed=n))
+                    self.assertLess(diff, 1e-5, f"{arch}, batch {n}")
+
+
+class MissingValues(unittest.TestCase):
+    def test_nan_is_the_band_mean_and_all_nan_rows_still_give_probabilities(self):
+        for arch in nets.ARCHS:
+            with self.subTest(arch=arch):
+                classifier, mean, _ = small(arch)
+                x = raw_inputs(5)
+                filled = np.where(np.isnan(x), mean.astype(np.float32)[None, None, :], x).astype(np.float32)
+                with torch.no_grad():
+                    a = classifier.probabilities(torch.from_numpy(x))
+                    b = classifier.probabilities(torch.from_numpy(filled))
+                    empty = classifier.probabilities(torch.full((2, 9, 4), float("nan")))
+                torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+                self.assertTrue(torch.isfinite(empty).all())
+                torch.testing.assert_close(empty.sum(1), torch.ones(2))
+
+
+class Checkpoint(unittest.TestCase):
+    def test_model_pt_round_trip(self):
+        classifier, mean, std = small("lstm")
+        config = {"arch": "lstm", "bands": 4, "dates": 9, "classes": 5, "hyperparameters": {"hidden": 12},
+                  "mean": mean.tolist(), "std": std.tolist()}
+        with tempfile.TemporaryDirectory() as d:
+            export.save_checkpoint(Path(d) / "model.pt", classifier, config)
+            loaded, loaded_config = export.load_checkpoint(Path(d) / "model.pt")
+        x = torch.from_numpy(raw_inputs(4))
+        with torch.no_grad():
+            torch.testing.assert_close(loaded.probabilities(x), classifier.probabilities(x), rtol=0, atol=0)
+        self.assertEqual(loaded_config["arch"], "lstm")
+
+
+if __name__ == "__main__":
+    unittest.main()

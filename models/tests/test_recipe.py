@@ -1,0 +1,86 @@
+"""The training recipe on a tiny synthetic set: it learns, it is deterministic, its
+validation split is grouped, and its loss ignores unlabelled samples."""
+
+import unittest
+
+import numpy as np
+import torch
+
+from sitsflow_models.train import TrainConfig, class_weights, grouped_split, make_loss, train
+
+from . import synthetic
+
+
+class Recipe(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.cube, cls.targets, cls.groups = synthetic.make(60, seed=1)
+        cls.test_cube, cls.test_targets, _ = synthetic.make(40, seed=2)
+
+    def fit(self, arch, seed=0, epochs=15):
+        config = TrainConfig(arch=arch, seed=seed, epochs=epochs, batch_size=32, patience=5,
+                             hyperparameters={"filters": 16, "dense": 32} if arch == "tempcnn" else {"hidden": 16})
+        return train(self.cube, self.targets, self.groups, ["B0", "B1", "B2"], 3, config)
+
+    def accuracy(self, classifier):
+        with torch.no_grad():
+            predicted = classifier(torch.from_numpy(self.test_cube)).argmax(1).numpy()
+        return float((predicted == self.test_targets).mean())
+
+    def test_tempcnn_beats_chance(self):
+        # Three balanced classes: chance is 1/3.
+        self.assertGreater(self.accuracy(self.fit("tempcnn").classifier), 0.8)
+
+    def test_lstm_beats_chance(self):
+        self.assertGreater(self.accuracy(self.fit("lstm", epochs=25).classifier), 0.6)
+
+    def test_same_seed_gives_the_same_weights_and_history(self):
+        a, b = self.fit("tempcnn", seed=3, epochs=3), self.fit("tempcnn", seed=3, epochs=3)
+        self.assertEqual(a.history, b.history)
+        for (name, x), (_, y) in zip(a.classifier.state_dict().items(), b.classifier.state_dict().items()):
+            self.assertTrue(torch.equal(x, y), name)
+        c = self.fit("tempcnn", seed=4, epochs=3)
+        self.assertFalse(torch.equal(a.classifier.net.head.weight, c.classifier.net.head.weight))
+
+    def test_normalisation_statistics_come_from_the_training_split_only(self):
+        r = self.fit("tempcnn", epochs=1)
+        expected = np.nanmean(self.cube[r.train_index].reshape(-1, 3).astype(np.float64), axis=0)
+        np.testing.assert_allclose(r.mean, expected, rtol=1e-5)
+        np.testing.assert_allclose(r.classifier.normalise.mean.reshape(-1).numpy(), r.mean)
+
+
+class Split(unittest.TestCase):
+    def test_no_group_on_both_sides_and_every_class_validated(self):
+        _, targets, groups = synthetic.make(40, seed=0)
+        train_index, validation = grouped_split(targets, groups, 0.2, np.random.default_rng(0))
+        self.assertEqual(len(train_index) + len(validation), len(targets))
+        self.assertFalse({groups[i] for i in train_index} & {groups[i] for i in validation})
+        self.assertEqual(set(targets[validation]), {0, 1, 2})
+        # 10 groups per class, 20 % held out: 2 groups of 4 samples each.
+        self.assertEqual(len(validation), 3 * 2 * 4)
+
+    def test_class_with_a_single_group_stays_in_training(self):
+        targets = np.array([0, 0, 1, 1, 1, 1])
+        groups = ["a", "a", "b", "b", "c", "c"]
+        train_index, validation = grouped_split(targets, groups, 0.5, np.random.default_rng(0))
+        self.assertEqual(set(targets[train_index]), {0, 1})
+        self.assertEqual(set(targets[validation]), {1})
+
+
+class Loss(unittest.TestCase):
+    def test_weights_are_inverse_frequency_and_unlabelled_is_ignored(self):
+        w = class_weights(np.array([0, 0, 0, 1, -1, -1]), 3)
+        # 4 labelled samples: class 0 has 3, class 1 has 1, class 2 none.
+        np.testing.assert_allclose(w, [4 / (3 * 3), 4 / (3 * 1), 0.0], rtol=1e-6)
+
+    def test_unlabelled_samples_add_no_loss(self):
+        weights = class_weights(np.array([0, 1, 1, 2]), 3)
+        loss = make_loss(weights)
+        logits = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+        targets = torch.tensor([0, -1, 1, 1, -1, 2])
+        keep = targets >= 0
+        self.assertAlmostEqual(float(loss(logits, targets)), float(loss(logits[keep], targets[keep])), places=6)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,104 @@
+//! The prepared sample: blocks of eight rows, feature-major inside a block (`block[j·8 +
+//! lane]` is feature `j` of row `8·b + lane`). The distance kernels then read two SIMD
+//! vectors per feature straight from memory instead of transposing rows on every pass;
+//! laid out once per fit or `assign`, it is read a few dozen times.
+//!
+//! The last block is padded with copies of the last row; kernels compute the padding
+//! lanes like any other and callers ignore them (`i < n`).
+
+pub const LANES: usize = 8;
+
+pub struct Blocked {
+    data: Vec<f32>,
+    /// ‖x‖² per row (padding included), for the k-means++ distances.
+    norms: Vec<f32>,
+    pub n: usize,
+    pub d: usize,
+}
+
+impl Blocked {
+    /// From `n × d` row-major values, each passed through `f(value, feature)`.
+    pub fn from_rows(rows: &[f32], d: usize, f: impl Fn(f32, usize) -> f32) -> Self {
+        assert!(d > 0 && rows.len().is_multiple_of(d));
+        let n = rows.len() / d;
+        let n_pad = n.div_ceil(LANES) * LANES;
+        let mut data = vec![0.0f32; n_pad * d];
+        let mut norms = vec![0.0f32; n_pad];
+        let mut row = vec![0.0f32; d];
+        for (i, norm) in norms.iter_mut().enumerate() {
+            let src = &rows[i.min(n - 1) * d..(i.min(n - 1) + 1) * d];
+            let mut sum = 0.0f64;
+            for (j, (r, &v)) in row.iter_mut().zip(src).enumerate() {
+                *r = f(v, j);
+                sum += *r as f64 * *r as f64;
+            }
+            *norm = sum as f32;
+            let block = &mut data[(i / LANES) * LANES * d..(i / LANES + 1) * LANES * d];
+            for (dst, &r) in block[i % LANES..].iter_mut().step_by(LANES).zip(&row) {
+                *dst = r;
+            }
+        }
+        Blocked { data, norms, n, d }
+    }
+
+    /// Rows including the padding of the last block.
+    pub fn padded_rows(&self) -> usize {
+        self.norms.len()
+    }
+
+    /// All blocks as one slice, `LANES × d` values each.
+    pub fn raw(&self) -> &[f32] {
+        &self.data
+    }
+
+    pub fn norms(&self) -> &[f32] {
+        &self.norms
+    }
+
+    #[inline]
+    pub fn get(&self, i: usize, j: usize) -> f32 {
+        self.data[(i / LANES) * LANES * self.d + j * LANES + i % LANES]
+    }
+
+    /// Row `i` as f64, for centres.
+    pub fn row_f64(&self, i: usize) -> impl Iterator<Item = f64> + '_ {
+        (0..self.d).map(move |j| self.get(i, j) as f64)
+    }
+
+    /// Squared distance of row `i` to `c`, summed feature by feature. The one definition
+    /// of an exact distance (inertia, `assign`, Elkan's bounds, relocation), so the fit
+    /// and `assign` agree to the last bit.
+    #[inline]
+    pub fn sqdist(&self, i: usize, c: &[f32]) -> f32 {
+        let size = LANES * self.d;
+        let (block, lane) = (&self.data[(i / LANES) * size..(i / LANES + 1) * size], i % LANES);
+        let mut s = 0.0f32;
+        for (column, y) in block.chunks_exact(LANES).zip(c) {
+            let t = column[lane] - y;
+            s += t * t;
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_hold_the_rows_transposed_and_padded() {
+        let rows: Vec<f32> = (0..30).map(|v| v as f32).collect(); // 10 rows × 3
+        let x = Blocked::from_rows(&rows, 3, |v, j| v + 100.0 * j as f32);
+        assert_eq!((x.n, x.d, x.padded_rows()), (10, 3, 16));
+        assert_eq!(x.raw().len(), 2 * LANES * 3);
+        for i in 0..10 {
+            for j in 0..3 {
+                assert_eq!(x.get(i, j), rows[i * 3 + j] + 100.0 * j as f32);
+            }
+        }
+        // Padding repeats row 9.
+        assert_eq!(x.get(15, 2), x.get(9, 2));
+        assert_eq!(x.sqdist(4, &[12.0, 113.0, 214.0]), 0.0);
+        assert_eq!(x.norms()[1], 3.0f32.powi(2) + 104.0f32.powi(2) + 205.0f32.powi(2));
+    }
+}

@@ -1,0 +1,241 @@
+//! Whole pipelines through the scene stages, on generated demo data: seed 001's chain
+//! (k-means reliable samples → random-forest pseudo-labels per year → multi-year
+//! agreement set → final random forest → Markov chain), active learning (seed 000),
+//! and the real Slovenia series with its LULC reference.
+
+mod common;
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Writes `pipeline.toml` into a project folder with the shipped plugins, locks and runs
+/// it, and returns the run folder and the log.
+fn run(project: &Path, name: &str, pipeline: &str) -> (PathBuf, String) {
+    std::fs::write(project.join("pipeline.toml"), pipeline).unwrap();
+    let nomenclature = project.join("nomenclature");
+    std::fs::create_dir_all(&nomenclature).unwrap();
+    for entry in std::fs::read_dir(common::workspace().join("configs/nomenclature")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, nomenclature.join(path.file_name().unwrap())).unwrap();
+    }
+    let exe = env!("CARGO_BIN_EXE_sitsflow");
+    let mut log = String::new();
+    for args in [&["--quiet", "plugins", "lock", "pipeline.toml"][..], &["run", "pipeline.toml"][..]] {
+        let out = Command::new(exe)
+            .args(args)
+            .current_dir(project)
+            .env("SITSFLOW_CACHE_DIR", common::workspace().join("target/test-cache"))
+            .output()
+            .unwrap();
+        log.push_str(&String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "sitsflow {args:?} failed:\n{log}");
+    }
+    (project.join("runs").join(name), log)
+}
+
+fn json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+}
+
+fn section<'a>(report: &'a Value, stage: &str) -> &'a Value {
+    report["scene_stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stage"] == stage)
+        .unwrap_or_else(|| panic!("no section '{stage}' in the report"))
+}
+
+/// The demo pipeline of configs/, pointed at the small generated demo.
+fn demo_pipeline(demo: &Path) -> String {
+    let text = std::fs::read_to_string(common::workspace().join("configs/demo.toml")).unwrap();
+    text.replace("../data/demo", &demo.display().to_string())
+        .replace("dir = \"../plugins/dist\"", "dir = \"plugins\"")
+        .replace("dir = \"../runs/demo\"", "dir = \"runs/demo\"")
+        // 64 × 64 px: fewer clusters and samples than on the 512 × 512 demo.
+        .replace("k = 40", "k = 12")
+        .replace("per_class = 500", "per_class = 150")
+        .replace("n_trees = 100", "n_trees = 40")
+        // Four 32 px blocks in all: hold out half of them for the metrics.
+        .replace("samples = \"agreeing\"", "samples = \"agreeing\"\nholdout = 0.5")
+}
+
+#[test]
+fn seed001_chain_runs_end_to_end_and_the_markov_chain_steadies_the_series() {
+    let project = common::project_dir();
+    let (run, log) = run(project.path(), "demo", &demo_pipeline(common::small_demo()));
+    for name in [
+        "features_2018.tif",
+        "features_2020.tif",
+        "clusters.tif",
+        "reliable.tif",
+        "reliable.csv",
+        "pseudo_2018.tif",
+        "pseudo_2019.tif",
+        "pseudo_2020_confidence.tif",
+        "agreeing.csv",
+        "landcover_2019.tif",
+        "consistent_2018.tif",
+        "consistent_2020.tif",
+        "consistent_changes.tif",
+        "consistent_fromto.tif",
+        "models/pseudo.model",
+        "models/landcover.json",
+        "models/clusters.model",
+        "landcover.metrics.json",
+        "report.html",
+    ] {
+        assert!(run.join(name).exists(), "{name} missing; log:\n{log}");
+    }
+    // The samples CSV follows the shared convention: label names, ids, groups, features.
+    let csv = std::fs::read_to_string(run.join("reliable.csv")).unwrap();
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    assert_eq!(&header[..5], ["label", "id", "group", "row", "col"]);
+    assert!(header.contains(&"NDVI:mean"), "{header:?}");
+    let samples = sitsflow::samples::Samples::read_csv(&run.join("reliable.csv")).unwrap();
+    assert!(samples.len() >= 100, "only {} reliable samples", samples.len());
+
+    let report = json(&run.join("report.json"));
+    let purity = &section(&report, "reliable")["summary"]["report"]["purity_table"];
+    assert_eq!(purity["columns"][0], "cluster");
+    assert_eq!(purity["rows"].as_array().unwrap().len(), 12, "one row per cluster");
+
+    // Every trained model reports held-out metrics, grouped by blocks.
+    let metrics = json(&run.join("landcover.metrics.json"));
+    assert_eq!(metrics["split"]["grouped_by"], "32 px blocks");
+    assert_eq!(metrics["training_years"], serde_json::json!([2018, 2019, 2020]), "a multi-year training set");
+    let oa = metrics["held_out"]["metrics"]["overall_accuracy"].as_f64().unwrap();
+    assert!(oa > 0.6, "held-out OA {oa}");
+    for key in ["kappa", "macro_f1", "classes"] {
+        assert!(!metrics["held_out"]["metrics"][key].is_null(), "{key}");
+    }
+    assert!(metrics["held_out"]["confusion"]["counts"].is_array());
+
+    // Maps against the yearly truth, and the decoder against the true changes.
+    let evaluations = report["evaluations"].as_array().unwrap();
+    let oa_of = |output: &str| {
+        evaluations.iter().find(|e| e["output"] == output).unwrap_or_else(|| panic!("no evaluation of {output}"))["evaluation"]
+            ["metrics"]["overall_accuracy"]
+            .as_f64()
+            .unwrap()
+    };
+    for year in [2018, 2019, 2020] {
+        let (pseudo, landcover, consistent) =
+            (oa_of(&format!("pseudo_{year}")), oa_of(&format!("landcover_{year}")), oa_of(&format!("consistent_{year}")));
+        eprintln!("{year}: OA pseudo-labels {pseudo:.4}, multi-year forest {landcover:.4}, Markov {consistent:.4}");
+        // 64 px, 4 dates a year, a CORINE-like 100 m reference as the only labels: far
+        // better than chance (7 classes), not a benchmark.
+        assert!(landcover > 0.5, "landcover {year}: OA {landcover}");
+    }
+    let series = |output: &str| {
+        report["scene_stages"].as_array().unwrap().iter().find(|s| s["stage"] == output && s["kind"] == "series evaluation").cloned().unwrap()
+    };
+    let stable = |output: &str| series(output)["summary"]["stable_where_unchanged"].as_f64().unwrap();
+    let kept = |output: &str| series(output)["summary"]["true_changes_kept"].as_f64().unwrap();
+    eprintln!(
+        "stable where unchanged: landcover {:.4}, consistent {:.4}; true changes kept: landcover {:.4}, consistent {:.4}",
+        stable("landcover"),
+        stable("consistent"),
+        kept("landcover"),
+        kept("consistent")
+    );
+    assert!(stable("consistent") >= stable("landcover"), "the Markov chain must not make unchanged pixels flicker more");
+    let consistency = &section(&report, "consistent")["summary"]["consistency"];
+    assert_eq!(consistency["columns"].as_array().unwrap().len(), 1 + 2 * 2, "input and decoded per pair of years");
+    let html = std::fs::read_to_string(run.join("report.html")).unwrap();
+    for needle in ["purity table", "Year-to-year consistency", "Held-out OA", "consistency"] {
+        assert!(html.contains(needle), "report.html lacks '{needle}'");
+    }
+}
+
+#[test]
+fn active_learning_grows_sparse_labels_and_reports_its_learning_curve() {
+    let project = common::project_dir();
+    let demo = common::small_demo();
+    let pipeline = format!(
+        r#"schema = 1
+name = "active"
+
+[input]
+series = "{demo}/series"
+
+# The oracle: the reference map answers each round's queries (here the 2018 truth).
+[reference]
+path = "{demo}/truth/2018.tif"
+classes = "{demo}/classes.csv"
+
+[run]
+seed = 3
+
+[[stage]]
+id = "clouds"
+plugin = "scl-mask@0.1.0"
+
+[[stage]]
+id = "features"
+plugin = "indices@0.1.0"
+per_year = true
+params = {{ indices = ["NDVI", "NDWI", "BSI"], per_date = false, stats = ["mean", "p10", "p90"] }}
+
+[[stage]]
+id = "sparse"
+plugin = "stratified-samples@0.1.0"
+params = {{ per_class = 3 }}
+
+[[stage]]
+id = "query"
+plugin = "uncertainty-query@0.1.0"
+params = {{ strategy = "margin", batch = 20 }}
+
+[[stage]]
+id = "dense"
+plugin = "random-forest@0.1.0"
+input = "features"
+year = 2018
+samples = "sparse"
+active_learning = {{ query = "query", rounds = 4, pool = 2000 }}
+params = {{ n_trees = 30, seed = 3 }}
+
+[[evaluate]]
+output = "dense_2018"
+truth = "{demo}/truth/2018.tif"
+"#,
+        demo = demo.display()
+    );
+    let (run, log) = run(project.path(), "active", &pipeline);
+    let metrics = json(&run.join("dense.metrics.json"));
+    let curve = metrics["learning_curve"]["rows"].as_array().unwrap_or_else(|| panic!("no learning curve:\n{log}"));
+    assert_eq!(curve.len(), 5, "the first training and 4 query rounds");
+    let labels: Vec<u64> = curve.iter().map(|r| r[1].as_u64().unwrap()).collect();
+    assert!(labels.windows(2).all(|w| w[1] > w[0]), "labels grow each round: {labels:?}");
+    assert!(labels[4] >= labels[0] + 60, "4 batches of 20: {labels:?}");
+    let first = curve[0][2].as_f64().unwrap();
+    let last = curve[4][2].as_f64().unwrap();
+    eprintln!("active learning: OA {first:.4} with {} labels → {last:.4} with {}", labels[0], labels[4]);
+    assert!(last > first, "querying must help on this scene: {first} → {last}");
+    // Trained on 2018's features, the dense map is predicted for every year.
+    assert!(run.join("dense_2018.tif").exists() && run.join("dense_2020_confidence.tif").exists());
+    let html = std::fs::read_to_string(run.join("report.html")).unwrap();
+    assert!(html.contains("learning curve"));
+}
+
+/// The real Slovenia patch: only NDVI and cloud products exist, so the indices stage
+/// computes what it can and says what it cannot; the pipeline still yields a map.
+#[test]
+fn slovenia_reference_pipeline_runs_on_ndvi_only() {
+    let project = common::project_dir();
+    let data = common::shared_data().join("slovenia-s2-eolearn");
+    let text = std::fs::read_to_string(common::workspace().join("configs/slovenia.toml")).unwrap();
+    let text = text
+        .replace("../../shared/data/slovenia-s2-eolearn", &data.display().to_string())
+        .replace("dir = \"../plugins/dist\"", "dir = \"plugins\"")
+        .replace("dir = \"../runs/slovenia\"", "dir = \"runs/slovenia\"");
+    let (run, log) = run(project.path(), "slovenia", &text);
+    assert!(log.contains("indices skipped: NDWI needs B03, B08 but the cube has no B03, B08"), "{log}");
+    let report = json(&run.join("report.json"));
+    let evaluation = &report["evaluations"].as_array().unwrap().iter().find(|e| e["output"] == "landcover").unwrap()["evaluation"];
+    let oa = evaluation["metrics"]["overall_accuracy"].as_f64().unwrap();
+    eprintln!("slovenia: landcover OA against the LULC map {oa:.4}");
+    assert!(oa > 0.6, "OA {oa}");
+}

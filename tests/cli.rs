@@ -137,7 +137,9 @@ fn inspect_prints_name_version_kind_and_schema() {
     let out = sitsflow(&["plugins", "list", "--dir", "plugins"], dir.path());
     let listed = text(&out.stdout);
     let names: Vec<&str> = listed.lines().filter_map(|l| l.split_whitespace().next()).collect();
-    assert_eq!(names, ["indices@0.1.0", "normalized-difference@0.1.0", "scl-mask@0.1.0"], "{listed}");
+    let mut shipped: Vec<String> = common::SHIPPED.iter().map(|p| format!("{p}@0.1.0")).collect();
+    shipped.sort();
+    assert_eq!(names, shipped, "{listed}");
     assert!(listed.contains("scl-mask@0.1.0                       cloud-mask"), "{listed}");
     let out = sitsflow(&["plugins", "inspect", "nothing@1.0.0", "--dir", "plugins"], dir.path());
     assert_eq!(out.status.code(), Some(1));
@@ -335,8 +337,14 @@ fn train_launches_the_recipe_and_reads_its_outputs() {
     let onnx = sitsflow::inference::Model::load(&model.join("model.onnx"), sitsflow::inference::Device::Cpu).unwrap();
     let (ours, _) = onnx.run_batched(&samples.data, &[149, 3], 1 << 20).unwrap();
     let text_probs = std::fs::read_to_string(&probs).unwrap();
-    let theirs: Vec<f32> =
-        text_probs.lines().skip(1).flat_map(|l| l.split(',').skip(3).map(|v| v.parse::<f32>().unwrap()).collect::<Vec<_>>()).collect();
+    // Probability columns are the ones named by a class code.
+    let header: Vec<&str> = text_probs.lines().next().unwrap().split(',').collect();
+    let first = header.iter().position(|h| h.parse::<u16>().is_ok()).expect("class-code columns");
+    let theirs: Vec<f32> = text_probs
+        .lines()
+        .skip(1)
+        .flat_map(|l| l.split(',').skip(first).map(|v| v.parse::<f32>().unwrap()).collect::<Vec<_>>())
+        .collect();
     assert_eq!(ours.len(), theirs.len());
     let max = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     eprintln!("formosat-2 TempCNN: max |ONNX Runtime − PyTorch| = {max:.2e} on {} test samples", samples.len());

@@ -23,7 +23,9 @@
 //!
 //! Each prediction is timed `FOREST_BENCH_REPEATS` times (default 3) and the median
 //! kept: the machine is shared, and one slow pass says more about the neighbours than
-//! about the code. `FOREST_BENCH_PIXELS`, `FOREST_BENCH_TRAIN` and `FOREST_BENCH_TREES`
+//! about the code. Besides wall-clock pixels/s, pixels per CPU-second (CPU time of the
+//! predicting threads; scikit-learn's process CPU time around `predict_proba`) are
+//! printed: they move much less when other work shares the cores. `FOREST_BENCH_PIXELS`, `FOREST_BENCH_TRAIN` and `FOREST_BENCH_TREES`
 //! shrink the run for a quick look; the defaults are the numbers above.
 
 #[path = "../../tests/common/mod.rs"]
@@ -75,19 +77,6 @@ fn pixels(n: usize) -> (Vec<f32>, Vec<u16>) {
     (data, labels)
 }
 
-/// Median of `repeats` runs of `f` (seconds, result of the last run).
-fn timed<R>(repeats: usize, mut f: impl FnMut() -> R) -> (f64, R) {
-    let mut seconds = Vec::with_capacity(repeats);
-    let mut result = None;
-    for _ in 0..repeats.max(1) {
-        let t = Instant::now();
-        result = Some(f());
-        seconds.push(t.elapsed().as_secs_f64());
-    }
-    seconds.sort_by(f64::total_cmp);
-    (seconds[seconds.len() / 2], result.unwrap())
-}
-
 fn names() -> Vec<String> {
     (0..FEATURES).map(|d| format!("NDVI@t{d:03}")).collect()
 }
@@ -99,36 +88,69 @@ fn argmax(classes: &[u16], probabilities: &[f32]) -> Vec<u16> {
         .collect()
 }
 
+/// CPU time of the calling thread, seconds.
+fn thread_cpu_seconds() -> f64 {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `t` is a valid timespec for the call to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+}
+
+struct Predicted {
+    classes: Vec<u16>,
+    /// Class (argmax) per pixel.
+    map: Vec<u16>,
+    /// Median wall-clock and CPU (all threads) seconds over the repeats.
+    wall_seconds: f64,
+    cpu_seconds: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 /// Splits `0..n` into one contiguous slice per thread and predicts each slice in
-/// `CHUNK`-pixel calls; returns the class codes and the map (argmax) per pixel.
+/// `CHUNK`-pixel calls, `repeats` times.
 fn predict_in_threads(
+    repeats: usize,
     threads: usize,
     data: &[f32],
     predict: impl Fn(FeatureMatrix) -> (Vec<u16>, Vec<f32>) + Sync,
-) -> (Vec<u16>, Vec<u16>) {
+) -> Predicted {
     let n = data.len() / FEATURES;
     let per_thread = n.div_ceil(threads);
-    let parts: Vec<(Vec<u16>, Vec<u16>)> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let predict = &predict;
-                let slice = &data[(t * per_thread).min(n) * FEATURES..((t + 1) * per_thread).min(n) * FEATURES];
-                s.spawn(move || {
-                    let (mut classes, mut map) = (Vec::new(), Vec::new());
-                    for chunk in slice.chunks(CHUNK * FEATURES) {
-                        let samples = FeatureMatrix { samples: (chunk.len() / FEATURES) as u32, names: names(), data: chunk.to_vec() };
-                        let (c, p) = predict(samples);
-                        map.extend(argmax(&c, &p));
-                        classes = c;
-                    }
-                    (classes, map)
+    let (mut walls, mut cpus) = (Vec::new(), Vec::new());
+    let mut result = (Vec::new(), Vec::new());
+    for _ in 0..repeats.max(1) {
+        let started = Instant::now();
+        let parts: Vec<(Vec<u16>, Vec<u16>, f64)> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let predict = &predict;
+                    let slice = &data[(t * per_thread).min(n) * FEATURES..((t + 1) * per_thread).min(n) * FEATURES];
+                    s.spawn(move || {
+                        let cpu = thread_cpu_seconds();
+                        let (mut classes, mut map) = (Vec::new(), Vec::new());
+                        for chunk in slice.chunks(CHUNK * FEATURES) {
+                            let samples =
+                                FeatureMatrix { samples: (chunk.len() / FEATURES) as u32, names: names(), data: chunk.to_vec() };
+                            let (c, p) = predict(samples);
+                            map.extend(argmax(&c, &p));
+                            classes = c;
+                        }
+                        (classes, map, thread_cpu_seconds() - cpu)
+                    })
                 })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().expect("prediction thread")).collect()
-    });
-    let classes = parts.iter().find(|p| !p.0.is_empty()).map(|p| p.0.clone()).unwrap_or_default();
-    (classes, parts.into_iter().flat_map(|p| p.1).collect())
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("prediction thread")).collect()
+        });
+        walls.push(started.elapsed().as_secs_f64());
+        cpus.push(parts.iter().map(|p| p.2).sum());
+        let classes = parts.iter().find(|p| !p.0.is_empty()).map(|p| p.0.clone()).unwrap_or_default();
+        result = (classes, parts.into_iter().flat_map(|p| p.1).collect());
+    }
+    Predicted { classes: result.0, map: result.1, wall_seconds: median(walls), cpu_seconds: median(cpus) }
 }
 
 fn write_f32(path: &Path, values: &[f32]) {
@@ -148,6 +170,7 @@ struct Row {
     what: String,
     train_seconds: f64,
     predict_seconds: f64,
+    predict_cpu_seconds: f64,
     oa: f64,
     kappa: f64,
 }
@@ -183,16 +206,21 @@ fn main() {
     let report: serde_json::Value = serde_json::from_str(&trained.report).unwrap();
     eprintln!("wasm: trained in {wasm_train:.1} s; trees {} leaves {}, model {:.1} MB", report["tree_depth"], report["tree_leaves"], trained.model.data.len() as f64 / 1e6);
     let model = trained.model.clone();
-    let (wasm_predict, (classes, map)) = timed(repeats, || {
-        predict_in_threads(threads, &data, |samples| {
-            let p = pool.with(|i| i.predict(&context, &model, &samples, "{}")).expect("predicting in the sandbox");
-            (p.classes, p.data)
-        })
+    let wasm = predict_in_threads(repeats, threads, &data, |samples| {
+        let p = pool.with(|i| i.predict(&context, &model, &samples, "{}")).expect("predicting in the sandbox");
+        (p.classes, p.data)
     });
-    let (oa, kappa) = score(&map);
-    assert_eq!(classes, (1..=CLASSES as u16).collect::<Vec<_>>());
-    rows.push(Row { what: "wasm (sandbox)".into(), train_seconds: wasm_train, predict_seconds: wasm_predict, oa, kappa });
-    eprintln!("wasm: predicted in {wasm_predict:.1} s");
+    let (oa, kappa) = score(&wasm.map);
+    assert_eq!(wasm.classes, (1..=CLASSES as u16).collect::<Vec<_>>());
+    rows.push(Row {
+        what: "wasm (sandbox)".into(),
+        train_seconds: wasm_train,
+        predict_seconds: wasm.wall_seconds,
+        predict_cpu_seconds: wasm.cpu_seconds,
+        oa,
+        kappa,
+    });
+    eprintln!("wasm: predicted in {:.1} s", wasm.wall_seconds);
 
     // (b) The same crate natively, on the same model.
     let native_samples = sitsflow_sdk::FeatureMatrix { samples: n_train, names: names(), data: train_x.to_vec() };
@@ -201,17 +229,22 @@ fn main() {
     let native_train = t.elapsed().as_secs_f64();
     let same_model = native_trained.model.data == model.data;
     let native_model = sitsflow_sdk::ModelBlob { format: model.format.clone(), data: model.data.clone() };
-    let (native_predict, (_, native_map)) = timed(repeats, || {
-        predict_in_threads(threads, &data, |samples| {
-            let samples = sitsflow_sdk::FeatureMatrix { samples: samples.samples as usize, names: samples.names, data: samples.data };
-            let p = RandomForest::predict(native_model.clone(), samples, RandomForest::parse_params("{}").unwrap()).unwrap();
-            (p.classes, p.data)
-        })
+    let native = predict_in_threads(repeats, threads, &data, |samples| {
+        let samples = sitsflow_sdk::FeatureMatrix { samples: samples.samples as usize, names: samples.names, data: samples.data };
+        let p = RandomForest::predict(native_model.clone(), samples, RandomForest::parse_params("{}").unwrap()).unwrap();
+        (p.classes, p.data)
     });
-    let (oa, kappa) = score(&native_map);
-    let same_map = native_map == map;
-    rows.push(Row { what: "native".into(), train_seconds: native_train, predict_seconds: native_predict, oa, kappa });
-    eprintln!("native: trained in {native_train:.1} s, predicted in {native_predict:.1} s");
+    let (oa, kappa) = score(&native.map);
+    let same_map = native.map == wasm.map;
+    rows.push(Row {
+        what: "native".into(),
+        train_seconds: native_train,
+        predict_seconds: native.wall_seconds,
+        predict_cpu_seconds: native.cpu_seconds,
+        oa,
+        kappa,
+    });
+    eprintln!("native: trained in {native_train:.1} s, predicted in {:.1} s", native.wall_seconds);
 
     // (c) scikit-learn on the same arrays.
     let dir = tempfile::tempdir().unwrap();
@@ -237,6 +270,7 @@ fn main() {
         what: format!("scikit-learn {sklearn_version} (n_jobs=-1)"),
         train_seconds: run["fit_seconds"].as_f64().unwrap(),
         predict_seconds: run["predict_seconds"].as_f64().unwrap(),
+        predict_cpu_seconds: run["predict_cpu_seconds"].as_f64().unwrap(),
         oa: run["oa"].as_f64().unwrap(),
         kappa: run["kappa"].as_f64().unwrap(),
     });
@@ -245,19 +279,30 @@ fn main() {
         "random forest: {n_train} training samples × {FEATURES} features, {CLASSES} classes, {trees} trees (sqrt, fully grown); \
          predicting {n} pixels on {threads} threads in {CHUNK}-pixel chunks"
     );
-    println!("{:<32} {:>10} {:>11} {:>12} {:>8} {:>8}", "", "train s", "predict s", "pixels/s", "OA", "kappa");
+    println!(
+        "{:<32} {:>10} {:>11} {:>12} {:>14} {:>8} {:>8}",
+        "", "train s", "predict s", "pixels/s", "pixels/CPU-s", "OA", "kappa"
+    );
     for r in &rows {
         println!(
-            "{:<32} {:>10.1} {:>11.2} {:>12.0} {:>8.4} {:>8.4}",
-            r.what, r.train_seconds, r.predict_seconds, n as f64 / r.predict_seconds, r.oa, r.kappa
+            "{:<32} {:>10.1} {:>11.2} {:>12.0} {:>14.0} {:>8.4} {:>8.4}",
+            r.what,
+            r.train_seconds,
+            r.predict_seconds,
+            n as f64 / r.predict_seconds,
+            n as f64 / r.predict_cpu_seconds,
+            r.oa,
+            r.kappa
         );
     }
     let px = |r: &Row| n as f64 / r.predict_seconds;
+    let px_cpu = |r: &Row| n as f64 / r.predict_cpu_seconds;
     let (wasm, native, sklearn) = (&rows[0], &rows[1], &rows[2]);
     println!(
-        "prediction pixels/s: wasm / scikit-learn {:.2}x (target ≥ 2), native / wasm {:.2}x; \
+        "prediction pixels/s: wasm / scikit-learn {:.2}x (target ≥ 2; per CPU-second {:.2}x), native / wasm {:.2}x; \
          training: scikit-learn / wasm {:.2}x time, wasm / native {:.2}x time",
         px(wasm) / px(sklearn),
+        px_cpu(wasm) / px_cpu(sklearn),
         px(native) / px(wasm),
         sklearn.train_seconds / wasm.train_seconds,
         wasm.train_seconds / native.train_seconds,
@@ -266,7 +311,9 @@ fn main() {
 
     let row_json = |r: &Row| {
         serde_json::json!({ "train_seconds": r.train_seconds, "predict_seconds": r.predict_seconds,
-                            "predict_pixels_per_second": px(r), "oa": r.oa, "kappa": r.kappa })
+                            "predict_cpu_seconds": r.predict_cpu_seconds,
+                            "predict_pixels_per_second": px(r), "predict_pixels_per_cpu_second": px_cpu(r),
+                            "oa": r.oa, "kappa": r.kappa })
     };
     let report = serde_json::json!({
         "bench": "forest",
@@ -280,6 +327,7 @@ fn main() {
         "sklearn": { "version": sklearn_version, "n_jobs": -1, "timings": row_json(sklearn) },
         "ratios": {
             "predict_wasm_over_sklearn": px(wasm) / px(sklearn),
+            "predict_per_cpu_second_wasm_over_sklearn": px_cpu(wasm) / px_cpu(sklearn),
             "predict_native_over_wasm": px(native) / px(wasm),
             "train_sklearn_over_wasm_time": sklearn.train_seconds / wasm.train_seconds,
             "train_wasm_over_native_time": wasm.train_seconds / native.train_seconds,

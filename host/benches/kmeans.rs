@@ -100,20 +100,6 @@ fn main() {
     let warm = FeatureMatrix { samples: 1000, names: names.clone(), data: data[..1000 * D].to_vec() };
     pool.with(|i| i.fit(&context, &warm, &params("lloyd"))).expect("warm-up fit");
 
-    if let Ok(list) = std::env::var("H2_SCRATCH") {
-        for p in list.split(';') {
-            let mut ws = vec![]; let mut ns = vec![];
-            for _ in 0..7 {
-                let t = Instant::now();
-                let f = pool.with(|i| i.fit(&context, &matrix, p)).expect("wasm fit");
-                ws.push(t.elapsed().as_secs_f64());
-                ns.push(0.0);
-                let _ = f;
-            }
-            println!("{p}: wasm min {:.3} med {:.3}", ws.iter().cloned().fold(f64::INFINITY, f64::min), median(ns.iter().map(|_| 0.0).collect::<Vec<f64>>()) + median(ws.clone()));
-        }
-        return;
-    }
     let dir = tempfile::tempdir().expect("temp dir");
     let raw = dir.path().join("blobs.f32");
     std::fs::write(&raw, data.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).expect("writing the matrix");

@@ -224,8 +224,8 @@ fn relocate_empty(x: &Blocked, old: &Packed, labels: &[u32], sums: &mut [f64], c
     // The farthest points, descending, ties by index; a few spare for the ones skipped.
     let want = 2 * empty.len() + 8;
     let mut far: Vec<(f32, usize)> = Vec::with_capacity(want + 1);
-    for i in 0..x.n {
-        let dist = x.sqdist(i, old.centre(labels[i] as usize));
+    for (i, &label) in labels.iter().enumerate().take(x.n) {
+        let dist = x.sqdist(i, old.centre(label as usize));
         if far.len() == want && dist <= far[want - 1].0 {
             continue;
         }
@@ -456,7 +456,10 @@ fn elkan(x: &Blocked, s: &Settings, centres: &mut [f64], work: &mut Work) -> (us
         for ((u, lb), &c) in upper.iter_mut().zip(lower.chunks_exact_mut(k)).zip(labels.iter()) {
             *u += shifts[c as usize];
             for (l, sh) in lb.iter_mut().zip(&shifts) {
-                *l = (*l - sh).max(0.0);
+                // A compare-and-select, not `f32::max`: Wasm's `max` has NaN rules that
+                // cost several instructions a lane, and bounds are never NaN.
+                let v = *l - sh;
+                *l = if v > 0.0 { v } else { 0.0 };
             }
         }
         packed = Packed::new(centres, k, d);
@@ -508,8 +511,8 @@ mod tests {
         for (b, block) in x.raw().chunks_exact(LANES * 7).enumerate() {
             block_distances(block, &packed, &mut dists);
             for i in b * LANES..((b + 1) * LANES).min(13) {
-                for c in 0..3 {
-                    assert_eq!(dists[c][i % LANES], x.sqdist(i, packed.centre(c)).sqrt());
+                for (c, dc) in dists.iter().enumerate() {
+                    assert_eq!(dc[i % LANES], x.sqdist(i, packed.centre(c)).sqrt());
                 }
             }
         }

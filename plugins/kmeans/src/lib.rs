@@ -14,8 +14,13 @@
 //! optional standardisation (see [`model`] for the blob and its space).
 //!
 //! Speed: everything is single-threaded (the sandbox has one thread), so the kernels
-//! earn it back: f32 data with f64 sums, the `‖c‖² − 2·x·c` ranking four centres per
-//! SIMD lane group ([`kernel`]), in-place preparation of the sample the host hands over.
+//! earn it back: f32 data with f32 sums per chunk and f64 across chunks, the sample
+//! laid out once in blocks of eight rows (`matrix.rs`) so the `‖c‖² − 2·x·c` ranking
+//! (`kernel.rs`) and k-means++'s distances run eight rows per two SIMD vectors.
+//!
+//! Memory: the sample (moved in from the host) and, briefly, its blocked copy (the
+//! original is freed once copied); then 4 bytes of labels and `4 × (2 + ⌊ln k⌋)` bytes of k-means++
+//! distances per sample; Elkan adds `4 × (k + 1)` bytes per sample for its bounds.
 
 mod fit;
 mod kernel;

@@ -1,9 +1,15 @@
 //! The trained forest as flat arrays (what the model blob stores) and prediction.
 //!
-//! Prediction packs each node into 16 bytes (threshold, feature with the
-//! missing-goes-left flag in its top bit, left, right) and walks the pixels of a block
-//! tree by tree, so that one tree's nodes stay in cache while a few hundred pixels go
-//! through it; the block's class sums live in one small buffer reused for every block.
+//! Prediction ([`Predictor`]) renumbers each tree in preorder and packs a node into 8
+//! bytes (threshold; feature, missing-goes-left flag and offset of the right child;
+//! the left child is the next node), falling back to 16 bytes for forests too wide or
+//! trees too large for that. It then walks the pixels block by block (1024 rows, which
+//! stay in L2), tree by tree (each tree's nodes read in order first, so the prefetcher
+//! brings them in before the walks' random accesses need them), 8 pixels in lockstep
+//! so that their memory loads overlap, choosing children with conditional moves
+//! rather than branches. Measured on the benchmark forest (100 fully grown trees from
+//! 50,000 samples, natively, one thread): the plain one-pixel branchy walk took about
+//! 270 ns per tree and pixel, this about 40 ns.
 
 use crate::train::{LEAF, Tree};
 
@@ -199,8 +205,8 @@ impl Predictor {
     pub fn predict(&self, data: &[f32], samples: usize) -> Vec<f32> {
         assert_eq!(data.len(), samples * self.width, "samples × features values");
         match &self.layout {
-            Layout::Compact(c) => c.predict(data, samples, self.width),
-            Layout::Wide(c) => c.predict(data, samples, self.width),
+            Layout::Compact(c) => c.predict(data, samples),
+            Layout::Wide(c) => c.predict(data, samples),
         }
     }
 }
@@ -211,7 +217,15 @@ impl Predictor {
 /// lockstep without branching on what kind of node each one is at.
 trait Packed: Copy {
     /// The node after node `i` for feature values `row`.
-    fn step(&self, i: u32, row: &[f32]) -> u32;
+    ///
+    /// # Safety
+    /// `row` must be longer than [`Packed::feature`]. (Unchecked because the check
+    /// cost about an eighth of prediction time in the sandbox; see [`Compiled::checked`].)
+    unsafe fn step(&self, i: u32, row: &[f32]) -> u32;
+    /// The feature the node reads (0 for a leaf).
+    fn feature(&self) -> usize;
+    /// The right child of node `i`; `i` itself for a leaf.
+    fn right(&self, i: u32) -> u32;
     /// For a leaf, where its distribution starts in `Compiled::values`.
     fn value(&self) -> u32;
 }
@@ -250,11 +264,22 @@ const QUIET_NAN: u32 = 0x7FC0_0000;
 
 impl Packed for Compact {
     #[inline(always)]
-    fn step(&self, i: u32, row: &[f32]) -> u32 {
-        let x = missing_as(row[((self.meta >> 20) & 0x7FF) as usize], self.meta);
+    unsafe fn step(&self, i: u32, row: &[f32]) -> u32 {
+        // SAFETY: the caller guarantees `row.len() > self.feature()`.
+        let x = missing_as(unsafe { *row.get_unchecked(self.feature()) }, self.meta);
         let go_left = x <= self.threshold;
         // A leaf's delta of 0 gives i itself.
-        std::hint::select_unpredictable(go_left, i + 1, i + (self.meta & 0xF_FFFF))
+        std::hint::select_unpredictable(go_left, i + 1, self.right(i))
+    }
+
+    #[inline(always)]
+    fn feature(&self) -> usize {
+        ((self.meta >> 20) & 0x7FF) as usize
+    }
+
+    #[inline(always)]
+    fn right(&self, i: u32) -> u32 {
+        i + (self.meta & 0xF_FFFF)
     }
 
     #[inline(always)]
@@ -278,10 +303,21 @@ struct Wide {
 
 impl Packed for Wide {
     #[inline(always)]
-    fn step(&self, i: u32, row: &[f32]) -> u32 {
-        let x = missing_as(row[(self.feature & 0x7FFF_FFFF) as usize], self.feature);
+    unsafe fn step(&self, i: u32, row: &[f32]) -> u32 {
+        // SAFETY: the caller guarantees `row.len() > self.feature()`.
+        let x = missing_as(unsafe { *row.get_unchecked(Packed::feature(self)) }, self.feature);
         let go_left = x <= self.threshold;
         std::hint::select_unpredictable(go_left, i + 1, self.right)
+    }
+
+    #[inline(always)]
+    fn feature(&self) -> usize {
+        (self.feature & 0x7FFF_FFFF) as usize
+    }
+
+    #[inline(always)]
+    fn right(&self, _: u32) -> u32 {
+        self.right
     }
 
     #[inline(always)]
@@ -298,6 +334,8 @@ struct Compiled<N> {
     values: Vec<f32>,
     classes: usize,
     stride: usize,
+    /// Features per row, checked against every node.
+    width: usize,
 }
 
 /// Pixels per block: each tree is brought into cache once per block, so larger
@@ -305,10 +343,8 @@ struct Compiled<N> {
 /// features) stop fitting in L2 next to the tree.
 const BLOCK: usize = 1024;
 /// Pixels walking a tree in lockstep: their loads overlap instead of each waiting
-/// for the previous node.
-#[cfg(not(target_arch = "wasm32"))]
-const LANES: usize = 8;
-#[cfg(target_arch = "wasm32")]
+/// for the previous node. 8 beat 4, 6, 12 and 16 natively and tied with 4 in the
+/// sandbox.
 const LANES: usize = 8;
 
 /// A node in prediction order, before packing.
@@ -362,7 +398,7 @@ fn compile<N: Packed>(f: &Forest, order: Preorder, pack: impl Fn(u32, Laid) -> N
         values.resize(values.len() + stride - k, 0.0);
     }
     let nodes = order.nodes.iter().enumerate().map(|(i, node)| pack(i as u32, *node)).collect();
-    Compiled { nodes, roots: order.roots, values, classes: k, stride }
+    Compiled { nodes, roots: order.roots, values, classes: k, stride, width: 0 }.checked(f.feature_names.len())
 }
 
 impl Compiled<Compact> {
@@ -398,11 +434,30 @@ impl Compiled<Wide> {
 }
 
 impl<N: Packed> Compiled<N> {
-    /// The leaf `row` reaches from node `i`.
+    /// Checks what the walks take on trust, so that they can index without bounds
+    /// checks: roots are nodes; a split node's children (the next node and `right`)
+    /// are nodes; a leaf's `right` is itself; every feature read is below `width`, the
+    /// length of every row the walks are given. Laying out a validated forest always
+    /// gives this; a failure is a bug here, so it panics.
+    fn checked(mut self, width: usize) -> Self {
+        let n = self.nodes.len();
+        assert!(self.roots.iter().all(|&r| (r as usize) < n), "a root outside the nodes");
+        for (i, node) in self.nodes.iter().enumerate() {
+            assert!(node.feature() < width, "node {i} reads feature {} of {width}", node.feature());
+            let right = node.right(i as u32) as usize;
+            assert!(right == i || (i + 1 < n && right < n), "node {i} has children outside the {n} nodes");
+        }
+        self.width = width;
+        self
+    }
+
+    /// The leaf `row` (one row of `width` values) reaches from node `i`.
     #[inline(always)]
     fn leaf(&self, mut i: u32, row: &[f32]) -> u32 {
+        debug_assert_eq!(row.len(), self.width);
         loop {
-            let next = self.nodes[i as usize].step(i, row);
+            // SAFETY: `row` has the forest's width and `i` is a node (see `checked`).
+            let next = unsafe { self.nodes.get_unchecked(i as usize).step(i, row) };
             if next == i {
                 return i;
             }
@@ -420,8 +475,9 @@ impl<N: Packed> Compiled<N> {
     /// Walks every row of `rows` through the tree at `root`, adding each leaf's
     /// distribution to the row's `sums`, `LANES` rows at once in lockstep (a lane at
     /// its leaf stays there until the others arrive).
-    fn walk(&self, root: u32, rows: &[f32], width: usize, sums: &mut [f32]) {
-        let stride = self.stride;
+    fn walk(&self, root: u32, rows: &[f32], sums: &mut [f32]) {
+        let (stride, width) = (self.stride, self.width);
+        assert!(rows.len().is_multiple_of(width) && sums.len() == rows.len() / width * stride, "whole rows and their sums");
         let mut groups = rows.chunks_exact(LANES * width);
         let mut group_sums = sums.chunks_exact_mut(LANES * stride);
         for (group, sums) in (&mut groups).zip(&mut group_sums) {
@@ -430,7 +486,9 @@ impl<N: Packed> Compiled<N> {
             loop {
                 let mut moved = false;
                 for (i, row) in at.iter_mut().zip(lane_rows) {
-                    let next = self.nodes[*i as usize].step(*i, row);
+                    // SAFETY: `at` holds roots and steps' results, which are nodes, and
+                    // `row` has the forest's width (see `checked`).
+                    let next = unsafe { self.nodes.get_unchecked(*i as usize).step(*i, row) };
                     moved |= next != *i;
                     *i = next;
                 }
@@ -447,8 +505,8 @@ impl<N: Packed> Compiled<N> {
         }
     }
 
-    fn predict(&self, data: &[f32], samples: usize, width: usize) -> Vec<f32> {
-        let (k, stride) = (self.classes, self.stride);
+    fn predict(&self, data: &[f32], samples: usize) -> Vec<f32> {
+        let (k, stride, width) = (self.classes, self.stride, self.width);
         let mut out = vec![0.0f32; samples * k];
         let mut acc = vec![0.0f32; BLOCK * stride];
         let scale = 1.0 / self.roots.len() as f32;
@@ -460,7 +518,7 @@ impl<N: Packed> Compiled<N> {
             for (t, &root) in self.roots.iter().enumerate() {
                 let end = self.roots.get(t + 1).map_or(self.nodes.len(), |&r| r as usize);
                 warm(&self.nodes[root as usize..end]);
-                self.walk(root, rows, width, acc);
+                self.walk(root, rows, acc);
             }
             for (sums, probs) in acc.chunks_exact(stride).zip(out[block * k..(block + m) * k].chunks_exact_mut(k)) {
                 for (p, s) in probs.iter_mut().zip(sums) {
@@ -571,8 +629,8 @@ mod tests {
         f.validate().unwrap();
         assert!(f.missing_left.contains(&1) && f.missing_left.iter().zip(&f.feature).any(|(&m, &x)| m == 0 && x >= 0));
         let expected = reference(&f, &rows, n);
-        assert_close(&Compiled::compact(&f, preorder(&f)).ok().expect("fits the compact layout").predict(&rows, n, 30), &expected);
-        assert_close(&Compiled::wide(&f, preorder(&f)).predict(&rows, n, 30), &expected);
+        assert_close(&Compiled::compact(&f, preorder(&f)).ok().expect("fits the compact layout").predict(&rows, n), &expected);
+        assert_close(&Compiled::wide(&f, preorder(&f)).predict(&rows, n), &expected);
         // Fewer rows than one lockstep group, and a ragged last group.
         assert_close(&f.predict(&rows[..3 * 30], 3), &expected[..9]);
         assert_close(&f.predict(&rows[..(LANES * 3 + 1) * 30], LANES * 3 + 1), &expected[..(LANES * 3 + 1) * 3]);

@@ -21,7 +21,7 @@ fn main() {
     let pretrained = workspace.join("models/pretrained");
     let samples = sitsflow::samples::Samples::read_csv(&pretrained.join("check-samples.csv")).unwrap();
     let (t, b) = (samples.dates().len(), samples.bands().len());
-    let target = 20_000;
+    let target: usize = 20_000;
     let copies = target.div_ceil(samples.len());
     let data: Vec<f32> = (0..copies).flat_map(|_| samples.data.iter().copied()).collect();
     let n = copies * samples.len();

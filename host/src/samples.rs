@@ -10,7 +10,7 @@ use std::path::Path;
 /// A set of labelled samples.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Samples {
-    /// Feature column names, `BAND@DATE`, in file order.
+    /// Feature column names in file order: `BAND@DATE`, or named features without a date (`NDVI:mean`).
     pub features: Vec<String>,
     /// `samples × features`, row-major; NaN = missing.
     pub data: Vec<f32>,

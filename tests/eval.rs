@@ -6,12 +6,7 @@ mod common;
 
 use rand::{Rng, SeedableRng};
 use sitsflow::eval::Confusion;
-use std::path::PathBuf;
 use std::process::Command;
-
-fn python_path() -> PathBuf {
-    std::env::var_os("SITSFLOW_PYTHONPATH").map(PathBuf::from).unwrap_or_else(|| common::workspace().join(".deps/python"))
-}
 
 const SKLEARN: &str = r#"
 import json, sys
@@ -48,7 +43,7 @@ fn sklearn(reference: &[u16], map: &[u16]) -> serde_json::Value {
         .arg(SKLEARN)
         .arg(&r)
         .arg(&m)
-        .env("PYTHONPATH", python_path())
+        .env("PYTHONPATH", common::python_path())
         .output()
         .expect("python3");
     assert!(

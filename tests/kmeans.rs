@@ -12,10 +12,6 @@ use sitsflow_sdk::{ClustererStage, Stage};
 use std::path::PathBuf;
 use std::process::Command;
 
-fn python_path() -> PathBuf {
-    std::env::var_os("SITSFLOW_PYTHONPATH").map(PathBuf::from).unwrap_or_else(|| common::workspace().join(".deps/python"))
-}
-
 fn context() -> CallContext {
     CallContext { stage: "kmeans".into(), chunk: "sample".into() }
 }
@@ -86,7 +82,7 @@ fn sklearn(x: &FeatureMatrix, k: usize, n_init: u32, algorithm: &str) -> Sklearn
         .arg(&raw)
         .args(["--features", &x.names.len().to_string(), "--k", &k.to_string(), "--n-init", &n_init.to_string()])
         .args(["--algorithm", algorithm, "--seed", "0"])
-        .env("PYTHONPATH", python_path())
+        .env("PYTHONPATH", common::python_path())
         .output()
         .expect("python3");
     assert!(

@@ -22,7 +22,6 @@ use rand::{Rng, SeedableRng};
 use sitsflow::runtime::data::FeatureMatrix;
 use sitsflow::runtime::{CallContext, Limits, StagePool};
 use sitsflow_sdk::{ClustererStage, Stage};
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
@@ -34,10 +33,6 @@ const MAX_ITER: u32 = 300;
 const TOL: f64 = 1e-4;
 const SEED: u64 = 0;
 const REPEATS: usize = 3;
-
-fn python_path() -> PathBuf {
-    std::env::var_os("SITSFLOW_PYTHONPATH").map(PathBuf::from).unwrap_or_else(|| common::workspace().join(".deps/python"))
-}
 
 /// `N × D` f32, blob `i % K` for sample `i`.
 fn blobs() -> Vec<f32> {
@@ -138,7 +133,7 @@ fn main() {
             .args(["--features", &D.to_string(), "--k", &K.to_string(), "--n-init", &N_INIT.to_string()])
             .args(["--max-iter", &MAX_ITER.to_string(), "--tol", &TOL.to_string(), "--seed", &SEED.to_string()])
             .args(["--algorithm", algorithm, "--repeats", &REPEATS.to_string()])
-            .env("PYTHONPATH", python_path())
+            .env("PYTHONPATH", common::python_path())
             .output()
             .expect("running python3");
         assert!(

@@ -11,7 +11,7 @@
 #[path = "../../tests/common/mod.rs"]
 mod common;
 
-use sitsflow::runtime::data::{Cube, FeatureMatrix, ModelBlob, Probabilities, SampleInput};
+use sitsflow::runtime::data::{Cube, FeatureMatrix, Probabilities, SampleInput};
 use sitsflow::runtime::{CallContext, Limits, StagePool};
 use sitsflow_sdk::prelude as sdk;
 use sitsflow_sdk::{ClustererStage, CloudMaskStage, DecoderStage, FeatureStage, LabellerStage, SamplerStage, Stage};

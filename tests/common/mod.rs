@@ -51,6 +51,12 @@ pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("host/ is inside the workspace").to_path_buf()
 }
 
+/// Where scikit-learn and numpy are for the parity tests and benchmarks
+/// (`SITSFLOW_PYTHONPATH`, else `.deps/python` as scripts/setup.sh installs them).
+pub fn python_path() -> PathBuf {
+    std::env::var_os("SITSFLOW_PYTHONPATH").map(PathBuf::from).unwrap_or_else(|| workspace().join(".deps/python"))
+}
+
 pub fn shared_data() -> PathBuf {
     workspace().join("../shared/data")
 }

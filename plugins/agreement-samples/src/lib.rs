@@ -138,20 +138,7 @@ impl SamplerStage for AgreementSamples {
                 )));
             }
         };
-        let allowed: Option<BTreeSet<u32>> = match &params.classes {
-            Some(list) if list.is_empty() => {
-                return Err(StageError::InvalidParams(
-                    "classes is empty: leave it out to sample every class".into(),
-                ));
-            }
-            Some(list) if list.contains(&0) => {
-                return Err(StageError::InvalidParams(
-                    "classes contains 0, which means 'no class'".into(),
-                ));
-            }
-            Some(list) => Some(list.iter().copied().collect()),
-            None => None,
-        };
+        let allowed = allowed_classes(&params.classes)?;
         let reference = if params.exclude_reference_disagreement {
             match input.layers.iter().find(|(n, _)| n == "reference") {
                 Some((name, values)) => {

@@ -68,3 +68,15 @@ pub fn check_layer(input: &SampleInput, name: &str, values: &[u32]) -> Result<()
     }
     Ok(())
 }
+
+/// The `classes` allow-list of a sampler's parameters, checked: `None` = every class.
+pub fn allowed_classes(classes: &Option<Vec<u32>>) -> Result<Option<std::collections::BTreeSet<u32>>, StageError> {
+    match classes {
+        Some(list) if list.is_empty() => {
+            Err(StageError::InvalidParams("classes is empty: leave it out to sample every class".into()))
+        }
+        Some(list) if list.contains(&0) => Err(StageError::InvalidParams("classes contains 0, which means 'no class'".into())),
+        Some(list) => Ok(Some(list.iter().copied().collect())),
+        None => Ok(None),
+    }
+}

@@ -27,7 +27,7 @@
 use sitsflow_sdk::prelude::*;
 use sitsflow_sdk::sampling::*;
 use sitsflow_sdk::serde_json::json;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 fn default_layer() -> String {
     "reference".into()
@@ -188,20 +188,7 @@ impl SamplerStage for StratifiedSamples {
     fn select(input: SampleInput, params: Params) -> Result<Selection, StageError> {
         input.features.check()?;
         let quota_rule = Quota::from_params(&params)?;
-        let allowed: Option<BTreeSet<u32>> = match &params.classes {
-            Some(list) if list.is_empty() => {
-                return Err(StageError::InvalidParams(
-                    "classes is empty: leave it out to sample every class".into(),
-                ));
-            }
-            Some(list) if list.contains(&0) => {
-                return Err(StageError::InvalidParams(
-                    "classes contains 0, which means 'no class'".into(),
-                ));
-            }
-            Some(list) => Some(list.iter().copied().collect()),
-            None => None,
-        };
+        let allowed = allowed_classes(&params.classes)?;
         let classes_of = layer(&input, &params.layer)?;
         let thinning = params.min_distance_px >= 2;
         if thinning && input.positions.len() != input.features.samples {

@@ -38,7 +38,7 @@ use sitsflow::runtime::data::FeatureMatrix;
 use sitsflow::runtime::{CallContext, Limits, StagePool};
 use sitsflow_sdk::{LabellerStage, Stage};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
@@ -52,9 +52,6 @@ fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-fn python_path() -> PathBuf {
-    std::env::var_os("SITSFLOW_PYTHONPATH").map(PathBuf::from).unwrap_or_else(|| common::workspace().join(".deps/python"))
-}
 
 /// `n × FEATURES` values and a class code (1..=CLASSES) per pixel.
 fn pixels(n: usize) -> (Vec<f32>, Vec<u16>) {
@@ -133,8 +130,7 @@ fn predict_in_threads(
                         let cpu = thread_cpu_seconds();
                         let (mut classes, mut map) = (Vec::new(), Vec::new());
                         for chunk in slice.chunks(CHUNK * FEATURES) {
-                            let samples =
-                                FeatureMatrix { samples: (chunk.len() / FEATURES) as u32, names: names(), data: chunk.to_vec() };
+                            let samples = FeatureMatrix { samples: (chunk.len() / FEATURES) as u32, names: names(), data: chunk.to_vec() };
                             let (c, p) = predict(samples);
                             map.extend(argmax(&c, &p));
                             classes = c;
@@ -204,7 +200,12 @@ fn main() {
     let trained = pool.with(|i| i.train(&context, &samples, train_y, &params)).expect("training in the sandbox");
     let wasm_train = t.elapsed().as_secs_f64();
     let report: serde_json::Value = serde_json::from_str(&trained.report).unwrap();
-    eprintln!("wasm: trained in {wasm_train:.1} s; trees {} leaves {}, model {:.1} MB", report["tree_depth"], report["tree_leaves"], trained.model.data.len() as f64 / 1e6);
+    eprintln!(
+        "wasm: trained in {wasm_train:.1} s; trees {} leaves {}, model {:.1} MB",
+        report["tree_depth"],
+        report["tree_leaves"],
+        trained.model.data.len() as f64 / 1e6
+    );
     let model = trained.model.clone();
     let wasm = predict_in_threads(repeats, threads, &data, |samples| {
         let p = pool.with(|i| i.predict(&context, &model, &samples, "{}")).expect("predicting in the sandbox");
@@ -261,7 +262,7 @@ fn main() {
     });
     std::fs::write(file("job.json"), job.to_string()).unwrap();
     let script = common::workspace().join("scripts/bench/forest_sklearn.py");
-    let out = Command::new("python3").arg(&script).arg(file("job.json")).env("PYTHONPATH", python_path()).output().expect("python3");
+    let out = Command::new("python3").arg(&script).arg(file("job.json")).env("PYTHONPATH", common::python_path()).output().expect("python3");
     assert!(out.status.success(), "scikit-learn run failed: {}", String::from_utf8_lossy(&out.stderr));
     let sk: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let run = &sk["runs"][0];
@@ -279,10 +280,7 @@ fn main() {
         "random forest: {n_train} training samples × {FEATURES} features, {CLASSES} classes, {trees} trees (sqrt, fully grown); \
          predicting {n} pixels on {threads} threads in {CHUNK}-pixel chunks"
     );
-    println!(
-        "{:<32} {:>10} {:>11} {:>12} {:>14} {:>8} {:>8}",
-        "", "train s", "predict s", "pixels/s", "pixels/CPU-s", "OA", "kappa"
-    );
+    println!("{:<32} {:>10} {:>11} {:>12} {:>14} {:>8} {:>8}", "", "train s", "predict s", "pixels/s", "pixels/CPU-s", "OA", "kappa");
     for r in &rows {
         println!(
             "{:<32} {:>10.1} {:>11.2} {:>12.0} {:>14.0} {:>8.4} {:>8.4}",

@@ -12,7 +12,7 @@ job.json:
     test_y             optional path: uint16 reference labels (0 = no reference) for OA / kappa
     params             RandomForestClassifier keyword arguments except random_state
     seeds              list of random_state values, one fit each
-    proba_out          optional path: float32 n_test × classes of the first seed
+    proba_dir          optional folder: proba_<seed>.f32, float32 n_test × classes, per seed
     n_jobs             optional, default -1 (every core)
     predict_repeats    optional, default 1: predict_proba runs this often, the median time is kept
 
@@ -68,8 +68,8 @@ def main():
             scored = reference != 0
             run["oa"] = float(accuracy_score(reference[scored], predicted[scored]))
             run["kappa"] = float(cohen_kappa_score(reference[scored], predicted[scored]))
-        if i == 0 and job.get("proba_out"):
-            proba.astype("<f4").tofile(job["proba_out"])
+        if job.get("proba_dir"):
+            proba.astype("<f4").tofile(f"{job['proba_dir']}/proba_{seed}.f32")
         runs.append(run)
     print(json.dumps({"sklearn": sklearn.__version__, "classes": classes, "runs": runs}))
 

@@ -78,9 +78,11 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], String> {
-        let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or_else(|| {
-            format!("it ends at byte {} inside {what} (needs {n} more bytes)", self.bytes.len())
-        })?;
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or_else(|| format!("it ends at byte {} inside {what} (needs {n} more bytes)", self.bytes.len()))?;
         let s = &self.bytes[self.at..end];
         self.at = end;
         Ok(s)
@@ -104,12 +106,7 @@ struct Section<'a> {
     payload: &'a [u8],
 }
 
-fn numbers<T, const N: usize>(
-    sections: &[(String, Section)],
-    name: &str,
-    dtype: u8,
-    parse: fn([u8; N]) -> T,
-) -> Result<Vec<T>, String> {
+fn numbers<T, const N: usize>(sections: &[(String, Section)], name: &str, dtype: u8, parse: fn([u8; N]) -> T) -> Result<Vec<T>, String> {
     let (_, s) = sections.iter().find(|(n, _)| n == name).ok_or_else(|| format!("it has no section '{name}'"))?;
     if s.dtype != dtype {
         return Err(format!("section '{name}' has dtype {} instead of {dtype}", s.dtype));
@@ -131,9 +128,7 @@ pub fn decode(bytes: &[u8]) -> Result<Forest, String> {
     let mut sections = Vec::new();
     for _ in 0..n_sections {
         let len = r.u16("a section name")? as usize;
-        let name = std::str::from_utf8(r.take(len, "a section name")?)
-            .map_err(|_| "a section name is not UTF-8".to_string())?
-            .to_string();
+        let name = std::str::from_utf8(r.take(len, "a section name")?).map_err(|_| "a section name is not UTF-8".to_string())?.to_string();
         let dtype = r.take(1, "a section dtype")?[0];
         let count = r.u64(&format!("section '{name}'"))?;
         let count = usize::try_from(count).map_err(|_| format!("section '{name}' claims {count} values"))?;
@@ -160,10 +155,7 @@ pub fn decode(bytes: &[u8]) -> Result<Forest, String> {
         return Err(format!("{} bytes follow the last section", bytes.len() - r.at));
     }
 
-    let (_, names) = sections
-        .iter()
-        .find(|(n, _)| n == "feature_names")
-        .ok_or_else(|| "it has no section 'feature_names'".to_string())?;
+    let (_, names) = sections.iter().find(|(n, _)| n == "feature_names").ok_or_else(|| "it has no section 'feature_names'".to_string())?;
     if names.dtype != STR {
         return Err("section 'feature_names' is not a list of strings".into());
     }

@@ -350,9 +350,16 @@ const LANES: usize = 8;
 /// A node in prediction order, before packing.
 #[derive(Debug, Clone, Copy)]
 enum Laid {
-    Split { feature: u32, threshold: f32, missing_left: bool, right: u32 },
+    Split {
+        feature: u32,
+        threshold: f32,
+        missing_left: bool,
+        right: u32,
+    },
     /// The leaf's distribution is number `value` in `leaf_values`.
-    Leaf { value: u32 },
+    Leaf {
+        value: u32,
+    },
 }
 
 /// The forest's nodes renumbered so that every tree is in preorder with each left
@@ -587,7 +594,8 @@ mod tests {
             }
         }
         let data = TrainSet { n, n_features, x, y, n_classes: 3 };
-        let params: Params = sitsflow_sdk::serde_json::from_str(&format!(r#"{{"n_trees": 12, "max_features": {max_features}, "seed": 9}}"#)).unwrap();
+        let params: Params =
+            sitsflow_sdk::serde_json::from_str(&format!(r#"{{"n_trees": 12, "max_features": {max_features}, "seed": 9}}"#)).unwrap();
         let grown = grow_forest(&data, &params.resolve(n_features).unwrap(), |_| {});
         let names = (0..n_features).map(|f| format!("f{f}")).collect();
         (Forest::from_trees(names, vec![10, 20, 30], &grown.trees), rows, n)

@@ -145,10 +145,7 @@ impl LabellerStage for RandomForest {
             "tree_leaves": stats(&leaves),
             "nodes": forest.n_nodes(),
         });
-        Ok(Trained {
-            model: ModelBlob { format: blob::FORMAT.to_string(), data: blob::encode(&forest) },
-            report: report.to_string(),
-        })
+        Ok(Trained { model: ModelBlob { format: blob::FORMAT.to_string(), data: blob::encode(&forest) }, report: report.to_string() })
     }
 
     fn predict(model: ModelBlob, samples: FeatureMatrix, _params: Params) -> Result<Probabilities, StageError> {

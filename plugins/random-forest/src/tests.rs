@@ -28,12 +28,7 @@ fn blobs(n: usize, seed: u64) -> (FeatureMatrix, Vec<u16>) {
     let mut labels = Vec::new();
     for i in 0..n {
         let c = i % 3;
-        rows.push(vec![
-            centres[c].0 + r.uniform() - 0.5,
-            centres[c].1 + r.uniform() - 0.5,
-            r.uniform(),
-            r.uniform() * 10.0,
-        ]);
+        rows.push(vec![centres[c].0 + r.uniform() - 0.5, centres[c].1 + r.uniform() - 0.5, r.uniform(), r.uniform() * 10.0]);
         labels.push(if i % 10 == 9 { 0 } else { codes[c] });
     }
     (matrix(&["a", "b", "noise1", "noise2"], &rows), labels)
@@ -41,10 +36,7 @@ fn blobs(n: usize, seed: u64) -> (FeatureMatrix, Vec<u16>) {
 
 fn argmax_codes(p: &Probabilities) -> Vec<u16> {
     let k = p.classes.len();
-    p.data
-        .chunks_exact(k)
-        .map(|row| p.classes[(0..k).fold(0, |best, c| if row[c] > row[best] { c } else { best })])
-        .collect()
+    p.data.chunks_exact(k).map(|row| p.classes[(0..k).fold(0, |best, c| if row[c] > row[best] { c } else { best })]).collect()
 }
 
 fn report(t: &Trained) -> Value {
@@ -114,8 +106,7 @@ fn same_seed_same_bytes_other_seed_other_model() {
 fn missingness_itself_can_be_learned_and_followed_at_prediction() {
     // Class 1 is cloudy (NaN) in feature `t1`, class 2 never is; `t2` is noise.
     let mut r = Lcg(5);
-    let rows: Vec<Vec<f32>> =
-        (0..200).map(|i| vec![if i % 2 == 0 { f32::NAN } else { r.uniform() }, r.uniform()]).collect();
+    let rows: Vec<Vec<f32>> = (0..200).map(|i| vec![if i % 2 == 0 { f32::NAN } else { r.uniform() }, r.uniform()]).collect();
     let labels: Vec<u16> = (0..200).map(|i| if i % 2 == 0 { 1 } else { 2 }).collect();
     let t = RandomForest::train(matrix(&["t1", "t2"], &rows), labels, params(r#"{"n_trees": 5, "max_features": 2}"#)).unwrap();
     let f = blob::decode(&t.model.data).unwrap();
@@ -173,8 +164,7 @@ fn balanced_weights_lift_a_rare_overlapping_class() {
     let plain = rare_share(r#"{"n_trees": 30, "min_samples_leaf": 20, "seed": 2}"#);
     let balanced = rare_share(r#"{"n_trees": 30, "min_samples_leaf": 20, "seed": 2, "class_weight": "balanced"}"#);
     let subsample = rare_share(r#"{"n_trees": 30, "min_samples_leaf": 20, "seed": 2, "class_weight": "balanced_subsample"}"#);
-    let no_bootstrap =
-        rare_share(r#"{"n_trees": 5, "min_samples_leaf": 20, "bootstrap": false, "class_weight": "balanced"}"#);
+    let no_bootstrap = rare_share(r#"{"n_trees": 5, "min_samples_leaf": 20, "bootstrap": false, "class_weight": "balanced"}"#);
     assert!(plain < 0.1, "unweighted mean probability of the rare class: {plain}");
     for (what, share) in [("balanced", balanced), ("balanced_subsample", subsample), ("balanced without bootstrap", no_bootstrap)] {
         assert!(share > 2.0 * plain, "{what}: {share} vs unweighted {plain}");
@@ -243,7 +233,8 @@ fn mismatched_features_are_named() {
     assert_eq!(
         err,
         StageError::InvalidInput(
-            "the samples' features do not match the model's: feature 2 is 'noise1' in the model but 'NDVI@2020-05-01' in the samples".into()
+            "the samples' features do not match the model's: feature 2 is 'noise1' in the model but 'NDVI@2020-05-01' in the samples"
+                .into()
         )
     );
     let fewer = FeatureMatrix { samples: 1, names: vec!["a".into(), "b".into(), "noise1".into()], data: vec![0.0; 3] };
@@ -295,7 +286,9 @@ fn bad_parameters_and_inputs_are_refused_with_the_reason() {
     assert_eq!(err, StageError::InvalidInput("feature 'a' appears twice in the feature matrix".into()));
     let mut short = x;
     short.data.pop();
-    assert!(matches!(RandomForest::train(short, y, Params::default()), Err(StageError::InvalidInput(m)) if m.contains("expected 30 samples × 4 features")));
+    assert!(
+        matches!(RandomForest::train(short, y, Params::default()), Err(StageError::InvalidInput(m)) if m.contains("expected 30 samples × 4 features"))
+    );
 }
 
 #[test]

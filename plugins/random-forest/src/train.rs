@@ -95,9 +95,8 @@ impl Tree {
                 continue;
             }
             let (l, r) = (self.left[node] as usize, self.right[node] as usize);
-            imp[self.feature[node] as usize] += self.weighted_n[node] * self.impurity[node]
-                - self.weighted_n[l] * self.impurity[l]
-                - self.weighted_n[r] * self.impurity[r];
+            imp[self.feature[node] as usize] +=
+                self.weighted_n[node] * self.impurity[node] - self.weighted_n[l] * self.impurity[l] - self.weighted_n[r] * self.impurity[r];
         }
         let root = self.weighted_n[0];
         imp.iter_mut().for_each(|v| *v /= root);
@@ -295,8 +294,22 @@ impl<'a> Builder<'a> {
             tree.depth = tree.depth.max(p.depth);
             if let Some((_, pos, il, ir)) = chosen {
                 // Right pushed first so that the left subtree is grown first (preorder).
-                stack.push(Pending { start: pos, end: p.end, depth: p.depth + 1, parent: Some((id, false)), impurity: Some(ir), n_constant });
-                stack.push(Pending { start: p.start, end: pos, depth: p.depth + 1, parent: Some((id, true)), impurity: Some(il), n_constant });
+                stack.push(Pending {
+                    start: pos,
+                    end: p.end,
+                    depth: p.depth + 1,
+                    parent: Some((id, false)),
+                    impurity: Some(ir),
+                    n_constant,
+                });
+                stack.push(Pending {
+                    start: p.start,
+                    end: pos,
+                    depth: p.depth + 1,
+                    parent: Some((id, true)),
+                    impurity: Some(il),
+                    n_constant,
+                });
             }
         }
         tree
@@ -349,8 +362,7 @@ impl<'a> Builder<'a> {
             let feature = self.features[f_j];
             self.sort_feature(feature, start, end);
             let nm = self.values.len();
-            let constant = nm == 0
-                || (self.missing.is_empty() && self.values[nm - 1] as f64 <= self.values[0] as f64 + FEATURE_THRESHOLD);
+            let constant = nm == 0 || (self.missing.is_empty() && self.values[nm - 1] as f64 <= self.values[0] as f64 + FEATURE_THRESHOLD);
             if constant {
                 self.features.swap(f_j, n_total_constants);
                 n_found_constants += 1;
@@ -413,8 +425,7 @@ impl<'a> Builder<'a> {
                     // Everything on the left: not a split.
                     break;
                 }
-                let (n_left, n_right) =
-                    if missing_left { (n_missing + q, nm - q) } else { (q, nm - q + n_missing) };
+                let (n_left, n_right) = if missing_left { (n_missing + q, nm - q) } else { (q, nm - q + n_missing) };
                 if n_left < min_leaf || n_right < min_leaf {
                     continue;
                 }
@@ -467,8 +478,7 @@ pub fn grow_forest(data: &TrainSet, cfg: &Config, mut progress: impl FnMut(usize
     }
     let classes_present = class_count.iter().filter(|&&c| c > 0).count();
     // n / (classes × n_class), scikit-learn's "balanced" weights.
-    let balanced: Vec<f64> =
-        class_count.iter().map(|&c| if c > 0 { n as f64 / (classes_present * c) as f64 } else { 0.0 }).collect();
+    let balanced: Vec<f64> = class_count.iter().map(|&c| if c > 0 { n as f64 / (classes_present * c) as f64 } else { 0.0 }).collect();
     let by_class: Vec<Vec<u32>> = {
         let mut by = vec![Vec::new(); k];
         for (i, &c) in data.y.iter().enumerate() {

@@ -4,7 +4,7 @@
 mod common;
 
 use sitsflow::runtime::data::Cube;
-use sitsflow::runtime::{CallContext, Limits, StageCallError, StagePool};
+use sitsflow::runtime::{CallContext, Interruption, Limits, StageCallError, StagePool};
 use std::time::{Duration, Instant};
 
 fn cube(rows: u32, cols: u32, fill: impl Fn(usize) -> f32) -> Cube {
@@ -33,6 +33,29 @@ fn endless_loop_is_interrupted_at_its_deadline() {
     assert_eq!(err.to_string(), "interrupted after its deadline of 200 ms");
     // The epoch ticks every 10 ms; anything near a second means the deadline is not enforced.
     assert!(took < Duration::from_secs(2), "interrupted only after {took:?}");
+}
+
+/// A trusted plugin is compiled without epoch checks: no deadline stops it (so a long
+/// call finishes where the checked one is cut), while its memory cap still holds.
+#[test]
+fn a_trusted_stage_has_no_deadline_but_keeps_its_memory_cap() {
+    let limits = Limits { deadline_ms: 20, memory_bytes: 64 << 20 };
+    let load = |package: &str, interruption| {
+        let plugin = common::runtime().load_with(&common::component(package), interruption).expect("loading the component");
+        assert_eq!(plugin.interruption(), interruption);
+        StagePool::new(plugin, limits)
+    };
+    let slow = r#"{"work": 300}"#;
+    let checked = load("fixture-slow-mean", Interruption::Deadline);
+    let err = checked.with(|i| i.features(&context(0), &cube(4, 4, |_| 0.5), slow)).unwrap_err();
+    assert!(matches!(err, StageCallError::Deadline { deadline_ms: 20 }), "got {err:?}");
+    let trusted = load("fixture-slow-mean", Interruption::Trusted);
+    let mean = trusted.with(|i| i.features(&context(0), &cube(4, 4, |_| 0.5), slow)).expect("a trusted call runs to its end");
+    assert_eq!(mean.data, vec![0.5; 16]);
+
+    let bomb = load("fixture-alloc-bomb", Interruption::Trusted);
+    let err = bomb.with(|i| i.features(&context(0), &cube(4, 4, |_| 0.5), r#"{"mib": 200}"#)).unwrap_err();
+    assert!(matches!(err, StageCallError::Memory { cap_mib: 64, .. }), "got {err:?}");
 }
 
 #[test]

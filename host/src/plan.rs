@@ -8,7 +8,7 @@ use crate::config::{
 };
 use crate::raster::{GridSpec, L2aOptions, Series};
 use crate::plugins::PluginDir;
-use crate::runtime::{Limits, Plugin, Runtime};
+use crate::runtime::{Interruption, Limits, Plugin, Runtime};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -167,13 +167,15 @@ impl Plan {
         let mut stages = Vec::new();
         for stage in &pipeline.stages {
             let id = stage.id.get_ref().clone();
+            let interruption =
+                if stage.trusted.as_ref().is_some_and(|t| *t.get_ref()) { Interruption::Trusted } else { Interruption::Deadline };
             let plugin = match (&stage.plugin, &stage.path) {
                 (Some(reference), _) => {
                     let file = plugin_dir
                         .find(reference.get_ref())
                         .map_err(|e| source.error(Some(reference.span()), format!("{e:#}")))?;
                     let plugin = runtime
-                        .load(&file)
+                        .load_with(&file, interruption)
                         .map_err(|e| source.error(Some(reference.span()), format!("{e:#}")))?;
                     let info = plugin.info();
                     if info.name != reference.get_ref().name || info.version != reference.get_ref().version {
@@ -185,7 +187,7 @@ impl Plan {
                     plugin
                 }
                 (None, Some(path)) => runtime
-                    .load(&rel(path.get_ref()))
+                    .load_with(&rel(path.get_ref()), interruption)
                     .map_err(|e| source.error(Some(path.span()), format!("{e:#}")))?,
                 (None, None) => unreachable!("Pipeline::parse checks that a stage names its plugin"),
             };
@@ -555,15 +557,18 @@ impl Plan {
         }
         for (i, stage) in self.stages.iter().enumerate() {
             let info = stage.plugin.info();
+            let deadline = match stage.plugin.interruption() {
+                Interruption::Deadline => format!("deadline {} ms", stage.limits.deadline_ms),
+                Interruption::Trusted => "trusted: no deadline".to_string(),
+            };
             let _ = writeln!(
                 out,
-                "  stage {} {:<12} {} {} [memory {} MiB, deadline {} ms]",
+                "  stage {} {:<12} {} {} [memory {} MiB, {deadline}]",
                 i + 1,
                 stage.id,
                 info.kind_name(),
                 info.reference(),
                 stage.limits.memory_bytes >> 20,
-                stage.limits.deadline_ms
             );
             let _ = writeln!(out, "      params {}", stage.params_json());
             if stage.per_year {

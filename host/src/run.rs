@@ -749,7 +749,8 @@ fn write_manifest(
                 "sha256": s.plugin.sha256(),
                 "params": s.params,
                 "memory_mib": s.limits.memory_bytes >> 20,
-                "deadline_ms": s.limits.deadline_ms,
+                "deadline_ms": (s.plugin.interruption() == crate::runtime::Interruption::Deadline).then_some(s.limits.deadline_ms),
+                "trusted": s.plugin.interruption() == crate::runtime::Interruption::Trusted,
                 "cpu_seconds": nanos.load(Ordering::Relaxed) as f64 / 1e9,
             })
         })

@@ -224,6 +224,11 @@ pub struct Stage {
     /// `deadline_ms = 60000`: the longest one call on one chunk may take.
     #[serde(default)]
     pub deadline_ms: Option<Located<u64>>,
+    /// `trusted = true`: run the plugin compiled without the sandbox's interruption
+    /// checks — no deadline (so no `deadline_ms`), faster tight loops; memory cap and
+    /// capability isolation unchanged. Only for plugins you trust to terminate.
+    #[serde(default)]
+    pub trusted: Option<Located<bool>>,
     /// `params = { … }` or `[stage.params]`: checked against the plugin's schema.
     #[serde(default)]
     pub params: Option<Located<toml::Table>>,
@@ -492,6 +497,15 @@ impl Pipeline {
             if let Some(deadline) = &stage.deadline_ms {
                 if *deadline.get_ref() == 0 {
                     return Err(source.error(at(deadline), "deadline_ms must be at least 1"));
+                }
+            }
+            if let (Some(deadline), Some(trusted)) = (&stage.deadline_ms, &stage.trusted) {
+                if *trusted.get_ref() {
+                    return Err(source.error(
+                        at(deadline),
+                        "deadline_ms cannot be kept for a trusted stage: its code has no interruption checks \
+                         (remove deadline_ms, or drop trusted = true)",
+                    ));
                 }
             }
             for (field, target) in [("input", &stage.input), ("samples", &stage.samples)] {

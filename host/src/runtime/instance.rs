@@ -1,7 +1,7 @@
 //! Stage instances: a `Store` with its limits, the typed exports of its kind, and
 //! a pool that reuses healthy instances across chunks.
 
-use super::engine::EPOCH_TICK;
+use super::engine::{EPOCH_TICK, Interruption};
 use super::plugin::{KindIndices, Plugin};
 use crate::bindings::host::{self, InferError, LogLevel};
 use crate::bindings::stages::{cloud_mask, clusterer, decoder, features, labeller, sampler};
@@ -22,7 +22,8 @@ const STDERR_CAPTURE_BYTES: usize = 64 * 1024;
 pub struct Limits {
     /// Cap on each linear memory of the instance.
     pub memory_bytes: usize,
-    /// The longest one call may run.
+    /// The longest one call may run (not enforced for a trusted plugin, whose code
+    /// has no epoch checks).
     pub deadline_ms: u64,
 }
 
@@ -251,6 +252,8 @@ pub struct Instance {
     store: Store<StageState>,
     guest: Guest,
     limits: Limits,
+    /// False for a trusted plugin: its code has no epoch checks to stop it.
+    deadlines: bool,
     trapped: bool,
 }
 
@@ -266,10 +269,14 @@ macro_rules! kind_call {
 
 impl Instance {
     pub(crate) fn new(plugin: &Plugin, limits: Limits, models: Arc<ModelSet>) -> Result<Self, StageCallError> {
-        let mut store = Store::new(&plugin.runtime.engine, StageState::new(limits.memory_bytes, models));
+        let engine = &plugin.runtime.backend(plugin.interruption).engine;
+        let mut store = Store::new(engine, StageState::new(limits.memory_bytes, models));
         store.limiter(|s| &mut s.limiter);
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(deadline_ticks(limits.deadline_ms));
+        let deadlines = plugin.interruption == Interruption::Deadline;
+        if deadlines {
+            store.epoch_deadline_trap();
+            store.set_epoch_deadline(deadline_ticks(limits.deadline_ms));
+        }
         let instance = plugin.pre.instantiate(&mut store).map_err(|e| StageCallError::Instantiate(format!("{e:#}")))?;
         let guest = match &plugin.indices {
             KindIndices::CloudMask(i) => Guest::CloudMask(loaded(i.load(&mut store, &instance))?),
@@ -279,7 +286,7 @@ impl Instance {
             KindIndices::Sampler(i) => Guest::Sampler(loaded(i.load(&mut store, &instance))?),
             KindIndices::Decoder(i) => Guest::Decoder(loaded(i.load(&mut store, &instance))?),
         };
-        Ok(Instance { store, guest, limits, trapped: false })
+        Ok(Instance { store, guest, limits, deadlines, trapped: false })
     }
 
     /// False once the instance has trapped; it must then be discarded.
@@ -296,7 +303,9 @@ impl Instance {
         assert!(!self.trapped, "a trapped instance must not be called again");
         self.store.data_mut().context = context.clone();
         self.store.data_mut().limiter.exceeded = None;
-        self.store.set_epoch_deadline(deadline_ticks(self.limits.deadline_ms));
+        if self.deadlines {
+            self.store.set_epoch_deadline(deadline_ticks(self.limits.deadline_ms));
+        }
         match f(&self.guest, &mut self.store)? {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(stage_error)) => Err(StageCallError::Stage(stage_error)),

@@ -1,6 +1,7 @@
-//! The sandbox: one wasmtime `Engine` per process, components compiled once and
-//! cached on disk, one `Store` per stage instance with a memory cap and an epoch
-//! deadline, instances pooled and reused, a trapped instance discarded.
+//! The sandbox: one wasmtime `Engine` per process (and a second without epoch checks
+//! for trusted stages), components compiled once and cached on disk, one `Store` per
+//! stage instance with a memory cap and an epoch deadline, instances pooled and
+//! reused, a trapped instance discarded.
 //!
 //! Architecture invariants:
 //! - a stage sees no files, no network, no environment, no arguments and no stdio;
@@ -13,7 +14,7 @@ mod engine;
 mod instance;
 mod plugin;
 
-pub use engine::{Runtime, RuntimeOptions};
+pub use engine::{Interruption, Runtime, RuntimeOptions};
 pub use instance::{CallContext, Instance, Limits, StageCallError, StagePool};
 pub use plugin::{Plugin, PluginInfo};
 

@@ -1,7 +1,7 @@
 //! A loaded plugin: its compiled component, pre-linked for fast instantiation,
 //! its kind (which stage interface it exports) and what `describe()` said.
 
-use super::engine::Runtime;
+use super::engine::{Interruption, Runtime};
 use super::instance::{CallContext, Instance, Limits, StageCallError, StageState, kind_name};
 use crate::bindings::stages::{cloud_mask, clusterer, decoder, features, labeller, sampler};
 use crate::bindings::types::StageKind;
@@ -45,6 +45,7 @@ pub(crate) enum KindIndices {
 
 pub struct Plugin {
     pub(crate) runtime: Arc<Runtime>,
+    pub(crate) interruption: Interruption,
     pub(crate) pre: InstancePre<StageState>,
     pub(crate) indices: KindIndices,
     path: PathBuf,
@@ -54,9 +55,15 @@ pub struct Plugin {
 }
 
 impl Plugin {
-    pub(crate) fn new(runtime: Arc<Runtime>, path: &Path, bytes: &[u8], component: Component) -> Result<Arc<Self>> {
+    pub(crate) fn new(
+        runtime: Arc<Runtime>,
+        interruption: Interruption,
+        path: &Path,
+        bytes: &[u8],
+        component: Component,
+    ) -> Result<Arc<Self>> {
         let shown = path.display();
-        let pre = runtime.linker.instantiate_pre(&component).map_err(anyhow::Error::from).with_context(|| {
+        let pre = runtime.backend(interruption).linker.instantiate_pre(&component).map_err(anyhow::Error::from).with_context(|| {
             format!("plugin {shown} imports something the sandbox does not offer (only WASI without capabilities and sitsflow:stage/host)")
         })?;
         let mut found = Vec::new();
@@ -89,6 +96,7 @@ impl Plugin {
         // Ask it to describe itself, in a throw-away instance with default limits.
         let provisional = Plugin {
             runtime,
+            interruption,
             pre,
             indices,
             path: path.to_path_buf(),
@@ -141,6 +149,11 @@ impl Plugin {
 
     pub fn info(&self) -> &PluginInfo {
         &self.info
+    }
+
+    /// Whether its calls have deadlines ([`Interruption::Deadline`]) or not.
+    pub fn interruption(&self) -> Interruption {
+        self.interruption
     }
 
     pub fn path(&self) -> &Path {

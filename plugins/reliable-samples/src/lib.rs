@@ -78,13 +78,28 @@ fn standardisation(features: &FeatureMatrix) -> (Vec<f64>, Vec<f64>) {
     let mut sum = vec![0f64; f];
     let mut sq = vec![0f64; f];
     let mut n = vec![0u64; f];
-    for i in 0..features.samples {
-        for (k, &v) in features.row(i).iter().enumerate() {
-            if v.is_finite() {
-                sum[k] += v as f64;
-                sq[k] += (v as f64) * (v as f64);
-                n[k] += 1;
+    // Four features per step, unrolled: fewer loop back-edges, which matters in the
+    // sandbox (each carries an interruption check). Each feature's sums keep their order.
+    let add = |v: f32, s: &mut f64, q: &mut f64, c: &mut u64| {
+        if v.is_finite() {
+            let v = v as f64;
+            *s += v;
+            *q += v * v;
+            *c += 1;
+        }
+    };
+    let whole = f / 4 * 4;
+    for row in features.data.chunks_exact(f.max(1)) {
+        let (head, tail) = row.split_at(whole);
+        for (((v, s), q), c) in
+            head.chunks_exact(4).zip(sum.chunks_exact_mut(4)).zip(sq.chunks_exact_mut(4)).zip(n.chunks_exact_mut(4))
+        {
+            for j in 0..4 {
+                add(v[j], &mut s[j], &mut q[j], &mut c[j]);
             }
+        }
+        for (((&v, s), q), c) in tail.iter().zip(&mut sum[whole..]).zip(&mut sq[whole..]).zip(&mut n[whole..]) {
+            add(v, s, q, c);
         }
     }
     let mean: Vec<f64> = (0..f).map(|k| if n[k] > 0 { sum[k] / n[k] as f64 } else { 0.0 }).collect();
@@ -100,41 +115,40 @@ fn standardisation(features: &FeatureMatrix) -> (Vec<f64>, Vec<f64>) {
 /// Distance of each member to the members' centre, on standardised features.
 fn centre_distances(features: &FeatureMatrix, members: &[u32], mean: &[f64], std: &[f64]) -> Vec<f64> {
     let f = features.names.len();
-    let z = |i: u32, k: usize| (features.row(i as usize)[k] as f64 - mean[k]) / std[k];
     let mut centre = vec![0f64; f];
     let mut count = vec![0u64; f];
+    let mut z = vec![0f64; f];
+    let standardise = |i: u32, z: &mut [f64]| {
+        for (((z, &v), &m), &s) in z.iter_mut().zip(features.row(i as usize)).zip(mean).zip(std) {
+            *z = (v as f64 - m) / s;
+        }
+    };
     for &i in members {
-        for k in 0..f {
-            let v = z(i, k);
+        standardise(i, &mut z);
+        for ((c, n), &v) in centre.iter_mut().zip(&mut count).zip(&z) {
             if v.is_finite() {
-                centre[k] += v;
-                count[k] += 1;
+                *c += v;
+                *n += 1;
             }
         }
     }
-    for k in 0..f {
-        centre[k] /= count[k].max(1) as f64;
+    for (c, &n) in centre.iter_mut().zip(&count) {
+        *c /= n.max(1) as f64;
     }
     members
         .iter()
         .map(|&i| {
+            standardise(i, &mut z);
             let (mut d, mut used) = (0f64, 0usize);
-            for k in 0..f {
-                let v = z(i, k);
+            for (&v, &c) in z.iter().zip(&centre) {
                 if v.is_finite() {
-                    d += (v - centre[k]).powi(2);
+                    d += (v - c).powi(2);
                     used += 1;
                 }
             }
             if used == 0 { f64::INFINITY } else { (d * f as f64 / used as f64).sqrt() }
         })
         .collect()
-}
-
-struct ClusterStats {
-    /// Labelled pixels per reference class.
-    classes: BTreeMap<u32, u64>,
-    total: u64,
 }
 
 impl SamplerStage for ReliableSamples {
@@ -152,36 +166,51 @@ impl SamplerStage for ReliableSamples {
         let reference = layer(&input, &params.reference)?;
         let clusters = layer(&input, &params.clusters)?;
 
-        // 1. Cross clusters with reference classes.
-        let mut stats: BTreeMap<u32, ClusterStats> = BTreeMap::new();
-        for (&c, &r) in clusters.iter().zip(reference) {
-            if c == 0 || r == 0 {
-                continue;
+        // 1. Cross clusters with reference classes (codes renumbered densely, so the
+        //    per-pixel tally is an array increment).
+        let cl = DenseCodes::new(clusters);
+        let rf = DenseCodes::new(reference);
+        let nr = rf.codes.len();
+        let mut table = vec![0u64; cl.codes.len() * nr]; // cluster × class, labelled pixels
+        for (&c, &r) in cl.index.iter().zip(&rf.index) {
+            if c != NO_CODE && r != NO_CODE {
+                table[c as usize * nr + r as usize] += 1;
             }
-            let s = stats.entry(c).or_insert_with(|| ClusterStats { classes: BTreeMap::new(), total: 0 });
-            *s.classes.entry(r).or_default() += 1;
-            s.total += 1;
         }
-        let dominant: BTreeMap<u32, (u32, f64)> = stats
-            .iter()
-            .map(|(&c, s)| {
-                // Ties go to the lower code, so the result does not depend on map order.
-                let (&class, &n) = s.classes.iter().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0))).expect("non-empty");
-                (c, (class, n as f64 / s.total as f64))
+        // Clusters with labelled pixels, by code: (dense index, total, dominant class
+        // index, purity). Ties go to the lower class code.
+        let stats: Vec<(usize, u64, usize, f64)> = (0..cl.codes.len())
+            .filter_map(|c| {
+                let row = &table[c * nr..(c + 1) * nr];
+                let total: u64 = row.iter().sum();
+                let dominant = (0..nr).fold(0, |best, r| if row[r] > row[best] { r } else { best });
+                (total > 0).then(|| (c, total, dominant, row[dominant] as f64 / total as f64))
             })
             .collect();
-        let trusted = |c: u32| {
-            stats.get(&c).is_some_and(|s| s.total >= params.min_cluster_pixels as u64)
-                && dominant.get(&c).is_some_and(|d| d.1 >= params.purity)
-        };
+        let mut trusted = vec![false; cl.codes.len()];
+        let mut dominant = vec![usize::MAX; cl.codes.len()];
+        for &(c, total, d, purity) in &stats {
+            trusted[c] = total >= params.min_cluster_pixels as u64 && purity >= params.purity;
+            dominant[c] = d;
+        }
 
         // 2. In trusted clusters, the pixels of the dominant class, nearest the centre.
-        let mut members: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-        for (i, (&c, &r)) in clusters.iter().zip(reference).enumerate() {
-            if c != 0 && trusted(c) && dominant[&c].0 == r {
-                members.entry(c).or_default().push(i as u32);
+        let mut members: BTreeMap<u32, Vec<u32>> = BTreeMap::new(); // cluster code → pixels
+        {
+            let mut by_cluster: Vec<Vec<u32>> = vec![Vec::new(); cl.codes.len()];
+            for (i, (&c, &r)) in cl.index.iter().zip(&rf.index).enumerate() {
+                if c != NO_CODE && trusted[c as usize] && dominant[c as usize] == r as usize {
+                    by_cluster[c as usize].push(i as u32);
+                }
+            }
+            for (c, list) in by_cluster.into_iter().enumerate() {
+                if !list.is_empty() {
+                    members.insert(cl.codes[c], list);
+                }
             }
         }
+        let cluster_index = |code: u32| cl.codes.binary_search(&code).expect("a cluster code of this layer");
+        let dominant_code = |code: u32| rf.codes[dominant[cluster_index(code)]];
         let (mean, std) = standardisation(&input.features);
         let mut near: BTreeMap<u32, Vec<u32>> = BTreeMap::new(); // class → candidates
         let mut kept_per_cluster: BTreeMap<u32, usize> = BTreeMap::new();
@@ -190,29 +219,31 @@ impl SamplerStage for ReliableSamples {
                 list.clone()
             } else {
                 let d = centre_distances(&input.features, list, &mean, &std);
-                let mut sorted: Vec<f64> = d.iter().copied().filter(|v| v.is_finite()).collect();
-                sorted.sort_by(f64::total_cmp);
-                if sorted.is_empty() {
+                let mut finite: Vec<f64> = d.iter().copied().filter(|v| v.is_finite()).collect();
+                if finite.is_empty() {
                     Vec::new()
                 } else {
-                    let cut = sorted[((sorted.len() as f64 * params.centroid_quantile).ceil() as usize).clamp(1, sorted.len()) - 1];
+                    // The quantile's order statistic, found without sorting them all.
+                    let rank = ((finite.len() as f64 * params.centroid_quantile).ceil() as usize).clamp(1, finite.len()) - 1;
+                    let cut = *finite.select_nth_unstable_by(rank, f64::total_cmp).1;
                     list.iter().zip(&d).filter(|(_, dist)| **dist <= cut).map(|(i, _)| *i).collect()
                 }
             };
             kept_per_cluster.insert(c, keep.len());
-            near.entry(dominant[&c].0).or_default().extend(keep);
+            near.entry(dominant_code(c)).or_default().extend(keep);
         }
 
         // 3. Stratified draw with a per-class cap.
         let mut rng = SplitMix(input.seed);
         let mut chosen: Vec<(u32, u16)> = Vec::new();
         let mut per_class_rows = Vec::new();
-        let eligible: BTreeMap<u32, u64> = members.iter().fold(BTreeMap::new(), |mut acc, (c, l)| {
-            *acc.entry(dominant[c].0).or_default() += l.len() as u64;
+        let eligible: BTreeMap<u32, u64> = members.iter().fold(BTreeMap::new(), |mut acc, (&c, l)| {
+            *acc.entry(dominant_code(c)).or_default() += l.len() as u64;
             acc
         });
-        let all_classes: std::collections::BTreeSet<u32> = reference.iter().copied().filter(|&r| r != 0).collect();
-        for &class in &all_classes {
+        let class_pixels = rf.counts();
+        let all_classes = &rf.codes;
+        for (class_index, &class) in all_classes.iter().enumerate() {
             let code = u16::try_from(class)
                 .map_err(|_| StageError::InvalidInput(format!("reference class {class} does not fit 16 bits")))?;
             let mut pool = near.remove(&class).unwrap_or_default();
@@ -220,7 +251,7 @@ impl SamplerStage for ReliableSamples {
             let drawn = draw(&mut pool, params.per_class as usize, &mut rng);
             per_class_rows.push(serde_json::json!([
                 class,
-                reference.iter().filter(|&&r| r == class).count(),
+                class_pixels[class_index],
                 eligible.get(&class).copied().unwrap_or(0),
                 near_count,
                 drawn.len()
@@ -229,19 +260,20 @@ impl SamplerStage for ReliableSamples {
         }
         chosen.sort_unstable();
 
-        let classes: Vec<u32> = all_classes.iter().copied().collect();
+        let classes: &[u32] = all_classes;
         let mut columns = vec![serde_json::json!("cluster"), serde_json::json!("labelled px")];
         columns.extend(classes.iter().map(|c| serde_json::json!(format!("class {c}"))));
         columns.extend(["dominant", "purity", "trusted", "kept"].map(serde_json::Value::from));
         let rows: Vec<serde_json::Value> = stats
             .iter()
-            .map(|(&c, s)| {
-                let mut row = vec![serde_json::json!(c), serde_json::json!(s.total)];
-                row.extend(classes.iter().map(|k| serde_json::json!(s.classes.get(k).copied().unwrap_or(0))));
-                row.push(serde_json::json!(dominant[&c].0));
-                row.push(serde_json::json!((dominant[&c].1 * 1e4).round() / 1e4));
-                row.push(serde_json::json!(if trusted(c) { "yes" } else { "no" }));
-                row.push(serde_json::json!(kept_per_cluster.get(&c).copied().unwrap_or(0)));
+            .map(|&(c, total, d, purity)| {
+                let code = cl.codes[c];
+                let mut row = vec![serde_json::json!(code), serde_json::json!(total)];
+                row.extend(table[c * nr..(c + 1) * nr].iter().map(|&n| serde_json::json!(n)));
+                row.push(serde_json::json!(rf.codes[d]));
+                row.push(serde_json::json!((purity * 1e4).round() / 1e4));
+                row.push(serde_json::json!(if trusted[c] { "yes" } else { "no" }));
+                row.push(serde_json::json!(kept_per_cluster.get(&code).copied().unwrap_or(0)));
                 serde_json::json!(row)
             })
             .collect();
@@ -261,7 +293,7 @@ impl SamplerStage for ReliableSamples {
             "centroid_quantile": params.centroid_quantile,
             "per_class_cap": params.per_class,
             "clusters": stats.len(),
-            "trusted_clusters": stats.keys().filter(|&&c| trusted(c)).count(),
+            "trusted_clusters": stats.iter().filter(|s| trusted[s.0]).count(),
             "selected": chosen.len(),
             "classes_without_samples": missing,
             "purity_table": { "columns": columns, "rows": rows },

@@ -80,3 +80,76 @@ pub fn allowed_classes(classes: &Option<Vec<u32>>) -> Result<Option<std::collect
         None => Ok(None),
     }
 }
+
+/// [`DenseCodes::index`] of a pixel whose code is 0 (no class / no cluster).
+pub const NO_CODE: u32 = u32::MAX;
+
+/// The codes of a class or cluster layer renumbered densely, so per-pixel tallies index
+/// plain arrays instead of searching maps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DenseCodes {
+    /// The distinct non-zero codes, ascending.
+    pub codes: Vec<u32>,
+    /// Per pixel, the position of its code in `codes`, or [`NO_CODE`] for 0.
+    pub index: Vec<u32>,
+}
+
+impl DenseCodes {
+    pub fn new(layer: &[u32]) -> Self {
+        let max = layer.iter().copied().max().unwrap_or(0) as usize;
+        if max < 1 << 20 {
+            // A lookup table over the code range (at most 4 MiB).
+            let mut seen = vec![false; max + 1];
+            for &v in layer {
+                seen[v as usize] = true;
+            }
+            seen[0] = false;
+            let mut slot = vec![NO_CODE; max + 1];
+            let mut codes = Vec::new();
+            for (v, _) in seen.iter().enumerate().filter(|(_, s)| **s) {
+                slot[v] = codes.len() as u32;
+                codes.push(v as u32);
+            }
+            let index = layer.iter().map(|&v| slot[v as usize]).collect();
+            DenseCodes { codes, index }
+        } else {
+            let mut codes: Vec<u32> = layer.iter().copied().filter(|&v| v != 0).collect();
+            codes.sort_unstable();
+            codes.dedup();
+            let index = layer
+                .iter()
+                .map(|&v| if v == 0 { NO_CODE } else { codes.binary_search(&v).expect("every code was collected") as u32 })
+                .collect();
+            DenseCodes { codes, index }
+        }
+    }
+
+    /// Pixels per code, in the order of `codes`.
+    pub fn counts(&self) -> Vec<u64> {
+        let mut counts = vec![0u64; self.codes.len()];
+        for &i in &self.index {
+            if i != NO_CODE {
+                counts[i as usize] += 1;
+            }
+        }
+        counts
+    }
+}
+
+#[cfg(test)]
+mod dense_tests {
+    use super::*;
+
+    #[test]
+    fn small_and_large_codes_are_renumbered_in_ascending_order() {
+        for layer in [vec![0, 7, 3, 7, 0, 1], vec![0, 7_000_000, 3, 7_000_000, 0, 1]] {
+            let d = DenseCodes::new(&layer);
+            assert_eq!(d.codes, vec![1, 3, layer[1]]);
+            assert_eq!(d.index, vec![NO_CODE, 2, 1, 2, NO_CODE, 0]);
+            assert_eq!(d.counts(), vec![1, 1, 2]);
+        }
+        let empty = DenseCodes::new(&[0, 0]);
+        assert!(empty.codes.is_empty());
+        assert_eq!(empty.index, vec![NO_CODE, NO_CODE]);
+    }
+}

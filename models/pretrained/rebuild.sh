@@ -26,8 +26,9 @@ for arch in tempcnn lstm; do
   python3 -m sitsflow_models train --contract 1 --samples "$work/train.csv" --test "$work/test.csv" \
     --classes "$root/data/demo/classes.csv" --arch "$arch" --seed 0 --out "$work/$arch" --note "$note" >/dev/null
   mkdir -p "$root/models/pretrained/demo-$arch"
-  # model.pt is the PyTorch reference for `predict`/`bench`; the demo needs only these three.
-  cp "$work/$arch"/{model.onnx,model.json,metrics.json} "$root/models/pretrained/demo-$arch/"
+  # The demo needs model.onnx, model.json and metrics.json; model.pt (the PyTorch weights)
+  # ships too, so `cargo bench --bench inference` can time PyTorch on the same model.
+  cp "$work/$arch"/{model.onnx,model.pt,model.json,metrics.json} "$root/models/pretrained/demo-$arch/"
   python3 -m sitsflow_models predict --model "$work/$arch/model.onnx" \
     --samples "$root/models/pretrained/check-samples.csv" \
     --out "$root/models/pretrained/demo-$arch/check-probabilities.csv" >/dev/null

@@ -20,8 +20,10 @@ OUTPUT_NAME = "probabilities"
 
 
 def export_onnx(classifier: nets.Classifier, dates: int, bands: int, path: Path) -> None:
-    """Writes raw `[N, T, B]` → softmax `[N, C]` with a dynamic batch dimension."""
-    module = nets.Probabilities(classifier).eval()
+    """Writes raw `[N, T, B]` → softmax `[N, C]` with a dynamic batch dimension, in the
+    network's inference form (`nets.for_inference`); `onnxruntime_max_abs_diff` checks it
+    against the classifier as trained."""
+    module = nets.Probabilities(nets.for_inference(classifier, dates)).eval()
     example = torch.zeros(2, dates, bands)
     # The TorchScript-based exporter: deprecated since torch 2.9 in favour of the
     # torch.export one, but it needs no onnxscript dependency and maps nn.LSTM to the

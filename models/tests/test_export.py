@@ -72,6 +72,32 @@ class Export(unittest.TestCase):
                     self.assertLess(diff, 1e-5, f"{arch}, batch {n}")
 
 
+class InferenceForm(unittest.TestCase):
+    def test_folded_tempcnn_computes_what_the_trained_one_does(self):
+        for dates, kernel in ((9, 5), (12, 3), (4, 5)):
+            with self.subTest(dates=dates, kernel=kernel):
+                torch.manual_seed(dates)
+                classifier = nets.build("tempcnn", 4, dates, 5, np.full(4, 200.0), np.full(4, 40.0),
+                                        {"filters": 8, "dense": 16, "kernel": kernel})
+                with torch.no_grad():
+                    for m in classifier.modules():
+                        if isinstance(m, torch.nn.BatchNorm1d):
+                            m.running_mean.uniform_(-0.5, 0.5)
+                            m.running_var.uniform_(0.5, 2.0)
+                            m.weight.uniform_(0.5, 1.5)
+                            m.bias.uniform_(-0.2, 0.2)
+                classifier.eval()
+                folded = nets.for_inference(classifier, dates)
+                self.assertIsInstance(folded.net, nets.TempCNNForInference)
+                x = torch.from_numpy(raw_inputs(50, dates=dates))
+                with torch.no_grad():
+                    torch.testing.assert_close(folded.forward(x), classifier.forward(x), rtol=0, atol=1e-5)
+
+    def test_lstm_is_exported_as_it_is(self):
+        classifier, _, _ = small("lstm")
+        self.assertIs(nets.for_inference(classifier, 9), classifier)
+
+
 class MissingValues(unittest.TestCase):
     def test_nan_is_the_band_mean_and_all_nan_rows_still_give_probabilities(self):
         for arch in nets.ARCHS:

@@ -20,11 +20,9 @@ use sitsflow_sdk::{ClustererStage, CloudMaskStage, DecoderStage, FeatureStage, L
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-fn median(runs: usize, mut f: impl FnMut() -> Duration) -> Duration {
-    f();
-    let mut t: Vec<Duration> = (0..runs).map(|_| f()).collect();
+fn median(mut t: Vec<Duration>) -> Duration {
     t.sort();
-    t[runs / 2]
+    t[t.len() / 2]
 }
 
 /// Times `run` alone: the native side's inputs are converted before the clock starts
@@ -166,16 +164,23 @@ fn main() {
         if filter.as_deref().is_some_and(|f| !stage.contains(f)) {
             return;
         }
+        // Round-robin (warm-up, then `runs` rounds of sandbox, trusted, native), so drift
+        // in the machine's speed during the run hits the three alike.
         let mut time = |pool: &StagePool| {
-            median(runs, || {
-                let t = Instant::now();
-                wasm(pool);
-                t.elapsed()
-            })
+            let t = Instant::now();
+            wasm(pool);
+            t.elapsed()
         };
-        let w = time(&pools.checked);
-        let trusted = time(&pools.trusted);
-        let n = median(runs, native);
+        time(&pools.checked);
+        time(&pools.trusted);
+        native();
+        let (mut ws, mut ts, mut ns) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..runs {
+            ws.push(time(&pools.checked));
+            ts.push(time(&pools.trusted));
+            ns.push(native());
+        }
+        let (w, trusted, n) = (median(ws), median(ts), median(ns));
         eprintln!(
             "{stage}: wasm {:.1} ms, trusted {:.1} ms, native {:.1} ms",
             w.as_secs_f64() * 1e3,

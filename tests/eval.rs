@@ -38,20 +38,9 @@ fn sklearn(reference: &[u16], map: &[u16]) -> serde_json::Value {
         path
     };
     let (r, m) = (write("ref.txt", reference), write("map.txt", map));
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(SKLEARN)
-        .arg(&r)
-        .arg(&m)
-        .env("PYTHONPATH", common::python_path())
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "scikit-learn is needed for these tests (scripts/setup.sh installs it into .deps/python): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let mut command = Command::new("python3");
+    command.arg("-c").arg(SKLEARN).arg(&r).arg(&m);
+    common::sklearn_json(command)
 }
 
 fn close(a: f64, b: f64, what: &str) {

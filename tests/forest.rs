@@ -165,18 +165,9 @@ fn run_sklearn(s: &Split, params: &serde_json::Value, seeds: &[u64], proba_dir: 
         "params": params, "seeds": seeds, "proba_dir": proba_dir,
     });
     std::fs::write(file("job.json"), job.to_string()).unwrap();
-    let out = Command::new("python3")
-        .arg(common::workspace().join("scripts/bench/forest_sklearn.py"))
-        .arg(file("job.json"))
-        .env("PYTHONPATH", common::python_path())
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "scikit-learn is needed for these tests (scripts/setup.sh installs it into .deps/python): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let mut command = Command::new("python3");
+    command.arg(common::workspace().join("scripts/bench/forest_sklearn.py")).arg(file("job.json"));
+    common::sklearn_json(command)
 }
 
 fn mean(v: impl Iterator<Item = f64>) -> f64 {

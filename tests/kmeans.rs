@@ -77,20 +77,13 @@ fn sklearn(x: &FeatureMatrix, k: usize, n_init: u32, algorithm: &str) -> Sklearn
     let dir = tempfile::tempdir().unwrap();
     let raw = dir.path().join("x.f32");
     std::fs::write(&raw, x.data.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
-    let out = Command::new("python3")
+    let mut command = Command::new("python3");
+    command
         .arg(common::workspace().join("scripts/bench/sklearn_kmeans.py"))
         .arg(&raw)
         .args(["--features", &x.names.len().to_string(), "--k", &k.to_string(), "--n-init", &n_init.to_string()])
-        .args(["--algorithm", algorithm, "--seed", "0"])
-        .env("PYTHONPATH", common::python_path())
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "scikit-learn is needed for these tests (scripts/setup.sh installs it into .deps/python): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        .args(["--algorithm", algorithm, "--seed", "0"]);
+    let v = common::sklearn_json(command);
     Sklearn { inertia: v["inertia"].as_f64().unwrap(), iterations: v["iterations"].as_u64().unwrap() }
 }
 

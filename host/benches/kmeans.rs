@@ -127,21 +127,14 @@ fn main() {
             .collect();
         rows.push(from_report(format!("native {algorithm}"), native, &report));
 
-        let out = Command::new("python3")
+        let mut command = Command::new("python3");
+        command
             .arg(common::workspace().join("scripts/bench/sklearn_kmeans.py"))
             .arg(&raw)
             .args(["--features", &D.to_string(), "--k", &K.to_string(), "--n-init", &N_INIT.to_string()])
             .args(["--max-iter", &MAX_ITER.to_string(), "--tol", &TOL.to_string(), "--seed", &SEED.to_string()])
-            .args(["--algorithm", algorithm, "--repeats", &REPEATS.to_string()])
-            .env("PYTHONPATH", common::python_path())
-            .output()
-            .expect("running python3");
-        assert!(
-            out.status.success(),
-            "scikit-learn is needed for this benchmark (scripts/setup.sh installs it into .deps/python): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let s: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the script prints JSON");
+            .args(["--algorithm", algorithm, "--repeats", &REPEATS.to_string()]);
+        let s = common::sklearn_json(command);
         rows.push(Row {
             what: format!("scikit-learn {algorithm}"),
             seconds: median(serde_json::from_value(s["seconds"].clone()).unwrap()),

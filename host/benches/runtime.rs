@@ -30,16 +30,6 @@ fn cube(dates: usize, rows: usize, cols: usize) -> Cube {
     }
 }
 
-fn native(c: &Cube) -> sitsflow_sdk::Cube {
-    sitsflow_sdk::Cube {
-        dates: c.dates.clone(),
-        bands: c.bands.clone(),
-        rows: c.rows as usize,
-        cols: c.cols as usize,
-        data: c.data.clone(),
-        valid: c.valid.clone(),
-    }
-}
 
 /// Median of `runs` timings of `f`, after one warm-up call.
 fn median(runs: usize, mut f: impl FnMut() -> Duration) -> Duration {
@@ -69,7 +59,7 @@ fn main() {
         t.elapsed() / calls
     });
     let native_call = median(5, || {
-        let inputs: Vec<_> = (0..calls).map(|_| native(&tiny)).collect();
+        let inputs: Vec<_> = (0..calls).map(|_| common::sdk_cube(&tiny)).collect();
         let t = Instant::now();
         for c in inputs {
             black_box(Nd::compute(c, Nd::parse_params(PARAMS).unwrap()).unwrap());
@@ -96,7 +86,7 @@ fn main() {
         t.elapsed()
     });
     let native_big = median(7, || {
-        let input = native(&big);
+        let input = common::sdk_cube(&big);
         let t = Instant::now();
         black_box(Nd::compute(input, Nd::parse_params(PARAMS).unwrap()).unwrap());
         t.elapsed()

@@ -36,16 +36,6 @@ fn timed<I, O>(prepare: impl FnOnce() -> I, run: impl FnOnce(I) -> O) -> Duratio
     elapsed
 }
 
-fn to_sdk_cube(c: &Cube) -> sdk::Cube {
-    sdk::Cube {
-        dates: c.dates.clone(),
-        bands: c.bands.clone(),
-        rows: c.rows as usize,
-        cols: c.cols as usize,
-        data: c.data.clone(),
-        valid: c.valid.clone(),
-    }
-}
 
 fn to_sdk_matrix(m: &FeatureMatrix) -> sdk::FeatureMatrix {
     sdk::FeatureMatrix { samples: m.samples as usize, names: m.names.clone(), data: m.data.clone() }
@@ -198,14 +188,14 @@ fn main() {
         let params = r#"{"threshold": 0.4, "average_over": 1, "dilation_size": 1}"#;
         measure("s2cloudless", "s2cloudless scene 512×512, 13 bands".into(), mpx_scene,
             &p, &mut |p: &StagePool| { black_box(p.with(|i| i.mask(&ctx, &scene, params)).unwrap()); },
-            &mut || timed(|| (to_sdk_cube(&scene), s2cloudless::S2Cloudless::parse_params(params).unwrap()), |(a0, a1)| s2cloudless::S2Cloudless::mask(a0, a1).unwrap()));
+            &mut || timed(|| (common::sdk_cube(&scene), s2cloudless::S2Cloudless::parse_params(params).unwrap()), |(a0, a1)| s2cloudless::S2Cloudless::mask(a0, a1).unwrap()));
     }
     {
         let p = pool("spectral-mask");
         let params = "{}";
         measure("spectral-mask", "s2cloudless scene 512×512, 13 bands".into(), mpx_scene,
             &p, &mut |p: &StagePool| { black_box(p.with(|i| i.mask(&ctx, &scene, params)).unwrap()); },
-            &mut || timed(|| (to_sdk_cube(&scene), spectral_mask::SpectralMask::parse_params(params).unwrap()), |(a0, a1)| spectral_mask::SpectralMask::mask(a0, a1).unwrap()));
+            &mut || timed(|| (common::sdk_cube(&scene), spectral_mask::SpectralMask::parse_params(params).unwrap()), |(a0, a1)| spectral_mask::SpectralMask::mask(a0, a1).unwrap()));
     }
 
     // Per-pixel stages on the generated series chunk.
@@ -217,14 +207,14 @@ fn main() {
         let params = r#"{"dilation": 2}"#;
         measure("scl-mask", series_label.clone(), mpx,
             &p, &mut |p: &StagePool| { black_box(p.with(|i| i.mask(&ctx, &cube, params)).unwrap()); },
-            &mut || timed(|| (to_sdk_cube(&cube), scl_mask::SclMask::parse_params(params).unwrap()), |(a0, a1)| scl_mask::SclMask::mask(a0, a1).unwrap()));
+            &mut || timed(|| (common::sdk_cube(&cube), scl_mask::SclMask::parse_params(params).unwrap()), |(a0, a1)| scl_mask::SclMask::mask(a0, a1).unwrap()));
     }
     let indices_params = r#"{"indices": ["NDVI", "NDWI", "NDBI", "BSI", "EVI"], "per_date": false, "stats": ["mean", "std", "p10", "p50", "p90"]}"#;
     let features = {
         let p = pool("indices");
         measure("indices", series_label.clone(), mpx,
             &p, &mut |p: &StagePool| { black_box(p.with(|i| i.features(&ctx, &cube, indices_params)).unwrap()); },
-            &mut || timed(|| (to_sdk_cube(&cube), indices::Indices::parse_params(indices_params).unwrap()), |(a0, a1)| indices::Indices::compute(a0, a1).unwrap()));
+            &mut || timed(|| (common::sdk_cube(&cube), indices::Indices::parse_params(indices_params).unwrap()), |(a0, a1)| indices::Indices::compute(a0, a1).unwrap()));
         p.checked.with(|i| i.features(&ctx, &cube, indices_params)).unwrap()
     };
     {
@@ -232,7 +222,7 @@ fn main() {
         let params = r#"{"a": "B08", "b": "B04", "name": "NDVI"}"#;
         measure("normalized-difference", series_label.clone(), mpx,
             &p, &mut |p: &StagePool| { black_box(p.with(|i| i.features(&ctx, &cube, params)).unwrap()); },
-            &mut || timed(|| (to_sdk_cube(&cube), normalized_difference::NormalizedDifference::parse_params(params).unwrap()), |(a0, a1)| normalized_difference::NormalizedDifference::compute(a0, a1).unwrap()));
+            &mut || timed(|| (common::sdk_cube(&cube), normalized_difference::NormalizedDifference::parse_params(params).unwrap()), |(a0, a1)| normalized_difference::NormalizedDifference::compute(a0, a1).unwrap()));
     }
 
     // Scene stages on the indices' features of that chunk (65 536 samples × 25).

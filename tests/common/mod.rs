@@ -117,3 +117,27 @@ pub fn small_demo() -> &'static Path {
     })
     .path()
 }
+
+/// Runs a Python command that needs scikit-learn (PYTHONPATH from [`python_path`]) and
+/// parses the JSON it prints; fails with the install hint when it cannot run.
+pub fn sklearn_json(mut command: Command) -> serde_json::Value {
+    let out = command.env("PYTHONPATH", python_path()).output().expect("running python3");
+    assert!(
+        out.status.success(),
+        "scikit-learn is needed here (scripts/setup.sh installs it into .deps/python): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the script prints JSON")
+}
+
+/// A host cube as the SDK's, to call a stage's code natively.
+pub fn sdk_cube(c: &sitsflow::runtime::data::Cube) -> sitsflow_sdk::Cube {
+    sitsflow_sdk::Cube {
+        dates: c.dates.clone(),
+        bands: c.bands.clone(),
+        rows: c.rows as usize,
+        cols: c.cols as usize,
+        data: c.data.clone(),
+        valid: c.valid.clone(),
+    }
+}

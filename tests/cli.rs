@@ -1,6 +1,6 @@
 //! The `sitsflow` command end to end: exit codes, messages, runs on generated data.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -6,7 +6,7 @@
 //! - `spectral-mask` agrees with s2cloudless well beyond calling everything clear;
 //! - both name the bands they miss.
 
-mod common;
+use crate::common;
 
 use gdal::Metadata as _;
 use sitsflow::runtime::data::{Cube, MaskLayers};

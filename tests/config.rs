@@ -4,7 +4,7 @@
 //!
 //! Set `UPDATE_GOLDEN=1` to rewrite the expected files after a deliberate change.
 
-mod common;
+use crate::common;
 
 use sitsflow::plan::Plan;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! 1e-9), on generated labels and on real ones (the Slovenia LULC reference, the
 //! demo's truth maps); and `sitsflow eval` end to end.
 
-mod common;
+use crate::common;
 
 use rand::{Rng, SeedableRng};
 use sitsflow::eval::Confusion;

@@ -5,9 +5,9 @@
 //!
 //! Both forests use their own random streams, so single fits differ by seed noise;
 //! each side is averaged over the same number of seeds and the means compared. Per-seed
-//! figures are printed (`cargo test -p sitsflow --test forest -- --nocapture`).
+//! figures are printed (`cargo test -p sitsflow --test integration forest:: -- --nocapture`).
 
-mod common;
+use crate::common;
 
 use sitsflow::eval::Confusion;
 use sitsflow::runtime::data::{FeatureMatrix, ModelBlob, Probabilities};

@@ -2,7 +2,7 @@
 //! guide's own code blocks, built for wasm32-wasip2, inspected and run by the host.
 //! If the guide drifts from the SDK, this test fails.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

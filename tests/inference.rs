@@ -3,7 +3,7 @@
 //! registry, devices and their fallback, `doctor`, and the `infer` host import end to end
 //! through the `onnx-classifier` component.
 
-mod common;
+use crate::common;
 
 use sitsflow::inference::{self, Device, InferenceError, Model, ModelSet, Provider};
 use sitsflow::runtime::data::{Cube, StageError};
@@ -590,7 +590,7 @@ fn infer_errors_reach_the_stage_typed() {
 }
 
 /// Throughput of the runtime alone and through the sandbox, on a linear model of the
-/// demo's size (36 dates × 10 bands → 8 classes). `cargo test --test inference -- --ignored --nocapture`.
+/// demo's size (36 dates × 10 bands → 8 classes). `cargo test -p sitsflow --test integration inference:: -- --ignored --nocapture`.
 #[test]
 #[ignore = "a measurement; run it on purpose"]
 fn throughput_on_a_linear_model() {

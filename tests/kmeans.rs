@@ -3,7 +3,7 @@
 //! sandbox giving the same model as the native crate, `assign` reproducing the fit,
 //! missing rows and mismatched features.
 
-mod common;
+use crate::common;
 
 use gdal::Metadata;
 use sitsflow::runtime::data::{FeatureMatrix, StageError, StageKind};

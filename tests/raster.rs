@@ -1,7 +1,7 @@
 //! Reading real series with GDAL: the shared Slovenia patch (68 acquisitions of
 //! NDVI and cloud products, 5 full L1C scenes) and bad folders.
 
-mod common;
+use crate::common;
 
 use sitsflow::raster::{Series, Window, chunk_grid};
 

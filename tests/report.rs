@@ -3,7 +3,7 @@
 //! errors and show its maps and figures. The screenshot is kept in
 //! target/test-artifacts/report.png.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -1,7 +1,7 @@
 //! The sandbox, driven through real components: deadlines, memory caps, denied
 //! capabilities, and traps that fail one chunk without harming the others.
 
-mod common;
+use crate::common;
 
 use sitsflow::runtime::data::Cube;
 use sitsflow::runtime::{CallContext, Interruption, Limits, StageCallError, StagePool};

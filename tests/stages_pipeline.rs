@@ -3,7 +3,7 @@
 //! agreement set → final random forest → Markov chain), active learning (seed 000),
 //! and the real Slovenia series with its LULC reference.
 
-mod common;
+use crate::common;
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};

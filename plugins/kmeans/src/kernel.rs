@@ -60,26 +60,27 @@ impl Packed {
             let (w0, w1) = w.split_at(d);
             let (n0, n1) = (self.norms[c], self.norms[c + 1]);
             let (mut a00, mut a01, mut a10, mut a11) = (n0, n0, n1, n1);
-            // Two features per loop round: in the sandbox every loop back-edge also
+            // Four features per loop round: in the sandbox every loop back-edge also
             // checks the epoch deadline, which one feature per round would pay d times.
-            let mut xs = block.chunks_exact(2 * LANES);
-            let mut us = w0.chunks_exact(2);
-            let mut vs = w1.chunks_exact(2);
+            // Each accumulator still takes its features in order (bit-identical sums).
+            let mut xs = block.chunks_exact(4 * LANES);
+            let mut us = w0.chunks_exact(4);
+            let mut vs = w1.chunks_exact(4);
             for ((x, u), v) in (&mut xs).zip(&mut us).zip(&mut vs) {
-                let (x0, x1) = (F4::load(&x[..4]), F4::load(&x[4..8]));
-                let (x2, x3) = (F4::load(&x[8..12]), F4::load(&x[12..]));
-                a00 = a00.add(x0.mul(u[0])).add(x2.mul(u[1]));
-                a01 = a01.add(x1.mul(u[0])).add(x3.mul(u[1]));
-                a10 = a10.add(x0.mul(v[0])).add(x2.mul(v[1]));
-                a11 = a11.add(x1.mul(v[0])).add(x3.mul(v[1]));
+                for f in 0..4 {
+                    let (lo, hi) = (F4::load(&x[2 * f * 4..]), F4::load(&x[(2 * f + 1) * 4..]));
+                    a00 = a00.add(lo.mul(u[f]));
+                    a01 = a01.add(hi.mul(u[f]));
+                    a10 = a10.add(lo.mul(v[f]));
+                    a11 = a11.add(hi.mul(v[f]));
+                }
             }
-            if let ([u], [v]) = (us.remainder(), vs.remainder()) {
-                let x = xs.remainder();
-                let (x0, x1) = (F4::load(&x[..4]), F4::load(&x[4..]));
-                a00 = a00.add(x0.mul(*u));
-                a01 = a01.add(x1.mul(*u));
-                a10 = a10.add(x0.mul(*v));
-                a11 = a11.add(x1.mul(*v));
+            for ((x, u), v) in xs.remainder().chunks_exact(LANES).zip(us.remainder()).zip(vs.remainder()) {
+                let (lo, hi) = (F4::load(&x[..4]), F4::load(&x[4..]));
+                a00 = a00.add(lo.mul(*u));
+                a01 = a01.add(hi.mul(*u));
+                a10 = a10.add(lo.mul(*v));
+                a11 = a11.add(hi.mul(*v));
             }
             // Strict `<` in increasing c: the lowest index wins a tie, as numpy's argmin.
             let (i0, i1) = (F4::splat(c as f32), F4::splat((c + 1) as f32));

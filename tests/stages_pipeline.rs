@@ -26,6 +26,7 @@ fn run(project: &Path, name: &str, pipeline: &str) -> (PathBuf, String) {
             .args(args)
             .current_dir(project)
             .env("SITSFLOW_CACHE_DIR", common::workspace().join("target/test-cache"))
+            .env("SITSFLOW_MODELS_DIR", common::workspace().join("models"))
             .output()
             .unwrap();
         log.push_str(&String::from_utf8_lossy(&out.stderr));
@@ -147,6 +148,67 @@ fn seed001_chain_runs_end_to_end_and_the_markov_chain_steadies_the_series() {
     for needle in ["purity table", "Year-to-year consistency", "Held-out OA", "consistency"] {
         assert!(html.contains(needle), "report.html lacks '{needle}'");
     }
+}
+
+/// Seed 001 in full (configs/demo-lstm.toml): the multi-year agreement set trains the
+/// LSTM recipe of models/ inside the run (Python subprocess), which predicts every year
+/// through ONNX Runtime and feeds the Markov chain.
+#[test]
+fn seed001_lstm_trains_on_the_multi_year_set_inside_the_run() {
+    let project = common::project_dir();
+    let demo = common::small_demo();
+    let text = std::fs::read_to_string(common::workspace().join("configs/demo-lstm.toml")).unwrap();
+    let pipeline = text
+        .replace("../data/demo", &demo.display().to_string())
+        .replace("dir = \"../plugins/dist\"", "dir = \"plugins\"")
+        .replace("dir = \"../runs/demo-lstm\"", "dir = \"runs/demo-lstm\"")
+        .replace("k = 40", "k = 12")
+        .replace("per_class = 500", "per_class = 150")
+        .replace("n_trees = 100", "n_trees = 40")
+        .replace("epochs = 40, patience = 8", "epochs = 12, patience = 4")
+        .replace("samples = \"agreeing\"", "samples = \"agreeing\"\nholdout = 0.5");
+    // The project is a temp folder: `run` points SITSFLOW_MODELS_DIR at the recipe.
+    let (run, log) = run(project.path(), "demo-lstm", &pipeline);
+    for name in [
+        "bands_2018.tif",
+        "lstm_2018.tif",
+        "lstm_2019.tif",
+        "lstm_2020_confidence.tif",
+        "lstm.metrics.json",
+        "models/lstm/model.onnx",
+        "models/lstm/model.json",
+        "models/lstm.samples.csv",
+        "consistent_2019.tif",
+    ] {
+        assert!(run.join(name).exists(), "{name} missing; log:\n{log}");
+    }
+    // The recipe trained on every year's series of the agreeing pixels.
+    let samples = sitsflow::samples::Samples::read_csv(&run.join("models/lstm.samples.csv")).unwrap();
+    let sidecar = json(&run.join("models/lstm/model.json"));
+    assert_eq!(sidecar["arch"], "lstm");
+    assert_eq!(sidecar["input"]["bands"].as_array().unwrap().len(), 10);
+    assert_eq!(sidecar["input"]["dates"].as_array().unwrap().len(), 4, "the small demo has 4 dates a year");
+    let metrics = json(&run.join("lstm.metrics.json"));
+    assert_eq!(metrics["training_years"], serde_json::json!([2018, 2019, 2020]), "a multi-year training set");
+    assert_eq!(metrics["training"]["recipe"], "lstm");
+    assert!(metrics["training"]["training"]["epochs_run"].as_u64().is_some_and(|e| e >= 1), "{}", metrics["training"]);
+    let trained_rows = metrics["split"]["train_samples"].as_u64().unwrap() as usize;
+    assert_eq!(samples.len(), trained_rows, "the samples CSV holds the training split");
+    let report = json(&run.join("report.json"));
+    let evaluations = report["evaluations"].as_array().unwrap();
+    for year in [2018, 2019, 2020] {
+        let oa = evaluations.iter().find(|e| e["output"] == format!("lstm_{year}")).unwrap()["evaluation"]["metrics"]
+            ["overall_accuracy"]
+            .as_f64()
+            .unwrap();
+        eprintln!("{year}: LSTM OA {oa:.4}");
+        // Seven classes; pseudo-labels from a 100 m reference on 64 px: far above chance.
+        assert!(oa > 0.4, "lstm {year}: OA {oa}");
+    }
+    let manifest = json(&run.join("manifest.json"));
+    let stage = manifest["stages"].as_array().unwrap().iter().find(|s| s["id"] == "lstm").unwrap().clone();
+    assert_eq!(stage["recipe"], "lstm");
+    assert_eq!(stage["sha256"].as_str().unwrap().len(), 64);
 }
 
 #[test]

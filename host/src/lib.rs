@@ -10,6 +10,7 @@ pub mod eval;
 pub mod fsutil;
 pub mod hash;
 pub mod inference;
+pub mod network;
 pub mod plan;
 pub mod plugins;
 pub mod raster;

@@ -101,7 +101,8 @@ pub struct Plan {
 /// One stage, resolved.
 pub struct StagePlan {
     pub id: StageId,
-    pub plugin: Arc<Plugin>,
+    /// The component, or the training recipe, that runs the stage.
+    pub executor: Executor,
     pub limits: Limits,
     /// The parameters as JSON, checked against the plugin's schema.
     pub params: serde_json::Value,
@@ -129,11 +130,70 @@ pub const DEFAULT_CANDIDATES: u64 = 1_000_000;
 /// Share of a labeller's samples held out when the pipeline does not say.
 pub const DEFAULT_HOLDOUT: f64 = 0.25;
 
+/// What runs a stage.
+#[derive(Clone)]
+pub enum Executor {
+    /// A WebAssembly component, sandboxed.
+    Plugin(Arc<Plugin>),
+    /// A labeller whose network a PyTorch recipe of `models/` trains in the run (a
+    /// subprocess under the file contract of `train`); it predicts through ONNX Runtime.
+    Recipe(RecipePlan),
+}
+
+/// A `recipe = "…"` labeller, resolved.
+#[derive(Debug, Clone)]
+pub struct RecipePlan {
+    /// `lstm` or `tempcnn`.
+    pub arch: String,
+    pub device: crate::inference::Device,
+    /// `PYTHONPATH` for the recipe (its packages and `models/`).
+    pub pythonpath: String,
+    /// sha256 over the recipe's Python sources: pins it like a plugin's hash.
+    pub sha256: String,
+}
+
 impl StagePlan {
     /// Whether the stage runs chunk by chunk on the series (cloud masks, features)
     /// rather than on the whole scene after them (clusterers, samplers, labellers).
     pub fn is_chunk_stage(&self) -> bool {
-        matches!(self.plugin.info().kind_name(), "cloud-mask" | "features")
+        matches!(self.kind_name(), "cloud-mask" | "features")
+    }
+
+    /// `cloud-mask`, `features`, `clusterer`, `labeller`, `sampler` or `decoder`.
+    pub fn kind_name(&self) -> &'static str {
+        match &self.executor {
+            Executor::Plugin(p) => p.info().kind_name(),
+            Executor::Recipe(_) => "labeller",
+        }
+    }
+
+    /// What runs it, for messages and reports: `name@version`, or `recipe:lstm`.
+    pub fn reference(&self) -> String {
+        match &self.executor {
+            Executor::Plugin(p) => p.info().reference(),
+            Executor::Recipe(r) => format!("recipe:{}", r.arch),
+        }
+    }
+
+    /// The component's (or the recipe sources') sha256.
+    pub fn sha256(&self) -> &str {
+        match &self.executor {
+            Executor::Plugin(p) => p.sha256(),
+            Executor::Recipe(r) => &r.sha256,
+        }
+    }
+
+    /// The component, for stages that are one.
+    pub fn plugin(&self) -> Option<&Arc<Plugin>> {
+        match &self.executor {
+            Executor::Plugin(p) => Some(p),
+            Executor::Recipe(_) => None,
+        }
+    }
+
+    /// The component of a chunk stage (cloud masks and features are always components).
+    pub fn chunk_plugin(&self) -> &Arc<Plugin> {
+        self.plugin().expect("Plan::resolve makes only components chunk stages")
     }
 }
 
@@ -147,6 +207,56 @@ impl StagePlan {
 /// The plugin directory used when neither the pipeline nor the environment names one.
 fn default_plugin_dir(base: &Path) -> PathBuf {
     std::env::var_os("SITSFLOW_PLUGIN_DIR").map(PathBuf::from).unwrap_or_else(|| base.join("plugins"))
+}
+
+/// Resolves a `recipe = "…"` labeller: finds `models/` (beside the pipeline file or
+/// above it, else above the working directory, else `SITSFLOW_MODELS_DIR`), checks that
+/// Python can import torch and the recipe, and hashes the recipe's sources.
+fn recipe_plan(
+    stage: &crate::config::Stage,
+    recipe: &crate::config::Located<String>,
+    base: &Path,
+    source: &Source,
+) -> Result<RecipePlan, ConfigError> {
+    let at = Some(recipe.span());
+    let from_env = std::env::var_os("SITSFLOW_MODELS_DIR").map(PathBuf::from);
+    let workspace = std::fs::canonicalize(base)
+        .ok()
+        .and_then(|b| b.ancestors().find(|d| d.join("models/sitsflow_models").is_dir()).map(Path::to_path_buf))
+        .or_else(crate::train::find_workspace)
+        .or_else(|| from_env.as_ref().and_then(|m| m.parent()).map(Path::to_path_buf));
+    let (models_dir, workspace) = match (from_env, workspace) {
+        (Some(dir), Some(w)) => (dir, w),
+        (None, Some(w)) => (w.join("models"), w),
+        (_, None) => {
+            return Err(source.error(
+                at,
+                "recipe labellers need the models/ folder of sitsflow (none above the pipeline file or the working \
+                 directory); set SITSFLOW_MODELS_DIR to it",
+            ));
+        }
+    };
+    // `python_path` also honours SITSFLOW_MODELS_DIR and SITSFLOW_MODELS_PYTHON.
+    let pythonpath = crate::train::python_path(&workspace);
+    crate::train::check_environment(&pythonpath)
+        .map_err(|e| source.error(at.clone(), format!("recipe = '{}' cannot be trained here: {e:#}", recipe.get_ref())))?;
+    let package = models_dir.join("sitsflow_models");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&package)
+        .map_err(|e| source.error(at.clone(), format!("reading {}: {e}", package.display())))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "py"))
+        .collect();
+    files.sort();
+    let mut sources = Vec::new();
+    for f in &files {
+        sources.extend_from_slice(f.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
+        sources.extend(std::fs::read(f).map_err(|e| source.error(at.clone(), format!("reading {}: {e}", f.display())))?);
+    }
+    let device = match &stage.device {
+        Some(d) => d.get_ref().parse().map_err(|e| source.error(Some(d.span()), e))?,
+        None => crate::inference::Device::Auto,
+    };
+    Ok(RecipePlan { arch: recipe.get_ref().clone(), device, pythonpath, sha256: crate::hash::sha256_hex(&sources) })
 }
 
 impl Plan {
@@ -169,8 +279,9 @@ impl Plan {
             let id = stage.id.get_ref().clone();
             let interruption =
                 if stage.trusted.as_ref().is_some_and(|t| *t.get_ref()) { Interruption::Trusted } else { Interruption::Deadline };
-            let plugin = match (&stage.plugin, &stage.path) {
-                (Some(reference), _) => {
+            let executor = match (&stage.plugin, &stage.path, &stage.recipe) {
+                (None, None, Some(recipe)) => Executor::Recipe(recipe_plan(stage, recipe, &base, source)?),
+                (Some(reference), _, _) => {
                     let file = plugin_dir
                         .find(reference.get_ref())
                         .map_err(|e| source.error(Some(reference.span()), format!("{e:#}")))?;
@@ -184,16 +295,21 @@ impl Plan {
                             format!("{} describes itself as '{}', not '{}'", file.display(), info.reference(), reference.get_ref()),
                         ));
                     }
-                    plugin
+                    Executor::Plugin(plugin)
                 }
-                (None, Some(path)) => runtime
-                    .load_with(&rel(path.get_ref()), interruption)
-                    .map_err(|e| source.error(Some(path.span()), format!("{e:#}")))?,
-                (None, None) => unreachable!("Pipeline::parse checks that a stage names its plugin"),
+                (None, Some(path), _) => Executor::Plugin(
+                    runtime
+                        .load_with(&rel(path.get_ref()), interruption)
+                        .map_err(|e| source.error(Some(path.span()), format!("{e:#}")))?,
+                ),
+                (None, None, None) => unreachable!("Pipeline::parse checks that a stage names its plugin"),
             };
-            let kind = plugin.info().kind_name();
+            let kind = match &executor {
+                Executor::Plugin(p) => p.info().kind_name(),
+                Executor::Recipe(_) => "labeller",
+            };
             let kind_of = |target: &StageId| -> &'static str {
-                stages.iter().find(|s: &&StagePlan| &s.id == target).map_or("", |s| s.plugin.info().kind_name())
+                stages.iter().find(|s: &&StagePlan| &s.id == target).map_or("", |s| s.kind_name())
             };
             let chunk_kind = matches!(kind, "cloud-mask" | "features");
             for (field, value) in [("input", &stage.input), ("samples", &stage.samples)] {
@@ -208,7 +324,7 @@ impl Plan {
                 Some(target) if kind == "decoder" => {
                     let earlier = stages.iter().find(|s| &s.id == target.get_ref());
                     let ok = earlier.is_some_and(|s| {
-                        let k = s.plugin.info().kind_name();
+                        let k = s.kind_name();
                         k == "labeller" && s.input.as_ref().is_some_and(|i| stages.iter().any(|f| &f.id == i && f.per_year))
                             || k == "features" && s.per_year
                     });
@@ -240,7 +356,7 @@ impl Plan {
                     Some(target.get_ref().clone())
                 }
                 None if chunk_kind => None,
-                None => stages.iter().rev().find(|s| s.plugin.info().kind_name() == "features").map(|s| s.id.clone()),
+                None => stages.iter().rev().find(|s| s.kind_name() == "features").map(|s| s.id.clone()),
             };
             if matches!(kind, "clusterer" | "labeller") && input.is_none() {
                 return Err(source.error(
@@ -321,7 +437,11 @@ impl Plan {
                     .map_err(|e| source.error(Some(table.span()), format!("parameters cannot be converted to JSON: {e}")))?,
                 None => serde_json::json!({}),
             };
-            if let Err(errors) = plugin.check_params(&params) {
+            let checked = match &executor {
+                Executor::Plugin(plugin) => plugin.check_params(&params),
+                Executor::Recipe(_) => crate::network::check_params(&params),
+            };
+            if let Err(errors) = checked {
                 let (pointer, message) = &errors[0];
                 let at = param_span(source, stage.params.as_ref().map(|t| t.span()), pointer, message)
                     .or_else(|| Some(stage.id.span()));
@@ -331,7 +451,10 @@ impl Plan {
                     at,
                     format!(
                         "parameters of stage '{id}' do not fit {}'s schema{place}: {message}{more}",
-                        plugin.info().reference()
+                        match &executor {
+                            Executor::Plugin(plugin) => plugin.info().reference(),
+                            Executor::Recipe(r) => format!("the {} recipe", r.arch),
+                        }
                     ),
                 ));
             }
@@ -339,7 +462,7 @@ impl Plan {
             let deadline_ms = stage.deadline_ms.as_ref().map_or(DEFAULT_DEADLINE_MS, |d| *d.get_ref());
             stages.push(StagePlan {
                 id,
-                plugin,
+                executor,
                 limits: Limits { memory_bytes: memory_mib as usize * 1024 * 1024, deadline_ms },
                 params,
                 input,
@@ -449,14 +572,16 @@ impl Plan {
         }
     }
 
-    /// The lockfile entries that pin this plan's plugins.
+    /// The lockfile entries that pin this plan's plugins (recipe labellers are pinned by
+    /// their sources' hash in the manifest, not in the lockfile).
     pub fn lock_entries(&self) -> Vec<LockEntry> {
         self.stages
             .iter()
-            .map(|s| LockEntry {
+            .filter_map(|s| s.plugin().map(|p| (s, p)))
+            .map(|(s, p)| LockEntry {
                 stage: s.id.to_string(),
-                plugin: s.plugin.info().reference(),
-                sha256: s.plugin.sha256().to_string(),
+                plugin: p.info().reference(),
+                sha256: p.sha256().to_string(),
             })
             .collect()
     }
@@ -556,27 +681,24 @@ impl Plan {
             let _ = writeln!(out, "  model         {} = {} on {}", m.name, show(&m.path), m.device);
         }
         for (i, stage) in self.stages.iter().enumerate() {
-            let info = stage.plugin.info();
-            let deadline = match stage.plugin.interruption() {
-                Interruption::Deadline => format!("deadline {} ms", stage.limits.deadline_ms),
-                Interruption::Trusted => "trusted: no deadline".to_string(),
+            let limits = match &stage.executor {
+                Executor::Plugin(plugin) => {
+                    let deadline = match plugin.interruption() {
+                        Interruption::Deadline => format!("deadline {} ms", stage.limits.deadline_ms),
+                        Interruption::Trusted => "trusted: no deadline".to_string(),
+                    };
+                    format!("memory {} MiB, {deadline}", stage.limits.memory_bytes >> 20)
+                }
+                Executor::Recipe(r) => format!("trained by a Python subprocess, ONNX Runtime on {}", r.device),
             };
-            let _ = writeln!(
-                out,
-                "  stage {} {:<12} {} {} [memory {} MiB, {deadline}]",
-                i + 1,
-                stage.id,
-                info.kind_name(),
-                info.reference(),
-                stage.limits.memory_bytes >> 20,
-            );
+            let _ = writeln!(out, "  stage {} {:<12} {} {} [{limits}]", i + 1, stage.id, stage.kind_name(), stage.reference());
             let _ = writeln!(out, "      params {}", stage.params_json());
             if stage.per_year {
                 let _ = writeln!(out, "      once per year");
             }
             if !stage.is_chunk_stage() {
                 let mut reads = Vec::new();
-                let kind = stage.plugin.info().kind_name();
+                let kind = stage.kind_name();
                 if let Some(input) = &stage.input {
                     reads.push(format!("{} of '{input}'", if kind == "decoder" { "yearly posteriors" } else { "features" }));
                 }

@@ -205,7 +205,7 @@ fn run_key(plan: &Plan, series: &Series, layout: &Layout) -> String {
     let mut text = format!("sitsflow {}\n{}\n", env!("CARGO_PKG_VERSION"), plan.pipeline_text);
     text.push_str(&format!("chunk {} halo {}\n", layout.chunk_size, layout.halo));
     for s in &plan.stages {
-        text.push_str(&format!("{} {}\n", s.id, s.plugin.sha256()));
+        text.push_str(&format!("{} {}\n", s.id, s.sha256()));
     }
     let mut files = series.files();
     if let Some(r) = &plan.reference {
@@ -280,7 +280,7 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
     let grid = series.grid.clone();
     // Cloud masks and features stream chunk by chunk; the scene stages run after them.
     let chunk_stages: Vec<(usize, &StagePlan)> = plan.stages.iter().enumerate().filter(|(_, s)| s.is_chunk_stage()).collect();
-    let kinds: Vec<StageKind> = chunk_stages.iter().map(|(_, s)| s.plugin.info().kind).collect();
+    let kinds: Vec<StageKind> = chunk_stages.iter().map(|(_, s)| s.chunk_plugin().info().kind).collect();
     let workers = plan.worker_count();
     let layout = Layout::plan(
         plan.memory_budget_mib as usize,
@@ -324,7 +324,7 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
     let years = years_of(&series.dates());
     let mut outputs: Vec<Output> = Vec::new();
     for (_, stage) in &chunk_stages {
-        let (pixel, style) = match stage.plugin.info().kind {
+        let (pixel, style) = match stage.chunk_plugin().info().kind {
             StageKind::CloudMask => (PixelType::U8, Some(mask_style())),
             _ => (PixelType::F32, None),
         };
@@ -343,7 +343,7 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
 
     let models = load_models(plan)?;
     let pools: Vec<StagePool> =
-        chunk_stages.iter().map(|(_, s)| StagePool::with_models(s.plugin.clone(), s.limits, models.clone())).collect();
+        chunk_stages.iter().map(|(_, s)| StagePool::with_models(s.chunk_plugin().clone(), s.limits, models.clone())).collect();
     let stage_nanos: Vec<AtomicU64> = plan.stages.iter().map(|_| AtomicU64::new(0)).collect();
     let unmapped: Mutex<BTreeMap<u32, u64>> = Mutex::new(BTreeMap::new());
     let dates = series.dates();
@@ -550,9 +550,9 @@ fn run_stages(
         let params = stage.params_json();
         let started = Instant::now();
         let fail = |e: crate::runtime::StageCallError| {
-            format!("stage '{}' ({}) on chunk {index} ({window}): {e}", stage.id, stage.plugin.info().reference())
+            format!("stage '{}' ({}) on chunk {index} ({window}): {e}", stage.id, stage.reference())
         };
-        let output = match stage.plugin.info().kind {
+        let output = match stage.chunk_plugin().info().kind {
             StageKind::CloudMask => {
                 let mask = pool.with(|i| i.mask(&context, &cube, &params)).map_err(fail)?;
                 check_len(stage, index, "mask classes", mask.classes.len(), dates * read_window.pixels())?;
@@ -648,7 +648,7 @@ fn check_len(stage: &StagePlan, index: usize, what: &str, got: usize, expected: 
         Err(format!(
             "stage '{}' ({}) on chunk {index}: returned {got} {what}, expected {expected}",
             stage.id,
-            stage.plugin.info().reference()
+            stage.reference()
         ))
     }
 }
@@ -741,18 +741,29 @@ fn write_manifest(
         .iter()
         .zip(stage_nanos)
         .map(|(s, nanos)| {
-            let info = s.plugin.info();
-            json!({
-                "id": s.id.to_string(),
-                "plugin": info.reference(),
-                "kind": info.kind_name(),
-                "sha256": s.plugin.sha256(),
-                "params": s.params,
-                "memory_mib": s.limits.memory_bytes >> 20,
-                "deadline_ms": (s.plugin.interruption() == crate::runtime::Interruption::Deadline).then_some(s.limits.deadline_ms),
-                "trusted": s.plugin.interruption() == crate::runtime::Interruption::Trusted,
-                "cpu_seconds": nanos.load(Ordering::Relaxed) as f64 / 1e9,
-            })
+            let cpu_seconds = nanos.load(Ordering::Relaxed) as f64 / 1e9;
+            match &s.executor {
+                crate::plan::Executor::Plugin(plugin) => json!({
+                    "id": s.id.to_string(),
+                    "plugin": plugin.info().reference(),
+                    "kind": s.kind_name(),
+                    "sha256": plugin.sha256(),
+                    "params": s.params,
+                    "memory_mib": s.limits.memory_bytes >> 20,
+                    "deadline_ms": (plugin.interruption() == crate::runtime::Interruption::Deadline).then_some(s.limits.deadline_ms),
+                    "trusted": plugin.interruption() == crate::runtime::Interruption::Trusted,
+                    "cpu_seconds": cpu_seconds,
+                }),
+                crate::plan::Executor::Recipe(recipe) => json!({
+                    "id": s.id.to_string(),
+                    "recipe": recipe.arch,
+                    "kind": s.kind_name(),
+                    "sha256": recipe.sha256,
+                    "params": s.params,
+                    "device": recipe.device.to_string(),
+                    "cpu_seconds": cpu_seconds,
+                }),
+            }
         })
         .collect();
     let reference = match &plan.reference {

@@ -11,14 +11,17 @@
 //! - A **labeller** trains on a sampler's selection, holds out a share of it by
 //!   32 px blocks (neighbouring pixels never sit on both sides) for an accuracy
 //!   report, and predicts every pixel (`<id>.tif`, and its winning probability in
-//!   `<id>_confidence.tif`). The model is kept in `models/` for later runs.
+//!   `<id>_confidence.tif`). The model is kept in `models/` for later runs. A labeller
+//!   is a component, or a network a recipe of `models/` trains (`crate::network`):
+//!   both go through [`Learner`], so splits, metrics and maps are the same.
 //!
 //! Fits and selections see samples that fit in memory; assignment and prediction
 //! stream chunks on all workers, as the chunk stages do.
 
 use crate::config::Nomenclature;
 use crate::eval::Confusion;
-use crate::plan::{Plan, StagePlan};
+use crate::inference::Model;
+use crate::plan::{Executor, Plan, RecipePlan, StagePlan};
 use crate::raster::{ClassRaster, ClassStyle, FeatureRaster, Grid, Window, pixel_centre};
 use crate::run::{Output, PixelType};
 use crate::runtime::data::{FeatureMatrix, ModelBlob, Probabilities};
@@ -29,7 +32,7 @@ use rand::SeedableRng;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
@@ -209,7 +212,7 @@ impl Scene<'_> {
 }
 
 fn call_error(stage: &StagePlan, what: &str) -> impl Fn(StageCallError) -> anyhow::Error {
-    let shown = format!("stage '{}' ({}) {what}", stage.id, stage.plugin.info().reference());
+    let shown = format!("stage '{}' ({}) {what}", stage.id, stage.reference());
     move |e| anyhow!("{shown}: {e}")
 }
 
@@ -254,8 +257,8 @@ fn save_model(run_dir: &Path, stage: &StagePlan, model: &ModelBlob, report: &Val
     let sidecar = json!({
         "format": model.format,
         "stage": stage.id.to_string(),
-        "plugin": stage.plugin.info().reference(),
-        "plugin_sha256": stage.plugin.sha256(),
+        "plugin": stage.reference(),
+        "plugin_sha256": stage.sha256(),
         "bytes": model.data.len(),
         "sha256": crate::hash::sha256_hex(&model.data),
         "report": report,
@@ -284,9 +287,24 @@ pub fn run(scene: &Scene, reference: Option<(&Path, &Nomenclature)>) -> Result<S
             continue;
         }
         let started = Instant::now();
-        let pool = StagePool::with_models(stage.plugin.clone(), stage.limits, scene.models.clone());
-        let kind = stage.plugin.info().kind_name();
-        log::info!("stage '{}' ({kind}) on the whole scene", stage.id);
+        let kind = stage.kind_name();
+        log::info!("stage '{}' ({kind}, {}) on the whole scene", stage.id, stage.reference());
+        let plugin = match &stage.executor {
+            Executor::Plugin(plugin) => plugin,
+            Executor::Recipe(recipe) => {
+                let from = stage.samples.as_ref().expect("Plan::resolve gives labellers their samples");
+                let selected = selections.get(from.as_str()).expect("the sampler runs before the labeller");
+                let class_names = reference.map(|r| r.1.classes.iter().map(|c| (c.code, c.name.clone())).collect()).unwrap_or_default();
+                let learner = Learner::Network { recipe, class_names };
+                let fit = fit_on_selection(scene, stage, &learner, selected)?;
+                let section = label(scene, stage, &learner, fit, reference.map(|r| r.1), &mut results)?;
+                push_layers(scene, stage, &mut layers);
+                results.sections.push(section);
+                scene.stage_nanos[s].fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                continue;
+            }
+        };
+        let pool = StagePool::with_models(plugin.clone(), stage.limits, scene.models.clone());
         let section = match kind {
             "clusterer" => cluster(scene, stage, &pool, &mut results)?,
             "sampler" => {
@@ -305,25 +323,93 @@ pub fn run(scene: &Scene, reference: Option<(&Path, &Nomenclature)>) -> Result<S
                         };
                         active_learning(scene, stage, &pool, query, selected, reference_path)?
                     }
-                    None => fit_on_selection(scene, stage, &pool, selected)?,
+                    None => fit_on_selection(scene, stage, &Learner::Stage(&pool), selected)?,
                 };
-                label(scene, stage, &pool, fit, reference.map(|r| r.1), &mut results)?
+                label(scene, stage, &Learner::Stage(&pool), fit, reference.map(|r| r.1), &mut results)?
             }
             "decoder" => decode(scene, stage, &pool, reference.map(|r| r.1), &mut results)?,
             other => bail!("stage '{}': {other} stages do not run on a scene", stage.id),
         };
-        if kind == "labeller" && reads_per_year(scene, stage) || kind == "decoder" {
-            for y in &scene.years {
-                let name = output_name(stage, Some(*y));
-                layers.push((name.clone(), scene.raster_of(&name)));
-            }
-        } else {
-            layers.push((stage.id.to_string(), scene.raster_of(stage.id.as_str())));
-        }
+        push_layers(scene, stage, &mut layers);
         results.sections.push(section);
         scene.stage_nanos[s].fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
     }
     Ok(results)
+}
+
+/// Offers a scene stage's class rasters to the samplers after it.
+fn push_layers(scene: &Scene, stage: &StagePlan, layers: &mut Vec<(String, PathBuf)>) {
+    let kind = stage.kind_name();
+    if kind == "labeller" && reads_per_year(scene, stage) || kind == "decoder" {
+        for y in &scene.years {
+            let name = output_name(stage, Some(*y));
+            layers.push((name.clone(), scene.raster_of(&name)));
+        }
+    } else {
+        layers.push((stage.id.to_string(), scene.raster_of(stage.id.as_str())));
+    }
+}
+
+/// What trains and predicts for a labeller stage.
+enum Learner<'a> {
+    /// Its component's `train` and `predict`, in the sandbox.
+    Stage(&'a StagePool),
+    /// A network a recipe of `models/` trains (subprocess), run by ONNX Runtime.
+    Network { recipe: &'a RecipePlan, class_names: Vec<(u16, String)> },
+}
+
+/// A labeller's trained model.
+enum Trained {
+    /// A component's model blob (saved as `models/<id>.model`).
+    Blob(ModelBlob),
+    /// An exported network (its folder `models/<id>/` written by the recipe).
+    Network(Arc<Model>),
+}
+
+impl Learner<'_> {
+    /// Trains on `train` (rows at `train_pixels`, which group the recipe's validation
+    /// split by hold-out block); returns the model and the learner's training report.
+    fn train(&self, scene: &Scene, stage: &StagePlan, train: &FeatureMatrix, labels: &[u16], train_pixels: &[u64]) -> Result<(Trained, Value)> {
+        match self {
+            Learner::Stage(pool) => {
+                let trained = pool
+                    .with(|i| i.train(&context(stage, "train"), train, labels, &stage.params_json()))
+                    .map_err(call_error(stage, &format!("training on {} samples", train.samples)))?;
+                Ok((Trained::Blob(trained.model), parse_report(&trained.report)))
+            }
+            Learner::Network { recipe, class_names } => {
+                let groups: Vec<u64> = train_pixels.iter().map(|&p| block_of(scene.grid.width, p)).collect();
+                let set = crate::network::TrainingSet { features: train, labels, groups: &groups, class_names };
+                let seed = {
+                    use rand::RngCore;
+                    scene.rng(stage, "recipe").next_u64() >> 1
+                };
+                let network = crate::network::train(recipe, stage.id.as_str(), &scene.run_dir().join("models"), &set, seed, &stage.params)?;
+                Ok((Trained::Network(network.model), network.report))
+            }
+        }
+    }
+
+    fn predict(&self, stage: &StagePlan, model: &Trained, features: &FeatureMatrix, what: &str) -> Result<Probabilities> {
+        let p = match (self, model) {
+            (Learner::Stage(pool), Trained::Blob(blob)) => pool
+                .with(|i| i.predict(&context(stage, what), blob, features, &stage.params_json()))
+                .map_err(call_error(stage, &format!("predicting {what}")))?,
+            (Learner::Network { .. }, Trained::Network(model)) => {
+                crate::network::predict(stage.id.as_str(), model, features).with_context(|| format!("predicting {what}"))?
+            }
+            _ => unreachable!("a learner predicts with the model it trained"),
+        };
+        check_probabilities(stage, &p, features.samples as usize)?;
+        Ok(p)
+    }
+}
+
+/// The hold-out block (32 px square) of a pixel, numbered row-major.
+fn block_of(grid_width: usize, pixel: u64) -> u64 {
+    let (row, col) = (pixel / grid_width as u64, pixel % grid_width as u64);
+    let blocks_per_row = grid_width.div_ceil(HOLDOUT_BLOCK_PX) as u64;
+    row / HOLDOUT_BLOCK_PX as u64 * blocks_per_row + col / HOLDOUT_BLOCK_PX as u64
 }
 
 /// Whether a stage reads a per-year features stage.
@@ -408,7 +494,7 @@ fn cluster(scene: &Scene, stage: &StagePlan, pool: &StagePool, results: &mut Sce
     Ok(SceneSection {
         stage: stage.id.to_string(),
         kind: "clusterer",
-        plugin: stage.plugin.info().reference(),
+        plugin: stage.reference(),
         summary: json!({
             "fit_pixels": m,
             "features": names,
@@ -524,7 +610,7 @@ fn sample(
     let section = SceneSection {
         stage: stage.id.to_string(),
         kind: "sampler",
-        plugin: stage.plugin.info().reference(),
+        plugin: stage.reference(),
         summary: json!({
             "candidates": input.features.samples,
             "candidate_pixels_in_scene": total_candidates,
@@ -635,7 +721,7 @@ fn held_out(seed: u64, grid_width: usize, pixel: u64, share: f64) -> bool {
 
 /// A labeller's trained model with what the report says of its training.
 struct Fit {
-    model: ModelBlob,
+    model: Trained,
     /// The stage's own training report.
     training: Value,
     /// `{ "metrics", "confusion" }` on held-out samples, or null.
@@ -683,30 +769,24 @@ fn rows_where(m: &FeatureMatrix, labels: &[u16], keep: impl Fn(usize) -> bool) -
 }
 
 fn train_and_test(
+    scene: &Scene,
     stage: &StagePlan,
-    pool: &StagePool,
-    train: &FeatureMatrix,
-    train_labels: &[u16],
+    learner: &Learner,
+    (train, train_labels, train_pixels): (&FeatureMatrix, &[u16], &[u64]),
     test: &FeatureMatrix,
     test_labels: &[u16],
-) -> Result<(ModelBlob, Value, Option<Confusion>)> {
+) -> Result<(Trained, Value, Option<Confusion>)> {
     if train.samples == 0 {
         bail!("stage '{}': no training samples (lower `holdout`, or check the sampler's selection)", stage.id);
     }
-    let params = stage.params_json();
-    let trained = pool
-        .with(|i| i.train(&context(stage, "train"), train, train_labels, &params))
-        .map_err(call_error(stage, &format!("training on {} samples", train.samples)))?;
+    let (model, report) = learner.train(scene, stage, train, train_labels, train_pixels)?;
     let confusion = if test.samples > 0 {
-        let p = pool
-            .with(|i| i.predict(&context(stage, "held-out"), &trained.model, test, &params))
-            .map_err(call_error(stage, "predicting the held-out samples"))?;
-        check_probabilities(stage, &p, test.samples as usize)?;
+        let p = learner.predict(stage, &model, test, "the held-out samples")?;
         Some(Confusion::from_pairs(test_labels, &argmax(&p).0))
     } else {
         None
     };
-    Ok((trained.model, parse_report(&trained.report), confusion))
+    Ok((model, report, confusion))
 }
 
 fn held_out_json(confusion: &Option<Confusion>) -> Value {
@@ -714,7 +794,7 @@ fn held_out_json(confusion: &Option<Confusion>) -> Value {
 }
 
 /// Trains on a sampler's selection, holding out a share by blocks.
-fn fit_on_selection(scene: &Scene, stage: &StagePlan, pool: &StagePool, selected: &Selected) -> Result<Fit> {
+fn fit_on_selection(scene: &Scene, stage: &StagePlan, learner: &Learner, selected: &Selected) -> Result<Fit> {
     // Training features: of the stage's year, or of every year stacked (a multi-year
     // training set: each sample pixel once per year, with its one label).
     let rasters = prediction_rasters(scene, stage);
@@ -731,8 +811,10 @@ fn fit_on_selection(scene: &Scene, stage: &StagePlan, pool: &StagePool, selected
     };
     let test: Vec<bool> = pixels.iter().map(|&p| held_out(seed, scene.grid.width, p, stage.holdout)).collect();
     let (train, train_labels) = rows_where(&samples, &labels, |i| !test[i]);
+    let train_pixels: Vec<u64> = pixels.iter().zip(&test).filter(|(_, t)| !**t).map(|(p, _)| *p).collect();
     let (test_set, test_labels) = rows_where(&samples, &labels, |i| test[i]);
-    let (model, training_report, confusion) = train_and_test(stage, pool, &train, &train_labels, &test_set, &test_labels)?;
+    let (model, training_report, confusion) =
+        train_and_test(scene, stage, learner, (&train, &train_labels, &train_pixels), &test_set, &test_labels)?;
     Ok(Fit {
         model,
         training: training_report,
@@ -816,13 +898,15 @@ fn active_learning(
     let mut queried = vec![false; unlabelled.len()];
     let positions: Vec<(u32, u32)> =
         unlabelled.iter().map(|&p| ((p / scene.grid.width as u64) as u32, (p % scene.grid.width as u64) as u32)).collect();
-    let params = stage.params_json();
-    let query_pool = StagePool::with_models(query.plugin.clone(), query.limits, scene.models.clone());
+    let learner = Learner::Stage(pool);
+    let query_plugin = query.plugin().ok_or_else(|| anyhow!("stage '{}': the query stage '{}' is not a component", stage.id, query.id))?;
+    let query_pool = StagePool::with_models(query_plugin.clone(), query.limits, scene.models.clone());
     let query_params = query.params_json();
     let mut curve = Vec::new();
     let mut last = None;
     for round in 0..=al.rounds {
-        let (model, report, confusion) = train_and_test(stage, pool, &train, &train_labels, &eval_features, &eval_truth)?;
+        let (model, report, confusion) =
+            train_and_test(scene, stage, &learner, (&train, &train_labels, &train_pixels), &eval_features, &eval_truth)?;
         let metrics = confusion.as_ref().expect("the evaluation set is not empty").metrics();
         log::info!(
             "stage '{}' active learning round {round}: {} labels, held-out OA {:.4}, kappa {:.4}",
@@ -843,10 +927,7 @@ fn active_learning(
             break;
         }
         let (open_features, _) = rows_where(&pool_features, &pool_truth, |i| !queried[i]);
-        let probabilities = pool
-            .with(|i| i.predict(&context(stage, &format!("round {round}")), &model, &open_features, &params))
-            .map_err(call_error(stage, &format!("scoring the pool in round {round}")))?;
-        check_probabilities(stage, &probabilities, open.len())?;
+        let probabilities = learner.predict(stage, &model, &open_features, &format!("the pool in round {round}"))?;
         let input = SampleInput {
             features: open_features,
             layers: Vec::new(),
@@ -895,19 +976,18 @@ fn active_learning(
 fn label(
     scene: &Scene,
     stage: &StagePlan,
-    pool: &StagePool,
+    learner: &Learner,
     fit: Fit,
     nomenclature: Option<&Nomenclature>,
     results: &mut SceneResults,
 ) -> Result<SceneSection> {
-    let params = stage.params_json();
     let model = fit.model;
     let class_names: BTreeMap<String, String> = nomenclature
         .map(|n| n.classes.iter().map(|c| (c.code.to_string(), c.name.clone())).collect())
         .unwrap_or_default();
     let evaluation = json!({
         "stage": stage.id.to_string(),
-        "plugin": stage.plugin.info().reference(),
+        "plugin": stage.reference(),
         "training_years": fit.training_years,
         "split": fit.split,
         "class_names": class_names,
@@ -918,12 +998,22 @@ fn label(
     let metrics_path = scene.run_dir().join(format!("{}.metrics.json", stage.id));
     crate::fsutil::write_atomic(&metrics_path, serde_json::to_string_pretty(&evaluation)?.as_bytes())?;
     results.files.push(metrics_path);
-    results.files.push(save_model(scene.run_dir(), stage, &model, &evaluation["training"])?);
+    match &model {
+        Trained::Blob(blob) => results.files.push(save_model(scene.run_dir(), stage, blob, &evaluation["training"])?),
+        Trained::Network(network) => {
+            let dir = network.path().parent().expect("model.onnx is in its folder");
+            for file in ["model.onnx", "model.json", "metrics.json", "model.pt"] {
+                if dir.join(file).is_file() {
+                    results.files.push(dir.join(file));
+                }
+            }
+        }
+    }
 
     let rasters = prediction_rasters(scene, stage);
     let names = FeatureRaster::open(&rasters[0].1)?.names;
     // A decoder reading this labeller needs its full posteriors, not only the winner.
-    let keep_posteriors = scene.plan.stages.iter().any(|d| d.plugin.info().kind_name() == "decoder" && d.input.as_ref() == Some(&stage.id));
+    let keep_posteriors = scene.plan.stages.iter().any(|d| d.kind_name() == "decoder" && d.input.as_ref() == Some(&stage.id));
     let style = nomenclature.map(|n| ClassStyle { classes: n.styles() });
     let all: Vec<(usize, Window)> = scene.chunks.iter().copied().enumerate().collect();
     let mut maps = Vec::new();
@@ -941,10 +1031,7 @@ fn label(
                     bail!("{} has other features than the model was trained on", features.display());
                 }
                 let matrix = FeatureMatrix { samples: window.pixels() as u32, names: names.clone(), data: raster.read(window)? };
-                let p = pool
-                    .with(|inst| inst.predict(&context(stage, &format!("chunk {i}")), &model, &matrix, &params))
-                    .map_err(call_error(stage, &format!("predicting {name}, chunk {i} ({window})")))?;
-                check_probabilities(stage, &p, window.pixels())?;
+                let p = learner.predict(stage, &model, &matrix, &format!("{name}, chunk {i} ({window})"))?;
                 let (labels, best) = argmax(&p);
                 Ok((labels, best, keep_posteriors.then_some(p)))
             },
@@ -970,7 +1057,7 @@ fn label(
     if maps.len() > 1 {
         summary["consistency"] = consistency(&scene.years, &maps, nomenclature)?;
     }
-    Ok(SceneSection { stage: stage.id.to_string(), kind: "labeller", plugin: stage.plugin.info().reference(), summary })
+    Ok(SceneSection { stage: stage.id.to_string(), kind: "labeller", plugin: stage.reference(), summary })
 }
 
 /// Year-to-year agreement counts, per pair of consecutive years and class: (kept, total).
@@ -1025,7 +1112,7 @@ fn agreement_table(years: &[i32], raw: &AgreementCounts, decoded: &AgreementCoun
 /// Decodes yearly posteriors into consistent yearly maps (a decoder stage).
 fn decode(scene: &Scene, stage: &StagePlan, pool: &StagePool, nomenclature: Option<&Nomenclature>, results: &mut SceneResults) -> Result<SceneSection> {
     let input = stage.input.as_ref().expect("Plan::resolve gives decoders an input");
-    let from_labeller = scene.plan.stages.iter().any(|s| &s.id == input && s.plugin.info().kind_name() == "labeller");
+    let from_labeller = scene.plan.stages.iter().any(|s| &s.id == input && s.kind_name() == "labeller");
     let rasters: Vec<PathBuf> = scene
         .years
         .iter()
@@ -1130,7 +1217,7 @@ fn decode(scene: &Scene, stage: &StagePlan, pool: &StagePool, nomenclature: Opti
     Ok(SceneSection {
         stage: stage.id.to_string(),
         kind: "decoder",
-        plugin: stage.plugin.info().reference(),
+        plugin: stage.reference(),
         summary: json!({
             "posteriors_of": input.to_string(),
             "years": scene.years,

@@ -37,6 +37,8 @@ pub const DEFAULT_MEMORY_MIB: u32 = 1024;
 pub const DEFAULT_DEADLINE_MS: u64 = 60_000;
 /// The largest memory a 32-bit Wasm instance can address.
 pub const MAX_MEMORY_MIB: u32 = 4096;
+/// The training recipes of `models/` a `recipe` labeller may name.
+pub const RECIPES: &[&str] = &["lstm", "tempcnn"];
 
 /// A parsed, syntactically valid pipeline, with the spans of its values.
 #[derive(Debug, Deserialize)]
@@ -218,6 +220,16 @@ pub struct Stage {
     /// `path = "my-stage.wasm"`: a component file instead, relative to the pipeline file.
     #[serde(default)]
     pub path: Option<Located<String>>,
+    /// `recipe = "lstm"`: instead of a plugin, a labeller whose network is trained in the
+    /// run by a PyTorch recipe of `models/` (`lstm` or `tempcnn`, launched as a
+    /// subprocess) and predicts through ONNX Runtime on the host. Its `params` go to the
+    /// recipe (`epochs`, `patience`, `batch_size`, `learning_rate`, `threads`,
+    /// `hyperparameters`); its input is per-date features named `BAND@DATE`.
+    #[serde(default)]
+    pub recipe: Option<Located<String>>,
+    /// `device = "auto"`: where a recipe labeller's network runs (`auto`, `cpu`, `cuda`).
+    #[serde(default)]
+    pub device: Option<Located<String>>,
     /// `memory_mib = 1024`: the instance's memory cap (1..=4096).
     #[serde(default)]
     pub memory_mib: Option<Located<u32>>,
@@ -474,17 +486,56 @@ impl Pipeline {
                 ));
             }
             seen.push(&stage.id);
-            match (&stage.plugin, &stage.path) {
-                (Some(_), Some(path)) => {
+            match (&stage.plugin, &stage.path, &stage.recipe) {
+                (Some(_), Some(path), _) => {
                     return Err(source.error(at(path), "a stage takes either 'plugin' or 'path', not both"));
                 }
-                (None, None) => {
+                (Some(_), None, Some(recipe)) | (None, Some(_), Some(recipe)) => {
+                    return Err(source.error(at(recipe), "a stage takes a plugin ('plugin' or 'path') or a 'recipe', not both"));
+                }
+                (None, None, None) => {
                     return Err(source.error(
                         at(&stage.id),
-                        format!("stage '{}' needs 'plugin = \"name@version\"' or 'path = \"file.wasm\"'", stage.id.get_ref()),
+                        format!(
+                            "stage '{}' needs 'plugin = \"name@version\"', 'path = \"file.wasm\"' or 'recipe = \"lstm\"'",
+                            stage.id.get_ref()
+                        ),
                     ));
                 }
                 _ => {}
+            }
+            if let Some(recipe) = &stage.recipe {
+                if !RECIPES.contains(&recipe.get_ref().as_str()) {
+                    return Err(source.error(
+                        at(recipe),
+                        format!("unknown recipe '{}' (the recipes of models/: {})", recipe.get_ref(), RECIPES.join(", ")),
+                    ));
+                }
+                let plugin_only = [
+                    ("memory_mib", stage.memory_mib.as_ref().map(|v| v.span())),
+                    ("deadline_ms", stage.deadline_ms.as_ref().map(|v| v.span())),
+                    ("trusted", stage.trusted.as_ref().map(|v| v.span())),
+                    ("per_year", stage.per_year.as_ref().map(|v| v.span())),
+                    ("sample_size", stage.sample_size.as_ref().map(|v| v.span())),
+                    ("active_learning", stage.active_learning.as_ref().map(|v| v.span())),
+                ];
+                if let Some((key, Some(span))) = plugin_only.into_iter().find(|(_, span)| span.is_some()) {
+                    return Err(source.error(
+                        Some(span),
+                        format!("'{key}' is not for a recipe labeller: it trains in a Python subprocess and predicts on the host"),
+                    ));
+                }
+            }
+            if let Some(device) = &stage.device {
+                if stage.recipe.is_none() {
+                    return Err(source.error(
+                        at(device),
+                        "'device' is for recipe labellers (plugins reach their models through [[model]] tables)",
+                    ));
+                }
+                if !matches!(device.get_ref().as_str(), "auto" | "cpu" | "cuda") {
+                    return Err(source.error(at(device), format!("unknown device '{}' (auto, cpu or cuda)", device.get_ref())));
+                }
             }
             if let Some(mem) = &stage.memory_mib {
                 if !(1..=MAX_MEMORY_MIB).contains(mem.get_ref()) {

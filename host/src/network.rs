@@ -1,0 +1,257 @@
+//! Labellers whose network is trained in the run: `recipe = "lstm"` (or `"tempcnn"`) in
+//! a pipeline (seed 001, step 4: an LSTM trained on the multi-year training set).
+//!
+//! The scene phase hands such a labeller the same samples a plugin labeller gets (the
+//! features of a sampler's selection, per year or stacked over the years). This module
+//! writes them as a samples CSV in the shared convention (`label`, `group`,
+//! `BAND@DATE` columns), launches the PyTorch recipe of `models/` through
+//! [`crate::train`] (file contract 1: the CSV in; `model.onnx`, `model.json`,
+//! `metrics.json` out), and predicts with the exported graph through ONNX Runtime
+//! ([`crate::inference`]), the features of each pixel laid out as the `N × T × B`
+//! tensor the model's sidecar describes.
+
+use crate::inference::Model;
+use crate::plan::RecipePlan;
+use crate::runtime::data::{FeatureMatrix, Probabilities};
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Batches of at most this many bytes (input and output) go through ONNX Runtime.
+const BATCH_BUDGET_BYTES: usize = 64 << 20;
+
+/// The parameters a recipe labeller takes (`params = { … }`), as a JSON Schema.
+fn params_schema() -> Value {
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "properties": {
+            "epochs": { "type": "integer", "minimum": 1, "maximum": 10000, "description": "most epochs (default 100)" },
+            "patience": { "type": "integer", "minimum": 1, "description": "early stopping after this many epochs without improvement (default 10)" },
+            "batch_size": { "type": "integer", "minimum": 1, "description": "samples per step (default 64)" },
+            "learning_rate": { "type": "number", "exclusiveMinimum": 0, "description": "Adam's learning rate (default 1e-3)" },
+            "threads": { "type": "integer", "minimum": 1, "description": "torch threads: results depend on the count (default 1)" },
+            "seed": { "type": "integer", "minimum": 0, "description": "default: the run's seed" },
+            "hyperparameters": { "type": "object", "description": "network widths: tempcnn filters, kernel, dense, dropout; lstm hidden, layers, dropout" }
+        }
+    })
+}
+
+/// Checks a recipe labeller's parameters: `Err` lists each violation with its JSON pointer.
+pub fn check_params(params: &Value) -> Result<(), Vec<(String, String)>> {
+    let schema = jsonschema::validator_for(&params_schema()).expect("the recipe parameter schema is valid");
+    let errors: Vec<_> = schema.iter_errors(params).map(|e| (e.instance_path().to_string(), e.to_string())).collect();
+    if errors.is_empty() { Ok(()) } else { Err(errors) }
+}
+
+/// `BAND@DATE` → (band, date); the date part may be an ISO date or `tNN`.
+fn split_feature(name: &str) -> Option<(&str, &str)> {
+    name.rsplit_once('@').filter(|(b, d)| !b.is_empty() && !d.is_empty())
+}
+
+/// Checks that features form a full band × date grid (what the recipe trains on).
+fn check_grid(stage: &str, names: &[String]) -> Result<(usize, usize)> {
+    let mut bands: Vec<&str> = Vec::new();
+    let mut dates: Vec<&str> = Vec::new();
+    for name in names {
+        let (b, d) = split_feature(name).ok_or_else(|| {
+            anyhow!("stage '{stage}': feature '{name}' is not named BAND@DATE; a recipe labeller reads per-date features (e.g. indices with per_date = true)")
+        })?;
+        if !bands.contains(&b) {
+            bands.push(b);
+        }
+        if !dates.contains(&d) {
+            dates.push(d);
+        }
+    }
+    if bands.len() * dates.len() != names.len() {
+        bail!(
+            "stage '{stage}': its {} features are not a full grid of {} bands × {} dates",
+            names.len(),
+            bands.len(),
+            dates.len()
+        );
+    }
+    Ok((dates.len(), bands.len()))
+}
+
+/// What the training of a recipe labeller leaves: the loaded model and its report.
+pub struct TrainedNetwork {
+    pub model: Arc<Model>,
+    /// `<run>/models/<id>/` (model.onnx, model.json, metrics.json, model.pt).
+    pub dir: PathBuf,
+    /// The recipe's own account: sidecar summary (training, validation metrics, onnx check).
+    pub report: Value,
+}
+
+/// Labelled samples handed to a recipe.
+pub struct TrainingSet<'a> {
+    pub features: &'a FeatureMatrix,
+    pub labels: &'a [u16],
+    /// One group per row (e.g. the 32 px block of the pixel): the recipe's validation
+    /// split keeps a group on one side.
+    pub groups: &'a [u64],
+    /// Class code → name, for the samples' `label` column and the recipe's classes.
+    pub class_names: &'a [(u16, String)],
+}
+
+/// Trains the recipe on `set`, writing `<models_dir>/<stage>.samples.csv` and the
+/// recipe's output folder `<models_dir>/<stage>/`.
+pub fn train(
+    recipe: &RecipePlan,
+    stage: &str,
+    models_dir: &Path,
+    set: &TrainingSet,
+    seed: u64,
+    params: &Value,
+) -> Result<TrainedNetwork> {
+    check_grid(stage, &set.features.names)?;
+    std::fs::create_dir_all(models_dir).with_context(|| format!("creating {}", models_dir.display()))?;
+    let samples = models_dir.join(format!("{stage}.samples.csv"));
+    let classes = models_dir.join(format!("{stage}.classes.csv"));
+    write_samples(&samples, set)?;
+    write_classes(&classes, set)?;
+    let out = models_dir.join(stage);
+    if out.exists() {
+        // A previous run's model: the recipe writes a complete folder or none.
+        std::fs::remove_dir_all(&out).with_context(|| format!("removing the previous {}", out.display()))?;
+    }
+    let mut extra = Vec::new();
+    for (key, flag) in [("patience", "--patience"), ("batch_size", "--batch-size"), ("learning_rate", "--learning-rate"), ("threads", "--threads")] {
+        if let Some(v) = params.get(key) {
+            extra.extend([flag.to_string(), v.to_string()]);
+        }
+    }
+    if let Some(h) = params.get("hyperparameters") {
+        extra.extend(["--hyperparameters".to_string(), h.to_string()]);
+    }
+    extra.extend(["--note".to_string(), format!("trained by sitsflow for stage '{stage}'")]);
+    let request = crate::train::TrainRequest {
+        samples: samples.clone(),
+        test: None,
+        classes: Some(classes),
+        arch: recipe.arch.clone(),
+        out: out.clone(),
+        seed: params.get("seed").and_then(Value::as_u64).unwrap_or(seed),
+        epochs: params.get("epochs").and_then(Value::as_u64).map(|e| e as u32),
+        extra,
+    };
+    let mut last_logged = 0;
+    let trained = crate::train::train(&request, &recipe.pythonpath, |epoch, epochs, event| {
+        // The scene phase has no bar of its own: one line every tenth of the epochs.
+        if epoch == 1 || epoch >= last_logged + (epochs / 10).max(1) {
+            last_logged = epoch;
+            log::info!(
+                "stage '{stage}' ({}): epoch {epoch}/{epochs}, validation loss {}, OA {}",
+                recipe.arch,
+                event["val_loss"].as_f64().map_or("-".into(), |v| format!("{v:.4}")),
+                event["val_oa"].as_f64().map_or("-".into(), |v| format!("{v:.4}"))
+            );
+        }
+    })?;
+    let model = Model::load(&trained.model, recipe.device).map_err(|e| anyhow!("loading {}: {e}", trained.model.display()))?;
+    if let Some(why) = model.fallback_reason() {
+        log::info!("stage '{stage}': {why}");
+    }
+    let report = json!({
+        "recipe": recipe.arch,
+        "recipe_sha256": recipe.sha256,
+        "model": trained.model.display().to_string(),
+        "device": model.provider().ort_name(),
+        "torch_version": trained.sidecar["torch_version"],
+        "training_data_sha256": trained.sidecar["training_data_sha256"],
+        "hyperparameters": trained.sidecar["hyperparameters"],
+        "training": trained.sidecar["training"],
+        "validation": trained.metrics,
+        "onnx_check": trained.sidecar["onnx_check"],
+    });
+    Ok(TrainedNetwork { model, dir: out, report })
+}
+
+/// The model's class probabilities for every row of `features`.
+pub fn predict(stage: &str, model: &Model, features: &FeatureMatrix) -> Result<Probabilities> {
+    let meta = model.metadata().ok_or_else(|| anyhow!("stage '{stage}': {} has no model.json", model.path().display()))?;
+    let (t, b) = (meta.input.dates.len(), meta.input.bands.len());
+    // Column of each (date, band) of the model's input, from the feature names.
+    let mut columns = Vec::with_capacity(t * b);
+    for date in &meta.input.dates {
+        for band in &meta.input.bands {
+            let name = format!("{band}@{date}");
+            let j = features.names.iter().position(|n| *n == name).ok_or_else(|| {
+                anyhow!("stage '{stage}': the features have no '{name}', which {} was trained on", model.path().display())
+            })?;
+            columns.push(j);
+        }
+    }
+    let f = features.names.len();
+    let n = features.samples as usize;
+    let mut tensor = Vec::with_capacity(n * t * b);
+    for row in features.data.chunks_exact(f.max(1)).take(n) {
+        tensor.extend(columns.iter().map(|&j| row[j]));
+    }
+    let (data, shape) =
+        model.run_batched(&tensor, &[t, b], BATCH_BUDGET_BYTES).map_err(|e| anyhow!("stage '{stage}': {e}"))?;
+    let classes: Vec<u16> = meta.output.classes.iter().map(|c| c.code).collect();
+    if shape != [n, classes.len()] {
+        bail!("stage '{stage}': the model returned shape {shape:?} for {n} samples of {} classes", classes.len());
+    }
+    Ok(Probabilities { samples: n as u32, classes, data })
+}
+
+fn write_samples(path: &Path, set: &TrainingSet) -> Result<()> {
+    let names: std::collections::HashMap<u16, &str> = set.class_names.iter().map(|(c, n)| (*c, n.as_str())).collect();
+    let mut out = csv::Writer::from_writer(Vec::new());
+    let mut header = vec!["label".to_string(), "group".to_string()];
+    header.extend(set.features.names.iter().cloned());
+    out.write_record(&header)?;
+    let f = set.features.names.len();
+    let mut record = Vec::with_capacity(f + 2);
+    for (i, row) in set.features.data.chunks_exact(f.max(1)).take(set.features.samples as usize).enumerate() {
+        record.clear();
+        let label = set.labels[i];
+        record.push(names.get(&label).map_or_else(|| format!("class {label}"), |n| n.to_string()));
+        record.push(set.groups[i].to_string());
+        // Missing values (clouds) are empty fields, as the shared convention has them.
+        record.extend(row.iter().map(|v| if v.is_finite() { v.to_string() } else { String::new() }));
+        out.write_record(&record)?;
+    }
+    let bytes = out.into_inner().map_err(|e| anyhow!("writing {}: {e}", path.display()))?;
+    crate::fsutil::write_atomic(path, &bytes).with_context(|| format!("writing {}", path.display()))
+}
+
+fn write_classes(path: &Path, set: &TrainingSet) -> Result<()> {
+    let mut out = csv::Writer::from_writer(Vec::new());
+    out.write_record(["code", "name", "color"])?;
+    let mut codes: Vec<u16> = set.labels.to_vec();
+    codes.sort_unstable();
+    codes.dedup();
+    for code in codes {
+        let name = set.class_names.iter().find(|(c, _)| *c == code).map_or_else(|| format!("class {code}"), |(_, n)| n.clone());
+        out.write_record([code.to_string(), name, "#808080".to_string()])?;
+    }
+    let bytes = out.into_inner().map_err(|e| anyhow!("writing {}: {e}", path.display()))?;
+    crate::fsutil::write_atomic(path, &bytes).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn features_must_form_a_band_by_date_grid() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(check_grid("s", &names(&["B04@t00", "B08@t00", "B04@t01", "B08@t01"])).unwrap(), (2, 2));
+        let err = check_grid("s", &names(&["B04@t00", "B08@t00", "B04@t01"])).unwrap_err().to_string();
+        assert!(err.contains("not a full grid of 2 bands × 2 dates"), "{err}");
+        let err = check_grid("s", &names(&["NDVI_mean"])).unwrap_err().to_string();
+        assert!(err.contains("not named BAND@DATE"), "{err}");
+    }
+
+    #[test]
+    fn parameters_are_checked_against_the_recipe_schema() {
+        assert!(check_params(&json!({ "epochs": 20, "hyperparameters": { "hidden": 32 } })).is_ok());
+        let errors = check_params(&json!({ "epochs": 0, "layers": 2 })).unwrap_err();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+    }
+}

@@ -7,7 +7,10 @@
 //! curve (phenology per class: crops green up in May and are harvested in
 //! August, broadleaves lose their leaves in winter, conifers stay green). Clouds
 //! (bright, NaN-free) and their shadows (dark) cover some dates; an `SCL` band
-//! classifies each scene as Sen2Cor would (missing the faint cloud edges). Land cover
+//! classifies each scene as Sen2Cor would (missing the faint cloud edges). Pixels
+//! of a class differ (sowing date per parcel, vigour, soil brightness, mixing with a
+//! neighbouring class at edges), each year's spring comes early or late and each date
+//! has its own haze, so maps made from it have errors to assess and to smooth. Land cover
 //! changes between years: a clear-cut, storm damage and new buildings. The truth
 //! of each year (codes of seed 001's nomenclature, `classes.csv`) and a coarse
 //! CORINE-like reference (CLC level-3 codes at 100 m) are written beside it.
@@ -194,12 +197,77 @@ fn day_of_year(month: u32, day: u32) -> f32 {
     (START[month as usize - 1] + day) as f32
 }
 
+/// What makes one pixel of a class differ from another, drawn once per pixel: real
+/// fields are sown on different days, grow with different vigour and lie on brighter
+/// or darker soil. Without it every pixel of a class has the same series up to noise,
+/// and any classifier maps the demo perfectly (nothing left to assess or smooth).
+struct PixelTraits {
+    /// Days the pixel's phenology runs early (−) or late (+): its parcel's sowing plus
+    /// its own spread.
+    shift_days: Vec<f32>,
+    /// Scales the greenness above the class's minimum (0.65–1.1).
+    vigour: Vec<f32>,
+    /// Soil and illumination brightness factor (0.85–1.15).
+    brightness: Vec<f32>,
+    /// Whether a 4-neighbour has another class: such pixels mix in 35 % of it.
+    neighbour: Vec<Option<u16>>,
+}
+
+impl PixelTraits {
+    fn draw(map: &[u16], size: usize, rng: &mut ChaCha8Rng) -> PixelTraits {
+        let n = size * size;
+        let field = (size / 8).max(4);
+        let fields = size.div_ceil(field);
+        let parcel_shift: Vec<f32> = (0..fields * fields).map(|_| rng.random_range(-18.0..18.0)).collect();
+        let mut traits = PixelTraits {
+            shift_days: Vec::with_capacity(n),
+            vigour: Vec::with_capacity(n),
+            brightness: Vec::with_capacity(n),
+            neighbour: Vec::with_capacity(n),
+        };
+        for i in 0..n {
+            let (r, c) = (i / size, i % size);
+            traits.shift_days.push(parcel_shift[(r / field) * fields + c / field] + rng.random_range(-6.0..6.0));
+            traits.vigour.push(rng.random_range(0.65..1.1));
+            traits.brightness.push(rng.random_range(0.85..1.15));
+            let neighbours = [(r.wrapping_sub(1), c), (r + 1, c), (r, c.wrapping_sub(1)), (r, c + 1)];
+            traits.neighbour.push(
+                neighbours
+                    .into_iter()
+                    .filter(|&(nr, nc)| nr < size && nc < size)
+                    .map(|(nr, nc)| map[nr * size + nc])
+                    .find(|&other| other != map[i]),
+            );
+        }
+        traits
+    }
+}
+
+/// Surface reflectance of a class in band `b` at greenness `g` (before noise).
+fn surface(class: u16, g: f32, b: usize) -> f32 {
+    let green = spectrum(class);
+    if has_phenology(class) { SOIL[b] + g * (green[b] - SOIL[b]) } else { green[b] }
+}
+
+/// Greenness of a pixel of `class` on `doy`, its phenology shifted and its vigour applied.
+fn pixel_greenness(class: u16, doy: f32, shift_days: f32, vigour: f32) -> f32 {
+    let base = greenness(class, 0.0).min(greenness(class, 365.0));
+    let g = greenness(class, doy - shift_days);
+    (base + (g - base) * vigour).clamp(0.0, 1.0)
+}
+
+/// Aerosol haze per band (blue scatters most), times the date's haze depth.
+const HAZE: [f32; 10] = [1.0, 0.8, 0.6, 0.5, 0.4, 0.35, 0.3, 0.3, 0.1, 0.05];
+
 /// Writes the demo series, truth and reference into `dir`.
 pub fn generate(dir: &Path, options: &DemoOptions) -> Result<()> {
     let size = options.size;
     let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
     let base = base_map(size, &mut rng);
     let maps = yearly_maps(&base, size, options.years.len());
+    // Pixel traits, yearly phenology shifts and haze come from a stream of their own.
+    let mut trait_rng = ChaCha8Rng::seed_from_u64(options.seed ^ 0x7472_6169_7473);
+    let traits = PixelTraits::draw(&base, size, &mut trait_rng);
     // A UTM 33N grid near Ljubljana, 10 m pixels.
     let grid = Grid {
         width: size,
@@ -213,10 +281,13 @@ pub fn generate(dir: &Path, options: &DemoOptions) -> Result<()> {
     let n = size * size;
     for (y, &year) in options.years.iter().enumerate() {
         let map = &maps[y];
+        // A warm or late spring moves every field's phenology that year.
+        let year_shift: f32 = trait_rng.random_range(-12.0..12.0);
         for k in 0..options.dates_per_year {
             let month = (k * 12 / options.dates_per_year) as u32 + 1;
             let day = 5 + rng.random_range(0..20);
             let doy = day_of_year(month, day);
+            let haze_depth: f32 = trait_rng.random_range(0.0..0.03);
             // Clouds: a few bright discs with their shadows offset to the south-east.
             let cloudy = rng.random::<f32>() < 0.4;
             let clouds: Vec<(f32, f32, f32)> = if cloudy {
@@ -230,7 +301,12 @@ pub fn generate(dir: &Path, options: &DemoOptions) -> Result<()> {
             for i in 0..n {
                 let (r, c) = ((i / size) as f32, (i % size) as f32);
                 let class = map[i];
-                let g = greenness(class, doy);
+                let shift = traits.shift_days[i] + year_shift;
+                let g = pixel_greenness(class, doy, shift, traits.vigour[i]);
+                // Where the truth changed (clear-cut, storm, buildings) the neighbour
+                // drawn on the first year's map may now be the pixel's own class.
+                let mixed = traits.neighbour[i].filter(|&other| other != class);
+                let haze = haze_depth * (1.0 + 0.5 * (c / 53.0).sin() * (r / 71.0).cos());
                 let mut cover = 0f32;
                 let mut shadow = false;
                 for &(cy, cx, radius) in &clouds {
@@ -239,11 +315,15 @@ pub fn generate(dir: &Path, options: &DemoOptions) -> Result<()> {
                     let ds = ((r - cy - radius * 0.6).powi(2) + (c - cx - radius * 0.6).powi(2)).sqrt();
                     shadow |= ds < radius * 0.8;
                 }
-                let green = spectrum(class);
+                let brightness = traits.brightness[i] * (1.0 + 0.06 * (rng.random::<f32>() - 0.5));
                 for b in 0..BANDS.len() {
-                    let pure = if has_phenology(class) { SOIL[b] + g * (green[b] - SOIL[b]) } else { green[b] };
-                    let noise = 1.0 + 0.04 * (rng.random::<f32>() - 0.5);
-                    let mut v = pure * noise;
+                    let mut pure = surface(class, g, b);
+                    if let Some(other) = mixed {
+                        let g_other = pixel_greenness(other, doy, shift, traits.vigour[i]);
+                        pure = 0.65 * pure + 0.35 * surface(other, g_other, b);
+                    }
+                    let noise = 1.0 + 0.08 * (rng.random::<f32>() - 0.5);
+                    let mut v = pure * brightness * noise + haze * HAZE[b];
                     if shadow && cover < 0.2 {
                         v *= 0.45;
                     }

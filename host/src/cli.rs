@@ -361,12 +361,21 @@ fn doctor(as_json: bool, plugin_dir: &Path) {
     };
     let cache = RuntimeOptions::from_env().cache_dir;
     let onnx = crate::inference::doctor();
+    // `sitsflow train` and recipe labellers (`recipe = "lstm"`) need Python with torch.
+    let training = match crate::train::find_workspace() {
+        None => Err("models/ not found above the working directory (set SITSFLOW_MODELS_DIR)".to_string()),
+        Some(w) => crate::train::check_environment(&crate::train::python_path(&w)).map_err(|e| format!("{e:#}")),
+    };
     if as_json {
         let value = serde_json::json!({
             "sitsflow": env!("CARGO_PKG_VERSION"),
             "gdal": { "version": crate::raster::gdal_version(), "drivers": drivers.iter().map(|(d, ok)| (d.to_string(), serde_json::json!(ok))).collect::<serde_json::Map<_, _>>(), "registered": crate::raster::gdal_driver_count() },
             "onnxruntime": onnx,
             "wasm32_wasip2_target": wasm_target,
+            "training": match &training {
+                Ok(torch) => serde_json::json!({ "torch": torch }),
+                Err(why) => serde_json::json!({ "unavailable": why }),
+            },
             "plugin_dir": { "path": plugin_dir.display().to_string(), "plugins": plugins },
             "component_cache": cache.as_ref().map(|c| c.display().to_string()),
         });
@@ -387,6 +396,10 @@ fn doctor(as_json: bool, plugin_dir: &Path) {
             None => "unknown (rustup not found; only needed to build plugins)".to_string(),
         }
     );
+    match &training {
+        Ok(torch) => println!("training   torch {torch} (sitsflow train, recipe labellers)"),
+        Err(why) => println!("training   unavailable: {why}"),
+    }
     println!(
         "plugins    {}: {}",
         plugin_dir.display(),

@@ -220,11 +220,7 @@ fn recipe_plan(
 ) -> Result<RecipePlan, ConfigError> {
     let at = Some(recipe.span());
     let from_env = std::env::var_os("SITSFLOW_MODELS_DIR").map(PathBuf::from);
-    let workspace = std::fs::canonicalize(base)
-        .ok()
-        .and_then(|b| b.ancestors().find(|d| d.join("models/sitsflow_models").is_dir()).map(Path::to_path_buf))
-        .or_else(crate::train::find_workspace)
-        .or_else(|| from_env.as_ref().and_then(|m| m.parent()).map(Path::to_path_buf));
+    let workspace = crate::train::find_workspace_from(Some(base));
     let (models_dir, workspace) = match (from_env, workspace) {
         (Some(dir), Some(w)) => (dir, w),
         (None, Some(w)) => (w.join("models"), w),

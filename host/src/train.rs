@@ -50,10 +50,21 @@ pub fn python_path(workspace: &Path) -> String {
     format!("{}:{}", packages.display(), models.display())
 }
 
-/// The folder holding `models/` and `.deps/`: the current directory or one of its parents.
+/// The folder holding `models/` and `.deps/`: `start` (e.g. a pipeline's folder) or
+/// one of its parents, else the current directory or one of its parents, else the
+/// parent of `SITSFLOW_MODELS_DIR`.
+pub fn find_workspace_from(start: Option<&Path>) -> Option<PathBuf> {
+    let above = |dir: PathBuf| dir.ancestors().find(|d| d.join("models/sitsflow_models").is_dir()).map(Path::to_path_buf);
+    start
+        .and_then(|s| std::fs::canonicalize(s).ok())
+        .and_then(above)
+        .or_else(|| std::env::current_dir().ok().and_then(above))
+        .or_else(|| std::env::var_os("SITSFLOW_MODELS_DIR").and_then(|m| PathBuf::from(m).parent().map(Path::to_path_buf)))
+}
+
+/// [`find_workspace_from`] the current directory.
 pub fn find_workspace() -> Option<PathBuf> {
-    let cwd = std::env::current_dir().ok()?;
-    cwd.ancestors().find(|d| d.join("models/sitsflow_models").is_dir()).map(Path::to_path_buf)
+    find_workspace_from(None)
 }
 
 fn python() -> String {

@@ -148,6 +148,25 @@ fn seed001_chain_runs_end_to_end_and_the_markov_chain_steadies_the_series() {
     for needle in ["purity table", "Year-to-year consistency", "Held-out OA", "consistency"] {
         assert!(html.contains(needle), "report.html lacks '{needle}'");
     }
+
+    // A later run reloads the stored forest and predicts with it: the same maps.
+    let again = demo_pipeline(common::small_demo())
+        .replace("name = \"demo\"", "name = \"again\"")
+        .replace("dir = \"runs/demo\"", "dir = \"runs/again\"")
+        .replace("samples = \"agreeing\"\nholdout = 0.5", "model = \"runs/demo/models/landcover.model\"");
+    let (rerun, log) = self::run(project.path(), "again", &again);
+    let metrics = json(&rerun.join("landcover.metrics.json"));
+    assert!(metrics["training"]["stored_model"].as_str().unwrap().ends_with("runs/demo/models/landcover.model"), "{log}");
+    for year in [2018, 2019, 2020] {
+        let name = format!("landcover_{year}.tif");
+        assert_eq!(class_pixels(&rerun.join(&name)), class_pixels(&run.join(&name)), "{name} differs with the reloaded model");
+    }
+}
+
+fn class_pixels(path: &Path) -> Vec<u16> {
+    let dataset = gdal::Dataset::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let band = dataset.rasterband(1).unwrap();
+    band.read_band_as::<u16>().unwrap().data().to_vec()
 }
 
 /// Seed 001 in full (configs/demo-lstm.toml): the multi-year agreement set trains the

@@ -110,6 +110,8 @@ pub struct StagePlan {
     pub input: Option<StageId>,
     /// The sampler stage a labeller trains on.
     pub samples: Option<StageId>,
+    /// A stored model a labeller predicts with instead of training (`model = "…"`).
+    pub model: Option<PathBuf>,
     /// Pixels a clusterer is fitted on / candidates a sampler considers.
     pub sample_size: u64,
     /// Share of a labeller's samples held out for its accuracy report.
@@ -374,13 +376,29 @@ impl Plan {
                 (Some(target), _) => {
                     return Err(source.error(Some(target.span()), format!("'samples' is for labeller stages; '{id}' is a {kind} stage")));
                 }
-                (None, "labeller") => {
+                (None, "labeller") if stage.model.is_none() => {
                     return Err(source.error(
                         Some(stage.id.span()),
-                        format!("the labeller stage '{id}' needs `samples = \"<sampler stage id>\"` to train on"),
+                        format!(
+                            "the labeller stage '{id}' needs `samples = \"<sampler stage id>\"` to train on \
+                             (or `model = \"<file>\"`, a model an earlier run stored)"
+                        ),
                     ));
                 }
                 (None, _) => None,
+            };
+            let model = match (&stage.model, kind) {
+                (None, _) => None,
+                (Some(m), "labeller") => {
+                    let path = rel(m.get_ref());
+                    if !path.is_file() {
+                        return Err(source.error(Some(m.span()), format!("model file {} does not exist", path.display())));
+                    }
+                    Some(path)
+                }
+                (Some(m), _) => {
+                    return Err(source.error(Some(m.span()), format!("'model' is for labeller stages; '{id}' is a {kind} stage")));
+                }
             };
             let sample_size = stage.sample_size.as_ref().map(|s| *s.get_ref()).unwrap_or(match kind {
                 "sampler" => DEFAULT_CANDIDATES,
@@ -463,6 +481,7 @@ impl Plan {
                 params,
                 input,
                 samples,
+                model,
                 sample_size,
                 holdout,
                 per_year,
@@ -700,6 +719,9 @@ impl Plan {
                 }
                 if let Some(samples) = &stage.samples {
                     reads.push(format!("samples of '{samples}'"));
+                }
+                if let Some(model) = &stage.model {
+                    reads.push(format!("the stored model {}", show(model)));
                 }
                 if let Some(year) = stage.year {
                     reads.push(format!("year {year}"));

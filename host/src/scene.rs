@@ -292,11 +292,12 @@ pub fn run(scene: &Scene, reference: Option<(&Path, &Nomenclature)>) -> Result<S
         let plugin = match &stage.executor {
             Executor::Plugin(plugin) => plugin,
             Executor::Recipe(recipe) => {
-                let from = stage.samples.as_ref().expect("Plan::resolve gives labellers their samples");
-                let selected = selections.get(from.as_str()).expect("the sampler runs before the labeller");
                 let class_names = reference.map(|r| r.1.classes.iter().map(|c| (c.code, c.name.clone())).collect()).unwrap_or_default();
                 let learner = Learner::Network { recipe, class_names };
-                let fit = fit_on_selection(scene, stage, &learner, selected)?;
+                let fit = match &stage.model {
+                    Some(path) => stored_network(scene, stage, recipe, path)?,
+                    None => fit_on_selection(scene, stage, &learner, selected_for(&selections, stage))?,
+                };
                 let section = label(scene, stage, &learner, fit, reference.map(|r| r.1), &mut results)?;
                 push_layers(scene, stage, &mut layers);
                 results.sections.push(section);
@@ -313,17 +314,17 @@ pub fn run(scene: &Scene, reference: Option<(&Path, &Nomenclature)>) -> Result<S
                 section
             }
             "labeller" => {
-                let from = stage.samples.as_ref().expect("Plan::resolve gives labellers their samples");
-                let selected = selections.get(from.as_str()).expect("the sampler runs before the labeller");
-                let fit = match &stage.active_learning {
-                    Some(al) => {
+                let fit = match (&stage.model, &stage.active_learning) {
+                    (Some(path), _) => stored_blob(stage, path)?,
+                    (None, Some(al)) => {
+                        let selected = selected_for(&selections, stage);
                         let query = scene.plan.stages.iter().find(|q| q.id == al.query).expect("Plan::resolve checks the query stage");
                         let Some((reference_path, _)) = reference else {
                             bail!("stage '{}': active learning asks the reference map for labels, and the pipeline has no [reference]", stage.id);
                         };
                         active_learning(scene, stage, &pool, query, selected, reference_path)?
                     }
-                    None => fit_on_selection(scene, stage, &Learner::Stage(&pool), selected)?,
+                    (None, None) => fit_on_selection(scene, stage, &Learner::Stage(&pool), selected_for(&selections, stage))?,
                 };
                 label(scene, stage, &Learner::Stage(&pool), fit, reference.map(|r| r.1), &mut results)?
             }
@@ -335,6 +336,76 @@ pub fn run(scene: &Scene, reference: Option<(&Path, &Nomenclature)>) -> Result<S
         scene.stage_nanos[s].fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
     }
     Ok(results)
+}
+
+/// The selection of the sampler a labeller trains on.
+fn selected_for<'a>(selections: &'a HashMap<String, Selected>, stage: &StagePlan) -> &'a Selected {
+    let from = stage.samples.as_ref().expect("Plan::resolve gives labellers their samples or a model");
+    selections.get(from.as_str()).expect("the sampler runs before the labeller")
+}
+
+/// A plugin labeller's model stored by an earlier run (`models/<id>.model` and its
+/// `.json` sidecar naming the format and the plugin that trained it).
+fn stored_blob(stage: &StagePlan, path: &Path) -> Result<Fit> {
+    let data = std::fs::read(path).with_context(|| format!("stage '{}': reading the model {}", stage.id, path.display()))?;
+    let sidecar_path = path.with_extension("json");
+    let sidecar: Value = serde_json::from_str(
+        &std::fs::read_to_string(&sidecar_path)
+            .with_context(|| format!("stage '{}': the model's sidecar {} is missing", stage.id, sidecar_path.display()))?,
+    )
+    .with_context(|| format!("{} is not JSON", sidecar_path.display()))?;
+    let format = sidecar["format"].as_str().ok_or_else(|| anyhow!("{}: no \"format\"", sidecar_path.display()))?.to_string();
+    let trained_by = sidecar["plugin"].as_str().unwrap_or("");
+    let plugin = stage.plugin().expect("a blob belongs to a component");
+    if trained_by.split('@').next() != Some(plugin.info().name.as_str()) {
+        bail!("stage '{}': {} was trained by '{trained_by}', not by {}", stage.id, path.display(), plugin.info().reference());
+    }
+    if sidecar["plugin_sha256"].as_str() != Some(plugin.sha256()) {
+        log::warn!(
+            "stage '{}': {} was trained by another build of {} ({}); predicting with it anyway",
+            stage.id,
+            path.display(),
+            trained_by,
+            sidecar["plugin_sha256"].as_str().unwrap_or("unknown sha256")
+        );
+    }
+    if crate::hash::sha256_hex(&data) != sidecar["sha256"].as_str().unwrap_or_default() {
+        bail!("stage '{}': {} does not match the sha256 its sidecar records", stage.id, path.display());
+    }
+    Ok(Fit {
+        model: Trained::Blob(ModelBlob { format, data }),
+        training: json!({ "stored_model": path.display().to_string(), "trained_by": trained_by, "report": sidecar["report"] }),
+        held_out: Value::Null,
+        split: json!({ "stored_model": path.display().to_string() }),
+        training_years: Value::Null,
+        learning_curve: Value::Null,
+    })
+}
+
+/// A recipe labeller's network stored by an earlier run (`models/<id>/model.onnx` with
+/// its `model.json`), copied into this run's `models/<id>/` and loaded from there.
+fn stored_network(scene: &Scene, stage: &StagePlan, recipe: &RecipePlan, path: &Path) -> Result<Fit> {
+    let from = path.parent().unwrap_or(Path::new("."));
+    let into = scene.run_dir().join("models").join(stage.id.as_str());
+    if crate::fsutil::normalize(from) != crate::fsutil::normalize(&into) {
+        std::fs::create_dir_all(&into).with_context(|| format!("creating {}", into.display()))?;
+        // model.json last: its presence means the folder is complete.
+        for file in ["model.onnx", "metrics.json", "model.pt", "model.json"] {
+            if from.join(file).is_file() {
+                let bytes = std::fs::read(from.join(file)).with_context(|| format!("reading {}", from.join(file).display()))?;
+                crate::fsutil::write_atomic(&into.join(file), &bytes)?;
+            }
+        }
+    }
+    let model = Model::load(into.join("model.onnx"), recipe.device).map_err(|e| anyhow!("stage '{}': loading {}: {e}", stage.id, path.display()))?;
+    Ok(Fit {
+        model: Trained::Network(model),
+        training: json!({ "stored_model": path.display().to_string(), "recipe": recipe.arch }),
+        held_out: Value::Null,
+        split: json!({ "stored_model": path.display().to_string() }),
+        training_years: Value::Null,
+        learning_curve: Value::Null,
+    })
 }
 
 /// Offers a scene stage's class rasters to the samplers after it.

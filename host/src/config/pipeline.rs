@@ -251,6 +251,11 @@ pub struct Stage {
     /// `samples = "reliable"`: the sampler stage whose selection a labeller trains on.
     #[serde(default)]
     pub samples: Option<Located<StageId>>,
+    /// `model = "../runs/demo/models/landcover.model"`: instead of `samples`, a model an
+    /// earlier run of this labeller trained and stored (a plugin's `models/<id>.model`,
+    /// or a recipe's `models/<id>/model.onnx`); the stage only predicts with it.
+    #[serde(default)]
+    pub model: Option<Located<String>>,
     /// `sample_size = 200000`: pixels drawn at random to fit a clusterer on, or the most
     /// candidate pixels a sampler considers.
     #[serde(default)]
@@ -574,6 +579,15 @@ impl Pipeline {
                         ),
                     ));
                 }
+            }
+            if let (Some(_), Some(model)) = (&stage.samples, &stage.model) {
+                return Err(source.error(
+                    at(model),
+                    "a labeller trains on 'samples' or predicts with a stored 'model', not both",
+                ));
+            }
+            if let (Some(model), Some(_)) = (&stage.model, &stage.active_learning) {
+                return Err(source.error(at(model), "active learning trains its model: it takes no stored 'model'"));
             }
             if let Some(size) = &stage.sample_size {
                 if *size.get_ref() == 0 {

@@ -15,7 +15,7 @@ use crate::plan::RecipePlan;
 use crate::runtime::data::{FeatureMatrix, Probabilities};
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 /// Batches of at most this many bytes (input and output) go through ONNX Runtime.
@@ -76,11 +76,14 @@ fn check_grid(stage: &str, names: &[String]) -> Result<(usize, usize)> {
     Ok((dates.len(), bands.len()))
 }
 
-/// What the training of a recipe labeller leaves: the loaded model and its report.
+/// The files a recipe writes into its folder, `model.json` last (its presence means the
+/// folder is complete); `model.pt` may be absent.
+pub const FILES: [&str; 4] = ["model.onnx", "metrics.json", "model.pt", "model.json"];
+
+/// What the training of a recipe labeller leaves: the loaded model (in
+/// `<run>/models/<id>/`, beside the other [`FILES`]) and its report.
 pub struct TrainedNetwork {
     pub model: Arc<Model>,
-    /// `<run>/models/<id>/` (model.onnx, model.json, metrics.json, model.pt).
-    pub dir: PathBuf,
     /// The recipe's own account: sidecar summary (training, validation metrics, onnx check).
     pub report: Value,
 }
@@ -166,7 +169,7 @@ pub fn train(
         "validation": trained.metrics,
         "onnx_check": trained.sidecar["onnx_check"],
     });
-    Ok(TrainedNetwork { model, dir: out, report })
+    Ok(TrainedNetwork { model, report })
 }
 
 /// The model's class probabilities for every row of `features`.

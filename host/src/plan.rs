@@ -154,6 +154,16 @@ pub struct RecipePlan {
     pub sha256: String,
 }
 
+impl Executor {
+    /// The stage kind it runs: a plugin's own, and `labeller` for a recipe.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Executor::Plugin(p) => p.info().kind_name(),
+            Executor::Recipe(_) => "labeller",
+        }
+    }
+}
+
 impl StagePlan {
     /// Whether the stage runs chunk by chunk on the series (cloud masks, features)
     /// rather than on the whole scene after them (clusterers, samplers, labellers).
@@ -163,10 +173,7 @@ impl StagePlan {
 
     /// `cloud-mask`, `features`, `clusterer`, `labeller`, `sampler` or `decoder`.
     pub fn kind_name(&self) -> &'static str {
-        match &self.executor {
-            Executor::Plugin(p) => p.info().kind_name(),
-            Executor::Recipe(_) => "labeller",
-        }
+        self.executor.kind_name()
     }
 
     /// What runs it, for messages and reports: `name@version`, or `recipe:lstm`.
@@ -302,10 +309,7 @@ impl Plan {
                 ),
                 (None, None, None) => unreachable!("Pipeline::parse checks that a stage names its plugin"),
             };
-            let kind = match &executor {
-                Executor::Plugin(p) => p.info().kind_name(),
-                Executor::Recipe(_) => "labeller",
-            };
+            let kind = executor.kind_name();
             let kind_of = |target: &StageId| -> &'static str {
                 stages.iter().find(|s: &&StagePlan| &s.id == target).map_or("", |s| s.kind_name())
             };

@@ -299,9 +299,7 @@ pub fn run(scene: &Scene, reference: Option<(&Path, &Nomenclature)>) -> Result<S
                     None => fit_on_selection(scene, stage, &learner, selected_for(&selections, stage))?,
                 };
                 let section = label(scene, stage, &learner, fit, reference.map(|r| r.1), &mut results)?;
-                push_layers(scene, stage, &mut layers);
-                results.sections.push(section);
-                scene.stage_nanos[s].fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                finish_stage(scene, s, stage, started, section, &mut layers, &mut results);
                 continue;
             }
         };
@@ -331,11 +329,25 @@ pub fn run(scene: &Scene, reference: Option<(&Path, &Nomenclature)>) -> Result<S
             "decoder" => decode(scene, stage, &pool, reference.map(|r| r.1), &mut results)?,
             other => bail!("stage '{}': {other} stages do not run on a scene", stage.id),
         };
-        push_layers(scene, stage, &mut layers);
-        results.sections.push(section);
-        scene.stage_nanos[s].fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        finish_stage(scene, s, stage, started, section, &mut layers, &mut results);
     }
     Ok(results)
+}
+
+/// After scene stage `s`: its class rasters become layers for the samplers after it,
+/// its section goes into the report, its time into the manifest.
+fn finish_stage(
+    scene: &Scene,
+    s: usize,
+    stage: &StagePlan,
+    started: Instant,
+    section: SceneSection,
+    layers: &mut Vec<(String, PathBuf)>,
+    results: &mut SceneResults,
+) {
+    push_layers(scene, stage, layers);
+    results.sections.push(section);
+    scene.stage_nanos[s].fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
 }
 
 /// The selection of the sampler a labeller trains on.
@@ -389,8 +401,7 @@ fn stored_network(scene: &Scene, stage: &StagePlan, recipe: &RecipePlan, path: &
     let into = scene.run_dir().join("models").join(stage.id.as_str());
     if crate::fsutil::normalize(from) != crate::fsutil::normalize(&into) {
         std::fs::create_dir_all(&into).with_context(|| format!("creating {}", into.display()))?;
-        // model.json last: its presence means the folder is complete.
-        for file in ["model.onnx", "metrics.json", "model.pt", "model.json"] {
+        for file in crate::network::FILES {
             if from.join(file).is_file() {
                 let bytes = std::fs::read(from.join(file)).with_context(|| format!("reading {}", from.join(file).display()))?;
                 crate::fsutil::write_atomic(&into.join(file), &bytes)?;
@@ -1073,7 +1084,7 @@ fn label(
         Trained::Blob(blob) => results.files.push(save_model(scene.run_dir(), stage, blob, &evaluation["training"])?),
         Trained::Network(network) => {
             let dir = network.path().parent().expect("model.onnx is in its folder");
-            for file in ["model.onnx", "model.json", "metrics.json", "model.pt"] {
+            for file in crate::network::FILES {
                 if dir.join(file).is_file() {
                     results.files.push(dir.join(file));
                 }

@@ -476,9 +476,7 @@ impl Pipeline {
                 return Err(source.error(at(&m.name), format!("duplicate model name '{}' (first declared on line {line})", m.name.get_ref())));
             }
             if let Some(device) = &m.device {
-                if !matches!(device.get_ref().as_str(), "auto" | "cpu" | "cuda") {
-                    return Err(source.error(at(device), format!("unknown device '{}' (auto, cpu or cuda)", device.get_ref())));
-                }
+                check_device(source, device)?;
             }
         }
         let mut seen: Vec<&Located<StageId>> = Vec::new();
@@ -538,9 +536,7 @@ impl Pipeline {
                         "'device' is for recipe labellers (plugins reach their models through [[model]] tables)",
                     ));
                 }
-                if !matches!(device.get_ref().as_str(), "auto" | "cpu" | "cuda") {
-                    return Err(source.error(at(device), format!("unknown device '{}' (auto, cpu or cuda)", device.get_ref())));
-                }
+                check_device(source, device)?;
             }
             if let Some(mem) = &stage.memory_mib {
                 if !(1..=MAX_MEMORY_MIB).contains(mem.get_ref()) {
@@ -602,6 +598,11 @@ impl Pipeline {
         }
         Ok(())
     }
+}
+
+/// `device = "…"` of a model or a recipe labeller: one the model runtime knows.
+fn check_device(source: &Source, device: &Located<String>) -> Result<(), ConfigError> {
+    device.get_ref().parse::<crate::inference::Device>().map(|_| ()).map_err(|e| source.error(Some(device.span()), e))
 }
 
 /// Anything with a byte span (so checks can point at fields of any type).

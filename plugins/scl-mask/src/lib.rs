@@ -82,21 +82,17 @@ impl Stage for SclMask {
     type Params = Params;
 }
 
-/// Grows the pixels of `class` by `radius` (square), leaving other masked classes as they are.
+/// Grows the pixels of `class` by `radius` (square) over clear pixels, leaving other
+/// masked classes as they are.
 fn dilate(plane: &mut [u8], rows: usize, cols: usize, class: u8, radius: usize) {
     if radius == 0 {
         return;
     }
-    let seeds: Vec<usize> = (0..plane.len()).filter(|&p| plane[p] == class).collect();
-    for p in seeds {
-        let (r, c) = (p / cols, p % cols);
-        for rr in r.saturating_sub(radius)..(r + radius + 1).min(rows) {
-            for cc in c.saturating_sub(radius)..(c + radius + 1).min(cols) {
-                let q = rr * cols + cc;
-                if plane[q] == mask_class::CLEAR {
-                    plane[q] = class;
-                }
-            }
+    let seeds: Vec<bool> = plane.iter().map(|&v| v == class).collect();
+    let near = sitsflow_sdk::morphology::dilate_square(&seeds, rows, cols, radius);
+    for (v, near) in plane.iter_mut().zip(near) {
+        if near && *v == mask_class::CLEAR {
+            *v = class;
         }
     }
 }

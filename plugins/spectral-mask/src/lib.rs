@@ -41,6 +41,7 @@
 //! (13 with the defaults); the pipeline's `[run] halo` must be at least that for chunked
 //! output to equal a whole-scene run.
 
+use sitsflow_sdk::morphology::{dilate_square, max_filter_square, min_filter_square};
 use sitsflow_sdk::prelude::*;
 
 /// The bands the tests use.
@@ -193,72 +194,17 @@ pub fn tests(b: [f32; 6], p: &Params) -> Tests {
     Tests { cloud, water, snow }
 }
 
-/// Running extreme over a window of `2r+1` along one axis of a `rows × cols` plane, the
-/// window clipped at the edges. `max` picks the maximum, else the minimum. Inputs carry no
-/// NaN (see [`closing`]), so a plain compare-and-select does, which Wasm runs as one
-/// instruction where `f32::max`'s NaN rules would not.
-fn running_extreme(src: &[f32], rows: usize, cols: usize, r: usize, along_rows: bool, max: bool) -> Vec<f32> {
-    let pick = |a: f32, b: f32| if (a > b) == max { a } else { b };
-    let empty = if max { f32::NEG_INFINITY } else { f32::INFINITY };
-    let mut out = vec![empty; src.len()];
-    if along_rows {
-        for (line, dst) in src.chunks_exact(cols).zip(out.chunks_exact_mut(cols)) {
-            for (c, d) in dst.iter_mut().enumerate() {
-                *d = line[c.saturating_sub(r)..(c + r + 1).min(cols)].iter().fold(empty, |m, &v| pick(m, v));
-            }
-        }
-    } else {
-        // Whole lines at a time, so the inner loop runs along memory.
-        for (row, dst) in out.chunks_exact_mut(cols).enumerate() {
-            for k in row.saturating_sub(r)..(row + r + 1).min(rows) {
-                for (d, &v) in dst.iter_mut().zip(&src[k * cols..(k + 1) * cols]) {
-                    *d = pick(*d, v);
-                }
-            }
-        }
-    }
-    out
-}
-
 /// Grey-level closing (square max filter, then square min filter) of radius `r`: each
 /// pixel's local background, with dark features narrower than the square filled in.
 /// NaN (no data) takes part in neither filter; the result is finite wherever the input is.
 pub fn closing(plane: &[f32], rows: usize, cols: usize, r: usize) -> Vec<f32> {
     let low: Vec<f32> = plane.iter().map(|&v| if v.is_nan() { f32::NEG_INFINITY } else { v }).collect();
-    let mut grown = running_extreme(&running_extreme(&low, rows, cols, r, true, true), rows, cols, r, false, true);
+    let mut grown = max_filter_square(&low, rows, cols, r);
     // A window with no data at all stays -inf: it must not win the minimum either.
     for v in grown.iter_mut().filter(|v| **v == f32::NEG_INFINITY) {
         *v = f32::INFINITY;
     }
-    running_extreme(&running_extreme(&grown, rows, cols, r, true, false), rows, cols, r, false, false)
-}
-
-/// Square binary dilation of radius `r` (pixels outside the plane count as unset), by
-/// prefix counts along rows and then columns: cost per pixel independent of `r`.
-pub fn dilate_square(mask: &[bool], rows: usize, cols: usize, r: usize) -> Vec<bool> {
-    if r == 0 {
-        return mask.to_vec();
-    }
-    let mut across = vec![false; mask.len()];
-    let mut prefix = vec![0u32; cols.max(rows) + 1];
-    for row in 0..rows {
-        for c in 0..cols {
-            prefix[c + 1] = prefix[c] + mask[row * cols + c] as u32;
-        }
-        for c in 0..cols {
-            across[row * cols + c] = prefix[(c + r + 1).min(cols)] > prefix[c.saturating_sub(r)];
-        }
-    }
-    let mut out = vec![false; mask.len()];
-    for c in 0..cols {
-        for row in 0..rows {
-            prefix[row + 1] = prefix[row] + across[row * cols + c] as u32;
-        }
-        for row in 0..rows {
-            out[row * cols + c] = prefix[(row + r + 1).min(rows)] > prefix[row.saturating_sub(r)];
-        }
-    }
-    out
+    min_filter_square(&grown, rows, cols, r)
 }
 
 impl CloudMaskStage for SpectralMask {
@@ -366,25 +312,6 @@ mod tests {
         // The same along columns.
         let col = [0.5, 0.1, 0.5];
         assert_eq!(closing(&col, 3, 1, 1), [0.5, 0.5, 0.5]);
-    }
-
-    #[test]
-    fn square_dilation_clips_at_the_edges() {
-        #[rustfmt::skip]
-        let mask = [
-            true,  false, false, false,
-            false, false, false, false,
-            false, false, false, true,
-        ];
-        #[rustfmt::skip]
-        let expect = [
-            true,  true,  false, false,
-            true,  true,  true,  true,
-            false, false, true,  true,
-        ];
-        assert_eq!(dilate_square(&mask, 3, 4, 1), expect);
-        assert_eq!(dilate_square(&mask, 3, 4, 0), mask);
-        assert!(dilate_square(&mask, 3, 4, 5).iter().all(|&v| v));
     }
 
     fn cube(rows: usize, cols: usize, spectrum: impl Fn(usize) -> [f32; 6]) -> Cube {

@@ -114,21 +114,30 @@ impl Packed {
         }
     }
 
-    /// Calls `f(row, nearest centre)` for every row of `x` (padding left out), in
-    /// order. Blocks go through the kernel a chunk at a time, so `f` finds them still in
-    /// cache.
+    /// Calls `f(block, nearest centres)` for every block of `x`, in order, with the
+    /// nearest centre of each of its `LANES` rows (padding included). Blocks go through
+    /// the kernel a chunk at a time, so `f` finds them still in cache.
     #[inline]
-    pub fn for_each_nearest(&self, x: &Blocked, mut f: impl FnMut(usize, usize)) {
+    pub fn for_each_nearest_block(&self, x: &Blocked, mut f: impl FnMut(usize, &[u32])) {
         const CHUNK: usize = 1024;
         let mut labels = [0u32; CHUNK];
         for (ci, blocks) in x.raw().chunks(CHUNK * self.d).enumerate() {
             let m = blocks.len() / self.d;
             self.nearest_blocks(blocks, &mut labels[..m]);
-            let first = ci * CHUNK;
-            for (i, &c) in (first..x.n.min(first + m)).zip(&labels[..m]) {
-                f(i, c as usize);
+            for (k, winners) in labels[..m].chunks_exact(LANES).enumerate() {
+                f(ci * (CHUNK / LANES) + k, winners);
             }
         }
+    }
+
+    /// Calls `f(row, nearest centre)` for every row of `x` (padding left out), in order.
+    #[inline]
+    pub fn for_each_nearest(&self, x: &Blocked, mut f: impl FnMut(usize, usize)) {
+        self.for_each_nearest_block(x, |b, winners| {
+            for (i, &c) in (b * LANES..x.n.min((b + 1) * LANES)).zip(winners) {
+                f(i, c as usize);
+            }
+        });
     }
 }
 

@@ -150,6 +150,13 @@ struct Moments {
     mean_variance: f64,
 }
 
+/// Whether every value of `row` is finite: a fold without early exit, which vectorises
+/// (and loops back once per vector, not per value, in the sandbox).
+#[inline]
+fn all_finite(row: &[f32]) -> bool {
+    row.iter().fold(true, |ok, v| ok & v.is_finite())
+}
+
 /// Moves the rows without NaN to the front of `data` (in place: the sample can be most
 /// of the sandbox's memory) and returns how many were kept and skipped.
 fn drop_missing_rows(data: &mut [f32], names: &[String]) -> Result<(usize, usize), StageError> {
@@ -158,7 +165,7 @@ fn drop_missing_rows(data: &mut [f32], names: &[String]) -> Result<(usize, usize
     let mut kept = 0;
     for i in 0..n {
         let row = &data[i * d..(i + 1) * d];
-        if row.iter().all(|v| v.is_finite()) {
+        if all_finite(row) {
             if kept != i {
                 data.copy_within(i * d..(i + 1) * d, kept * d);
             }
@@ -311,7 +318,7 @@ impl ClustererStage for KMeans {
         model.check_features(&samples.names)?;
         let FeatureMatrix { names, mut data, .. } = samples;
         let d = names.len();
-        let missing: Vec<bool> = data.chunks_exact(d).map(|row| row.iter().any(|v| v.is_nan())).collect();
+        let missing: Vec<bool> = data.chunks_exact(d).map(|row| !all_finite(row)).collect();
         // As in `fit`: the complete rows to the front, into the fit's space, in blocks.
         let (n, _) = drop_missing_rows(&mut data, &names)?;
         data.truncate(n * d);
@@ -335,10 +342,13 @@ impl ClustererStage for KMeans {
             }
             next.next();
         };
-        packed.for_each_nearest(&x, |i, c| {
-            fill_missing(&mut clusters, &mut distances);
-            clusters.push(c as u32);
-            distances.push(x.sqdist(i, packed.centre(c)).sqrt());
+        packed.for_each_nearest_block(&x, |b, winners| {
+            let d2 = x.block_sqdist(b, winners, &packed.rows);
+            for (&c, d2) in winners.iter().zip(d2).take(n - b * matrix::LANES) {
+                fill_missing(&mut clusters, &mut distances);
+                clusters.push(c);
+                distances.push(d2.sqrt());
+            }
         });
         fill_missing(&mut clusters, &mut distances);
         Ok(Assignment { clusters, distances })

@@ -24,18 +24,21 @@ impl Blocked {
         let n_pad = n.div_ceil(LANES) * LANES;
         let mut data = vec![0.0f32; n_pad * d];
         let mut norms = vec![0.0f32; n_pad];
-        let mut row = vec![0.0f32; d];
-        for (i, norm) in norms.iter_mut().enumerate() {
-            let src = &rows[i.min(n - 1) * d..(i.min(n - 1) + 1) * d];
-            let mut sum = 0.0f64;
-            for (j, (r, &v)) in row.iter_mut().zip(src).enumerate() {
-                *r = f(v, j);
-                sum += *r as f64 * *r as f64;
+        // A block at a time, one feature of its eight rows per loop round: in the sandbox
+        // every loop back-edge also checks the deadline, which a round per value would pay
+        // n·d times. Each row's norm still sums its features in order.
+        for (b, (block, norm)) in data.chunks_exact_mut(LANES * d).zip(norms.chunks_exact_mut(LANES)).enumerate() {
+            let start: [usize; LANES] = std::array::from_fn(|l| (b * LANES + l).min(n - 1) * d);
+            let mut sum = [0.0f64; LANES];
+            for (j, column) in block.chunks_exact_mut(LANES).enumerate() {
+                for l in 0..LANES {
+                    let v = f(rows[start[l] + j], j);
+                    column[l] = v;
+                    sum[l] += v as f64 * v as f64;
+                }
             }
-            *norm = sum as f32;
-            let block = &mut data[(i / LANES) * LANES * d..(i / LANES + 1) * LANES * d];
-            for (dst, &r) in block[i % LANES..].iter_mut().step_by(LANES).zip(&row) {
-                *dst = r;
+            for (norm, sum) in norm.iter_mut().zip(sum) {
+                *norm = sum as f32;
             }
         }
         Blocked { data, norms, n, d }
@@ -76,6 +79,24 @@ impl Blocked {
         for (column, y) in block.chunks_exact(LANES).zip(c) {
             let t = column[lane] - y;
             s += t * t;
+        }
+        s
+    }
+
+    /// [`Blocked::sqdist`] of the eight rows of block `b`, row `8b + l` to the centre
+    /// `winners[l]` (a row of `centres`, `k × d` row-major): the same sums, bit for bit,
+    /// with one loop round per feature instead of per feature and row.
+    #[inline]
+    pub fn block_sqdist(&self, b: usize, winners: &[u32], centres: &[f32]) -> [f32; LANES] {
+        let size = LANES * self.d;
+        let block = &self.data[b * size..(b + 1) * size];
+        let base: [usize; LANES] = std::array::from_fn(|l| winners[l] as usize * self.d);
+        let mut s = [0.0f32; LANES];
+        for (j, column) in block.chunks_exact(LANES).enumerate() {
+            for l in 0..LANES {
+                let t = column[l] - centres[base[l] + j];
+                s[l] += t * t;
+            }
         }
         s
     }

@@ -150,13 +150,6 @@ struct Moments {
     mean_variance: f64,
 }
 
-/// Whether every value of `row` is finite: a fold without early exit, which vectorises
-/// (and loops back once per vector, not per value, in the sandbox).
-#[inline]
-fn all_finite(row: &[f32]) -> bool {
-    row.iter().fold(true, |ok, v| ok & v.is_finite())
-}
-
 /// Moves the rows without NaN to the front of `data` (in place: the sample can be most
 /// of the sandbox's memory) and returns how many were kept and skipped.
 fn drop_missing_rows(data: &mut [f32], names: &[String]) -> Result<(usize, usize), StageError> {

@@ -72,92 +72,139 @@ impl Stage for ReliableSamples {
     type Params = Params;
 }
 
-/// Per-feature mean and standard deviation over finite values.
-fn standardisation(features: &FeatureMatrix) -> (Vec<f64>, Vec<f64>) {
+/// Features summed at once by [`add_columns`]: eight f64 sums (and eight of squares)
+/// stay in registers while the rows stream past.
+const GROUP: usize = 8;
+
+/// Adds each feature's values over `rows` (all finite) to `sum`, and their squares to
+/// `sq` when `SQUARES`. A group of eight features at a time over all rows: one loop round
+/// per row and group instead of per value (in the sandbox each back-edge checks the
+/// deadline), the group's sums held in registers. Each feature still adds its values in
+/// row order, as a row-by-row loop would.
+fn add_columns<'a, const SQUARES: bool>(rows: impl Iterator<Item = &'a [f32]> + Clone, sum: &mut [f64], sq: &mut [f64]) {
+    let f = sum.len();
+    let mut g = 0;
+    while g < f {
+        let width = GROUP.min(f - g);
+        let (mut s, mut q) = ([0f64; GROUP], [0f64; GROUP]);
+        s[..width].copy_from_slice(&sum[g..g + width]);
+        if SQUARES {
+            q[..width].copy_from_slice(&sq[g..g + width]);
+        }
+        if width == GROUP {
+            for row in rows.clone() {
+                let v: &[f32; GROUP] = row[g..g + GROUP].try_into().expect("a whole group");
+                for k in 0..GROUP {
+                    let x = v[k] as f64;
+                    s[k] += x;
+                    if SQUARES {
+                        q[k] += x * x;
+                    }
+                }
+            }
+        } else {
+            for row in rows.clone() {
+                for (k, &v) in row[g..g + width].iter().enumerate() {
+                    let x = v as f64;
+                    s[k] += x;
+                    if SQUARES {
+                        q[k] += x * x;
+                    }
+                }
+            }
+        }
+        sum[g..g + width].copy_from_slice(&s[..width]);
+        if SQUARES {
+            sq[g..g + width].copy_from_slice(&q[..width]);
+        }
+        g += width;
+    }
+}
+
+/// Per-feature standard deviation over finite values (1 where a feature is constant or
+/// has fewer than two values), the scale distances are measured in. `complete`: whether
+/// every value is finite; if not, rows are checked one by one (the same sums, slower).
+fn feature_scales(features: &FeatureMatrix, complete: bool) -> Vec<f64> {
     let f = features.names.len();
     let mut sum = vec![0f64; f];
     let mut sq = vec![0f64; f];
     let mut n = vec![0u64; f];
-    // Four features per step, unrolled: fewer loop back-edges, which matters in the
-    // sandbox (each carries an interruption check). Each feature's sums keep their order.
-    let add = |v: f32, s: &mut f64, q: &mut f64, c: &mut u64| {
-        if v.is_finite() {
-            let v = v as f64;
-            *s += v;
-            *q += v * v;
-            *c += 1;
-        }
-    };
-    let whole = f / 4 * 4;
-    for row in features.data.chunks_exact(f.max(1)) {
-        let (head, tail) = row.split_at(whole);
-        for (((v, s), q), c) in
-            head.chunks_exact(4).zip(sum.chunks_exact_mut(4)).zip(sq.chunks_exact_mut(4)).zip(n.chunks_exact_mut(4))
-        {
-            for j in 0..4 {
-                add(v[j], &mut s[j], &mut q[j], &mut c[j]);
+    let rows = features.data.chunks_exact(f.max(1));
+    if complete {
+        add_columns::<true>(rows, &mut sum, &mut sq);
+        n.fill(features.samples as u64);
+    } else {
+        for row in rows {
+            for (((s, q), c), &v) in sum.iter_mut().zip(&mut sq).zip(&mut n).zip(row) {
+                if v.is_finite() {
+                    let v = v as f64;
+                    *s += v;
+                    *q += v * v;
+                    *c += 1;
+                }
             }
         }
-        for (((&v, s), q), c) in tail.iter().zip(&mut sum[whole..]).zip(&mut sq[whole..]).zip(&mut n[whole..]) {
-            add(v, s, q, c);
-        }
     }
-    let mean: Vec<f64> = (0..f).map(|k| if n[k] > 0 { sum[k] / n[k] as f64 } else { 0.0 }).collect();
-    let std: Vec<f64> = (0..f)
+    (0..f)
         .map(|k| {
-            let var = if n[k] > 1 { (sq[k] / n[k] as f64 - mean[k] * mean[k]).max(0.0) } else { 0.0 };
+            let n = n[k] as f64;
+            let mean = if n > 0.0 { sum[k] / n } else { 0.0 };
+            let var = if n > 1.0 { (sq[k] / n - mean * mean).max(0.0) } else { 0.0 };
             if var > 0.0 { var.sqrt() } else { 1.0 }
         })
-        .collect();
-    (mean, std)
+        .collect()
 }
 
-/// Calls `f(j, z)` with each standardised feature `z = (v − mean) / std` of `row`, in
-/// order, four features per loop round: in the sandbox each loop back-edge carries an
-/// interruption check, which one feature per round would pay for every value.
-#[inline(always)]
-fn for_each_standardised(row: &[f32], mean: &[f64], std: &[f64], mut f: impl FnMut(usize, f64)) {
-    let (row, mean, std) = (&row[..mean.len()], &mean[..], &std[..row.len()]);
-    let whole = row.len() / 4 * 4;
-    let mut j = 0;
-    while j < whole {
-        for k in j..j + 4 {
-            f(k, (row[k] as f64 - mean[k]) / std[k]);
-        }
-        j += 4;
-    }
-    for k in whole..row.len() {
-        f(k, (row[k] as f64 - mean[k]) / std[k]);
-    }
-}
-
-/// Distance of each member to the members' centre, on standardised features.
-fn centre_distances(features: &FeatureMatrix, members: &[u32], mean: &[f64], std: &[f64]) -> Vec<f64> {
+/// Distance of each member to the members' centre on standardised features,
+/// `√(Σⱼ ((vⱼ − mⱼ) / σⱼ)²)` with `m` the members' mean: the centre of the standardised
+/// values is the standardised mean, so nothing is divided per value. Missing values are
+/// left out of the sum, which is then rescaled to all features.
+/// `complete`: whether every value of `features` is finite (so no row needs checking).
+fn centre_distances(features: &FeatureMatrix, members: &[u32], std: &[f64], complete: bool) -> Vec<f64> {
     let f = features.names.len();
-    let mut centre = vec![0f64; f];
+    let mut sum = vec![0f64; f];
     let mut count = vec![0u64; f];
-    for &i in members {
-        for_each_standardised(features.row(i as usize), mean, std, |j, v| {
-            if v.is_finite() {
-                centre[j] += v;
-                count[j] += 1;
+    if complete {
+        add_columns::<false>(members.iter().map(|&i| features.row(i as usize)), &mut sum, &mut []);
+        count.fill(members.len() as u64);
+    } else {
+        for &i in members {
+            for ((s, c), &v) in sum.iter_mut().zip(&mut count).zip(features.row(i as usize)) {
+                if v.is_finite() {
+                    *s += v as f64;
+                    *c += 1;
+                }
             }
-        });
+        }
     }
-    for (c, &n) in centre.iter_mut().zip(&count) {
-        *c /= n.max(1) as f64;
-    }
+    let centre: Vec<f64> = sum.iter().zip(&count).map(|(s, &c)| s / c.max(1) as f64).collect();
+    let weight: Vec<f64> = std.iter().map(|s| 1.0 / (s * s)).collect();
+    let term = |j: usize, v: f32| (v as f64 - centre[j]).powi(2) * weight[j];
     members
         .iter()
         .map(|&i| {
-            let (mut d, mut used) = (0f64, 0usize);
-            for_each_standardised(features.row(i as usize), mean, std, |j, v| {
-                if v.is_finite() {
-                    d += (v - centre[j]).powi(2);
+            let row = features.row(i as usize);
+            if complete || all_finite(row) {
+                // Eight features a round, in four partial sums.
+                let mut acc = [0f64; 4];
+                let whole = f / 8 * 8;
+                for j in (0..whole).step_by(8) {
+                    for k in 0..8 {
+                        acc[k % 4] += term(j + k, row[j + k]);
+                    }
+                }
+                for j in whole..f {
+                    acc[j % 4] += term(j, row[j]);
+                }
+                ((acc[0] + acc[1]) + (acc[2] + acc[3])).sqrt()
+            } else {
+                let (mut d, mut used) = (0f64, 0usize);
+                for (j, &v) in row.iter().enumerate().filter(|(_, v)| v.is_finite()) {
+                    d += term(j, v);
                     used += 1;
                 }
-            });
-            if used == 0 { f64::INFINITY } else { (d * f as f64 / used as f64).sqrt() }
+                if used == 0 { f64::INFINITY } else { (d * f as f64 / used as f64).sqrt() }
+            }
         })
         .collect()
 }
@@ -222,14 +269,15 @@ impl SamplerStage for ReliableSamples {
         }
         let cluster_index = |code: u32| cl.codes.binary_search(&code).expect("a cluster code of this layer");
         let dominant_code = |code: u32| rf.codes[dominant[cluster_index(code)]];
-        let (mean, std) = standardisation(&input.features);
+        let complete = all_finite(&input.features.data);
+        let std = feature_scales(&input.features, complete);
         let mut near: BTreeMap<u32, Vec<u32>> = BTreeMap::new(); // class → candidates
         let mut kept_per_cluster: BTreeMap<u32, usize> = BTreeMap::new();
         for (&c, list) in &members {
             let keep: Vec<u32> = if input.features.names.is_empty() || params.centroid_quantile >= 1.0 {
                 list.clone()
             } else {
-                let d = centre_distances(&input.features, list, &mean, &std);
+                let d = centre_distances(&input.features, list, &std, complete);
                 let mut finite: Vec<f64> = d.iter().copied().filter(|v| v.is_finite()).collect();
                 if finite.is_empty() {
                     Vec::new()

@@ -163,3 +163,82 @@ fn wasm_and_native_give_identical_results() {
         native.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
     );
 }
+
+/// A plugin built against WIT 0.1.0 (no `features-inputs`) still loads in this 0.1.1
+/// host, describes itself and runs, handed every band.
+#[test]
+fn a_plugin_built_against_wit_0_1_0_still_loads_and_gets_every_band() {
+    let pool = pool("fixture-compat-0-1-0", Limits::default());
+    assert_eq!(pool.plugin().info().name, "fixture-compat");
+    let chunk = cube(3, 3, |i| i as f32);
+    let out = pool.with(|i| i.features(&context(0), &chunk, "{}")).unwrap();
+    assert_eq!(out.names, ["bands"]);
+    assert_eq!(out.data, vec![2.0; 9]);
+    assert_eq!(pool.with(|i| i.bands_read(&context(0), &chunk, "{}")).unwrap(), None);
+}
+
+/// A stage that says which bands it reads gets a cube of just those, in the chunk's
+/// order, and computes what it computes on the whole cube; an answer the host cannot
+/// use (a band the chunk lacks) hands over every band, so the stage names what is missing.
+#[test]
+fn only_the_bands_a_stage_reads_are_copied_into_the_sandbox() {
+    let pool = pool("normalized-difference", Limits::default());
+    let n = 4 * 4;
+    let bands = ["B02", "B04", "B08", "SCL"];
+    let chunk = Cube {
+        dates: vec!["2020-01-01".into(), "2020-02-01".into()],
+        bands: bands.iter().map(|b| b.to_string()).collect(),
+        rows: 4,
+        cols: 4,
+        data: (0..2 * bands.len() * n).map(|i| (i % 97) as f32 / 100.0 + 0.01).collect(),
+        valid: Vec::new(),
+    };
+    let params = r#"{"a": "B08", "b": "B04", "name": "NDVI"}"#;
+    assert_eq!(pool.with(|i| i.bands_read(&context(0), &chunk, params)).unwrap(), Some(vec![1, 2]));
+    let got = pool.with(|i| i.features(&context(0), &chunk, params)).unwrap();
+    // The same stage code natively, on the whole cube.
+    use sitsflow_sdk::{FeatureStage, Stage};
+    let native = normalized_difference::NormalizedDifference::compute(
+        common::sdk_cube(&chunk),
+        normalized_difference::NormalizedDifference::parse_params(params).unwrap(),
+    )
+    .unwrap();
+    assert_eq!((got.names, got.data), (native.names, native.data));
+
+    let missing = r#"{"a": "B8A", "b": "B04"}"#;
+    assert_eq!(pool.with(|i| i.bands_read(&context(0), &chunk, missing)).unwrap(), None);
+    let err = pool.with(|i| i.features(&context(0), &chunk, missing)).unwrap_err();
+    assert!(err.to_string().contains("(bands: B02, B04, B08, SCL)"), "{err}");
+}
+
+/// What a sampler says it does not read is lent out of the input for the call and put
+/// back: the selection is the one of the whole input, and the input is whole afterwards.
+#[test]
+fn a_sampler_is_not_handed_what_it_does_not_read() {
+    use sitsflow::runtime::data::{FeatureMatrix, SampleInput};
+    let pool = pool("stratified-samples", Limits::default());
+    let n = 400u32;
+    let mut input = SampleInput {
+        features: FeatureMatrix { samples: n, names: vec!["f".into()], data: (0..n).map(|i| i as f32).collect() },
+        layers: vec![("reference".into(), (0..n).map(|i| i % 3 + 1).collect())],
+        probabilities: None,
+        positions: (0..n).map(|i| (i / 20, i % 20)).collect(),
+        seed: 5,
+    };
+    let whole = input.clone();
+    for params in [r#"{"per_class": 10}"#, r#"{"per_class": 10, "min_distance_px": 3}"#] {
+        let got = pool.with(|i| i.select(&context(0), &mut input, params)).unwrap();
+        assert_eq!(
+            (&input.features.names, &input.features.data, &input.positions, &input.layers),
+            (&whole.features.names, &whole.features.data, &whole.positions, &whole.layers),
+            "the input is whole again after the call"
+        );
+        use sitsflow_sdk::{SamplerStage, Stage};
+        let native = stratified_samples::StratifiedSamples::select(
+            common::sdk_sample_input(&whole),
+            stratified_samples::StratifiedSamples::parse_params(params).unwrap(),
+        )
+        .unwrap();
+        assert_eq!((got.indices, got.labels), (native.indices, native.labels), "{params}");
+    }
+}

@@ -37,20 +37,6 @@ fn timed<I, O>(prepare: impl FnOnce() -> I, run: impl FnOnce(I) -> O) -> Duratio
 }
 
 
-fn to_sdk_matrix(m: &FeatureMatrix) -> sdk::FeatureMatrix {
-    sdk::FeatureMatrix { samples: m.samples as usize, names: m.names.clone(), data: m.data.clone() }
-}
-
-fn to_sdk_input(i: &SampleInput) -> sdk::SampleInput {
-    sdk::SampleInput {
-        features: to_sdk_matrix(&i.features),
-        layers: i.layers.clone(),
-        probabilities: i.probabilities.as_ref().map(|p| sdk::Probabilities { samples: p.samples as usize, classes: p.classes.clone(), data: p.data.clone() }),
-        positions: i.positions.clone(),
-        seed: i.seed,
-    }
-}
-
 /// A deterministic pseudo-random stream (SplitMix64) for the generated chunk.
 struct Mix(u64);
 impl Mix {
@@ -240,12 +226,12 @@ fn main() {
     let fitted = kp.checked.with(|i| i.fit(&ctx, &features, kmeans_params)).unwrap();
     measure("kmeans (fit)", feature_label.clone(), n as f64 / 1e6,
         &kp, &mut |p: &StagePool| { black_box(p.with(|i| i.fit(&ctx, &features, kmeans_params)).unwrap()); },
-        &mut || timed(|| (to_sdk_matrix(&features), kmeans::KMeans::parse_params(kmeans_params).unwrap()), |(a0, a1)| kmeans::KMeans::fit(a0, a1).unwrap()));
+        &mut || timed(|| (common::sdk_matrix(&features), kmeans::KMeans::parse_params(kmeans_params).unwrap()), |(a0, a1)| kmeans::KMeans::fit(a0, a1).unwrap()));
     let model = fitted.model.clone();
     let sdk_model = sdk::ModelBlob { format: model.format.clone(), data: model.data.clone() };
     measure("kmeans (assign)", feature_label.clone(), n as f64 / 1e6,
         &kp, &mut |p: &StagePool| { black_box(p.with(|i| i.assign(&ctx, &model, &features, kmeans_params)).unwrap()); },
-        &mut || timed(|| (sdk_model.clone(), to_sdk_matrix(&features), kmeans::KMeans::parse_params(kmeans_params).unwrap()), |(a0, a1, a2)| kmeans::KMeans::assign(a0, a1, a2).unwrap()));
+        &mut || timed(|| (sdk_model.clone(), common::sdk_matrix(&features), kmeans::KMeans::parse_params(kmeans_params).unwrap()), |(a0, a1, a2)| kmeans::KMeans::assign(a0, a1, a2).unwrap()));
     let clusters: Vec<u32> = kp.checked.with(|i| i.assign(&ctx, &model, &features, kmeans_params)).unwrap().clusters.iter().map(|c| c + 1).collect();
     // A reference: the generator's surface type, with a tenth of labels wrong (as a stale map's).
     let mut mix = Mix(5);
@@ -266,16 +252,19 @@ fn main() {
     {
         let p = pool("reliable-samples");
         let params = r#"{"clusters": "clusters", "purity": 0.6, "per_class": 500}"#;
+        // The sandbox side takes its input by `&mut` (unread parts are lent out, not copied).
+        let mut sandboxed = input.clone();
         measure("reliable-samples", feature_label.clone(), n as f64 / 1e6,
-            &p, &mut |p: &StagePool| { black_box(p.with(|i| i.select(&ctx, &input, params)).unwrap()); },
-            &mut || timed(|| (to_sdk_input(&input), reliable_samples::ReliableSamples::parse_params(params).unwrap()), |(a0, a1)| reliable_samples::ReliableSamples::select(a0, a1).unwrap()));
+            &p, &mut |p: &StagePool| { black_box(p.with(|i| i.select(&ctx, &mut sandboxed, params)).unwrap()); },
+            &mut || timed(|| (common::sdk_sample_input(&input), reliable_samples::ReliableSamples::parse_params(params).unwrap()), |(a0, a1)| reliable_samples::ReliableSamples::select(a0, a1).unwrap()));
     }
     {
         let p = pool("stratified-samples");
         let params = r#"{"per_class": 500}"#;
+        let mut sandboxed = input.clone();
         measure("stratified-samples", feature_label.clone(), n as f64 / 1e6,
-            &p, &mut |p: &StagePool| { black_box(p.with(|i| i.select(&ctx, &input, params)).unwrap()); },
-            &mut || timed(|| (to_sdk_input(&input), stratified_samples::StratifiedSamples::parse_params(params).unwrap()), |(a0, a1)| stratified_samples::StratifiedSamples::select(a0, a1).unwrap()));
+            &p, &mut |p: &StagePool| { black_box(p.with(|i| i.select(&ctx, &mut sandboxed, params)).unwrap()); },
+            &mut || timed(|| (common::sdk_sample_input(&input), stratified_samples::StratifiedSamples::parse_params(params).unwrap()), |(a0, a1)| stratified_samples::StratifiedSamples::select(a0, a1).unwrap()));
     }
     // Random forest: trained on 5 000 labelled samples, predicting the whole chunk.
     let rf_params = r#"{"n_trees": 100, "seed": 1}"#;
@@ -290,20 +279,21 @@ fn main() {
     let rp = pool("random-forest");
     measure("random-forest (train)", format!("{train_n} samples × 25 features, 100 trees"), train_n as f64 / 1e6,
         &rp, &mut |p: &StagePool| { black_box(p.with(|i| i.train(&ctx, &train, &train_labels, rf_params)).unwrap()); },
-        &mut || timed(|| (to_sdk_matrix(&train), train_labels.clone(), random_forest::RandomForest::parse_params(rf_params).unwrap()), |(a0, a1, a2)| random_forest::RandomForest::train(a0, a1, a2).unwrap()));
+        &mut || timed(|| (common::sdk_matrix(&train), train_labels.clone(), random_forest::RandomForest::parse_params(rf_params).unwrap()), |(a0, a1, a2)| random_forest::RandomForest::train(a0, a1, a2).unwrap()));
     let forest = rp.checked.with(|i| i.train(&ctx, &train, &train_labels, rf_params)).unwrap().model;
     let sdk_forest = sdk::ModelBlob { format: forest.format.clone(), data: forest.data.clone() };
     measure("random-forest (predict)", feature_label.clone(), n as f64 / 1e6,
         &rp, &mut |p: &StagePool| { black_box(p.with(|i| i.predict(&ctx, &forest, &features, rf_params)).unwrap()); },
-        &mut || timed(|| (sdk_forest.clone(), to_sdk_matrix(&features), random_forest::RandomForest::parse_params(rf_params).unwrap()), |(a0, a1, a2)| random_forest::RandomForest::predict(a0, a1, a2).unwrap()));
+        &mut || timed(|| (sdk_forest.clone(), common::sdk_matrix(&features), random_forest::RandomForest::parse_params(rf_params).unwrap()), |(a0, a1, a2)| random_forest::RandomForest::predict(a0, a1, a2).unwrap()));
     let probabilities: Probabilities = rp.checked.with(|i| i.predict(&ctx, &forest, &features, rf_params)).unwrap();
     {
         let p = pool("uncertainty-query");
         let params = r#"{"strategy": "margin", "batch": 100}"#;
         let query = SampleInput { probabilities: Some(probabilities.clone()), layers: Vec::new(), ..input.clone() };
+        let mut sandboxed = query.clone();
         measure("uncertainty-query", feature_label.clone(), n as f64 / 1e6,
-            &p, &mut |p: &StagePool| { black_box(p.with(|i| i.select(&ctx, &query, params)).unwrap()); },
-            &mut || timed(|| (to_sdk_input(&query), uncertainty_query::UncertaintyQuery::parse_params(params).unwrap()), |(a0, a1)| uncertainty_query::UncertaintyQuery::select(a0, a1).unwrap()));
+            &p, &mut |p: &StagePool| { black_box(p.with(|i| i.select(&ctx, &mut sandboxed, params)).unwrap()); },
+            &mut || timed(|| (common::sdk_sample_input(&query), uncertainty_query::UncertaintyQuery::parse_params(params).unwrap()), |(a0, a1)| uncertainty_query::UncertaintyQuery::select(a0, a1).unwrap()));
     }
     {
         // Three years of labels: the reference, then two noisier copies.
@@ -316,9 +306,10 @@ fn main() {
         let agreement = SampleInput { layers: years, ..input.clone() };
         let p = pool("agreement-samples");
         let params = r#"{"maps": "pseudo", "per_class": 500}"#;
+        let mut sandboxed = agreement.clone();
         measure("agreement-samples", feature_label.clone(), n as f64 / 1e6,
-            &p, &mut |p: &StagePool| { black_box(p.with(|i| i.select(&ctx, &agreement, params)).unwrap()); },
-            &mut || timed(|| (to_sdk_input(&agreement), agreement_samples::AgreementSamples::parse_params(params).unwrap()), |(a0, a1)| agreement_samples::AgreementSamples::select(a0, a1).unwrap()));
+            &p, &mut |p: &StagePool| { black_box(p.with(|i| i.select(&ctx, &mut sandboxed, params)).unwrap()); },
+            &mut || timed(|| (common::sdk_sample_input(&agreement), agreement_samples::AgreementSamples::parse_params(params).unwrap()), |(a0, a1)| agreement_samples::AgreementSamples::select(a0, a1).unwrap()));
     }
     {
         // Three years of the forest's posteriors.

@@ -12,3 +12,7 @@ wasmtime::component::bindgen!({
 
 pub use self::exports::sitsflow::stage as stages;
 pub use self::sitsflow::stage::{host, types};
+
+/// The WIT package the host implements. Plugins built against any `0.1.x` load: names
+/// match across patch versions, and what 0.1.1 added is optional.
+pub const WIT_PACKAGE: &str = "sitsflow:stage@0.1.1";

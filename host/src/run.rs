@@ -777,7 +777,7 @@ fn write_manifest(
     };
     let manifest = json!({
         "sitsflow": env!("CARGO_PKG_VERSION"),
-        "wit": "sitsflow:stage@0.1.0",
+        "wit": crate::bindings::WIT_PACKAGE,
         "gdal": crate::raster::gdal_version(),
         "pipeline": {
             "name": plan.name,

@@ -643,10 +643,10 @@ fn sample(
         use rand::RngCore;
         scene.rng(stage, "select").next_u64()
     };
-    let input = SampleInput { features, layers: input_layers, probabilities: None, positions, seed };
+    let mut input = SampleInput { features, layers: input_layers, probabilities: None, positions, seed };
     let params = stage.params_json();
     let selection = pool
-        .with(|i| i.select(&context(stage, "select"), &input, &params))
+        .with(|i| i.select(&context(stage, "select"), &mut input, &params))
         .map_err(call_error(stage, &format!("selecting among {} candidates", candidates.len())))?;
     if selection.indices.len() != selection.labels.len() {
         bail!("stage '{}' returned {} indices but {} labels", stage.id, selection.indices.len(), selection.labels.len());
@@ -1010,7 +1010,7 @@ fn active_learning(
         }
         let (open_features, _) = rows_where(&pool_features, &pool_truth, |i| !queried[i]);
         let probabilities = learner.predict(stage, &model, &open_features, &format!("the pool in round {round}"))?;
-        let input = SampleInput {
+        let mut input = SampleInput {
             features: open_features,
             layers: Vec::new(),
             probabilities: Some(probabilities),
@@ -1018,7 +1018,7 @@ fn active_learning(
             seed: seed.wrapping_add(round as u64),
         };
         let batch = query_pool
-            .with(|i| i.select(&context(query, &format!("round {round}")), &input, &query_params))
+            .with(|i| i.select(&context(query, &format!("round {round}")), &mut input, &query_params))
             .map_err(call_error(query, &format!("querying round {round}")))?;
         if batch.indices.is_empty() {
             last = Some((model, report, confusion));

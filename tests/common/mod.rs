@@ -28,6 +28,7 @@ pub const PACKAGES: &[&str] = &[
     "fixture-snoop",
     "fixture-trap-on-chunk",
     "fixture-slow-mean",
+    "fixture-compat-0-1-0",
 ];
 
 /// The plugins that ship (installed into a project's plugins/ by `project_dir`).
@@ -139,5 +140,25 @@ pub fn sdk_cube(c: &sitsflow::runtime::data::Cube) -> sitsflow_sdk::Cube {
         cols: c.cols as usize,
         data: c.data.clone(),
         valid: c.valid.clone(),
+    }
+}
+
+/// A host feature matrix as the SDK's, for native calls of the same stage code.
+pub fn sdk_matrix(m: &sitsflow::runtime::data::FeatureMatrix) -> sitsflow_sdk::FeatureMatrix {
+    sitsflow_sdk::FeatureMatrix { samples: m.samples as usize, names: m.names.clone(), data: m.data.clone() }
+}
+
+/// A host sampler input as the SDK's, for native calls of the same stage code.
+pub fn sdk_sample_input(i: &sitsflow::runtime::data::SampleInput) -> sitsflow_sdk::SampleInput {
+    sitsflow_sdk::SampleInput {
+        features: sdk_matrix(&i.features),
+        layers: i.layers.clone(),
+        probabilities: i.probabilities.as_ref().map(|p| sitsflow_sdk::Probabilities {
+            samples: p.samples as usize,
+            classes: p.classes.clone(),
+            data: p.data.clone(),
+        }),
+        positions: i.positions.clone(),
+        seed: i.seed,
     }
 }

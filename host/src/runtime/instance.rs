@@ -2,9 +2,11 @@
 //! a pool that reuses healthy instances across chunks.
 
 use super::engine::{EPOCH_TICK, Interruption};
-use super::plugin::{KindIndices, Plugin};
+use super::plugin::{InputIndices, KindIndices, Plugin};
 use crate::bindings::host::{self, InferError, LogLevel};
-use crate::bindings::stages::{cloud_mask, clusterer, decoder, features, labeller, sampler};
+use crate::bindings::stages::{
+    cloud_mask, cloud_mask_inputs, clusterer, decoder, features, features_inputs, labeller, sampler, sampler_inputs,
+};
 use crate::bindings::types::{self, Cube, FeatureMatrix, ModelBlob, Probabilities, StageError, StageKind, Tensor};
 use crate::inference::{InferenceError, ModelSet};
 use std::fmt;
@@ -248,9 +250,20 @@ impl Guest {
 }
 
 /// One sandboxed instance of a plugin. Not `Sync`: one thread calls it at a time.
+/// The optional `<kind>-inputs` export, loaded.
+enum Inputs {
+    None,
+    CloudMask(cloud_mask_inputs::Guest),
+    Features(features_inputs::Guest),
+    Sampler(sampler_inputs::Guest),
+}
+
 pub struct Instance {
     store: Store<StageState>,
     guest: Guest,
+    inputs: Inputs,
+    /// The last `bands` answer: (params, the chunk's bands) → indices of the bands to hand over.
+    bands_asked: Option<(String, Vec<String>, Option<Vec<usize>>)>,
     limits: Limits,
     /// False for a trusted plugin: its code has no epoch checks to stop it.
     deadlines: bool,
@@ -286,7 +299,13 @@ impl Instance {
             KindIndices::Sampler(i) => Guest::Sampler(loaded(i.load(&mut store, &instance))?),
             KindIndices::Decoder(i) => Guest::Decoder(loaded(i.load(&mut store, &instance))?),
         };
-        Ok(Instance { store, guest, limits, deadlines, trapped: false })
+        let inputs = match &plugin.inputs {
+            InputIndices::None => Inputs::None,
+            InputIndices::CloudMask(i) => Inputs::CloudMask(loaded(i.load(&mut store, &instance))?),
+            InputIndices::Features(i) => Inputs::Features(loaded(i.load(&mut store, &instance))?),
+            InputIndices::Sampler(i) => Inputs::Sampler(loaded(i.load(&mut store, &instance))?),
+        };
+        Ok(Instance { store, guest, inputs, bands_asked: None, limits, deadlines, trapped: false })
     }
 
     /// False once the instance has trapped; it must then be discarded.
@@ -342,12 +361,56 @@ impl Instance {
         })
     }
 
+    /// Masks `chunk`. If the stage says which bands it reads (`cloud-mask-inputs`), only
+    /// those are copied into the sandbox.
     pub fn mask(&mut self, context: &CallContext, chunk: &Cube, params: &str) -> Result<cloud_mask::MaskLayers, StageCallError> {
+        let narrowed = self.narrowed(context, chunk, params)?;
+        let chunk = narrowed.as_ref().unwrap_or(chunk);
         kind_call!(self, context, CloudMask, StageKind::CloudMask, |g, store| g.call_mask(store, chunk, params))
     }
 
+    /// Features of `chunk`, with only the bands the stage reads copied in (as `mask`).
     pub fn features(&mut self, context: &CallContext, chunk: &Cube, params: &str) -> Result<FeatureMatrix, StageCallError> {
+        let narrowed = self.narrowed(context, chunk, params)?;
+        let chunk = narrowed.as_ref().unwrap_or(chunk);
         kind_call!(self, context, Features, StageKind::Features, |g, store| g.call_compute(store, chunk, params))
+    }
+
+    /// The bands of `chunk` a call with `params` reads, as indices into `chunk.bands`, or
+    /// `None` for all of them (no `<kind>-inputs` export, the stage's answer, or an answer
+    /// naming a band the chunk lacks). Asked once per parameters and band list.
+    pub fn bands_read(&mut self, context: &CallContext, chunk: &Cube, params: &str) -> Result<Option<Vec<usize>>, StageCallError> {
+        if let Some((p, b, answer)) = &self.bands_asked
+            && p == params
+            && *b == chunk.bands
+        {
+            return Ok(answer.clone());
+        }
+        let bands = &chunk.bands;
+        let names = match &self.inputs {
+            Inputs::CloudMask(g) => {
+                let g = g.clone();
+                self.call(context, |_, store| Ok(g.call_bands(store, bands, params).map(Ok)))?
+            }
+            Inputs::Features(g) => {
+                let g = g.clone();
+                self.call(context, |_, store| Ok(g.call_bands(store, bands, params).map(Ok)))?
+            }
+            _ => None,
+        };
+        let answer = names.and_then(|names| {
+            let mut at: Vec<usize> = names.iter().map(|n| bands.iter().position(|b| b == n)).collect::<Option<_>>()?;
+            at.sort_unstable();
+            at.dedup();
+            (at.len() < bands.len()).then_some(at)
+        });
+        self.bands_asked = Some((params.to_string(), bands.clone(), answer.clone()));
+        Ok(answer)
+    }
+
+    /// `chunk` with only the bands the stage reads, or `None` to hand it over whole.
+    fn narrowed(&mut self, context: &CallContext, chunk: &Cube, params: &str) -> Result<Option<Cube>, StageCallError> {
+        Ok(self.bands_read(context, chunk, params)?.map(|at| select_bands(chunk, &at)))
     }
 
     pub fn fit(&mut self, context: &CallContext, samples: &FeatureMatrix, params: &str) -> Result<clusterer::Fitted, StageCallError> {
@@ -384,13 +447,36 @@ impl Instance {
         kind_call!(self, context, Labeller, StageKind::Labeller, |g, store| g.call_predict(store, model, samples, params))
     }
 
+    /// Runs the sampler on `input`. What the stage says it does not read
+    /// (`sampler-inputs`) is taken out of `input` for the call, so it is not copied into
+    /// the sandbox, and put back afterwards.
     pub fn select(
         &mut self,
         context: &CallContext,
-        input: &sampler::SampleInput,
+        input: &mut sampler::SampleInput,
         params: &str,
     ) -> Result<sampler::Selection, StageCallError> {
-        kind_call!(self, context, Sampler, StageKind::Sampler, |g, store| g.call_select(store, input, params))
+        let needs = match &self.inputs {
+            Inputs::Sampler(g) => {
+                let g = g.clone();
+                self.call(context, |_, store| Ok(g.call_needs(store, params).map(Ok)))?
+            }
+            _ => sampler_inputs::SampleNeeds { features: true, positions: true },
+        };
+        let positions = if needs.positions { Vec::new() } else { std::mem::take(&mut input.positions) };
+        let (names, data) = if needs.features {
+            (Vec::new(), Vec::new())
+        } else {
+            (std::mem::take(&mut input.features.names), std::mem::take(&mut input.features.data))
+        };
+        let result = kind_call!(self, context, Sampler, StageKind::Sampler, |g, store| g.call_select(store, input, params));
+        if !needs.positions {
+            input.positions = positions;
+        }
+        if !needs.features {
+            (input.features.names, input.features.data) = (names, data);
+        }
+        result
     }
 
     pub fn decode(
@@ -400,6 +486,25 @@ impl Instance {
         params: &str,
     ) -> Result<decoder::Decoded, StageCallError> {
         kind_call!(self, context, Decoder, StageKind::Decoder, |g, store| g.call_decode(store, series, params))
+    }
+}
+
+/// The bands `at` (indices into `chunk.bands`, ascending) of every date of `chunk`.
+fn select_bands(chunk: &Cube, at: &[usize]) -> Cube {
+    let plane = chunk.rows as usize * chunk.cols as usize;
+    let mut data = Vec::with_capacity(chunk.dates.len() * at.len() * plane);
+    for date in chunk.data.chunks_exact(chunk.bands.len() * plane) {
+        for &b in at {
+            data.extend_from_slice(&date[b * plane..(b + 1) * plane]);
+        }
+    }
+    Cube {
+        dates: chunk.dates.clone(),
+        bands: at.iter().map(|&b| chunk.bands[b].clone()).collect(),
+        rows: chunk.rows,
+        cols: chunk.cols,
+        data,
+        valid: chunk.valid.clone(),
     }
 }
 

@@ -3,7 +3,9 @@
 
 use super::engine::{Interruption, Runtime};
 use super::instance::{CallContext, Instance, Limits, StageCallError, StageState, kind_name};
-use crate::bindings::stages::{cloud_mask, clusterer, decoder, features, labeller, sampler};
+use crate::bindings::stages::{
+    cloud_mask, cloud_mask_inputs, clusterer, decoder, features, features_inputs, labeller, sampler, sampler_inputs,
+};
 use crate::bindings::types::StageKind;
 use crate::config::{valid_plugin_name, valid_version};
 use crate::inference::ModelSet;
@@ -43,11 +45,20 @@ pub(crate) enum KindIndices {
     Decoder(decoder::GuestIndices),
 }
 
+/// The optional `<kind>-inputs` export (since WIT 0.1.1), when the plugin has it.
+pub(crate) enum InputIndices {
+    None,
+    CloudMask(cloud_mask_inputs::GuestIndices),
+    Features(features_inputs::GuestIndices),
+    Sampler(sampler_inputs::GuestIndices),
+}
+
 pub struct Plugin {
     pub(crate) runtime: Arc<Runtime>,
     pub(crate) interruption: Interruption,
     pub(crate) pre: InstancePre<StageState>,
     pub(crate) indices: KindIndices,
+    pub(crate) inputs: InputIndices,
     path: PathBuf,
     sha256: String,
     info: PluginInfo,
@@ -87,18 +98,27 @@ impl Plugin {
         }
         if found.len() != 1 {
             bail!(
-                "plugin {shown} must export exactly one sitsflow:stage@0.1.0 stage interface \
+                "plugin {shown} must export exactly one {} stage interface \
                  (cloud-mask, features, clusterer, labeller, sampler or decoder); it exports {}",
+                crate::bindings::WIT_PACKAGE,
                 found.len()
             );
         }
         let indices = found.pop().expect("one kind");
+        // Plugins built against WIT 0.1.0 have no `<kind>-inputs`: they get every input.
+        let inputs = match &indices {
+            KindIndices::CloudMask(_) => cloud_mask_inputs::GuestIndices::new(&pre).map_or(InputIndices::None, InputIndices::CloudMask),
+            KindIndices::Features(_) => features_inputs::GuestIndices::new(&pre).map_or(InputIndices::None, InputIndices::Features),
+            KindIndices::Sampler(_) => sampler_inputs::GuestIndices::new(&pre).map_or(InputIndices::None, InputIndices::Sampler),
+            _ => InputIndices::None,
+        };
         // Ask it to describe itself, in a throw-away instance with default limits.
         let provisional = Plugin {
             runtime,
             interruption,
             pre,
             indices,
+            inputs,
             path: path.to_path_buf(),
             sha256: crate::hash::sha256_hex(bytes),
             info: PluginInfo {

@@ -124,6 +124,10 @@ fn share(part: u64, whole: u64) -> serde_json::Value {
 }
 
 impl SamplerStage for AgreementSamples {
+    fn needs(_: &Params) -> SampleNeeds {
+        SampleNeeds { features: false, positions: false }
+    }
+
     fn select(input: SampleInput, params: Params) -> Result<Selection, StageError> {
         input.features.check()?;
         let years = year_layers(&input, &params.maps)?;

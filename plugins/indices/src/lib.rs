@@ -222,6 +222,36 @@ fn gapfill(days: &[i64], values: &[f32], grid: &[i64]) -> Vec<f32> {
 }
 
 impl FeatureStage for Indices {
+    /// The bands the requested indices and bands read; `None` where `compute` would
+    /// fail (unknown index, or a missing band with `on_missing = "error"`), so that its
+    /// message lists the cube's bands.
+    fn bands(available: &[String], p: &Params) -> Option<Vec<String>> {
+        let present = |b: &str| available.iter().any(|a| a == b);
+        let mut read: Vec<&str> = Vec::new();
+        for name in &p.indices {
+            if present(name) {
+                read.push(name);
+                continue;
+            }
+            let (_, needs) = FORMULAS.iter().find(|(n, _)| n == name)?;
+            if p.on_missing == OnMissing::Error && !needs.iter().all(|b| present(b)) {
+                return None;
+            }
+            // The present ones also when some are missing: the skip message names the rest.
+            read.extend(needs.iter().copied().filter(|b| present(b)));
+        }
+        for band in &p.bands {
+            if present(band) {
+                read.push(band);
+            } else if p.on_missing == OnMissing::Error {
+                return None;
+            }
+        }
+        read.sort_unstable();
+        read.dedup();
+        if read.is_empty() { None } else { bands_present(available, read) }
+    }
+
     fn compute(chunk: Cube, p: Params) -> Result<FeatureMatrix, StageError> {
         if p.indices.is_empty() && p.bands.is_empty() {
             return Err(StageError::InvalidParams("name at least one of `indices` or `bands`".into()));

@@ -210,6 +210,10 @@ fn centre_distances(features: &FeatureMatrix, members: &[u32], std: &[f64], comp
 }
 
 impl SamplerStage for ReliableSamples {
+    fn needs(_: &Params) -> SampleNeeds {
+        SampleNeeds { features: true, positions: false }
+    }
+
     fn select(input: SampleInput, params: Params) -> Result<Selection, StageError> {
         input.features.check()?;
         if !(0.5..=1.0).contains(&params.purity) {

@@ -143,6 +143,13 @@ fn probabilities(planes: &[&[f32]; 10], usable: &[bool], prob: &mut [f32]) {
 }
 
 impl CloudMaskStage for S2Cloudless {
+    fn bands(available: &[String], params: &Params) -> Option<Vec<String>> {
+        match &params.probability_band {
+            Some(band) => bands_present(available, [band.as_str()]),
+            None => bands_present(available, MODEL_BANDS),
+        }
+    }
+
     fn mask(chunk: Cube, params: Params) -> Result<Mask, StageError> {
         chunk.check()?;
         params.check()?;

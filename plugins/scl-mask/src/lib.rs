@@ -98,6 +98,10 @@ fn dilate(plane: &mut [u8], rows: usize, cols: usize, class: u8, radius: usize) 
 }
 
 impl CloudMaskStage for SclMask {
+    fn bands(available: &[String], params: &Params) -> Option<Vec<String>> {
+        bands_present(available, [params.band.as_str()])
+    }
+
     fn mask(chunk: Cube, params: Params) -> Result<Mask, StageError> {
         let Some(band) = chunk.band_index(&params.band) else {
             return Err(StageError::Unsupported(format!(

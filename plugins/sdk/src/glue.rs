@@ -86,6 +86,11 @@ pub fn features_compute<S: FeatureStage>(
     run::<S, _, _>(params, |p| S::compute(chunk, p), features_out)
 }
 
+/// `bands` of `cloud-mask-inputs` and `features-inputs`: `None` too when the parameters do not parse.
+pub fn bands<S: Stage>(available: &[String], params: &str, f: impl FnOnce(&[String], &S::Params) -> Option<Vec<String>>) -> Option<Vec<String>> {
+    S::parse_params(params).ok().and_then(|p| f(available, &p))
+}
+
 /// Exports a [`FeatureStage`] as the component's `features-stage` world.
 #[macro_export]
 macro_rules! export_features_stage {
@@ -102,6 +107,11 @@ macro_rules! export_features_stage {
                 }
                 fn compute(chunk: w::Cube, params: String) -> Result<w::FeatureMatrix, w::StageError> {
                     $crate::glue::features_compute::<$stage>(chunk, &params)
+                }
+            }
+            impl exports::features_inputs::Guest for Component {
+                fn bands(bands: Vec<String>, params: String) -> Option<Vec<String>> {
+                    $crate::glue::bands::<$stage>(&bands, &params, <$stage as $crate::FeatureStage>::bands)
                 }
             }
             $crate::wit::features_stage::export_features_world!(Component);
@@ -131,6 +141,11 @@ macro_rules! export_cloud_mask_stage {
                         |p| <$stage as $crate::CloudMaskStage>::mask(chunk, p),
                         |m| exports::cloud_mask::MaskLayers { classes: m.classes, probability: m.probability },
                     )
+                }
+            }
+            impl exports::cloud_mask_inputs::Guest for Component {
+                fn bands(bands: Vec<String>, params: String) -> Option<Vec<String>> {
+                    $crate::glue::bands::<$stage>(&bands, &params, <$stage as $crate::CloudMaskStage>::bands)
                 }
             }
             $crate::wit::cloud_mask_stage::export_cloud_mask_world!(Component);
@@ -245,6 +260,13 @@ macro_rules! export_sampler_stage {
                         |p| <$stage as $crate::SamplerStage>::select(input, p),
                         |s| exports::sampler::Selection { indices: s.indices, labels: s.labels, report: s.report },
                     )
+                }
+            }
+            impl exports::sampler_inputs::Guest for Component {
+                fn needs(params: String) -> exports::sampler_inputs::SampleNeeds {
+                    let needs = <$stage as $crate::Stage>::parse_params(&params)
+                        .map_or($crate::SampleNeeds::ALL, |p| <$stage as $crate::SamplerStage>::needs(&p));
+                    exports::sampler_inputs::SampleNeeds { features: needs.features, positions: needs.positions }
                 }
             }
             $crate::wit::sampler_stage::export_sampler_world!(Component);

@@ -47,8 +47,8 @@ pub use serde_json;
 pub mod prelude {
     pub use crate::data::*;
     pub use crate::{
-        ClustererStage, CloudMaskStage, DecoderStage, FeatureStage, LabellerStage, SamplerStage,
-        Stage, StageError, StageInfo, StageKind,
+        ClustererStage, CloudMaskStage, DecoderStage, FeatureStage, LabellerStage, SampleNeeds, SamplerStage,
+        Stage, StageError, StageInfo, StageKind, bands_present,
     };
 }
 
@@ -141,11 +141,30 @@ pub fn info_of<S: Stage>(kind: StageKind) -> StageInfo {
 /// Cloud, shadow and snow masking of a cube chunk.
 pub trait CloudMaskStage: Stage {
     fn mask(chunk: Cube, params: Self::Params) -> Result<Mask, StageError>;
+
+    /// The bands of `available` that `mask` reads with `params`, or `None` for all of
+    /// them (the default) — see [`bands_present`]. The host then copies only those into
+    /// the sandbox.
+    fn bands(_available: &[String], _params: &Self::Params) -> Option<Vec<String>> {
+        None
+    }
 }
 
 /// Per-pixel features of a cube chunk: one sample per pixel, row-major.
 pub trait FeatureStage: Stage {
     fn compute(chunk: Cube, params: Self::Params) -> Result<FeatureMatrix, StageError>;
+
+    /// As [`CloudMaskStage::bands`].
+    fn bands(_available: &[String], _params: &Self::Params) -> Option<Vec<String>> {
+        None
+    }
+}
+
+/// For [`CloudMaskStage::bands`] and [`FeatureStage::bands`]: `needed`, if every one of
+/// them is in `available`; otherwise `None`, so the stage gets every band and its call
+/// names the one that is missing.
+pub fn bands_present<'a>(available: &[String], needed: impl IntoIterator<Item = &'a str>) -> Option<Vec<String>> {
+    needed.into_iter().map(|b| available.iter().find(|a| *a == b).cloned()).collect()
 }
 
 /// Unsupervised clustering.
@@ -166,6 +185,24 @@ pub trait LabellerStage: Stage {
 /// Sample selection.
 pub trait SamplerStage: Stage {
     fn select(input: SampleInput, params: Self::Params) -> Result<Selection, StageError>;
+
+    /// What `select` reads with `params`; the host leaves the rest empty. Default: all.
+    fn needs(_params: &Self::Params) -> SampleNeeds {
+        SampleNeeds::ALL
+    }
+}
+
+/// Which parts of a [`SampleInput`] a sampler reads (see [`SamplerStage::needs`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SampleNeeds {
+    /// The candidates' features; without them `features` keeps `samples` but no values.
+    pub features: bool,
+    /// The candidates' positions; without them `positions` is empty.
+    pub positions: bool,
+}
+
+impl SampleNeeds {
+    pub const ALL: SampleNeeds = SampleNeeds { features: true, positions: true };
 }
 
 /// Temporal decoding of posterior series.

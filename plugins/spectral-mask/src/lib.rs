@@ -208,6 +208,10 @@ pub fn closing(plane: &[f32], rows: usize, cols: usize, r: usize) -> Vec<f32> {
 }
 
 impl CloudMaskStage for SpectralMask {
+    fn bands(available: &[String], _: &Params) -> Option<Vec<String>> {
+        bands_present(available, BANDS)
+    }
+
     fn mask(chunk: Cube, params: Params) -> Result<Mask, StageError> {
         chunk.check()?;
         params.check()?;

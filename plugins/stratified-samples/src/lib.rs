@@ -185,6 +185,10 @@ impl Thinning {
 }
 
 impl SamplerStage for StratifiedSamples {
+    fn needs(params: &Params) -> SampleNeeds {
+        SampleNeeds { features: false, positions: params.min_distance_px >= 2 }
+    }
+
     fn select(input: SampleInput, params: Params) -> Result<Selection, StageError> {
         input.features.check()?;
         let quota_rule = Quota::from_params(&params)?;

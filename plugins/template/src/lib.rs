@@ -30,6 +30,11 @@ impl Stage for NormalizedDifference {
 }
 
 impl FeatureStage for NormalizedDifference {
+    /// Only `a` and `b` are copied into the sandbox (optional: without this every band is).
+    fn bands(available: &[String], params: &Params) -> Option<Vec<String>> {
+        bands_present(available, [params.a.as_str(), params.b.as_str()])
+    }
+
     fn compute(chunk: Cube, params: Params) -> Result<FeatureMatrix, StageError> {
         let band = |name: &str| {
             chunk.band_index(name).ok_or_else(|| {

@@ -209,6 +209,10 @@ fn mean(values: impl Iterator<Item = f64>) -> serde_json::Value {
 }
 
 impl SamplerStage for UncertaintyQuery {
+    fn needs(params: &Params) -> SampleNeeds {
+        SampleNeeds { features: false, positions: params.spread_cells > 1 }
+    }
+
     fn select(input: SampleInput, params: Params) -> Result<Selection, StageError> {
         input.features.check()?;
         if params.batch == 0 {

@@ -5,7 +5,7 @@
 //! name contains NAME) and writes `target/bench/stages.json`. Inputs: the real s2cloudless scene (cloud masks), a
 //! generated 12-date × 11-band 256 × 256 chunk (SCL mask, indices, normalized
 //! difference), and the indices' features of that chunk for the scene stages (k-means,
-//! random forest, samplers, Markov chain). Times are medians; the Wasm call includes
+//! random forest, samplers, Markov chain). Times are medians, ratios medians of each round's ratio; the Wasm call includes
 //! copying the inputs into the sandbox and the results out, as in a run. Each stage is
 //! measured twice in the sandbox: compiled with epoch checks (deadlines, the default)
 //! and trusted (no checks; `trusted = true` in a pipeline).
@@ -108,6 +108,14 @@ struct Row {
     trusted: Duration,
     native: Duration,
     megapixels: f64,
+    /// Medians over rounds of each round's sandbox / native and trusted / native times.
+    ratio: f64,
+    trusted_ratio: f64,
+}
+
+fn median_f64(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 /// A stage's component loaded twice: with deadlines (epoch checks compiled in, the
@@ -163,6 +171,10 @@ fn main() {
             ts.push(time(&pools.trusted));
             ns.push(native());
         }
+        // Ratios round by round: the three runs of a round are seconds apart, so a slow
+        // spell of this VM (it swings the native times by ±30 % between runs) cancels.
+        let per_round = |xs: &[Duration]| median_f64(xs.iter().zip(&ns).map(|(x, n)| x.as_secs_f64() / n.as_secs_f64()).collect());
+        let (ratio, trusted_ratio) = (per_round(&ws), per_round(&ts));
         let (w, trusted, n) = (median(ws), median(ts), median(ns));
         eprintln!(
             "{stage}: wasm {:.1} ms, trusted {:.1} ms, native {:.1} ms",
@@ -170,7 +182,7 @@ fn main() {
             trusted.as_secs_f64() * 1e3,
             n.as_secs_f64() * 1e3
         );
-        rows.push(Row { stage, input, wasm: w, trusted, native: n, megapixels });
+        rows.push(Row { stage, input, wasm: w, trusted, native: n, megapixels, ratio, trusted_ratio });
     };
 
     // Cloud masks on the real scene.
@@ -327,7 +339,8 @@ fn main() {
             &mut || timed(|| (sdk_series.clone(), markov::Markov::parse_params(params).unwrap()), |(a0, a1)| markov::Markov::decode(a0, a1).unwrap()));
     }
 
-    println!("Wasm sandbox vs the same stage code called natively, same input, same run (median of {runs} to {MAX_RUNS} alternating rounds);");
+    println!("Wasm sandbox vs the same stage code called natively, same input, same run (median of {runs} to {MAX_RUNS} alternating rounds;");
+    println!("ratios are medians of each round's ratio);");
     println!("'wasm' has the default epoch checks (deadlines), 'trusted' none (`trusted = true` in a pipeline)");
     println!(
         "{:<24} {:<38} {:>9} {:>10} {:>10} {:>11} {:>7} {:>8}",
@@ -335,8 +348,7 @@ fn main() {
     );
     let mut json_rows = Vec::new();
     for r in &rows {
-        let ratio = r.wasm.as_secs_f64() / r.native.as_secs_f64();
-        let trusted_ratio = r.trusted.as_secs_f64() / r.native.as_secs_f64();
+        let (ratio, trusted_ratio) = (r.ratio, r.trusted_ratio);
         let flag = |x: f64| if x > 1.5 { "*" } else { " " };
         println!(
             "{:<24} {:<38} {:>9.1} {:>10.1} {:>10.1} {:>11.2} {:>6.2}x{} {:>6.2}x{}",

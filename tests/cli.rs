@@ -41,6 +41,7 @@ fn validate_lock_and_run_end_to_end() {
 
     let out = sitsflow(&["--quiet", "plugins", "lock", "pipeline.toml"], dir.path());
     assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "", "--quiet prints only errors");
     let out = sitsflow(&["--quiet", "validate", "pipeline.toml"], dir.path());
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("stage 1 ndvi features normalized-difference@0.1.0"));

@@ -254,7 +254,7 @@ fn dispatch(cli: &Cli) -> Result<(), Failure> {
             println!("ok: {} is valid and its plugins match {}", pipeline.display(), plan.lockfile.display());
             Ok(())
         }
-        Command::Plugins(command) => plugins(command),
+        Command::Plugins(command) => plugins(command, cli.quiet),
         Command::Bench { pipeline, runs, out, compare } => {
             if let [a, b] = compare.as_slice() {
                 print!("{}", crate::bench::compare(a, b)?);
@@ -408,7 +408,9 @@ fn doctor(as_json: bool, plugin_dir: &Path) {
     println!("cache      {}", cache.map_or("none".to_string(), |c| c.display().to_string()));
 }
 
-fn plugins(command: &PluginsCommand) -> Result<(), Failure> {
+/// `quiet`: the commands that change something (install, lock) or check it (verify) say
+/// nothing on success; listing and inspecting print what was asked for.
+fn plugins(command: &PluginsCommand, quiet: bool) -> Result<(), Failure> {
     match command {
         PluginsCommand::List { dir } => {
             let runtime = runtime()?;
@@ -444,6 +446,9 @@ fn plugins(command: &PluginsCommand) -> Result<(), Failure> {
             let target = PluginDir::new(dir);
             for component in components {
                 let plugin = target.install(&runtime, component)?;
+                if quiet {
+                    continue;
+                }
                 println!("installed {} ({}) in {}", plugin.info().reference(), plugin.info().kind_name(), dir.display());
             }
             Ok(())
@@ -452,7 +457,9 @@ fn plugins(command: &PluginsCommand) -> Result<(), Failure> {
             let runtime = runtime()?;
             let plan = Plan::load(pipeline, &runtime)?;
             plan.verify_lock().map_err(Failure::Lock)?;
-            println!("ok: {} plugins match {}", plan.stages.len(), plan.lockfile.display());
+            if !quiet {
+                println!("ok: {} plugins match {}", plan.stages.len(), plan.lockfile.display());
+            }
             Ok(())
         }
         PluginsCommand::Lock { pipeline } => {
@@ -461,6 +468,9 @@ fn plugins(command: &PluginsCommand) -> Result<(), Failure> {
             let lock = Lockfile::new(plan.lock_entries());
             crate::fsutil::write_atomic(&plan.lockfile, lock.to_toml().as_bytes())
                 .with_context(|| format!("writing {}", plan.lockfile.display()))?;
+            if quiet {
+                return Ok(());
+            }
             for entry in &lock.plugins {
                 println!("{:<12} {:<36} {}", entry.stage, entry.plugin, entry.sha256);
             }

@@ -143,8 +143,7 @@ fn sandbox_and_native_fits_are_identical() {
     let x = slovenia_ndvi();
     let params = r#"{"k": 6, "n_init": 2, "seed": 9, "standardize": true}"#;
     let wasm = pool().with(|i| i.fit(&context(), &x, params)).unwrap();
-    let samples = sitsflow_sdk::FeatureMatrix { samples: x.samples as usize, names: x.names.clone(), data: x.data.clone() };
-    let native = kmeans::KMeans::fit(samples, kmeans::KMeans::parse_params(params).unwrap()).unwrap();
+    let native = kmeans::KMeans::fit(common::sdk_matrix(&x), kmeans::KMeans::parse_params(params).unwrap()).unwrap();
     assert_eq!(wasm.model.format, native.model.format);
     assert_eq!(wasm.model.data, native.model.data);
     assert_eq!(wasm.report, native.report);

@@ -65,9 +65,12 @@ pub fn run(x: &Blocked, s: &Settings, rng: &mut Rng, work: &mut Work) -> Run {
     let packed = Packed::new(&centres, s.k, x.d);
     let mut inertia = 0.0;
     let mut sizes = vec![0u64; s.k];
-    packed.for_each_nearest(x, |i, c| {
-        inertia += x.sqdist(i, packed.centre(c)) as f64;
-        sizes[c] += 1;
+    packed.for_each_nearest_block(x, |b, winners| {
+        let d2 = x.block_sqdist(b, winners, &packed.rows);
+        for (&c, d2) in winners.iter().zip(d2).take(x.n - b * LANES) {
+            inertia += d2 as f64;
+            sizes[c as usize] += 1;
+        }
     });
     Run { centres, inertia, iterations, converged, sizes }
 }

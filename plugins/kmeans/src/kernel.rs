@@ -7,7 +7,7 @@
 //! its centre index stay per lane and no horizontal reduction is needed per row. The fit
 //! runs on mean-centred data (as scikit-learn does), which keeps the cancellation in
 //! that form small. Exact distances of the winners are computed apart, with
-//! [`Blocked::sqdist`], where they are needed.
+//! [`Blocked::block_sqdist`] (a block and its winners at a time), where they are needed.
 
 use crate::matrix::{Blocked, LANES};
 use crate::simd::F4;
@@ -143,16 +143,6 @@ impl Packed {
             }
         }
     }
-
-    /// Calls `f(row, nearest centre)` for every row of `x` (padding left out), in order.
-    #[inline]
-    pub fn for_each_nearest(&self, x: &Blocked, mut f: impl FnMut(usize, usize)) {
-        self.for_each_nearest_block(x, |b, winners| {
-            for (i, &c) in (b * LANES..x.n.min((b + 1) * LANES)).zip(winners) {
-                f(i, c as usize);
-            }
-        });
-    }
 }
 
 #[cfg(test)]
@@ -171,13 +161,16 @@ mod tests {
                 let rows: Vec<f32> = (0..m * d).map(|_| (rng.uniform() * 12.0 - 6.0) as f32).collect();
                 let x = Blocked::from_rows(&rows, d, |v, _| v);
                 let mut seen = 0;
-                packed.for_each_nearest(&x, |i, got| {
-                    assert_eq!(i, seen);
-                    seen += 1;
-                    let dists: Vec<f32> = (0..k).map(|c| x.sqdist(i, packed.centre(c))).collect();
-                    let brute = (0..k).fold(0, |b, c| if dists[c] < dists[b] { c } else { b });
-                    // Near-ties may rank either way in f32; the winner must be as near.
-                    assert!(dists[got] <= dists[brute] * (1.0 + 1e-5) + 1e-5, "k={k} d={d} m={m}: {got} vs {brute}");
+                packed.for_each_nearest_block(&x, |b, winners| {
+                    for (i, &got) in (b * LANES..x.n.min((b + 1) * LANES)).zip(winners) {
+                        let got = got as usize;
+                        assert_eq!(i, seen);
+                        seen += 1;
+                        let dists: Vec<f32> = (0..k).map(|c| x.sqdist(i, packed.centre(c))).collect();
+                        let brute = (0..k).fold(0, |b, c| if dists[c] < dists[b] { c } else { b });
+                        // Near-ties may rank either way in f32; the winner must be as near.
+                        assert!(dists[got] <= dists[brute] * (1.0 + 1e-5) + 1e-5, "k={k} d={d} m={m}: {got} vs {brute}");
+                    }
                 });
                 assert_eq!(seen, m);
             }

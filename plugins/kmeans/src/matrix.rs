@@ -69,8 +69,9 @@ impl Blocked {
     }
 
     /// Squared distance of row `i` to `c`, summed feature by feature. The one definition
-    /// of an exact distance (inertia, `assign`, Elkan's bounds, relocation), so the fit
-    /// and `assign` agree to the last bit.
+    /// of an exact distance (Elkan's bounds, relocation; [`Blocked::block_sqdist`], for
+    /// the final labelling of a fit and for `assign`, sums the same way), so the fit and
+    /// `assign` agree to the last bit.
     #[inline]
     pub fn sqdist(&self, i: usize, c: &[f32]) -> f32 {
         let size = LANES * self.d;
@@ -121,5 +122,20 @@ mod tests {
         assert_eq!(x.get(15, 2), x.get(9, 2));
         assert_eq!(x.sqdist(4, &[12.0, 113.0, 214.0]), 0.0);
         assert_eq!(x.norms()[1], 3.0f32.powi(2) + 104.0f32.powi(2) + 205.0f32.powi(2));
+    }
+
+    #[test]
+    fn block_distances_to_the_winners_equal_the_row_ones_bit_for_bit() {
+        let rows: Vec<f32> = (0..13 * 5).map(|i| ((i * 37) % 23) as f32 * 0.37 - 4.0).collect();
+        let x = Blocked::from_rows(&rows, 5, |v, j| v * (1.0 + j as f32));
+        let centres: Vec<f32> = (0..3 * 5).map(|i| ((i * 11) % 7) as f32 * 0.9 - 2.0).collect();
+        for b in 0..x.padded_rows() / LANES {
+            let winners: Vec<u32> = (0..LANES as u32).map(|l| (l + b as u32) % 3).collect();
+            let got = x.block_sqdist(b, &winners, &centres);
+            for l in 0..LANES {
+                let c = winners[l] as usize;
+                assert_eq!(got[l].to_bits(), x.sqdist(b * LANES + l, &centres[c * 5..(c + 1) * 5]).to_bits());
+            }
+        }
     }
 }

@@ -249,7 +249,6 @@ impl Guest {
     }
 }
 
-/// One sandboxed instance of a plugin. Not `Sync`: one thread calls it at a time.
 /// The optional `<kind>-inputs` export, loaded.
 enum Inputs {
     None,
@@ -258,6 +257,7 @@ enum Inputs {
     Sampler(sampler_inputs::Guest),
 }
 
+/// One sandboxed instance of a plugin. Not `Sync`: one thread calls it at a time.
 pub struct Instance {
     store: Store<StageState>,
     guest: Guest,
@@ -463,17 +463,14 @@ impl Instance {
             }
             _ => sampler_inputs::SampleNeeds { features: true, positions: true },
         };
-        let positions = if needs.positions { Vec::new() } else { std::mem::take(&mut input.positions) };
-        let (names, data) = if needs.features {
-            (Vec::new(), Vec::new())
-        } else {
-            (std::mem::take(&mut input.features.names), std::mem::take(&mut input.features.data))
-        };
+        let lent_positions = (!needs.positions).then(|| std::mem::take(&mut input.positions));
+        let lent_features =
+            (!needs.features).then(|| (std::mem::take(&mut input.features.names), std::mem::take(&mut input.features.data)));
         let result = kind_call!(self, context, Sampler, StageKind::Sampler, |g, store| g.call_select(store, input, params));
-        if !needs.positions {
+        if let Some(positions) = lent_positions {
             input.positions = positions;
         }
-        if !needs.features {
+        if let Some((names, data)) = lent_features {
             (input.features.names, input.features.data) = (names, data);
         }
         result

@@ -91,6 +91,11 @@ pub fn bands<S: Stage>(available: &[String], params: &str, f: impl FnOnce(&[Stri
     S::parse_params(params).ok().and_then(|p| f(available, &p))
 }
 
+/// `needs` of `sampler-inputs`: everything too when the parameters do not parse.
+pub fn needs<S: SamplerStage>(params: &str) -> SampleNeeds {
+    S::parse_params(params).map_or(SampleNeeds::ALL, |p| S::needs(&p))
+}
+
 /// Exports a [`FeatureStage`] as the component's `features-stage` world.
 #[macro_export]
 macro_rules! export_features_stage {
@@ -264,8 +269,7 @@ macro_rules! export_sampler_stage {
             }
             impl exports::sampler_inputs::Guest for Component {
                 fn needs(params: String) -> exports::sampler_inputs::SampleNeeds {
-                    let needs = <$stage as $crate::Stage>::parse_params(&params)
-                        .map_or($crate::SampleNeeds::ALL, |p| <$stage as $crate::SamplerStage>::needs(&p));
+                    let needs = g::needs::<$stage>(&params);
                     exports::sampler_inputs::SampleNeeds { features: needs.features, positions: needs.positions }
                 }
             }

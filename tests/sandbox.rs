@@ -242,3 +242,36 @@ fn a_sampler_is_not_handed_what_it_does_not_read() {
         assert_eq!((got.indices, got.labels), (native.indices, native.labels), "{params}");
     }
 }
+
+/// reliable-samples' distances run on explicit Wasm SIMD in the sandbox and on plain
+/// arrays natively; both add the same values in the same order, so the reports
+/// (purity tables, counts) and the selections are the same.
+#[test]
+fn reliable_samples_select_the_same_pixels_in_the_sandbox_and_natively() {
+    use sitsflow::runtime::data::{FeatureMatrix, SampleInput};
+    use sitsflow_sdk::{SamplerStage, Stage};
+    let pool = pool("reliable-samples", Limits::default());
+    let (n, f) = (3000u32, 25usize);
+    let mut state = 3u64;
+    let mut next = move || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 40) as f32 / (1u64 << 24) as f32
+    };
+    let clusters: Vec<u32> = (0..n).map(|i| i % 6 + 1).collect();
+    // Reference: the cluster's class for most pixels, another for some.
+    let reference: Vec<u32> = clusters.iter().map(|&c| if next() < 0.15 { (c + 2) % 4 + 1 } else { c % 4 + 1 }).collect();
+    let data: Vec<f32> = (0..n as usize * f).map(|k| (k % f) as f32 * 0.1 + clusters[k / f] as f32 + next()).collect();
+    let mut input = SampleInput {
+        features: FeatureMatrix { samples: n, names: (0..f).map(|j| format!("f{j}")).collect(), data },
+        layers: vec![("reference".into(), reference), ("clusters".into(), clusters)],
+        probabilities: None,
+        positions: Vec::new(),
+        seed: 9,
+    };
+    let params = r#"{"clusters": "clusters", "purity": 0.6, "per_class": 200, "centroid_quantile": 0.4}"#;
+    let got = pool.with(|i| i.select(&context(0), &mut input, params)).unwrap();
+    type Rs = reliable_samples::ReliableSamples;
+    let native = Rs::select(common::sdk_sample_input(&input), Rs::parse_params(params).unwrap()).unwrap();
+    assert!(got.indices.len() > 400, "{} selected", got.indices.len());
+    assert_eq!((got.indices, got.labels, got.report), (native.indices, native.labels, native.report));
+}

@@ -167,6 +167,7 @@ fn candidate_distances(x: &Blocked, candidates: &[f32], closest: &[f32], out: &m
         .map(|c| F4::splat(c.iter().map(|&v| v as f64 * v as f64).sum::<f64>() as f32))
         .collect();
     pots.fill(0.0);
+    let xnorms = x.norms();
     let zero = F4::splat(0.0);
     const CHUNK: usize = 128; // blocks
     let mut sums = vec![zero; t];
@@ -174,7 +175,7 @@ fn candidate_distances(x: &Blocked, candidates: &[f32], closest: &[f32], out: &m
         sums.fill(zero);
         for (b, block) in blocks.chunks_exact(LANES * d).enumerate() {
             let i = (chunk * CHUNK + b) * LANES;
-            let (xn0, xn1) = (F4::load(&x.norms()[i..]), F4::load(&x.norms()[i + 4..]));
+            let (xn0, xn1) = (F4::load(&xnorms[i..]), F4::load(&xnorms[i + 4..]));
             let (cl0, cl1) = (F4::load(&closest[i..]), F4::load(&closest[i + 4..]));
             for (c, ((w, &cn), sum)) in neg2.chunks_exact(d).zip(&norms).zip(sums.iter_mut()).enumerate() {
                 let (mut a0, mut a1) = (xn0.add(cn), xn1.add(cn));

@@ -6,12 +6,15 @@
 //! The last block is padded with copies of the last row; kernels compute the padding
 //! lanes like any other and callers ignore them (`i < n`).
 
+use std::sync::OnceLock;
+
 pub const LANES: usize = 8;
 
 pub struct Blocked {
     data: Vec<f32>,
-    /// ‖x‖² per row (padding included), for the k-means++ distances.
-    norms: Vec<f32>,
+    /// ‖x‖² per row (padding included), for the k-means++ distances: computed when first
+    /// asked for (`assign` never needs them).
+    norms: OnceLock<Vec<f32>>,
     pub n: usize,
     pub d: usize,
 }
@@ -23,30 +26,23 @@ impl Blocked {
         let n = rows.len() / d;
         let n_pad = n.div_ceil(LANES) * LANES;
         let mut data = vec![0.0f32; n_pad * d];
-        let mut norms = vec![0.0f32; n_pad];
         // A block at a time, one feature of its eight rows per loop round: in the sandbox
         // every loop back-edge also checks the deadline, which a round per value would pay
-        // n·d times. Each row's norm still sums its features in order.
-        for (b, (block, norm)) in data.chunks_exact_mut(LANES * d).zip(norms.chunks_exact_mut(LANES)).enumerate() {
+        // n·d times.
+        for (b, block) in data.chunks_exact_mut(LANES * d).enumerate() {
             let start: [usize; LANES] = std::array::from_fn(|l| (b * LANES + l).min(n - 1) * d);
-            let mut sum = [0.0f64; LANES];
             for (j, column) in block.chunks_exact_mut(LANES).enumerate() {
                 for l in 0..LANES {
-                    let v = f(rows[start[l] + j], j);
-                    column[l] = v;
-                    sum[l] += v as f64 * v as f64;
+                    column[l] = f(rows[start[l] + j], j);
                 }
             }
-            for (norm, sum) in norm.iter_mut().zip(sum) {
-                *norm = sum as f32;
-            }
         }
-        Blocked { data, norms, n, d }
+        Blocked { data, norms: OnceLock::new(), n, d }
     }
 
     /// Rows including the padding of the last block.
     pub fn padded_rows(&self) -> usize {
-        self.norms.len()
+        self.n.div_ceil(LANES) * LANES
     }
 
     /// All blocks as one slice, `LANES × d` values each.
@@ -54,8 +50,23 @@ impl Blocked {
         &self.data
     }
 
+    /// ‖x‖² per row, padding included, each row's squares summed in f64 in feature order.
     pub fn norms(&self) -> &[f32] {
-        &self.norms
+        self.norms.get_or_init(|| {
+            let mut norms = vec![0.0f32; self.padded_rows()];
+            for (block, norm) in self.data.chunks_exact(LANES * self.d).zip(norms.chunks_exact_mut(LANES)) {
+                let mut sum = [0.0f64; LANES];
+                for column in block.chunks_exact(LANES) {
+                    for l in 0..LANES {
+                        sum[l] += column[l] as f64 * column[l] as f64;
+                    }
+                }
+                for (norm, sum) in norm.iter_mut().zip(sum) {
+                    *norm = sum as f32;
+                }
+            }
+            norms
+        })
     }
 
     #[inline]

@@ -159,7 +159,7 @@ mod tests {
             let packed = Packed::new(&centres, k, d);
             for m in [1, 2, 3, 4, 7, 8, 9, 15, 257] {
                 let rows: Vec<f32> = (0..m * d).map(|_| (rng.uniform() * 12.0 - 6.0) as f32).collect();
-                let x = Blocked::from_rows(&rows, d, |v, _| v);
+                let x = Blocked::from_rows(rows.clone(), d, |v, _| v);
                 let mut seen = 0;
                 packed.for_each_nearest_block(&x, |b, winners| {
                     for (i, &got) in (b * LANES..x.n.min((b + 1) * LANES)).zip(winners) {

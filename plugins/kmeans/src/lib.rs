@@ -231,8 +231,7 @@ impl ClustererStage for KMeans {
         data.truncate(n * d);
         let m = moments(&data, d, params.standardize);
         let inv_scale: Vec<f64> = m.scale.iter().map(|s| 1.0 / s).collect();
-        let x = matrix::Blocked::from_rows(&data, d, |v, j| to_internal(v, m.mean[j], inv_scale[j]));
-        drop(data);
+        let x = matrix::Blocked::from_rows(data, d, |v, j| to_internal(v, m.mean[j], inv_scale[j]));
 
         let settings = fit::Settings {
             k,
@@ -323,8 +322,7 @@ impl ClustererStage for KMeans {
             return Ok(Assignment { clusters, distances });
         }
         let inv_scale = model.inv_scale();
-        let x = matrix::Blocked::from_rows(&data, d, |v, j| to_internal(v, model.mean[j], inv_scale[j]));
-        drop(data);
+        let x = matrix::Blocked::from_rows(data, d, |v, j| to_internal(v, model.mean[j], inv_scale[j]));
         let packed = kernel::Packed::new(&model.internal_centres(), model.k, d);
         let mut next = missing.iter();
         let mut fill_missing = |clusters: &mut Vec<u32>, distances: &mut Vec<f32>| {

@@ -20,20 +20,30 @@ pub struct Blocked {
 }
 
 impl Blocked {
-    /// From `n × d` row-major values, each passed through `f(value, feature)`.
-    pub fn from_rows(rows: &[f32], d: usize, f: impl Fn(f32, usize) -> f32) -> Self {
-        assert!(d > 0 && rows.len().is_multiple_of(d));
-        let n = rows.len() / d;
+    /// From `n × d` row-major values, each passed through `f(value, feature)`. Laid out
+    /// in place: the eight rows of a block are contiguous in the row-major order too, so
+    /// each block is transposed through a small scratch copy (no second matrix to
+    /// allocate and fault in).
+    pub fn from_rows(mut data: Vec<f32>, d: usize, f: impl Fn(f32, usize) -> f32) -> Self {
+        assert!(d > 0 && data.len().is_multiple_of(d));
+        let n = data.len() / d;
         let n_pad = n.div_ceil(LANES) * LANES;
-        let mut data = vec![0.0f32; n_pad * d];
+        if n_pad > n {
+            let last = data[(n - 1) * d..].to_vec();
+            data.reserve_exact((n_pad - n) * d);
+            for _ in n..n_pad {
+                data.extend_from_slice(&last);
+            }
+        }
+        let mut rows = vec![0.0f32; LANES * d];
         // A block at a time, one feature of its eight rows per loop round: in the sandbox
         // every loop back-edge also checks the deadline, which a round per value would pay
         // n·d times.
-        for (b, block) in data.chunks_exact_mut(LANES * d).enumerate() {
-            let start: [usize; LANES] = std::array::from_fn(|l| (b * LANES + l).min(n - 1) * d);
+        for block in data.chunks_exact_mut(LANES * d) {
+            rows.copy_from_slice(block);
             for (j, column) in block.chunks_exact_mut(LANES).enumerate() {
                 for l in 0..LANES {
-                    column[l] = f(rows[start[l] + j], j);
+                    column[l] = f(rows[l * d + j], j);
                 }
             }
         }
@@ -121,7 +131,7 @@ mod tests {
     #[test]
     fn blocks_hold_the_rows_transposed_and_padded() {
         let rows: Vec<f32> = (0..30).map(|v| v as f32).collect(); // 10 rows × 3
-        let x = Blocked::from_rows(&rows, 3, |v, j| v + 100.0 * j as f32);
+        let x = Blocked::from_rows(rows.clone(), 3, |v, j| v + 100.0 * j as f32);
         assert_eq!((x.n, x.d, x.padded_rows()), (10, 3, 16));
         assert_eq!(x.raw().len(), 2 * LANES * 3);
         for i in 0..10 {
@@ -138,7 +148,7 @@ mod tests {
     #[test]
     fn block_distances_to_the_winners_equal_the_row_ones_bit_for_bit() {
         let rows: Vec<f32> = (0..13 * 5).map(|i| ((i * 37) % 23) as f32 * 0.37 - 4.0).collect();
-        let x = Blocked::from_rows(&rows, 5, |v, j| v * (1.0 + j as f32));
+        let x = Blocked::from_rows(rows.clone(), 5, |v, j| v * (1.0 + j as f32));
         let centres: Vec<f32> = (0..3 * 5).map(|i| ((i * 11) % 7) as f32 * 0.9 - 2.0).collect();
         for b in 0..x.padded_rows() / LANES {
             let winners: Vec<u32> = (0..LANES as u32).map(|l| (l + b as u32) % 3).collect();

@@ -75,60 +75,83 @@ impl Stage for ReliableSamples {
     type Params = Params;
 }
 
-/// Features summed at once by [`add_columns`]: eight f64 sums (and eight of squares)
-/// stay in registers while the rows stream past.
-const GROUP: usize = 8;
-
 /// Adds each feature's values over `rows` (all finite) to `sum`, and their squares to
-/// `sq` when `SQUARES`. A group of eight features at a time over all rows: one loop round
-/// per row and group instead of per value (in the sandbox each back-edge checks the
-/// deadline), the group's sums held in registers. Each feature still adds its values in
-/// row order, as a row-by-row loop would.
+/// `sq` when `SQUARES`. Up to eleven features per pass over the rows (two lane groups of
+/// four and up to three single ones, their sums held in registers): one loop round per
+/// row and pass instead of per value (in the sandbox each back-edge checks the deadline),
+/// and no pass for a last feature or two alone. Each feature still adds its values in row
+/// order, as a row-by-row loop would.
 fn add_columns<'a, const SQUARES: bool>(rows: impl Iterator<Item = &'a [f32]> + Clone, sum: &mut [f64], sq: &mut [f64]) {
     let f = sum.len();
     let mut g = 0;
     while g < f {
-        let width = GROUP.min(f - g);
-        let (mut s, mut q) = ([0f64; GROUP], [0f64; GROUP]);
-        s[..width].copy_from_slice(&sum[g..g + width]);
-        if SQUARES {
-            q[..width].copy_from_slice(&sq[g..g + width]);
+        // Eight features, with the last one to three if that leaves no group of four.
+        let r = f - g;
+        let (quads, singles) = match r {
+            8.. if r - 8 < 4 => (2, r - 8),
+            8.. => (2, 0),
+            4.. => (1, r - 4),
+            _ => (0, r),
+        };
+        match quads {
+            2 => add_pass::<2, SQUARES>(rows.clone(), g, singles, sum, sq),
+            1 => add_pass::<1, SQUARES>(rows.clone(), g, singles, sum, sq),
+            _ => add_pass::<0, SQUARES>(rows.clone(), g, singles, sum, sq),
         }
-        if width == GROUP {
-            let load = |a: &[f64; GROUP]| [D4::load(&a[..4]), D4::load(&a[4..])];
-            let (mut s4, mut q4) = (load(&s), load(&q));
-            for row in rows.clone() {
-                let v = &row[g..g + GROUP];
-                let x = [D4::widen(&v[..4]), D4::widen(&v[4..])];
-                for h in 0..2 {
-                    s4[h] = s4[h].add(x[h]);
-                    if SQUARES {
-                        q4[h] = q4[h].add(x[h].mul(x[h]));
-                    }
+        g += 4 * quads + singles;
+    }
+}
+
+/// One pass of [`add_columns`]: features `g .. g + 4·QUADS` in lanes, then `singles`
+/// (at most three) one by one.
+#[inline(always)]
+fn add_pass<'a, const QUADS: usize, const SQUARES: bool>(
+    rows: impl Iterator<Item = &'a [f32]>,
+    g: usize,
+    singles: usize,
+    sum: &mut [f64],
+    sq: &mut [f64],
+) {
+    debug_assert!(singles <= 3);
+    let lanes = g..g + 4 * QUADS;
+    let load = |a: &[f64]| -> [D4; QUADS] { std::array::from_fn(|h| D4::load(&a[lanes.start + 4 * h..])) };
+    let (mut s4, mut q4) = (load(sum), if SQUARES { load(sq) } else { [D4::zero(); QUADS] });
+    let one = lanes.end;
+    let (mut s1, mut q1) = ([0f64; 3], [0f64; 3]);
+    s1[..singles].copy_from_slice(&sum[one..one + singles]);
+    if SQUARES {
+        q1[..singles].copy_from_slice(&sq[one..one + singles]);
+    }
+    for row in rows {
+        for h in 0..QUADS {
+            let x = D4::widen(&row[lanes.start + 4 * h..]);
+            s4[h] = s4[h].add(x);
+            if SQUARES {
+                q4[h] = q4[h].add(x.mul(x));
+            }
+        }
+        // Branches rather than a loop: no back-edge per value.
+        let tail = &row[one..one + singles];
+        for k in 0..3 {
+            if k < singles {
+                let x = tail[k] as f64;
+                s1[k] += x;
+                if SQUARES {
+                    q1[k] += x * x;
                 }
             }
-            let store = |a: &mut [f64; GROUP], v: [D4; 2]| {
-                a[..4].copy_from_slice(&v[0].to_array());
-                a[4..].copy_from_slice(&v[1].to_array());
-            };
-            store(&mut s, s4);
-            store(&mut q, q4);
-        } else {
-            for row in rows.clone() {
-                for (k, &v) in row[g..g + width].iter().enumerate() {
-                    let x = v as f64;
-                    s[k] += x;
-                    if SQUARES {
-                        q[k] += x * x;
-                    }
-                }
-            }
         }
-        sum[g..g + width].copy_from_slice(&s[..width]);
+    }
+    for h in 0..QUADS {
+        let at = lanes.start + 4 * h;
+        sum[at..at + 4].copy_from_slice(&s4[h].to_array());
         if SQUARES {
-            sq[g..g + width].copy_from_slice(&q[..width]);
+            sq[at..at + 4].copy_from_slice(&q4[h].to_array());
         }
-        g += width;
+    }
+    sum[one..one + singles].copy_from_slice(&s1[..singles]);
+    if SQUARES {
+        sq[one..one + singles].copy_from_slice(&q1[..singles]);
     }
 }
 
@@ -484,7 +507,7 @@ mod tests {
 
     #[test]
     fn lane_sums_and_distances_match_scalar_loops_bit_for_bit() {
-        for f in [1, 3, 4, 5, 8, 9, 12, 16, 17, 25, 27, 36, 41] {
+        for f in [1, 2, 3, 4, 5, 7, 8, 9, 11, 12, 15, 16, 17, 25, 27, 36, 41] {
             let samples = 37;
             let features = FeatureMatrix { samples, names: (0..f).map(|j| format!("f{j}")).collect(), data: values(samples * f, f as u64) };
             // Sums and squares feature by feature in row order.

@@ -12,10 +12,12 @@
 use crate::matrix::{Blocked, LANES};
 use crate::simd::F4;
 
-/// Features per round of the distance loop. Eight in the sandbox, where a round's
-/// back-edge costs an epoch check; four natively, where eight made LLVM's x86 code slower
-/// (1.5× on the stages bench). Same sums either way.
-const ROUND: usize = if cfg!(target_arch = "wasm32") { 8 } else { 4 };
+/// Features per round of the distance loop. Four in both worlds: eight made LLVM's x86
+/// code slower (1.5× on the stages bench), and in the sandbox, where each round's
+/// back-edge costs an epoch check, eight now measures no better than four (fit 101–106
+/// against 113–134 ms, assign 7.0–7.2 against 7.7–8.7 ms) and two is slower with
+/// deadlines. Same sums whatever the round.
+const ROUND: usize = 4;
 
 /// Centres laid out for [`Packed::nearest_blocks`].
 pub struct Packed {
@@ -65,8 +67,8 @@ impl Packed {
             let (w0, w1) = w.split_at(d);
             let (n0, n1) = (self.norms[c], self.norms[c + 1]);
             let (mut a00, mut a01, mut a10, mut a11) = (n0, n0, n1, n1);
-            // `ROUND` features per loop round, then four, then one: in the sandbox every
-            // loop back-edge also checks the epoch deadline, which one feature per round
+            // `ROUND` features per loop round, then one: in the sandbox every loop
+            // back-edge also checks the epoch deadline, which one feature per round
             // would pay d times. Each accumulator still takes its features in order
             // (bit-identical sums, whatever the round).
             let mut step = |x: &[f32], u: &[F4], v: &[F4]| {
@@ -83,11 +85,6 @@ impl Packed {
             let mut vs = w1.chunks_exact(ROUND);
             for ((x, u), v) in (&mut xs).zip(&mut us).zip(&mut vs) {
                 step(x, &u[..ROUND], &v[..ROUND]);
-            }
-            let (mut xs, mut us, mut vs) =
-                (xs.remainder().chunks_exact(4 * LANES), us.remainder().chunks_exact(4), vs.remainder().chunks_exact(4));
-            for ((x, u), v) in (&mut xs).zip(&mut us).zip(&mut vs) {
-                step(x, &u[..4], &v[..4]);
             }
             for ((x, u), v) in xs.remainder().chunks_exact(LANES).zip(us.remainder()).zip(vs.remainder()) {
                 let (lo, hi) = (F4::load(&x[..4]), F4::load(&x[4..]));

@@ -14,7 +14,7 @@ use crate::simd::F4;
 
 /// Features per round of the distance loop. Four in both worlds: eight made LLVM's x86
 /// code slower (1.5× on the stages bench), and in the sandbox, where each round's
-/// back-edge costs an epoch check, eight now measures no better than four (fit 101–106
+/// back-edge costs an epoch check, eight now measures slower than four (fit 101–106
 /// against 113–134 ms, assign 7.0–7.2 against 7.7–8.7 ms) and two is slower with
 /// deadlines. Same sums whatever the round.
 const ROUND: usize = 4;

@@ -238,7 +238,6 @@ fn member_distances<const QUADS: usize>(
     complete: bool,
 ) -> Vec<f64> {
     let f = features.names.len();
-    let term = |j: usize, v: f32| (v as f64 - centre[j]).powi(2) * weight[j];
     members
         .iter()
         .map(|&i| {
@@ -248,13 +247,19 @@ fn member_distances<const QUADS: usize>(
             } else {
                 let (mut d, mut used) = (0f64, 0usize);
                 for (j, &v) in row.iter().enumerate().filter(|(_, v)| v.is_finite()) {
-                    d += term(j, v);
+                    d += weighted_square(v, centre[j], weight[j]);
                     used += 1;
                 }
                 if used == 0 { f64::INFINITY } else { (d * f as f64 / used as f64).sqrt() }
             }
         })
         .collect()
+}
+
+/// One term `w (v − m)²` of a distance, as the lanes of [`distance`] compute it.
+#[inline(always)]
+fn weighted_square(v: f32, m: f64, w: f64) -> f64 {
+    (v as f64 - m).powi(2) * w
 }
 
 /// `√(Σⱼ wⱼ (vⱼ − mⱼ)²)` of a row without missing values, feature `j` added into
@@ -276,7 +281,7 @@ fn distance<const QUADS: usize>(row: &[f32], centre: &[f64], weight: &[f64]) -> 
     // The last (at most three) features, in partial sums 0, 1, 2.
     let tail = 4 * quads;
     for (k, a) in acc.iter_mut().take(f - tail).enumerate() {
-        *a += (row[tail + k] as f64 - centre[tail + k]).powi(2) * weight[tail + k];
+        *a += weighted_square(row[tail + k], centre[tail + k], weight[tail + k]);
     }
     ((acc[0] + acc[1]) + (acc[2] + acc[3])).sqrt()
 }

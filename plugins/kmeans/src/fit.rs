@@ -520,7 +520,7 @@ mod tests {
     fn empty_clusters_take_the_farthest_points() {
         let mut data = vec![0.0f32; 1002 * 2];
         data[2000..].copy_from_slice(&[10.0, 0.0, 0.0, 10.0]);
-        let x = &Blocked::from_rows(data.clone(), 2, |v, _| v);
+        let x = &Blocked::plain(data.clone(), 2);
         for algorithm in [Algorithm::Lloyd, Algorithm::Elkan] {
             let s = Settings { k: 3, init: Init::Random, algorithm, max_iter: 50, tol: 0.0 };
             // A seed whose random init picks three copies of the crowded point.
@@ -542,7 +542,7 @@ mod tests {
     fn block_distances_equal_the_scalar_ones_bit_for_bit() {
         let mut rng = Rng::new(8);
         let rows: Vec<f32> = (0..13 * 7).map(|_| (rng.uniform() * 20.0 - 10.0) as f32).collect();
-        let x = Blocked::from_rows(rows.clone(), 7, |v, _| v);
+        let x = Blocked::plain(rows.clone(), 7);
         let centres: Vec<f64> = (0..3 * 7).map(|_| rng.uniform() * 4.0).collect();
         let packed = Packed::new(&centres, 3, 7);
         let mut dists = vec![[0.0f32; LANES]; 3];
@@ -559,7 +559,7 @@ mod tests {
     #[test]
     fn random_init_draws_distinct_samples() {
         let data: Vec<f32> = (0..20).map(|i| i as f32).collect();
-        let x = &Blocked::from_rows(data.clone(), 1, |v, _| v);
+        let x = &Blocked::plain(data.clone(), 1);
         for seed in 0..20 {
             let mut c = random_init(x, 20, &mut Rng::new(seed));
             c.sort_by(f64::total_cmp);

@@ -12,18 +12,15 @@
 use crate::matrix::{Blocked, LANES};
 use crate::simd::F4;
 
-/// Features per round of the distance loop. Four in both worlds: eight made LLVM's x86
-/// code slower (1.5× on the stages bench), and in the sandbox, where each round's
-/// back-edge costs an epoch check, eight now measures slower than four (fit 101–106
-/// against 113–134 ms, assign 7.0–7.2 against 7.7–8.7 ms) and two is slower with
-/// deadlines. Same sums whatever the round.
-const ROUND: usize = 4;
+/// Centres per pass over a block's features (see [`Packed::group`]).
+const GROUP: usize = 4;
 
 /// Centres laid out for [`Packed::nearest_blocks`].
 pub struct Packed {
     pub k: usize,
     pub d: usize,
-    /// `k × d`: −2·c per centre and feature, in all four lanes.
+    /// ⌈k / `GROUP`⌉ × d: per group of centres and feature, −2·c of each of the
+    /// group's centres in its own lane (see [`Packed::new`]).
     neg2: Vec<F4>,
     /// Per centre: ‖c‖² in all four lanes.
     norms: Vec<F4>,
@@ -36,7 +33,19 @@ impl Packed {
     pub fn new(centres: &[f64], k: usize, d: usize) -> Self {
         assert_eq!(centres.len(), k * d);
         let rows: Vec<f32> = centres.iter().map(|&v| v as f32).collect();
-        let neg2 = rows.iter().map(|&v| F4::splat(-2.0 * v)).collect();
+        // Per group of `GROUP` centres and feature, the group's −2·c in one vector (lane
+        // `i` for centre `c0 + i`; a last, smaller group leaves lanes at zero): the
+        // group starting at centre `c0` has feature `f` at `c0 / GROUP · d + f`.
+        let mut neg2 = Vec::with_capacity(k.div_ceil(GROUP) * d);
+        for c0 in (0..k).step_by(GROUP) {
+            for f in 0..d {
+                let mut w = [0.0f32; 4];
+                for (i, w) in w.iter_mut().enumerate().take(k - c0) {
+                    *w = -2.0 * rows[(c0 + i) * d + f];
+                }
+                neg2.push(F4::load(&w));
+            }
+        }
         // The norm in f64 of the f32 centre: the scores are then off only by the
         // rounding of the dot product.
         let norms = rows
@@ -56,63 +65,65 @@ impl Packed {
     /// the lowest centre index.
     #[inline(always)]
     fn nearest8(&self, block: &[f32]) -> [u32; 8] {
-        let d = self.d;
+        let cols = block.as_chunks::<LANES>().0;
+        assert_eq!(cols.len(), self.d);
         let mut best = [F4::splat(f32::INFINITY); 2];
         let mut best_id = [F4::splat(0.0); 2];
-        // Two centres × two row vectors per pass over the features: four independent
-        // add chains, and each vector loaded feeds two products.
-        let mut pairs = self.neg2.chunks_exact(2 * d);
-        let mut c = 0;
-        for w in &mut pairs {
-            let (w0, w1) = w.split_at(d);
-            let (n0, n1) = (self.norms[c], self.norms[c + 1]);
-            let (mut a00, mut a01, mut a10, mut a11) = (n0, n0, n1, n1);
-            // `ROUND` features per loop round, then one: in the sandbox every loop
-            // back-edge also checks the epoch deadline, which one feature per round
-            // would pay d times. Each accumulator still takes its features in order
-            // (bit-identical sums, whatever the round).
-            let mut step = |x: &[f32], u: &[F4], v: &[F4]| {
-                for f in 0..u.len() {
-                    let (lo, hi) = (F4::load(&x[2 * f * 4..]), F4::load(&x[(2 * f + 1) * 4..]));
-                    a00 = a00.add(lo.mul(u[f]));
-                    a01 = a01.add(hi.mul(u[f]));
-                    a10 = a10.add(lo.mul(v[f]));
-                    a11 = a11.add(hi.mul(v[f]));
-                }
-            };
-            let mut xs = block.chunks_exact(ROUND * LANES);
-            let mut us = w0.chunks_exact(ROUND);
-            let mut vs = w1.chunks_exact(ROUND);
-            for ((x, u), v) in (&mut xs).zip(&mut us).zip(&mut vs) {
-                step(x, &u[..ROUND], &v[..ROUND]);
-            }
-            for ((x, u), v) in xs.remainder().chunks_exact(LANES).zip(us.remainder()).zip(vs.remainder()) {
-                let (lo, hi) = (F4::load(&x[..4]), F4::load(&x[4..]));
-                a00 = a00.add(lo.mul(*u));
-                a01 = a01.add(hi.mul(*u));
-                a10 = a10.add(lo.mul(*v));
-                a11 = a11.add(hi.mul(*v));
-            }
-            // Strict `<` in increasing c: the lowest index wins a tie, as numpy's argmin.
-            let (i0, i1) = (F4::splat(c as f32), F4::splat((c + 1) as f32));
-            (best[0], best_id[0]) = a00.keep_smaller(i0, best[0], best_id[0]);
-            (best[1], best_id[1]) = a01.keep_smaller(i0, best[1], best_id[1]);
-            (best[0], best_id[0]) = a10.keep_smaller(i1, best[0], best_id[0]);
-            (best[1], best_id[1]) = a11.keep_smaller(i1, best[1], best_id[1]);
-            c += 2;
+        let full = self.k / GROUP * GROUP;
+        for c0 in (0..full).step_by(GROUP) {
+            self.group::<GROUP>(c0, cols, &mut best, &mut best_id);
         }
-        if c < self.k {
-            let (mut a0, mut a1) = (self.norms[c], self.norms[c]);
-            for (x, u) in block.chunks_exact(LANES).zip(pairs.remainder()) {
-                a0 = a0.add(F4::load(&x[..4]).mul(*u));
-                a1 = a1.add(F4::load(&x[4..]).mul(*u));
-            }
-            let i = F4::splat(c as f32);
-            (_, best_id[0]) = a0.keep_smaller(i, best[0], best_id[0]);
-            (_, best_id[1]) = a1.keep_smaller(i, best[1], best_id[1]);
+        match self.k - full {
+            1 => self.group::<1>(full, cols, &mut best, &mut best_id),
+            2 => self.group::<2>(full, cols, &mut best, &mut best_id),
+            3 => self.group::<3>(full, cols, &mut best, &mut best_id),
+            _ => {}
         }
         let (lo, hi) = (best_id[0].to_array(), best_id[1].to_array());
         [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3]].map(|c| c as u32)
+    }
+
+    /// Scores of the eight rows of `cols` for centres `c0 .. c0 + G`, folded into the
+    /// running minimum `best` (and its centre `best_id`) in increasing centre order.
+    ///
+    /// Shaped for Cranelift, the sandbox's compiler, which (a) keeps a block's loads in
+    /// place but moves its arithmetic down to where the result is needed, so every value
+    /// a loop round loads is live at once, and (b) with deadlines spills every vector
+    /// live across a loop header (the epoch check's slow path is a call), so the sums
+    /// go to the stack and back once per round. A round here takes two features: per
+    /// feature two vectors of rows and one vector of the group's weights (spread to the
+    /// lanes by shuffles, which Cranelift places at their use), `8·G` multiply-adds; 6
+    /// loads and 8 sums fit the 16 vector registers. (Two centres over four features a
+    /// round loaded 16 vectors, spilled them, and spilled the sums too.)
+    #[inline(always)]
+    fn group<const G: usize>(&self, c0: usize, cols: &[[f32; LANES]], best: &mut [F4; 2], best_id: &mut [F4; 2]) {
+        let d = cols.len();
+        let w = &self.neg2[c0 / GROUP * d..(c0 / GROUP + 1) * d];
+        let mut acc: [[F4; 2]; G] = std::array::from_fn(|i| [self.norms[c0 + i]; 2]);
+        // Each sum takes its features in order, whatever the round.
+        let mut step = |x: &[f32; LANES], w: F4| {
+            let (lo, hi) = (F4::load(&x[..4]), F4::load(&x[4..]));
+            let ws = [w.lane::<0>(), w.lane::<1>(), w.lane::<2>(), w.lane::<3>()];
+            for i in 0..G {
+                acc[i][0] = acc[i][0].add(lo.mul(ws[i]));
+                acc[i][1] = acc[i][1].add(hi.mul(ws[i]));
+            }
+        };
+        let (x2, x1) = cols.as_chunks::<2>();
+        let (w2, w1) = w.as_chunks::<2>();
+        for (x, w) in x2.iter().zip(w2) {
+            step(&x[0], w[0]);
+            step(&x[1], w[1]);
+        }
+        for (x, &w) in x1.iter().zip(w1) {
+            step(x, w);
+        }
+        // Strict `<` in increasing c: the lowest index wins a tie, as numpy's argmin.
+        for (i, [a0, a1]) in acc.into_iter().enumerate() {
+            let id = F4::splat((c0 + i) as f32);
+            (best[0], best_id[0]) = a0.keep_smaller(id, best[0], best_id[0]);
+            (best[1], best_id[1]) = a1.keep_smaller(id, best[1], best_id[1]);
+        }
     }
 
     /// The nearest centre of every row of `blocks` (whole blocks of a [`Blocked`]),
@@ -156,7 +167,7 @@ mod tests {
             let packed = Packed::new(&centres, k, d);
             for m in [1, 2, 3, 4, 7, 8, 9, 15, 257] {
                 let rows: Vec<f32> = (0..m * d).map(|_| (rng.uniform() * 12.0 - 6.0) as f32).collect();
-                let x = Blocked::from_rows(rows.clone(), d, |v, _| v);
+                let x = Blocked::plain(rows.clone(), d);
                 let mut seen = 0;
                 packed.for_each_nearest_block(&x, |b, winners| {
                     for (i, &got) in (b * LANES..x.n.min((b + 1) * LANES)).zip(winners) {

@@ -29,7 +29,7 @@ pub mod model;
 mod rng;
 mod simd;
 
-use model::{FORMAT, Model, to_internal};
+use model::{FORMAT, Model};
 use sitsflow_sdk::host::{self, Level};
 use sitsflow_sdk::prelude::*;
 use sitsflow_sdk::serde_json;
@@ -155,6 +155,10 @@ struct Moments {
 fn drop_missing_rows(data: &mut [f32], names: &[String]) -> Result<(usize, usize), StageError> {
     let d = names.len();
     let n = data.len() / d;
+    // One check of the whole matrix first: most have no missing value.
+    if all_finite(data) {
+        return Ok((n, 0));
+    }
     let mut kept = 0;
     for i in 0..n {
         let row = &data[i * d..(i + 1) * d];
@@ -231,7 +235,7 @@ impl ClustererStage for KMeans {
         data.truncate(n * d);
         let m = moments(&data, d, params.standardize);
         let inv_scale: Vec<f64> = m.scale.iter().map(|s| 1.0 / s).collect();
-        let x = matrix::Blocked::from_rows(data, d, |v, j| to_internal(v, m.mean[j], inv_scale[j]));
+        let x = matrix::Blocked::from_rows(data, d, &m.mean, &inv_scale);
 
         let settings = fit::Settings {
             k,
@@ -310,21 +314,25 @@ impl ClustererStage for KMeans {
         model.check_features(&samples.names)?;
         let FeatureMatrix { names, mut data, .. } = samples;
         let d = names.len();
-        let missing: Vec<bool> = data.chunks_exact(d).map(|row| !all_finite(row)).collect();
+        // Which rows miss a value; `None` when none does (one check of the whole matrix,
+        // the common case, instead of one per row).
+        let missing: Option<Vec<bool>> =
+            (!all_finite(&data)).then(|| data.chunks_exact(d).map(|row| !all_finite(row)).collect());
+        let rows = data.len() / d.max(1);
         // As in `fit`: the complete rows to the front, into the fit's space, in blocks.
         let (n, _) = drop_missing_rows(&mut data, &names)?;
         data.truncate(n * d);
-        let mut clusters = Vec::with_capacity(missing.len());
-        let mut distances = Vec::with_capacity(missing.len());
+        let mut clusters = Vec::with_capacity(rows);
+        let mut distances = Vec::with_capacity(rows);
         if n == 0 {
-            clusters.resize(missing.len(), u32::MAX);
-            distances.resize(missing.len(), f32::NAN);
+            clusters.resize(rows, u32::MAX);
+            distances.resize(rows, f32::NAN);
             return Ok(Assignment { clusters, distances });
         }
         let inv_scale = model.inv_scale();
-        let x = matrix::Blocked::from_rows(data, d, |v, j| to_internal(v, model.mean[j], inv_scale[j]));
+        let x = matrix::Blocked::from_rows(data, d, &model.mean, &inv_scale);
         let packed = kernel::Packed::new(&model.internal_centres(), model.k, d);
-        let mut next = missing.iter();
+        let mut next = missing.as_deref().unwrap_or_default().iter();
         let mut fill_missing = |clusters: &mut Vec<u32>, distances: &mut Vec<f32>| {
             while next.as_slice().first() == Some(&true) {
                 next.next();

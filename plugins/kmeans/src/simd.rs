@@ -39,6 +39,17 @@ mod imp {
             unsafe { v128_store(s.as_mut_ptr() as *mut v128, self.0) }
         }
 
+        /// Lane `L` in all four lanes (one shuffle).
+        #[inline(always)]
+        pub fn lane<const L: usize>(self) -> Self {
+            F4(match L {
+                0 => i32x4_shuffle::<0, 0, 0, 0>(self.0, self.0),
+                1 => i32x4_shuffle::<1, 1, 1, 1>(self.0, self.0),
+                2 => i32x4_shuffle::<2, 2, 2, 2>(self.0, self.0),
+                _ => i32x4_shuffle::<3, 3, 3, 3>(self.0, self.0),
+            })
+        }
+
         #[inline(always)]
         pub fn add(self, o: Self) -> Self {
             F4(f32x4_add(self.0, o.0))
@@ -74,6 +85,33 @@ mod imp {
             (F4(v128_bitselect(self.0, best.0, m)), F4(v128_bitselect(idx.0, best_idx.0, m)))
         }
 
+        /// `((v as f64 − mean) · inv) as f32` per lane (the standardisation of
+        /// `crate::model::to_internal`), with `mean` and `inv` from lane `L` of `means`
+        /// and `invs`.
+        #[inline(always)]
+        pub fn standardise<const L: usize>(self, means: D2, invs: D2) -> Self {
+            let (m, s) = (means.lane::<L>().0, invs.lane::<L>().0);
+            let lo = f64x2_mul(f64x2_sub(f64x2_promote_low_f32x4(self.0), m), s);
+            let hi = f64x2_mul(f64x2_sub(f64x2_promote_low_f32x4(i64x2_shuffle::<1, 1>(self.0, self.0)), m), s);
+            F4(i64x2_shuffle::<0, 2>(f32x4_demote_f64x2_zero(lo), f32x4_demote_f64x2_zero(hi)))
+        }
+
+        /// Four vectors as the columns of a 4 × 4 matrix: lane `i` of result `j` is lane
+        /// `j` of `r[i]`.
+        #[inline(always)]
+        pub fn transpose(r: [Self; 4]) -> [Self; 4] {
+            let t0 = i32x4_shuffle::<0, 4, 1, 5>(r[0].0, r[1].0);
+            let t1 = i32x4_shuffle::<2, 6, 3, 7>(r[0].0, r[1].0);
+            let t2 = i32x4_shuffle::<0, 4, 1, 5>(r[2].0, r[3].0);
+            let t3 = i32x4_shuffle::<2, 6, 3, 7>(r[2].0, r[3].0);
+            [
+                F4(i64x2_shuffle::<0, 2>(t0, t2)),
+                F4(i64x2_shuffle::<1, 3>(t0, t2)),
+                F4(i64x2_shuffle::<0, 2>(t1, t3)),
+                F4(i64x2_shuffle::<1, 3>(t1, t3)),
+            ]
+        }
+
         #[inline(always)]
         pub fn to_array(self) -> [f32; 4] {
             [
@@ -82,6 +120,30 @@ mod imp {
                 f32x4_extract_lane::<2>(self.0),
                 f32x4_extract_lane::<3>(self.0),
             ]
+        }
+    }
+
+    /// Two f64 lanes.
+    #[derive(Clone, Copy)]
+    pub struct D2(v128);
+
+    impl D2 {
+        /// The first two values of `s`.
+        #[inline(always)]
+        pub fn load(s: &[f64]) -> Self {
+            assert!(s.len() >= 2);
+            // SAFETY: two f64 are in bounds (checked above); Wasm loads need no alignment.
+            D2(unsafe { v128_load(s.as_ptr() as *const v128) })
+        }
+
+        /// Lane `L` of four lanes held by two vectors: lane `L % 2` of `self` (the first
+        /// two) or of the second.
+        #[inline(always)]
+        fn lane<const L: usize>(self) -> Self {
+            D2(match L % 2 {
+                0 => i64x2_shuffle::<0, 0>(self.0, self.0),
+                _ => i64x2_shuffle::<1, 1>(self.0, self.0),
+            })
         }
     }
 }
@@ -110,6 +172,11 @@ mod imp {
         #[inline(always)]
         pub fn store(self, s: &mut [f32]) {
             s[..4].copy_from_slice(&self.0);
+        }
+
+        #[inline(always)]
+        pub fn lane<const L: usize>(self) -> Self {
+            F4([self.0[L]; 4])
         }
 
         #[inline(always)]
@@ -156,13 +223,34 @@ mod imp {
         }
 
         #[inline(always)]
+        pub fn standardise<const L: usize>(self, means: D2, invs: D2) -> Self {
+            let (m, s) = (means.0[L % 2], invs.0[L % 2]);
+            F4(self.0.map(|v| ((v as f64 - m) * s) as f32))
+        }
+
+        #[inline(always)]
+        pub fn transpose(r: [Self; 4]) -> [Self; 4] {
+            std::array::from_fn(|j| F4(std::array::from_fn(|i| r[i].0[j])))
+        }
+
+        #[inline(always)]
         pub fn to_array(self) -> [f32; 4] {
             self.0
         }
     }
+
+    #[derive(Clone, Copy)]
+    pub struct D2([f64; 2]);
+
+    impl D2 {
+        #[inline(always)]
+        pub fn load(s: &[f64]) -> Self {
+            D2([s[0], s[1]])
+        }
+    }
 }
 
-pub use imp::F4;
+pub use imp::{D2, F4};
 
 #[cfg(test)]
 mod tests {

@@ -40,6 +40,18 @@ mod imp {
             unsafe { D4(v128_load(p), v128_load(p.add(1))) }
         }
 
+        /// Writes the lanes into the first four values of `s`.
+        #[inline(always)]
+        pub fn store(self, s: &mut [f64]) {
+            assert!(s.len() >= 4);
+            let p = s.as_mut_ptr() as *mut v128;
+            // SAFETY: as in `load`.
+            unsafe {
+                v128_store(p, self.0);
+                v128_store(p.add(1), self.1);
+            }
+        }
+
         #[inline(always)]
         pub fn add(self, o: Self) -> Self {
             D4(f64x2_add(self.0, o.0), f64x2_add(self.1, o.1))
@@ -98,6 +110,15 @@ mod imp {
         }
 
         #[inline(always)]
+        pub fn store(self, s: &mut [f64]) {
+            assert!(s.len() >= 4);
+            unsafe {
+                _mm_storeu_pd(s.as_mut_ptr(), self.0);
+                _mm_storeu_pd(s.as_mut_ptr().add(2), self.1);
+            }
+        }
+
+        #[inline(always)]
         pub fn add(self, o: Self) -> Self {
             unsafe { D4(_mm_add_pd(self.0, o.0), _mm_add_pd(self.1, o.1)) }
         }
@@ -143,6 +164,11 @@ mod imp {
         #[inline(always)]
         pub fn load(s: &[f64]) -> Self {
             D4([s[0], s[1], s[2], s[3]])
+        }
+
+        #[inline(always)]
+        pub fn store(self, s: &mut [f64]) {
+            s[..4].copy_from_slice(&self.0);
         }
 
         #[inline(always)]

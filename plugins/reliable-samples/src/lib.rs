@@ -76,82 +76,66 @@ impl Stage for ReliableSamples {
 }
 
 /// Adds each feature's values over `rows` (all finite) to `sum`, and their squares to
-/// `sq` when `SQUARES`. Up to eleven features per pass over the rows (two lane groups of
-/// four and up to three single ones, their sums held in registers): one loop round per
-/// row and pass instead of per value (in the sandbox each back-edge checks the deadline),
-/// and no pass for a last feature or two alone. Each feature still adds its values in row
+/// `sq` when `SQUARES`, in one pass over the rows. Each feature adds its values in row
 /// order, as a row-by-row loop would.
-fn add_columns<'a, const SQUARES: bool>(rows: impl Iterator<Item = &'a [f32]> + Clone, sum: &mut [f64], sq: &mut [f64]) {
-    let f = sum.len();
-    let mut g = 0;
-    while g < f {
-        // Eight features, with the last one to three if that leaves no group of four.
-        let r = f - g;
-        let (quads, singles) = match r {
-            8.. if r - 8 < 4 => (2, r - 8),
-            8.. => (2, 0),
-            4.. => (1, r - 4),
-            _ => (0, r),
-        };
-        match quads {
-            2 => add_pass::<2, SQUARES>(rows.clone(), g, singles, sum, sq),
-            1 => add_pass::<1, SQUARES>(rows.clone(), g, singles, sum, sq),
-            _ => add_pass::<0, SQUARES>(rows.clone(), g, singles, sum, sq),
+///
+/// The sums stay in memory and are loaded, added to from four rows and stored back per
+/// group of four features: compiled in the sandbox, a loop that carried them in
+/// registers spilled them at every back-edge anyway (the deadline check's slow path is
+/// a call), and held few enough of them (eleven features a pass) to need three passes
+/// over the rows for 25 features.
+fn add_columns<'a, const SQUARES: bool>(rows: impl Iterator<Item = &'a [f32]>, sum: &mut [f64], sq: &mut [f64]) {
+    const R: usize = 4;
+    let mut rows = rows.fuse();
+    loop {
+        let mut batch: [&[f32]; R] = [&[]; R];
+        let mut m = 0;
+        for (slot, row) in batch.iter_mut().zip(&mut rows) {
+            *slot = row;
+            m += 1;
         }
-        g += 4 * quads + singles;
+        if m < R {
+            for row in &batch[..m] {
+                add_rows::<1, SQUARES>([row], sum, sq);
+            }
+            return;
+        }
+        add_rows::<R, SQUARES>(batch, sum, sq);
     }
 }
 
-/// One pass of [`add_columns`]: features `g .. g + 4·QUADS` in lanes, then `singles`
-/// (at most three) one by one.
+/// [`add_columns`] for `R` rows: per group of four features, the sums loaded once, the
+/// rows' values added in row order, the sums stored; then the last one to three
+/// features one by one.
 #[inline(always)]
-fn add_pass<'a, const QUADS: usize, const SQUARES: bool>(
-    rows: impl Iterator<Item = &'a [f32]>,
-    g: usize,
-    singles: usize,
-    sum: &mut [f64],
-    sq: &mut [f64],
-) {
-    debug_assert!(singles <= 3);
-    let lanes = g..g + 4 * QUADS;
-    let load = |a: &[f64]| -> [D4; QUADS] { std::array::from_fn(|h| D4::load(&a[lanes.start + 4 * h..])) };
-    let (mut s4, mut q4) = (load(sum), if SQUARES { load(sq) } else { [D4::zero(); QUADS] });
-    let one = lanes.end;
-    let (mut s1, mut q1) = ([0f64; 3], [0f64; 3]);
-    s1[..singles].copy_from_slice(&sum[one..one + singles]);
-    if SQUARES {
-        q1[..singles].copy_from_slice(&sq[one..one + singles]);
-    }
-    for row in rows {
-        for h in 0..QUADS {
-            let x = D4::widen(&row[lanes.start + 4 * h..]);
-            s4[h] = s4[h].add(x);
+fn add_rows<const R: usize, const SQUARES: bool>(rows: [&[f32]; R], sum: &mut [f64], sq: &mut [f64]) {
+    let f = sum.len();
+    let (sum4, _) = sum.as_chunks_mut::<4>();
+    let quads = sum4.len();
+    let rows: [&[f32]; R] = rows.map(|r| &r[..f]);
+    for q in 0..quads {
+        let mut s = D4::load(&sum4[q]);
+        let mut s2 = if SQUARES { D4::load(&sq[4 * q..4 * q + 4]) } else { D4::zero() };
+        for row in rows {
+            let x = D4::widen(&row[4 * q..4 * q + 4]);
+            s = s.add(x);
             if SQUARES {
-                q4[h] = q4[h].add(x.mul(x));
+                s2 = s2.add(x.mul(x));
             }
         }
-        // Branches rather than a loop: no back-edge per value.
-        let tail = &row[one..one + singles];
-        for k in 0..3 {
-            if k < singles {
-                let x = tail[k] as f64;
-                s1[k] += x;
-                if SQUARES {
-                    q1[k] += x * x;
-                }
-            }
-        }
-    }
-    for h in 0..QUADS {
-        let at = lanes.start + 4 * h;
-        sum[at..at + 4].copy_from_slice(&s4[h].to_array());
+        s.store(&mut sum4[q]);
         if SQUARES {
-            sq[at..at + 4].copy_from_slice(&q4[h].to_array());
+            s2.store(&mut sq[4 * q..4 * q + 4]);
         }
     }
-    sum[one..one + singles].copy_from_slice(&s1[..singles]);
-    if SQUARES {
-        sq[one..one + singles].copy_from_slice(&q1[..singles]);
+    for j in 4 * quads..f {
+        for row in rows {
+            let x = row[j] as f64;
+            sum[j] += x;
+            if SQUARES {
+                sq[j] += x * x;
+            }
+        }
     }
 }
 

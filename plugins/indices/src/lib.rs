@@ -10,6 +10,9 @@
 
 use sitsflow_sdk::prelude::*;
 
+mod lanes;
+use lanes::{D2, V4};
+
 /// Where each index needs which bands.
 const FORMULAS: [(&str, &[&str]); 7] = [
     ("NDVI", &["B08", "B04"]),
@@ -155,48 +158,143 @@ fn civil(days: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
-fn percentile(sorted: &[f32], q: f32) -> f32 {
-    // Linear interpolation between closest ranks (numpy's default).
-    let pos = q * (sorted.len() - 1) as f32;
+/// The `q` quantile of `n` sorted values, `at(i)` the `i`-th: linear interpolation
+/// between closest ranks (numpy's default).
+fn percentile(n: usize, q: f32, at: impl Fn(usize) -> f32) -> f32 {
+    let pos = q * (n - 1) as f32;
     let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f32)
+    at(lo) + (at(hi) - at(lo)) * (pos - lo as f32)
+}
+
+/// Statistic `s` of a series with `n` (≥ 1) valid values, their mean and standard
+/// deviation, and `at(i)` the `i`-th smallest.
+fn statistic(s: Stat, n: usize, mean: f64, std: f32, at: impl Fn(usize) -> f32) -> f32 {
+    match s {
+        Stat::Count => n as f32,
+        Stat::Mean => mean as f32,
+        Stat::Std => std,
+        Stat::Min => at(0),
+        Stat::Max => at(n - 1),
+        Stat::P10 => percentile(n, 0.10, at),
+        Stat::P25 => percentile(n, 0.25, at),
+        Stat::P50 => percentile(n, 0.50, at),
+        Stat::P75 => percentile(n, 0.75, at),
+        Stat::P90 => percentile(n, 0.90, at),
+    }
+}
+
+/// What a series without a valid value gets.
+fn no_statistic(s: Stat) -> f32 {
+    if s == Stat::Count { 0.0 } else { f32::NAN }
+}
+
+/// Whether any of `stats` needs the values in order.
+fn needs_order(stats: &[Stat]) -> bool {
+    stats.iter().any(|s| !matches!(s, Stat::Mean | Stat::Std | Stat::Count))
 }
 
 /// Writes the statistics of one series into `out`, using `sorted` as scratch space
-/// (the valid values are sorted once for all percentiles).
+/// (the valid values are sorted once for all percentiles). [`stats4`] does four pixels
+/// at once with the same operations; this serves the pixels left over.
 fn stats_into(values: &[f32], stats: &[Stat], sorted: &mut Vec<f32>, out: &mut [f32]) {
     sorted.clear();
     sorted.extend(values.iter().copied().filter(|v| !v.is_nan()));
     let n = sorted.len();
     if n == 0 {
         for (o, s) in out.iter_mut().zip(stats) {
-            *o = if *s == Stat::Count { 0.0 } else { f32::NAN };
+            *o = no_statistic(*s);
         }
         return;
     }
-    let needs_order = stats.iter().any(|s| !matches!(s, Stat::Mean | Stat::Std | Stat::Count));
     let mean = sorted.iter().map(|v| *v as f64).sum::<f64>() / n as f64;
     let std = if stats.contains(&Stat::Std) {
-        (sorted.iter().map(|v| (*v as f64 - mean).powi(2)).sum::<f64>() / n as f64).sqrt() as f32
+        (sorted.iter().map(|v| (*v as f64 - mean) * (*v as f64 - mean)).sum::<f64>() / n as f64).sqrt() as f32
     } else {
         f32::NAN
     };
-    if needs_order {
+    if needs_order(stats) {
         sorted.sort_unstable_by(f32::total_cmp);
     }
     for (o, s) in out.iter_mut().zip(stats) {
-        *o = match s {
-            Stat::Count => n as f32,
-            Stat::Mean => mean as f32,
-            Stat::Std => std,
-            Stat::Min => sorted[0],
-            Stat::Max => sorted[n - 1],
-            Stat::P10 => percentile(sorted, 0.10),
-            Stat::P25 => percentile(sorted, 0.25),
-            Stat::P50 => percentile(sorted, 0.50),
-            Stat::P75 => percentile(sorted, 0.75),
-            Stat::P90 => percentile(sorted, 0.90),
-        };
+        *o = statistic(*s, n, mean, std, |i| sorted[i]);
+    }
+}
+
+/// A sorting network for `n` values (Batcher's merge exchange, Knuth, TAOCP 5.2.2,
+/// algorithm M): compare-exchange the pairs in order and any `n` values are sorted.
+fn network(n: usize) -> Vec<(u32, u32)> {
+    let mut pairs = Vec::new();
+    if n < 2 {
+        return pairs;
+    }
+    let t = usize::BITS - (n - 1).leading_zeros();
+    let mut p = 1usize << (t - 1);
+    while p > 0 {
+        let (mut q, mut r, mut d) = (1usize << (t - 1), 0, p);
+        loop {
+            pairs.extend((0..n - d).filter(|i| i & p == r).map(|i| (i as u32, (i + d) as u32)));
+            if q == p {
+                break;
+            }
+            (d, q, r) = (q - p, q >> 1, p);
+        }
+        p >>= 1;
+    }
+    pairs
+}
+
+/// [`stats_into`] for the four pixels `px .. px + 4` of `dates × n` planes at once, one
+/// pixel per lane, with the same operations lane by lane: the valid values summed in
+/// date order (f64), and sorted by a sorting network (`pairs`, from [`network`]) on
+/// total-order keys, a missing value's key after every other. Pixel `px + l`'s
+/// statistics go to `out[l · stats.len() ..]`; `cols` (one per date) is scratch space.
+fn stats4(planes: &[f32], n: usize, px: usize, stats: &[Stat], pairs: &[(u32, u32)], cols: &mut [V4], out: &mut [f32]) {
+    let neg_zero = D2::new(-0.0, -0.0);
+    let (mut sum_lo, mut sum_hi, mut count) = (neg_zero, neg_zero, V4::splat(0.0));
+    let (one, zero) = (V4::splat(1.0), V4::splat(0.0));
+    for (col, plane) in cols.iter_mut().zip(planes.chunks_exact(n)) {
+        let v = V4::load(&plane[px..px + 4]);
+        let valid = v.valid();
+        *col = v;
+        count = count.add(V4::select(valid, one, zero));
+        sum_lo = D2::select(valid.low_mask(), sum_lo.add(v.low()), sum_lo);
+        sum_hi = D2::select(valid.high_mask(), sum_hi.add(v.high()), sum_hi);
+    }
+    let counts = count.values().map(|c| c as usize);
+    let sums = [sum_lo.to_array(), sum_hi.to_array()];
+    let mean: [f64; 4] = std::array::from_fn(|l| sums[l / 2][l % 2] / counts[l] as f64);
+    let (want_std, in_order) = (stats.contains(&Stat::Std), needs_order(stats));
+    let (mut sq_lo, mut sq_hi) = (neg_zero, neg_zero);
+    if want_std || in_order {
+        let (mean_lo, mean_hi) = (D2::new(mean[0], mean[1]), D2::new(mean[2], mean[3]));
+        let missing = V4::splat_bits(i32::MAX as u32);
+        for col in cols.iter_mut() {
+            let v = *col;
+            let valid = v.valid();
+            if want_std {
+                let (t_lo, t_hi) = (v.low().sub(mean_lo), v.high().sub(mean_hi));
+                sq_lo = D2::select(valid.low_mask(), sq_lo.add(t_lo.mul(t_lo)), sq_lo);
+                sq_hi = D2::select(valid.high_mask(), sq_hi.add(t_hi.mul(t_hi)), sq_hi);
+            }
+            if in_order {
+                *col = V4::select(valid, v.key(), missing);
+            }
+        }
+    }
+    if in_order {
+        for &(i, j) in pairs {
+            let (i, j) = (i as usize, j as usize);
+            (cols[i], cols[j]) = cols[i].min_max(cols[j]);
+        }
+    }
+    let squares = [sq_lo.to_array(), sq_hi.to_array()];
+    for (l, out) in out.chunks_exact_mut(stats.len().max(1)).take(4).enumerate() {
+        let n = counts[l];
+        let std = if want_std { (squares[l / 2][l % 2] / n as f64).sqrt() as f32 } else { f32::NAN };
+        for (o, &s) in out.iter_mut().zip(stats) {
+            // The key of a key is the value.
+            *o = if n == 0 { no_statistic(s) } else { statistic(s, n, mean[l], std, |i| cols[i].key().values()[l]) };
+        }
     }
 }
 
@@ -331,6 +429,12 @@ impl FeatureStage for Indices {
         let mut series = vec![f32::NAN; dates];
         let mut sorted = Vec::with_capacity(dates);
         let per_layer = if p.per_date { grid.as_ref().map_or(dates, Vec::len) } else { 0 } + p.stats.len();
+        // Statistics four pixels at a time (the rest one by one), after the per-date values.
+        let first_stat = per_layer - p.stats.len();
+        let quads = if p.stats.is_empty() { 0 } else { n / 4 };
+        let pairs = network(dates);
+        let mut cols = vec![V4::splat(0.0); dates];
+        let mut quad_stats = vec![0f32; 4 * p.stats.len()];
         for (l, (_, layer)) in layers.iter().enumerate() {
             for d in 0..dates {
                 let out = &mut planes[d * n..(d + 1) * n];
@@ -349,27 +453,36 @@ impl FeatureStage for Indices {
                     }
                 }
             }
+            let stats_at = l * per_layer + first_stat;
+            for q in 0..quads {
+                stats4(&planes, n, 4 * q, &p.stats, &pairs, &mut cols, &mut quad_stats);
+                for (i, values) in quad_stats.chunks_exact(p.stats.len()).enumerate() {
+                    let at = (4 * q + i) * width + stats_at;
+                    data[at..at + values.len()].copy_from_slice(values);
+                }
+            }
             for px in 0..n {
+                let stats_left = px >= 4 * quads && !p.stats.is_empty();
+                if !p.per_date && !stats_left {
+                    continue;
+                }
                 for (d, s) in series.iter_mut().enumerate() {
                     *s = planes[d * n + px];
                 }
                 let row = &mut data[px * width + l * per_layer..px * width + (l + 1) * per_layer];
-                let mut k = 0;
                 if p.per_date {
                     match &grid {
                         Some(g) => {
-                            for v in gapfill(&days, &series, g) {
+                            for (k, v) in gapfill(&days, &series, g).into_iter().enumerate() {
                                 row[k] = v;
-                                k += 1;
                             }
                         }
-                        None => {
-                            row[..dates].copy_from_slice(&series);
-                            k = dates;
-                        }
+                        None => row[..dates].copy_from_slice(&series),
                     }
                 }
-                stats_into(&series, &p.stats, &mut sorted, &mut row[k..]);
+                if stats_left {
+                    stats_into(&series, &p.stats, &mut sorted, &mut row[first_stat..]);
+                }
             }
         }
         Ok(FeatureMatrix { samples: n, names, data })
@@ -456,5 +569,82 @@ mod tests {
             assert_eq!(civil(day_number(d).unwrap()), d);
         }
         assert_eq!(day_number("2020-01-11").unwrap() - day_number("2020-01-01").unwrap(), 10);
+    }
+
+    #[test]
+    fn the_network_sorts_any_input() {
+        // Every 0/1 input up to 14 values (the 0-1 principle), and shuffled values beyond.
+        for n in 0..=14usize {
+            let pairs = network(n);
+            for bits in 0..1u32 << n {
+                let mut v: Vec<u32> = (0..n).map(|i| bits >> i & 1).collect();
+                for &(i, j) in &pairs {
+                    let (i, j) = (i as usize, j as usize);
+                    (v[i], v[j]) = (v[i].min(v[j]), v[i].max(v[j]));
+                }
+                assert!(v.windows(2).all(|w| w[0] <= w[1]), "n = {n}, input {bits:b}");
+            }
+        }
+        for n in [17, 36, 68, 100] {
+            let mut v: Vec<u64> = (0..n as u64).map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40).collect();
+            for &(i, j) in &network(n) {
+                let (i, j) = (i as usize, j as usize);
+                (v[i], v[j]) = (v[i].min(v[j]), v[i].max(v[j]));
+            }
+            assert!(v.windows(2).all(|w| w[0] <= w[1]), "n = {n}");
+        }
+    }
+
+    #[test]
+    fn four_pixels_at_once_give_the_one_pixel_statistics_bit_for_bit() {
+        let all = [
+            Stat::Mean, Stat::Std, Stat::Min, Stat::Max, Stat::P10, Stat::P25, Stat::P50, Stat::P75, Stat::P90, Stat::Count,
+        ];
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for dates in [1, 2, 3, 5, 12, 13, 36, 68] {
+            let n = 16;
+            let planes: Vec<f32> = (0..dates * n)
+                .map(|i| {
+                    let r = next();
+                    match r % 16 {
+                        // Masked dates, and pixel 5 masked on all of them.
+                        0..=3 => f32::NAN,
+                        _ if i % n == 5 => f32::NAN,
+                        4 => [0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY][(r >> 8) as usize % 4],
+                        // Ties, and values of both signs and several magnitudes.
+                        5 => 0.25,
+                        _ => ((r >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 0.7) as f32 * [1.0, 1e-3, 30.0][(r >> 4) as usize % 3],
+                    }
+                })
+                .collect();
+            for stats in [&all[..], &all[..3], &[Stat::P50, Stat::Mean][..]] {
+                let pairs = network(dates);
+                let mut cols = vec![V4::splat(0.0); dates];
+                let mut quad = vec![0f32; 4 * stats.len()];
+                let (mut series, mut sorted, mut one) = (vec![0f32; dates], Vec::new(), vec![0f32; stats.len()]);
+                for px in (0..n).step_by(4) {
+                    stats4(&planes, n, px, stats, &pairs, &mut cols, &mut quad);
+                    for l in 0..4 {
+                        for (d, s) in series.iter_mut().enumerate() {
+                            *s = planes[d * n + px + l];
+                        }
+                        stats_into(&series, stats, &mut sorted, &mut one);
+                        let got = &quad[l * stats.len()..(l + 1) * stats.len()];
+                        assert_eq!(
+                            got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                            one.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                            "pixel {} of {dates} dates, {stats:?}: {got:?} vs {one:?}",
+                            px + l
+                        );
+                    }
+                }
+            }
+        }
     }
 }

@@ -275,3 +275,49 @@ fn reliable_samples_select_the_same_pixels_in_the_sandbox_and_natively() {
     assert!(got.indices.len() > 400, "{} selected", got.indices.len());
     assert_eq!((got.indices, got.labels, got.report), (native.indices, native.labels, native.report));
 }
+
+/// The `indices` statistics run four pixels side by side, on simd128 vectors in the
+/// sandbox and plain arrays natively; both do the same operations per lane, so the
+/// features are the same bits (NaN only where NaN). Masked dates, NaN, ±0, ±inf, ties,
+/// a pixel masked on every date, and a pixel count that leaves some pixels to the
+/// one-pixel path.
+#[test]
+fn indices_statistics_are_the_same_bits_in_the_sandbox_and_natively() {
+    use sitsflow_sdk::{FeatureStage, Stage};
+    let pool = pool("indices", Limits::default());
+    let (rows, cols, dates) = (9u32, 17u32, 13usize);
+    let bands = ["B02", "B03", "B04", "B08", "B11"];
+    let n = (rows * cols) as usize;
+    let mut state = 11u64;
+    let mut next = move || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state >> 33
+    };
+    let data: Vec<f32> = (0..dates * bands.len() * n)
+        .map(|_| match next() % 20 {
+            0 => f32::NAN,
+            1 => [0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY][next() as usize % 4],
+            2 => 0.125,
+            _ => (next() % 10_000) as f32 / 10_000.0 - 0.05,
+        })
+        .collect();
+    // Pixel 3 masked on every date, other pixels on about a fifth of them.
+    let valid: Vec<u8> = (0..dates * n).map(|k| u8::from(k % n != 3 && next() % 5 != 0)).collect();
+    let cube = Cube {
+        dates: (0..dates).map(|d| format!("2021-{:02}-{:02}", 1 + d / 2, 1 + 14 * (d % 2))).collect(),
+        bands: bands.iter().map(|b| b.to_string()).collect(),
+        rows,
+        cols,
+        data,
+        valid,
+    };
+    let params = r#"{"indices": ["NDVI", "NDWI", "BSI", "EVI"], "bands": ["B11"], "per_date": true,
+        "stats": ["mean", "std", "min", "max", "p10", "p25", "p50", "p75", "p90", "count"]}"#;
+    let got = pool.with(|i| i.features(&context(0), &cube, params)).unwrap();
+    type Ix = indices::Indices;
+    let native = Ix::compute(common::sdk_cube(&cube), Ix::parse_params(params).unwrap()).unwrap();
+    assert_eq!(got.names, native.names);
+    let bits = |v: &[f32]| v.iter().map(|x| if x.is_nan() { None } else { Some(x.to_bits()) }).collect::<Vec<_>>();
+    assert_eq!(bits(&got.data), bits(&native.data));
+    assert!(got.data.iter().any(|v| v.is_nan()) && got.data.iter().any(|v| v.is_infinite()));
+}

@@ -3,7 +3,7 @@
 //! Two engines share one configuration but for interruption: the default one compiles
 //! an epoch check into every function entry and loop header, which is what lets the
 //! host stop a stage at its deadline; the trusted one compiles none (a stage loaded
-//! through it runs without a deadline, and its tight loops run up to ~1.9× faster,
+//! through it runs without a deadline, and its tight loops run up to ~1.6× faster,
 //! see `cargo bench --bench stages`). Memory caps and capability isolation are the
 //! same in both.
 

@@ -19,10 +19,14 @@
 //! when it is below ~1e-308 of the largest, where it does not change any posterior written
 //! as f32 (`long_series_do_not_underflow` runs 3000 steps that would reach 1e-3000 unscaled).
 
-use crate::simd::F2;
+use crate::simd::Wide;
 
-/// Pixels decoded side by side.
-pub const LANES: usize = 2;
+/// Pixels decoded side by side: eight, four vectors of two f64 lanes (two pixels a loop
+/// round left the sandbox's loops paying their per-round costs for one vector each).
+pub const LANES: usize = 8;
+
+/// The lanes as vectors.
+type F2 = Wide<{ LANES / 2 }>;
 
 /// One value per lane, as the caller reads and writes them.
 pub type Lanes = [f64; LANES];
@@ -79,7 +83,7 @@ fn lane_max(values: &[F2]) -> F2 {
 /// every step (see [`Chain::viterbi`]).
 fn normalise(v: &mut [F2]) {
     let total = v.iter().fold(F2::splat(0.0), |t, &x| t.add(x));
-    debug_assert!(total.to_array().iter().all(|&t| t > 0.0), "{total:?}");
+    debug_assert!((0..LANES).all(|k| total.lane(k) > 0.0), "{total:?}");
     let inv = F2::splat(1.0).div(total);
     v.iter_mut().for_each(|x| *x = x.mul(inv));
 }
@@ -119,7 +123,7 @@ impl Chain {
         }
         let (mut prev, mut cur) = ws.delta.split_at_mut(c);
         for j in 0..c {
-            prev[j] = F2::new(emission[j]).add(F2::splat(self.log_prior[j]));
+            prev[j] = F2::new(&emission[j]).add(F2::splat(self.log_prior[j]));
         }
         for t in 1..steps {
             // Row by row of ln A, so the max over `i` is a compare and two selects per lane.
@@ -136,7 +140,7 @@ impl Chain {
                 }
             }
             for (best, &e) in cur.iter_mut().zip(&emission[t * c..(t + 1) * c]) {
-                *best = best.add(F2::new(e));
+                *best = best.add(F2::new(&e));
             }
             std::mem::swap(&mut prev, &mut cur);
         }
@@ -171,7 +175,7 @@ impl Chain {
             let (now, next) = ws.beta.split_at_mut((t + 1) * c);
             let now = &mut now[t * c..];
             for ((w, &e), &b) in ws.weights.iter_mut().zip(&emission[(t + 1) * c..(t + 2) * c]).zip(&next[..c]) {
-                *w = F2::new(e).mul(b);
+                *w = F2::new(&e).mul(b);
             }
             now.fill(F2::splat(0.0));
             for (j, &w) in ws.weights.iter().enumerate() {
@@ -180,7 +184,7 @@ impl Chain {
                 }
             }
             let top = lane_max(now);
-            debug_assert!(top.to_array().iter().all(|&m| m > 0.0), "every row of A has mass and emissions are positive");
+            debug_assert!((0..LANES).all(|k| top.lane(k) > 0.0), "every row of A has mass and emissions are positive");
             let inv = F2::splat(1.0).div(top);
             now.iter_mut().for_each(|b| *b = b.mul(inv));
         }
@@ -188,7 +192,7 @@ impl Chain {
         // is known, so α needs no `steps × classes` buffer.
         let (mut prev, mut cur) = ws.alpha.split_at_mut(c);
         for j in 0..c {
-            prev[j] = F2::new(emission[j]).mul(F2::splat(self.prior[j]));
+            prev[j] = F2::new(&emission[j]).mul(F2::splat(self.prior[j]));
         }
         normalise(prev);
         posterior(prev, &ws.beta[..c], &mut ws.weights, &mut out[..c]);
@@ -200,7 +204,7 @@ impl Chain {
                 }
             }
             for (a, &e) in cur.iter_mut().zip(&emission[t * c..(t + 1) * c]) {
-                *a = a.mul(F2::new(e));
+                *a = a.mul(F2::new(&e));
             }
             normalise(cur);
             posterior(cur, &ws.beta[t * c..(t + 1) * c], &mut ws.weights, &mut out[t * c..(t + 1) * c]);
@@ -216,6 +220,6 @@ fn posterior(alpha: &[F2], beta: &[F2], scratch: &mut [F2], out: &mut [Lanes]) {
     }
     normalise(scratch);
     for (o, s) in out.iter_mut().zip(scratch.iter()) {
-        *o = s.to_array();
+        s.write(o);
     }
 }

@@ -209,13 +209,21 @@ impl Stage for Markov {
 
 /// Checks one step's posteriors of one sample; `None` if the row is all NaN (no data),
 /// else the row's sum.
+#[inline(always)]
 fn check_row(row: &[f32], classes: &[u16], step: usize, sample: usize) -> Result<Option<f64>, StageError> {
     // Fast path without branches: NaN and ±inf are outside the range.
+    // Four values per loop round (each back-edge checks the deadline in the sandbox),
+    // added in order.
     let (mut sum, mut ok) = (0f64, true);
-    for &v in row {
+    let (fours, rest) = row.as_chunks::<4>();
+    let mut add = |v: f32| {
         ok &= (0.0..=f32::MAX).contains(&v);
         sum += v as f64;
+    };
+    for four in fours {
+        four.iter().for_each(|&v| add(v));
     }
+    rest.iter().for_each(|&v| add(v));
     if !ok {
         if row.iter().all(|v| v.is_nan()) {
             return Ok(None);
@@ -336,7 +344,11 @@ impl DecoderStage for Markov {
                         Some(sum) => {
                             let inv = 1.0 / sum;
                             for ((e, &p), &scale) in e.iter_mut().zip(&series.data[at..at + c]).zip(&scale) {
-                                e[k] = (p as f64 * inv).max(params.floor) * scale;
+                                // `max(floor)` as a compare: the value is a checked
+                                // probability, never NaN, and f64::max becomes a call to
+                                // libm's fmax in the sandbox.
+                                let v = p as f64 * inv;
+                                e[k] = if v < params.floor { params.floor } else { v } * scale;
                             }
                         }
                     }

@@ -160,6 +160,64 @@ impl F2 {
     }
 }
 
+/// `2·N` lanes as `N` vectors of two, with the operations of [`F2`] on each: more pixels
+/// per loop round, so the per-round costs (in the sandbox, a deadline check and reloading
+/// what its slow path spilled) are shared by more work.
+#[derive(Clone, Copy, Debug)]
+pub struct Wide<const N: usize>([F2; N]);
+
+impl<const N: usize> Wide<N> {
+    #[inline(always)]
+    pub fn splat(x: f64) -> Self {
+        Wide([F2::splat(x); N])
+    }
+    /// From `2·N` values (`a.len()` must be `2·N`).
+    #[inline(always)]
+    pub fn new(a: &[f64]) -> Self {
+        assert_eq!(a.len(), 2 * N);
+        Wide(std::array::from_fn(|v| F2::new([a[2 * v], a[2 * v + 1]])))
+    }
+    /// Into `2·N` values.
+    #[inline(always)]
+    pub fn write(self, out: &mut [f64]) {
+        assert_eq!(out.len(), 2 * N);
+        for (v, o) in self.0.iter().zip(out.chunks_exact_mut(2)) {
+            o.copy_from_slice(&v.to_array());
+        }
+    }
+    #[inline(always)]
+    pub fn add(self, o: Self) -> Self {
+        Wide(std::array::from_fn(|v| self.0[v].add(o.0[v])))
+    }
+    #[inline(always)]
+    pub fn mul(self, o: Self) -> Self {
+        Wide(std::array::from_fn(|v| self.0[v].mul(o.0[v])))
+    }
+    #[inline(always)]
+    pub fn div(self, o: Self) -> Self {
+        Wide(std::array::from_fn(|v| self.0[v].div(o.0[v])))
+    }
+    /// As [`F2::max`], lane by lane.
+    #[inline(always)]
+    pub fn max(self, o: Self) -> Self {
+        Wide(std::array::from_fn(|v| self.0[v].max(o.0[v])))
+    }
+    /// As [`F2::keep_larger`], lane by lane.
+    #[inline(always)]
+    pub fn keep_larger(self, tag: Self, best: Self, best_tag: Self) -> (Self, Self) {
+        let mut out = (best, best_tag);
+        for v in 0..N {
+            (out.0.0[v], out.1.0[v]) = self.0[v].keep_larger(tag.0[v], best.0[v], best_tag.0[v]);
+        }
+        out
+    }
+    /// Lane `k` (below `2·N`).
+    #[inline(always)]
+    pub fn lane(self, k: usize) -> f64 {
+        self.0[k / 2].lane(k % 2)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::F2;

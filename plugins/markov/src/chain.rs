@@ -1,7 +1,8 @@
 //! The kernels: Viterbi (max-product) and forward-backward (sum-product) over the
 //! `steps × classes` emissions of [`LANES`] pixels at once. Every pixel is its own chain;
-//! running two side by side, one per SIMD lane ([`F2`]), makes every inner-loop operation
-//! the same on both lanes with no horizontal reduction, for any number of classes. Lanes
+//! running them side by side, one per SIMD lane (four vectors of two f64, [`Wide`]),
+//! makes every inner-loop operation the same on all lanes with no horizontal reduction,
+//! for any number of classes. Lanes
 //! never mix, and each does the same IEEE operations in the same order as it would alone,
 //! so a pixel's result does not depend on its neighbour or on where the chunk starts. The
 //! buffers live in a [`Workspace`] made once per call, so decoding allocates nothing per

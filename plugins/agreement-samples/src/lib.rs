@@ -28,7 +28,7 @@
 use sitsflow_sdk::prelude::*;
 use sitsflow_sdk::sampling::*;
 use sitsflow_sdk::serde_json::{self, json};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 fn default_per_class() -> u32 {
     1000
@@ -99,10 +99,11 @@ fn year_layers<'a>(input: &'a SampleInput, prefix: &str) -> Result<Vec<YearLayer
     Ok(years)
 }
 
-/// The agreed class of one candidate, or None. `votes` is scratch space.
+/// The agreed class of one candidate (dense class indices, [`NO_CODE`] for no label),
+/// or None. `votes` is scratch space.
 fn agreed(labels: impl Iterator<Item = u32>, min_agreeing: usize, votes: &mut Vec<(u32, usize)>) -> Option<u32> {
     votes.clear();
-    for l in labels.filter(|&l| l != 0) {
+    for l in labels.filter(|&l| l != NO_CODE) {
         match votes.iter_mut().find(|v| v.0 == l) {
             Some(v) => v.1 += 1,
             None => votes.push((l, 1)),
@@ -161,43 +162,56 @@ impl SamplerStage for AgreementSamples {
             None
         };
 
-        // 1. Agreement per candidate, and the per-class counts of the report.
+        // 1. Agreement per candidate, and the per-class counts of the report. The classes
+        //    of all years renumbered densely, so counts and pools are arrays indexed by
+        //    class, not maps searched per pixel.
         let n = input.features.samples;
-        let mut candidates: BTreeMap<u32, u64> = BTreeMap::new(); // class → candidates labelled c in some year
-        let mut agreeing: BTreeMap<u32, u64> = BTreeMap::new();
-        let mut against_reference: BTreeMap<u32, u64> = BTreeMap::new();
-        let mut pools: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+        let all_years: Vec<u32> = years.iter().flat_map(|y| y.2.iter().copied()).collect();
+        let dense = DenseCodes::new(&all_years);
+        drop(all_years);
+        let nc = dense.codes.len();
+        let class_index = |code: u32| dense.codes.binary_search(&code).ok();
+        let mut candidates = vec![0u64; nc]; // per class: candidates labelled it in some year
+        let mut agreeing = vec![0u64; nc];
+        let mut against_reference = vec![0u64; nc];
+        let mut pools: Vec<Vec<u32>> = vec![Vec::new(); nc];
+        let allowed_index: Vec<bool> =
+            dense.codes.iter().map(|c| allowed.as_ref().is_none_or(|a| a.contains(c))).collect();
         let mut agreeing_total = 0u64;
         let mut votes = Vec::new();
         let mut seen = Vec::new();
+        let label = |y: usize, i: usize| dense.index[y * n + i];
         for i in 0..n {
             seen.clear();
-            for (_, _, values) in &years {
-                let l = values[i];
-                if l != 0 && !seen.contains(&l) {
+            for y in 0..years.len() {
+                let l = label(y, i);
+                if l != NO_CODE && !seen.contains(&l) {
                     seen.push(l);
-                    *candidates.entry(l).or_default() += 1;
+                    candidates[l as usize] += 1;
                 }
             }
-            let Some(class) = agreed(years.iter().map(|y| y.2[i]), min_agreeing, &mut votes) else {
+            let Some(k) = agreed((0..years.len()).map(|y| label(y, i)), min_agreeing, &mut votes) else {
                 continue;
             };
             agreeing_total += 1;
-            if allowed.as_ref().is_some_and(|a| !a.contains(&class)) {
+            if !allowed_index[k as usize] {
                 continue;
             }
-            *agreeing.entry(class).or_default() += 1;
+            agreeing[k as usize] += 1;
+            let class = dense.codes[k as usize];
             if reference.is_some_and(|r| r[i] != 0 && r[i] != class) {
-                *against_reference.entry(class).or_default() += 1;
+                against_reference[k as usize] += 1;
                 continue;
             }
-            pools.entry(class).or_default().push(i as u32);
+            pools[k as usize].push(i as u32);
         }
+        let count = |counts: &[u64], class: u32| class_index(class).map_or(0, |k| counts[k]);
 
         // 2. Stratified draw with a per-class quota, classes in ascending code order.
         let classes: BTreeSet<u32> = match &allowed {
             Some(a) => a.clone(),
-            None => candidates.keys().copied().collect(),
+            // Every class of the year layers labels some candidate.
+            None => dense.codes.iter().copied().collect(),
         };
         let mut rng = SplitMix(input.seed);
         let mut chosen: Vec<(u32, u16)> = Vec::new();
@@ -206,7 +220,7 @@ impl SamplerStage for AgreementSamples {
         for &class in &classes {
             let code = u16::try_from(class)
                 .map_err(|_| StageError::InvalidInput(format!("class {class} does not fit 16 bits")))?;
-            let mut pool = pools.remove(&class).unwrap_or_default();
+            let mut pool = class_index(class).map(|k| std::mem::take(&mut pools[k])).unwrap_or_default();
             let drawn = draw(&mut pool, params.per_class as usize, &mut rng);
             let met = drawn.len() >= params.per_class as usize;
             if !met {
@@ -214,9 +228,9 @@ impl SamplerStage for AgreementSamples {
             }
             per_class_rows.push(json!([
                 class,
-                candidates.get(&class).copied().unwrap_or(0),
-                agreeing.get(&class).copied().unwrap_or(0),
-                against_reference.get(&class).copied().unwrap_or(0),
+                count(&candidates, class),
+                count(&agreeing, class),
+                count(&against_reference, class),
                 drawn.len(),
                 if met { "yes" } else { "no" },
             ]));
@@ -235,19 +249,20 @@ impl SamplerStage for AgreementSamples {
 
         // 3. Year-to-year agreement per class over all candidates.
         let pair_names: Vec<String> = years.windows(2).map(|w| format!("{}-{}", w[0].0, w[1].0)).collect();
-        let mut pair_class: Vec<BTreeMap<u32, (u64, u64)>> = vec![BTreeMap::new(); pair_names.len()];
+        let mut pair_class: Vec<Vec<(u64, u64)>> = vec![vec![(0, 0); nc]; pair_names.len()];
         let mut pair_overall = vec![(0u64, 0u64); pair_names.len()];
-        for (p, w) in years.windows(2).enumerate() {
-            for (&a, &b) in w[0].2.iter().zip(w[1].2) {
-                if a == 0 || b == 0 {
+        for (p, (pair, overall)) in pair_class.iter_mut().zip(&mut pair_overall).enumerate() {
+            let (a, b) = (&dense.index[p * n..(p + 1) * n], &dense.index[(p + 1) * n..(p + 2) * n]);
+            for (&a, &b) in a.iter().zip(b) {
+                if a == NO_CODE || b == NO_CODE {
                     continue;
                 }
-                let e = pair_class[p].entry(a).or_default();
+                let e = &mut pair[a as usize];
                 e.1 += 1;
-                pair_overall[p].1 += 1;
+                overall.1 += 1;
                 if a == b {
                     e.0 += 1;
-                    pair_overall[p].0 += 1;
+                    overall.0 += 1;
                 }
             }
         }
@@ -258,7 +273,7 @@ impl SamplerStage for AgreementSamples {
             .map(|c| {
                 let mut row = vec![json!(c)];
                 row.extend(pair_class.iter().map(|m| {
-                    let (same, of) = m.get(c).copied().unwrap_or((0, 0));
+                    let (same, of) = class_index(*c).map_or((0, 0), |k| m[k]);
                     share(same, of)
                 }));
                 json!(row)

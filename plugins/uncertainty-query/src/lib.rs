@@ -144,6 +144,13 @@ fn score(p: &Probabilities, strategy: Strategy) -> Result<(Vec<f64>, Vec<usize>)
     Ok((uncertainty, predicted))
 }
 
+/// An unsigned key that orders f64 values as `f64::total_cmp` does.
+fn ascending_key(v: f64) -> u64 {
+    let bits = v.to_bits();
+    // Negative values: every bit flipped; positive ones: the sign bit set.
+    if bits >> 63 == 1 { !bits } else { bits | 1 << 63 }
+}
+
 /// The cell of each candidate on a `g × g` grid over the positions' extent.
 fn cells(positions: &[(u32, u32)], g: u32) -> Vec<u64> {
     if positions.is_empty() {
@@ -250,13 +257,12 @@ impl SamplerStage for UncertaintyQuery {
 
         // Global order, most uncertain first, equal uncertainties by a seeded key.
         let mut rng = SplitMix(input.seed);
-        let keys: Vec<u64> = (0..n).map(|_| rng.next_u64()).collect();
-        let mut order: Vec<u32> = (0..n as u32).collect();
-        order.sort_unstable_by(|&a, &b| {
-            uncertainty[b as usize]
-                .total_cmp(&uncertainty[a as usize])
-                .then(keys[a as usize].cmp(&keys[b as usize]))
-        });
+        // Sorted as plain integers held beside each candidate (no lookups per comparison):
+        // the uncertainty's total-order key, descending, then the seeded key.
+        let mut sorted: Vec<(u64, u64, u32)> =
+            (0..n).map(|i| (!ascending_key(uncertainty[i]), rng.next_u64(), i as u32)).collect();
+        sorted.sort_unstable();
+        let order: Vec<u32> = sorted.into_iter().map(|(_, _, i)| i).collect();
         let mut rank = vec![0u32; n];
         for (r, &i) in order.iter().enumerate() {
             rank[i as usize] = r as u32;
@@ -349,6 +355,16 @@ sitsflow_sdk::export_sampler_stage!(UncertaintyQuery);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_order_as_total_cmp() {
+        let v = [f64::NEG_INFINITY, -2.5, -1e-300, -0.0, 0.0, 1e-300, 0.3, 7.0, f64::INFINITY];
+        for a in v {
+            for b in v {
+                assert_eq!(ascending_key(a).cmp(&ascending_key(b)), a.total_cmp(&b), "{a} vs {b}");
+            }
+        }
+    }
 
     fn input(classes: Vec<u16>, rows: &[&[f32]], positions: Vec<(u32, u32)>, seed: u64) -> SampleInput {
         let samples = rows.len();

@@ -407,7 +407,7 @@ impl<'a> Builder<'a> {
             let mut w_right = w_node - w_left;
             // With missing values on the left, "every non-missing value left too" is no split.
             let last = if missing_left { nm - 1 } else { nm };
-            for q in 1..=last {
+            let mut step = |q: usize| {
                 let s = self.sorted[q - 1] as usize;
                 let (c, a) = (y[s] as usize, w[s]);
                 let (l, r) = (self.left[c], self.right[c]);
@@ -419,15 +419,15 @@ impl<'a> Builder<'a> {
                 w_right -= a;
                 if q < nm {
                     if self.values[q] as f64 <= self.values[q - 1] as f64 + FEATURE_THRESHOLD {
-                        continue;
+                        return;
                     }
                 } else if n_missing == 0 {
-                    // Everything on the left: not a split.
-                    break;
+                    // Everything on the left: not a split (and the last position).
+                    return;
                 }
                 let (n_left, n_right) = if missing_left { (n_missing + q, nm - q) } else { (q, nm - q + n_missing) };
                 if n_left < min_leaf || n_right < min_leaf {
-                    continue;
+                    return;
                 }
                 let proxy = C::part(s_left, w_left) + C::part(s_right, w_right);
                 if proxy > *best_proxy {
@@ -436,6 +436,20 @@ impl<'a> Builder<'a> {
                     let missing_left = if n_missing == 0 { n_left > n_right } else { missing_left };
                     *best = Some(Split { feature, threshold, missing_left });
                 }
+            };
+            // Four positions per loop round: in the sandbox each back-edge checks the
+            // deadline, and the running sums are stored and reloaded around the check.
+            let mut q = 1;
+            while q + 3 <= last {
+                step(q);
+                step(q + 1);
+                step(q + 2);
+                step(q + 3);
+                q += 4;
+            }
+            while q <= last {
+                step(q);
+                q += 1;
             }
         }
     }

@@ -75,6 +75,21 @@ impl Workspace {
     }
 }
 
+/// `f(j)` for `j` in `0..n`, in order, two per loop round: in the sandbox each loop
+/// back-edge checks the deadline and reloads the vectors its slow path spilled.
+#[inline(always)]
+fn pairwise(n: usize, mut f: impl FnMut(usize)) {
+    let mut j = 0;
+    while j + 2 <= n {
+        f(j);
+        f(j + 1);
+        j += 2;
+    }
+    if j < n {
+        f(j);
+    }
+}
+
 /// Per lane, the largest value over `values`.
 fn lane_max(values: &[F2]) -> F2 {
     values.iter().fold(F2::splat(f64::NEG_INFINITY), |m, &v| m.max(v))
@@ -136,9 +151,8 @@ impl Chain {
             }
             for (i, &d) in prev.iter().enumerate().skip(1) {
                 let (from, row) = (F2::splat(i as f64), &self.log_a[i * c..(i + 1) * c]);
-                for ((best, best_from), &l) in cur.iter_mut().zip(back.iter_mut()).zip(row) {
-                    (*best, *best_from) = d.add(F2::splat(l)).keep_larger(from, *best, *best_from);
-                }
+                let (cur, back) = (&mut *cur, &mut *back);
+                pairwise(c, |j| (cur[j], back[j]) = d.add(F2::splat(row[j])).keep_larger(from, cur[j], back[j]));
             }
             for (best, &e) in cur.iter_mut().zip(&emission[t * c..(t + 1) * c]) {
                 *best = best.add(F2::new(&e));
@@ -180,9 +194,9 @@ impl Chain {
             }
             now.fill(F2::splat(0.0));
             for (j, &w) in ws.weights.iter().enumerate() {
-                for (s, &p) in now.iter_mut().zip(&self.a_t[j * c..(j + 1) * c]) {
-                    *s = s.add(w.mul(F2::splat(p)));
-                }
+                let row = &self.a_t[j * c..(j + 1) * c];
+                let now = &mut *now;
+                pairwise(c, |k| now[k] = now[k].add(w.mul(F2::splat(row[k]))));
             }
             let top = lane_max(now);
             debug_assert!((0..LANES).all(|k| top.lane(k) > 0.0), "every row of A has mass and emissions are positive");
@@ -200,9 +214,9 @@ impl Chain {
         for t in 1..steps {
             cur.fill(F2::splat(0.0));
             for (i, &w) in prev.iter().enumerate() {
-                for (s, &p) in cur.iter_mut().zip(&self.a[i * c..(i + 1) * c]) {
-                    *s = s.add(w.mul(F2::splat(p)));
-                }
+                let row = &self.a[i * c..(i + 1) * c];
+                let cur = &mut *cur;
+                pairwise(c, |j| cur[j] = cur[j].add(w.mul(F2::splat(row[j]))));
             }
             for (a, &e) in cur.iter_mut().zip(&emission[t * c..(t + 1) * c]) {
                 *a = a.mul(F2::new(&e));

@@ -55,17 +55,9 @@ impl Strategy {
         }
     }
 
-    /// Uncertainty of one row of probabilities that sums to 1.
-    fn uncertainty(self, p: &[f64]) -> f64 {
-        let (mut p1, mut p2) = (0f64, 0f64);
-        for &v in p {
-            if v > p1 {
-                p2 = p1;
-                p1 = v;
-            } else if v > p2 {
-                p2 = v;
-            }
-        }
+    /// Uncertainty of one row of probabilities that sums to 1, whose largest and second
+    /// largest values (as [`top_two`] finds them) are `p1` and `p2`.
+    fn uncertainty(self, p: &[f64], (p1, p2): (f64, f64)) -> f64 {
         match self {
             Strategy::Margin => 1.0 - (p1 - p2),
             Strategy::LeastConfidence => 1.0 - p1,
@@ -74,6 +66,18 @@ impl Strategy {
                 -p.iter().filter(|&&v| v > 0.0).map(|&v| v * v.ln()).sum::<f64>() / (p.len() as f64).ln()
             }
         }
+    }
+}
+
+/// Folds `v` into the largest and second largest values seen so far (both start at 0).
+#[inline(always)]
+fn top_two((p1, p2): (f64, f64), v: f64) -> (f64, f64) {
+    if v > p1 {
+        (v, p1)
+    } else if v > p2 {
+        (p1, v)
+    } else {
+        (p1, p2)
     }
 }
 
@@ -124,21 +128,34 @@ fn score(p: &Probabilities, strategy: Strategy) -> Result<(Vec<f64>, Vec<usize>)
     let mut predicted = Vec::with_capacity(p.samples);
     for i in 0..p.samples {
         let values = &p.data[i * k..(i + 1) * k];
-        if let Some(bad) = values.iter().find(|v| !v.is_finite() || **v < 0.0) {
+        // Two passes over the row (in the sandbox every loop round also checks the
+        // deadline): its sum and first bad value, then the normalised row with its
+        // first maximum and top two.
+        let (mut sum, mut bad) = (-0.0f64, None);
+        for &v in values {
+            if bad.is_none() && (!v.is_finite() || v < 0.0) {
+                bad = Some(v);
+            }
+            sum += v as f64;
+        }
+        if let Some(bad) = bad {
             return Err(StageError::InvalidInput(format!("candidate {i} has probability {bad}")));
         }
-        let sum: f64 = values.iter().map(|&v| v as f64).sum();
         if sum <= 0.0 {
             return Err(StageError::InvalidInput(format!(
                 "candidate {i} has probabilities that are all 0"
             )));
         }
-        for (r, &v) in row.iter_mut().zip(values) {
-            *r = v as f64 / sum;
-        }
         // The first of equal maxima, as the host's argmax does.
-        let best = (0..k).fold(0, |b, c| if row[c] > row[b] { c } else { b });
-        uncertainty.push(strategy.uncertainty(&row));
+        let (mut best, mut best_value, mut top) = (0, f64::NEG_INFINITY, (0.0, 0.0));
+        for (c, (r, &v)) in row.iter_mut().zip(values).enumerate() {
+            *r = v as f64 / sum;
+            if *r > best_value {
+                (best, best_value) = (c, *r);
+            }
+            top = top_two(top, *r);
+        }
+        uncertainty.push(strategy.uncertainty(&row, top));
         predicted.push(best);
     }
     Ok((uncertainty, predicted))

@@ -185,22 +185,27 @@ impl<const N: usize> Wide<N> {
             o.copy_from_slice(&v.to_array());
         }
     }
+    /// `f` on each pair of vectors.
+    #[inline(always)]
+    fn zip(self, o: Self, f: impl Fn(F2, F2) -> F2) -> Self {
+        Wide(std::array::from_fn(|v| f(self.0[v], o.0[v])))
+    }
     #[inline(always)]
     pub fn add(self, o: Self) -> Self {
-        Wide(std::array::from_fn(|v| self.0[v].add(o.0[v])))
+        self.zip(o, F2::add)
     }
     #[inline(always)]
     pub fn mul(self, o: Self) -> Self {
-        Wide(std::array::from_fn(|v| self.0[v].mul(o.0[v])))
+        self.zip(o, F2::mul)
     }
     #[inline(always)]
     pub fn div(self, o: Self) -> Self {
-        Wide(std::array::from_fn(|v| self.0[v].div(o.0[v])))
+        self.zip(o, F2::div)
     }
     /// As [`F2::max`], lane by lane.
     #[inline(always)]
     pub fn max(self, o: Self) -> Self {
-        Wide(std::array::from_fn(|v| self.0[v].max(o.0[v])))
+        self.zip(o, F2::max)
     }
     /// As [`F2::keep_larger`], lane by lane.
     #[inline(always)]

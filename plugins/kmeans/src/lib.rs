@@ -320,7 +320,10 @@ impl ClustererStage for KMeans {
             (!all_finite(&data)).then(|| data.chunks_exact(d).map(|row| !all_finite(row)).collect());
         let rows = data.len() / d.max(1);
         // As in `fit`: the complete rows to the front, into the fit's space, in blocks.
-        let (n, _) = drop_missing_rows(&mut data, &names)?;
+        let n = match missing {
+            Some(_) => drop_missing_rows(&mut data, &names)?.0,
+            None => rows,
+        };
         data.truncate(n * d);
         let mut clusters = Vec::with_capacity(rows);
         let mut distances = Vec::with_capacity(rows);

@@ -56,8 +56,9 @@ impl Strategy {
     }
 
     /// Uncertainty of one row of probabilities that sums to 1, whose largest and second
-    /// largest values (as [`top_two`] finds them) are `p1` and `p2`.
-    fn uncertainty(self, p: &[f64], (p1, p2): (f64, f64)) -> f64 {
+    /// largest values are `top`'s.
+    fn uncertainty(self, p: &[f64], top: TopTwo) -> f64 {
+        let (p1, p2) = (top.p1, top.p2);
         match self {
             Strategy::Margin => 1.0 - (p1 - p2),
             Strategy::LeastConfidence => 1.0 - p1,
@@ -69,15 +70,26 @@ impl Strategy {
     }
 }
 
-/// Folds `v` into the largest and second largest values seen so far (both start at 0).
-#[inline(always)]
-fn top_two((p1, p2): (f64, f64), v: f64) -> (f64, f64) {
-    if v > p1 {
-        (v, p1)
-    } else if v > p2 {
-        (p1, v)
-    } else {
-        (p1, p2)
+/// The largest and second largest of a row's values so far (both start at 0) and the
+/// class of the first largest.
+#[derive(Clone, Copy, Default)]
+struct TopTwo {
+    p1: f64,
+    p2: f64,
+    best: usize,
+}
+
+impl TopTwo {
+    /// Folds in class `c`'s value `v` (classes in order).
+    #[inline(always)]
+    fn add(self, c: usize, v: f64) -> Self {
+        if v > self.p1 {
+            TopTwo { p1: v, p2: self.p1, best: c }
+        } else if v > self.p2 {
+            TopTwo { p2: v, ..self }
+        } else {
+            self
+        }
     }
 }
 
@@ -146,17 +158,16 @@ fn score(p: &Probabilities, strategy: Strategy) -> Result<(Vec<f64>, Vec<usize>)
                 "candidate {i} has probabilities that are all 0"
             )));
         }
-        // The first of equal maxima, as the host's argmax does.
-        let (mut best, mut best_value, mut top) = (0, f64::NEG_INFINITY, (0.0, 0.0));
+        // The predicted class is the first of equal maxima, as the host's argmax does
+        // (probabilities are not negative, so the largest value beats the start at 0 or
+        // is class 0's).
+        let mut top = TopTwo::default();
         for (c, (r, &v)) in row.iter_mut().zip(values).enumerate() {
             *r = v as f64 / sum;
-            if *r > best_value {
-                (best, best_value) = (c, *r);
-            }
-            top = top_two(top, *r);
+            top = top.add(c, *r);
         }
         uncertainty.push(strategy.uncertainty(&row, top));
-        predicted.push(best);
+        predicted.push(top.best);
     }
     Ok((uncertainty, predicted))
 }

@@ -21,6 +21,7 @@
 //! as f32 (`long_series_do_not_underflow` runs 3000 steps that would reach 1e-3000 unscaled).
 
 use crate::simd::Wide;
+use sitsflow_sdk::for_each_index;
 
 /// Pixels decoded side by side: eight, four vectors of two f64 lanes (two pixels a loop
 /// round left the sandbox's loops paying their per-round costs for one vector each).
@@ -72,21 +73,6 @@ impl Workspace {
             alpha: vec![zero; 2 * classes],
             weights: vec![zero; classes],
         }
-    }
-}
-
-/// `f(j)` for `j` in `0..n`, in order, two per loop round: in the sandbox each loop
-/// back-edge checks the deadline and reloads the vectors its slow path spilled.
-#[inline(always)]
-fn pairwise(n: usize, mut f: impl FnMut(usize)) {
-    let mut j = 0;
-    while j + 2 <= n {
-        f(j);
-        f(j + 1);
-        j += 2;
-    }
-    if j < n {
-        f(j);
     }
 }
 
@@ -152,7 +138,7 @@ impl Chain {
             for (i, &d) in prev.iter().enumerate().skip(1) {
                 let (from, row) = (F2::splat(i as f64), &self.log_a[i * c..(i + 1) * c]);
                 let (cur, back) = (&mut *cur, &mut *back);
-                pairwise(c, |j| (cur[j], back[j]) = d.add(F2::splat(row[j])).keep_larger(from, cur[j], back[j]));
+                for_each_index::<2>(c, |j| (cur[j], back[j]) = d.add(F2::splat(row[j])).keep_larger(from, cur[j], back[j]));
             }
             for (best, &e) in cur.iter_mut().zip(&emission[t * c..(t + 1) * c]) {
                 *best = best.add(F2::new(&e));
@@ -196,7 +182,7 @@ impl Chain {
             for (j, &w) in ws.weights.iter().enumerate() {
                 let row = &self.a_t[j * c..(j + 1) * c];
                 let now = &mut *now;
-                pairwise(c, |k| now[k] = now[k].add(w.mul(F2::splat(row[k]))));
+                for_each_index::<2>(c, |k| now[k] = now[k].add(w.mul(F2::splat(row[k]))));
             }
             let top = lane_max(now);
             debug_assert!((0..LANES).all(|k| top.lane(k) > 0.0), "every row of A has mass and emissions are positive");
@@ -216,7 +202,7 @@ impl Chain {
             for (i, &w) in prev.iter().enumerate() {
                 let row = &self.a[i * c..(i + 1) * c];
                 let cur = &mut *cur;
-                pairwise(c, |j| cur[j] = cur[j].add(w.mul(F2::splat(row[j]))));
+                for_each_index::<2>(c, |j| cur[j] = cur[j].add(w.mul(F2::splat(row[j]))));
             }
             for (a, &e) in cur.iter_mut().zip(&emission[t * c..(t + 1) * c]) {
                 *a = a.mul(F2::new(&e));

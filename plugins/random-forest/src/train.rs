@@ -17,6 +17,7 @@
 
 use crate::params::{ClassWeight, Config, Criterion};
 use crate::rng::Rng;
+use sitsflow_sdk::for_each_index;
 
 /// Values closer than this are one value (scikit-learn's `FEATURE_THRESHOLD`).
 const FEATURE_THRESHOLD: f64 = 1e-7;
@@ -439,18 +440,7 @@ impl<'a> Builder<'a> {
             };
             // Four positions per loop round: in the sandbox each back-edge checks the
             // deadline, and the running sums are stored and reloaded around the check.
-            let mut q = 1;
-            while q + 3 <= last {
-                step(q);
-                step(q + 1);
-                step(q + 2);
-                step(q + 3);
-                q += 4;
-            }
-            while q <= last {
-                step(q);
-                q += 1;
-            }
+            for_each_index::<4>(last, |i| step(i + 1));
         }
     }
 

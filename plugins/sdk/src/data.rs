@@ -188,6 +188,26 @@ pub struct Decoded {
     pub posteriors: Vec<f32>,
 }
 
+/// `f(i)` for every `i` in `0..n`, in order, `N` calls per loop round (the last few one
+/// by one). In the sandbox every loop back-edge checks the deadline, and the vectors live
+/// across it are stored and reloaded around the check: a loop whose round does little
+/// (one sample of a scan, one class of a small matrix) pays that per item unless it takes
+/// several per round.
+#[inline(always)]
+pub fn for_each_index<const N: usize>(n: usize, mut f: impl FnMut(usize)) {
+    let mut i = 0;
+    while i + N <= n {
+        for k in 0..N {
+            f(i + k);
+        }
+        i += N;
+    }
+    while i < n {
+        f(i);
+        i += 1;
+    }
+}
+
 /// Whether every value of `values` is finite: sixteen values a loop round, on their bits
 /// (exponent all ones is ±∞ or NaN) with no early exit. Natively LLVM vectorises it; in
 /// the sandbox it is written in `simd128`, since LLVM's own vectorisation of it for Wasm
@@ -219,6 +239,18 @@ pub fn all_finite(values: &[f32]) -> bool {
         bad
     };
     bad == 0 && chunks.remainder().iter().map(non_finite).fold(0, |a, b| a | b) == 0
+}
+
+#[cfg(test)]
+mod rounds_tests {
+    #[test]
+    fn every_index_once_in_order() {
+        for n in 0..11 {
+            let mut seen = Vec::new();
+            super::for_each_index::<4>(n, |i| seen.push(i));
+            assert_eq!(seen, (0..n).collect::<Vec<_>>());
+        }
+    }
 }
 
 #[cfg(test)]

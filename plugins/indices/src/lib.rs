@@ -571,26 +571,27 @@ mod tests {
         assert_eq!(day_number("2020-01-11").unwrap() - day_number("2020-01-01").unwrap(), 10);
     }
 
+    /// `v` after the compare-exchanges of `pairs`.
+    fn through<T: Ord + Copy>(pairs: &[(u32, u32)], mut v: Vec<T>) -> Vec<T> {
+        for &(i, j) in pairs {
+            let (i, j) = (i as usize, j as usize);
+            (v[i], v[j]) = (v[i].min(v[j]), v[i].max(v[j]));
+        }
+        v
+    }
+
     #[test]
     fn the_network_sorts_any_input() {
         // Every 0/1 input up to 14 values (the 0-1 principle), and shuffled values beyond.
         for n in 0..=14usize {
             let pairs = network(n);
             for bits in 0..1u32 << n {
-                let mut v: Vec<u32> = (0..n).map(|i| bits >> i & 1).collect();
-                for &(i, j) in &pairs {
-                    let (i, j) = (i as usize, j as usize);
-                    (v[i], v[j]) = (v[i].min(v[j]), v[i].max(v[j]));
-                }
+                let v = through(&pairs, (0..n).map(|i| bits >> i & 1).collect());
                 assert!(v.windows(2).all(|w| w[0] <= w[1]), "n = {n}, input {bits:b}");
             }
         }
         for n in [17, 36, 68, 100] {
-            let mut v: Vec<u64> = (0..n as u64).map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40).collect();
-            for &(i, j) in &network(n) {
-                let (i, j) = (i as usize, j as usize);
-                (v[i], v[j]) = (v[i].min(v[j]), v[i].max(v[j]));
-            }
+            let v = through(&network(n), (0..n as u64).map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40).collect());
             assert!(v.windows(2).all(|w| w[0] <= w[1]), "n = {n}");
         }
     }

@@ -215,15 +215,10 @@ fn check_row(row: &[f32], classes: &[u16], step: usize, sample: usize) -> Result
     // Four values per loop round (each back-edge checks the deadline in the sandbox),
     // added in order.
     let (mut sum, mut ok) = (0f64, true);
-    let (fours, rest) = row.as_chunks::<4>();
-    let mut add = |v: f32| {
-        ok &= (0.0..=f32::MAX).contains(&v);
-        sum += v as f64;
-    };
-    for four in fours {
-        four.iter().for_each(|&v| add(v));
-    }
-    rest.iter().for_each(|&v| add(v));
+    sitsflow_sdk::for_each_index::<4>(row.len(), |k| {
+        ok &= (0.0..=f32::MAX).contains(&row[k]);
+        sum += row[k] as f64;
+    });
     if !ok {
         if row.iter().all(|v| v.is_nan()) {
             return Ok(None);

@@ -17,6 +17,7 @@
 
 use sitsflow_sdk::prelude::*;
 use sitsflow_sdk::sampling::*;
+use sitsflow_sdk::for_each_index;
 use sitsflow_sdk::serde_json;
 use std::collections::BTreeMap;
 
@@ -297,17 +298,13 @@ impl SamplerStage for ReliableSamples {
         let mut table = vec![0u64; cl.codes.len() * nr]; // cluster × class, labelled pixels
         // Eight pixels per loop round here and below (each back-edge checks the deadline
         // in the sandbox).
-        let (cl8, cl_rest) = cl.index.as_chunks::<8>();
-        let (rf8, rf_rest) = rf.index[..cl.index.len()].as_chunks::<8>();
-        let mut tally = |c: u32, r: u32| {
+        let (cls, rfs) = (&cl.index[..], &rf.index[..cl.index.len()]);
+        for_each_index::<8>(cls.len(), |i| {
+            let (c, r) = (cls[i], rfs[i]);
             if c != NO_CODE && r != NO_CODE {
                 table[c as usize * nr + r as usize] += 1;
             }
-        };
-        for (c8, r8) in cl8.iter().zip(rf8) {
-            (0..8).for_each(|k| tally(c8[k], r8[k]));
-        }
-        cl_rest.iter().zip(rf_rest).for_each(|(&c, &r)| tally(c, r));
+        });
         // Clusters with labelled pixels, by code: (dense index, total, dominant class
         // index, purity). Ties go to the lower class code.
         let stats: Vec<(usize, u64, usize, f64)> = (0..cl.codes.len())
@@ -329,16 +326,12 @@ impl SamplerStage for ReliableSamples {
         let mut members: BTreeMap<u32, Vec<u32>> = BTreeMap::new(); // cluster code → pixels
         {
             let mut by_cluster: Vec<Vec<u32>> = vec![Vec::new(); cl.codes.len()];
-            let mut keep = |i: usize, c: u32, r: u32| {
+            for_each_index::<8>(cls.len(), |i| {
+                let (c, r) = (cls[i], rfs[i]);
                 if c != NO_CODE && trusted[c as usize] && dominant[c as usize] == r as usize {
                     by_cluster[c as usize].push(i as u32);
                 }
-            };
-            for (e, (c8, r8)) in cl8.iter().zip(rf8).enumerate() {
-                (0..8).for_each(|k| keep(8 * e + k, c8[k], r8[k]));
-            }
-            let done = 8 * cl8.len();
-            cl_rest.iter().zip(rf_rest).enumerate().for_each(|(k, (&c, &r))| keep(done + k, c, r));
+            });
             for (c, list) in by_cluster.into_iter().enumerate() {
                 if !list.is_empty() {
                     members.insert(cl.codes[c], list);

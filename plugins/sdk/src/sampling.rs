@@ -1,7 +1,7 @@
 //! Helpers samplers share: a small seeded generator, a random draw, and checked
 //! access to the candidates' class layers.
 
-use crate::{SampleInput, StageError};
+use crate::{SampleInput, StageError, for_each_index};
 
 /// SplitMix64 (Steele, Lea & Flood 2014): small, fast, well mixed; enough for seeded
 /// draws and tie-breaking keys. The same seed gives the same stream on every platform.
@@ -105,14 +105,7 @@ impl DenseCodes {
         if max < 1 << 20 {
             // A lookup table over the code range (at most 4 MiB).
             let mut seen = vec![false; max + 1];
-            for e in eights {
-                for &v in e {
-                    seen[v as usize] = true;
-                }
-            }
-            for &v in rest {
-                seen[v as usize] = true;
-            }
+            for_each_index::<8>(layer.len(), |i| seen[layer[i] as usize] = true);
             seen[0] = false;
             let mut slot = vec![NO_CODE; max + 1];
             let mut codes = Vec::new();
@@ -141,16 +134,12 @@ impl DenseCodes {
     /// Pixels per code, in the order of `codes`.
     pub fn counts(&self) -> Vec<u64> {
         let mut counts = vec![0u64; self.codes.len()];
-        let (eights, rest) = self.index.as_chunks::<8>();
-        let mut count = |i: u32| {
-            if i != NO_CODE {
-                counts[i as usize] += 1;
+        let index = &self.index;
+        for_each_index::<8>(index.len(), |p| {
+            if index[p] != NO_CODE {
+                counts[index[p] as usize] += 1;
             }
-        };
-        for e in eights {
-            e.iter().for_each(|&i| count(i));
-        }
-        rest.iter().for_each(|&i| count(i));
+        });
         counts
     }
 }

@@ -10,7 +10,8 @@ bash scripts/setup-python.sh
 # shellcheck source=env.sh
 source scripts/env.sh
 status=0
-cargo test --workspace --locked --no-fail-fast "$@" || status=$?
+# failpoints: the fault tests (tests/faults.rs) kill runs at named points.
+cargo test --workspace --locked --features sitsflow/failpoints --no-fail-fast "$@" || status=$?
 echo "test.sh: models/ (python -m unittest)" >&2
 (cd models && PYTHONPATH="$root/.deps/models-python:$root/.deps/onnxruntime-1.31.1:$root/models" \
   python3 -m unittest discover -s tests -t .) || status=$?

@@ -123,7 +123,7 @@ fn failing_stage_writes_nothing_and_keeps_previous_outputs() {
     let mut names: Vec<_> =
         std::fs::read_dir(previous.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();
-    assert_eq!(names, [".partial", "ndvi.tif"]);
+    assert_eq!(names, [".partial", ".sitsflow.lock", "ndvi.tif"]);
 }
 
 #[test]

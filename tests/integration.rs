@@ -10,6 +10,7 @@ mod cli;
 mod cloud_masks;
 mod config;
 mod eval;
+mod faults;
 mod forest;
 mod guide;
 mod inference;

@@ -476,3 +476,43 @@ fn slovenia_max_ndvi_matches_the_eolearn_oracle() {
     assert!(equal * 100 >= 99 * ours.data().len(), "{equal} of {} pixels equal", ours.data().len());
     assert!(count.data().iter().all(|c| *c == 67.0), "no masking: every date counts");
 }
+
+/// A two-band (`B04`, `SCL`) `YYYY-MM-DD.tif` of a series folder, `size` px of `pixel_m`.
+fn write_series_date(path: &Path, size: usize, pixel_m: f64, b04: Vec<u16>, scl: Vec<u16>) {
+    let mem = DriverManager::get_driver_by_name("MEM").unwrap();
+    let mut ds = mem.create_with_band_type::<u16, _>("", size, size, 2).unwrap();
+    ds.set_geo_transform(&[ORIGIN.0, pixel_m, 0.0, ORIGIN.1, 0.0, -pixel_m]).unwrap();
+    ds.set_spatial_ref(&gdal::spatial_ref::SpatialRef::from_epsg(32633).unwrap()).unwrap();
+    for (i, (name, data)) in [("B04", b04), ("SCL", scl)].into_iter().enumerate() {
+        let mut band = ds.rasterband(i + 1).unwrap();
+        band.set_description(name).unwrap();
+        band.write((0, 0), (size, size), &mut Buffer::new((size, size), data)).unwrap();
+    }
+    ds.create_copy(&DriverManager::get_driver_by_name("GTiff").unwrap(), path, &RasterCreationOptions::from_iter(["COMPRESS=DEFLATE"])).unwrap();
+}
+
+/// A date on a coarser grid is warped onto the series' grid: bilinear for reflectance,
+/// nearest for the scene classification (averaging class codes invents classes).
+#[test]
+fn a_date_on_another_resolution_warps_scl_by_nearest_and_reflectance_bilinearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let fine = 20;
+    let n = fine * fine;
+    write_series_date(&dir.path().join("2020-01-01.tif"), fine, 10.0, vec![1000; n], vec![4; n]);
+    // 20 m: SCL codes 4 (vegetation) and 9 (cloud, high probability) side by side, B04 a ramp.
+    let coarse = fine / 2;
+    let scl: Vec<u16> = (0..coarse * coarse).map(|p| if (p / coarse + p % coarse) % 2 == 0 { 4 } else { 9 }).collect();
+    let b04: Vec<u16> = (0..coarse * coarse).map(|p| 1000 + 100 * (p % coarse) as u16).collect();
+    write_series_date(&dir.path().join("2020-01-02.tif"), coarse, 20.0, b04, scl.clone());
+    let series = Series::open(dir.path(), None).unwrap();
+    assert_eq!((series.grid.width, series.grid.height), (fine, fine));
+    let chunk = series.reader().unwrap().read(Window { row: 0, col: 0, rows: fine, cols: fine }).unwrap();
+    let plane = |date: usize, band: usize| &chunk.data[(date * 2 + band) * n..(date * 2 + band + 1) * n];
+    for p in 0..n {
+        let (r, c) = (p / fine, p % fine);
+        assert_eq!(plane(1, 1)[p], scl[(r / 2) * coarse + c / 2] as f32, "SCL at ({r}, {c}) is its 20 m pixel's class");
+    }
+    let b04 = plane(1, 0);
+    let between = b04.iter().filter(|v| (v.round() as i64 - 1000) % 100 != 0).count();
+    assert!(between > 0, "reflectance is interpolated between 20 m pixels");
+}

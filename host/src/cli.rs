@@ -46,6 +46,18 @@ pub enum Command {
         /// Write the run here instead of the pipeline's [output] dir.
         #[arg(long)]
         output: Option<PathBuf>,
+        /// Compute only shard i of N of the chunks (`0/4` … `3/4`), beside the other
+        /// shards in the same run directory; `sitsflow assemble` then finishes the run.
+        #[arg(long, value_name = "I/N", value_parser = crate::run::RunMode::parse_shard)]
+        shard: Option<crate::run::RunMode>,
+    },
+    /// Finish a sharded run once every shard is done: assemble the outputs, run the
+    /// scene stages, write the report and publish (refused while chunks are missing).
+    Assemble {
+        pipeline: PathBuf,
+        /// The run directory, when the shards were given --output.
+        #[arg(long)]
+        output: Option<PathBuf>,
     },
     /// Run a pipeline N times and record wall and CPU time, peak memory and throughput
     /// per stage (JSON); or compare two records.
@@ -203,6 +215,7 @@ pub fn main() -> ExitCode {
         .parse_env("SITSFLOW_LOG")
         .init();
     crate::raster::route_gdal_messages();
+    crate::faults::setup();
     match dispatch(&cli) {
         Ok(()) => ExitCode::from(exit::OK),
         Err(Failure::Config(e)) => {
@@ -226,14 +239,19 @@ fn runtime() -> Result<Arc<Runtime>> {
 
 fn dispatch(cli: &Cli) -> Result<(), Failure> {
     match &cli.command {
-        Command::Run { pipeline, output } => {
+        Command::Run { pipeline, output, .. } | Command::Assemble { pipeline, output } => {
+            let mode = match &cli.command {
+                Command::Run { shard: Some(shard), .. } => *shard,
+                Command::Assemble { .. } => crate::run::RunMode::Assemble,
+                _ => crate::run::RunMode::Whole,
+            };
             let runtime = runtime()?;
             let mut plan = Plan::load(pipeline, &runtime)?;
             if let Some(dir) = output {
                 plan.output_dir = dir.clone();
             }
             plan.verify_lock().map_err(Failure::Lock)?;
-            let options = crate::run::RunOptions { progress: !cli.quiet };
+            let options = crate::run::RunOptions { progress: !cli.quiet, mode };
             let summary = crate::run::run(&plan, &options)?;
             log::info!(
                 "done in {:.1} s: {} chunks, outputs in {}",

@@ -4,10 +4,63 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// The temporary name used while `path` is being written.
+/// What marks a temporary name (`.<name>.partial-<host>-<pid>`).
+const TEMP_MARK: &str = ".partial-";
+
+/// The temporary name used while `path` is being written: unique per host and
+/// process, so writers on several machines sharing a file system never meet.
 pub fn temp_path(path: &Path) -> PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.partial-{}", std::process::id()))
+    path.with_file_name(format!(".{name}{TEMP_MARK}{}-{}", host_name(), std::process::id()))
+}
+
+/// Whether `path` is a temporary name of `temp_path` (a writer's unfinished file).
+pub fn is_temp_name(path: &Path) -> bool {
+    path.file_name().is_some_and(|n| {
+        let n = n.to_string_lossy();
+        n.starts_with('.') && n.contains(TEMP_MARK)
+    })
+}
+
+/// This machine's host name (`gethostname`), with characters unfit for file names
+/// replaced; `localhost` when it cannot be read.
+pub fn host_name() -> String {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        let mut buf = [0u8; 256];
+        // SAFETY: the buffer is valid for its length; gethostname writes at most that much.
+        let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        let name: String = String::from_utf8_lossy(&buf[..end])
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+            .collect();
+        if ok && !name.is_empty() { name } else { "localhost".to_string() }
+    })
+    .clone()
+}
+
+/// When the file system holding `path` is (nearly) full, a sentence saying so, to add
+/// to a write error: GDAL reports a full disk as a bare "IO error".
+pub fn space_hint(path: &Path) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = path.ancestors().find(|a| a.exists())?;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: `c` is a valid C string; statvfs only writes into `stat`.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut stat) } != 0 {
+        return None;
+    }
+    let free = stat.f_bavail as u64 * stat.f_frsize as u64;
+    (free < 1 << 20).then(|| format!("no space left on the device holding {} ({free} bytes free)", dir.display()))
+}
+
+/// Adds `space_hint` to an error about writing `path`.
+pub fn with_space_hint<T>(result: anyhow::Result<T>, path: &Path) -> anyhow::Result<T> {
+    result.map_err(|e| match space_hint(path) {
+        Some(hint) => e.context(hint),
+        None => e,
+    })
 }
 
 /// Writes `bytes` to `path` atomically (creating parent directories).
@@ -92,6 +145,16 @@ pub fn relative_to(path: &Path, base: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn temporary_names_carry_host_and_pid_and_are_recognised() {
+        let tmp = temp_path(Path::new("/run/a.tif"));
+        let name = tmp.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with(".a.tif.partial-") && name.ends_with(&format!("-{}", std::process::id())), "{name}");
+        assert!(name.contains(&host_name()), "{name}");
+        assert!(is_temp_name(&tmp));
+        assert!(!is_temp_name(Path::new("/run/a.tif")) && !is_temp_name(Path::new("/run/.partial")));
+    }
 
     #[test]
     fn normalize_resolves_dots_lexically() {

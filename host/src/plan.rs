@@ -125,6 +125,46 @@ pub struct StagePlan {
     pub active_learning: Option<ActiveLearning>,
 }
 
+/// Names a run writes for itself, which no stage id may take.
+const RESERVED_OUTPUTS: &[&str] = &["reference", "report", "manifest", "models"];
+
+/// Whether `name` is one of the names stage `stage` writes besides its own id
+/// (`<id>_<year>`, `<id>_<year>_confidence`, `<id>_changes`, …; see `crate::scene`).
+fn writes_name(stage: &StagePlan, name: &str) -> bool {
+    let Some(rest) = name.strip_prefix(stage.id.as_str()).and_then(|r| r.strip_prefix('_')) else { return false };
+    let year = |s: &str| s.len() == 4 && s.bytes().all(|b| b.is_ascii_digit());
+    let (head, tail) = rest.split_once('_').map_or((rest, None), |(h, t)| (h, Some(t)));
+    match stage.kind_name() {
+        "features" => stage.per_year && year(rest),
+        "labeller" => {
+            matches!(rest, "confidence" | "proba") || (year(head) && matches!(tail, None | Some("confidence") | Some("proba")))
+        }
+        "decoder" => year(rest) || matches!(rest, "changes" | "fromto"),
+        _ => false,
+    }
+}
+
+/// Refuses a stage id that another stage's outputs, or the run's own files, would
+/// overwrite (`lab_2018_confidence` beside a labeller `lab`, `reference`, …).
+fn check_output_names(stages: &[StagePlan], pipeline: &Pipeline, source: &Source) -> Result<(), ConfigError> {
+    for (stage, located) in stages.iter().zip(&pipeline.stages) {
+        let id = stage.id.as_str();
+        if RESERVED_OUTPUTS.contains(&id) {
+            return Err(source.error(
+                Some(located.id.span()),
+                format!("stage id '{id}' is taken by the run's own {id} output; choose another id"),
+            ));
+        }
+        if let Some(other) = stages.iter().find(|o| o.id != stage.id && writes_name(o, id)) {
+            return Err(source.error(
+                Some(located.id.span()),
+                format!("stage id '{id}' collides with an output of {} stage '{}' (it writes {id}.tif); choose another id", other.kind_name(), other.id),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Pixels drawn to fit a clusterer when the pipeline does not say.
 pub const DEFAULT_FIT_SAMPLES: u64 = 200_000;
 /// Candidates a sampler considers when the pipeline does not say.
@@ -528,6 +568,8 @@ impl Plan {
                 Some(ReferencePlan { path: rel(r.path.get_ref()), nomenclature })
             }
         };
+
+        check_output_names(&stages, pipeline, source)?;
 
         let mut evaluations = Vec::new();
         for e in &pipeline.evaluations {

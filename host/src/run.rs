@@ -7,11 +7,12 @@
 //! memory stays at a few chunks per worker; the chunk size is derived from the
 //! run's memory budget unless the pipeline fixes it.
 //!
-//! Outputs are written into `<run>/.partial/` (working GeoTIFFs plus a journal of
-//! the chunks done) and become Cloud-Optimized GeoTIFFs under their final names only
-//! when every chunk succeeded. A failed or interrupted run leaves no file that looks
+//! Outputs are written into `<run>/.partial/` (chunk files plus a journal of the
+//! chunks done), assembled into Cloud-Optimized GeoTIFFs in its staging folder when
+//! every chunk succeeded, and published with the manifest only when the whole run is
+//! done (`crate::rundir`). A failed or interrupted run leaves no file that looks
 //! finished and never touches a previous run's outputs; rerunning the same pipeline
-//! on the same inputs resumes from the chunks already done.
+//! on the same inputs resumes from the chunks and outputs already done.
 
 use crate::bindings::types::{Cube, StageKind};
 use crate::plan::{Plan, StagePlan};
@@ -37,6 +38,51 @@ const FIXED_OVERHEAD_MIB: usize = 96;
 pub struct RunOptions {
     /// Draw a progress bar on stderr.
     pub progress: bool,
+    /// The whole run, one shard of its chunks, or the assembly after the shards.
+    pub mode: RunMode,
+}
+
+/// What part of a run this process does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RunMode {
+    /// Every chunk, the scene stages, the report, the publish.
+    #[default]
+    Whole,
+    /// The chunks of shard `index` of `count` (a contiguous range of the chunk grid),
+    /// beside the other shards in the same run directory; nothing is published.
+    Shard { index: usize, count: usize },
+    /// After every shard: assembles the outputs, runs the scene stages and publishes;
+    /// refuses while chunks are missing.
+    Assemble,
+}
+
+impl RunMode {
+    /// Parses `i/N` (`--shard 0/4`).
+    pub fn parse_shard(text: &str) -> Result<RunMode, String> {
+        let (i, n) = text.split_once('/').ok_or_else(|| format!("'{text}' is not i/N (e.g. 0/4)"))?;
+        let index: usize = i.trim().parse().map_err(|_| format!("'{i}' in '{text}' is not a shard number"))?;
+        let count: usize = n.trim().parse().map_err(|_| format!("'{n}' in '{text}' is not a shard count"))?;
+        if count == 0 || index >= count {
+            return Err(format!("shard {index}/{count}: the index must be below the count (0/{count} … {}/{count})", count.max(1) - 1));
+        }
+        Ok(RunMode::Shard { index, count })
+    }
+
+    /// The chunks (of `total`) this process computes.
+    fn chunks(&self, total: usize) -> std::ops::Range<usize> {
+        match *self {
+            RunMode::Whole => 0..total,
+            RunMode::Shard { index, count } => index * total / count..(index + 1) * total / count,
+            RunMode::Assemble => 0..0,
+        }
+    }
+
+    fn journal(&self) -> String {
+        match self {
+            RunMode::Shard { index, count } => format!("done-{index}-of-{count}"),
+            _ => "done".to_string(),
+        }
+    }
 }
 
 /// What a finished run produced.
@@ -50,6 +96,12 @@ pub struct RunSummary {
     pub chunk_size: usize,
     pub seconds: f64,
 }
+
+/// Chunks are sized as if this many were in flight at once, whatever the machine: the
+/// chunk grid is part of the plan (stages that look at neighbours, such as a dilating
+/// mask, see chunk edges), so it must not change with the core count. A machine then
+/// runs as many workers as it has cores and the budget holds.
+pub const PLANNED_WORKERS: usize = 4;
 
 /// How the scene is cut: chunk side, halo and workers, with the memory they need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,9 +134,10 @@ fn bytes_per_pixel(dates: usize, bands: usize, stages: &[StageKind]) -> (usize, 
 }
 
 impl Layout {
-    /// Derives the chunk size from the budget (a multiple of the sources' square tile
-    /// size `align` when there is one, so chunks read whole tiles), or checks a fixed
-    /// one against it.
+    /// Derives the chunk size from the budget for `PLANNED_WORKERS` (a multiple of the
+    /// sources' square tile size `align` when there is one, so chunks read whole
+    /// tiles), or checks a fixed one against it; then runs at most `workers` workers,
+    /// as many as the budget holds (at least one).
     #[allow(clippy::too_many_arguments)]
     pub fn plan(
         budget_mib: usize,
@@ -99,17 +152,17 @@ impl Layout {
     ) -> Result<Layout> {
         let gdal_cache_mib = (budget_mib / 8).clamp(16, 256);
         let (per_px, result_px) = bytes_per_pixel(dates, bands, stages);
-        let estimate = |side: usize| {
+        let estimate = |side: usize, workers: usize| {
             let with_halo = (side + 2 * halo).pow(2);
             let bytes = workers * (with_halo * per_px + decode_bytes) + 2 * workers * side * side * result_px;
             bytes.div_ceil(1 << 20) + gdal_cache_mib + FIXED_OVERHEAD_MIB
         };
         let chunk_size = match fixed {
             Some(side) => {
-                let need = estimate(side);
+                let need = estimate(side, 1);
                 if need > budget_mib {
                     bail!(
-                        "chunk_size {side} needs about {need} MiB with {workers} workers ({dates} dates × {bands} bands, {} stages), \
+                        "chunk_size {side} needs about {need} MiB on one worker ({dates} dates × {bands} bands, {} stages), \
                          over memory_budget_mib = {budget_mib}; lower chunk_size or raise the budget",
                         stages.len()
                     );
@@ -117,24 +170,29 @@ impl Layout {
                 side
             }
             None => {
+                let planned = PLANNED_WORKERS;
                 let mut side = 4096;
-                while side > 16 && estimate(side) > budget_mib {
+                while side > 16 && estimate(side, planned) > budget_mib {
                     side -= 16;
                 }
                 if let Some(tile) = align.filter(|t| *t >= 16 && *t <= side) {
                     side -= side % tile;
                 }
-                if estimate(side) > budget_mib {
+                if estimate(side, planned) > budget_mib {
                     bail!(
-                        "memory_budget_mib = {budget_mib} is too small for {dates} dates × {bands} bands with {workers} workers \
-                         (16 px chunks need about {} MiB)",
-                        estimate(16)
+                        "memory_budget_mib = {budget_mib} is too small for {dates} dates × {bands} bands \
+                         (16 px chunks need about {} MiB for {planned} chunks in flight)",
+                        estimate(16, planned)
                     );
                 }
                 side
             }
         };
-        Ok(Layout { chunk_size, halo, workers, gdal_cache_mib, estimate_mib: estimate(chunk_size) })
+        let fit = (1..=workers.max(1)).take_while(|&w| estimate(chunk_size, w) <= budget_mib).last().unwrap_or(1);
+        if fit < workers {
+            log::info!("{workers} workers asked, the memory budget holds {fit} chunks of {chunk_size} px in flight: running {fit}");
+        }
+        Ok(Layout { chunk_size, halo, workers: fit, gdal_cache_mib, estimate_mib: estimate(chunk_size, fit) })
     }
 }
 
@@ -161,22 +219,53 @@ struct Partial {
 }
 
 impl Partial {
-    /// Opens the partial state of a run with this key, or starts a fresh one.
-    fn open(run_dir: &Path, key: &str) -> Result<Partial> {
-        let dir = run_dir.join(".partial");
+    /// Opens the partial state (in `dir`) of a run with this key, or starts a fresh one
+    /// (discarding an unfinished run of another key only when `may_discard`: shards
+    /// that run beside each other never remove each other's work). Chunks done are read
+    /// from every journal (`done`, and one `done-<i>-of-<n>` per shard); this process
+    /// appends to `journal`.
+    fn open(dir: PathBuf, key: &str, journal: &str, may_discard: bool) -> Result<Partial> {
         let key_file = dir.join("key");
-        let same = std::fs::read_to_string(&key_file).is_ok_and(|k| k.trim() == key);
+        let found = std::fs::read_to_string(&key_file).ok();
+        let same = found.as_deref().is_some_and(|k| k.trim() == key);
         let mut done = BTreeSet::new();
-        if same {
-            let journal = std::fs::read_to_string(dir.join("done")).unwrap_or_default();
-            // A line is complete only with its newline: a torn last line is ignored.
-            for line in journal.split_inclusive('\n').filter(|l| l.ends_with('\n')) {
-                if let Ok(i) = line.trim().parse::<usize>() {
-                    done.insert(i);
+        if found.is_none() {
+            // Nothing was computed here yet (the key is written before any chunk); a
+            // shard may have made the folder for its lock a moment ago.
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            crate::fsutil::write_atomic(&key_file, key.as_bytes())?;
+        } else if same {
+            for entry in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+                let path = entry?.path();
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                if name != "done" && !name.starts_with("done-") {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                // A line is complete only with its newline: a torn last line (a kill or a
+                // full disk while appending) is cut off in this process's own journal,
+                // so its next line starts afresh, and ignored in the others'.
+                let complete = text.rfind('\n').map_or(0, |i| i + 1);
+                if complete < text.len() && name == journal {
+                    let file = std::fs::OpenOptions::new().write(true).open(&path)?;
+                    file.set_len(complete as u64).with_context(|| format!("truncating the torn line of {}", path.display()))?;
+                    file.sync_data()?;
+                }
+                for line in text[..complete].lines() {
+                    if let Ok(i) = line.trim().parse::<usize>() {
+                        done.insert(i);
+                    }
                 }
             }
         } else {
             if dir.exists() {
+                if !may_discard {
+                    bail!(
+                        "{} holds an unfinished run of another pipeline, plugins or inputs; a shard does not discard it \
+                         (other shards may be writing): run `sitsflow run` without --shard to start afresh",
+                        dir.display()
+                    );
+                }
                 log::info!("discarding the unfinished run in {} (its pipeline, plugins or inputs differ)", dir.display());
                 std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
             }
@@ -186,7 +275,7 @@ impl Partial {
         let journal = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(dir.join("done"))
+            .open(dir.join(journal))
             .with_context(|| format!("opening the journal in {}", dir.display()))?;
         Ok(Partial { dir, journal, done })
     }
@@ -231,6 +320,7 @@ fn mask_style() -> ClassStyle {
 pub(crate) enum PixelType {
     U8,
     U16,
+    U32,
     F32,
 }
 
@@ -244,7 +334,7 @@ impl Output {
     pub(crate) fn new(partial_dir: &Path, run_dir: &Path, name: &str, grid: &crate::raster::Grid, pixel: PixelType, style: Option<ClassStyle>) -> Output {
         let (kind, nodata) = match pixel {
             PixelType::U8 => (OutputKind::Categorical, Some(255.0)),
-            PixelType::U16 => (OutputKind::Categorical, Some(0.0)),
+            PixelType::U16 | PixelType::U32 => (OutputKind::Categorical, Some(0.0)),
             PixelType::F32 => (OutputKind::Continuous, Some(f64::NAN)),
         };
         let raster = ChunkedRaster::new(&partial_dir.join(name), &run_dir.join(format!("{name}.tif")), grid, kind, nodata, style);
@@ -252,11 +342,25 @@ impl Output {
     }
 
     pub(crate) fn finish(&mut self, chunks: &[(usize, Window)]) -> Result<PathBuf> {
-        match self.pixel {
+        let path = match self.pixel {
             PixelType::U8 => self.raster.finish::<u8>(chunks),
             PixelType::U16 => self.raster.finish::<u16>(chunks),
+            PixelType::U32 => self.raster.finish::<u32>(chunks),
             PixelType::F32 => self.raster.finish::<f32>(chunks),
+        }?;
+        crate::fail_point!("run::assembled");
+        Ok(path)
+    }
+
+    /// Assembles the output unless a run with the same key already did (its COG is in
+    /// the staging folder: it got its name there only when complete).
+    fn finish_or_reuse(&mut self, chunks: &[(usize, Window)]) -> Result<PathBuf> {
+        let target = self.raster.target().to_path_buf();
+        if target.exists() {
+            log::debug!("{} was assembled by an interrupted run", target.display());
+            return Ok(target);
         }
+        self.finish(chunks)
     }
 }
 
@@ -299,11 +403,32 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
     drop(reference); // each worker opens its own; this was only to fail early
 
     let chunks = chunk_grid(grid.width, grid.height, layout.chunk_size);
-    std::fs::create_dir_all(&plan.output_dir).with_context(|| format!("creating {}", plan.output_dir.display()))?;
-    let mut partial = Partial::open(&plan.output_dir, &run_key(plan, &series, &layout))?;
+    let mode = options.mode;
+    let run_dir = match mode {
+        RunMode::Shard { index, count } => crate::rundir::RunDir::open_shard(&plan.output_dir, index, count)?,
+        _ => crate::rundir::RunDir::open(&plan.output_dir)?,
+    };
+    let key = run_key(plan, &series, &layout);
+    let mut partial = Partial::open(run_dir.partial(), &key, &mode.journal(), !matches!(mode, RunMode::Shard { .. }))?;
+    let staging = run_dir.staging();
     let resumed = partial.done.len();
-    let todo: Vec<usize> = (0..chunks.len()).filter(|i| !partial.done.contains(i)).collect();
-    let workers = workers.min(todo.len()).max(1);
+    if mode == RunMode::Assemble {
+        let missing: Vec<usize> = (0..chunks.len()).filter(|i| !partial.done.contains(i)).collect();
+        if !missing.is_empty() {
+            let shown: Vec<String> = missing.iter().take(12).map(|i| i.to_string()).collect();
+            bail!(
+                "cannot assemble {}: {} of {} chunks are not done (chunks {}{}); rerun the shards that hold them \
+                 (`sitsflow run --shard i/N`), then assemble again",
+                plan.output_dir.display(),
+                missing.len(),
+                chunks.len(),
+                shown.join(", "),
+                if missing.len() > 12 { ", …" } else { "" }
+            );
+        }
+    }
+    let todo: Vec<usize> = mode.chunks(chunks.len()).filter(|i| !partial.done.contains(i)).collect();
+    let workers = layout.workers.min(todo.len()).max(1);
     log::info!(
         "running '{}': {} dates × {} bands, {} × {} px in {} chunks of {} px{} on {workers} workers (memory estimate {} MiB of {} MiB)",
         plan.name,
@@ -330,15 +455,15 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
         };
         if stage.per_year {
             for (year, _) in &years {
-                outputs.push(Output::new(&partial.dir, &plan.output_dir, &format!("{}_{year}", stage.id), &grid, pixel, None));
+                outputs.push(Output::new(&partial.dir, &staging, &format!("{}_{year}", stage.id), &grid, pixel, None));
             }
         } else {
-            outputs.push(Output::new(&partial.dir, &plan.output_dir, stage.id.as_str(), &grid, pixel, style));
+            outputs.push(Output::new(&partial.dir, &staging, stage.id.as_str(), &grid, pixel, style));
         }
     }
     let mut reference_out = plan.reference.as_ref().map(|r| {
         let style = ClassStyle { classes: r.nomenclature.styles() };
-        Output::new(&partial.dir, &plan.output_dir, "reference", &grid, PixelType::U16, Some(style))
+        Output::new(&partial.dir, &staging, "reference", &grid, PixelType::U16, Some(style))
     });
 
     let models = load_models(plan)?;
@@ -347,7 +472,8 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
     let stage_nanos: Vec<AtomicU64> = plan.stages.iter().map(|_| AtomicU64::new(0)).collect();
     let unmapped: Mutex<BTreeMap<u32, u64>> = Mutex::new(BTreeMap::new());
     let dates = series.dates();
-    let bar = progress_bar(options.progress, chunks.len(), resumed);
+    let in_range = mode.chunks(chunks.len()).len();
+    let bar = progress_bar(options.progress, in_range, in_range - todo.len());
     let next = AtomicUsize::new(0);
     let (tx, rx) = mpsc::sync_channel::<ChunkResult>(workers * 2);
     let worker_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
@@ -420,6 +546,7 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
                     if let Err(e) = written {
                         write_error = Some(e);
                     }
+                    crate::fail_point!("run::chunk_written");
                 }
             }
         }
@@ -445,10 +572,27 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
         );
     }
 
+    if let RunMode::Shard { index, count } = mode {
+        let range = mode.chunks(chunks.len());
+        log::info!(
+            "shard {index}/{count}: chunks {}..{} of {} done; `sitsflow assemble` finishes the run once every shard is done",
+            range.start,
+            range.end,
+            chunks.len()
+        );
+        return Ok(RunSummary {
+            run_dir: plan.output_dir.clone(),
+            outputs: Vec::new(),
+            chunks: range.len(),
+            resumed_chunks: resumed,
+            chunk_size: layout.chunk_size,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+    }
     let all: Vec<(usize, Window)> = chunks.iter().copied().enumerate().collect();
     let mut finished = Vec::new();
     for output in outputs.iter_mut().chain(reference_out.as_mut()) {
-        finished.push(output.finish(&all)?);
+        finished.push(output.finish_or_reuse(&all)?);
     }
     let scene = crate::scene::Scene {
         plan,
@@ -458,10 +602,11 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
         chunk_size: layout.chunk_size,
         workers: layout.workers,
         partial_dir: &partial.dir,
+        out_dir: &staging,
         stage_nanos: &stage_nanos,
         models: models.clone(),
     };
-    let aligned_reference = plan.reference.as_ref().map(|r| (plan.output_dir.join("reference.tif"), &r.nomenclature));
+    let aligned_reference = plan.reference.as_ref().map(|r| (staging.join("reference.tif"), &r.nomenclature));
     let scene_results = crate::scene::run(&scene, aligned_reference.as_ref().map(|(p, n)| (p.as_path(), *n)))?;
     finished.extend(scene_results.outputs.iter().cloned());
     let unmapped = unmapped.into_inner().expect("lock");
@@ -472,13 +617,19 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
     let seconds = started.elapsed().as_secs_f64();
     let mut recorded = finished.clone();
     recorded.extend(scene_results.files.iter().cloned());
-    let manifest =
-        write_manifest(plan, &series, &recorded, &stage_nanos, &layout, chunks.len(), resumed, &unmapped, &models, seconds)?;
-    report(plan, &finished, &manifest, &scene_results.sections)?;
-    let _ = std::fs::remove_dir_all(&partial.dir);
+    let mut manifest = manifest(plan, &series, &run_dir, &recorded, &stage_nanos, &layout, chunks.len(), resumed, &unmapped, &models, seconds)?;
+    report(plan, &staging, &finished, &manifest, &scene_results.sections)?;
+    crate::fail_point!("run::report_staged");
+    // The manifest names every file the run publishes, so the next run into this
+    // directory knows what to replace.
+    let published = run_dir.staged_files()?;
+    manifest["published"] = json!(published.iter().map(|p| p.display().to_string()).collect::<Vec<_>>());
+    drop(partial);
+    run_dir.publish(serde_json::to_string_pretty(&manifest)?.as_bytes())?;
+    let shown = |p: &PathBuf| plan.output_dir.join(p.strip_prefix(&staging).unwrap_or(p));
     Ok(RunSummary {
         run_dir: plan.output_dir.clone(),
-        outputs: finished,
+        outputs: finished.iter().map(shown).collect(),
         chunks: chunks.len(),
         resumed_chunks: resumed,
         chunk_size: layout.chunk_size,
@@ -700,7 +851,12 @@ fn write_chunk(
 }
 
 fn file_record(path: &str) -> Result<serde_json::Value> {
-    let local = Path::new(path);
+    file_record_as(Path::new(path), path)
+}
+
+/// The record of a file read at `local` and named `shown` (a staged output under the
+/// name it is published as).
+fn file_record_as(local: &Path, path: &str) -> Result<serde_json::Value> {
     if !local.exists() {
         // A GDAL virtual path (/vsicurl/…): recorded by name only.
         return Ok(json!({ "path": path }));
@@ -710,10 +866,13 @@ fn file_record(path: &str) -> Result<serde_json::Value> {
     Ok(json!({ "path": path, "bytes": bytes, "sha256": sha256 }))
 }
 
+/// The run's manifest (published last, by `RunDir::publish`): what ran on what, and
+/// every output with its size and sha256.
 #[allow(clippy::too_many_arguments)]
-fn write_manifest(
+fn manifest(
     plan: &Plan,
     series: &Series,
+    run_dir: &crate::rundir::RunDir,
     outputs: &[PathBuf],
     stage_nanos: &[AtomicU64],
     layout: &Layout,
@@ -735,7 +894,11 @@ fn write_manifest(
         })
         .collect::<Result<Vec<_>>>()?;
     let inputs = series.files().iter().map(|f| file_record(f)).collect::<Result<Vec<_>>>()?;
-    let outputs = outputs.iter().map(|p| file_record(&p.display().to_string())).collect::<Result<Vec<_>>>()?;
+    let staging = run_dir.staging();
+    let outputs = outputs
+        .iter()
+        .map(|p| file_record_as(p, &run_dir.root().join(p.strip_prefix(&staging).unwrap_or(p)).display().to_string()))
+        .collect::<Result<Vec<_>>>()?;
     let stages: Vec<_> = plan
         .stages
         .iter()
@@ -810,13 +973,11 @@ fn write_manifest(
         "wall_seconds": seconds,
         "peak_rss_mib": peak_rss_mib(),
     });
-    let text = serde_json::to_string_pretty(&manifest)?;
-    crate::fsutil::write_atomic(&plan.output_dir.join("manifest.json"), text.as_bytes())?;
     Ok(manifest)
 }
 
-/// Evaluates the outputs the pipeline asks for and writes the report.
-fn report(plan: &Plan, outputs: &[PathBuf], manifest: &serde_json::Value, sections: &[crate::scene::SceneSection]) -> Result<()> {
+/// Evaluates the staged outputs the pipeline asks for and stages the report.
+fn report(plan: &Plan, staging: &Path, outputs: &[PathBuf], manifest: &serde_json::Value, sections: &[crate::scene::SceneSection]) -> Result<()> {
     let mut quicklooks = Vec::new();
     for path in outputs {
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
@@ -840,9 +1001,9 @@ fn report(plan: &Plan, outputs: &[PathBuf], manifest: &serde_json::Value, sectio
             vec![(e.output.clone(), e.truth.clone())]
         };
         for (output, truth) in &jobs {
-            let map = plan.output_dir.join(format!("{output}.tif"));
+            let map = staging.join(format!("{output}.tif"));
             if !map.exists() {
-                bail!("[[evaluate]] output '{output}': the run wrote no {}", map.display());
+                bail!("[[evaluate]] output '{output}': the run wrote no {}", plan.output_dir.join(format!("{output}.tif")).display());
             }
             let evaluation = crate::eval::evaluate_map(&map, truth, lookup.as_ref(), e.stratified)
                 .with_context(|| format!("evaluating {output} against {}", truth.display()))?;
@@ -850,7 +1011,7 @@ fn report(plan: &Plan, outputs: &[PathBuf], manifest: &serde_json::Value, sectio
             evaluations.push(crate::report::EvaluationEntry { output: output.clone(), evaluation });
         }
         if jobs.len() > 1 && lookup.is_none() {
-            let maps: Vec<PathBuf> = jobs.iter().map(|(o, _)| plan.output_dir.join(format!("{o}.tif"))).collect();
+            let maps: Vec<PathBuf> = jobs.iter().map(|(o, _)| staging.join(format!("{o}.tif"))).collect();
             let truths: Vec<PathBuf> = jobs.iter().map(|(_, t)| t.clone()).collect();
             let changes = crate::eval::change_agreement(&maps, &truths)?;
             log::info!(
@@ -876,7 +1037,7 @@ fn report(plan: &Plan, outputs: &[PathBuf], manifest: &serde_json::Value, sectio
             });
         }
     }
-    crate::report::write_report(&plan.output_dir, manifest, &quicklooks, &evaluations, &sections)
+    crate::report::write_report(staging, manifest, &quicklooks, &evaluations, &sections)
 }
 
 /// The process's peak resident memory so far (Linux `VmHWM`), for the manifest.
@@ -914,5 +1075,17 @@ mod tests {
         assert!(small.estimate_mib <= 256 && small.chunk_size < l.chunk_size, "{small:?}");
         let err = Layout::plan(256, Some(2048), None, 0, 0, 2, 36, 10, &stages).unwrap_err().to_string();
         assert!(err.starts_with("chunk_size 2048 needs about"), "{err}");
+    }
+
+    #[test]
+    fn the_chunk_grid_does_not_depend_on_the_worker_count() {
+        let stages = [StageKind::CloudMask, StageKind::Features];
+        let sizes: Vec<usize> =
+            [1, 2, 8, 64].iter().map(|&w| Layout::plan(1024, None, None, 0, 2, w, 36, 11, &stages).unwrap().chunk_size).collect();
+        assert!(sizes.iter().all(|&s| s == sizes[0]), "{sizes:?}");
+        let many = Layout::plan(1024, None, None, 0, 2, 64, 36, 11, &stages).unwrap();
+        assert!(many.workers < 64 && many.estimate_mib <= 1024, "the budget caps the workers: {many:?}");
+        let one = Layout::plan(1024, None, None, 0, 2, 1, 36, 11, &stages).unwrap();
+        assert_eq!(one.workers, 1);
     }
 }

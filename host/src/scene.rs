@@ -74,14 +74,18 @@ pub struct Scene<'a> {
     pub chunk_size: usize,
     pub workers: usize,
     pub partial_dir: &'a Path,
+    /// Where the run's files are staged until the run is published (`crate::rundir`):
+    /// scene stages read the rasters of earlier stages from here and write here.
+    pub out_dir: &'a Path,
     pub stage_nanos: &'a [AtomicU64],
     /// The pipeline's ONNX models, for stages that call `infer`.
     pub models: std::sync::Arc<crate::inference::ModelSet>,
 }
 
 impl Scene<'_> {
+    /// The staging folder of the run directory (see `out_dir`).
     fn run_dir(&self) -> &Path {
-        &self.plan.output_dir
+        self.out_dir
     }
 
     fn raster_of(&self, id: &str) -> PathBuf {
@@ -106,9 +110,9 @@ impl Scene<'_> {
     fn gather_features(&self, path: &Path, pixels: &[u64]) -> Result<FeatureMatrix> {
         let raster = FeatureRaster::open(path)?;
         let f = raster.names.len();
-        let mut data = Vec::with_capacity(pixels.len() * f);
-        self.gather(pixels, |window| raster.read(window), |values, offset| {
-            data.extend_from_slice(&values[offset * f..(offset + 1) * f]);
+        let mut data = vec![0f32; pixels.len() * f];
+        self.gather(pixels, |window| raster.read(window), |values, offset, i| {
+            data[i * f..(i + 1) * f].copy_from_slice(&values[offset * f..(offset + 1) * f]);
         })?;
         Ok(FeatureMatrix { samples: pixels.len() as u32, names: raster.names, data })
     }
@@ -116,38 +120,31 @@ impl Scene<'_> {
     /// Reads a class raster at the given pixels (ascending).
     fn gather_classes(&self, path: &Path, pixels: &[u64]) -> Result<Vec<u32>> {
         let raster = ClassRaster::open(path)?;
-        let mut out = Vec::with_capacity(pixels.len());
-        self.gather(pixels, |window| raster.read(window), |values, offset| out.push(values[offset] as u32))?;
+        let mut out = vec![0u32; pixels.len()];
+        self.gather(pixels, |window| raster.read(window), |values, offset, i| out[i] = values[offset] as u32)?;
         Ok(out)
     }
 
-    /// Visits the pixels (ascending) chunk by chunk, reading each chunk that holds any once.
-    /// Pixels ascend row-major over the scene, so one chunk's pixels are not contiguous in
-    /// the list; they are grouped first and visited back in the list's order.
+    /// Reads each chunk that holds any of the pixels once and hands `take` the chunk's
+    /// values, the pixel's offset in the chunk and its position in the list, so the
+    /// caller copies its rows out while the chunk is read: only one chunk is held at a
+    /// time, whatever the number of pixels.
     fn gather<T>(
         &self,
         pixels: &[u64],
         read: impl Fn(Window) -> Result<Vec<T>>,
-        mut take: impl FnMut(&[T], usize),
+        mut take: impl FnMut(&[T], usize, usize),
     ) -> Result<()> {
         let mut by_chunk: BTreeMap<usize, Vec<(usize, usize)>> = BTreeMap::new();
         for (i, &p) in pixels.iter().enumerate() {
             let (chunk, offset) = self.locate(p);
             by_chunk.entry(chunk).or_default().push((i, offset));
         }
-        // Read per chunk, remember (list position → chunk, offset), then emit in list order.
-        let mut slot = vec![(0usize, 0usize); pixels.len()];
-        let mut read_chunks: Vec<Vec<T>> = Vec::with_capacity(by_chunk.len());
         for (chunk, members) in &by_chunk {
             let values = read(self.chunks[*chunk])?;
-            let k = read_chunks.len();
-            read_chunks.push(values);
             for &(i, offset) in members {
-                slot[i] = (k, offset);
+                take(&values, offset, i);
             }
-        }
-        for (k, offset) in slot {
-            take(&read_chunks[k], offset);
         }
         Ok(())
     }
@@ -194,6 +191,7 @@ impl Scene<'_> {
                     if let Err(e) = write(i, self.chunks[i], t) {
                         write_error = Some(e);
                     }
+                    crate::fail_point!("scene::chunk_written");
                 }
             }
         });
@@ -348,6 +346,7 @@ fn finish_stage(
     push_layers(scene, stage, layers);
     results.sections.push(section);
     scene.stage_nanos[s].fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    crate::fail_point!("scene::stage_done");
 }
 
 /// The selection of the sampler a labeller trains on.
@@ -773,7 +772,21 @@ fn argmax(p: &Probabilities) -> (Vec<u16>, Vec<f32>) {
     (labels, best)
 }
 
+/// Checks a labeller's probabilities before anything is written from them: the shape,
+/// at least one class, and class codes that are usable (not 0, which is no data in a
+/// class map) and distinct.
 fn check_probabilities(stage: &StagePlan, p: &Probabilities, samples: usize) -> Result<()> {
+    if p.classes.is_empty() {
+        bail!("stage '{}' ({}) returned probabilities over zero classes", stage.id, stage.reference());
+    }
+    if p.classes.contains(&0) {
+        bail!("stage '{}' ({}) returned class code 0, which is no data in a class map", stage.id, stage.reference());
+    }
+    let mut sorted = p.classes.clone();
+    sorted.sort_unstable();
+    if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+        bail!("stage '{}' ({}) returned class code {} twice", stage.id, stage.reference(), w[0]);
+    }
     if p.samples as usize != samples || p.data.len() != samples * p.classes.len() {
         bail!(
             "stage '{}' returned probabilities for {} samples × {} classes ({} values), expected {samples} samples",
@@ -1114,6 +1127,16 @@ fn label(
                 }
                 let matrix = FeatureMatrix { samples: window.pixels() as u32, names: names.clone(), data: raster.read(window)? };
                 let p = learner.predict(stage, &model, &matrix, &format!("{name}, chunk {i} ({window})"))?;
+                if let Some(n) = nomenclature {
+                    if let Some(c) = p.classes.iter().find(|c| !n.classes.iter().any(|k| k.code == **c)) {
+                        bail!(
+                            "stage '{}' ({}) predicted class code {c}, which nomenclature '{}' does not declare",
+                            stage.id,
+                            stage.reference(),
+                            n.name
+                        );
+                    }
+                }
                 let (labels, best) = argmax(&p);
                 Ok((labels, best, keep_posteriors.then_some(p)))
             },
@@ -1191,6 +1214,28 @@ fn agreement_table(years: &[i32], raw: &AgreementCounts, decoded: &AgreementCoun
     json!({ "columns": columns, "rows": rows })
 }
 
+/// How a decoder's from → to raster codes a pair of classes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FromTo {
+    base: u32,
+    pixel: PixelType,
+}
+
+impl FromTo {
+    fn for_classes(classes: &[u16]) -> FromTo {
+        let max = classes.iter().copied().max().unwrap_or(0) as u32;
+        // Decimal (at least two digits for `to`) so it reads as two codes side by side; codes of five digits take
+        // 65536, which still fits u32 for any pair of u16 codes.
+        let base = [100u32, 1000, 10_000].into_iter().find(|&b| max < b).unwrap_or(65_536);
+        let pixel = if max * base + max <= u16::MAX as u32 { PixelType::U16 } else { PixelType::U32 };
+        FromTo { base, pixel }
+    }
+
+    fn code(&self, from: u16, to: u16) -> u32 {
+        from as u32 * self.base + to as u32
+    }
+}
+
 /// Decodes yearly posteriors into consistent yearly maps (a decoder stage).
 fn decode(scene: &Scene, stage: &StagePlan, pool: &StagePool, nomenclature: Option<&Nomenclature>, results: &mut SceneResults) -> Result<SceneSection> {
     let input = stage.input.as_ref().expect("Plan::resolve gives decoders an input");
@@ -1216,9 +1261,11 @@ fn decode(scene: &Scene, stage: &StagePlan, pool: &StagePool, nomenclature: Opti
         .map(|y| Output::new(scene.partial_dir, scene.run_dir(), &output_name(stage, Some(*y)), scene.grid, PixelType::U16, style.clone()))
         .collect();
     let mut changes = Output::new(scene.partial_dir, scene.run_dir(), &format!("{}_changes", stage.id), scene.grid, PixelType::U16, None);
-    let mut fromto = Output::new(scene.partial_dir, scene.run_dir(), &format!("{}_fromto", stage.id), scene.grid, PixelType::U16, None);
-    // from → to is coded from × 100 + to when every code is below 100 (7 → 3 reads 703).
-    let base: u16 = if classes.iter().all(|&c| c < 100) { 100 } else { 256 };
+    // from → to is coded from × base + to, base the power of ten above every class code
+    // (7 → 3 reads 703; CORINE 311 → 312 reads 311312), in u16 when that fits, else u32;
+    // `<id>_fromto.csv` lists every code present with both classes.
+    let coding = FromTo::for_classes(&classes);
+    let mut fromto = Output::new(scene.partial_dir, scene.run_dir(), &format!("{}_fromto", stage.id), scene.grid, coding.pixel, None);
     let mut raw_counts: AgreementCounts = vec![BTreeMap::new(); steps.saturating_sub(1)];
     let mut decoded_counts: AgreementCounts = vec![BTreeMap::new(); steps.saturating_sub(1)];
     let mut pairs: BTreeMap<(u16, u16), u64> = BTreeMap::new();
@@ -1248,6 +1295,9 @@ fn decode(scene: &Scene, stage: &StagePlan, pool: &StagePool, nomenclature: Opti
             if decoded.labels.len() != steps * n {
                 bail!("stage '{}' returned {} labels for {steps} years × {n} pixels", stage.id, decoded.labels.len());
             }
+            if let Some(bad) = decoded.labels.iter().find(|l| **l != 0 && !classes.contains(l)) {
+                bail!("stage '{}' ({}) returned label {bad}, not one of the input's classes {classes:?}", stage.id, stage.reference());
+            }
             let decoded: Vec<Vec<u16>> = decoded.labels.chunks_exact(n).map(<[u16]>::to_vec).collect();
             Ok((raw, decoded))
         },
@@ -1256,12 +1306,12 @@ fn decode(scene: &Scene, stage: &StagePlan, pool: &StagePool, nomenclature: Opti
             count_agreement(&mut decoded_counts, &decoded);
             let n = window.pixels();
             let mut count = vec![0u16; n];
-            let mut ft = vec![0u16; n];
+            let mut ft = vec![0u32; n];
             for p in 0..n {
                 count[p] = decoded.windows(2).filter(|w| w[0][p] != w[1][p] && w[0][p] != 0 && w[1][p] != 0).count() as u16;
                 let (a, b) = (decoded[0][p], decoded[steps - 1][p]);
                 if a != b && a != 0 && b != 0 {
-                    ft[p] = a * base + b;
+                    ft[p] = coding.code(a, b);
                     *pairs.entry((a, b)).or_default() += 1;
                 }
                 *change_histogram.entry(count[p]).or_default() += 1;
@@ -1270,21 +1320,36 @@ fn decode(scene: &Scene, stage: &StagePlan, pool: &StagePool, nomenclature: Opti
                 out.raster.write_chunk(i, window, &[output_name(stage, Some(scene.years[t]))], &decoded[t])?;
             }
             changes.raster.write_chunk(i, window, &["changes".to_string()], &count)?;
-            fromto.raster.write_chunk(i, window, &["from-to".to_string()], &ft)
+            let band = ["from-to".to_string()];
+            match coding.pixel {
+                PixelType::U16 => fromto.raster.write_chunk(i, window, &band, &ft.iter().map(|&c| c as u16).collect::<Vec<_>>()),
+                _ => fromto.raster.write_chunk(i, window, &band, &ft),
+            }
         },
     )?;
     let name = |c: u16| nomenclature.and_then(|n| n.classes.iter().find(|k| k.code == c)).map_or(c.to_string(), |k| k.name.clone());
-    let pair_style = ClassStyle {
-        classes: pairs
-            .keys()
-            .enumerate()
-            .map(|(j, (a, b))| {
-                let (r, g, bl) = hsv((j as f64 * 137.508) % 360.0, 0.7, 0.9);
-                (a * base + b, format!("{} → {}", name(*a), name(*b)), format!("#{r:02x}{g:02x}{bl:02x}"))
-            })
-            .collect(),
-    };
-    fromto.raster.set_style(pair_style);
+    if coding.pixel == PixelType::U16 {
+        // A colour table is indexed by the pixel value: only for u16 codes.
+        let pair_style = ClassStyle {
+            classes: pairs
+                .keys()
+                .enumerate()
+                .map(|(j, (a, b))| {
+                    let (r, g, bl) = hsv((j as f64 * 137.508) % 360.0, 0.7, 0.9);
+                    (coding.code(*a, *b) as u16, format!("{} → {}", name(*a), name(*b)), format!("#{r:02x}{g:02x}{bl:02x}"))
+                })
+                .collect(),
+        };
+        fromto.raster.set_style(pair_style);
+    }
+    let table_path = scene.run_dir().join(format!("{}_fromto.csv", stage.id));
+    let mut table = String::from("code,from,to,from_name,to_name,pixels\n");
+    for ((a, b), n) in &pairs {
+        let quote = |s: String| format!("\"{}\"", s.replace('"', "\"\""));
+        table.push_str(&format!("{},{a},{b},{},{},{n}\n", coding.code(*a, *b), quote(name(*a)), quote(name(*b))));
+    }
+    crate::fsutil::write_atomic(&table_path, table.as_bytes()).with_context(|| format!("writing {}", table_path.display()))?;
+    results.files.push(table_path);
     let max_changes = change_histogram.keys().copied().max().unwrap_or(0) as usize;
     changes.raster.set_style(ClassStyle {
         classes: (1..=max_changes.max(1)).map(|c| (c as u16, format!("{c} change{}", if c > 1 { "s" } else { "" }), ["#fdae61", "#d7191c", "#7b0000", "#3d0000"][(c - 1).min(3)].to_string())).collect(),
@@ -1363,6 +1428,18 @@ mod tests {
         let share = test.count() as f64 / 10_000.0;
         assert!((share - 0.25).abs() < 0.02, "{share}");
         assert!(!held_out(11, width, 0, 0.0));
+    }
+
+    #[test]
+    fn from_to_codes_never_wrap() {
+        let small = FromTo::for_classes(&[1, 7, 12]);
+        assert_eq!((small.code(7, 3), small.pixel), (703, PixelType::U16));
+        let corine = FromTo::for_classes(&[111, 311, 523]);
+        assert_eq!((corine.code(311, 312), corine.pixel), (311_312, PixelType::U32));
+        let wide = FromTo::for_classes(&[1, u16::MAX]);
+        assert_eq!(wide.code(u16::MAX, u16::MAX - 1), u16::MAX as u32 * 65_536 + u16::MAX as u32 - 1);
+        let digits = FromTo::for_classes(&[3, 9]);
+        assert_eq!(digits.code(9, 3), 903, "at least two digits for the 'to' code");
     }
 
     #[test]

@@ -19,6 +19,18 @@ pub enum Resampling {
 }
 
 impl Resampling {
+    /// How a band of this name is warped: nearest for class bands (the L2A scene
+    /// classification `SCL`, cloud and quality masks `CLM`, `CLD`, `MSK_*`, `QA*`,
+    /// `*mask*`), whose codes must never be averaged; bilinear for reflectance.
+    pub fn for_band(name: &str) -> Resampling {
+        let upper = name.to_ascii_uppercase();
+        let class_band = matches!(upper.as_str(), "SCL" | "CLM" | "CLD" | "SNW" | "DATAMASK")
+            || upper.starts_with("MSK")
+            || upper.starts_with("QA")
+            || upper.contains("MASK");
+        if class_band { Resampling::Nearest } else { Resampling::Bilinear }
+    }
+
     pub fn gdal_name(self) -> &'static str {
         match self {
             Resampling::Nearest => "near",
@@ -119,7 +131,7 @@ impl Series {
                     scale: b.scale().unwrap_or(1.0),
                     offset: b.offset().unwrap_or(0.0),
                     nodata: b.no_data_value(),
-                    resampling: Resampling::Bilinear,
+                    resampling: Resampling::for_band(band),
                 });
             }
             scenes.push(Scene { date, sources });

@@ -117,7 +117,7 @@ pub fn open_stac(file: &Path, options: &L2aOptions) -> Result<Series> {
                 scale,
                 offset,
                 nodata: raster["nodata"].as_f64().or(Some(0.0)),
-                resampling: if is_scl { Resampling::Nearest } else { Resampling::Bilinear },
+                resampling: Resampling::for_band(band),
             });
         }
         scenes.push(Scene { date: date.to_string(), sources });

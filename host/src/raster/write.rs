@@ -66,7 +66,12 @@ fn copy_to_cog(source: &Dataset, target: &Path, kind: OutputKind) -> Result<Path
     let tmp = crate::fsutil::temp_path(target);
     let driver = DriverManager::get_driver_by_name("COG")?;
     let copy = source.create_copy(&driver, &tmp, &cog_options(kind)).with_context(|| format!("writing the COG {}", tmp.display()));
+    let copy = crate::fsutil::with_space_hint(copy, &tmp);
+    if copy.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
     drop(copy?);
+    crate::fail_point!("raster::cog_copied");
     let aux = PathBuf::from(format!("{}.aux.xml", tmp.display()));
     if aux.exists() {
         std::fs::rename(&aux, format!("{}.aux.xml", target.display()))?;
@@ -179,6 +184,11 @@ impl ChunkedRaster {
         }
     }
 
+    /// Where the finished COG goes.
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
     /// Sets the colour table and class names (when they are known only after the chunks).
     pub fn set_style(&mut self, style: ClassStyle) {
         self.style = Some(style);
@@ -243,7 +253,7 @@ impl ChunkedRaster {
         if result.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
-        result.with_context(|| format!("writing {}", path.display()))
+        crate::fsutil::with_space_hint(result.with_context(|| format!("writing {}", path.display())), &path)
     }
 
     /// Mosaics the chunk files (a VRT) into the COG at the target name.

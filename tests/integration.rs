@@ -11,6 +11,7 @@ mod cloud_masks;
 mod config;
 mod eval;
 mod faults;
+mod footprints;
 mod forest;
 mod guide;
 mod inference;

@@ -498,14 +498,26 @@ fn plugins(command: &PluginsCommand, quiet: bool) -> Result<(), Failure> {
     }
 }
 
-/// What `plugins inspect` prints.
+/// What `plugins inspect` prints; for a chunk stage, its footprint with default
+/// parameters (`{}`), the halo a pipeline gets for it unless its parameters change it.
 pub fn inspect(plugin: &Plugin) -> String {
     let info = plugin.info();
+    let footprint = match info.kind {
+        crate::bindings::types::StageKind::CloudMask | crate::bindings::types::StageKind::Features => {
+            let context = crate::runtime::CallContext { stage: "inspect".into(), chunk: "-".into() };
+            match plugin.instantiate(crate::runtime::Limits::default()).and_then(|mut i| i.footprint(&context, "{}")) {
+                Ok(f) => format!("footprint tile {} px, halo {} px, scale {} (with default parameters)\n", f.tile, f.halo, f.scale),
+                Err(e) => format!("footprint depends on parameters it needs (with {{}} it {e})\n"),
+            }
+        }
+        _ => String::new(),
+    };
     format!(
-        "name     {}\nversion  {}\nkind     {}\nsummary  {}\nfile     {}\nsha256   {}\nparameters (JSON Schema):\n{}\n",
+        "name     {}\nversion  {}\nkind     {}\nwit      {}\nsummary  {}\nfile     {}\nsha256   {}\n{footprint}parameters (JSON Schema):\n{}\n",
         info.name,
         info.version,
         info.kind_name(),
+        plugin.wit_package(),
         info.summary,
         plugin.path().display(),
         plugin.sha256(),

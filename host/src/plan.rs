@@ -104,6 +104,8 @@ pub struct StagePlan {
     /// The component, or the training recipe, that runs the stage.
     pub executor: Executor,
     pub limits: Limits,
+    /// What a chunk stage (cloud mask, features) needs of a chunk, for its parameters.
+    pub footprint: Option<Footprint>,
     /// The parameters as JSON, checked against the plugin's schema.
     pub params: serde_json::Value,
     /// The features stage a clusterer, sampler or labeller reads.
@@ -163,6 +165,43 @@ fn check_output_names(stages: &[StagePlan], pipeline: &Pipeline, source: &Source
         }
     }
     Ok(())
+}
+
+/// What a chunk stage declares for its parameters (`footprint-for`, WIT 0.2): chunks
+/// whose core is a multiple of `tile` (0 = any), `halo` px of context on every side,
+/// outputs `scale` times finer than the series' grid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Footprint {
+    pub tile: usize,
+    pub halo: usize,
+    pub scale: usize,
+}
+
+/// The largest tile, halo and scale a stage may declare.
+const MAX_TILE: usize = 4096;
+const MAX_HALO: usize = 512;
+const MAX_SCALE: usize = 16;
+
+impl Footprint {
+    /// Asks the plugin (in a throw-away instance) and checks the answer.
+    fn ask(plugin: &Plugin, limits: Limits, id: &str, params: &serde_json::Value) -> Result<Footprint, String> {
+        let context = crate::runtime::CallContext { stage: id.to_string(), chunk: "footprint".into() };
+        let raw = plugin
+            .instantiate(limits)
+            .and_then(|mut i| i.footprint(&context, &params.to_string()))
+            .map_err(|e| format!("footprint-for() {e}"))?;
+        let fp = Footprint { tile: raw.tile as usize, halo: raw.halo as usize, scale: raw.scale as usize };
+        if fp.tile > MAX_TILE || fp.halo > MAX_HALO || fp.scale == 0 || fp.scale > MAX_SCALE {
+            return Err(format!(
+                "footprint-for() gives tile {}, halo {}, scale {}: the host takes tiles up to {MAX_TILE} px, halos up to {MAX_HALO} px, scales 1 to {MAX_SCALE}",
+                fp.tile, fp.halo, fp.scale
+            ));
+        }
+        if plugin.info().kind == crate::bindings::types::StageKind::CloudMask && fp.scale != 1 {
+            return Err(format!("a cloud mask's output is on the series' grid, but footprint-for() gives scale {}", fp.scale));
+        }
+        Ok(fp)
+    }
 }
 
 /// Pixels drawn to fit a clusterer when the pipeline does not say.
@@ -518,10 +557,30 @@ impl Plan {
             }
             let memory_mib = stage.memory_mib.as_ref().map_or(DEFAULT_MEMORY_MIB, |m| *m.get_ref());
             let deadline_ms = stage.deadline_ms.as_ref().map_or(DEFAULT_DEADLINE_MS, |d| *d.get_ref());
+            let limits = Limits { memory_bytes: memory_mib as usize * 1024 * 1024, deadline_ms };
+            let at_params = || stage.params.as_ref().map(|t| t.span()).or_else(|| Some(stage.id.span()));
+            let footprint = match &executor {
+                Executor::Plugin(plugin) if chunk_kind => {
+                    let fp = Footprint::ask(plugin, limits, id.as_str(), &params)
+                        .map_err(|e| source.error(at_params(), format!("stage '{id}' ({}): {e}", plugin.info().reference())))?;
+                    Some(fp)
+                }
+                _ => None,
+            };
+            if let Some(read) = &input {
+                let scale = stages.iter().find(|s| &s.id == read).and_then(|s| s.footprint).map_or(1, |f| f.scale);
+                if scale != 1 {
+                    return Err(source.error(
+                        stage.input.as_ref().map(|i| i.span()),
+                        format!("'{read}' writes on a grid {scale}× finer than the series; the {kind} stage '{id}' reads only the series' grid"),
+                    ));
+                }
+            }
             stages.push(StagePlan {
                 id,
                 executor,
-                limits: Limits { memory_bytes: memory_mib as usize * 1024 * 1024, deadline_ms },
+                limits,
+                footprint,
                 params,
                 input,
                 samples,

@@ -117,15 +117,16 @@ pub struct Layout {
 
 /// Bytes held per pixel of a chunk, by one worker: the cube, each stage instance's
 /// copy of it and its result, the result's copy on the host.
-fn bytes_per_pixel(dates: usize, bands: usize, stages: &[StageKind]) -> (usize, usize) {
+fn bytes_per_pixel(dates: usize, bands: usize, stages: &[(StageKind, usize)]) -> (usize, usize) {
     let cube = dates * bands * 4 + dates;
     let mut held = cube;
     let mut result = 0;
-    for kind in stages {
-        // Features: assume two values per date; masks: one byte per date.
+    for (kind, scale) in stages {
+        // Features: assume two values per date (per output pixel: scale² of them per
+        // input pixel); masks: one byte per date.
         let out = match kind {
             StageKind::CloudMask => dates * 5,
-            _ => dates * 8,
+            _ => dates * 8 * scale * scale,
         };
         held += cube + out + out;
         result += out;
@@ -135,20 +136,22 @@ fn bytes_per_pixel(dates: usize, bands: usize, stages: &[StageKind]) -> (usize, 
 
 impl Layout {
     /// Derives the chunk size from the budget for `PLANNED_WORKERS` (a multiple of the
-    /// sources' square tile size `align` when there is one, so chunks read whole
-    /// tiles), or checks a fixed one against it; then runs at most `workers` workers,
-    /// as many as the budget holds (at least one).
+    /// stages' `tile` when one is declared, else of the sources' square tile size
+    /// `align` when there is one, so chunks read whole tiles), or checks a fixed one
+    /// against both; then runs at most `workers` workers, as many as the budget holds
+    /// (at least one). `stages` are the chunk stages' kinds and output scales.
     #[allow(clippy::too_many_arguments)]
     pub fn plan(
         budget_mib: usize,
         fixed: Option<usize>,
         align: Option<usize>,
+        tile: usize,
         decode_bytes: usize,
         halo: usize,
         workers: usize,
         dates: usize,
         bands: usize,
-        stages: &[StageKind],
+        stages: &[(StageKind, usize)],
     ) -> Result<Layout> {
         let gdal_cache_mib = (budget_mib / 8).clamp(16, 256);
         let (per_px, result_px) = bytes_per_pixel(dates, bands, stages);
@@ -158,6 +161,9 @@ impl Layout {
             bytes.div_ceil(1 << 20) + gdal_cache_mib + FIXED_OVERHEAD_MIB
         };
         let chunk_size = match fixed {
+            Some(side) if tile > 0 && side % tile != 0 => {
+                bail!("chunk_size {side} is not a multiple of the {tile} px tile a stage works on; use {}", (side / tile).max(1) * tile)
+            }
             Some(side) => {
                 let need = estimate(side, 1);
                 if need > budget_mib {
@@ -175,14 +181,16 @@ impl Layout {
                 while side > 16 && estimate(side, planned) > budget_mib {
                     side -= 16;
                 }
-                if let Some(tile) = align.filter(|t| *t >= 16 && *t <= side) {
+                if tile > 0 {
+                    side = (side - side % tile).max(tile);
+                } else if let Some(tile) = align.filter(|t| *t >= 16 && *t <= side) {
                     side -= side % tile;
                 }
                 if estimate(side, planned) > budget_mib {
                     bail!(
                         "memory_budget_mib = {budget_mib} is too small for {dates} dates × {bands} bands \
-                         (16 px chunks need about {} MiB for {planned} chunks in flight)",
-                        estimate(16, planned)
+                         ({side} px chunks need about {} MiB for {planned} chunks in flight)",
+                        estimate(side, planned)
                     );
                 }
                 side
@@ -328,6 +336,8 @@ pub(crate) enum PixelType {
 pub(crate) struct Output {
     pub(crate) raster: ChunkedRaster,
     pixel: PixelType,
+    /// Output pixels per series pixel along each axis (a stage's footprint scale).
+    scale: usize,
 }
 
 impl Output {
@@ -338,10 +348,23 @@ impl Output {
             PixelType::F32 => (OutputKind::Continuous, Some(f64::NAN)),
         };
         let raster = ChunkedRaster::new(&partial_dir.join(name), &run_dir.join(format!("{name}.tif")), grid, kind, nodata, style);
-        Output { raster, pixel }
+        Output { raster, pixel, scale: 1 }
+    }
+
+    /// An output on the grid `scale` times finer than `grid` (the series'), whose chunks
+    /// are given by their windows on the series' grid.
+    fn on_scaled_grid(partial_dir: &Path, run_dir: &Path, name: &str, grid: &crate::raster::Grid, scale: usize, pixel: PixelType, style: Option<ClassStyle>) -> Output {
+        Output { scale, ..Output::new(partial_dir, run_dir, name, &grid.scaled(scale), pixel, style) }
     }
 
     pub(crate) fn finish(&mut self, chunks: &[(usize, Window)]) -> Result<PathBuf> {
+        let scaled: Vec<(usize, Window)>;
+        let chunks = if self.scale == 1 {
+            chunks
+        } else {
+            scaled = chunks.iter().map(|(i, w)| (*i, w.scaled(self.scale))).collect();
+            &scaled
+        };
         let path = match self.pixel {
             PixelType::U8 => self.raster.finish::<u8>(chunks),
             PixelType::U16 => self.raster.finish::<u16>(chunks),
@@ -364,6 +387,68 @@ impl Output {
     }
 }
 
+/// The halo every chunk is read with and the tile its core is a multiple of, from the
+/// pipeline's `halo` and the chunk stages' footprints. A mask's output is valid `halo`
+/// px less far out than its input, and the stages after it read that output: so a
+/// stage needs its own halo plus those of the masks before it.
+fn chunk_geometry(pipeline_halo: usize, stages: &[(usize, &StagePlan)]) -> Result<(usize, usize)> {
+    let mut halo = pipeline_halo;
+    let mut masks = 0;
+    let mut tile = 0usize;
+    for (_, stage) in stages {
+        let fp = stage.footprint.unwrap_or(crate::plan::Footprint { tile: 0, halo: 0, scale: 1 });
+        halo = halo.max(fp.halo + masks);
+        if stage.chunk_plugin().info().kind == StageKind::CloudMask {
+            masks += fp.halo;
+        }
+        if fp.tile > 0 {
+            tile = if tile == 0 { fp.tile } else { lcm(tile, fp.tile) };
+            if tile > 4096 {
+                bail!("the chunk stages' tiles have no common multiple up to 4096 px (stage '{}' works on {} px tiles)", stage.id, fp.tile);
+            }
+        }
+    }
+    Ok((halo, tile))
+}
+
+fn lcm(a: usize, b: usize) -> usize {
+    let gcd = |mut a: usize, mut b: usize| {
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        a
+    };
+    a / gcd(a, b) * b
+}
+
+/// Pads per-pixel planes laid out on `inner` (`rows × cols`) by reflection (the edge
+/// pixel not repeated, as numpy's `reflect`) by `top`, `bottom`, `left`, `right` pixels.
+fn pad_reflect<T: Copy>(planes: &[T], rows: usize, cols: usize, pad: [usize; 4]) -> Vec<T> {
+    let [top, bottom, left, right] = pad;
+    if pad == [0; 4] || rows * cols == 0 {
+        return planes.to_vec();
+    }
+    // Reflect an index into 0..n, folding as often as a pad wider than the image needs.
+    let fold = |i: isize, n: usize| -> usize {
+        if n == 1 {
+            return 0;
+        }
+        let period = 2 * (n as isize - 1);
+        let m = i.rem_euclid(period);
+        (if m < n as isize { m } else { period - m }) as usize
+    };
+    let (out_rows, out_cols) = (rows + top + bottom, cols + left + right);
+    let col_of: Vec<usize> = (0..out_cols).map(|c| fold(c as isize - left as isize, cols)).collect();
+    let mut out = Vec::with_capacity(planes.len() / (rows * cols) * out_rows * out_cols);
+    for plane in planes.chunks_exact(rows * cols) {
+        for r in 0..out_rows {
+            let src = &plane[fold(r as isize - top as isize, rows) * cols..][..cols];
+            out.extend(col_of.iter().map(|&c| src[c]));
+        }
+    }
+    out
+}
+
 /// Loads the pipeline's ONNX models (one session per file and device per process).
 fn load_models(plan: &Plan) -> Result<std::sync::Arc<crate::inference::ModelSet>> {
     if plan.models.is_empty() {
@@ -384,14 +469,17 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
     let grid = series.grid.clone();
     // Cloud masks and features stream chunk by chunk; the scene stages run after them.
     let chunk_stages: Vec<(usize, &StagePlan)> = plan.stages.iter().enumerate().filter(|(_, s)| s.is_chunk_stage()).collect();
-    let kinds: Vec<StageKind> = chunk_stages.iter().map(|(_, s)| s.chunk_plugin().info().kind).collect();
+    let kinds: Vec<(StageKind, usize)> =
+        chunk_stages.iter().map(|(_, s)| (s.chunk_plugin().info().kind, s.footprint.map_or(1, |f| f.scale))).collect();
+    let (halo, tile) = chunk_geometry(plan.halo as usize, &chunk_stages)?;
     let workers = plan.worker_count();
     let layout = Layout::plan(
         plan.memory_budget_mib as usize,
         plan.chunk_size.map(|c| c as usize),
         series.tile_size(),
+        tile,
         series.decode_buffer_bytes(),
-        plan.halo as usize,
+        halo,
         workers,
         series.scenes.len(),
         series.bands.len(),
@@ -453,12 +541,13 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
             StageKind::CloudMask => (PixelType::U8, Some(mask_style())),
             _ => (PixelType::F32, None),
         };
+        let scale = stage.footprint.map_or(1, |f| f.scale);
         if stage.per_year {
             for (year, _) in &years {
-                outputs.push(Output::new(&partial.dir, &staging, &format!("{}_{year}", stage.id), &grid, pixel, None));
+                outputs.push(Output::on_scaled_grid(&partial.dir, &staging, &format!("{}_{year}", stage.id), &grid, scale, pixel, None));
             }
         } else {
-            outputs.push(Output::new(&partial.dir, &staging, stage.id.as_str(), &grid, pixel, style));
+            outputs.push(Output::on_scaled_grid(&partial.dir, &staging, stage.id.as_str(), &grid, scale, pixel, style));
         }
     }
     let mut reference_out = plan.reference.as_ref().map(|r| {
@@ -501,18 +590,46 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
                     let k = next.fetch_add(1, Ordering::Relaxed);
                     let Some(&index) = todo.get(k) else { break };
                     let window = chunks[index];
-                    let read_window = window.with_halo(layout.halo, series.grid.width, series.grid.height);
+                    let (width, height) = (series.grid.width, series.grid.height);
+                    let read_window = window.with_halo(layout.halo, width, height);
                     let result = (|| {
                         let data = reader.read(read_window).map_err(|e| format!("chunk {index} ({window}): {e:#}"))?;
+                        // Where the halo leaves the scene, it is filled by reflection.
+                        let h = layout.halo;
+                        let pad = [
+                            h - (window.row - read_window.row),
+                            h - (read_window.row + read_window.rows - window.row - window.rows),
+                            h - (window.col - read_window.col),
+                            h - (read_window.col + read_window.cols - window.col - window.cols),
+                        ];
+                        let (rows, cols) = (window.rows + 2 * h, window.cols + 2 * h);
+                        let valid = if data.valid.is_empty() { data.valid } else { pad_reflect(&data.valid, read_window.rows, read_window.cols, pad) };
                         let cube = Cube {
                             dates: dates.clone(),
                             bands: series.bands.clone(),
-                            rows: read_window.rows as u32,
-                            cols: read_window.cols as u32,
-                            data: data.data,
-                            valid: data.valid,
+                            rows: rows as u32,
+                            cols: cols as u32,
+                            data: pad_reflect(&data.data, read_window.rows, read_window.cols, pad),
+                            valid,
                         };
-                        let stages = run_stages(chunk_stages, pools, stage_nanos, years, index, window, read_window, cube)?;
+                        let placement = crate::bindings::types::Placement {
+                            row: window.row as i32 - h as i32,
+                            col: window.col as i32 - h as i32,
+                            core_row: h as u32,
+                            core_col: h as u32,
+                            core_rows: window.rows as u32,
+                            core_cols: window.cols as u32,
+                            scene_rows: height as u32,
+                            scene_cols: width as u32,
+                        };
+                        let around = ChunkWindows {
+                            index,
+                            window,
+                            outer: Window { row: 0, col: 0, rows, cols },
+                            core: Window { row: h, col: h, rows: window.rows, cols: window.cols },
+                            placement,
+                        };
+                        let stages = run_stages(chunk_stages, pools, stage_nanos, years, &around, cube)?;
                         let reference = match &reference {
                             Some(r) => {
                                 let mut seen = BTreeMap::new();
@@ -681,22 +798,35 @@ fn crop_rows(data: &[f32], width: usize, outer: Window, core: Window) -> Vec<f32
     out
 }
 
+/// A chunk as the stages see it: its window in the scene, the cube around it (halo
+/// included, in cube pixels) and the core the host keeps, and the placement the stage
+/// is told.
+struct ChunkWindows {
+    index: usize,
+    window: Window,
+    outer: Window,
+    core: Window,
+    placement: crate::bindings::types::Placement,
+}
+
 /// Runs every stage on one chunk, in order; cloud masks narrow the validity that
-/// later stages see.
-#[allow(clippy::too_many_arguments)]
+/// later stages see. Each output is checked against the stage's footprint (the whole
+/// cube, times its scale) and cropped to the core.
 fn run_stages(
     stages: &[(usize, &StagePlan)],
     pools: &[StagePool],
     stage_nanos: &[AtomicU64],
     years: &[(i32, Vec<usize>)],
-    index: usize,
-    window: Window,
-    read_window: Window,
+    around: &ChunkWindows,
     mut cube: Cube,
 ) -> Result<Vec<StageOutput>, String> {
+    let ChunkWindows { index, window, outer, core, .. } = *around;
     let mut outputs = Vec::with_capacity(stages.len());
     let dates = cube.dates.len();
     for (&(s, stage), pool) in stages.iter().zip(pools) {
+        let scale = stage.footprint.map_or(1, |f| f.scale);
+        let (outer_out, core_out) = (outer.scaled(scale), core.scaled(scale));
+        let at = || around.placement.clone();
         let context = CallContext { stage: stage.id.to_string(), chunk: format!("chunk {index}") };
         let params = stage.params_json();
         let started = Instant::now();
@@ -705,30 +835,30 @@ fn run_stages(
         };
         let output = match stage.chunk_plugin().info().kind {
             StageKind::CloudMask => {
-                let mask = pool.with(|i| i.mask(&context, &cube, &params)).map_err(fail)?;
-                check_len(stage, index, "mask classes", mask.classes.len(), dates * read_window.pixels())?;
+                let mask = pool.with(|i| i.mask_at(&context, &cube, at(), &params)).map_err(fail)?;
+                check_len(stage, index, "mask classes", mask.classes.len(), dates * outer.pixels())?;
                 apply_mask(&mut cube, &mask.classes);
-                StageOutput::Mask(crop(&mask.classes, dates, read_window, window))
+                StageOutput::Mask(crop(&mask.classes, dates, outer, core))
             }
             StageKind::Features if stage.per_year => {
                 for (_, dates_of_year) in years {
                     let sub = year_cube(&cube, dates_of_year);
-                    let features = pool.with(|i| i.features(&context, &sub, &params)).map_err(fail)?;
-                    check_len(stage, index, "feature samples", features.samples as usize, read_window.pixels())?;
+                    let features = pool.with(|i| i.features_at(&context, &sub, at(), &params)).map_err(fail)?;
+                    check_len(stage, index, "feature samples", features.samples as usize, outer_out.pixels())?;
                     let width = features.names.len();
-                    check_len(stage, index, "feature values", features.data.len(), read_window.pixels() * width)?;
+                    check_len(stage, index, "feature values", features.data.len(), outer_out.pixels() * width)?;
                     let names = positional_names(&features.names);
-                    outputs.push(StageOutput::Features(names, crop_rows(&features.data, width, read_window, window)));
+                    outputs.push(StageOutput::Features(names, crop_rows(&features.data, width, outer_out, core_out)));
                 }
                 stage_nanos[s].fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
                 continue;
             }
             StageKind::Features => {
-                let features = pool.with(|i| i.features(&context, &cube, &params)).map_err(fail)?;
-                check_len(stage, index, "feature samples", features.samples as usize, read_window.pixels())?;
+                let features = pool.with(|i| i.features_at(&context, &cube, at(), &params)).map_err(fail)?;
+                check_len(stage, index, "feature samples", features.samples as usize, outer_out.pixels())?;
                 let width = features.names.len();
-                check_len(stage, index, "feature values", features.data.len(), read_window.pixels() * width)?;
-                StageOutput::Features(features.names, crop_rows(&features.data, width, read_window, window))
+                check_len(stage, index, "feature values", features.data.len(), outer_out.pixels() * width)?;
+                StageOutput::Features(features.names, crop_rows(&features.data, width, outer_out, core_out))
             }
             other => unreachable!("only chunk stages run on chunks, not {other:?}"),
         };
@@ -824,8 +954,9 @@ fn write_chunk(
     window: Window,
     chunk: ChunkOutputs,
 ) -> Result<()> {
-    let n = window.pixels();
     for (out, output) in outputs.iter_mut().zip(chunk.stages) {
+        let window = window.scaled(out.scale);
+        let n = window.pixels();
         match output {
             StageOutput::Mask(classes) => {
                 let names: Vec<String> = series.dates().iter().map(|d| format!("mask@{d}")).collect();
@@ -910,6 +1041,8 @@ fn manifest(
                     "id": s.id.to_string(),
                     "plugin": plugin.info().reference(),
                     "kind": s.kind_name(),
+                    "wit": plugin.wit_package(),
+                    "footprint": s.footprint.map(|f| json!({ "tile": f.tile, "halo": f.halo, "scale": f.scale })),
                     "sha256": plugin.sha256(),
                     "params": s.params,
                     "memory_mib": s.limits.memory_bytes >> 20,
@@ -1065,27 +1198,48 @@ mod tests {
 
     #[test]
     fn layout_fits_the_budget() {
-        let stages = [StageKind::Features];
-        let l = Layout::plan(2048, None, None, 0, 0, 2, 36, 10, &stages).unwrap();
+        let stages = [(StageKind::Features, 1)];
+        let l = Layout::plan(2048, None, None, 0, 0, 0, 2, 36, 10, &stages).unwrap();
         assert!(l.estimate_mib <= 2048 && l.chunk_size >= 256, "{l:?}");
-        let aligned = Layout::plan(2048, None, Some(256), 0, 0, 2, 36, 10, &stages).unwrap();
+        let aligned = Layout::plan(2048, None, Some(256), 0, 0, 0, 2, 36, 10, &stages).unwrap();
         assert_eq!(aligned.chunk_size % 256, 0, "{aligned:?}");
         assert!(aligned.chunk_size <= l.chunk_size);
-        let small = Layout::plan(256, None, None, 0, 16, 2, 36, 10, &stages).unwrap();
+        let small = Layout::plan(256, None, None, 0, 0, 16, 2, 36, 10, &stages).unwrap();
         assert!(small.estimate_mib <= 256 && small.chunk_size < l.chunk_size, "{small:?}");
-        let err = Layout::plan(256, Some(2048), None, 0, 0, 2, 36, 10, &stages).unwrap_err().to_string();
+        let err = Layout::plan(256, Some(2048), None, 0, 0, 0, 2, 36, 10, &stages).unwrap_err().to_string();
         assert!(err.starts_with("chunk_size 2048 needs about"), "{err}");
     }
 
     #[test]
+    fn chunks_are_multiples_of_the_stages_tile() {
+        let stages = [(StageKind::Features, 1)];
+        let l = Layout::plan(1024, None, Some(256), 64, 0, 16, 2, 36, 10, &stages).unwrap();
+        assert_eq!(l.chunk_size % 64, 0, "{l:?}");
+        let err = Layout::plan(1024, Some(100), None, 64, 0, 16, 2, 36, 10, &stages).unwrap_err().to_string();
+        assert!(err.contains("chunk_size 100 is not a multiple of the 64 px tile a stage works on; use 64"), "{err}");
+        let fine = Layout::plan(1024, None, None, 0, 0, 0, 2, 36, 10, &[(StageKind::Features, 4)]).unwrap();
+        assert!(fine.chunk_size < l.chunk_size, "a 4× finer output takes more memory per chunk: {fine:?}");
+    }
+
+    #[test]
+    fn reflection_pads_without_repeating_the_edge() {
+        // One 2 × 3 plane: 1 2 3 / 4 5 6, padded by 1 on every side.
+        let padded = pad_reflect(&[1, 2, 3, 4, 5, 6], 2, 3, [1, 1, 1, 1]);
+        assert_eq!(padded, [5, 4, 5, 6, 5, 2, 1, 2, 3, 2, 5, 4, 5, 6, 5, 2, 1, 2, 3, 2]);
+        // Wider than the image: folds again (period 2 for a 2-pixel axis).
+        assert_eq!(pad_reflect(&[1, 2], 1, 2, [0, 0, 3, 0]), [2, 1, 2, 1, 2]);
+        assert_eq!(pad_reflect(&[7], 1, 1, [1, 1, 1, 1]), [7; 9]);
+    }
+
+    #[test]
     fn the_chunk_grid_does_not_depend_on_the_worker_count() {
-        let stages = [StageKind::CloudMask, StageKind::Features];
+        let stages = [(StageKind::CloudMask, 1), (StageKind::Features, 1)];
         let sizes: Vec<usize> =
-            [1, 2, 8, 64].iter().map(|&w| Layout::plan(1024, None, None, 0, 2, w, 36, 11, &stages).unwrap().chunk_size).collect();
+            [1, 2, 8, 64].iter().map(|&w| Layout::plan(1024, None, None, 0, 0, 2, w, 36, 11, &stages).unwrap().chunk_size).collect();
         assert!(sizes.iter().all(|&s| s == sizes[0]), "{sizes:?}");
-        let many = Layout::plan(1024, None, None, 0, 2, 64, 36, 11, &stages).unwrap();
+        let many = Layout::plan(1024, None, None, 0, 0, 2, 64, 36, 11, &stages).unwrap();
         assert!(many.workers < 64 && many.estimate_mib <= 1024, "the budget caps the workers: {many:?}");
-        let one = Layout::plan(1024, None, None, 0, 2, 1, 36, 11, &stages).unwrap();
+        let one = Layout::plan(1024, None, None, 0, 0, 2, 1, 36, 11, &stages).unwrap();
         assert_eq!(one.workers, 1);
     }
 }

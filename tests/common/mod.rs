@@ -29,6 +29,7 @@ pub const PACKAGES: &[&str] = &[
     "fixture-trap-on-chunk",
     "fixture-slow-mean",
     "fixture-compat-0-1-0",
+    "fixture-footprint",
 ];
 
 /// The plugins that ship (installed into a project's plugins/ by `project_dir`).

@@ -49,6 +49,11 @@ impl Window {
         let col_end = (self.col + self.cols + halo).min(width);
         Window { row, col, rows: row_end - row, cols: col_end - col }
     }
+
+    /// The same window on a grid `factor` times finer.
+    pub fn scaled(&self, factor: usize) -> Window {
+        Window { row: self.row * factor, col: self.col * factor, rows: self.rows * factor, cols: self.cols * factor }
+    }
 }
 
 impl std::fmt::Display for Window {
@@ -80,6 +85,18 @@ pub struct Grid {
 }
 
 impl Grid {
+    /// The grid `factor` times finer over the same extent (`factor × factor` pixels for
+    /// each of this grid's), for stage outputs of scale > 1.
+    pub fn scaled(&self, factor: usize) -> Grid {
+        let f = factor as f64;
+        Grid {
+            width: self.width * factor,
+            height: self.height * factor,
+            geo_transform: self.geo_transform.map(|g| [g[0], g[1] / f, g[2] / f, g[3], g[4] / f, g[5] / f]),
+            projection: self.projection.clone(),
+        }
+    }
+
     /// The grid of an open dataset.
     pub(crate) fn of(ds: &gdal::Dataset) -> Grid {
         let (width, height) = ds.raster_size();

@@ -87,6 +87,10 @@ impl Backend {
         crate::bindings::HostView::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(anyhow::Error::from)
             .context("linking the sitsflow host interface")?;
+        // Plugins of WIT 0.1.x import `sitsflow:stage/host@0.1.x`.
+        crate::bindings::since_v0_1::HostView::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+            .map_err(anyhow::Error::from)
+            .context("linking the sitsflow host interface")?;
         // The engine's compatibility hash differs between the two, so their compiled
         // components never mix in the cache.
         let cache = ComponentCache::new(cache_dir, &engine);

@@ -7,7 +7,8 @@ use crate::bindings::host::{self, InferError, LogLevel};
 use crate::bindings::stages::{
     cloud_mask, cloud_mask_inputs, clusterer, decoder, features, features_inputs, labeller, sampler, sampler_inputs,
 };
-use crate::bindings::types::{self, Cube, FeatureMatrix, ModelBlob, Probabilities, StageError, StageKind, Tensor};
+use crate::bindings::since_v0_1::{self, stages as v01};
+use crate::bindings::types::{self, Cube, FeatureMatrix, Footprint, ModelBlob, Placement, Probabilities, StageError, StageKind, Tensor};
 use crate::inference::{InferenceError, ModelSet};
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -178,6 +179,35 @@ impl WasiView for StageState {
 
 impl types::Host for StageState {}
 
+/// The 0.1 `host` interface: the same functions, its own enum types.
+impl since_v0_1::host::Host for StageState {
+    fn log(&mut self, level: since_v0_1::host::LogLevel, message: String) -> wasmtime::Result<()> {
+        use since_v0_1::host::LogLevel as L;
+        let level = match level {
+            L::Trace => LogLevel::Trace,
+            L::Debug => LogLevel::Debug,
+            L::Info => LogLevel::Info,
+            L::Warn => LogLevel::Warn,
+            L::Error => LogLevel::Error,
+        };
+        host::Host::log(self, level, message)
+    }
+
+    fn progress(&mut self, done: u64, total: u64) -> wasmtime::Result<()> {
+        host::Host::progress(self, done, total)
+    }
+
+    fn infer(&mut self, model: String, inputs: Vec<Tensor>) -> wasmtime::Result<Result<Vec<Tensor>, since_v0_1::host::InferError>> {
+        use since_v0_1::host::InferError as E;
+        Ok(self.run_model(&model, inputs).map_err(|e| match e {
+            InferError::Unsupported(m) => E::Unsupported(m),
+            InferError::UnknownModel(m) => E::UnknownModel(m),
+            InferError::InvalidInput(m) => E::InvalidInput(m),
+            InferError::Failed(m) => E::Failed(m),
+        }))
+    }
+}
+
 impl host::Host for StageState {
     fn log(&mut self, level: LogLevel, message: String) -> wasmtime::Result<()> {
         let level = match level {
@@ -226,7 +256,7 @@ impl ResourceLimiter for CapLimiter {
     }
 }
 
-/// The typed exports of one instance, by kind.
+/// The typed exports of one instance, by kind (`…V01`: a plugin of WIT 0.1.x).
 pub(crate) enum Guest {
     CloudMask(cloud_mask::Guest),
     Features(features::Guest),
@@ -234,17 +264,23 @@ pub(crate) enum Guest {
     Labeller(labeller::Guest),
     Sampler(sampler::Guest),
     Decoder(decoder::Guest),
+    CloudMaskV01(v01::cloud_mask::Guest),
+    FeaturesV01(v01::features::Guest),
+    ClustererV01(v01::clusterer::Guest),
+    LabellerV01(v01::labeller::Guest),
+    SamplerV01(v01::sampler::Guest),
+    DecoderV01(v01::decoder::Guest),
 }
 
 impl Guest {
     fn kind(&self) -> StageKind {
         match self {
-            Guest::CloudMask(_) => StageKind::CloudMask,
-            Guest::Features(_) => StageKind::Features,
-            Guest::Clusterer(_) => StageKind::Clusterer,
-            Guest::Labeller(_) => StageKind::Labeller,
-            Guest::Sampler(_) => StageKind::Sampler,
-            Guest::Decoder(_) => StageKind::Decoder,
+            Guest::CloudMask(_) | Guest::CloudMaskV01(_) => StageKind::CloudMask,
+            Guest::Features(_) | Guest::FeaturesV01(_) => StageKind::Features,
+            Guest::Clusterer(_) | Guest::ClustererV01(_) => StageKind::Clusterer,
+            Guest::Labeller(_) | Guest::LabellerV01(_) => StageKind::Labeller,
+            Guest::Sampler(_) | Guest::SamplerV01(_) => StageKind::Sampler,
+            Guest::Decoder(_) | Guest::DecoderV01(_) => StageKind::Decoder,
         }
     }
 }
@@ -255,6 +291,21 @@ enum Inputs {
     CloudMask(cloud_mask_inputs::Guest),
     Features(features_inputs::Guest),
     Sampler(sampler_inputs::Guest),
+    CloudMaskV01(v01::cloud_mask_inputs::Guest),
+    FeaturesV01(v01::features_inputs::Guest),
+    SamplerV01(v01::sampler_inputs::Guest),
+}
+
+/// What a 0.1 plugin's footprint is: any chunk, no halo, the series' grid.
+pub const FOOTPRINT_V01: Footprint = Footprint { tile: 0, halo: 0, scale: 1 };
+
+/// Moves a record of one contract version into the same record of the other (their
+/// fields are the same; only the generated types differ).
+macro_rules! same_record {
+    ($value:expr => $to:path { $($field:ident),* }) => {{
+        let v = $value;
+        $to { $($field: v.$field),* }
+    }};
 }
 
 /// One sandboxed instance of a plugin. Not `Sync`: one thread calls it at a time.
@@ -278,6 +329,15 @@ macro_rules! kind_call {
             _ => Err(StageCallError::WrongKind { expected: KindName($expected), actual: KindName(actual) }),
         })
     }};
+    // A call whose 0.1 form takes and returns the same types (through `map`).
+    ($self:ident, $ctx:ident, $variant:ident | $v01:ident, $expected:expr, |$g:ident, $store:ident| $call:expr, $map:expr) => {{
+        let actual = $self.guest.kind();
+        $self.call($ctx, |guest, $store| match guest {
+            Guest::$variant($g) => Ok($call),
+            Guest::$v01($g) => Ok($call.map(|r| r.map($map))),
+            _ => Err(StageCallError::WrongKind { expected: KindName($expected), actual: KindName(actual) }),
+        })
+    }};
 }
 
 impl Instance {
@@ -298,12 +358,21 @@ impl Instance {
             KindIndices::Labeller(i) => Guest::Labeller(loaded(i.load(&mut store, &instance))?),
             KindIndices::Sampler(i) => Guest::Sampler(loaded(i.load(&mut store, &instance))?),
             KindIndices::Decoder(i) => Guest::Decoder(loaded(i.load(&mut store, &instance))?),
+            KindIndices::CloudMaskV01(i) => Guest::CloudMaskV01(loaded(i.load(&mut store, &instance))?),
+            KindIndices::FeaturesV01(i) => Guest::FeaturesV01(loaded(i.load(&mut store, &instance))?),
+            KindIndices::ClustererV01(i) => Guest::ClustererV01(loaded(i.load(&mut store, &instance))?),
+            KindIndices::LabellerV01(i) => Guest::LabellerV01(loaded(i.load(&mut store, &instance))?),
+            KindIndices::SamplerV01(i) => Guest::SamplerV01(loaded(i.load(&mut store, &instance))?),
+            KindIndices::DecoderV01(i) => Guest::DecoderV01(loaded(i.load(&mut store, &instance))?),
         };
         let inputs = match &plugin.inputs {
             InputIndices::None => Inputs::None,
             InputIndices::CloudMask(i) => Inputs::CloudMask(loaded(i.load(&mut store, &instance))?),
             InputIndices::Features(i) => Inputs::Features(loaded(i.load(&mut store, &instance))?),
             InputIndices::Sampler(i) => Inputs::Sampler(loaded(i.load(&mut store, &instance))?),
+            InputIndices::CloudMaskV01(i) => Inputs::CloudMaskV01(loaded(i.load(&mut store, &instance))?),
+            InputIndices::FeaturesV01(i) => Inputs::FeaturesV01(loaded(i.load(&mut store, &instance))?),
+            InputIndices::SamplerV01(i) => Inputs::SamplerV01(loaded(i.load(&mut store, &instance))?),
         };
         Ok(Instance { store, guest, inputs, bands_asked: None, limits, deadlines, trapped: false })
     }
@@ -357,23 +426,64 @@ impl Instance {
                 Guest::Labeller(g) => g.call_describe(store).map(Ok),
                 Guest::Sampler(g) => g.call_describe(store).map(Ok),
                 Guest::Decoder(g) => g.call_describe(store).map(Ok),
+                Guest::CloudMaskV01(g) => g.call_describe(store).map(Ok),
+                Guest::FeaturesV01(g) => g.call_describe(store).map(Ok),
+                Guest::ClustererV01(g) => g.call_describe(store).map(Ok),
+                Guest::LabellerV01(g) => g.call_describe(store).map(Ok),
+                Guest::SamplerV01(g) => g.call_describe(store).map(Ok),
+                Guest::DecoderV01(g) => g.call_describe(store).map(Ok),
             })
         })
     }
 
-    /// Masks `chunk`. If the stage says which bands it reads (`cloud-mask-inputs`), only
-    /// those are copied into the sandbox.
+    /// Masks `chunk` as if it were the whole scene ([`whole`]).
     pub fn mask(&mut self, context: &CallContext, chunk: &Cube, params: &str) -> Result<cloud_mask::MaskLayers, StageCallError> {
+        self.mask_at(context, chunk, whole(chunk), params)
+    }
+
+    /// Features of `chunk` as if it were the whole scene ([`whole`]).
+    pub fn features(&mut self, context: &CallContext, chunk: &Cube, params: &str) -> Result<FeatureMatrix, StageCallError> {
+        self.features_at(context, chunk, whole(chunk), params)
+    }
+
+    /// The footprint of a chunk stage's call with `params`: what the stage says (0.2),
+    /// or [`FOOTPRINT_V01`] for a 0.1 plugin.
+    pub fn footprint(&mut self, context: &CallContext, params: &str) -> Result<Footprint, StageCallError> {
+        let actual = self.guest.kind();
+        self.call(context, |guest, store| match guest {
+            Guest::CloudMask(g) => Ok(g.call_footprint_for(store, params)),
+            Guest::Features(g) => Ok(g.call_footprint_for(store, params)),
+            Guest::CloudMaskV01(_) | Guest::FeaturesV01(_) => Ok(Ok(Ok(FOOTPRINT_V01))),
+            _ => Err(StageCallError::WrongKind { expected: KindName(StageKind::Features), actual: KindName(actual) }),
+        })
+    }
+
+    /// Masks `chunk`, placed in the scene by `at` (a 0.1 plugin is not told). If the
+    /// stage says which bands it reads (`cloud-mask-inputs`), only those are copied into
+    /// the sandbox.
+    pub fn mask_at(&mut self, context: &CallContext, chunk: &Cube, at: Placement, params: &str) -> Result<cloud_mask::MaskLayers, StageCallError> {
         let narrowed = self.narrowed(context, chunk, params)?;
         let chunk = narrowed.as_ref().unwrap_or(chunk);
-        kind_call!(self, context, CloudMask, StageKind::CloudMask, |g, store| g.call_mask(store, chunk, params))
+        let actual = self.guest.kind();
+        self.call(context, |guest, store| match guest {
+            Guest::CloudMask(g) => Ok(g.call_mask(store, chunk, at, params)),
+            Guest::CloudMaskV01(g) => Ok(g
+                .call_mask(store, chunk, params)
+                .map(|r| r.map(|m| same_record!(m => cloud_mask::MaskLayers { classes, probability })))),
+            _ => Err(StageCallError::WrongKind { expected: KindName(StageKind::CloudMask), actual: KindName(actual) }),
+        })
     }
 
     /// Features of `chunk`, with only the bands the stage reads copied in (as `mask`).
-    pub fn features(&mut self, context: &CallContext, chunk: &Cube, params: &str) -> Result<FeatureMatrix, StageCallError> {
+    pub fn features_at(&mut self, context: &CallContext, chunk: &Cube, at: Placement, params: &str) -> Result<FeatureMatrix, StageCallError> {
         let narrowed = self.narrowed(context, chunk, params)?;
         let chunk = narrowed.as_ref().unwrap_or(chunk);
-        kind_call!(self, context, Features, StageKind::Features, |g, store| g.call_compute(store, chunk, params))
+        let actual = self.guest.kind();
+        self.call(context, |guest, store| match guest {
+            Guest::Features(g) => Ok(g.call_compute(store, chunk, at, params)),
+            Guest::FeaturesV01(g) => Ok(g.call_compute(store, chunk, params)),
+            _ => Err(StageCallError::WrongKind { expected: KindName(StageKind::Features), actual: KindName(actual) }),
+        })
     }
 
     /// The bands of `chunk` a call with `params` reads, as indices into `chunk.bands`, or
@@ -396,6 +506,14 @@ impl Instance {
                 let g = g.clone();
                 self.call(context, |_, store| Ok(g.call_bands(store, bands, params).map(Ok)))?
             }
+            Inputs::CloudMaskV01(g) => {
+                let g = g.clone();
+                self.call(context, |_, store| Ok(g.call_bands(store, bands, params).map(Ok)))?
+            }
+            Inputs::FeaturesV01(g) => {
+                let g = g.clone();
+                self.call(context, |_, store| Ok(g.call_bands(store, bands, params).map(Ok)))?
+            }
             _ => None,
         };
         let answer = names.and_then(|names| {
@@ -414,7 +532,9 @@ impl Instance {
     }
 
     pub fn fit(&mut self, context: &CallContext, samples: &FeatureMatrix, params: &str) -> Result<clusterer::Fitted, StageCallError> {
-        kind_call!(self, context, Clusterer, StageKind::Clusterer, |g, store| g.call_fit(store, samples, params))
+        kind_call!(self, context, Clusterer | ClustererV01, StageKind::Clusterer, |g, store| g.call_fit(store, samples, params), |f| {
+            same_record!(f => clusterer::Fitted { model, report })
+        })
     }
 
     pub fn assign(
@@ -424,7 +544,14 @@ impl Instance {
         samples: &FeatureMatrix,
         params: &str,
     ) -> Result<clusterer::Assignment, StageCallError> {
-        kind_call!(self, context, Clusterer, StageKind::Clusterer, |g, store| g.call_assign(store, model, samples, params))
+        kind_call!(
+            self,
+            context,
+            Clusterer | ClustererV01,
+            StageKind::Clusterer,
+            |g, store| g.call_assign(store, model, samples, params),
+            |a| same_record!(a => clusterer::Assignment { clusters, distances })
+        )
     }
 
     pub fn train(
@@ -434,7 +561,9 @@ impl Instance {
         labels: &[u16],
         params: &str,
     ) -> Result<labeller::Trained, StageCallError> {
-        kind_call!(self, context, Labeller, StageKind::Labeller, |g, store| g.call_train(store, samples, labels, params))
+        kind_call!(self, context, Labeller | LabellerV01, StageKind::Labeller, |g, store| g.call_train(store, samples, labels, params), |t| {
+            same_record!(t => labeller::Trained { model, report })
+        })
     }
 
     pub fn predict(
@@ -444,7 +573,7 @@ impl Instance {
         samples: &FeatureMatrix,
         params: &str,
     ) -> Result<Probabilities, StageCallError> {
-        kind_call!(self, context, Labeller, StageKind::Labeller, |g, store| g.call_predict(store, model, samples, params))
+        kind_call!(self, context, Labeller | LabellerV01, StageKind::Labeller, |g, store| g.call_predict(store, model, samples, params), |p| p)
     }
 
     /// Runs the sampler on `input`. What the stage says it does not read
@@ -461,12 +590,35 @@ impl Instance {
                 let g = g.clone();
                 self.call(context, |_, store| Ok(g.call_needs(store, params).map(Ok)))?
             }
+            Inputs::SamplerV01(g) => {
+                let g = g.clone();
+                let needs = self.call(context, |_, store| Ok(g.call_needs(store, params).map(Ok)))?;
+                same_record!(needs => sampler_inputs::SampleNeeds { features, positions })
+            }
             _ => sampler_inputs::SampleNeeds { features: true, positions: true },
         };
         let lent_positions = (!needs.positions).then(|| std::mem::take(&mut input.positions));
         let lent_features =
             (!needs.features).then(|| (std::mem::take(&mut input.features.names), std::mem::take(&mut input.features.data)));
-        let result = kind_call!(self, context, Sampler, StageKind::Sampler, |g, store| g.call_select(store, input, params));
+        let actual = self.guest.kind();
+        let result = self.call(context, |guest, store| match guest {
+            Guest::Sampler(g) => Ok(g.call_select(store, input, params)),
+            Guest::SamplerV01(g) => {
+                // The 0.1 record is the same but for its Rust type: moved in and back.
+                let v01_input = v01::sampler::SampleInput {
+                    features: std::mem::replace(&mut input.features, FeatureMatrix { samples: 0, names: Vec::new(), data: Vec::new() }),
+                    layers: std::mem::take(&mut input.layers),
+                    probabilities: input.probabilities.take(),
+                    positions: std::mem::take(&mut input.positions),
+                    seed: input.seed,
+                };
+                let result = g.call_select(store, &v01_input, params);
+                (input.features, input.layers, input.probabilities, input.positions) =
+                    (v01_input.features, v01_input.layers, v01_input.probabilities, v01_input.positions);
+                Ok(result.map(|r| r.map(|sel| same_record!(sel => sampler::Selection { indices, labels, report }))))
+            }
+            _ => Err(StageCallError::WrongKind { expected: KindName(StageKind::Sampler), actual: KindName(actual) }),
+        });
         if let Some(positions) = lent_positions {
             input.positions = positions;
         }
@@ -482,7 +634,34 @@ impl Instance {
         series: &decoder::PosteriorSeries,
         params: &str,
     ) -> Result<decoder::Decoded, StageCallError> {
-        kind_call!(self, context, Decoder, StageKind::Decoder, |g, store| g.call_decode(store, series, params))
+        let actual = self.guest.kind();
+        self.call(context, |guest, store| match guest {
+            Guest::Decoder(g) => Ok(g.call_decode(store, series, params)),
+            Guest::DecoderV01(g) => {
+                let v01_series = v01::decoder::PosteriorSeries {
+                    steps: series.steps,
+                    samples: series.samples,
+                    classes: series.classes.clone(),
+                    data: series.data.clone(),
+                };
+                Ok(g.call_decode(store, &v01_series, params).map(|r| r.map(|d| same_record!(d => decoder::Decoded { labels, posteriors }))))
+            }
+            _ => Err(StageCallError::WrongKind { expected: KindName(StageKind::Decoder), actual: KindName(actual) }),
+        })
+    }
+}
+
+/// The placement of a cube that is the whole scene, without halo.
+pub fn whole(chunk: &Cube) -> Placement {
+    Placement {
+        row: 0,
+        col: 0,
+        core_row: 0,
+        core_col: 0,
+        core_rows: chunk.rows,
+        core_cols: chunk.cols,
+        scene_rows: chunk.rows,
+        scene_cols: chunk.cols,
     }
 }
 

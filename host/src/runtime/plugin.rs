@@ -6,6 +6,7 @@ use super::instance::{CallContext, Instance, Limits, StageCallError, StageState,
 use crate::bindings::stages::{
     cloud_mask, cloud_mask_inputs, clusterer, decoder, features, features_inputs, labeller, sampler, sampler_inputs,
 };
+use crate::bindings::since_v0_1::stages as v01;
 use crate::bindings::types::StageKind;
 use crate::config::{valid_plugin_name, valid_version};
 use crate::inference::ModelSet;
@@ -36,6 +37,8 @@ impl PluginInfo {
     }
 }
 
+/// The stage interface a plugin exports: of the current contract (0.2), or of 0.1.x
+/// (`…V01`, through `bindings::since_v0_1`).
 pub(crate) enum KindIndices {
     CloudMask(cloud_mask::GuestIndices),
     Features(features::GuestIndices),
@@ -43,6 +46,38 @@ pub(crate) enum KindIndices {
     Labeller(labeller::GuestIndices),
     Sampler(sampler::GuestIndices),
     Decoder(decoder::GuestIndices),
+    CloudMaskV01(v01::cloud_mask::GuestIndices),
+    FeaturesV01(v01::features::GuestIndices),
+    ClustererV01(v01::clusterer::GuestIndices),
+    LabellerV01(v01::labeller::GuestIndices),
+    SamplerV01(v01::sampler::GuestIndices),
+    DecoderV01(v01::decoder::GuestIndices),
+}
+
+impl KindIndices {
+    fn kind(&self) -> StageKind {
+        match self {
+            KindIndices::CloudMask(_) | KindIndices::CloudMaskV01(_) => StageKind::CloudMask,
+            KindIndices::Features(_) | KindIndices::FeaturesV01(_) => StageKind::Features,
+            KindIndices::Clusterer(_) | KindIndices::ClustererV01(_) => StageKind::Clusterer,
+            KindIndices::Labeller(_) | KindIndices::LabellerV01(_) => StageKind::Labeller,
+            KindIndices::Sampler(_) | KindIndices::SamplerV01(_) => StageKind::Sampler,
+            KindIndices::Decoder(_) | KindIndices::DecoderV01(_) => StageKind::Decoder,
+        }
+    }
+
+    /// The WIT package the plugin was built against (the newest of its minor version).
+    fn package(&self) -> &'static str {
+        match self {
+            KindIndices::CloudMask(_)
+            | KindIndices::Features(_)
+            | KindIndices::Clusterer(_)
+            | KindIndices::Labeller(_)
+            | KindIndices::Sampler(_)
+            | KindIndices::Decoder(_) => crate::bindings::WIT_PACKAGE,
+            _ => crate::bindings::since_v0_1::WIT_PACKAGE,
+        }
+    }
 }
 
 /// The optional `<kind>-inputs` export (since WIT 0.1.1), when the plugin has it.
@@ -51,6 +86,9 @@ pub(crate) enum InputIndices {
     CloudMask(cloud_mask_inputs::GuestIndices),
     Features(features_inputs::GuestIndices),
     Sampler(sampler_inputs::GuestIndices),
+    CloudMaskV01(v01::cloud_mask_inputs::GuestIndices),
+    FeaturesV01(v01::features_inputs::GuestIndices),
+    SamplerV01(v01::sampler_inputs::GuestIndices),
 }
 
 pub struct Plugin {
@@ -96,11 +134,30 @@ impl Plugin {
         if let Ok(i) = decoder::GuestIndices::new(&pre) {
             found.push(KindIndices::Decoder(i));
         }
+        if let Ok(i) = v01::cloud_mask::GuestIndices::new(&pre) {
+            found.push(KindIndices::CloudMaskV01(i));
+        }
+        if let Ok(i) = v01::features::GuestIndices::new(&pre) {
+            found.push(KindIndices::FeaturesV01(i));
+        }
+        if let Ok(i) = v01::clusterer::GuestIndices::new(&pre) {
+            found.push(KindIndices::ClustererV01(i));
+        }
+        if let Ok(i) = v01::labeller::GuestIndices::new(&pre) {
+            found.push(KindIndices::LabellerV01(i));
+        }
+        if let Ok(i) = v01::sampler::GuestIndices::new(&pre) {
+            found.push(KindIndices::SamplerV01(i));
+        }
+        if let Ok(i) = v01::decoder::GuestIndices::new(&pre) {
+            found.push(KindIndices::DecoderV01(i));
+        }
         if found.len() != 1 {
             bail!(
-                "plugin {shown} must export exactly one {} stage interface \
+                "plugin {shown} must export exactly one stage interface of {} or {} \
                  (cloud-mask, features, clusterer, labeller, sampler or decoder); it exports {}",
                 crate::bindings::WIT_PACKAGE,
+                crate::bindings::since_v0_1::WIT_PACKAGE,
                 found.len()
             );
         }
@@ -110,6 +167,13 @@ impl Plugin {
             KindIndices::CloudMask(_) => cloud_mask_inputs::GuestIndices::new(&pre).map_or(InputIndices::None, InputIndices::CloudMask),
             KindIndices::Features(_) => features_inputs::GuestIndices::new(&pre).map_or(InputIndices::None, InputIndices::Features),
             KindIndices::Sampler(_) => sampler_inputs::GuestIndices::new(&pre).map_or(InputIndices::None, InputIndices::Sampler),
+            KindIndices::CloudMaskV01(_) => {
+                v01::cloud_mask_inputs::GuestIndices::new(&pre).map_or(InputIndices::None, InputIndices::CloudMaskV01)
+            }
+            KindIndices::FeaturesV01(_) => {
+                v01::features_inputs::GuestIndices::new(&pre).map_or(InputIndices::None, InputIndices::FeaturesV01)
+            }
+            KindIndices::SamplerV01(_) => v01::sampler_inputs::GuestIndices::new(&pre).map_or(InputIndices::None, InputIndices::SamplerV01),
             _ => InputIndices::None,
         };
         // Ask it to describe itself, in a throw-away instance with default limits.
@@ -135,14 +199,7 @@ impl Plugin {
             .instantiate(Limits::default())
             .and_then(|mut i| i.describe(&context))
             .map_err(|e| anyhow::anyhow!("plugin {shown}: describe() {e}"))?;
-        let kind = match &provisional.indices {
-            KindIndices::CloudMask(_) => StageKind::CloudMask,
-            KindIndices::Features(_) => StageKind::Features,
-            KindIndices::Clusterer(_) => StageKind::Clusterer,
-            KindIndices::Labeller(_) => StageKind::Labeller,
-            KindIndices::Sampler(_) => StageKind::Sampler,
-            KindIndices::Decoder(_) => StageKind::Decoder,
-        };
+        let kind = provisional.indices.kind();
         if raw.kind != kind {
             bail!(
                 "plugin {shown} exports the {} interface but describe() says it is a {} stage",
@@ -169,6 +226,12 @@ impl Plugin {
 
     pub fn info(&self) -> &PluginInfo {
         &self.info
+    }
+
+    /// The WIT package it was built against (`sitsflow:stage@0.2.0`, or `@0.1.1` for
+    /// any 0.1.x plugin).
+    pub fn wit_package(&self) -> &'static str {
+        self.indices.package()
     }
 
     /// Whether its calls have deadlines ([`Interruption::Deadline`]) or not.

@@ -143,6 +143,11 @@ fn probabilities(planes: &[&[f32]; 10], usable: &[bool], prob: &mut [f32]) {
 }
 
 impl CloudMaskStage for S2Cloudless {
+    /// The averaging disk plus the dilation disk (see the module doc).
+    fn footprint(params: &Params) -> Footprint {
+        Footprint { halo: (params.average_over + params.dilation_size) as usize, ..Footprint::default() }
+    }
+
     fn bands(available: &[String], params: &Params) -> Option<Vec<String>> {
         match &params.probability_band {
             Some(band) => bands_present(available, [band.as_str()]),

@@ -98,6 +98,11 @@ fn dilate(plane: &mut [u8], rows: usize, cols: usize, class: u8, radius: usize) 
 }
 
 impl CloudMaskStage for SclMask {
+    /// The dilation radius: a pixel's class depends on the SCL that far away.
+    fn footprint(params: &Params) -> Footprint {
+        Footprint { halo: params.dilation as usize, ..Footprint::default() }
+    }
+
     fn bands(available: &[String], params: &Params) -> Option<Vec<String>> {
         bands_present(available, [params.band.as_str()])
     }

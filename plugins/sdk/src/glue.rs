@@ -77,13 +77,37 @@ pub fn run<S: Stage, T, U>(
     f(params).map(out).map_err(error_out)
 }
 
+pub fn placement(at: w::Placement) -> Placement {
+    Placement {
+        row: at.row as i64,
+        col: at.col as i64,
+        core_row: at.core_row as usize,
+        core_col: at.core_col as usize,
+        core_rows: at.core_rows as usize,
+        core_cols: at.core_cols as usize,
+        scene_rows: at.scene_rows as usize,
+        scene_cols: at.scene_cols as usize,
+    }
+}
+
+pub fn footprint_out(f: Footprint) -> w::Footprint {
+    w::Footprint { tile: f.tile as u32, halo: f.halo as u32, scale: f.scale as u32 }
+}
+
+/// `footprint-for`: the stage's footprint for the parameters, or their parse error.
+pub fn footprint<S: Stage>(params: &str, f: impl FnOnce(&S::Params) -> Footprint) -> Result<w::Footprint, w::StageError> {
+    let params = S::parse_params(params).map_err(error_out)?;
+    Ok(footprint_out(f(&params)))
+}
+
 pub fn features_compute<S: FeatureStage>(
     chunk: w::Cube,
+    at: w::Placement,
     params: &str,
 ) -> Result<w::FeatureMatrix, w::StageError> {
     let chunk = cube(chunk);
     chunk.check().map_err(error_out)?;
-    run::<S, _, _>(params, |p| S::compute(chunk, p), features_out)
+    run::<S, _, _>(params, |p| S::compute_at(chunk, placement(at), p), features_out)
 }
 
 /// `bands` of `cloud-mask-inputs` and `features-inputs`: `None` too when the parameters do not parse.
@@ -110,8 +134,11 @@ macro_rules! export_features_stage {
                 fn describe() -> w::StageInfo {
                     $crate::glue::describe::<$stage>($crate::StageKind::Features)
                 }
-                fn compute(chunk: w::Cube, params: String) -> Result<w::FeatureMatrix, w::StageError> {
-                    $crate::glue::features_compute::<$stage>(chunk, &params)
+                fn footprint_for(params: String) -> Result<w::Footprint, w::StageError> {
+                    $crate::glue::footprint::<$stage>(&params, <$stage as $crate::FeatureStage>::footprint)
+                }
+                fn compute(chunk: w::Cube, at: w::Placement, params: String) -> Result<w::FeatureMatrix, w::StageError> {
+                    $crate::glue::features_compute::<$stage>(chunk, at, &params)
                 }
             }
             impl exports::features_inputs::Guest for Component {
@@ -138,12 +165,16 @@ macro_rules! export_cloud_mask_stage {
                 fn describe() -> w::StageInfo {
                     $crate::glue::describe::<$stage>($crate::StageKind::CloudMask)
                 }
-                fn mask(chunk: w::Cube, params: String) -> Result<exports::cloud_mask::MaskLayers, w::StageError> {
+                fn footprint_for(params: String) -> Result<w::Footprint, w::StageError> {
+                    $crate::glue::footprint::<$stage>(&params, <$stage as $crate::CloudMaskStage>::footprint)
+                }
+                fn mask(chunk: w::Cube, at: w::Placement, params: String) -> Result<exports::cloud_mask::MaskLayers, w::StageError> {
                     let chunk = $crate::glue::cube(chunk);
                     chunk.check().map_err($crate::glue::error_out)?;
+                    let at = $crate::glue::placement(at);
                     $crate::glue::run::<$stage, _, _>(
                         &params,
-                        |p| <$stage as $crate::CloudMaskStage>::mask(chunk, p),
+                        |p| <$stage as $crate::CloudMaskStage>::mask_at(chunk, at, p),
                         |m| exports::cloud_mask::MaskLayers { classes: m.classes, probability: m.probability },
                     )
                 }

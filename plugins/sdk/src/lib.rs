@@ -47,8 +47,8 @@ pub use serde_json;
 pub mod prelude {
     pub use crate::data::*;
     pub use crate::{
-        ClustererStage, CloudMaskStage, DecoderStage, FeatureStage, LabellerStage, SampleNeeds, SamplerStage,
-        Stage, StageError, StageInfo, StageKind, bands_present,
+        ClustererStage, CloudMaskStage, DecoderStage, FeatureStage, Footprint, LabellerStage, Placement, SampleNeeds,
+        SamplerStage, Stage, StageError, StageInfo, StageKind, bands_present,
     };
 }
 
@@ -138,9 +138,60 @@ pub fn info_of<S: Stage>(kind: StageKind) -> StageInfo {
     }
 }
 
+/// What a chunk stage needs of a chunk for given parameters (WIT `footprint`): the
+/// host cuts chunks whose core is a multiple of `tile` (0 = any), reads `halo` px of
+/// context on every side (reflected at the scene's edges), and expects outputs `scale`
+/// times finer than the input along each axis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Footprint {
+    pub tile: usize,
+    pub halo: usize,
+    pub scale: usize,
+}
+
+impl Default for Footprint {
+    /// Any chunk, no context, the series' grid.
+    fn default() -> Self {
+        Footprint { tile: 0, halo: 0, scale: 1 }
+    }
+}
+
+/// Where a cube lies in the scene (WIT `placement`): the scene row and column of its
+/// first pixel (negative inside the reflected padding), the core window the host keeps
+/// (in cube pixels; the rest is halo) and the scene's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Placement {
+    pub row: i64,
+    pub col: i64,
+    pub core_row: usize,
+    pub core_col: usize,
+    pub core_rows: usize,
+    pub core_cols: usize,
+    pub scene_rows: usize,
+    pub scene_cols: usize,
+}
+
+impl Placement {
+    /// A cube that is the whole scene, without halo (tests, native runs).
+    pub fn whole(rows: usize, cols: usize) -> Placement {
+        Placement { row: 0, col: 0, core_row: 0, core_col: 0, core_rows: rows, core_cols: cols, scene_rows: rows, scene_cols: cols }
+    }
+}
+
 /// Cloud, shadow and snow masking of a cube chunk.
 pub trait CloudMaskStage: Stage {
     fn mask(chunk: Cube, params: Self::Params) -> Result<Mask, StageError>;
+
+    /// As `mask`, told where the chunk lies; the default ignores it.
+    fn mask_at(chunk: Cube, _at: Placement, params: Self::Params) -> Result<Mask, StageError> {
+        Self::mask(chunk, params)
+    }
+
+    /// The context the mask needs for `params` (e.g. its dilation radius); the default
+    /// needs none. A mask's scale must be 1.
+    fn footprint(_params: &Self::Params) -> Footprint {
+        Footprint::default()
+    }
 
     /// The bands of `available` that `mask` reads with `params`, or `None` for all of
     /// them (the default) — see [`bands_present`]. The host then copies only those into
@@ -152,7 +203,18 @@ pub trait CloudMaskStage: Stage {
 
 /// Per-pixel features of a cube chunk: one sample per pixel, row-major.
 pub trait FeatureStage: Stage {
+    /// One row per output pixel of the whole chunk (`rows × cols` × scale² of them).
     fn compute(chunk: Cube, params: Self::Params) -> Result<FeatureMatrix, StageError>;
+
+    /// As `compute`, told where the chunk lies; the default ignores it.
+    fn compute_at(chunk: Cube, _at: Placement, params: Self::Params) -> Result<FeatureMatrix, StageError> {
+        Self::compute(chunk, params)
+    }
+
+    /// As [`CloudMaskStage::footprint`]; a scale above 1 puts the output on a finer grid.
+    fn footprint(_params: &Self::Params) -> Footprint {
+        Footprint::default()
+    }
 
     /// As [`CloudMaskStage::bands`].
     fn bands(_available: &[String], _params: &Self::Params) -> Option<Vec<String>> {

@@ -26,8 +26,8 @@ macro_rules! world {
                 export_macro_name: $macro_name,
                 default_bindings_module: $bindings,
                 with: {
-                    "sitsflow:stage/types@0.1.1": crate::wit::types,
-                    "sitsflow:stage/host@0.1.1": crate::wit::host,
+                    "sitsflow:stage/types@0.2.0": crate::wit::types,
+                    "sitsflow:stage/host@0.2.0": crate::wit::host,
                 },
             });
         }

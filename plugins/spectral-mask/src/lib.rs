@@ -208,6 +208,11 @@ pub fn closing(plane: &[f32], rows: usize, cols: usize, r: usize) -> Vec<f32> {
 }
 
 impl CloudMaskStage for SpectralMask {
+    /// [`Params::halo`]: how far the result at a pixel looks.
+    fn footprint(params: &Params) -> Footprint {
+        Footprint { halo: params.halo() as usize, ..Footprint::default() }
+    }
+
     fn bands(available: &[String], _: &Params) -> Option<Vec<String>> {
         bands_present(available, BANDS)
     }

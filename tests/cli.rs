@@ -6,12 +6,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn sitsflow(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sitsflow"))
-        .args(args)
-        .current_dir(cwd)
-        .env("SITSFLOW_CACHE_DIR", common::workspace().join("target/test-cache"))
-        .output()
-        .expect("running sitsflow")
+    common::sitsflow_command(cwd).args(args).output().expect("running sitsflow")
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -167,23 +162,8 @@ fn an_interrupted_run_leaves_no_finished_file_and_resumes() {
     pipeline(dir.path());
     assert!(sitsflow(&["--quiet", "plugins", "lock", "pipeline.toml"], dir.path()).status.success());
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sitsflow"))
-        .args(["--quiet", "run", "pipeline.toml"])
-        .current_dir(dir.path())
-        .env("SITSFLOW_CACHE_DIR", common::workspace().join("target/test-cache"))
-        .spawn()
-        .unwrap();
-    let journal = dir.path().join("runs/cli/.partial/done");
-    let started = std::time::Instant::now();
-    loop {
-        let done = std::fs::read_to_string(&journal).map(|j| j.lines().count()).unwrap_or(0);
-        if done >= 3 {
-            break;
-        }
-        assert!(child.try_wait().unwrap().is_none(), "the run finished before it could be interrupted; raise `work`");
-        assert!(started.elapsed() < std::time::Duration::from_secs(120), "no progress");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    let mut child = common::sitsflow_command(dir.path()).args(["--quiet", "run", "pipeline.toml"]).spawn().unwrap();
+    common::wait_for_chunks(&mut child, &dir.path().join("runs/cli"), 3);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     assert!(!dir.path().join("runs/cli/mean.tif").exists(), "an interrupted run must not leave a finished-looking output");

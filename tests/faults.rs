@@ -13,17 +13,18 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn sitsflow(project: &Path, args: &[&str], failpoints: Option<&str>) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sitsflow"));
-    command
-        .args(args)
-        .current_dir(project)
-        .env("SITSFLOW_CACHE_DIR", common::workspace().join("target/test-cache"))
-        .env_remove("FAILPOINTS");
+/// `sitsflow args` in `project`, killed at `failpoints` (the `fail` crate's syntax) if given.
+fn command(project: &Path, args: &[&str], failpoints: Option<&str>) -> Command {
+    let mut command = common::sitsflow_command(project);
+    command.args(args);
     if let Some(f) = failpoints {
         command.env("FAILPOINTS", f);
     }
-    command.output().expect("running sitsflow")
+    command
+}
+
+fn sitsflow(project: &Path, args: &[&str], failpoints: Option<&str>) -> Output {
+    command(project, args, failpoints).output().expect("running sitsflow")
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -297,7 +298,7 @@ fn the_worker_count_never_changes_the_chunk_grid_or_the_outputs() {
     for workers in [1, 2, 8] {
         // No chunk_size: the layout comes from the budget, small enough for several chunks.
         let pipeline = chain_pipeline("runs/demo")
-            .replace("memory_budget_mib = 1024\nchunk_size = 32", &format!("memory_budget_mib = 150\nworkers = {workers}"));
+            .replace("memory_budget_mib = 1024\nchunk_size = 32", &format!("memory_budget_mib = 128\nworkers = {workers}"));
         let dir = chain_project(&pipeline);
         let out = sitsflow(dir.path(), &["--quiet", "run", "pipeline.toml"], None);
         assert!(out.status.success(), "workers = {workers}: {}", text(&out.stderr));
@@ -323,19 +324,9 @@ fn a_second_run_into_a_busy_directory_is_refused_naming_the_holder() {
     );
     std::fs::write(dir.path().join("pipeline.toml"), pipeline).unwrap();
     assert!(sitsflow(dir.path(), &["--quiet", "plugins", "lock", "pipeline.toml"], None).status.success());
-    let mut first = Command::new(env!("CARGO_BIN_EXE_sitsflow"))
-        .args(["--quiet", "run", "pipeline.toml"])
-        .current_dir(dir.path())
-        .env("SITSFLOW_CACHE_DIR", common::workspace().join("target/test-cache"))
-        .spawn()
-        .unwrap();
-    let journal = dir.path().join("runs/busy/.partial/done");
-    let started = std::time::Instant::now();
-    while !journal.exists() {
-        assert!(first.try_wait().unwrap().is_none(), "the first run ended before the second could start; raise `work`");
-        assert!(started.elapsed() < std::time::Duration::from_secs(120), "no progress");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    let run = dir.path().join("runs/busy");
+    let mut first = command(dir.path(), &["--quiet", "run", "pipeline.toml"], None).spawn().unwrap();
+    common::wait_for_chunks(&mut first, &run, 1);
     let out = sitsflow(dir.path(), &["--quiet", "run", "pipeline.toml"], None);
     let err = text(&out.stderr);
     first.kill().unwrap();
@@ -345,17 +336,8 @@ fn a_second_run_into_a_busy_directory_is_refused_naming_the_holder() {
 
     // SIGTERM and SIGINT (no handler: the process ends at once) resume like SIGKILL.
     for signal in [libc::SIGTERM, libc::SIGINT] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sitsflow"))
-            .args(["--quiet", "run", "pipeline.toml"])
-            .current_dir(dir.path())
-            .env("SITSFLOW_CACHE_DIR", common::workspace().join("target/test-cache"))
-            .spawn()
-            .unwrap();
-        let before = std::fs::read_to_string(&journal).map(|j| j.lines().count()).unwrap_or(0);
-        while std::fs::read_to_string(&journal).map(|j| j.lines().count()).unwrap_or(0) < before + 2 {
-            assert!(child.try_wait().unwrap().is_none(), "the run finished before the signal; raise `work`");
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        let mut child = command(dir.path(), &["--quiet", "run", "pipeline.toml"], None).spawn().unwrap();
+        common::wait_for_chunks(&mut child, &run, common::journal_chunks(&run) + 2);
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(child.id() as i32, signal) };
         child.wait().unwrap();
@@ -381,16 +363,11 @@ fn three_shards_and_an_assembly_give_the_bytes_of_one_run() {
     let dir = chain_project(&chain_pipeline("runs/demo"));
     let run = dir.path().join("runs/demo");
     let spawn = |shard: &str, failpoints: Option<&str>| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_sitsflow"));
-        command
-            .args(["--quiet", "run", "pipeline.toml", "--shard", shard])
-            .current_dir(dir.path())
-            .env("SITSFLOW_CACHE_DIR", common::workspace().join("target/test-cache"))
-            .env_remove("FAILPOINTS");
-        if let Some(f) = failpoints {
-            command.env("FAILPOINTS", f);
-        }
-        command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap()
+        command(dir.path(), &["--quiet", "run", "pipeline.toml", "--shard", shard], failpoints)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
     };
     // Shard 2 (chunks 2 and 3) is killed after its first chunk; 0 and 1 run beside it.
     let children = [spawn("0/3", None), spawn("1/3", None), spawn("2/3", Some("run::chunk_written=return"))];

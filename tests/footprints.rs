@@ -8,15 +8,10 @@ use crate::common;
 
 use sitsflow::raster::{Series, Window};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn sitsflow(project: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sitsflow"))
-        .args(args)
-        .current_dir(project)
-        .env("SITSFLOW_CACHE_DIR", common::workspace().join("target/test-cache"))
-        .output()
-        .expect("running sitsflow")
+    common::sitsflow_command(project).args(args).output().expect("running sitsflow")
 }
 
 fn text(bytes: &[u8]) -> String {

@@ -68,6 +68,16 @@ fn in_use(root: &Path, lock: &mut File, lock_path: &Path) -> anyhow::Error {
     )
 }
 
+/// Takes `lock` (alone, or `shared` with other shards), or says who holds it.
+fn acquire(root: &Path, lock: &mut File, path: &Path, shared: bool) -> Result<()> {
+    let taken = if shared { lock.try_lock_shared() } else { lock.try_lock() };
+    match taken {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(in_use(root, lock, path)),
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", path.display())),
+    }
+}
+
 impl RunDir {
     /// Creates and locks `root` for this process alone, then finishes a publish a
     /// killed run left halfway.
@@ -75,13 +85,7 @@ impl RunDir {
         std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
         let lock_path = root.join(LOCK_FILE);
         let mut lock = lock_file(&lock_path)?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Err(in_use(root, &mut lock, &lock_path)),
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(e).with_context(|| format!("locking {}", lock_path.display()));
-            }
-        }
+        acquire(root, &mut lock, &lock_path, false)?;
         write_holder(&mut lock, "")?;
         let dir = RunDir { root: root.to_path_buf(), _locks: vec![lock] };
         if dir.publish_file().exists() {
@@ -101,13 +105,7 @@ impl RunDir {
         let mut lock = lock_file(&lock_path)?;
         // Shards starting together each take the lock shared; an exclusive holder
         // (a whole run, an assembly) makes this fail at once.
-        match lock.try_lock_shared() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Err(in_use(root, &mut lock, &lock_path)),
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(e).with_context(|| format!("locking {}", lock_path.display()));
-            }
-        }
+        acquire(root, &mut lock, &lock_path, true)?;
         let dir = RunDir { root: root.to_path_buf(), _locks: vec![lock] };
         if dir.publish_file().exists() {
             bail!(
@@ -118,13 +116,7 @@ impl RunDir {
         std::fs::create_dir_all(dir.partial()).with_context(|| format!("creating {}", dir.partial().display()))?;
         let shard_path = dir.partial().join(format!("shard-{index}-of-{count}.lock"));
         let mut shard = lock_file(&shard_path)?;
-        match shard.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Err(in_use(root, &mut shard, &shard_path)),
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(e).with_context(|| format!("locking {}", shard_path.display()));
-            }
-        }
+        acquire(root, &mut shard, &shard_path, false)?;
         write_holder(&mut shard, &format!("shard {index}/{count}, "))?;
         let mut dir = dir;
         dir._locks.push(shard);

@@ -108,6 +108,35 @@ pub fn project_dir() -> tempfile::TempDir {
     dir
 }
 
+/// The `sitsflow` binary run in `project` with the tests' shared component cache (and
+/// no `FAILPOINTS` from the environment).
+pub fn sitsflow_command(project: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sitsflow"));
+    command.current_dir(project).env("SITSFLOW_CACHE_DIR", workspace().join("target/test-cache")).env_remove("FAILPOINTS");
+    command
+}
+
+/// Chunks recorded in a run directory's journals (`.partial/done`, one per shard).
+pub fn journal_chunks(run: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(run.join(".partial")) else { return 0 };
+    entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("done")))
+        .map(|p| std::fs::read_to_string(p).map_or(0, |j| j.lines().count()))
+        .sum()
+}
+
+/// Waits until `run`'s journals hold at least `n` chunks; fails if `child` ends first
+/// (the run was too quick to be interrupted) or after two minutes.
+pub fn wait_for_chunks(child: &mut std::process::Child, run: &Path, n: usize) {
+    let started = std::time::Instant::now();
+    while journal_chunks(run) < n {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before {n} chunks were done; raise the fixture's `work`");
+        assert!(started.elapsed() < std::time::Duration::from_secs(120), "no progress in {}", run.display());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// A small demo series (64 × 64 px, 3 years × 4 dates) generated once per test binary.
 pub fn small_demo() -> &'static Path {
     static DEMO: OnceLock<tempfile::TempDir> = OnceLock::new();

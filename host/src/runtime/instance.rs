@@ -497,23 +497,18 @@ impl Instance {
             return Ok(answer.clone());
         }
         let bands = &chunk.bands;
+        // The same call on each contract's `<kind>-inputs` (their types differ).
+        macro_rules! ask {
+            ($g:expr) => {{
+                let g = $g.clone();
+                self.call(context, |_, store| Ok(g.call_bands(store, bands, params).map(Ok)))?
+            }};
+        }
         let names = match &self.inputs {
-            Inputs::CloudMask(g) => {
-                let g = g.clone();
-                self.call(context, |_, store| Ok(g.call_bands(store, bands, params).map(Ok)))?
-            }
-            Inputs::Features(g) => {
-                let g = g.clone();
-                self.call(context, |_, store| Ok(g.call_bands(store, bands, params).map(Ok)))?
-            }
-            Inputs::CloudMaskV01(g) => {
-                let g = g.clone();
-                self.call(context, |_, store| Ok(g.call_bands(store, bands, params).map(Ok)))?
-            }
-            Inputs::FeaturesV01(g) => {
-                let g = g.clone();
-                self.call(context, |_, store| Ok(g.call_bands(store, bands, params).map(Ok)))?
-            }
+            Inputs::CloudMask(g) => ask!(g),
+            Inputs::Features(g) => ask!(g),
+            Inputs::CloudMaskV01(g) => ask!(g),
+            Inputs::FeaturesV01(g) => ask!(g),
             _ => None,
         };
         let answer = names.and_then(|names| {

@@ -97,8 +97,11 @@ fn demo_pipeline_is_valid() {
     let plan = Plan::load(&file, &common::runtime()).unwrap_or_else(|e| panic!("{e}"));
     let ids: Vec<&str> = plan.stages.iter().map(|s| s.id.as_str()).collect();
     assert_eq!(ids, ["clouds", "features", "clusters", "reliable", "pseudo", "agreeing", "landcover", "consistent"]);
-    assert!(plan.stages[1].per_year && plan.stages[4].year == Some(2018) && plan.stages[6].year.is_none());
-    assert_eq!(plan.stages[4].samples.as_ref().map(|s| s.as_str()), Some("reliable"));
+    assert!(plan.stages[1].role.per_year() && plan.stages[4].role.year() == Some(2018) && plan.stages[6].role.year().is_none());
+    match &plan.stages[4].role {
+        sitsflow::plan::Role::Labeller { training: sitsflow::plan::Training::Samples(samples), .. } => assert_eq!(samples.as_str(), "reliable"),
+        other => panic!("stage 5 is a labeller trained on samples, not {other:?}"),
+    }
 
     // The TempCNN demo resolves its [[model]] against the shipped pretrained model.
     let text = std::fs::read_to_string(common::workspace().join("configs/demo-tempcnn.toml")).unwrap();

@@ -8,6 +8,7 @@ use crate::config::{
 };
 use crate::raster::{GridSpec, L2aOptions, Series};
 use crate::plugins::PluginDir;
+use crate::bindings::types::StageKind;
 use crate::runtime::{Interruption, Limits, Plugin, Runtime};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -104,27 +105,85 @@ pub struct StagePlan {
     /// The component, or the training recipe, that runs the stage.
     pub executor: Executor,
     pub limits: Limits,
-    /// What a chunk stage (cloud mask, features) needs of a chunk, for its parameters.
-    pub footprint: Option<Footprint>,
     /// The parameters as JSON, checked against the plugin's schema.
     pub params: serde_json::Value,
-    /// The features stage a clusterer, sampler or labeller reads.
-    pub input: Option<StageId>,
-    /// The sampler stage a labeller trains on.
-    pub samples: Option<StageId>,
-    /// A stored model a labeller predicts with instead of training (`model = "…"`).
-    pub model: Option<PathBuf>,
-    /// Pixels a clusterer is fitted on / candidates a sampler considers.
-    pub sample_size: u64,
-    /// Share of a labeller's samples held out for its accuracy report.
-    pub holdout: f64,
-    /// A features stage run once per year of the series.
-    pub per_year: bool,
-    /// The year of a per-year input a scene stage works on (a labeller without one
-    /// trains on all years).
-    pub year: Option<i32>,
-    /// Active learning of a labeller.
-    pub active_learning: Option<ActiveLearning>,
+    /// What the stage is, with what its kind needs (and nothing it does not).
+    pub role: Role,
+}
+
+/// A stage's kind with what that kind needs, checked by `Plan::resolve`.
+#[derive(Debug, Clone)]
+pub enum Role {
+    /// Runs on chunks; narrows the validity later stages see.
+    CloudMask { footprint: Footprint },
+    /// Runs on chunks (`per_year`: once per calendar year of the series).
+    Features { footprint: Footprint, per_year: bool },
+    /// Fitted on `sample_size` pixels of `input` (of `year`, for per-year features),
+    /// then assigns every pixel.
+    Clusterer { input: StageId, year: Option<i32>, sample_size: u64 },
+    /// Chooses among up to `sample_size` candidates, with `input`'s features when the
+    /// pipeline has a features stage.
+    Sampler { input: Option<StageId>, year: Option<i32>, sample_size: u64 },
+    /// Trains on `input`'s features (of `year`, or of every year) as `training` says,
+    /// holding out `holdout` of its samples, and predicts every pixel.
+    Labeller { input: StageId, year: Option<i32>, holdout: f64, training: Training },
+    /// Decodes `input`'s yearly posteriors (a labeller predicting per year, or a
+    /// per-year features stage of probabilities).
+    Decoder { input: StageId },
+}
+
+/// How a labeller gets its model.
+#[derive(Debug, Clone)]
+pub enum Training {
+    /// Trained on an earlier sampler's selection.
+    Samples(StageId),
+    /// Trained on a sampler's selection grown by active learning.
+    ActiveLearning { samples: StageId, learning: ActiveLearning },
+    /// A model an earlier run stored (`model = "…"`), no training.
+    Stored(PathBuf),
+}
+
+impl Role {
+    pub fn kind(&self) -> StageKind {
+        match self {
+            Role::CloudMask { .. } => StageKind::CloudMask,
+            Role::Features { .. } => StageKind::Features,
+            Role::Clusterer { .. } => StageKind::Clusterer,
+            Role::Sampler { .. } => StageKind::Sampler,
+            Role::Labeller { .. } => StageKind::Labeller,
+            Role::Decoder { .. } => StageKind::Decoder,
+        }
+    }
+
+    /// The stage whose output it reads, if any.
+    pub fn input(&self) -> Option<&StageId> {
+        match self {
+            Role::Clusterer { input, .. } | Role::Labeller { input, .. } | Role::Decoder { input } => Some(input),
+            Role::Sampler { input, .. } => input.as_ref(),
+            Role::CloudMask { .. } | Role::Features { .. } => None,
+        }
+    }
+
+    /// The year of a per-year input it works on.
+    pub fn year(&self) -> Option<i32> {
+        match self {
+            Role::Clusterer { year, .. } | Role::Sampler { year, .. } | Role::Labeller { year, .. } => *year,
+            _ => None,
+        }
+    }
+
+    /// A features stage run once per year.
+    pub fn per_year(&self) -> bool {
+        matches!(self, Role::Features { per_year: true, .. })
+    }
+
+    /// A chunk stage's footprint.
+    pub fn footprint(&self) -> Option<Footprint> {
+        match self {
+            Role::CloudMask { footprint } | Role::Features { footprint, .. } => Some(*footprint),
+            _ => None,
+        }
+    }
 }
 
 /// Names a run writes for itself, which no stage id may take.
@@ -136,12 +195,12 @@ fn writes_name(stage: &StagePlan, name: &str) -> bool {
     let Some(rest) = name.strip_prefix(stage.id.as_str()).and_then(|r| r.strip_prefix('_')) else { return false };
     let year = |s: &str| s.len() == 4 && s.bytes().all(|b| b.is_ascii_digit());
     let (head, tail) = rest.split_once('_').map_or((rest, None), |(h, t)| (h, Some(t)));
-    match stage.kind_name() {
-        "features" => stage.per_year && year(rest),
-        "labeller" => {
+    match &stage.role {
+        Role::Features { per_year, .. } => *per_year && year(rest),
+        Role::Labeller { .. } => {
             matches!(rest, "confidence" | "proba") || (year(head) && matches!(tail, None | Some("confidence") | Some("proba")))
         }
-        "decoder" => year(rest) || matches!(rest, "changes" | "fromto"),
+        Role::Decoder { .. } => year(rest) || matches!(rest, "changes" | "fromto"),
         _ => false,
     }
 }
@@ -197,7 +256,7 @@ impl Footprint {
                 fp.tile, fp.halo, fp.scale
             ));
         }
-        if plugin.info().kind == crate::bindings::types::StageKind::CloudMask && fp.scale != 1 {
+        if plugin.info().kind == StageKind::CloudMask && fp.scale != 1 {
             return Err(format!("a cloud mask's output is on the series' grid, but footprint-for() gives scale {}", fp.scale));
         }
         Ok(fp)
@@ -234,11 +293,11 @@ pub struct RecipePlan {
 }
 
 impl Executor {
-    /// The stage kind it runs: a plugin's own, and `labeller` for a recipe.
-    pub fn kind_name(&self) -> &'static str {
+    /// The stage kind it runs: a plugin's own, and labeller for a recipe.
+    pub fn kind(&self) -> StageKind {
         match self {
-            Executor::Plugin(p) => p.info().kind_name(),
-            Executor::Recipe(_) => "labeller",
+            Executor::Plugin(p) => p.info().kind,
+            Executor::Recipe(_) => StageKind::Labeller,
         }
     }
 }
@@ -247,12 +306,17 @@ impl StagePlan {
     /// Whether the stage runs chunk by chunk on the series (cloud masks, features)
     /// rather than on the whole scene after them (clusterers, samplers, labellers).
     pub fn is_chunk_stage(&self) -> bool {
-        matches!(self.kind_name(), "cloud-mask" | "features")
+        matches!(self.role, Role::CloudMask { .. } | Role::Features { .. })
     }
 
-    /// `cloud-mask`, `features`, `clusterer`, `labeller`, `sampler` or `decoder`.
+    pub fn kind(&self) -> StageKind {
+        self.role.kind()
+    }
+
+    /// `cloud-mask`, `features`, `clusterer`, `labeller`, `sampler` or `decoder`, for
+    /// messages and records.
     pub fn kind_name(&self) -> &'static str {
-        self.executor.kind_name()
+        crate::runtime::kind_name(self.kind())
     }
 
     /// What runs it, for messages and reports: `name@version`, or `recipe:lstm`.
@@ -388,26 +452,26 @@ impl Plan {
                 ),
                 (None, None, None) => unreachable!("Pipeline::parse checks that a stage names its plugin"),
             };
-            let kind = executor.kind_name();
-            let kind_of = |target: &StageId| -> &'static str {
-                stages.iter().find(|s: &&StagePlan| &s.id == target).map_or("", |s| s.kind_name())
-            };
-            let chunk_kind = matches!(kind, "cloud-mask" | "features");
+            let kind = executor.kind();
+            let kind_of = |target: &StageId| -> Option<StageKind> { stages.iter().find(|s: &&StagePlan| &s.id == target).map(|s| s.kind()) };
+            let shown_kind_of = |target: &StageId| kind_of(target).map_or("unknown", crate::runtime::kind_name);
+            let chunk_kind = matches!(kind, StageKind::CloudMask | StageKind::Features);
+            let kind_shown = crate::runtime::kind_name(kind);
             for (field, value) in [("input", &stage.input), ("samples", &stage.samples)] {
                 if let (true, Some(v)) = (chunk_kind, value) {
                     return Err(source.error(
                         Some(v.span()),
-                        format!("'{field}' is for clusterer, sampler and labeller stages; '{id}' is a {kind} stage"),
+                        format!("'{field}' is for clusterer, sampler and labeller stages; '{id}' is a {kind_shown} stage"),
                     ));
                 }
             }
             let input = match &stage.input {
-                Some(target) if kind == "decoder" => {
+                Some(target) if kind == StageKind::Decoder => {
                     let earlier = stages.iter().find(|s| &s.id == target.get_ref());
-                    let ok = earlier.is_some_and(|s| {
-                        let k = s.kind_name();
-                        k == "labeller" && s.input.as_ref().is_some_and(|i| stages.iter().any(|f| &f.id == i && f.per_year))
-                            || k == "features" && s.per_year
+                    let ok = earlier.is_some_and(|s| match &s.role {
+                        Role::Labeller { input, .. } => stages.iter().any(|f| &f.id == input && f.role.per_year()),
+                        Role::Features { per_year, .. } => *per_year,
+                        _ => false,
                     });
                     if !ok {
                         return Err(source.error(
@@ -420,46 +484,48 @@ impl Plan {
                     }
                     Some(target.get_ref().clone())
                 }
-                None if kind == "decoder" => {
+                None if kind == StageKind::Decoder => {
                     return Err(source.error(
                         Some(stage.id.span()),
                         format!("the decoder stage '{id}' needs `input = \"<stage id>\"`: the labeller or per-year features stage whose posteriors it decodes"),
                     ));
                 }
                 Some(target) => {
-                    let target_kind = kind_of(target.get_ref());
-                    if target_kind != "features" {
+                    if kind_of(target.get_ref()) != Some(StageKind::Features) {
                         return Err(source.error(
                             Some(target.span()),
-                            format!("input = '{}' is a {target_kind} stage; '{id}' reads a features stage", target.get_ref()),
+                            format!("input = '{}' is a {} stage; '{id}' reads a features stage", target.get_ref(), shown_kind_of(target.get_ref())),
                         ));
                     }
                     Some(target.get_ref().clone())
                 }
                 None if chunk_kind => None,
-                None => stages.iter().rev().find(|s| s.kind_name() == "features").map(|s| s.id.clone()),
+                None => stages.iter().rev().find(|s| s.kind() == StageKind::Features).map(|s| s.id.clone()),
             };
-            if matches!(kind, "clusterer" | "labeller") && input.is_none() {
+            if matches!(kind, StageKind::Clusterer | StageKind::Labeller) && input.is_none() {
                 return Err(source.error(
                     Some(stage.id.span()),
-                    format!("the {kind} stage '{id}' needs features: add a features stage before it (or name one with `input`)"),
+                    format!("the {kind_shown} stage '{id}' needs features: add a features stage before it (or name one with `input`)"),
                 ));
             }
             let samples = match (&stage.samples, kind) {
-                (Some(target), "labeller") => {
-                    let target_kind = kind_of(target.get_ref());
-                    if target_kind != "sampler" {
+                (Some(target), StageKind::Labeller) => {
+                    if kind_of(target.get_ref()) != Some(StageKind::Sampler) {
                         return Err(source.error(
                             Some(target.span()),
-                            format!("samples = '{}' is a {target_kind} stage; a labeller trains on a sampler's selection", target.get_ref()),
+                            format!(
+                                "samples = '{}' is a {} stage; a labeller trains on a sampler's selection",
+                                target.get_ref(),
+                                shown_kind_of(target.get_ref())
+                            ),
                         ));
                     }
                     Some(target.get_ref().clone())
                 }
                 (Some(target), _) => {
-                    return Err(source.error(Some(target.span()), format!("'samples' is for labeller stages; '{id}' is a {kind} stage")));
+                    return Err(source.error(Some(target.span()), format!("'samples' is for labeller stages; '{id}' is a {kind_shown} stage")));
                 }
-                (None, "labeller") if stage.model.is_none() => {
+                (None, StageKind::Labeller) if stage.model.is_none() => {
                     return Err(source.error(
                         Some(stage.id.span()),
                         format!(
@@ -472,7 +538,7 @@ impl Plan {
             };
             let model = match (&stage.model, kind) {
                 (None, _) => None,
-                (Some(m), "labeller") => {
+                (Some(m), StageKind::Labeller) => {
                     let path = rel(m.get_ref());
                     if !path.is_file() {
                         return Err(source.error(Some(m.span()), format!("model file {} does not exist", path.display())));
@@ -480,19 +546,19 @@ impl Plan {
                     Some(path)
                 }
                 (Some(m), _) => {
-                    return Err(source.error(Some(m.span()), format!("'model' is for labeller stages; '{id}' is a {kind} stage")));
+                    return Err(source.error(Some(m.span()), format!("'model' is for labeller stages; '{id}' is a {kind_shown} stage")));
                 }
             };
             let sample_size = stage.sample_size.as_ref().map(|s| *s.get_ref()).unwrap_or(match kind {
-                "sampler" => DEFAULT_CANDIDATES,
+                StageKind::Sampler => DEFAULT_CANDIDATES,
                 _ => DEFAULT_FIT_SAMPLES,
             });
             let holdout = stage.holdout.as_ref().map_or(DEFAULT_HOLDOUT, |h| *h.get_ref());
             let active_learning = match (&stage.active_learning, kind) {
                 (None, _) => None,
-                (Some(a), "labeller") => {
+                (Some(a), StageKind::Labeller) => {
                     let al = a.get_ref();
-                    if kind_of(&al.query) != "sampler" {
+                    if kind_of(&al.query) != Some(StageKind::Sampler) {
                         return Err(source.error(
                             Some(a.span()),
                             format!("active_learning.query = '{}' must name an earlier sampler stage", al.query),
@@ -504,14 +570,14 @@ impl Plan {
                     Some(al.clone())
                 }
                 (Some(a), _) => {
-                    return Err(source.error(Some(a.span()), format!("'active_learning' is for labeller stages; '{id}' is a {kind} stage")));
+                    return Err(source.error(Some(a.span()), format!("'active_learning' is for labeller stages; '{id}' is a {kind_shown} stage")));
                 }
             };
             let per_year = stage.per_year.as_ref().is_some_and(|p| *p.get_ref());
-            if let (Some(p), false) = (&stage.per_year, kind == "features") {
-                return Err(source.error(Some(p.span()), format!("'per_year' is for features stages; '{id}' is a {kind} stage")));
+            if let (Some(p), false) = (&stage.per_year, kind == StageKind::Features) {
+                return Err(source.error(Some(p.span()), format!("'per_year' is for features stages; '{id}' is a {kind_shown} stage")));
             }
-            let input_per_year = input.as_ref().is_some_and(|i| stages.iter().any(|s| &s.id == i && s.per_year));
+            let input_per_year = input.as_ref().is_some_and(|i| stages.iter().any(|s| &s.id == i && s.role.per_year()));
             let year = match &stage.year {
                 Some(y) if !input_per_year => {
                     return Err(source.error(
@@ -520,10 +586,10 @@ impl Plan {
                     ));
                 }
                 Some(y) => Some(*y.get_ref()),
-                None if input_per_year && kind == "clusterer" => {
+                None if input_per_year && kind == StageKind::Clusterer => {
                     return Err(source.error(
                         Some(stage.id.span()),
-                        format!("the {kind} stage '{id}' reads per-year features: say which year with `year = …`"),
+                        format!("the {kind_shown} stage '{id}' reads per-year features: say which year with `year = …`"),
                     ));
                 }
                 None => None,
@@ -568,29 +634,36 @@ impl Plan {
                 _ => None,
             };
             if let Some(read) = &input {
-                let scale = stages.iter().find(|s| &s.id == read).and_then(|s| s.footprint).map_or(1, |f| f.scale);
+                let scale = stages.iter().find(|s| &s.id == read).and_then(|s| s.role.footprint()).map_or(1, |f| f.scale);
                 if scale != 1 {
                     return Err(source.error(
                         stage.input.as_ref().map(|i| i.span()),
-                        format!("'{read}' writes on a grid {scale}× finer than the series; the {kind} stage '{id}' reads only the series' grid"),
+                        format!("'{read}' writes on a grid {scale}× finer than the series; the {kind_shown} stage '{id}' reads only the series' grid"),
                     ));
                 }
             }
-            stages.push(StagePlan {
-                id,
-                executor,
-                limits,
-                footprint,
-                params,
-                input,
-                samples,
-                model,
-                sample_size,
-                holdout,
-                per_year,
-                year,
-                active_learning,
-            });
+            fn unresolved(kind: &str, what: &str) -> ! {
+                unreachable!("Plan::resolve checked above that a {kind} stage has {what}")
+            }
+            let role = match kind {
+                StageKind::CloudMask => Role::CloudMask { footprint: footprint.unwrap_or_else(|| unresolved(kind_shown, "a footprint")) },
+                StageKind::Features => Role::Features { footprint: footprint.unwrap_or_else(|| unresolved(kind_shown, "a footprint")), per_year },
+                StageKind::Clusterer => Role::Clusterer { input: input.unwrap_or_else(|| unresolved(kind_shown, "an input")), year, sample_size },
+                StageKind::Sampler => Role::Sampler { input, year, sample_size },
+                StageKind::Labeller => Role::Labeller {
+                    input: input.unwrap_or_else(|| unresolved(kind_shown, "an input")),
+                    year,
+                    holdout,
+                    training: match (model, samples, active_learning) {
+                        (Some(path), _, _) => Training::Stored(path),
+                        (None, Some(samples), Some(learning)) => Training::ActiveLearning { samples, learning },
+                        (None, Some(samples), None) => Training::Samples(samples),
+                        (None, None, _) => unresolved(kind_shown, "samples or a model"),
+                    },
+                },
+                StageKind::Decoder => Role::Decoder { input: input.unwrap_or_else(|| unresolved(kind_shown, "an input")) },
+            };
+            stages.push(StagePlan { id, executor, limits, params, role });
         }
 
         let i = &pipeline.input;
@@ -813,31 +886,36 @@ impl Plan {
             };
             let _ = writeln!(out, "  stage {} {:<12} {} {} [{limits}]", i + 1, stage.id, stage.kind_name(), stage.reference());
             let _ = writeln!(out, "      params {}", stage.params_json());
-            if stage.per_year {
+            if stage.role.per_year() {
                 let _ = writeln!(out, "      once per year");
             }
             if !stage.is_chunk_stage() {
                 let mut reads = Vec::new();
-                let kind = stage.kind_name();
-                if let Some(input) = &stage.input {
-                    reads.push(format!("{} of '{input}'", if kind == "decoder" { "yearly posteriors" } else { "features" }));
+                if let Some(input) = stage.role.input() {
+                    let what = if matches!(stage.role, Role::Decoder { .. }) { "yearly posteriors" } else { "features" };
+                    reads.push(format!("{what} of '{input}'"));
                 }
-                if let Some(samples) = &stage.samples {
-                    reads.push(format!("samples of '{samples}'"));
+                let mut learning = None;
+                if let Role::Labeller { training, .. } = &stage.role {
+                    match training {
+                        Training::Samples(samples) => reads.push(format!("samples of '{samples}'")),
+                        Training::ActiveLearning { samples, learning: al } => {
+                            reads.push(format!("samples of '{samples}'"));
+                            learning = Some(al);
+                        }
+                        Training::Stored(model) => reads.push(format!("the stored model {}", show(model))),
+                    }
                 }
-                if let Some(model) = &stage.model {
-                    reads.push(format!("the stored model {}", show(model)));
-                }
-                if let Some(year) = stage.year {
+                if let Some(year) = stage.role.year() {
                     reads.push(format!("year {year}"));
                 }
-                let size = match kind {
-                    "clusterer" => format!(", fitted on {} px", stage.sample_size),
-                    "sampler" => format!(", up to {} candidates", stage.sample_size),
-                    "labeller" => format!(", {:.0} % held out", stage.holdout * 100.0),
+                let size = match &stage.role {
+                    Role::Clusterer { sample_size, .. } => format!(", fitted on {sample_size} px"),
+                    Role::Sampler { sample_size, .. } => format!(", up to {sample_size} candidates"),
+                    Role::Labeller { holdout, .. } => format!(", {:.0} % held out", holdout * 100.0),
                     _ => String::new(),
                 };
-                if let Some(al) = &stage.active_learning {
+                if let Some(al) = learning {
                     reads.push(format!("active learning: {} rounds of '{}' queries from {} px", al.rounds, al.query, al.pool));
                 }
                 let reads = if reads.is_empty() { "no features".to_string() } else { reads.join(", ") };

@@ -15,7 +15,7 @@
 //! on the same inputs resumes from the chunks and outputs already done.
 
 use crate::bindings::types::{Cube, StageKind};
-use crate::plan::{Plan, StagePlan};
+use crate::plan::{Plan, Role, StagePlan};
 use crate::raster::{ChunkedRaster, ClassStyle, OutputKind, ReferenceMap, Series, Window, chunk_grid};
 use crate::runtime::{CallContext, StagePool};
 use anyhow::{Context, Result, bail};
@@ -397,7 +397,7 @@ fn chunk_geometry(pipeline_halo: usize, stages: &[(usize, &StagePlan)]) -> Resul
     let mut masks = 0;
     let mut tile = 0usize;
     for (_, stage) in stages {
-        let fp = stage.footprint.unwrap_or(crate::plan::Footprint { tile: 0, halo: 0, scale: 1 });
+        let fp = stage.role.footprint().unwrap_or(crate::plan::Footprint { tile: 0, halo: 0, scale: 1 });
         halo = halo.max(fp.halo + masks);
         if stage.chunk_plugin().info().kind == StageKind::CloudMask {
             masks += fp.halo;
@@ -471,7 +471,7 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
     // Cloud masks and features stream chunk by chunk; the scene stages run after them.
     let chunk_stages: Vec<(usize, &StagePlan)> = plan.stages.iter().enumerate().filter(|(_, s)| s.is_chunk_stage()).collect();
     let kinds: Vec<(StageKind, usize)> =
-        chunk_stages.iter().map(|(_, s)| (s.chunk_plugin().info().kind, s.footprint.map_or(1, |f| f.scale))).collect();
+        chunk_stages.iter().map(|(_, s)| (s.chunk_plugin().info().kind, s.role.footprint().map_or(1, |f| f.scale))).collect();
     let (halo, tile) = chunk_geometry(plan.halo as usize, &chunk_stages)?;
     let workers = plan.worker_count();
     let layout = Layout::plan(
@@ -542,8 +542,8 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
             StageKind::CloudMask => (PixelType::U8, Some(mask_style())),
             _ => (PixelType::F32, None),
         };
-        let scale = stage.footprint.map_or(1, |f| f.scale);
-        if stage.per_year {
+        let scale = stage.role.footprint().map_or(1, |f| f.scale);
+        if stage.role.per_year() {
             for (year, _) in &years {
                 outputs.push(Output::on_scaled_grid(&partial.dir, &staging, &format!("{}_{year}", stage.id), &grid, scale, pixel, None));
             }
@@ -825,7 +825,7 @@ fn run_stages(
     let mut outputs = Vec::with_capacity(stages.len());
     let dates = cube.dates.len();
     for (&(s, stage), pool) in stages.iter().zip(pools) {
-        let scale = stage.footprint.map_or(1, |f| f.scale);
+        let scale = stage.role.footprint().map_or(1, |f| f.scale);
         let (outer_out, core_out) = (outer.scaled(scale), core.scaled(scale));
         let at = || around.placement.clone();
         let context = CallContext { stage: stage.id.to_string(), chunk: format!("chunk {index}") };
@@ -834,14 +834,14 @@ fn run_stages(
         let fail = |e: crate::runtime::StageCallError| {
             format!("stage '{}' ({}) on chunk {index} ({window}): {e}", stage.id, stage.reference())
         };
-        let output = match stage.chunk_plugin().info().kind {
-            StageKind::CloudMask => {
+        let output = match &stage.role {
+            Role::CloudMask { .. } => {
                 let mask = pool.with(|i| i.mask_at(&context, &cube, at(), &params)).map_err(fail)?;
                 check_len(stage, index, "mask classes", mask.classes.len(), dates * outer.pixels())?;
                 apply_mask(&mut cube, &mask.classes);
                 StageOutput::Mask(crop(&mask.classes, dates, outer, core))
             }
-            StageKind::Features if stage.per_year => {
+            Role::Features { per_year: true, .. } => {
                 for (_, dates_of_year) in years {
                     let sub = year_cube(&cube, dates_of_year);
                     let features = pool.with(|i| i.features_at(&context, &sub, at(), &params)).map_err(fail)?;
@@ -854,14 +854,14 @@ fn run_stages(
                 stage_nanos[s].fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
                 continue;
             }
-            StageKind::Features => {
+            Role::Features { per_year: false, .. } => {
                 let features = pool.with(|i| i.features_at(&context, &cube, at(), &params)).map_err(fail)?;
                 check_len(stage, index, "feature samples", features.samples as usize, outer_out.pixels())?;
                 let width = features.names.len();
                 check_len(stage, index, "feature values", features.data.len(), outer_out.pixels() * width)?;
                 StageOutput::Features(features.names, crop_rows(&features.data, width, outer_out, core_out))
             }
-            other => unreachable!("only chunk stages run on chunks, not {other:?}"),
+            _ => return Err(format!("stage '{}' is a {} stage, which does not run on chunks", stage.id, stage.kind_name())),
         };
         stage_nanos[s].fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         outputs.push(output);
@@ -1043,7 +1043,7 @@ fn manifest(
                     "plugin": plugin.info().reference(),
                     "kind": s.kind_name(),
                     "wit": plugin.wit_package(),
-                    "footprint": s.footprint.map(|f| json!({ "tile": f.tile, "halo": f.halo, "scale": f.scale })),
+                    "footprint": s.role.footprint().map(|f| json!({ "tile": f.tile, "halo": f.halo, "scale": f.scale })),
                     "sha256": plugin.sha256(),
                     "params": s.params,
                     "memory_mib": s.limits.memory_bytes >> 20,

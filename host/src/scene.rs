@@ -21,11 +21,13 @@
 use crate::config::Nomenclature;
 use crate::eval::Confusion;
 use crate::inference::Model;
-use crate::plan::{Executor, Plan, RecipePlan, StagePlan};
+use crate::bindings::types::StageKind;
+use crate::config::{ActiveLearning, StageId};
+use crate::plan::{Executor, Plan, RecipePlan, Role, StagePlan, Training};
 use crate::raster::{ClassRaster, ClassStyle, FeatureRaster, Grid, Window, pixel_centre};
 use crate::run::{Output, PixelType};
 use crate::runtime::data::{FeatureMatrix, ModelBlob, Probabilities};
-use crate::runtime::{CallContext, StageCallError, StagePool};
+use crate::runtime::{CallContext, Plugin, StageCallError, StagePool};
 use crate::runtime::data::SampleInput;
 use anyhow::{Context, Result, anyhow, bail};
 use rand::SeedableRng;
@@ -279,57 +281,84 @@ pub fn run(scene: &Scene, reference: Option<(&Path, &Nomenclature)>) -> Result<S
         layers.push(("reference".into(), path.to_path_buf()));
     }
     // Samplers that answer a labeller's active-learning queries run inside its loop only.
-    let queries: Vec<&str> = scene.plan.stages.iter().filter_map(|s| s.active_learning.as_ref().map(|a| a.query.as_str())).collect();
+    let queries: Vec<&str> = scene
+        .plan
+        .stages
+        .iter()
+        .filter_map(|s| match &s.role {
+            Role::Labeller { training: Training::ActiveLearning { learning, .. }, .. } => Some(learning.query.as_str()),
+            _ => None,
+        })
+        .collect();
     for (s, stage) in scene.plan.stages.iter().enumerate() {
         if stage.is_chunk_stage() || queries.contains(&stage.id.as_str()) {
             continue;
         }
         let started = Instant::now();
-        let kind = stage.kind_name();
-        log::info!("stage '{}' ({kind}, {}) on the whole scene", stage.id, stage.reference());
-        let plugin = match &stage.executor {
-            Executor::Plugin(plugin) => plugin,
-            Executor::Recipe(recipe) => {
+        log::info!("stage '{}' ({}, {}) on the whole scene", stage.id, stage.kind_name(), stage.reference());
+        let section = match (&stage.role, &stage.executor) {
+            (Role::Labeller { input, year, holdout, training }, Executor::Recipe(recipe)) => {
                 let class_names = reference.map(|r| r.1.classes.iter().map(|c| (c.code, c.name.clone())).collect()).unwrap_or_default();
                 let learner = Learner::Network { recipe, class_names };
-                let fit = match &stage.model {
-                    Some(path) => stored_network(scene, stage, recipe, path)?,
-                    None => fit_on_selection(scene, stage, &learner, selected_for(&selections, stage))?,
-                };
-                let section = label(scene, stage, &learner, fit, reference.map(|r| r.1), &mut results)?;
-                finish_stage(scene, s, stage, started, section, &mut layers, &mut results);
-                continue;
-            }
-        };
-        let pool = StagePool::with_models(plugin.clone(), stage.limits, scene.models.clone());
-        let section = match kind {
-            "clusterer" => cluster(scene, stage, &pool, &mut results)?,
-            "sampler" => {
-                let (section, selected) = sample(scene, stage, &pool, &layers, reference.map(|r| r.1), &mut results)?;
-                selections.insert(stage.id.to_string(), selected);
-                section
-            }
-            "labeller" => {
-                let fit = match (&stage.model, &stage.active_learning) {
-                    (Some(path), _) => stored_blob(stage, path)?,
-                    (None, Some(al)) => {
-                        let selected = selected_for(&selections, stage);
-                        let query = scene.plan.stages.iter().find(|q| q.id == al.query).expect("Plan::resolve checks the query stage");
-                        let Some((reference_path, _)) = reference else {
-                            bail!("stage '{}': active learning asks the reference map for labels, and the pipeline has no [reference]", stage.id);
-                        };
-                        active_learning(scene, stage, &pool, query, selected, reference_path)?
+                let plan = LabellerPlan { stage, input, year: *year, holdout: *holdout };
+                let fit = match training {
+                    Training::Stored(path) => stored_network(scene, stage, recipe, path)?,
+                    // A network learns from the sampler's selection (no active learning).
+                    Training::Samples(samples) | Training::ActiveLearning { samples, .. } => {
+                        fit_on_selection(scene, &plan, &learner, selected(&selections, stage, samples)?)?
                     }
-                    (None, None) => fit_on_selection(scene, stage, &Learner::Stage(&pool), selected_for(&selections, stage))?,
                 };
-                label(scene, stage, &Learner::Stage(&pool), fit, reference.map(|r| r.1), &mut results)?
+                label(scene, &plan, &learner, fit, reference.map(|r| r.1), &mut results)?
             }
-            "decoder" => decode(scene, stage, &pool, reference.map(|r| r.1), &mut results)?,
-            other => bail!("stage '{}': {other} stages do not run on a scene", stage.id),
+            (_, Executor::Recipe(_)) => bail!("stage '{}': only labellers are trained by recipes", stage.id),
+            (role, Executor::Plugin(plugin)) => {
+                let pool = StagePool::with_models(plugin.clone(), stage.limits, scene.models.clone());
+                match role {
+                    Role::Clusterer { sample_size, .. } => cluster(scene, stage, *sample_size, &pool, &mut results)?,
+                    Role::Sampler { sample_size, .. } => {
+                        let (section, selected) = sample(scene, stage, *sample_size, &pool, &layers, reference.map(|r| r.1), &mut results)?;
+                        selections.insert(stage.id.to_string(), selected);
+                        section
+                    }
+                    Role::Labeller { input, year, holdout, training } => {
+                        let plan = LabellerPlan { stage, input, year: *year, holdout: *holdout };
+                        let fit = match training {
+                            Training::Stored(path) => stored_blob(stage, plugin, path)?,
+                            Training::ActiveLearning { samples, learning } => {
+                                let selected = selected(&selections, stage, samples)?;
+                                let Some(query) = scene.plan.stages.iter().find(|q| q.id == learning.query) else {
+                                    bail!("stage '{}': its query stage '{}' is not in the pipeline", stage.id, learning.query);
+                                };
+                                let Some((reference_path, _)) = reference else {
+                                    bail!("stage '{}': active learning asks the reference map for labels, and the pipeline has no [reference]", stage.id);
+                                };
+                                active_learning(scene, &plan, learning, &pool, query, selected, reference_path)?
+                            }
+                            Training::Samples(samples) => {
+                                fit_on_selection(scene, &plan, &Learner::Stage(&pool), selected(&selections, stage, samples)?)?
+                            }
+                        };
+                        label(scene, &plan, &Learner::Stage(&pool), fit, reference.map(|r| r.1), &mut results)?
+                    }
+                    Role::Decoder { input } => decode(scene, stage, input, &pool, reference.map(|r| r.1), &mut results)?,
+                    Role::CloudMask { .. } | Role::Features { .. } => bail!("stage '{}': chunk stages do not run on a scene", stage.id),
+                }
+            }
         };
         finish_stage(scene, s, stage, started, section, &mut layers, &mut results);
     }
     Ok(results)
+}
+
+/// A labeller with what its role gives it.
+struct LabellerPlan<'a> {
+    stage: &'a StagePlan,
+    /// The features stage it reads.
+    input: &'a StageId,
+    /// The year of per-year features it trains on (`None`: every year).
+    year: Option<i32>,
+    /// The share of its samples held out for its accuracy report.
+    holdout: f64,
 }
 
 /// After scene stage `s`: its class rasters become layers for the samplers after it,
@@ -349,15 +378,16 @@ fn finish_stage(
     crate::fail_point!("scene::stage_done");
 }
 
-/// The selection of the sampler a labeller trains on.
-fn selected_for<'a>(selections: &'a HashMap<String, Selected>, stage: &StagePlan) -> &'a Selected {
-    let from = stage.samples.as_ref().expect("Plan::resolve gives labellers their samples or a model");
-    selections.get(from.as_str()).expect("the sampler runs before the labeller")
+/// The selection of the sampler `samples` that a labeller trains on.
+fn selected<'a>(selections: &'a HashMap<String, Selected>, stage: &StagePlan, samples: &StageId) -> Result<&'a Selected> {
+    selections
+        .get(samples.as_str())
+        .ok_or_else(|| anyhow!("stage '{}': its sampler '{samples}' has made no selection before it", stage.id))
 }
 
 /// A plugin labeller's model stored by an earlier run (`models/<id>.model` and its
 /// `.json` sidecar naming the format and the plugin that trained it).
-fn stored_blob(stage: &StagePlan, path: &Path) -> Result<Fit> {
+fn stored_blob(stage: &StagePlan, plugin: &Plugin, path: &Path) -> Result<Fit> {
     let data = std::fs::read(path).with_context(|| format!("stage '{}': reading the model {}", stage.id, path.display()))?;
     let sidecar_path = path.with_extension("json");
     let sidecar: Value = serde_json::from_str(
@@ -367,7 +397,6 @@ fn stored_blob(stage: &StagePlan, path: &Path) -> Result<Fit> {
     .with_context(|| format!("{} is not JSON", sidecar_path.display()))?;
     let format = sidecar["format"].as_str().ok_or_else(|| anyhow!("{}: no \"format\"", sidecar_path.display()))?.to_string();
     let trained_by = sidecar["plugin"].as_str().unwrap_or("");
-    let plugin = stage.plugin().expect("a blob belongs to a component");
     if trained_by.split('@').next() != Some(plugin.info().name.as_str()) {
         bail!("stage '{}': {} was trained by '{trained_by}', not by {}", stage.id, path.display(), plugin.info().reference());
     }
@@ -420,8 +449,12 @@ fn stored_network(scene: &Scene, stage: &StagePlan, recipe: &RecipePlan, path: &
 
 /// Offers a scene stage's class rasters to the samplers after it.
 fn push_layers(scene: &Scene, stage: &StagePlan, layers: &mut Vec<(String, PathBuf)>) {
-    let kind = stage.kind_name();
-    if kind == "labeller" && reads_per_year(scene, stage) || kind == "decoder" {
+    let yearly = match stage.role {
+        Role::Labeller { .. } => reads_per_year(scene, stage),
+        Role::Decoder { .. } => true,
+        _ => false,
+    };
+    if yearly {
         for y in &scene.years {
             let name = output_name(stage, Some(*y));
             layers.push((name.clone(), scene.raster_of(&name)));
@@ -495,14 +528,14 @@ fn block_of(grid_width: usize, pixel: u64) -> u64 {
 
 /// Whether a stage reads a per-year features stage.
 fn reads_per_year(scene: &Scene, stage: &StagePlan) -> bool {
-    stage.input.as_ref().is_some_and(|i| scene.plan.stages.iter().any(|s| &s.id == i && s.per_year))
+    stage.role.input().is_some_and(|i| scene.plan.stages.iter().any(|s| &s.id == i && s.role.per_year()))
 }
 
 /// The features raster a stage works on: its input's, or that input's raster of the
 /// stage's `year`.
 fn input_raster(scene: &Scene, stage: &StagePlan) -> Option<PathBuf> {
-    let input = stage.input.as_ref()?;
-    Some(match (reads_per_year(scene, stage), stage.year) {
+    let input = stage.role.input()?;
+    Some(match (reads_per_year(scene, stage), stage.role.year()) {
         (true, Some(year)) => scene.raster_of(&format!("{input}_{year}")),
         // A sampler over per-year features without a year works on its layers alone.
         (true, None) => return None,
@@ -511,9 +544,9 @@ fn input_raster(scene: &Scene, stage: &StagePlan) -> Option<PathBuf> {
 }
 
 /// The features rasters a labeller predicts on, with the year each is for.
-fn prediction_rasters(scene: &Scene, stage: &StagePlan) -> Vec<(Option<i32>, PathBuf)> {
-    let input = stage.input.as_ref().expect("Plan::resolve gives labellers an input");
-    if reads_per_year(scene, stage) {
+fn prediction_rasters(scene: &Scene, labeller: &LabellerPlan) -> Vec<(Option<i32>, PathBuf)> {
+    let input = labeller.input;
+    if reads_per_year(scene, labeller.stage) {
         scene.years.iter().map(|y| (Some(*y), scene.raster_of(&format!("{input}_{y}")))).collect()
     } else {
         vec![(None, scene.raster_of(input.as_str()))]
@@ -528,10 +561,12 @@ fn output_name(stage: &StagePlan, year: Option<i32>) -> String {
     }
 }
 
-fn cluster(scene: &Scene, stage: &StagePlan, pool: &StagePool, results: &mut SceneResults) -> Result<SceneSection> {
-    let features = input_raster(scene, stage).expect("Plan::resolve gives clusterers an input");
+fn cluster(scene: &Scene, stage: &StagePlan, sample_size: u64, pool: &StagePool, results: &mut SceneResults) -> Result<SceneSection> {
+    let Some(features) = input_raster(scene, stage) else {
+        bail!("stage '{}': a clusterer needs a features raster (of one year, for per-year features)", stage.id);
+    };
     let n = scene.pixels();
-    let m = stage.sample_size.min(n);
+    let m = sample_size.min(n);
     let mut rng = scene.rng(stage, "fit-sample");
     let mut pixels: Vec<u64> = rand::seq::index::sample(&mut rng, n as usize, m as usize).into_iter().map(|p| p as u64).collect();
     pixels.sort_unstable();
@@ -589,6 +624,7 @@ fn cluster(scene: &Scene, stage: &StagePlan, pool: &StagePool, results: &mut Sce
 fn sample(
     scene: &Scene,
     stage: &StagePlan,
+    sample_size: u64,
     pool: &StagePool,
     layers: &[(String, PathBuf)],
     nomenclature: Option<&Nomenclature>,
@@ -614,9 +650,9 @@ fn sample(
         None => candidates = (0..scene.pixels()).collect(),
     }
     let total_candidates = candidates.len();
-    if candidates.len() as u64 > stage.sample_size {
+    if candidates.len() as u64 > sample_size {
         let mut rng = scene.rng(stage, "candidates");
-        let mut keep: Vec<u64> = rand::seq::index::sample(&mut rng, candidates.len(), stage.sample_size as usize)
+        let mut keep: Vec<u64> = rand::seq::index::sample(&mut rng, candidates.len(), sample_size as usize)
             .into_iter()
             .map(|i| candidates[i])
             .collect();
@@ -889,11 +925,12 @@ fn held_out_json(confusion: &Option<Confusion>) -> Value {
 }
 
 /// Trains on a sampler's selection, holding out a share by blocks.
-fn fit_on_selection(scene: &Scene, stage: &StagePlan, learner: &Learner, selected: &Selected) -> Result<Fit> {
+fn fit_on_selection(scene: &Scene, labeller: &LabellerPlan, learner: &Learner, selected: &Selected) -> Result<Fit> {
+    let stage = labeller.stage;
     // Training features: of the stage's year, or of every year stacked (a multi-year
     // training set: each sample pixel once per year, with its one label).
-    let rasters = prediction_rasters(scene, stage);
-    let training: Vec<&PathBuf> = match stage.year {
+    let rasters = prediction_rasters(scene, labeller);
+    let training: Vec<&PathBuf> = match labeller.year {
         Some(y) => rasters.iter().filter(|(year, _)| *year == Some(y)).map(|(_, p)| p).collect(),
         None => rasters.iter().map(|(_, p)| p).collect(),
     };
@@ -904,7 +941,7 @@ fn fit_on_selection(scene: &Scene, stage: &StagePlan, learner: &Learner, selecte
         use rand::RngCore;
         scene.rng(stage, "holdout").next_u64()
     };
-    let test: Vec<bool> = pixels.iter().map(|&p| held_out(seed, scene.grid.width, p, stage.holdout)).collect();
+    let test: Vec<bool> = pixels.iter().map(|&p| held_out(seed, scene.grid.width, p, labeller.holdout)).collect();
     let (train, train_labels) = rows_where(&samples, &labels, |i| !test[i]);
     let train_pixels: Vec<u64> = pixels.iter().zip(&test).filter(|(_, t)| !**t).map(|(p, _)| *p).collect();
     let (test_set, test_labels) = rows_where(&samples, &labels, |i| test[i]);
@@ -915,12 +952,12 @@ fn fit_on_selection(scene: &Scene, stage: &StagePlan, learner: &Learner, selecte
         training: training_report,
         held_out: held_out_json(&confusion),
         split: json!({
-            "holdout": stage.holdout,
+            "holdout": labeller.holdout,
             "grouped_by": format!("{HOLDOUT_BLOCK_PX} px blocks"),
             "train_samples": train.samples,
             "test_samples": test_set.samples,
         }),
-        training_years: match stage.year {
+        training_years: match labeller.year {
             Some(y) => json!([y]),
             None if training.len() > 1 => json!(scene.years),
             None => Value::Null,
@@ -934,16 +971,17 @@ fn fit_on_selection(scene: &Scene, stage: &StagePlan, learner: &Learner, selecte
 /// Held-out blocks (never queried) measure each round: the learning curve.
 fn active_learning(
     scene: &Scene,
-    stage: &StagePlan,
+    labeller: &LabellerPlan,
+    al: &ActiveLearning,
     pool: &StagePool,
     query: &StagePlan,
     selected: &Selected,
     reference: &Path,
 ) -> Result<Fit> {
-    let al = stage.active_learning.as_ref().expect("called for active learning");
-    let features = input_raster(scene, stage)
-        .or_else(|| prediction_rasters(scene, stage).first().map(|r| r.1.clone()))
-        .expect("a labeller has an input");
+    let stage = labeller.stage;
+    let Some(features) = input_raster(scene, stage).or_else(|| prediction_rasters(scene, labeller).first().map(|r| r.1.clone())) else {
+        bail!("stage '{}': no features raster to learn from", stage.id);
+    };
     let seed = {
         use rand::RngCore;
         scene.rng(stage, "holdout").next_u64()
@@ -956,7 +994,7 @@ fn active_learning(
         for (o, &c) in codes.iter().enumerate() {
             if c != 0 {
                 let p = ((window.row + o / window.cols) * scene.grid.width + window.col + o % window.cols) as u64;
-                if held_out(seed, scene.grid.width, p, stage.holdout.max(0.05)) { inside.push(p) } else { outside.push(p) }
+                if held_out(seed, scene.grid.width, p, labeller.holdout.max(0.05)) { inside.push(p) } else { outside.push(p) }
             }
         }
     }
@@ -981,7 +1019,7 @@ fn active_learning(
     let eval_features = scene.gather_features(&features, &evaluation)?;
     let eval_truth: Vec<u16> = scene.gather_classes(reference, &evaluation)?.into_iter().map(|c| c as u16).collect();
     // The initial labelled set, outside the held-out blocks only.
-    let initial: Vec<usize> = (0..selected.pixels.len()).filter(|&i| !held_out(seed, scene.grid.width, selected.pixels[i], stage.holdout.max(0.05))).collect();
+    let initial: Vec<usize> = (0..selected.pixels.len()).filter(|&i| !held_out(seed, scene.grid.width, selected.pixels[i], labeller.holdout.max(0.05))).collect();
     let initial_pixels: Vec<u64> = initial.iter().map(|&i| selected.pixels[i]).collect();
     let mut train = scene.gather_features(&features, &initial_pixels)?;
     let mut train_labels: Vec<u16> = initial.iter().map(|&i| selected.labels[i]).collect();
@@ -1055,7 +1093,7 @@ fn active_learning(
         training: report,
         held_out: held_out_json(&confusion),
         split: json!({
-            "holdout": stage.holdout.max(0.05),
+            "holdout": labeller.holdout.max(0.05),
             "grouped_by": format!("{HOLDOUT_BLOCK_PX} px blocks"),
             "train_samples": train.samples,
             "test_samples": eval_features.samples,
@@ -1070,12 +1108,13 @@ fn active_learning(
 
 fn label(
     scene: &Scene,
-    stage: &StagePlan,
+    labeller: &LabellerPlan,
     learner: &Learner,
     fit: Fit,
     nomenclature: Option<&Nomenclature>,
     results: &mut SceneResults,
 ) -> Result<SceneSection> {
+    let stage = labeller.stage;
     let model = fit.model;
     let class_names: BTreeMap<String, String> = nomenclature
         .map(|n| n.classes.iter().map(|c| (c.code.to_string(), c.name.clone())).collect())
@@ -1105,10 +1144,10 @@ fn label(
         }
     }
 
-    let rasters = prediction_rasters(scene, stage);
+    let rasters = prediction_rasters(scene, labeller);
     let names = FeatureRaster::open(&rasters[0].1)?.names;
     // A decoder reading this labeller needs its full posteriors, not only the winner.
-    let keep_posteriors = scene.plan.stages.iter().any(|d| d.kind_name() == "decoder" && d.input.as_ref() == Some(&stage.id));
+    let keep_posteriors = scene.plan.stages.iter().any(|d| matches!(&d.role, Role::Decoder { input } if *input == stage.id));
     let style = nomenclature.map(|n| ClassStyle { classes: n.styles() });
     let all: Vec<(usize, Window)> = scene.chunks.iter().copied().enumerate().collect();
     let mut maps = Vec::new();
@@ -1237,9 +1276,15 @@ impl FromTo {
 }
 
 /// Decodes yearly posteriors into consistent yearly maps (a decoder stage).
-fn decode(scene: &Scene, stage: &StagePlan, pool: &StagePool, nomenclature: Option<&Nomenclature>, results: &mut SceneResults) -> Result<SceneSection> {
-    let input = stage.input.as_ref().expect("Plan::resolve gives decoders an input");
-    let from_labeller = scene.plan.stages.iter().any(|s| &s.id == input && s.kind_name() == "labeller");
+fn decode(
+    scene: &Scene,
+    stage: &StagePlan,
+    input: &StageId,
+    pool: &StagePool,
+    nomenclature: Option<&Nomenclature>,
+    results: &mut SceneResults,
+) -> Result<SceneSection> {
+    let from_labeller = scene.plan.stages.iter().any(|s| &s.id == input && s.kind() == StageKind::Labeller);
     let rasters: Vec<PathBuf> = scene
         .years
         .iter()

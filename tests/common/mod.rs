@@ -122,7 +122,8 @@ pub fn journal_chunks(run: &Path) -> usize {
     entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("done")))
-        .map(|p| std::fs::read_to_string(p).map_or(0, |j| j.lines().count()))
+        // Complete lines only: a line being appended may not have its newline yet.
+        .map(|p| std::fs::read_to_string(p).map_or(0, |j| j.matches('\n').count()))
         .sum()
 }
 

@@ -15,7 +15,7 @@ mod instance;
 mod plugin;
 
 pub use engine::{Interruption, Runtime, RuntimeOptions};
-pub use instance::{CallContext, Instance, Limits, StageCallError, StagePool};
+pub use instance::{CallContext, Instance, Limits, StageCallError, StagePool, kind_name};
 pub use plugin::{Plugin, PluginInfo};
 
 /// The data types a stage call takes and returns (generated from the WIT).

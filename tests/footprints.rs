@@ -74,6 +74,18 @@ fn a_stage_with_a_tile_and_a_halo_sees_its_core_and_the_scene_reflected_at_its_e
     assert_eq!((manifest["halo"].as_u64(), manifest["chunk_size"].as_u64()), (Some(8), Some(32)));
     assert_eq!(manifest["stages"][0]["footprint"], serde_json::json!({ "tile": 16, "halo": 8, "scale": 1 }));
 
+    // The case: a 64 px tile and a 16 px halo (one chunk here, padded on every side).
+    let (dir, out) = run("", &probe(64, 16, 1));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let map = dir.path().join("runs/fp/probe.tif");
+    let (left, cube_rows) = (band(&map, 4), band(&map, 6));
+    for p in 0..64 * 64 {
+        let (r, c) = (p / 64, p % 64);
+        let l = if c >= 16 { c - 16 } else { 16 - c };
+        assert_eq!(left[p], b[r * 64 + l], "pixel ({r}, {c}): the halo holds column {l}");
+        assert_eq!(cube_rows[p], 96.0, "64 px core + 16 px on each side");
+    }
+
     let (_dir, out) = run("chunk_size = 40", &probe(16, 8, 1));
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("chunk_size 40 is not a multiple of the 16 px tile a stage works on; use 32"), "{}", text(&out.stderr));

@@ -12,6 +12,7 @@ pub mod fsutil;
 pub mod hash;
 pub mod inference;
 pub mod network;
+pub mod outputs;
 pub mod plan;
 pub mod plugins;
 pub mod raster;

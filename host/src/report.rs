@@ -1,15 +1,26 @@
 //! The run report: `report.json` (provenance, timings, evaluations) and a
 //! self-contained `report.html` (no external resources: styles inline, charts as SVG,
-//! quicklooks as embedded PNG) that an operator can mail or archive with the maps.
+//! quicklooks as embedded PNG) that an operator can mail or archive with the maps; and
+//! `evaluate_and_write`, which assesses the maps the pipeline's `[[evaluate]]` names
+//! first. It knows the plan and the manifest, not the executor (`run`, `scene`).
 
 use crate::eval::MapEvaluation;
 use crate::raster::Quicklook;
-use crate::scene::SceneSection;
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 use base64::Engine as _;
 use serde_json::{Value, json};
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// A section of the run report written by a scene stage.
+#[derive(Debug, Clone)]
+pub struct SceneSection {
+    pub stage: String,
+    pub kind: &'static str,
+    pub plugin: String,
+    /// What the report JSON records: the stage's own report plus the host's figures.
+    pub summary: Value,
+}
 
 /// An evaluation of one output, for the report.
 pub struct EvaluationEntry {
@@ -390,4 +401,68 @@ pub fn write_report(
     html.push_str("</body></html>\n");
     crate::fsutil::write_atomic(&run_dir.join("report.html"), html.as_bytes())?;
     Ok(())
+}
+
+/// Evaluates the staged outputs the pipeline asks for and stages the report.
+pub fn evaluate_and_write(plan: &crate::plan::Plan, staging: &Path, outputs: &[PathBuf], manifest: &serde_json::Value, sections: &[SceneSection]) -> Result<()> {
+    let mut quicklooks = Vec::new();
+    for path in outputs {
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let q = crate::raster::quicklook(path, 384, None).with_context(|| format!("drawing {}", path.display()))?;
+        quicklooks.push((name, q));
+    }
+    let mut evaluations = Vec::new();
+    let mut sections = sections.to_vec();
+    let years: Vec<i32> = crate::raster::years_of(&manifest["series"]["dates"].as_array().into_iter().flatten().filter_map(|d| d.as_str().map(str::to_string)).collect::<Vec<_>>())
+        .into_iter()
+        .map(|(y, _)| y)
+        .collect();
+    for e in &plan.evaluations {
+        let lookup = e.nomenclature.as_ref().map(|n| n.lookup());
+        let truth_text = e.truth.display().to_string();
+        // `truth = ".../{year}.tif"` evaluates each year's map of a per-year output, and
+        // how the series follows the true changes.
+        let jobs: Vec<(String, PathBuf)> = if truth_text.contains("{year}") {
+            years.iter().map(|y| (format!("{}_{y}", e.output), PathBuf::from(truth_text.replace("{year}", &y.to_string())))).collect()
+        } else {
+            vec![(e.output.clone(), e.truth.clone())]
+        };
+        for (output, truth) in &jobs {
+            let map = staging.join(format!("{output}.tif"));
+            if !map.exists() {
+                bail!("[[evaluate]] output '{output}': the run wrote no {}", plan.output_dir.join(format!("{output}.tif")).display());
+            }
+            let evaluation = crate::eval::evaluate_map(&map, truth, lookup.as_ref(), e.stratified)
+                .with_context(|| format!("evaluating {output} against {}", truth.display()))?;
+            log::info!("{output} against {}: OA {:.4}, kappa {:.4}", truth.display(), evaluation.metrics.overall_accuracy, evaluation.metrics.kappa);
+            evaluations.push(EvaluationEntry { output: output.clone(), evaluation });
+        }
+        if jobs.len() > 1 && lookup.is_none() {
+            let maps: Vec<PathBuf> = jobs.iter().map(|(o, _)| staging.join(format!("{o}.tif"))).collect();
+            let truths: Vec<PathBuf> = jobs.iter().map(|(_, t)| t.clone()).collect();
+            let changes = crate::eval::change_agreement(&maps, &truths)?;
+            log::info!(
+                "{} against the true changes: {:.4} stable where nothing changed ({} pixel-years), {:.4} of {} true changes kept",
+                e.output,
+                changes.stable_share,
+                changes.unchanged,
+                changes.detected_share,
+                changes.changed
+            );
+            sections.push(SceneSection {
+                stage: e.output.clone(),
+                kind: "series evaluation",
+                plugin: truth_text.clone(),
+                summary: json!({
+                    "truth": truth_text,
+                    "unchanged_pixel_years": changes.unchanged,
+                    "stable_where_unchanged": changes.stable_share,
+                    "changed_pixel_years": changes.changed,
+                    "true_changes_kept": changes.detected_share,
+                    "true_changes_kept_with_right_class": changes.detected_correct_share,
+                }),
+            });
+        }
+    }
+    write_report(staging, manifest, &quicklooks, &evaluations, &sections)
 }

@@ -16,7 +16,8 @@
 
 use crate::bindings::types::{Cube, StageKind};
 use crate::plan::{Plan, Role, StagePlan};
-use crate::raster::{ChunkedRaster, ClassStyle, OutputKind, ReferenceMap, Series, Window, chunk_grid};
+use crate::outputs::{Output, PixelType};
+use crate::raster::{ClassStyle, ReferenceMap, Series, Window, chunk_grid};
 use crate::runtime::{CallContext, StagePool};
 use anyhow::{Context, Result, bail};
 use serde_json::json;
@@ -324,70 +325,6 @@ fn mask_style() -> ClassStyle {
     ClassStyle { classes: classes.iter().map(|(c, n, col)| (*c, n.to_string(), col.to_string())).collect() }
 }
 
-/// The value type of an output's pixels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum PixelType {
-    U8,
-    U16,
-    U32,
-    F32,
-}
-
-/// One output of the run (a stage's, or the aligned reference).
-pub(crate) struct Output {
-    pub(crate) raster: ChunkedRaster,
-    pixel: PixelType,
-    /// Output pixels per series pixel along each axis (a stage's footprint scale).
-    scale: usize,
-}
-
-impl Output {
-    pub(crate) fn new(partial_dir: &Path, run_dir: &Path, name: &str, grid: &crate::raster::Grid, pixel: PixelType, style: Option<ClassStyle>) -> Output {
-        let (kind, nodata) = match pixel {
-            PixelType::U8 => (OutputKind::Categorical, Some(255.0)),
-            PixelType::U16 | PixelType::U32 => (OutputKind::Categorical, Some(0.0)),
-            PixelType::F32 => (OutputKind::Continuous, Some(f64::NAN)),
-        };
-        let raster = ChunkedRaster::new(&partial_dir.join(name), &run_dir.join(format!("{name}.tif")), grid, kind, nodata, style);
-        Output { raster, pixel, scale: 1 }
-    }
-
-    /// An output on the grid `scale` times finer than `grid` (the series'), whose chunks
-    /// are given by their windows on the series' grid.
-    fn on_scaled_grid(partial_dir: &Path, run_dir: &Path, name: &str, grid: &crate::raster::Grid, scale: usize, pixel: PixelType, style: Option<ClassStyle>) -> Output {
-        Output { scale, ..Output::new(partial_dir, run_dir, name, &grid.scaled(scale), pixel, style) }
-    }
-
-    pub(crate) fn finish(&mut self, chunks: &[(usize, Window)]) -> Result<PathBuf> {
-        let scaled: Vec<(usize, Window)>;
-        let chunks = if self.scale == 1 {
-            chunks
-        } else {
-            scaled = chunks.iter().map(|(i, w)| (*i, w.scaled(self.scale))).collect();
-            &scaled
-        };
-        let path = match self.pixel {
-            PixelType::U8 => self.raster.finish::<u8>(chunks),
-            PixelType::U16 => self.raster.finish::<u16>(chunks),
-            PixelType::U32 => self.raster.finish::<u32>(chunks),
-            PixelType::F32 => self.raster.finish::<f32>(chunks),
-        }?;
-        crate::fail_point!("run::assembled");
-        Ok(path)
-    }
-
-    /// Assembles the output unless a run with the same key already did (its COG is in
-    /// the staging folder: it got its name there only when complete).
-    fn finish_or_reuse(&mut self, chunks: &[(usize, Window)]) -> Result<PathBuf> {
-        let target = self.raster.target().to_path_buf();
-        if target.exists() {
-            log::debug!("{} was assembled by an interrupted run", target.display());
-            return Ok(target);
-        }
-        self.finish(chunks)
-    }
-}
-
 /// The halo every chunk is read with and the tile its core is a multiple of, from the
 /// pipeline's `halo` and the chunk stages' footprints. A mask's output is valid `halo`
 /// px less far out than its input, and the stages after it read that output: so a
@@ -535,7 +472,7 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
         log::info!("resuming: {resumed} of {} chunks were done by an interrupted run", chunks.len());
     }
 
-    let years = years_of(&series.dates());
+    let years = crate::raster::years_of(&series.dates());
     let mut outputs: Vec<Output> = Vec::new();
     for (_, stage) in &chunk_stages {
         let (pixel, style) = match stage.chunk_plugin().info().kind {
@@ -736,7 +673,7 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
     let mut recorded = finished.clone();
     recorded.extend(scene_results.files.iter().cloned());
     let mut manifest = manifest(plan, &series, &run_dir, &recorded, &stage_nanos, &layout, chunks.len(), resumed, &unmapped, &models, seconds)?;
-    report(plan, &staging, &finished, &manifest, &scene_results.sections)?;
+    crate::report::evaluate_and_write(plan, &staging, &finished, &manifest, &scene_results.sections)?;
     crate::fail_point!("run::report_staged");
     // The manifest names every file the run publishes, so the next run into this
     // directory knows what to replace.
@@ -867,19 +804,6 @@ fn run_stages(
         outputs.push(output);
     }
     Ok(outputs)
-}
-
-/// The dates of each calendar year of the series, in order.
-pub(crate) fn years_of(dates: &[String]) -> Vec<(i32, Vec<usize>)> {
-    let mut years: Vec<(i32, Vec<usize>)> = Vec::new();
-    for (i, d) in dates.iter().enumerate() {
-        let year = crate::raster::parse_date(d).map_or(0, |(y, _, _)| y);
-        match years.last_mut() {
-            Some((y, list)) if *y == year => list.push(i),
-            _ => years.push((year, vec![i])),
-        }
-    }
-    years
 }
 
 /// The sub-cube of some dates (data and validity of those dates only).
@@ -1108,70 +1032,6 @@ fn manifest(
         "peak_rss_mib": peak_rss_mib(),
     });
     Ok(manifest)
-}
-
-/// Evaluates the staged outputs the pipeline asks for and stages the report.
-fn report(plan: &Plan, staging: &Path, outputs: &[PathBuf], manifest: &serde_json::Value, sections: &[crate::scene::SceneSection]) -> Result<()> {
-    let mut quicklooks = Vec::new();
-    for path in outputs {
-        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        let q = crate::raster::quicklook(path, 384, None).with_context(|| format!("drawing {}", path.display()))?;
-        quicklooks.push((name, q));
-    }
-    let mut evaluations = Vec::new();
-    let mut sections = sections.to_vec();
-    let years: Vec<i32> = years_of(&manifest["series"]["dates"].as_array().into_iter().flatten().filter_map(|d| d.as_str().map(str::to_string)).collect::<Vec<_>>())
-        .into_iter()
-        .map(|(y, _)| y)
-        .collect();
-    for e in &plan.evaluations {
-        let lookup = e.nomenclature.as_ref().map(|n| n.lookup());
-        let truth_text = e.truth.display().to_string();
-        // `truth = ".../{year}.tif"` evaluates each year's map of a per-year output, and
-        // how the series follows the true changes.
-        let jobs: Vec<(String, PathBuf)> = if truth_text.contains("{year}") {
-            years.iter().map(|y| (format!("{}_{y}", e.output), PathBuf::from(truth_text.replace("{year}", &y.to_string())))).collect()
-        } else {
-            vec![(e.output.clone(), e.truth.clone())]
-        };
-        for (output, truth) in &jobs {
-            let map = staging.join(format!("{output}.tif"));
-            if !map.exists() {
-                bail!("[[evaluate]] output '{output}': the run wrote no {}", plan.output_dir.join(format!("{output}.tif")).display());
-            }
-            let evaluation = crate::eval::evaluate_map(&map, truth, lookup.as_ref(), e.stratified)
-                .with_context(|| format!("evaluating {output} against {}", truth.display()))?;
-            log::info!("{output} against {}: OA {:.4}, kappa {:.4}", truth.display(), evaluation.metrics.overall_accuracy, evaluation.metrics.kappa);
-            evaluations.push(crate::report::EvaluationEntry { output: output.clone(), evaluation });
-        }
-        if jobs.len() > 1 && lookup.is_none() {
-            let maps: Vec<PathBuf> = jobs.iter().map(|(o, _)| staging.join(format!("{o}.tif"))).collect();
-            let truths: Vec<PathBuf> = jobs.iter().map(|(_, t)| t.clone()).collect();
-            let changes = crate::eval::change_agreement(&maps, &truths)?;
-            log::info!(
-                "{} against the true changes: {:.4} stable where nothing changed ({} pixel-years), {:.4} of {} true changes kept",
-                e.output,
-                changes.stable_share,
-                changes.unchanged,
-                changes.detected_share,
-                changes.changed
-            );
-            sections.push(crate::scene::SceneSection {
-                stage: e.output.clone(),
-                kind: "series evaluation",
-                plugin: truth_text.clone(),
-                summary: json!({
-                    "truth": truth_text,
-                    "unchanged_pixel_years": changes.unchanged,
-                    "stable_where_unchanged": changes.stable_share,
-                    "changed_pixel_years": changes.changed,
-                    "true_changes_kept": changes.detected_share,
-                    "true_changes_kept_with_right_class": changes.detected_correct_share,
-                }),
-            });
-        }
-    }
-    crate::report::write_report(staging, manifest, &quicklooks, &evaluations, &sections)
 }
 
 /// The process's peak resident memory so far (Linux `VmHWM`), for the manifest.

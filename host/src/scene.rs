@@ -18,17 +18,16 @@
 //! Fits and selections see samples that fit in memory; assignment and prediction
 //! stream chunks on all workers, as the chunk stages do.
 
-use crate::config::Nomenclature;
+use crate::bindings::types::StageKind;
+use crate::config::{ActiveLearning, Nomenclature, StageId};
 use crate::eval::Confusion;
 use crate::inference::Model;
-use crate::bindings::types::StageKind;
-use crate::config::{ActiveLearning, StageId};
+use crate::outputs::{Output, PixelType};
 use crate::plan::{Executor, Plan, RecipePlan, Role, StagePlan, Training};
 use crate::raster::{ClassRaster, ClassStyle, FeatureRaster, Grid, Window, pixel_centre};
-use crate::run::{Output, PixelType};
-use crate::runtime::data::{FeatureMatrix, ModelBlob, Probabilities};
+use crate::report::SceneSection;
+use crate::runtime::data::{FeatureMatrix, ModelBlob, Probabilities, SampleInput};
 use crate::runtime::{CallContext, Plugin, StageCallError, StagePool};
-use crate::runtime::data::SampleInput;
 use anyhow::{Context, Result, anyhow, bail};
 use rand::SeedableRng;
 use serde_json::{Value, json};
@@ -40,16 +39,6 @@ use std::time::Instant;
 
 /// Side of the blocks a labeller's hold-out split is drawn by.
 pub const HOLDOUT_BLOCK_PX: usize = 32;
-
-/// A section of the run report written by a scene stage.
-#[derive(Debug, Clone)]
-pub struct SceneSection {
-    pub stage: String,
-    pub kind: &'static str,
-    pub plugin: String,
-    /// What the report JSON records: the stage's own report plus the host's figures.
-    pub summary: Value,
-}
 
 /// What the scene stages produced.
 #[derive(Default)]

@@ -184,3 +184,16 @@ pub fn gdal_drivers() -> Vec<(&'static str, bool)> {
 pub fn gdal_driver_count() -> usize {
     gdal::DriverManager::count()
 }
+
+/// The dates of each calendar year of the series, in order.
+pub fn years_of(dates: &[String]) -> Vec<(i32, Vec<usize>)> {
+    let mut years: Vec<(i32, Vec<usize>)> = Vec::new();
+    for (i, d) in dates.iter().enumerate() {
+        let year = parse_date(d).map_or(0, |(y, _, _)| y);
+        match years.last_mut() {
+            Some((y, list)) if *y == year => list.push(i),
+            _ => years.push((year, vec![i])),
+        }
+    }
+    years
+}

@@ -3,6 +3,7 @@
 
 pub mod bindings;
 pub mod bench;
+pub mod chunks;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -25,8 +25,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 /// The mask class that leaves a pixel usable.
@@ -218,8 +217,6 @@ struct ChunkOutputs {
     stages: Vec<StageOutput>,
     reference: Option<Vec<u16>>,
 }
-
-type ChunkResult = (usize, Result<ChunkOutputs, String>);
 
 /// The working files of a run and the journal of chunks done.
 struct Partial {
@@ -501,119 +498,89 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
     let dates = series.dates();
     let in_range = mode.chunks(chunks.len()).len();
     let bar = progress_bar(options.progress, in_range, in_range - todo.len());
-    let next = AtomicUsize::new(0);
-    let (tx, rx) = mpsc::sync_channel::<ChunkResult>(workers * 2);
-    let worker_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
-    let mut failures: Vec<String> = Vec::new();
-    let mut write_error: Option<anyhow::Error> = None;
-
-    std::thread::scope(|scope| {
-        for _ in 0..workers {
-            let tx = tx.clone();
-            let (series, chunks, todo, pools, next, stage_nanos, dates, worker_error, lookup, unmapped, chunk_stages, years) =
-                (&series, &chunks, &todo, &pools, &next, &stage_nanos, &dates, &worker_error, &lookup, &unmapped, &chunk_stages, &years);
-            scope.spawn(move || {
-                let opened = series.reader().and_then(|reader| {
-                    let reference = plan.reference.as_ref().map(|r| ReferenceMap::open(&r.path, &series.grid)).transpose()?;
-                    Ok((reader, reference))
-                });
-                let (reader, reference) = match opened {
-                    Ok(r) => r,
-                    Err(e) => {
-                        *worker_error.lock().expect("lock") = Some(e);
-                        return;
+    let (series, dates, years, lookup) = (&series, &dates, &years, &lookup);
+    let outcome = crate::chunks::for_each(
+        workers,
+        &todo,
+        crate::chunks::OnFailure::Continue,
+        // Each worker reads through its own GDAL handles.
+        || {
+            let reader = series.reader()?;
+            let reference = plan.reference.as_ref().map(|r| ReferenceMap::open(&r.path, &series.grid)).transpose()?;
+            Ok((reader, reference))
+        },
+        |(reader, reference), index| -> Result<ChunkOutputs, String> {
+            let window = chunks[index];
+            let (width, height) = (series.grid.width, series.grid.height);
+            let read_window = window.with_halo(layout.halo, width, height);
+            let data = reader.read(read_window).map_err(|e| format!("chunk {index} ({window}): {e:#}"))?;
+            // Where the halo leaves the scene, it is filled by reflection.
+            let h = layout.halo;
+            let pad = [
+                h - (window.row - read_window.row),
+                h - (read_window.row + read_window.rows - window.row - window.rows),
+                h - (window.col - read_window.col),
+                h - (read_window.col + read_window.cols - window.col - window.cols),
+            ];
+            let (rows, cols) = (window.rows + 2 * h, window.cols + 2 * h);
+            let valid = if data.valid.is_empty() { data.valid } else { pad_reflect(&data.valid, read_window.rows, read_window.cols, pad) };
+            let cube = Cube {
+                dates: dates.clone(),
+                bands: series.bands.clone(),
+                rows: rows as u32,
+                cols: cols as u32,
+                data: pad_reflect(&data.data, read_window.rows, read_window.cols, pad),
+                valid,
+            };
+            let placement = crate::bindings::types::Placement {
+                row: window.row as i32 - h as i32,
+                col: window.col as i32 - h as i32,
+                core_row: h as u32,
+                core_col: h as u32,
+                core_rows: window.rows as u32,
+                core_cols: window.cols as u32,
+                scene_rows: height as u32,
+                scene_cols: width as u32,
+            };
+            let around = ChunkWindows {
+                index,
+                window,
+                outer: Window { row: 0, col: 0, rows, cols },
+                core: Window { row: h, col: h, rows: window.rows, cols: window.cols },
+                placement,
+            };
+            let stages = run_stages(&chunk_stages, &pools, &stage_nanos, years, &around, cube)?;
+            let reference = match &reference {
+                Some(r) => {
+                    let mut seen = BTreeMap::new();
+                    let labels = r.read(window, lookup, &mut seen).map_err(|e| format!("chunk {index}: {e:#}"))?;
+                    let mut all = unmapped.lock().expect("lock");
+                    for (code, n) in seen {
+                        *all.entry(code).or_default() += n;
                     }
-                };
-                loop {
-                    let k = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(&index) = todo.get(k) else { break };
-                    let window = chunks[index];
-                    let (width, height) = (series.grid.width, series.grid.height);
-                    let read_window = window.with_halo(layout.halo, width, height);
-                    let result = (|| {
-                        let data = reader.read(read_window).map_err(|e| format!("chunk {index} ({window}): {e:#}"))?;
-                        // Where the halo leaves the scene, it is filled by reflection.
-                        let h = layout.halo;
-                        let pad = [
-                            h - (window.row - read_window.row),
-                            h - (read_window.row + read_window.rows - window.row - window.rows),
-                            h - (window.col - read_window.col),
-                            h - (read_window.col + read_window.cols - window.col - window.cols),
-                        ];
-                        let (rows, cols) = (window.rows + 2 * h, window.cols + 2 * h);
-                        let valid = if data.valid.is_empty() { data.valid } else { pad_reflect(&data.valid, read_window.rows, read_window.cols, pad) };
-                        let cube = Cube {
-                            dates: dates.clone(),
-                            bands: series.bands.clone(),
-                            rows: rows as u32,
-                            cols: cols as u32,
-                            data: pad_reflect(&data.data, read_window.rows, read_window.cols, pad),
-                            valid,
-                        };
-                        let placement = crate::bindings::types::Placement {
-                            row: window.row as i32 - h as i32,
-                            col: window.col as i32 - h as i32,
-                            core_row: h as u32,
-                            core_col: h as u32,
-                            core_rows: window.rows as u32,
-                            core_cols: window.cols as u32,
-                            scene_rows: height as u32,
-                            scene_cols: width as u32,
-                        };
-                        let around = ChunkWindows {
-                            index,
-                            window,
-                            outer: Window { row: 0, col: 0, rows, cols },
-                            core: Window { row: h, col: h, rows: window.rows, cols: window.cols },
-                            placement,
-                        };
-                        let stages = run_stages(chunk_stages, pools, stage_nanos, years, &around, cube)?;
-                        let reference = match &reference {
-                            Some(r) => {
-                                let mut seen = BTreeMap::new();
-                                let labels = r.read(window, lookup, &mut seen).map_err(|e| format!("chunk {index}: {e:#}"))?;
-                                let mut all = unmapped.lock().expect("lock");
-                                for (code, n) in seen {
-                                    *all.entry(code).or_default() += n;
-                                }
-                                Some(labels)
-                            }
-                            None => None,
-                        };
-                        Ok(ChunkOutputs { stages, reference })
-                    })();
-                    if tx.send((index, result)).is_err() {
-                        break;
-                    }
+                    Some(labels)
                 }
-            });
-        }
-        drop(tx);
-
-        for (index, result) in rx {
+                None => None,
+            };
+            Ok(ChunkOutputs { stages, reference })
+        },
+        |index, chunk| {
             bar.inc(1);
-            match result {
-                Err(message) => failures.push(message),
-                Ok(_) if write_error.is_some() => {}
-                Ok(chunk) => {
-                    let written = write_chunk(&series, &mut outputs, &mut reference_out, index, chunks[index], chunk)
-                        .and_then(|()| partial.record(index));
-                    if let Err(e) = written {
-                        write_error = Some(e);
-                    }
-                    crate::fail_point!("run::chunk_written");
-                }
-            }
-        }
-    });
+            write_chunk(series, &mut outputs, &mut reference_out, index, chunks[index], chunk)?;
+            partial.record(index)?;
+            crate::fail_point!("run::chunk_written");
+            Ok(())
+        },
+    );
     bar.finish_and_clear();
     // The stage instances keep their linear memory (a chunk's worth each); free it
     // before GDAL assembles the COGs, so the two phases' peaks do not add up.
     drop(pools);
 
-    if let Some(e) = worker_error.into_inner().expect("lock").or(write_error) {
+    if let Some(e) = outcome.error {
         return Err(e);
     }
+    let mut failures: Vec<String> = outcome.failures.into_iter().map(|(_, message)| message).collect();
     if !failures.is_empty() {
         failures.sort();
         let shown = failures.iter().take(10).map(|f| format!("  - {f}")).collect::<Vec<_>>().join("\n");

@@ -33,8 +33,8 @@ use rand::SeedableRng;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 /// Side of the blocks a labeller's hold-out split is drawn by.
@@ -147,49 +147,23 @@ impl Scene<'_> {
         work: impl Fn(usize, Window) -> Result<T> + Sync,
         mut write: impl FnMut(usize, Window, T) -> Result<()>,
     ) -> Result<()> {
-        let next = AtomicUsize::new(0);
-        let failed: Mutex<Option<anyhow::Error>> = Mutex::new(None);
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, T)>(self.workers * 2);
-        let mut write_error = None;
-        std::thread::scope(|scope| {
-            for _ in 0..self.workers.min(self.chunks.len()).max(1) {
-                let tx = tx.clone();
-                let (next, failed, work) = (&next, &failed, &work);
-                scope.spawn(move || {
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(&window) = self.chunks.get(i) else { break };
-                        if failed.lock().expect("lock").is_some() {
-                            break;
-                        }
-                        match work(i, window) {
-                            Ok(t) => {
-                                if tx.send((i, t)).is_err() {
-                                    break;
-                                }
-                            }
-                            Err(e) => {
-                                failed.lock().expect("lock").get_or_insert(e.context(format!("chunk {i} ({window})")));
-                                break;
-                            }
-                        }
-                    }
-                });
-            }
-            drop(tx);
-            for (i, t) in rx {
-                if write_error.is_none() {
-                    if let Err(e) = write(i, self.chunks[i], t) {
-                        write_error = Some(e);
-                    }
-                    crate::fail_point!("scene::chunk_written");
-                }
-            }
-        });
-        match failed.into_inner().expect("lock").or(write_error) {
-            Some(e) => Err(e),
-            None => Ok(()),
+        let items: Vec<usize> = (0..self.chunks.len()).collect();
+        let outcome = crate::chunks::for_each(
+            self.workers,
+            &items,
+            crate::chunks::OnFailure::Stop,
+            || Ok(()),
+            |_, i| work(i, self.chunks[i]),
+            |i, t| {
+                write(i, self.chunks[i], t)?;
+                crate::fail_point!("scene::chunk_written");
+                Ok(())
+            },
+        );
+        if let Some((i, e)) = outcome.failures.into_iter().next() {
+            return Err(e.context(format!("chunk {i} ({})", self.chunks[i])));
         }
+        outcome.error.map_or(Ok(()), Err)
     }
 
     /// A seeded generator for one stage (its id mixed into the run's seed).

@@ -889,6 +889,10 @@ impl Plan {
             if stage.role.per_year() {
                 let _ = writeln!(out, "      once per year");
             }
+            if let Some(f) = stage.role.footprint() {
+                let tile = if f.tile == 0 { "any chunk".to_string() } else { format!("tiles of {} px", f.tile) };
+                let _ = writeln!(out, "      footprint {tile}, halo {} px, scale {}", f.halo, f.scale);
+            }
             if !stage.is_chunk_stage() {
                 let mut reads = Vec::new();
                 if let Some(input) = stage.role.input() {

@@ -331,9 +331,9 @@ fn chunk_geometry(pipeline_halo: usize, stages: &[(usize, &StagePlan)]) -> Resul
     let mut masks = 0;
     let mut tile = 0usize;
     for (_, stage) in stages {
-        let fp = stage.role.footprint().unwrap_or(crate::plan::Footprint { tile: 0, halo: 0, scale: 1 });
+        let Some(fp) = stage.role.footprint() else { continue };
         halo = halo.max(fp.halo + masks);
-        if stage.chunk_plugin().info().kind == StageKind::CloudMask {
+        if matches!(stage.role, Role::CloudMask { .. }) {
             masks += fp.halo;
         }
         if fp.tile > 0 {
@@ -405,7 +405,7 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
     // Cloud masks and features stream chunk by chunk; the scene stages run after them.
     let chunk_stages: Vec<(usize, &StagePlan)> = plan.stages.iter().enumerate().filter(|(_, s)| s.is_chunk_stage()).collect();
     let kinds: Vec<(StageKind, usize)> =
-        chunk_stages.iter().map(|(_, s)| (s.chunk_plugin().info().kind, s.role.footprint().map_or(1, |f| f.scale))).collect();
+        chunk_stages.iter().map(|(_, s)| (s.kind(), s.role.footprint().map_or(1, |f| f.scale))).collect();
     let (halo, tile) = chunk_geometry(plan.halo as usize, &chunk_stages)?;
     let workers = plan.worker_count();
     let layout = Layout::plan(
@@ -472,8 +472,8 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
     let years = crate::raster::years_of(&series.dates());
     let mut outputs: Vec<Output> = Vec::new();
     for (_, stage) in &chunk_stages {
-        let (pixel, style) = match stage.chunk_plugin().info().kind {
-            StageKind::CloudMask => (PixelType::U8, Some(mask_style())),
+        let (pixel, style) = match stage.role {
+            Role::CloudMask { .. } => (PixelType::U8, Some(mask_style())),
             _ => (PixelType::F32, None),
         };
         let scale = stage.role.footprint().map_or(1, |f| f.scale);
@@ -647,7 +647,7 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
     let published = run_dir.staged_files()?;
     manifest["published"] = json!(published.iter().map(|p| p.display().to_string()).collect::<Vec<_>>());
     drop(partial);
-    run_dir.publish(serde_json::to_string_pretty(&manifest)?.as_bytes())?;
+    run_dir.publish(&published, serde_json::to_string_pretty(&manifest)?.as_bytes())?;
     let shown = |p: &PathBuf| plan.output_dir.join(p.strip_prefix(&staging).unwrap_or(p));
     Ok(RunSummary {
         run_dir: plan.output_dir.clone(),

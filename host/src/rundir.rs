@@ -106,7 +106,7 @@ impl RunDir {
         // Shards starting together each take the lock shared; an exclusive holder
         // (a whole run, an assembly) makes this fail at once.
         acquire(root, &mut lock, &lock_path, true)?;
-        let dir = RunDir { root: root.to_path_buf(), _locks: vec![lock] };
+        let mut dir = RunDir { root: root.to_path_buf(), _locks: vec![lock] };
         if dir.publish_file().exists() {
             bail!(
                 "{}: a run was interrupted while publishing; `sitsflow assemble` (or `sitsflow run`) finishes it before shards start",
@@ -118,7 +118,6 @@ impl RunDir {
         let mut shard = lock_file(&shard_path)?;
         acquire(root, &mut shard, &shard_path, false)?;
         write_holder(&mut shard, &format!("shard {index}/{count}, "))?;
-        let mut dir = dir;
         dir._locks.push(shard);
         Ok(dir)
     }
@@ -154,10 +153,9 @@ impl RunDir {
         Ok(files)
     }
 
-    /// Publishes the staged run with `manifest` as its manifest, replacing the previous
-    /// run in the directory. Returns the published files (final paths).
-    pub fn publish(&self, manifest: &[u8]) -> Result<Vec<PathBuf>> {
-        let files = self.staged_files()?;
+    /// Publishes the staged `files` (as `staged_files` listed them for the manifest) with
+    /// `manifest` as the manifest, replacing the previous run in the directory.
+    pub fn publish(&self, files: &[PathBuf], manifest: &[u8]) -> Result<()> {
         crate::fsutil::write_atomic(&self.staging().join(MANIFEST), manifest)
             .with_context(|| format!("staging {}", self.staging().join(MANIFEST).display()))?;
         let old = previous_files(&self.root.join(MANIFEST));
@@ -171,8 +169,7 @@ impl RunDir {
             .with_context(|| format!("writing {}", self.publish_file().display()))?;
         sync_dir(&self.partial());
         crate::fail_point!("rundir::committed");
-        self.roll_forward()?;
-        Ok(files.iter().map(|f| self.root.join(f)).collect())
+        self.roll_forward()
     }
 
     /// Carries out `publish.json`: idempotent, so a kill at any point is finished by
@@ -211,7 +208,7 @@ impl RunDir {
 }
 
 /// The files the previous run published, from its manifest (`published`, or for
-/// manifests older than that list, its `outputs` and `files` inside the run directory).
+/// manifests older than that list, its `outputs` inside the run directory).
 fn previous_files(manifest: &Path) -> Vec<PathBuf> {
     let Ok(text) = std::fs::read_to_string(manifest) else { return Vec::new() };
     let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) else { return Vec::new() };
@@ -308,13 +305,13 @@ mod tests {
         let files = dir.staged_files().unwrap();
         assert_eq!(files, [PathBuf::from("a.tif"), "models/m/model.onnx".into(), "old.tif".into()]);
         let manifest = json!({ "published": files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>() });
-        dir.publish(manifest.to_string().as_bytes()).unwrap();
+        dir.publish(&files, manifest.to_string().as_bytes()).unwrap();
         assert_eq!(std::fs::read_to_string(tmp.path().join("models/m/model.onnx")).unwrap(), "m1");
         assert!(!dir.partial().exists());
 
         put(&dir.staging().join("a.tif"), "a2");
         let manifest = json!({ "published": ["a.tif"] });
-        dir.publish(manifest.to_string().as_bytes()).unwrap();
+        dir.publish(&dir.staged_files().unwrap(), manifest.to_string().as_bytes()).unwrap();
         assert_eq!(std::fs::read_to_string(tmp.path().join("a.tif")).unwrap(), "a2");
         assert!(!tmp.path().join("old.tif").exists(), "the previous run's file the new one does not make is gone");
         assert!(!tmp.path().join("models/m/model.onnx").exists());

@@ -103,6 +103,9 @@ fn a_stage_of_scale_4_writes_a_raster_on_a_grid_four_times_finer() {
     let map = dir.path().join("runs/fp/probe.tif");
     let ds = gdal::Dataset::open(&map).unwrap();
     assert_eq!(ds.raster_size(), (256, 256));
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("runs/fp/manifest.json")).unwrap()).unwrap();
+    let probe = manifest["graph"]["rasters"].as_array().unwrap().iter().find(|r| r["name"] == "probe").unwrap().clone();
+    assert_eq!((probe["width"].as_u64(), probe["height"].as_u64(), probe["scale"].as_u64()), (Some(256), Some(256), Some(4)), "{probe}");
     let series = Series::open(&common::small_demo().join("series"), None).unwrap();
     let (fine, coarse) = (ds.geo_transform().unwrap(), series.grid.geo_transform.unwrap());
     assert_eq!((fine[0], fine[3]), (coarse[0], coarse[3]), "same origin");

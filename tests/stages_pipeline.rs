@@ -89,6 +89,32 @@ fn seed001_chain_runs_end_to_end_and_the_markov_chain_steadies_the_series() {
     ] {
         assert!(run.join(name).exists(), "{name} missing; log:\n{log}");
     }
+
+    // The manifest records the compiled graph: one map node, an assemble node per chunk
+    // output, one fit node per scene stage in pipeline order (the decoder reading the
+    // labeller's posteriors, the labeller after its sampler), then the report.
+    let manifest = json(&run.join("manifest.json"));
+    let graph = &manifest["graph"];
+    let nodes = graph["nodes"].as_array().unwrap();
+    let kinds: Vec<&str> = nodes.iter().map(|n| n["node"].as_str().unwrap()).collect();
+    assert_eq!(kinds.first(), Some(&"map"));
+    assert_eq!(kinds.last(), Some(&"report"));
+    let fits: Vec<&str> = nodes.iter().filter(|n| n["node"] == "fit").map(|n| n["stage"].as_str().unwrap()).collect();
+    assert_eq!(fits, ["clusters", "reliable", "pseudo", "agreeing", "landcover", "consistent"]);
+    let rasters = graph["rasters"].as_array().unwrap();
+    let name_of = |r: &Value| rasters[r.as_u64().unwrap() as usize]["name"].as_str().unwrap().to_string();
+    let node = |stage: &str| nodes.iter().find(|n| n["stage"] == stage).unwrap();
+    let decoder_reads: Vec<String> = node("consistent")["reads"].as_array().unwrap().iter().map(name_of).collect();
+    assert_eq!(decoder_reads, ["landcover_2018_proba", "landcover_2019_proba", "landcover_2020_proba"]);
+    let agreeing = nodes.iter().position(|n| n["stage"] == "agreeing").unwrap();
+    assert_eq!(node("landcover")["after"], serde_json::json!([agreeing]));
+    let declared = rasters.iter().filter(|r| r["lifetime"] == "declared").count();
+    let assembled = kinds.iter().filter(|k| **k == "assemble").count();
+    assert_eq!(rasters.len() - declared, assembled, "every intermediate raster has its assemble node");
+    for r in rasters.iter().filter(|r| r["lifetime"] == "declared") {
+        let name = r["name"].as_str().unwrap();
+        assert!(run.join(format!("{name}.tif")).exists(), "the graph declares {name}.tif, which the run did not publish");
+    }
     // The samples CSV follows the shared convention: label names, ids, groups, features.
     let csv = std::fs::read_to_string(run.join("reliable.csv")).unwrap();
     let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();

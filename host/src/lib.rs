@@ -10,6 +10,7 @@ pub mod demo;
 pub mod eval;
 pub mod faults;
 pub mod fsutil;
+pub mod graph;
 pub mod hash;
 pub mod inference;
 pub mod network;

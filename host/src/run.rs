@@ -470,6 +470,10 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
     }
 
     let years = crate::raster::years_of(&series.dates());
+    let year_list: Vec<i32> = years.iter().map(|(y, _)| *y).collect();
+    let graph = crate::graph::Graph::compile(plan, &grid, &year_list);
+    graph.check_order().map_err(|e| anyhow::anyhow!("internal: the compiled graph is out of order: {e}"))?;
+    log::debug!("graph of '{}':\n{}", plan.name, graph.render(plan));
     let mut outputs: Vec<Output> = Vec::new();
     for (_, stage) in &chunk_stages {
         let (pixel, style) = match stage.role {
@@ -631,6 +635,8 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
     let aligned_reference = plan.reference.as_ref().map(|r| (staging.join("reference.tif"), &r.nomenclature));
     let scene_results = crate::scene::run(&scene, aligned_reference.as_ref().map(|(p, n)| (p.as_path(), *n)))?;
     finished.extend(scene_results.outputs.iter().cloned());
+    let rasters = finished.iter().chain(scene_results.files.iter().filter(|f| f.extension().is_some_and(|e| e == "tif")));
+    check_against_graph(&graph, rasters)?;
     let unmapped = unmapped.into_inner().expect("lock");
     if !unmapped.is_empty() {
         let list: Vec<String> = unmapped.iter().map(|(c, n)| format!("{c} ({n} px)")).collect();
@@ -640,6 +646,7 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
     let mut recorded = finished.clone();
     recorded.extend(scene_results.files.iter().cloned());
     let mut manifest = manifest(plan, &series, &run_dir, &recorded, &stage_nanos, &layout, chunks.len(), resumed, &unmapped, &models, seconds)?;
+    manifest["graph"] = graph.to_json(plan);
     crate::report::evaluate_and_write(plan, &staging, &finished, &manifest, &scene_results.sections)?;
     crate::fail_point!("run::report_staged");
     // The manifest names every file the run publishes, so the next run into this
@@ -657,6 +664,25 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
         chunk_size: layout.chunk_size,
         seconds,
     })
+}
+
+/// The declared rasters a run assembled must be exactly those its graph names: the
+/// graph is what the manifest records and what later tooling plans from.
+fn check_against_graph<'a>(graph: &crate::graph::Graph, finished: impl Iterator<Item = &'a PathBuf>) -> Result<()> {
+    let written: BTreeSet<String> =
+        finished.filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned())).collect();
+    let declared: BTreeSet<String> = graph
+        .rasters
+        .iter()
+        .filter(|r| r.lifetime == crate::graph::Lifetime::Declared)
+        .map(|r| r.name.clone())
+        .collect();
+    if written != declared {
+        let extra: Vec<&String> = written.difference(&declared).collect();
+        let missing: Vec<&String> = declared.difference(&written).collect();
+        bail!("internal: the run wrote rasters its graph does not name ({extra:?}) or missed ones it names ({missing:?})");
+    }
+    Ok(())
 }
 
 fn progress_bar(show: bool, total: usize, done: usize) -> indicatif::ProgressBar {

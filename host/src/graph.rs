@@ -117,14 +117,7 @@ impl Graph {
         }
 
         // Fit nodes, in pipeline order; a labeller's query sampler runs inside it.
-        let queries: Vec<&str> = plan
-            .stages
-            .iter()
-            .filter_map(|s| match &s.role {
-                Role::Labeller { training: Training::ActiveLearning { learning, .. }, .. } => Some(learning.query.as_str()),
-                _ => None,
-            })
-            .collect();
+        let queries = plan.query_samplers();
         let per_year_input = |input: &str| plan.stages.iter().any(|s| s.id.as_str() == input && s.role.per_year());
         let mut class_layers: Vec<RasterId> = g.declared("reference").into_iter().collect();
         for (s, stage) in plan.stages.iter().enumerate() {

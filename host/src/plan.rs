@@ -756,6 +756,18 @@ impl Plan {
         Plan::resolve(&pipeline, &source, runtime)
     }
 
+    /// The samplers that answer an active learner's queries: they run inside its loop,
+    /// not as stages of their own.
+    pub fn query_samplers(&self) -> Vec<&str> {
+        self.stages
+            .iter()
+            .filter_map(|s| match &s.role {
+                Role::Labeller { training: Training::ActiveLearning { learning, .. }, .. } => Some(learning.query.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Worker threads to use.
     pub fn worker_count(&self) -> usize {
         if self.workers > 0 {

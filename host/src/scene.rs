@@ -244,15 +244,7 @@ pub fn run(scene: &Scene, reference: Option<(&Path, &Nomenclature)>) -> Result<S
         layers.push(("reference".into(), path.to_path_buf()));
     }
     // Samplers that answer a labeller's active-learning queries run inside its loop only.
-    let queries: Vec<&str> = scene
-        .plan
-        .stages
-        .iter()
-        .filter_map(|s| match &s.role {
-            Role::Labeller { training: Training::ActiveLearning { learning, .. }, .. } => Some(learning.query.as_str()),
-            _ => None,
-        })
-        .collect();
+    let queries = scene.plan.query_samplers();
     for (s, stage) in scene.plan.stages.iter().enumerate() {
         if stage.is_chunk_stage() || queries.contains(&stage.id.as_str()) {
             continue;

@@ -215,21 +215,6 @@ impl Graph {
         self.nodes.iter().position(|n| matches!(n, Node::Fit { stage, .. } if plan.stages[*stage].id.as_str() == id))
     }
 
-    /// The fit node of stage `s` (an index into `plan.stages`).
-    pub fn fit_of_stage(&self, s: usize) -> Option<NodeId> {
-        self.nodes.iter().position(|n| matches!(n, Node::Fit { stage, .. } if *stage == s))
-    }
-
-    /// The names of the rasters a node writes.
-    pub fn writes(&self, node: NodeId) -> Vec<&str> {
-        let ids: &[RasterId] = match &self.nodes[node] {
-            Node::Map { writes, .. } | Node::Fit { writes, .. } => writes,
-            Node::Assemble { writes, .. } => std::slice::from_ref(writes),
-            Node::Report { .. } => &[],
-        };
-        ids.iter().map(|&r| self.rasters[r].name.as_str()).collect()
-    }
-
     /// Checks every node reads only rasters written by nodes before it: the order the
     /// run executes them in is a topological order.
     pub fn check_order(&self) -> Result<(), String> {

@@ -155,10 +155,10 @@ fn a_run_killed_at_any_point_resumes_to_the_bytes_of_an_uninterrupted_run() {
         ("run::chunk_written=2*off->return", "chunk phase, after 3 of 4 chunks"),
         ("raster::cog_copied=1*off->return", "COG assembly, a COG complete under its temporary name"),
         ("run::assembled=2*off->return", "COG assembly, after 3 outputs"),
-        ("scene::chunk_written=1*off->return", "the clusterer's assignment, mid-scene"),
-        ("scene::stage_done=2*off->return", "after the reliable-samples sampler"),
-        ("scene::stage_done=3*off->return", "after the pseudo-label forest"),
-        ("scene::chunk_written=20*off->return", "the final forest's or the decoder's chunks"),
+        ("fit::chunk_written=1*off->return", "the clusterer's assignment, mid-scene"),
+        ("fit::node_done=2*off->return", "after the reliable-samples sampler"),
+        ("fit::node_done=3*off->return", "after the pseudo-label forest"),
+        ("fit::chunk_written=20*off->return", "the final forest's or the decoder's chunks"),
         ("run::report_staged=return", "report written, nothing published"),
         ("rundir::committed=return", "publish committed, nothing moved"),
         ("rundir::published_first=return", "publish halfway"),
@@ -188,6 +188,15 @@ fn a_run_killed_at_any_point_resumes_to_the_bytes_of_an_uninterrupted_run() {
         if fingerprint(&run) != expected {
             failures.push(format!("{point} ({phase}): the resumed run differs from the uninterrupted one"));
         }
+        // Killed after fit node N+1, the rerun takes the first N+1 fit nodes over from
+        // their journal instead of fitting them again.
+        if let Some(n) = point.strip_prefix("fit::node_done=").and_then(|r| r.split('*').next()).and_then(|n| n.parse::<usize>().ok()) {
+            let fit_stages = ["clusters", "reliable", "pseudo", "agreeing", "landcover", "consistent"];
+            let resumed = manifest(&run)["resumed_nodes"].clone();
+            if resumed != serde_json::json!(fit_stages[..=n]) {
+                failures.push(format!("{point} ({phase}): the rerun took over {resumed}, not the {} fit nodes done", n + 1));
+            }
+        }
         assert!(!run.join(".partial").exists(), "{point}: the working folder is removed after success");
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -210,7 +219,7 @@ fn a_run_killed_over_a_finished_run_leaves_it_intact_or_without_a_manifest() {
     std::fs::write(dir.path().join("pipeline.toml"), &changed).unwrap();
     assert!(sitsflow(dir.path(), &["--quiet", "plugins", "lock", "pipeline.toml"], None).status.success());
 
-    for point in ["run::chunk_written=1*off->return", "scene::stage_done=4*off->return", "run::report_staged=return"] {
+    for point in ["run::chunk_written=1*off->return", "fit::node_done=4*off->return", "run::report_staged=return"] {
         let out = sitsflow(dir.path(), &["--quiet", "run", "pipeline.toml"], Some(point));
         assert!(was_killed(&out), "{point}: {}", text(&out.stderr));
         assert_eq!(hashes(&run), before, "{point}: the finished run must be untouched until the new one is complete");

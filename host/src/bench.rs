@@ -38,8 +38,9 @@ fn machine() -> Value {
     })
 }
 
-/// Runs `pipeline` `runs` times and writes the record to `out`.
-pub fn bench(pipeline: &Path, runs: usize, out: &Path) -> Result<Value> {
+/// Runs `pipeline` `runs` times (with the memory budget `budget_mib` instead of the
+/// pipeline's, when given) and writes the record to `out`.
+pub fn bench(pipeline: &Path, runs: usize, out: &Path, budget_mib: Option<u32>) -> Result<Value> {
     if runs == 0 {
         bail!("--runs must be at least 1");
     }
@@ -49,11 +50,12 @@ pub fn bench(pipeline: &Path, runs: usize, out: &Path) -> Result<Value> {
     for i in 0..runs {
         let dir = scratch.path().join(format!("run-{i}"));
         let started = Instant::now();
-        let child = Command::new(&exe)
-            .args(["--quiet", "run"])
-            .arg(pipeline)
-            .arg("--output")
-            .arg(&dir)
+        let mut command = Command::new(&exe);
+        command.args(["--quiet", "run"]).arg(pipeline).arg("--output").arg(&dir);
+        if let Some(budget) = budget_mib {
+            command.arg("--memory-budget-mib").arg(budget.to_string());
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -93,6 +95,7 @@ pub fn bench(pipeline: &Path, runs: usize, out: &Path) -> Result<Value> {
             "mpx_per_s": megapixels / wall_s,
             "stages": stages,
             "outputs": manifest["outputs"],
+            "memory": manifest["memory"],
         }));
     }
     let column = |key: &str| median(records.iter().filter_map(|r| r[key].as_f64()).collect());
@@ -110,6 +113,7 @@ pub fn bench(pipeline: &Path, runs: usize, out: &Path) -> Result<Value> {
         "bench": "sitsflow",
         "pipeline": pipeline.display().to_string(),
         "pipeline_sha256": crate::hash::sha256_file(pipeline).ok(),
+        "memory_budget_mib": budget_mib,
         "runs": records,
         "median": { "wall_s": column("wall_s"), "cpu_s": column("cpu_s"), "peak_rss_mib": column("peak_rss_mib"),
                     "mpx_per_s": column("mpx_per_s"), "stages": stage_summary },
@@ -118,6 +122,45 @@ pub fn bench(pipeline: &Path, runs: usize, out: &Path) -> Result<Value> {
     });
     crate::fsutil::write_atomic(out, serde_json::to_string_pretty(&record)?.as_bytes()).with_context(|| format!("writing {}", out.display()))?;
     Ok(record)
+}
+
+/// Runs `pipeline` once per memory budget and writes one record holding each budget's
+/// run: its peak resident memory, that peak's ratio to the budget (the baseline), and
+/// the node that peaked. Returns the table it prints and whether every run stayed
+/// within its budget.
+pub fn bench_memory(pipeline: &Path, budgets: &[u32], out: &Path) -> Result<(String, bool)> {
+    let mut rows = Vec::new();
+    let mut table = format!("{:>10} {:>10} {:>8} {:>10} {:>8}  {}\n", "budget MiB", "peak MiB", "peak/b", "estimate", "wall s", "highest node");
+    let mut within = true;
+    for &budget in budgets {
+        let scratch = tempfile::Builder::new().prefix("sitsflow-bench-").tempdir().context("creating a scratch folder")?;
+        let record = bench(pipeline, 1, &scratch.path().join("record.json"), Some(budget))?;
+        let run = &record["runs"][0];
+        let peak = run["peak_rss_mib"].as_f64().unwrap_or(f64::NAN);
+        let ratio = peak / budget as f64;
+        within &= ratio <= 1.0;
+        let manifest_estimate = run["memory"]["estimate_mib"].as_f64();
+        let highest = run["memory"]["highest_node"].as_str().unwrap_or("?").to_string();
+        table.push_str(&format!(
+            "{budget:>10} {peak:>10.0} {ratio:>7.2}x {:>10} {:>8.1}  {highest}{}\n",
+            manifest_estimate.map_or("-".to_string(), |e| format!("{e:.0}")),
+            run["wall_s"].as_f64().unwrap_or(f64::NAN),
+            if ratio > 1.0 { "  OVER BUDGET" } else { "" }
+        ));
+        rows.push(json!({ "budget_mib": budget, "peak_rss_mib": peak, "peak_over_budget": ratio, "run": run }));
+    }
+    let record = json!({
+        "bench": "sitsflow-memory",
+        "pipeline": pipeline.display().to_string(),
+        "pipeline_sha256": crate::hash::sha256_file(pipeline).ok(),
+        "baseline": "each run's memory_budget_mib",
+        "budgets": rows,
+        "within_budget": within,
+        "machine": machine(),
+        "versions": { "sitsflow": env!("CARGO_PKG_VERSION"), "gdal": crate::raster::gdal_version(), "wasmtime": "48.0.8" },
+    });
+    crate::fsutil::write_atomic(out, serde_json::to_string_pretty(&record)?.as_bytes()).with_context(|| format!("writing {}", out.display()))?;
+    Ok((table, within))
 }
 
 /// The table of `b / a` ratios of two bench records' medians.

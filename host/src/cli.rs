@@ -50,6 +50,10 @@ pub enum Command {
         /// shards in the same run directory; `sitsflow assemble` then finishes the run.
         #[arg(long, value_name = "I/N", value_parser = crate::run::RunMode::parse_shard)]
         shard: Option<crate::run::RunMode>,
+        /// Hold at most this much memory instead of the pipeline's `memory_budget_mib`
+        /// (the chunk grid, and so the run key, follow the budget).
+        #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u32).range(64..))]
+        memory_budget_mib: Option<u32>,
     },
     /// Finish a sharded run once every shard is done: assemble the outputs, run the
     /// scene stages, write the report and publish (refused while chunks are missing).
@@ -72,6 +76,10 @@ pub enum Command {
         /// Print the ratios of two records (b / a) instead of running.
         #[arg(long, num_args = 2, value_names = ["A", "B"], conflicts_with = "pipeline")]
         compare: Vec<PathBuf>,
+        /// Run once per budget (`256,512,1024`) and report each run's peak resident
+        /// memory against its budget; exits 1 when one is over.
+        #[arg(long, value_name = "MIB,…", value_delimiter = ',', conflicts_with = "compare")]
+        memory_budgets: Vec<u32>,
     },
     /// Check a pipeline (syntax, plugins, parameters, lockfile) and print its plan.
     Validate {
@@ -240,6 +248,10 @@ fn runtime() -> Result<Arc<Runtime>> {
 fn dispatch(cli: &Cli) -> Result<(), Failure> {
     match &cli.command {
         Command::Run { pipeline, output, .. } | Command::Assemble { pipeline, output } => {
+            let budget = match &cli.command {
+                Command::Run { memory_budget_mib, .. } => *memory_budget_mib,
+                _ => None,
+            };
             let mode = match &cli.command {
                 Command::Run { shard: Some(shard), .. } => *shard,
                 Command::Assemble { .. } => crate::run::RunMode::Assemble,
@@ -249,6 +261,9 @@ fn dispatch(cli: &Cli) -> Result<(), Failure> {
             let mut plan = Plan::load(pipeline, &runtime)?;
             if let Some(dir) = output {
                 plan.output_dir = dir.clone();
+            }
+            if let Some(budget) = budget {
+                plan.memory_budget_mib = budget;
             }
             plan.verify_lock().map_err(Failure::Lock)?;
             let options = crate::run::RunOptions { progress: !cli.quiet, mode };
@@ -273,12 +288,20 @@ fn dispatch(cli: &Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Plugins(command) => plugins(command, cli.quiet),
-        Command::Bench { pipeline, runs, out, compare } => {
+        Command::Bench { pipeline, runs, out, compare, memory_budgets } => {
             if let [a, b] = compare.as_slice() {
                 print!("{}", crate::bench::compare(a, b)?);
+            } else if !memory_budgets.is_empty() {
+                let pipeline = pipeline.as_ref().expect("clap requires a pipeline without --compare");
+                let (table, within) = crate::bench::bench_memory(pipeline, memory_budgets, out)?;
+                print!("{table}");
+                println!("wrote {}", out.display());
+                if !within {
+                    return Err(anyhow::anyhow!("a run held more than its memory budget (see the table)").into());
+                }
             } else {
                 let pipeline = pipeline.as_ref().expect("clap requires a pipeline without --compare");
-                let record = crate::bench::bench(pipeline, *runs, out)?;
+                let record = crate::bench::bench(pipeline, *runs, out, None)?;
                 println!(
                     "{} runs: median wall {:.2} s, CPU {:.2} s, peak {:.0} MiB, {:.2} Mpx/s; wrote {}",
                     runs,

@@ -56,6 +56,63 @@ pub struct RasterRef {
     pub producer: NodeId,
 }
 
+/// What a fit node reads and writes, per kind: the drivers (`crate::fit`) take every
+/// raster name from here, so the graph is the one source of the run's names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FitIo {
+    /// Fitted on a sample of `features` (None: its input is per-year and it names no
+    /// year, which the driver refuses), then assigns every pixel into `map`.
+    Cluster { features: Option<RasterId>, map: RasterId },
+    /// Chooses among candidate pixels (those `layers[0]` = `reference` labels, when the
+    /// pipeline has one) with their `features` and the class `layers` written so far.
+    Sample { features: Option<RasterId>, layers: Vec<RasterId>, map: RasterId },
+    /// Trains (or loads a model) and predicts each of `maps`; `oracle` is the reference
+    /// an active learner asks for labels.
+    Label { maps: Vec<LabelMaps>, oracle: Option<RasterId> },
+    /// Decodes yearly `posteriors` into yearly `maps`, the change count and from → to.
+    Decode { posteriors: Vec<RasterId>, maps: Vec<RasterId>, changes: RasterId, fromto: RasterId },
+}
+
+/// One map a labeller predicts, from one features raster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelMaps {
+    /// The year of per-year features (None: features without years).
+    pub year: Option<i32>,
+    pub features: RasterId,
+    pub map: RasterId,
+    pub confidence: RasterId,
+    /// Kept for a decoder that reads this labeller.
+    pub proba: Option<RasterId>,
+}
+
+impl FitIo {
+    pub fn reads(&self) -> Vec<RasterId> {
+        match self {
+            FitIo::Cluster { features, .. } => features.iter().copied().collect(),
+            FitIo::Sample { features, layers, .. } => features.iter().chain(layers).copied().collect(),
+            FitIo::Label { maps, oracle } => maps.iter().map(|m| m.features).chain(*oracle).collect(),
+            FitIo::Decode { posteriors, .. } => posteriors.clone(),
+        }
+    }
+
+    pub fn writes(&self) -> Vec<RasterId> {
+        match self {
+            FitIo::Cluster { map, .. } | FitIo::Sample { map, .. } => vec![*map],
+            FitIo::Label { maps, .. } => maps.iter().flat_map(|m| [m.map, m.confidence].into_iter().chain(m.proba)).collect(),
+            FitIo::Decode { maps, changes, fromto, .. } => maps.iter().copied().chain([*changes, *fromto]).collect(),
+        }
+    }
+
+    /// The class rasters it writes, offered as layers to the samplers after it.
+    fn class_layers(&self) -> Vec<RasterId> {
+        match self {
+            FitIo::Cluster { map, .. } | FitIo::Sample { map, .. } => vec![*map],
+            FitIo::Label { maps, .. } => maps.iter().map(|m| m.map).collect(),
+            FitIo::Decode { maps, .. } => maps.clone(),
+        }
+    }
+}
+
 /// A step of the run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Node {
@@ -67,7 +124,7 @@ pub enum Node {
     /// One whole-scene stage; `query` is the sampler an active learner calls inside
     /// its loop (not a node of its own); `after` are nodes it needs besides rasters (a
     /// labeller needs its sampler's selection).
-    Fit { stage: usize, query: Option<usize>, reads: Vec<RasterId>, writes: Vec<RasterId>, after: Vec<NodeId> },
+    Fit { stage: usize, query: Option<usize>, io: FitIo, after: Vec<NodeId> },
     /// Evaluations, report, manifest, publish.
     Report { reads: Vec<RasterId> },
 }
@@ -119,41 +176,40 @@ impl Graph {
         // Fit nodes, in pipeline order; a labeller's query sampler runs inside it.
         let queries = plan.query_samplers();
         let per_year_input = |input: &str| plan.stages.iter().any(|s| s.id.as_str() == input && s.role.per_year());
-        let mut class_layers: Vec<RasterId> = g.declared("reference").into_iter().collect();
+        let reference = g.declared("reference");
+        // Class rasters offered to samplers: the reference, then each fit node's maps.
+        let mut class_layers: Vec<RasterId> = reference.into_iter().collect();
+        let u16_map = Pixels::Known(PixelType::U16);
         for (s, stage) in plan.stages.iter().enumerate() {
             if stage.is_chunk_stage() || queries.contains(&stage.id.as_str()) {
                 continue;
             }
             let node = g.nodes.len();
             let id = stage.id.as_str();
-            // The features a stage reads: of its year, or of every year.
-            let features: Vec<RasterId> = match stage.role.input() {
-                Some(input) if per_year_input(input.as_str()) => match stage.role.year() {
-                    Some(y) => g.declared(&format!("{input}_{y}")).into_iter().collect(),
-                    None if stage.kind() == StageKind::Labeller => {
-                        years.iter().filter_map(|y| g.declared(&format!("{input}_{y}"))).collect()
-                    }
-                    None => Vec::new(),
-                },
-                Some(input) => g.declared(input.as_str()).into_iter().collect(),
-                None => Vec::new(),
+            // The features raster a clusterer or sampler reads: its input's, or that
+            // input's raster of the stage's year (None for per-year features without one).
+            let one_features = |g: &Graph| match stage.role.input() {
+                Some(input) if per_year_input(input.as_str()) => stage.role.year().and_then(|y| g.declared(&format!("{input}_{y}"))),
+                Some(input) => g.declared(input.as_str()),
+                None => None,
             };
-            let mut reads = features;
             let mut after = Vec::new();
-            let mut names: Vec<(String, Pixels)> = Vec::new();
             let mut query = None;
-            match &stage.role {
-                Role::Clusterer { .. } => names.push((id.to_string(), Pixels::Known(PixelType::U16))),
-                Role::Sampler { .. } => {
-                    reads.extend(class_layers.iter().copied());
-                    names.push((id.to_string(), Pixels::Known(PixelType::U16)));
-                }
+            let declare = |g: &mut Graph, name: String, pixels: Pixels| add(g, name, 1, pixels, Lifetime::Declared, node);
+            let io = match &stage.role {
+                Role::Clusterer { .. } => FitIo::Cluster { features: one_features(&g), map: declare(&mut g, id.to_string(), u16_map) },
+                Role::Sampler { .. } => FitIo::Sample {
+                    features: one_features(&g),
+                    layers: class_layers.clone(),
+                    map: declare(&mut g, id.to_string(), u16_map),
+                },
                 Role::Labeller { input, training, .. } => {
+                    let mut oracle = None;
                     let sampler = match training {
                         Training::Samples(samples) => Some(samples),
                         Training::ActiveLearning { samples, learning } => {
                             query = plan.stages.iter().position(|q| q.id == learning.query);
-                            reads.extend(g.declared("reference"));
+                            oracle = reference;
                             Some(samples)
                         }
                         Training::Stored(_) => None,
@@ -163,42 +219,39 @@ impl Graph {
                     }
                     let decoded = plan.stages.iter().any(|d| matches!(&d.role, Role::Decoder { input } if *input == stage.id));
                     // Trained on one year or on all, it predicts every year of per-year features.
-                    let maps: Vec<String> = if per_year_input(input.as_str()) {
-                        years.iter().map(|y| format!("{id}_{y}")).collect()
+                    let sources: Vec<(Option<i32>, String, String)> = if per_year_input(input.as_str()) {
+                        years.iter().map(|y| (Some(*y), format!("{input}_{y}"), format!("{id}_{y}"))).collect()
                     } else {
-                        vec![id.to_string()]
+                        vec![(None, input.to_string(), id.to_string())]
                     };
-                    for map in maps {
-                        names.push((map.clone(), Pixels::Known(PixelType::U16)));
-                        names.push((format!("{map}_confidence"), Pixels::Known(PixelType::F32)));
-                        if decoded {
-                            names.push((format!("{map}_proba"), Pixels::Known(PixelType::F32)));
-                        }
+                    let mut maps = Vec::new();
+                    for (year, features, map) in sources {
+                        let Some(features) = g.declared(&features) else { continue };
+                        maps.push(LabelMaps {
+                            year,
+                            features,
+                            map: declare(&mut g, map.clone(), u16_map),
+                            confidence: declare(&mut g, format!("{map}_confidence"), Pixels::Known(PixelType::F32)),
+                            proba: decoded.then(|| declare(&mut g, format!("{map}_proba"), Pixels::Known(PixelType::F32))),
+                        });
                     }
+                    FitIo::Label { maps, oracle }
                 }
                 Role::Decoder { input } => {
                     let from_labeller = plan.stages.iter().any(|l| &l.id == input && l.kind() == StageKind::Labeller);
-                    reads = years
+                    let posteriors = years
                         .iter()
                         .filter_map(|y| g.declared(&if from_labeller { format!("{input}_{y}_proba") } else { format!("{input}_{y}") }))
                         .collect();
-                    for y in years {
-                        names.push((format!("{id}_{y}"), Pixels::Known(PixelType::U16)));
-                    }
-                    names.push((format!("{id}_changes"), Pixels::Known(PixelType::U16)));
-                    names.push((format!("{id}_fromto"), Pixels::FromToCoding));
+                    let maps = years.iter().map(|y| declare(&mut g, format!("{id}_{y}"), u16_map)).collect();
+                    let changes = declare(&mut g, format!("{id}_changes"), u16_map);
+                    let fromto = declare(&mut g, format!("{id}_fromto"), Pixels::FromToCoding);
+                    FitIo::Decode { posteriors, maps, changes, fromto }
                 }
                 Role::CloudMask { .. } | Role::Features { .. } => unreachable!("chunk stages are in the map node"),
-            }
-            let writes: Vec<RasterId> = names.into_iter().map(|(n, p)| add(&mut g, n, 1, p, Lifetime::Declared, node)).collect();
-            // Class rasters become layers for the samplers after this stage.
-            if matches!(stage.role, Role::Labeller { .. } | Role::Decoder { .. } | Role::Clusterer { .. } | Role::Sampler { .. }) {
-                class_layers.extend(writes.iter().copied().filter(|&r| {
-                    let n = &g.rasters[r].name;
-                    !n.ends_with("_confidence") && !n.ends_with("_proba") && !n.ends_with("_changes") && !n.ends_with("_fromto")
-                }));
-            }
-            g.nodes.push(Node::Fit { stage: s, query, reads, writes, after });
+            };
+            class_layers.extend(io.class_layers());
+            g.nodes.push(Node::Fit { stage: s, query, io, after });
         }
         let declared = (0..g.rasters.len()).filter(|&r| g.rasters[r].lifetime == Lifetime::Declared).collect();
         g.nodes.push(Node::Report { reads: declared });
@@ -222,7 +275,7 @@ impl Graph {
             let (reads, after): (Vec<RasterId>, &[NodeId]) = match node {
                 Node::Map { .. } => (Vec::new(), &[]),
                 Node::Assemble { reads, .. } => (vec![*reads], &[]),
-                Node::Fit { reads, after, .. } => (reads.clone(), after),
+                Node::Fit { io, after, .. } => (io.reads(), after),
                 Node::Report { reads } => (reads.clone(), &[]),
             };
             if let Some(r) = reads.iter().find(|&&r| self.rasters[r].producer >= n) {
@@ -272,13 +325,13 @@ impl Graph {
                     "writes": writes,
                 }),
                 Node::Assemble { reads, writes } => json!({ "node": "assemble", "reads": [reads], "writes": [writes] }),
-                Node::Fit { stage, query, reads, writes, after } => json!({
+                Node::Fit { stage, query, io, after } => json!({
                     "node": "fit",
                     "stage": plan.stages[*stage].id.to_string(),
                     "kind": plan.stages[*stage].kind_name(),
                     "query": query.map(|q| plan.stages[q].id.to_string()),
-                    "reads": reads,
-                    "writes": writes,
+                    "reads": io.reads(),
+                    "writes": io.writes(),
                     "after": after,
                 }),
                 Node::Report { reads } => json!({ "node": "report", "reads": reads }),
@@ -302,8 +355,9 @@ impl Graph {
                     let r = &self.rasters[*writes];
                     format!("assemble {}.tif ({} × {} {})", r.name, r.grid.width, r.grid.height, Self::pixels_name(r.pixels))
                 }
-                Node::Fit { stage, reads, writes, .. } => {
-                    format!("fit {} ({}) [{}] → {}", plan.stages[*stage].id, plan.stages[*stage].kind_name(), names(reads), names(writes))
+                Node::Fit { stage, io, .. } => {
+                    let (reads, writes) = (io.reads(), io.writes());
+                    format!("fit {} ({}) [{}] → {}", plan.stages[*stage].id, plan.stages[*stage].kind_name(), names(&reads), names(&writes))
                 }
                 Node::Report { reads } => format!("report over {} rasters", reads.len()),
             };

@@ -13,10 +13,10 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 /// A section of the run report written by a scene stage.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SceneSection {
     pub stage: String,
-    pub kind: &'static str,
+    pub kind: String,
     pub plugin: String,
     /// What the report JSON records: the stage's own report plus the host's figures.
     pub summary: Value,
@@ -169,7 +169,7 @@ fn curve_svg(curve: &Value) -> String {
 fn section_html(section: &SceneSection) -> String {
     let mut html = format!(
         "<h2>{} <code>{}</code> ({})</h2>",
-        esc(section.kind),
+        esc(&section.kind),
         esc(&section.stage),
         esc(&section.plugin)
     );
@@ -451,7 +451,7 @@ pub fn evaluate_and_write(plan: &crate::plan::Plan, staging: &Path, outputs: &[P
             );
             sections.push(SceneSection {
                 stage: e.output.clone(),
-                kind: "series evaluation",
+                kind: "series evaluation".into(),
                 plugin: truth_text.clone(),
                 summary: json!({
                     "truth": truth_text,

@@ -503,6 +503,8 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
     let in_range = mode.chunks(chunks.len()).len();
     let bar = progress_bar(options.progress, in_range, in_range - todo.len());
     let (series, dates, years, lookup) = (&series, &dates, &years, &lookup);
+    let mut peaks = crate::memory::Peaks::default();
+    peaks.start();
     let outcome = crate::chunks::for_each(
         workers,
         &todo,
@@ -580,6 +582,7 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
     // The stage instances keep their linear memory (a chunk's worth each); free it
     // before GDAL assembles the COGs, so the two phases' peaks do not add up.
     drop(pools);
+    peaks.finish("map");
 
     if let Some(e) = outcome.error {
         return Err(e);
@@ -617,12 +620,15 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
     }
     let all: Vec<(usize, Window)> = chunks.iter().copied().enumerate().collect();
     let mut finished = Vec::new();
+    peaks.start();
     for output in outputs.iter_mut().chain(reference_out.as_mut()) {
         finished.push(output.finish_or_reuse(&all)?);
     }
-    let scene = crate::scene::Scene {
+    peaks.finish("assemble");
+    let context = crate::fit::Context {
         plan,
-        years: years.iter().map(|(y, _)| *y).collect(),
+        graph: &graph,
+        years: year_list.clone(),
         grid: &grid,
         chunks: &chunks,
         chunk_size: layout.chunk_size,
@@ -632,10 +638,9 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
         stage_nanos: &stage_nanos,
         models: models.clone(),
     };
-    let aligned_reference = plan.reference.as_ref().map(|r| (staging.join("reference.tif"), &r.nomenclature));
-    let scene_results = crate::scene::run(&scene, aligned_reference.as_ref().map(|(p, n)| (p.as_path(), *n)))?;
-    finished.extend(scene_results.outputs.iter().cloned());
-    let rasters = finished.iter().chain(scene_results.files.iter().filter(|f| f.extension().is_some_and(|e| e == "tif")));
+    let fitted = crate::fit::run(&context, &mut peaks)?;
+    finished.extend(fitted.outputs.iter().cloned());
+    let rasters = finished.iter().chain(fitted.files.iter().filter(|f| f.extension().is_some_and(|e| e == "tif")));
     check_against_graph(&graph, rasters)?;
     let unmapped = unmapped.into_inner().expect("lock");
     if !unmapped.is_empty() {
@@ -644,10 +649,15 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
     }
     let seconds = started.elapsed().as_secs_f64();
     let mut recorded = finished.clone();
-    recorded.extend(scene_results.files.iter().cloned());
+    recorded.extend(fitted.files.iter().cloned());
     let mut manifest = manifest(plan, &series, &run_dir, &recorded, &stage_nanos, &layout, chunks.len(), resumed, &unmapped, &models, seconds)?;
     manifest["graph"] = graph.to_json(plan);
-    crate::report::evaluate_and_write(plan, &staging, &finished, &manifest, &scene_results.sections)?;
+    manifest["resumed_nodes"] = json!(fitted.resumed);
+    manifest["peak_rss_mib"] = json!(peaks.overall());
+    peaks.measure("report", || crate::report::evaluate_and_write(plan, &staging, &finished, &manifest, &fitted.sections))?;
+    manifest["peak_rss_mib"] = json!(peaks.overall());
+    manifest["memory"] = peaks.to_json(plan.memory_budget_mib as u64);
+    manifest["memory"]["estimate_mib"] = json!(layout.estimate_mib);
     crate::fail_point!("run::report_staged");
     // The manifest names every file the run publishes, so the next run into this
     // directory knows what to replace.
@@ -1022,17 +1032,8 @@ fn manifest(
         "memory_budget_mib": plan.memory_budget_mib,
         "memory_estimate_mib": layout.estimate_mib,
         "wall_seconds": seconds,
-        "peak_rss_mib": peak_rss_mib(),
     });
     Ok(manifest)
-}
-
-/// The process's peak resident memory so far (Linux `VmHWM`), for the manifest.
-pub fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
 }
 
 #[cfg(test)]

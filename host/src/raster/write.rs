@@ -57,6 +57,22 @@ fn cog_options(kind: OutputKind) -> RasterCreationOptions {
     ])
 }
 
+/// Closes a dataset written at `path` and fails when GDAL reported an error while
+/// closing: a compressed GeoTIFF writes its last blocks on close, which on a full disk
+/// fails without any return value, leaving a truncated file that must never be renamed
+/// into place.
+fn close_checked(ds: Dataset, path: &Path) -> Result<()> {
+    // SAFETY: GDAL's error state is per thread; reset, close, read it back.
+    unsafe { gdal_sys::CPLErrorReset() };
+    drop(ds);
+    let failed = unsafe { gdal_sys::CPLGetLastErrorType() } >= gdal_sys::CPLErr::CE_Failure;
+    if failed {
+        let msg = unsafe { std::ffi::CStr::from_ptr(gdal_sys::CPLGetLastErrorMsg()) }.to_string_lossy().into_owned();
+        bail!("closing {}: {msg}", path.display());
+    }
+    Ok(())
+}
+
 /// Copies `source` into a COG at `target` via a temporary name (moving a PAM
 /// sidecar, which holds class names, along with it).
 fn copy_to_cog(source: &Dataset, target: &Path, kind: OutputKind) -> Result<PathBuf> {
@@ -70,7 +86,11 @@ fn copy_to_cog(source: &Dataset, target: &Path, kind: OutputKind) -> Result<Path
     if copy.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    drop(copy?);
+    let closed = crate::fsutil::with_space_hint(close_checked(copy?, &tmp), &tmp);
+    if closed.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    closed?;
     crate::fail_point!("raster::cog_copied");
     let aux = PathBuf::from(format!("{}.aux.xml", tmp.display()));
     if aux.exists() {
@@ -140,8 +160,7 @@ pub fn write_geotiff_f32(path: &Path, grid: &Grid, band_names: &[String], planes
         "BIGTIFF=IF_SAFER",
     ]);
     crate::fsutil::produce(path, |tmp| {
-        drop(ds.create_copy(&DriverManager::get_driver_by_name("GTiff")?, tmp, &options)?);
-        Ok(())
+        close_checked(ds.create_copy(&DriverManager::get_driver_by_name("GTiff")?, tmp, &options)?, tmp)
     })
 }
 
@@ -245,7 +264,7 @@ impl ChunkedRaster {
                 band.write((0, 0), (window.cols, window.rows), &mut Buffer::new((window.cols, window.rows), plane))?;
             }
             ds.flush_cache()?;
-            drop(ds);
+            close_checked(ds, &tmp)?;
             std::fs::File::open(&tmp)?.sync_all()?;
             std::fs::rename(&tmp, &path)?;
             Ok(())

@@ -1,0 +1,86 @@
+//! The process's resident memory, measured per node of a run, so a run's manifest
+//! says which node peaked and by how much against `memory_budget_mib`.
+//!
+//! Linux keeps the peak resident set (`VmHWM` in `/proc/self/status`); writing `5`
+//! to `/proc/self/clear_refs` resets it to the current resident set, so the peak of
+//! each node is measured on its own. Elsewhere (or where `/proc` is not writable)
+//! every node reports the process's peak so far, which still bounds it.
+
+use serde_json::{Value, json};
+
+fn status_mib(field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// The peak resident memory since the process started or the last `reset_peak`.
+pub fn peak_mib() -> Option<f64> {
+    status_mib("VmHWM:")
+}
+
+/// The resident memory now.
+pub fn resident_mib() -> Option<f64> {
+    status_mib("VmRSS:")
+}
+
+/// Resets the peak to the current resident memory; false where the kernel does not
+/// allow it.
+pub fn reset_peak() -> bool {
+    std::fs::write("/proc/self/clear_refs", b"5").is_ok()
+}
+
+/// The peak of each node of a run, and of the whole run.
+#[derive(Debug, Default)]
+pub struct Peaks {
+    nodes: Vec<(String, f64)>,
+    overall: f64,
+    reset: Option<bool>,
+}
+
+impl Peaks {
+    /// Starts measuring a node: the peak so far is kept as the run's, then reset.
+    pub fn start(&mut self) {
+        self.overall = self.overall.max(peak_mib().unwrap_or(0.0));
+        let ok = reset_peak();
+        self.reset.get_or_insert(ok);
+    }
+
+    /// Ends the node named `node` (started by `start`).
+    pub fn finish(&mut self, node: impl Into<String>) {
+        let peak = peak_mib().unwrap_or(0.0);
+        self.overall = self.overall.max(peak);
+        self.nodes.push((node.into(), peak));
+    }
+
+    /// Measures `work` as node `node`.
+    pub fn measure<T>(&mut self, node: impl Into<String>, work: impl FnOnce() -> T) -> T {
+        self.start();
+        let out = work();
+        self.finish(node);
+        out
+    }
+
+    /// The largest peak seen, including what ran before any node.
+    pub fn overall(&self) -> f64 {
+        self.overall.max(peak_mib().unwrap_or(0.0))
+    }
+
+    /// The nodes' peaks, the highest first, with the node each was measured on.
+    pub fn to_json(&self, budget_mib: u64) -> Value {
+        let nodes: Vec<Value> = self
+            .nodes
+            .iter()
+            .map(|(n, p)| json!({ "node": n, "peak_rss_mib": (p * 10.0).round() / 10.0, "of_budget": ((p / budget_mib as f64) * 1000.0).round() / 1000.0 }))
+            .collect();
+        let highest = self.nodes.iter().max_by(|a, b| a.1.total_cmp(&b.1)).map(|(n, _)| n.clone());
+        json!({
+            "budget_mib": budget_mib,
+            "peak_rss_mib": (self.overall() * 10.0).round() / 10.0,
+            "highest_node": highest,
+            "per_node": self.reset == Some(true),
+            "nodes": nodes,
+        })
+    }
+}

@@ -155,3 +155,44 @@ fn a_plugin_of_wit_0_1_runs_beside_0_2_plugins() {
     assert_eq!(manifest["stages"][1]["footprint"], serde_json::json!({ "tile": 0, "halo": 0, "scale": 1 }));
     assert!(dir.path().join("runs/fp/old.tif").exists());
 }
+
+#[test]
+fn a_features_stage_reads_an_earlier_stage_output() {
+    // NDVI per date, then its temporal statistics computed by a second stage reading the
+    // first one's output, against the same statistics straight from the series.
+    let indices = |id: &str, input: Option<&str>, params: &str| {
+        let input = input.map_or(String::new(), |i| format!("input = \"{i}\"\n"));
+        format!("[[stage]]\nid = \"{id}\"\nplugin = \"indices@0.1.0\"\n{input}params = {{ {params} }}\n\n")
+    };
+    let stages = [
+        indices("ndvi", None, "indices = [\"NDVI\"]"),
+        indices("chained", Some("ndvi"), "bands = [\"NDVI\"], per_date = false, stats = [\"mean\", \"p50\", \"p90\"]"),
+        indices("direct", None, "indices = [\"NDVI\"], per_date = false, stats = [\"mean\", \"p50\", \"p90\"]"),
+    ]
+    .concat();
+    let (dir, out) = run("chunk_size = 32", &stages);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let runs = dir.path().join("runs/fp");
+    let names = |p: &Path| {
+        let ds = gdal::Dataset::open(p).unwrap();
+        (1..=ds.raster_count()).map(|b| gdal::Metadata::description(&ds.rasterband(b).unwrap()).unwrap()).collect::<Vec<_>>()
+    };
+    assert_eq!(names(&runs.join("chained.tif")), names(&runs.join("direct.tif")));
+    for b in 1..=3 {
+        let (chained, direct) = (band(&runs.join("chained.tif"), b), band(&runs.join("direct.tif"), b));
+        let same = chained.iter().zip(&direct).all(|(a, d)| a.to_bits() == d.to_bits() || (a.is_nan() && d.is_nan()));
+        assert!(same, "band {b}: the chained statistics differ from the direct ones");
+    }
+
+    // A stage reading a later stage is refused by validate.
+    let dir = common::project_dir();
+    let bad = indices("late", Some("ndvi2"), "indices = [\"NDVI\"]") + &indices("ndvi2", None, "indices = [\"NDVI\"]");
+    let pipeline = format!(
+        "schema = 1\nname = \"fp\"\n\n[input]\nseries = {:?}\n\n{bad}",
+        common::small_demo().join("series").display().to_string()
+    );
+    std::fs::write(dir.path().join("pipeline.toml"), pipeline).unwrap();
+    let out = sitsflow(dir.path(), &["validate", "pipeline.toml"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("input = 'ndvi2' names no earlier stage"), "{}", text(&out.stderr));
+}

@@ -114,10 +114,13 @@ pub struct StagePlan {
 /// A stage's kind with what that kind needs, checked by `Plan::resolve`.
 #[derive(Debug, Clone)]
 pub enum Role {
-    /// Runs on chunks; narrows the validity later stages see.
-    CloudMask { footprint: Footprint },
-    /// Runs on chunks (`per_year`: once per calendar year of the series).
-    Features { footprint: Footprint, per_year: bool },
+    /// Runs on chunks; narrows the validity later stages see. With `input`, it reads
+    /// that earlier features stage's output (dated `NAME@DATE` features as a cube)
+    /// instead of the series.
+    CloudMask { footprint: Footprint, input: Option<StageId> },
+    /// Runs on chunks (`per_year`: once per calendar year of the series), on the series
+    /// or, with `input`, on an earlier features stage's output.
+    Features { footprint: Footprint, per_year: bool, input: Option<StageId> },
     /// Fitted on `sample_size` pixels of `input` (of `year`, for per-year features),
     /// then assigns every pixel.
     Clusterer { input: StageId, year: Option<i32>, sample_size: u64 },
@@ -159,8 +162,7 @@ impl Role {
     pub fn input(&self) -> Option<&StageId> {
         match self {
             Role::Clusterer { input, .. } | Role::Labeller { input, .. } | Role::Decoder { input } => Some(input),
-            Role::Sampler { input, .. } => input.as_ref(),
-            Role::CloudMask { .. } | Role::Features { .. } => None,
+            Role::Sampler { input, .. } | Role::CloudMask { input, .. } | Role::Features { input, .. } => input.as_ref(),
         }
     }
 
@@ -180,7 +182,7 @@ impl Role {
     /// A chunk stage's footprint.
     pub fn footprint(&self) -> Option<Footprint> {
         match self {
-            Role::CloudMask { footprint } | Role::Features { footprint, .. } => Some(*footprint),
+            Role::CloudMask { footprint, .. } | Role::Features { footprint, .. } => Some(*footprint),
             _ => None,
         }
     }
@@ -457,13 +459,8 @@ impl Plan {
             let shown_kind_of = |target: &StageId| kind_of(target).map_or("unknown", crate::runtime::kind_name);
             let chunk_kind = matches!(kind, StageKind::CloudMask | StageKind::Features);
             let kind_shown = crate::runtime::kind_name(kind);
-            for (field, value) in [("input", &stage.input), ("samples", &stage.samples)] {
-                if let (true, Some(v)) = (chunk_kind, value) {
-                    return Err(source.error(
-                        Some(v.span()),
-                        format!("'{field}' is for clusterer, sampler and labeller stages; '{id}' is a {kind_shown} stage"),
-                    ));
-                }
+            if let (true, Some(v)) = (chunk_kind, &stage.samples) {
+                return Err(source.error(Some(v.span()), format!("'samples' is for labeller stages; '{id}' is a {kind_shown} stage")));
             }
             let input = match &stage.input {
                 Some(target) if kind == StageKind::Decoder => {
@@ -489,6 +486,31 @@ impl Plan {
                         Some(stage.id.span()),
                         format!("the decoder stage '{id}' needs `input = \"<stage id>\"`: the labeller or per-year features stage whose posteriors it decodes"),
                     ));
+                }
+                Some(target) if chunk_kind => {
+                    // A chunk stage reads an earlier features stage chunk by chunk: one
+                    // raster of dated features (`NAME@DATE`), on the series' grid.
+                    let earlier = stages.iter().find(|s| &s.id == target.get_ref());
+                    match earlier.map(|s| &s.role) {
+                        Some(Role::Features { per_year: false, .. }) => {}
+                        Some(Role::Features { per_year: true, .. }) => {
+                            return Err(source.error(
+                                Some(target.span()),
+                                format!("input = '{}' runs once per year; the {kind_shown} stage '{id}' reads one features raster of dated features", target.get_ref()),
+                            ));
+                        }
+                        _ => {
+                            return Err(source.error(
+                                Some(target.span()),
+                                format!(
+                                    "input = '{}' is {}; the {kind_shown} stage '{id}' reads the series or an earlier features stage",
+                                    target.get_ref(),
+                                    earlier.map_or("not an earlier stage".to_string(), |s| format!("a {} stage", s.kind_name()))
+                                ),
+                            ));
+                        }
+                    }
+                    Some(target.get_ref().clone())
                 }
                 Some(target) => {
                     if kind_of(target.get_ref()) != Some(StageKind::Features) {
@@ -646,8 +668,8 @@ impl Plan {
                 unreachable!("Plan::resolve checked above that a {kind} stage has {what}")
             }
             let role = match kind {
-                StageKind::CloudMask => Role::CloudMask { footprint: footprint.unwrap_or_else(|| unresolved(kind_shown, "a footprint")) },
-                StageKind::Features => Role::Features { footprint: footprint.unwrap_or_else(|| unresolved(kind_shown, "a footprint")), per_year },
+                StageKind::CloudMask => Role::CloudMask { footprint: footprint.unwrap_or_else(|| unresolved(kind_shown, "a footprint")), input },
+                StageKind::Features => Role::Features { footprint: footprint.unwrap_or_else(|| unresolved(kind_shown, "a footprint")), per_year, input },
                 StageKind::Clusterer => Role::Clusterer { input: input.unwrap_or_else(|| unresolved(kind_shown, "an input")), year, sample_size },
                 StageKind::Sampler => Role::Sampler { input, year, sample_size },
                 StageKind::Labeller => Role::Labeller {
@@ -904,6 +926,9 @@ impl Plan {
             if let Some(f) = stage.role.footprint() {
                 let tile = if f.tile == 0 { "any chunk".to_string() } else { format!("tiles of {} px", f.tile) };
                 let _ = writeln!(out, "      footprint {tile}, halo {} px, scale {}", f.halo, f.scale);
+            }
+            if let (true, Some(input)) = (stage.is_chunk_stage(), stage.role.input()) {
+                let _ = writeln!(out, "      reads the features of '{input}' (chunk by chunk, dated NAME@DATE as a cube)");
             }
             if !stage.is_chunk_stage() {
                 let mut reads = Vec::new();

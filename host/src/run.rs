@@ -325,16 +325,27 @@ fn mask_style() -> ClassStyle {
 /// The halo every chunk is read with and the tile its core is a multiple of, from the
 /// pipeline's `halo` and the chunk stages' footprints. A mask's output is valid `halo`
 /// px less far out than its input, and the stages after it read that output: so a
-/// stage needs its own halo plus those of the masks before it.
+/// stage needs its own halo plus those of the masks before it, or, reading an earlier
+/// stage's output, plus what that stage needed.
 fn chunk_geometry(pipeline_halo: usize, stages: &[(usize, &StagePlan)]) -> Result<(usize, usize)> {
     let mut halo = pipeline_halo;
+    // How far inside the cube the series' validity is right (narrowed by the masks so
+    // far), and each stage's output.
     let mut masks = 0;
+    let mut need: HashMap<&str, usize> = HashMap::new();
     let mut tile = 0usize;
     for (_, stage) in stages {
         let Some(fp) = stage.role.footprint() else { continue };
-        halo = halo.max(fp.halo + masks);
+        // A stage reading an earlier stage's output needs its halo plus that stage's.
+        let base = match stage.role.input() {
+            Some(input) => need.get(input.as_str()).copied().unwrap_or(0),
+            None => masks,
+        };
+        let reach = fp.halo + base;
+        need.insert(stage.id.as_str(), reach);
+        halo = halo.max(reach);
         if matches!(stage.role, Role::CloudMask { .. }) {
-            masks += fp.halo;
+            masks = masks.max(reach);
         }
         if fp.tile > 0 {
             tile = if tile == 0 { fp.tile } else { lcm(tile, fp.tile) };
@@ -764,7 +775,24 @@ fn run_stages(
     let ChunkWindows { index, window, outer, core, .. } = *around;
     let mut outputs = Vec::with_capacity(stages.len());
     let dates = cube.dates.len();
+    // Whole-cube outputs (halo included) of the stages a later stage reads.
+    let mut kept: HashMap<&str, Cube> = HashMap::new();
+    let read_later = |id: &str| stages.iter().any(|(_, t)| t.role.input().is_some_and(|i| i.as_str() == id));
     for (&(s, stage), pool) in stages.iter().zip(pools) {
+        // What the stage reads: the series (masked so far) or an earlier stage's output.
+        let derived = match stage.role.input() {
+            Some(input) => Some(kept.get(input.as_str()).ok_or_else(|| format!("stage '{}': its input '{input}' ran after it", stage.id))?),
+            None => None,
+        };
+        let source = derived.unwrap_or(&cube);
+        let derived_years;
+        let years: &[(i32, Vec<usize>)] = match derived {
+            Some(d) => {
+                derived_years = crate::raster::years_of(&d.dates);
+                &derived_years
+            }
+            None => years,
+        };
         let scale = stage.role.footprint().map_or(1, |f| f.scale);
         let (outer_out, core_out) = (outer.scaled(scale), core.scaled(scale));
         let at = || around.placement.clone();
@@ -776,14 +804,23 @@ fn run_stages(
         };
         let output = match &stage.role {
             Role::CloudMask { .. } => {
-                let mask = pool.with(|i| i.mask_at(&context, &cube, at(), &params)).map_err(fail)?;
+                if source.dates != cube.dates {
+                    return Err(format!(
+                        "stage '{}' masks the series' {dates} dates, and its input has features of {} dates ({}…): \
+                         a mask reads features of every date of the series",
+                        stage.id,
+                        source.dates.len(),
+                        source.dates.first().map_or("", String::as_str)
+                    ));
+                }
+                let mask = pool.with(|i| i.mask_at(&context, source, at(), &params)).map_err(fail)?;
                 check_len(stage, index, "mask classes", mask.classes.len(), dates * outer.pixels())?;
                 apply_mask(&mut cube, &mask.classes);
                 StageOutput::Mask(crop(&mask.classes, dates, outer, core))
             }
             Role::Features { per_year: true, .. } => {
                 for (_, dates_of_year) in years {
-                    let sub = year_cube(&cube, dates_of_year);
+                    let sub = year_cube(source, dates_of_year);
                     let features = pool.with(|i| i.features_at(&context, &sub, at(), &params)).map_err(fail)?;
                     check_len(stage, index, "feature samples", features.samples as usize, outer_out.pixels())?;
                     let width = features.names.len();
@@ -795,11 +832,17 @@ fn run_stages(
                 continue;
             }
             Role::Features { per_year: false, .. } => {
-                let features = pool.with(|i| i.features_at(&context, &cube, at(), &params)).map_err(fail)?;
+                let features = pool.with(|i| i.features_at(&context, source, at(), &params)).map_err(fail)?;
                 check_len(stage, index, "feature samples", features.samples as usize, outer_out.pixels())?;
                 let width = features.names.len();
                 check_len(stage, index, "feature values", features.data.len(), outer_out.pixels() * width)?;
-                StageOutput::Features(features.names, crop_rows(&features.data, width, outer_out, core_out))
+                let cropped = crop_rows(&features.data, width, outer_out, core_out);
+                if read_later(stage.id.as_str()) {
+                    let as_cube = features_cube(&features.names, &features.data, outer.rows, outer.cols)
+                        .map_err(|e| format!("stage '{}' on chunk {index}: its output, read by a later stage: {e}", stage.id))?;
+                    kept.insert(stage.id.as_str(), as_cube);
+                }
+                StageOutput::Features(features.names, cropped)
             }
             _ => return Err(format!("stage '{}' is a {} stage, which does not run on chunks", stage.id, stage.kind_name())),
         };
@@ -807,6 +850,50 @@ fn run_stages(
         outputs.push(output);
     }
     Ok(outputs)
+}
+
+/// A features stage's output (`pixels × features`, pixel-major, on a `rows × cols`
+/// window) as the cube a later stage reads: every feature named `NAME@DATE`, dates in
+/// order, one band per distinct name in the order first seen; a value absent for a
+/// date is NaN, and a pixel is valid on a date where any of its bands is a number.
+fn features_cube(names: &[String], data: &[f32], rows: usize, cols: usize) -> Result<Cube, String> {
+    let mut parts = Vec::with_capacity(names.len());
+    for n in names {
+        match n.rsplit_once('@').filter(|(_, d)| crate::raster::parse_date(d).is_some()) {
+            Some((band, date)) => parts.push((band.to_string(), date.to_string())),
+            None => return Err(format!("feature '{n}' is not NAME@DATE (YYYY-MM-DD); a stage reads only dated features as a cube")),
+        }
+    }
+    let mut dates: Vec<String> = parts.iter().map(|(_, d)| d.clone()).collect();
+    dates.sort();
+    dates.dedup();
+    let mut bands: Vec<String> = Vec::new();
+    for (b, _) in &parts {
+        if !bands.contains(b) {
+            bands.push(b.clone());
+        }
+    }
+    let pixels = rows * cols;
+    let width = names.len();
+    let mut cube_data = vec![f32::NAN; dates.len() * bands.len() * pixels];
+    for (k, (band, date)) in parts.iter().enumerate() {
+        let d = dates.binary_search(date).expect("collected above");
+        let b = bands.iter().position(|x| x == band).expect("collected above");
+        let plane = &mut cube_data[(d * bands.len() + b) * pixels..][..pixels];
+        for (p, v) in plane.iter_mut().enumerate() {
+            *v = data[p * width + k];
+        }
+    }
+    let mut valid = vec![0u8; dates.len() * pixels];
+    for (d, valid) in valid.chunks_exact_mut(pixels).enumerate() {
+        for b in 0..bands.len() {
+            let plane = &cube_data[(d * bands.len() + b) * pixels..][..pixels];
+            for (v, x) in valid.iter_mut().zip(plane) {
+                *v |= u8::from(!x.is_nan());
+            }
+        }
+    }
+    Ok(Cube { dates, bands, rows: rows as u32, cols: cols as u32, data: cube_data, valid })
 }
 
 /// The sub-cube of some dates (data and validity of those dates only).
@@ -1074,6 +1161,22 @@ mod tests {
         assert!(err.contains("chunk_size 100 is not a multiple of the 64 px tile a stage works on; use 64"), "{err}");
         let fine = Layout::plan(1024, None, None, 0, 0, 0, 2, 36, 10, &[(StageKind::Features, 4)]).unwrap();
         assert!(fine.chunk_size < l.chunk_size, "a 4× finer output takes more memory per chunk: {fine:?}");
+    }
+
+    #[test]
+    fn dated_features_become_a_cube_of_dates_and_bands() {
+        // 2 pixels; features in an order that is neither by date nor by band.
+        let names: Vec<String> = ["B@2020-02-01", "A@2020-01-01", "A@2020-02-01"].iter().map(|s| s.to_string()).collect();
+        let data = [1.0, 2.0, 3.0, f32::NAN, f32::NAN, 6.0];
+        let cube = features_cube(&names, &data, 1, 2).unwrap();
+        assert_eq!(cube.dates, ["2020-01-01", "2020-02-01"]);
+        assert_eq!(cube.bands, ["B", "A"]);
+        let bits: Vec<u32> = cube.data.iter().map(|v| v.to_bits()).collect();
+        let want: Vec<u32> = [f32::NAN, f32::NAN, 2.0, f32::NAN, 1.0, f32::NAN, 3.0, 6.0].iter().map(|v| v.to_bits()).collect();
+        assert_eq!(bits, want, "date-major, then band, then pixel; absent values NaN");
+        assert_eq!(cube.valid, [1, 0, 1, 1], "valid where any band of the date is a number");
+        let err = features_cube(&["NDVI_mean".to_string()], &[0.5], 1, 1).unwrap_err();
+        assert!(err.contains("'NDVI_mean' is not NAME@DATE"), "{err}");
     }
 
     #[test]

@@ -123,16 +123,31 @@ pub enum Role {
     Features { footprint: Footprint, per_year: bool, input: Option<StageId> },
     /// Fitted on `sample_size` pixels of `input` (of `year`, for per-year features),
     /// then assigns every pixel.
-    Clusterer { input: StageId, year: Option<i32>, sample_size: u64 },
+    Clusterer { input: StageId, year: Option<i32>, sample_size: SampleSize },
     /// Chooses among up to `sample_size` candidates, with `input`'s features when the
     /// pipeline has a features stage.
-    Sampler { input: Option<StageId>, year: Option<i32>, sample_size: u64 },
+    Sampler { input: Option<StageId>, year: Option<i32>, sample_size: SampleSize },
     /// Trains on `input`'s features (of `year`, or of every year) as `training` says,
     /// holding out `holdout` of its samples, and predicts every pixel.
     Labeller { input: StageId, year: Option<i32>, holdout: f64, training: Training },
     /// Decodes `input`'s yearly posteriors (a labeller predicting per year, or a
     /// per-year features stage of probabilities).
     Decoder { input: StageId },
+}
+
+/// How many pixels a clusterer is fitted on, or a sampler chooses among: what the
+/// pipeline sets (a run refuses it when it does not fit the memory budget), or the
+/// default (lowered to what the budget holds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SampleSize {
+    pub n: u64,
+    pub set: bool,
+}
+
+impl std::fmt::Display for SampleSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.n)
+    }
 }
 
 /// How a labeller gets its model.
@@ -571,10 +586,10 @@ impl Plan {
                     return Err(source.error(Some(m.span()), format!("'model' is for labeller stages; '{id}' is a {kind_shown} stage")));
                 }
             };
-            let sample_size = stage.sample_size.as_ref().map(|s| *s.get_ref()).unwrap_or(match kind {
-                StageKind::Sampler => DEFAULT_CANDIDATES,
-                _ => DEFAULT_FIT_SAMPLES,
-            });
+            let sample_size = match stage.sample_size.as_ref() {
+                Some(s) => SampleSize { n: *s.get_ref(), set: true },
+                None => SampleSize { n: if kind == StageKind::Sampler { DEFAULT_CANDIDATES } else { DEFAULT_FIT_SAMPLES }, set: false },
+            };
             let holdout = stage.holdout.as_ref().map_or(DEFAULT_HOLDOUT, |h| *h.get_ref());
             let active_learning = match (&stage.active_learning, kind) {
                 (None, _) => None,

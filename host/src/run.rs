@@ -31,7 +31,7 @@ use std::time::Instant;
 /// The mask class that leaves a pixel usable.
 const MASK_CLEAR: u8 = 0;
 /// What the engine, compiled components and bookkeeping take besides chunks.
-const FIXED_OVERHEAD_MIB: usize = 96;
+pub const FIXED_OVERHEAD_MIB: usize = 96;
 
 /// Settings of a run that are not part of the pipeline.
 #[derive(Debug, Clone, Default)]
@@ -432,6 +432,7 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
         &kinds,
     )?;
     crate::raster::set_block_cache(layout.gdal_cache_mib);
+    crate::memory::tune_allocator(layout.workers);
     let reference = plan.reference.as_ref().map(|r| ReferenceMap::open(&r.path, &grid)).transpose()?;
     let lookup: HashMap<u32, u16> = plan.reference.as_ref().map(|r| r.nomenclature.lookup()).unwrap_or_default();
     drop(reference); // each worker opens its own; this was only to fail early

@@ -3,7 +3,7 @@
 use super::{Context, FitResults, call_error, context, hsv, parse_report, save_model};
 use crate::graph::RasterId;
 use crate::outputs::{Output, PixelType};
-use crate::plan::StagePlan;
+use crate::plan::{SampleSize, StagePlan};
 use crate::raster::{ClassStyle, FeatureRaster, Window};
 use crate::report::SceneSection;
 use crate::runtime::StagePool;
@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 pub(super) fn run(
     scene: &Context,
     stage: &StagePlan,
-    sample_size: u64,
+    sample_size: &SampleSize,
     pool: &StagePool,
     features: Option<RasterId>,
     map: RasterId,
@@ -28,7 +28,11 @@ pub(super) fn run(
     };
     let name = scene.name(map).to_string();
     let n = scene.pixels();
-    let m = sample_size.min(n);
+    // The sample on the host, in the instance, and the instance's working copy; the
+    // draw itself may index every pixel.
+    let width = FeatureRaster::open(&features)?.names.len();
+    let wanted = SampleSize { n: sample_size.n.min(n), ..*sample_size };
+    let m = scene.samples_within_budget(stage, wanted, width * 4 * 3 + 8, n as usize * 8)?;
     let mut rng = scene.rng(stage, "fit-sample");
     let mut pixels: Vec<u64> = rand::seq::index::sample(&mut rng, n as usize, m as usize).into_iter().map(|p| p as u64).collect();
     pixels.sort_unstable();

@@ -33,7 +33,7 @@ mod label;
 mod sample;
 
 use crate::graph::{FitIo, Graph, Node, RasterId};
-use crate::plan::{Executor, Plan, Role, StagePlan};
+use crate::plan::{Executor, Plan, Role, SampleSize, StagePlan};
 use crate::raster::{ClassRaster, FeatureRaster, Grid, Window};
 use crate::report::SceneSection;
 use crate::runtime::data::{FeatureMatrix, ModelBlob};
@@ -188,6 +188,36 @@ impl Context<'_> {
         outcome.error.map_or(Ok(()), Err)
     }
 
+    /// How many samples a fit node may hold: `requested`, or, where that does not fit
+    /// the memory budget beside the run's fixed part (engine, GDAL's cache) and
+    /// `transient` bytes, the most that do (a default is lowered, logged and returned;
+    /// a size the pipeline sets is refused, naming the size that fits). `bytes_each`
+    /// counts every copy of a sample: the host's, the stage instance's input and its
+    /// working copy.
+    pub(super) fn samples_within_budget(&self, stage: &StagePlan, requested: SampleSize, bytes_each: usize, transient: usize) -> Result<u64> {
+        let budget = self.plan.memory_budget_mib as usize;
+        let fixed = crate::run::FIXED_OVERHEAD_MIB + crate::raster::block_cache_mib();
+        samples_that_fit(budget, fixed, requested, bytes_each, transient).map_err(|fits| {
+            anyhow!(
+                "stage '{}': sample_size = {} needs about {} MiB ({} bytes a sample), over memory_budget_mib = {budget} \
+                 beside the run's {fixed} MiB of engine and caches; lower sample_size to {fits} or raise the budget",
+                stage.id,
+                requested.n,
+                (requested.n as usize * bytes_each + transient) >> 20,
+                bytes_each
+            )
+        })
+        .inspect(|&n| {
+            if n < requested.n {
+                log::info!(
+                    "stage '{}': {n} samples of {bytes_each} bytes fit memory_budget_mib = {budget}; using them instead of the default {}",
+                    stage.id,
+                    requested.n
+                );
+            }
+        })
+    }
+
     /// A seeded generator for one stage (its id mixed into the run's seed).
     pub(super) fn rng(&self, stage: &StagePlan, purpose: &str) -> rand_chacha::ChaCha8Rng {
         let mix = crate::hash::sha256_hex(format!("{}:{}:{purpose}", self.plan.seed, stage.id).as_bytes());
@@ -282,10 +312,10 @@ pub fn run(ctx: &Context, peaks: &mut crate::memory::Peaks) -> Result<FitResults
         let section = (|| -> Result<SceneSection> {
             Ok(match (io, &stage.role) {
                 (FitIo::Cluster { features, map }, Role::Clusterer { sample_size, .. }) => {
-                    cluster::run(ctx, stage, *sample_size, &pool()?, *features, *map, &mut results)?
+                    cluster::run(ctx, stage, sample_size, &pool()?, *features, *map, &mut results)?
                 }
                 (FitIo::Sample { features, layers, map }, Role::Sampler { sample_size, .. }) => {
-                    let (section, selected) = sample::run(ctx, stage, *sample_size, &pool()?, *features, layers, *map, nomenclature, &mut results)?;
+                    let (section, selected) = sample::run(ctx, stage, sample_size, &pool()?, *features, layers, *map, nomenclature, &mut results)?;
                     selection = Some(selected);
                     section
                 }
@@ -389,5 +419,35 @@ impl Journal {
     fn record(&self, record: &NodeRecord) -> Result<()> {
         let path = self.dir.join(format!("{}.json", record.stage));
         crate::fsutil::write_atomic(&path, &serde_json::to_vec(record)?).with_context(|| format!("journaling {}", path.display()))
+    }
+}
+
+/// The samples of `bytes_each` (plus `transient` bytes) that fit a budget of
+/// `budget_mib` beside `fixed_mib`: `requested` when it fits; else a default is lowered
+/// to what fits (when anything does), and a size the pipeline set is an error carrying
+/// what fits.
+fn samples_that_fit(budget_mib: usize, fixed_mib: usize, requested: SampleSize, bytes_each: usize, transient: usize) -> Result<u64, u64> {
+    let room = (budget_mib.saturating_sub(fixed_mib) << 20).saturating_sub(transient);
+    let fits = (room / bytes_each.max(1)) as u64;
+    match (requested.n <= fits, requested.set) {
+        (true, _) => Ok(requested.n),
+        (false, false) if fits > 0 => Ok(fits),
+        (false, _) => Err(fits),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_fit_the_budget_or_an_explicit_size_is_refused() {
+        let (default, set) = (SampleSize { n: 1_000_000, set: false }, SampleSize { n: 1_000_000, set: true });
+        // 256 MiB beside 128 MiB fixed, 4 MiB transient: 124 MiB for samples of 344 bytes.
+        let fits = ((124usize << 20) / 344) as u64;
+        assert_eq!(samples_that_fit(256, 128, default, 344, 4 << 20), Ok(fits));
+        assert_eq!(samples_that_fit(256, 128, set, 344, 4 << 20), Err(fits));
+        assert_eq!(samples_that_fit(1024, 128, set, 344, 4 << 20), Ok(1_000_000), "what fits is kept as asked");
+        assert_eq!(samples_that_fit(100, 128, default, 344, 0), Err(0), "no room: refused, never an underflow");
     }
 }

@@ -4,8 +4,8 @@ use super::{Context, FitResults, HOLDOUT_BLOCK_PX, Selected, call_error, context
 use crate::config::Nomenclature;
 use crate::graph::RasterId;
 use crate::outputs::{Output, PixelType};
-use crate::plan::StagePlan;
-use crate::raster::{ClassRaster, ClassStyle, Window, pixel_centre};
+use crate::plan::{SampleSize, StagePlan};
+use crate::raster::{ClassRaster, ClassStyle, FeatureRaster, Window, pixel_centre};
 use crate::report::SceneSection;
 use crate::runtime::StagePool;
 use crate::runtime::data::{FeatureMatrix, SampleInput};
@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 pub(super) fn run(
     scene: &Context,
     stage: &StagePlan,
-    sample_size: u64,
+    sample_size: &SampleSize,
     pool: &StagePool,
     features: Option<RasterId>,
     layers: &[RasterId],
@@ -50,6 +50,14 @@ pub(super) fn run(
         None => candidates = (0..scene.pixels()).collect(),
     }
     let total_candidates = candidates.len();
+    // Each candidate's features and layers on the host, in the instance and in its
+    // working copy, plus its pixel and position; beside the list of all candidates.
+    let width = match features {
+        Some(raster) => FeatureRaster::open(&scene.path(raster))?.names.len(),
+        None => 0,
+    };
+    let wanted = SampleSize { n: sample_size.n.min(candidates.len() as u64), ..*sample_size };
+    let sample_size = scene.samples_within_budget(stage, wanted, (width + layers.len()) * 4 * 3 + 20, candidates.len() * 8)?;
     if candidates.len() as u64 > sample_size {
         let mut rng = scene.rng(stage, "candidates");
         let mut keep: Vec<u64> = rand::seq::index::sample(&mut rng, candidates.len(), sample_size as usize)

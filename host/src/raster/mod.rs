@@ -166,6 +166,12 @@ pub fn set_block_cache(mib: usize) {
     unsafe { gdal_sys::GDALSetCacheMax64((mib as i64) << 20) };
 }
 
+/// The size of GDAL's block cache, in MiB.
+pub fn block_cache_mib() -> usize {
+    // SAFETY: reads a process-wide setting.
+    (unsafe { gdal_sys::GDALGetCacheMax64() } >> 20) as usize
+}
+
 /// GDAL's version, for `doctor` and the manifest.
 pub fn gdal_version() -> String {
     gdal::version::VersionInfo::version_summary()

@@ -296,10 +296,11 @@ impl Partial {
 }
 
 /// What identifies a run for resuming: pipeline, plugins, inputs (by size and time),
-/// layout and version. Any difference starts the run afresh.
+/// layout, memory budget and version. Any difference starts the run afresh.
 fn run_key(plan: &Plan, series: &Series, layout: &Layout) -> String {
     let mut text = format!("sitsflow {}\n{}\n", env!("CARGO_PKG_VERSION"), plan.pipeline_text);
-    text.push_str(&format!("chunk {} halo {}\n", layout.chunk_size, layout.halo));
+    // The budget sizes fit samples too (`--memory-budget-mib` overrides the pipeline's).
+    text.push_str(&format!("chunk {} halo {} budget {}\n", layout.chunk_size, layout.halo, plan.memory_budget_mib));
     for s in &plan.stages {
         text.push_str(&format!("{} {}\n", s.id, s.sha256()));
     }

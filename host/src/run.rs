@@ -854,6 +854,11 @@ fn run_stages(
     Ok(outputs)
 }
 
+/// `NDVI@2019-03-04` → (`NDVI`, `2019-03-04`); None for a name without a date.
+fn dated(name: &str) -> Option<(&str, &str)> {
+    name.rsplit_once('@').filter(|(_, d)| crate::raster::parse_date(d).is_some())
+}
+
 /// A features stage's output (`pixels × features`, pixel-major, on a `rows × cols`
 /// window) as the cube a later stage reads: every feature named `NAME@DATE`, dates in
 /// order, one band per distinct name in the order first seen; a value absent for a
@@ -861,7 +866,7 @@ fn run_stages(
 fn features_cube(names: &[String], data: &[f32], rows: usize, cols: usize) -> Result<Cube, String> {
     let mut parts = Vec::with_capacity(names.len());
     for n in names {
-        match n.rsplit_once('@').filter(|(_, d)| crate::raster::parse_date(d).is_some()) {
+        match dated(n) {
             Some((band, date)) => parts.push((band.to_string(), date.to_string())),
             None => return Err(format!("feature '{n}' is not NAME@DATE (YYYY-MM-DD); a stage reads only dated features as a cube")),
         }
@@ -923,16 +928,15 @@ fn year_cube(cube: &Cube, dates: &[usize]) -> Cube {
 /// `NDVI@2019-03-04` → `NDVI@t02` (the date's rank among the names' dates), so the
 /// features of different years carry the same names.
 fn positional_names(names: &[String]) -> Vec<String> {
-    let date_of = |n: &str| n.rsplit_once('@').map(|(_, d)| d.to_string()).filter(|d| crate::raster::parse_date(d).is_some());
-    let mut dates: Vec<String> = names.iter().filter_map(|n| date_of(n)).collect();
-    dates.sort();
+    let mut dates: Vec<&str> = names.iter().filter_map(|n| dated(n).map(|(_, d)| d)).collect();
+    dates.sort_unstable();
     dates.dedup();
     names
         .iter()
-        .map(|n| match date_of(n) {
-            Some(d) => {
+        .map(|n| match dated(n) {
+            Some((name, d)) => {
                 let rank = dates.binary_search(&d).expect("collected above");
-                format!("{}@t{rank:02}", n.rsplit_once('@').expect("has a date").0)
+                format!("{name}@t{rank:02}")
             }
             None => n.clone(),
         })

@@ -31,8 +31,7 @@ pub(super) fn run(
     // The sample on the host, in the instance, and the instance's working copy; the
     // draw itself may index every pixel.
     let width = FeatureRaster::open(&features)?.names.len();
-    let wanted = SampleSize { n: sample_size.n.min(n), ..*sample_size };
-    let m = scene.samples_within_budget(stage, wanted, width * 4 * 3 + 8, n as usize * 8)?;
+    let m = scene.samples_within_budget(stage, sample_size, n, width * 4 * 3 + 8, n as usize * 8)?;
     let mut rng = scene.rng(stage, "fit-sample");
     let mut pixels: Vec<u64> = rand::seq::index::sample(&mut rng, n as usize, m as usize).into_iter().map(|p| p as u64).collect();
     pixels.sort_unstable();

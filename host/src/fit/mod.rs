@@ -188,13 +188,15 @@ impl Context<'_> {
         outcome.error.map_or(Ok(()), Err)
     }
 
-    /// How many samples a fit node may hold: `requested`, or, where that does not fit
+    /// How many samples a fit node may hold: `requested` (at most the `available`
+    /// ones), or, where that does not fit
     /// the memory budget beside the run's fixed part (engine, GDAL's cache) and
     /// `transient` bytes, the most that do (a default is lowered, logged and returned;
     /// a size the pipeline sets is refused, naming the size that fits). `bytes_each`
     /// counts every copy of a sample: the host's, the stage instance's input and its
     /// working copy.
-    pub(super) fn samples_within_budget(&self, stage: &StagePlan, requested: SampleSize, bytes_each: usize, transient: usize) -> Result<u64> {
+    pub(super) fn samples_within_budget(&self, stage: &StagePlan, requested: &SampleSize, available: u64, bytes_each: usize, transient: usize) -> Result<u64> {
+        let requested = SampleSize { n: requested.n.min(available), ..*requested };
         let budget = self.plan.memory_budget_mib as usize;
         let fixed = crate::run::FIXED_OVERHEAD_MIB + crate::raster::block_cache_mib();
         samples_that_fit(budget, fixed, requested, bytes_each, transient).map_err(|fits| {
@@ -226,7 +228,6 @@ impl Context<'_> {
     }
 }
 
-
 pub(super) fn call_error(stage: &StagePlan, what: &str) -> impl Fn(StageCallError) -> anyhow::Error {
     let shown = format!("stage '{}' ({}) {what}", stage.id, stage.reference());
     move |e| anyhow!("{shown}: {e}")
@@ -235,7 +236,6 @@ pub(super) fn call_error(stage: &StagePlan, what: &str) -> impl Fn(StageCallErro
 pub(super) fn context(stage: &StagePlan, what: &str) -> CallContext {
     CallContext { stage: stage.id.to_string(), chunk: what.to_string() }
 }
-
 
 pub(super) fn hsv(h: f64, s: f64, v: f64) -> (u8, u8, u8) {
     let c = v * s;
@@ -252,7 +252,6 @@ pub(super) fn hsv(h: f64, s: f64, v: f64) -> (u8, u8, u8) {
     let to = |f: f64| ((f + m) * 255.0).round() as u8;
     (to(r), to(g), to(b))
 }
-
 
 /// Keeps a model in `<run>/models/` with a JSON sidecar naming its format and stage.
 pub(super) fn save_model(run_dir: &Path, stage: &StagePlan, model: &ModelBlob, report: &Value) -> Result<PathBuf> {
@@ -276,7 +275,6 @@ pub(super) fn save_model(run_dir: &Path, stage: &StagePlan, model: &ModelBlob, r
 pub(super) fn parse_report(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
 }
-
 
 /// Runs the graph's fit nodes in order, taking over those an interrupted run of the
 /// same key journaled.
@@ -335,19 +333,12 @@ pub fn run(ctx: &Context, peaks: &mut crate::memory::Peaks) -> Result<FitResults
         peaks.finish(format!("fit {}", stage.id));
         let seconds = started.elapsed().as_secs_f64();
         ctx.stage_nanos[*s].fetch_add((seconds * 1e9) as u64, Ordering::Relaxed);
-        let record = NodeRecord {
-            stage: stage.id.to_string(),
-            section,
-            outputs: journal.relative(&results.outputs[before.0..]),
-            files: journal.relative(&results.files[before.1..]),
-            selection,
-            cpu_seconds: seconds,
-        };
-        crate::fsutil::with_space_hint(journal.record(&record), ctx.out_dir)?;
-        if let Some(selected) = record.selection {
+        let staged = (&results.outputs[before.0..], &results.files[before.1..]);
+        crate::fsutil::with_space_hint(journal.record(stage, &section, staged, selection.as_ref(), seconds), ctx.out_dir)?;
+        if let Some(selected) = selection {
             selections.insert(stage.id.to_string(), selected);
         }
-        results.sections.push(record.section);
+        results.sections.push(section);
         crate::fail_point!("fit::node_done");
     }
     Ok(results)
@@ -358,17 +349,7 @@ pub fn run(ctx: &Context, peaks: &mut crate::memory::Peaks) -> Result<FitResults
 struct NodeRecord {
     stage: String,
     section: SceneSection,
-    /// Declared rasters and other files it staged, relative to the staging folder;
-    /// None where one lies outside it (then the node is not taken over).
-    outputs: Option<Vec<String>>,
-    files: Option<Vec<String>>,
-    selection: Option<Selected>,
-    cpu_seconds: f64,
-}
-
-/// A node's record with every file it names: what `take_over` returns.
-struct TakenOver {
-    section: SceneSection,
+    /// Declared rasters and other files it staged, relative to the staging folder.
     outputs: Vec<String>,
     files: Vec<String>,
     selection: Option<Selected>,
@@ -393,14 +374,10 @@ impl Journal {
         self.dir.join(format!("{}.json", stage.id))
     }
 
-    fn relative(&self, paths: &[PathBuf]) -> Option<Vec<String>> {
-        paths.iter().map(|p| p.strip_prefix(&self.staging).ok().map(|r| r.display().to_string())).collect()
-    }
-
     /// The record of a node an earlier process finished, when every file it names is
     /// still staged (a record is written only after them, so this holds unless someone
     /// removed files by hand).
-    fn take_over(&self, stage: &StagePlan) -> Option<TakenOver> {
+    fn take_over(&self, stage: &StagePlan) -> Option<NodeRecord> {
         let text = std::fs::read_to_string(self.file(stage)).ok()?;
         let record: NodeRecord = match serde_json::from_str(&text) {
             Ok(r) => r,
@@ -409,16 +386,31 @@ impl Journal {
                 return None;
             }
         };
-        let (Some(outputs), Some(files)) = (record.outputs, record.files) else { return None };
-        if record.stage != stage.id.as_str() || !outputs.iter().chain(&files).all(|f| self.staging.join(f).is_file()) {
-            return None;
-        }
-        Some(TakenOver { section: record.section, outputs, files, selection: record.selection, cpu_seconds: record.cpu_seconds })
+        let staged = record.outputs.iter().chain(&record.files).all(|f| self.staging.join(f).is_file());
+        (record.stage == stage.id.as_str() && staged).then_some(record)
     }
 
-    fn record(&self, record: &NodeRecord) -> Result<()> {
-        let path = self.dir.join(format!("{}.json", record.stage));
-        crate::fsutil::write_atomic(&path, &serde_json::to_vec(record)?).with_context(|| format!("journaling {}", path.display()))
+    /// Records a finished node: its report section, the outputs and files it staged,
+    /// a sampler's selection. A node that staged a file outside the staging folder is
+    /// not recorded (a rerun runs it again).
+    fn record(
+        &self,
+        stage: &StagePlan,
+        section: &SceneSection,
+        (outputs, files): (&[PathBuf], &[PathBuf]),
+        selection: Option<&Selected>,
+        cpu_seconds: f64,
+    ) -> Result<()> {
+        let relative = |paths: &[PathBuf]| -> Option<Vec<String>> {
+            paths.iter().map(|p| p.strip_prefix(&self.staging).ok().map(|r| r.display().to_string())).collect()
+        };
+        let (Some(outputs), Some(files)) = (relative(outputs), relative(files)) else {
+            log::debug!("stage '{}' staged a file outside {}: not journaled", stage.id, self.staging.display());
+            return Ok(());
+        };
+        let record = NodeRecord { stage: stage.id.to_string(), section: section.clone(), outputs, files, selection: selection.cloned(), cpu_seconds };
+        let path = self.file(stage);
+        crate::fsutil::write_atomic(&path, &serde_json::to_vec(&record)?).with_context(|| format!("journaling {}", path.display()))
     }
 }
 

@@ -56,8 +56,8 @@ pub(super) fn run(
         Some(raster) => FeatureRaster::open(&scene.path(raster))?.names.len(),
         None => 0,
     };
-    let wanted = SampleSize { n: sample_size.n.min(candidates.len() as u64), ..*sample_size };
-    let sample_size = scene.samples_within_budget(stage, wanted, (width + layers.len()) * 4 * 3 + 20, candidates.len() * 8)?;
+    let available = candidates.len() as u64;
+    let sample_size = scene.samples_within_budget(stage, sample_size, available, (width + layers.len()) * 4 * 3 + 20, candidates.len() * 8)?;
     if candidates.len() as u64 > sample_size {
         let mut rng = scene.rng(stage, "candidates");
         let mut keep: Vec<u64> = rand::seq::index::sample(&mut rng, candidates.len(), sample_size as usize)

@@ -73,9 +73,11 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model on a samples CSV and export it to OUTDIR")
     t.add_argument("--contract", type=int, required=True,
                    help=f"file-contract version the caller expects (supported: {', '.join(map(str, CONTRACTS))})")
-    t.add_argument("--samples", type=Path, required=True, help="training samples CSV (wide BAND@DATE convention)")
+    t.add_argument("--samples", type=Path, help="training samples CSV (wide BAND@DATE convention; tempcnn, lstm)")
+    t.add_argument("--patches", type=Path,
+                   help="patch dataset folder (sitsflow-patches/1: image.npy, labels.npy, groups.npy, dataset.json; fg-unet)")
     t.add_argument("--test", type=Path, help="test samples CSV; metrics.json is computed on it (else on validation)")
-    t.add_argument("--arch", choices=("tempcnn", "lstm"), required=True)
+    t.add_argument("--arch", choices=("tempcnn", "lstm", "fg-unet"), required=True)
     t.add_argument("--out", type=Path, required=True, help="output directory (created)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--epochs", type=int, default=100, help="epoch cap (early stopping usually ends sooner)")
@@ -88,13 +90,21 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, default=1,
                    help="CPU threads; fixed (default 1) so a seed gives the same weights on any machine")
     t.add_argument("--note", default=None, help="free text stored in model.json (e.g. how to apply the model)")
+    t.add_argument("--patch", type=int, default=64, help="fg-unet: side of the training patches drawn on the fly")
+    t.add_argument("--patches-per-epoch", type=int, default=256, help="fg-unet: patches drawn per epoch (all ranks)")
+    t.add_argument("--tile", type=int, default=512, help="fg-unet: inference tile side (recorded in the sidecar)")
+    t.add_argument("--overlap", type=int, default=16, help="fg-unet: inference overlap on each side of a tile")
     pr = sub.add_parser("predict", help="class probabilities of the PyTorch model (reference for ONNX inference)")
     pr.add_argument("--model", type=Path, required=True, help="OUTDIR/model.onnx (model.pt and model.json beside it)")
-    pr.add_argument("--samples", type=Path, required=True)
-    pr.add_argument("--out", type=Path, required=True, help="probabilities CSV")
+    pr.add_argument("--samples", type=Path, help="samples CSV (tempcnn, lstm)")
+    pr.add_argument("--patches", type=Path, help="patch dataset whose whole scene is predicted by tiles (fg-unet)")
+    pr.add_argument("--tile", type=int, help="fg-unet: tile side (default: the sidecar's)")
+    pr.add_argument("--overlap", type=int, help="fg-unet: overlap (default: the sidecar's)")
+    pr.add_argument("--out", type=Path, required=True, help="probabilities CSV (fg-unet: .npy [K, H, W])")
     b = sub.add_parser("bench", help="PyTorch CPU inference throughput, as JSON on stdout")
     b.add_argument("--model", type=Path, required=True)
-    b.add_argument("--samples", type=Path, required=True)
+    b.add_argument("--samples", type=Path, help="samples CSV (tempcnn, lstm)")
+    b.add_argument("--patches", type=Path, help="patch dataset: its scene is predicted by tiles (fg-unet)")
     b.add_argument("--repeat", type=int, default=5)
     b.add_argument("--batch-size", type=int, default=4096)
     b.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default, one per core)")
@@ -127,6 +137,14 @@ def cmd_train(args) -> int:
     if args.contract not in CONTRACTS:
         raise InputError(f"contract version {args.contract} is not supported by this sitsflow_models "
                          f"(supported: {', '.join(map(str, CONTRACTS))})")
+    if args.arch == "fg-unet":
+        if args.patches is None or args.samples is not None or args.test is not None:
+            raise InputError("--arch fg-unet trains on --patches DIR (a patch dataset), not on --samples/--test")
+        from .segment_cli import train_segmentation_command
+
+        return train_segmentation_command(args, emit, log, _write_json)
+    if args.samples is None or args.patches is not None:
+        raise InputError(f"--arch {args.arch} trains on --samples CSV (--patches is for fg-unet)")
     if not isinstance(args.hyperparameters, dict):
         raise InputError("--hyperparameters must be a JSON object")
     if args.threads < 1 or args.epochs < 1 or args.patience < 1 or args.batch_size < 2:
@@ -299,6 +317,15 @@ def _read_matching(samples_path: Path, sidecar: dict):
 def cmd_predict(args) -> int:
     import torch
 
+    if args.patches is not None:
+        from .segment_cli import predict_segmentation_command
+
+        return predict_segmentation_command(args, emit, log)
+    if args.samples is None:
+        from .data import InputError
+
+        raise InputError("predict needs --samples CSV (or --patches DIR for fg-unet)")
+
     from .export import replace_atomically
 
     classifier, sidecar = _load_for_inference(args.model)
@@ -330,6 +357,12 @@ def cmd_bench(args) -> int:
         raise InputError("--repeat and --batch-size must be ≥ 1")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    if args.patches is not None:
+        from .segment_cli import bench_segmentation_command
+
+        return bench_segmentation_command(args, emit)
+    if args.samples is None:
+        raise InputError("bench needs --samples CSV (or --patches DIR for fg-unet)")
     classifier, sidecar = _load_for_inference(args.model)
     samples = _read_matching(args.samples, sidecar)
     x = torch.from_numpy(samples.cube)

@@ -1,0 +1,244 @@
+"""`train --arch fg-unet --patches DIR`, `predict --patches`, `bench --patches`: the
+segmentation side of the file contract (same events, exit codes and output files as the
+temporal recipes; the sidecar's `input.layout` is `N×C×H×W`)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+SIDECAR_CONTRACT = "sitsflow-model/1"
+
+
+def _rank() -> int:
+    import os
+
+    return int(os.environ.get("RANK", "0"))
+
+
+def train_segmentation_command(args, emit, log, write_json) -> int:
+    from . import metrics, patches
+    from .data import InputError, sha256_file
+
+    if not isinstance(args.hyperparameters, dict):
+        raise InputError("--hyperparameters must be a JSON object")
+    if args.threads < 1 or args.epochs < 1 or args.patience < 1 or args.batch_size < 1 or args.patch < 8:
+        raise InputError("--threads, --epochs, --patience and --batch-size must be ≥ 1 and --patch ≥ 8")
+    if args.overlap < 0 or args.tile <= 2 * args.overlap:
+        raise InputError(f"--tile {args.tile} must be larger than twice --overlap {args.overlap}")
+    dataset = patches.read(args.patches)
+    import torch
+
+    from . import export
+    from .segmentation import (ARCH, SegmentationConfig, build, default_hyperparameters, export_onnx,
+                               onnxruntime_max_abs_diff, predict_scene, save_checkpoint, train_segmentation)
+
+    torch.set_num_threads(args.threads)
+    try:
+        build(1, 2, [0.0], [1.0], args.hyperparameters)
+    except (ValueError, TypeError) as e:
+        raise InputError(f"--hyperparameters: {e}") from None
+    hp = {**default_hyperparameters(), **args.hyperparameters}
+    multiple = 2 ** hp["depth"]
+    for name, value in (("--tile", args.tile), ("--overlap", args.overlap), ("--patch", args.patch)):
+        if value % multiple:
+            raise InputError(f"{name} {value} is not a multiple of {multiple} (2^depth: the poolings must "
+                             f"line up from tile to tile)")
+    c, h, w = dataset.image.shape
+    rank = _rank()
+    if rank == 0:
+        log(f"{args.patches}: {h} × {w} px, {len(dataset.dates)} dates × {len(dataset.bands)} bands = {c} channels, "
+            f"{int((np.asarray(dataset.labels) > 0).sum())} labelled px; training {ARCH}")
+        emit({"event": "start", "arch": ARCH, "height": h, "width": w, "channels": c,
+              "labelled_pixels": int((np.asarray(dataset.labels) > 0).sum()), "seed": args.seed})
+    config = SegmentationConfig(seed=args.seed, epochs=args.epochs, patches_per_epoch=args.patches_per_epoch,
+                                batch_size=args.batch_size, patch=args.patch, patience=args.patience,
+                                learning_rate=args.learning_rate, tile=args.tile, overlap=args.overlap,
+                                hyperparameters=args.hyperparameters)
+    started = time.perf_counter()
+    result = train_segmentation(dataset, config, emit)
+    seconds = time.perf_counter() - started
+    if rank != 0:
+        return 0
+    segmenter = result.segmenter
+    probabilities = predict_scene(segmenter, np.asarray(dataset.image), args.tile, args.overlap)
+    predicted = probabilities.argmax(0)
+    if (result.test_targets >= 0).any():
+        evaluated_on, reference = "test", result.test_targets
+    elif (result.validation_targets >= 0).any():
+        evaluated_on, reference = "validation", result.validation_targets
+    else:
+        log("warning: no test or validation polygon: metrics are on the training pixels and are optimistic")
+        evaluated_on, reference = "training", result.fit_targets
+    keep = reference >= 0
+    report = metrics.report(reference[keep], predicted[keep], result.classes, evaluated_on)
+    report["miou"] = _miou(report)
+    log(f"{evaluated_on}: OA {report['overall_accuracy']:.4f}, kappa {report['kappa']:.4f} "
+        f"({report['samples']} px, {seconds:.1f} s training on {result.world_size} process(es))")
+
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "model.json").unlink(missing_ok=True)
+    k = len(result.classes)
+    checkpoint = {"arch": ARCH, "channels": c, "classes": k, "hyperparameters": hp, "mean": result.mean.tolist(),
+                  "std": result.std.tolist()}
+    tmp = out / "model.pt.tmp"
+    save_checkpoint(tmp, segmenter, checkpoint)
+    export.replace_atomically(tmp, out / "model.pt")
+    tmp = out / "model.onnx.tmp"
+    export_onnx(segmenter, c, tmp, export.OPSET, export.INPUT_NAME, export.OUTPUT_NAME)
+    # Checked on real tiles of the scene, NaNs included.
+    side = min(args.tile, -(-max(h, w) // multiple) * multiple)
+    from .segmentation import _window
+
+    check_tiles = np.stack([_window(np.asarray(dataset.image), 0, 0, side)]).astype(np.float32)
+    check = onnxruntime_max_abs_diff(tmp, segmenter, check_tiles, export.INPUT_NAME, export.OUTPUT_NAME)
+    if check is not None and check[0] > 1e-4:
+        raise RuntimeError(f"the ONNX export differs from PyTorch by {check[0]:.2e} (onnxruntime {check[1]})")
+    export.replace_atomically(tmp, out / "model.onnx")
+    write_json(out / "metrics.json", report)
+    sidecar = {
+        "contract": SIDECAR_CONTRACT,
+        "arch": ARCH,
+        "hyperparameters": hp,
+        "parameters": sum(p.numel() for p in segmenter.parameters()),
+        "input": {
+            "name": export.INPUT_NAME,
+            "dtype": "float32",
+            "shape": ["N", c, "H", "W"],
+            "layout": "N×C×H×W",
+            "channels": dataset.channels,
+            "bands": dataset.bands,
+            "dates": dataset.dates,
+            "missing": "NaN (replaced by the channel mean inside the graph)",
+            "multiple": multiple,
+        },
+        "output": {
+            "name": export.OUTPUT_NAME,
+            "dtype": "float32",
+            "shape": ["N", k, "H", "W"],
+            "kind": "softmax probabilities",
+            "classes": [{"code": cl.code, "name": cl.name} for cl in result.classes],
+        },
+        "tiling": {"tile": args.tile, "overlap": args.overlap, "blend": "centre crop"},
+        "normalisation": {"mean": result.mean.tolist(), "std": result.std.tolist(), "in_graph": True,
+                          "statistics": "per channel over the training scene (NaN ignored)"},
+        "opset": export.OPSET,
+        "exporter": "torch.onnx.export (TorchScript)",
+        "training_data_sha256": {name: sha256_file(args.patches / name)
+                                 for name in ("dataset.json", "image.npy", "labels.npy", "groups.npy")},
+        "seed": args.seed,
+        "threads": args.threads,
+        "torch_version": torch.__version__,
+        "training": {
+            "pixels": {"fit": result.split["fit_pixels"], "validation": result.split["validation_pixels"],
+                       "test": result.split["test_pixels"]},
+            "split": result.split,
+            "patch": args.patch,
+            "patches_per_epoch": args.patches_per_epoch,
+            "patch_sampling": "a class uniformly at random, then one of its training pixels at the centre",
+            "augmentation": "flips and 90° rotations (the 8 symmetries of the square)",
+            "processes": result.world_size,
+            "epochs_cap": args.epochs,
+            "epochs_run": len(result.history),
+            "best_epoch": result.best_epoch,
+            "stopped_early": result.stopped_early,
+            "batch_size": args.batch_size,
+            "learning_rate": args.learning_rate,
+            "patience": args.patience,
+            "loss": "cross-entropy weighted by inverse class frequency, unlabelled pixels ignored",
+            "class_weights": result.class_weights.tolist(),
+            "seconds": round(seconds, 2),
+        },
+        "onnx_check": None if check is None else {"onnxruntime": check[1], "max_abs_diff": check[0],
+                                                  "tiles": int(len(check_tiles)), "side": side},
+        "metrics": {key: report[key] for key in ("evaluated_on", "samples", "overall_accuracy", "kappa", "macro_f1",
+                                                 "miou")},
+    }
+    if args.note:
+        sidecar["note"] = args.note
+    write_json(out / "model.json", sidecar)
+    emit({"event": "done", "model": str((out / "model.onnx").resolve()),
+          "overall_accuracy": report["overall_accuracy"], "kappa": report["kappa"]})
+    return 0
+
+
+def _miou(report: dict) -> float | None:
+    """Mean intersection over union: TP / (TP + FP + FN) per class, from the confusion."""
+    counts = np.array(report["confusion_matrix"]["counts"], dtype=np.float64)
+    if counts.size == 0:
+        return None
+    tp = np.diag(counts)
+    union = counts.sum(0) + counts.sum(1) - tp
+    ious = tp[union > 0] / union[union > 0]
+    return float(ious.mean()) if len(ious) else None
+
+
+def _load(model: Path):
+    from .data import InputError
+    from .segmentation import load_checkpoint
+
+    sidecar_path, checkpoint = model.parent / "model.json", model.parent / "model.pt"
+    for f in (sidecar_path, checkpoint):
+        if not f.is_file():
+            raise InputError(f"{f}: missing (predict and bench run the PyTorch model saved beside model.onnx)")
+    sidecar = json.loads(sidecar_path.read_text())
+    if sidecar.get("arch") != "fg-unet":
+        raise InputError(f"{sidecar_path}: arch {sidecar.get('arch')!r} does not segment; --patches is for fg-unet")
+    segmenter, _ = load_checkpoint(checkpoint)
+    return segmenter, sidecar
+
+
+def _matching(patches_dir: Path, sidecar: dict):
+    from . import patches
+    from .data import InputError
+
+    dataset = patches.read(patches_dir)
+    if dataset.channels != sidecar["input"]["channels"]:
+        raise InputError(f"{patches_dir}: channels differ from the model's ({len(dataset.channels)} against "
+                         f"{len(sidecar['input']['channels'])})")
+    return dataset
+
+
+def predict_segmentation_command(args, emit, log) -> int:
+    from .export import replace_atomically
+    from .segmentation import predict_scene
+
+    segmenter, sidecar = _load(args.model)
+    dataset = _matching(args.patches, sidecar)
+    tile = args.tile or sidecar["tiling"]["tile"]
+    overlap = sidecar["tiling"]["overlap"] if args.overlap is None else args.overlap
+    probabilities = predict_scene(segmenter, np.asarray(dataset.image), tile, overlap)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(args.out.name + ".tmp.npy")
+    np.save(tmp, probabilities)
+    replace_atomically(tmp, args.out)
+    log(f"{args.out}: probabilities {list(probabilities.shape)} (tile {tile}, overlap {overlap})")
+    emit({"event": "done", "probabilities": str(args.out.resolve()), "shape": list(probabilities.shape)})
+    return 0
+
+
+def bench_segmentation_command(args, emit) -> int:
+    import torch
+
+    from .segmentation import predict_scene
+
+    segmenter, sidecar = _load(args.model)
+    dataset = _matching(args.patches, sidecar)
+    image = np.asarray(dataset.image)
+    tile, overlap = sidecar["tiling"]["tile"], sidecar["tiling"]["overlap"]
+    predict_scene(segmenter, image, tile, overlap)  # warm-up
+    times = []
+    for _ in range(args.repeat):
+        started = time.perf_counter()
+        predict_scene(segmenter, image, tile, overlap)
+        times.append(time.perf_counter() - started)
+    pixels = image.shape[1] * image.shape[2]
+    median = float(np.median(times))
+    emit({"event": "bench", "arch": "fg-unet", "pixels": pixels, "tile": tile, "overlap": overlap,
+          "repeat": args.repeat, "threads": torch.get_num_threads(), "torch_version": torch.__version__,
+          "seconds_median": median, "seconds_best": min(times), "pixels_per_s": pixels / median})
+    return 0

@@ -1,0 +1,431 @@
+"""FG-UNet (seed 004, Stoian et al. 2019): a U-Net over the series' dates × bands stacked
+as channels, plus a fine-grained per-pixel path of 1×1 convolutions, trained on sparse
+labels with 64 × 64 patches drawn on the fly.
+
+Input `[N, C, H, W]` raw values (C = dates × bands, date-major; NaN = missing), output
+softmax `[N, K, H, W]`. Normalisation (per channel, the training scene's statistics) and
+NaN → 0 are inside the module, so inside the exported graph: the host feeds raw values.
+
+The recipe (every point is the seed's):
+- loss: cross-entropy weighted by class frequency (`N / (K · n_k)` over the training
+  pixels); unlabelled pixels (code 0) and pixels of other splits add nothing;
+- patches: each one picks a class uniformly at random, then a training pixel of that
+  class, and is centred on it (clamped inside the scene, reflected when the scene is
+  smaller); flips and 90° rotations (the 8 symmetries of the square);
+- "patch normalisation": every patch is standardised per channel, with the statistics of
+  the training scene rather than of the patch itself — per-patch statistics would make a
+  pixel's class depend on the tile it falls in at inference, i.e. seams;
+- split by polygon (parcel): the dataset's train / test polygons (the host's 66 % / 34 %),
+  and within the training polygons 20 % per class for early stopping;
+- seeded; under `torchrun` (DDP: gloo on CPU, NCCL on CUDA) each rank draws its own
+  patches and gradients are averaged — the standard successor of the seed's Horovod.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import ClassInfo, InputError
+from .patches import PatchDataset, split_polygons
+from .train import seed_everything
+
+ARCH = "fg-unet"
+
+
+def default_hyperparameters() -> dict:
+    return {"width": 32, "depth": 2, "pixel_width": 64, "dropout": 0.1}
+
+
+class ChannelNormalise(nn.Module):
+    """Per-channel standardisation with the training scene's statistics, then NaN → 0."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = (x - self.mean) / self.std
+        return torch.where(torch.isnan(z), torch.zeros_like(z), z)
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
+                         nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class FGUNet(nn.Module):
+    """U-Net of `depth` poolings (widths `width · 2^level`) and a per-pixel path (two 1×1
+    convolutions of `pixel_width`), concatenated before the 1×1 head: the U-Net brings
+    context, the pixel path keeps the detail of sparse, thin parcels."""
+
+    def __init__(self, channels: int, classes: int, width: int = 32, depth: int = 2, pixel_width: int = 64,
+                 dropout: float = 0.1):
+        super().__init__()
+        if depth < 1 or width < 1 or pixel_width < 1:
+            raise ValueError("width, depth and pixel_width must be ≥ 1")
+        widths = [width * 2**i for i in range(depth + 1)]
+        self.down = nn.ModuleList([_block(channels if i == 0 else widths[i - 1], widths[i]) for i in range(depth)])
+        self.bottom = _block(widths[depth - 1], widths[depth])
+        self.up = nn.ModuleList([nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in reversed(range(depth))])
+        self.merge = nn.ModuleList([_block(2 * widths[i], widths[i]) for i in reversed(range(depth))])
+        self.pixel = nn.Sequential(nn.Conv2d(channels, pixel_width, 1), nn.BatchNorm2d(pixel_width), nn.ReLU(),
+                                   nn.Conv2d(pixel_width, pixel_width, 1), nn.BatchNorm2d(pixel_width), nn.ReLU())
+        self.dropout = nn.Dropout2d(dropout)
+        self.head = nn.Conv2d(width + pixel_width, classes, 1)
+        self.pool = nn.MaxPool2d(2)
+        self.multiple = 2**depth
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        skips = []
+        x = z
+        for block in self.down:
+            x = block(x)
+            skips.append(x)
+            x = self.pool(x)
+        x = self.bottom(x)
+        for up, merge in zip(self.up, self.merge):
+            x = merge(torch.cat([up(x), skips.pop()], dim=1))
+        return self.head(self.dropout(torch.cat([x, self.pixel(z)], dim=1)))
+
+
+class Segmenter(nn.Module):
+    """Normalisation + FG-UNet. `forward` gives logits, `probabilities` the softmax."""
+
+    def __init__(self, net: FGUNet, mean, std):
+        super().__init__()
+        self.normalise = ChannelNormalise(torch.as_tensor(mean), torch.as_tensor(std))
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalise(x))
+
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.forward(x), dim=1)
+
+
+class SegmentationProbabilities(nn.Module):
+    """What the ONNX graph computes: raw `[N, C, H, W]` → softmax `[N, K, H, W]`."""
+
+    def __init__(self, segmenter: Segmenter):
+        super().__init__()
+        self.segmenter = segmenter
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.segmenter.probabilities(x)
+
+
+def build(channels: int, classes: int, mean, std, hyperparameters: dict | None = None) -> Segmenter:
+    hp = default_hyperparameters()
+    if hyperparameters:
+        unknown = set(hyperparameters) - set(hp)
+        if unknown:
+            raise ValueError(f"unknown {ARCH} hyperparameter(s) {', '.join(sorted(unknown))}")
+        hp.update(hyperparameters)
+    return Segmenter(FGUNet(channels, classes, **hp), mean, std)
+
+
+@dataclass
+class SegmentationConfig:
+    seed: int = 0
+    epochs: int = 100
+    #: Patches drawn per epoch (over all ranks).
+    patches_per_epoch: int = 256
+    batch_size: int = 16
+    patch: int = 64
+    patience: int = 10
+    min_delta: float = 1e-3
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-6
+    #: Share of the training polygons (per class) that decide early stopping.
+    validation_fraction: float = 0.2
+    #: Share of the polygons held out for the test when the dataset records no split.
+    test_fraction: float = 0.34
+    validation_patches: int = 32
+    tile: int = 512
+    overlap: int = 16
+    hyperparameters: dict = field(default_factory=dict)
+
+
+@dataclass
+class SegmentationResult:
+    segmenter: Segmenter
+    classes: list[ClassInfo]
+    #: Class index per pixel (-1 unlabelled) of each split.
+    fit_targets: np.ndarray
+    validation_targets: np.ndarray
+    test_targets: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    class_weights: np.ndarray
+    history: list[dict]
+    best_epoch: int | None
+    stopped_early: bool
+    split: dict
+    world_size: int
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size) under torchrun (`WORLD_SIZE` set), else (0, 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def channel_statistics(image: np.ndarray, rng: np.random.Generator, max_pixels: int = 1 << 20):
+    """Per-channel mean and std over (a seeded sample of) the scene's pixels, NaN ignored:
+    the input's statistics, which need no label."""
+    c, h, w = image.shape
+    n = h * w
+    flat = np.asarray(image).reshape(c, n)
+    if n > max_pixels:
+        flat = flat[:, np.sort(rng.choice(n, size=max_pixels, replace=False))]
+    flat = flat.astype(np.float64)
+    valid = ~np.isnan(flat)
+    empty = np.flatnonzero(~valid.any(axis=1))
+    if len(empty):
+        raise InputError(f"channel {empty[0]} has no valid value in the scene")
+    mean = np.nanmean(flat, axis=1)
+    std = np.nanstd(flat, axis=1)
+    return mean.astype(np.float32), np.where(std > 0, std, 1.0).astype(np.float32)
+
+
+def _window(a: np.ndarray, top: int, left: int, size: int) -> np.ndarray:
+    """`a[..., top:top+size, left:left+size]`, reflected where it leaves the array."""
+    h, w = a.shape[-2:]
+    rows = _reflect(np.arange(top, top + size), h)
+    cols = _reflect(np.arange(left, left + size), w)
+    return np.asarray(a[..., rows[:, None], cols[None, :]])
+
+
+def _reflect(i: np.ndarray, n: int) -> np.ndarray:
+    """Indices mirrored into 0..n (without repeating the edge), as the host pads."""
+    if n == 1:
+        return np.zeros_like(i)
+    period = 2 * (n - 1)
+    i = np.mod(i, period)
+    return np.where(i < n, i, period - i)
+
+
+def draw_patch(rng: np.random.Generator, dataset: PatchDataset, targets: np.ndarray, by_class: list[np.ndarray],
+               size: int) -> tuple[np.ndarray, np.ndarray]:
+    """One training patch: a class at random, a pixel of it, the patch centred there (kept
+    inside the scene when it fits), one of the square's 8 symmetries."""
+    h, w = targets.shape
+    candidates = [c for c in range(len(by_class)) if len(by_class[c])]
+    cls = candidates[rng.integers(len(candidates))]
+    pixel = int(by_class[cls][rng.integers(len(by_class[cls]))])
+    r, c = divmod(pixel, w)
+    top = min(max(r - size // 2, 0), max(h - size, 0)) if h >= size else r - size // 2
+    left = min(max(c - size // 2, 0), max(w - size, 0)) if w >= size else c - size // 2
+    x = _window(dataset.image, top, left, size)
+    y = _window(targets, top, left, size)
+    k = int(rng.integers(4))
+    flip = bool(rng.integers(2))
+    x, y = np.rot90(x, k, axes=(1, 2)), np.rot90(y, k)
+    if flip:
+        x, y = x[:, :, ::-1], y[:, ::-1]
+    return np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(y, dtype=np.int64)
+
+
+def predict_scene(segmenter: Segmenter, image: np.ndarray, tile: int, overlap: int, batch: int = 4) -> np.ndarray:
+    """`[K, H, W]` probabilities of a whole scene by tiles of `tile` px overlapping by
+    `overlap` on each side, each tile's centre kept — the algorithm the host runs
+    (`host/src/segment/tiles.rs`), so metrics computed here describe the exported model."""
+    c, h, w = image.shape
+    tile = effective_tile(tile, overlap, h, w, segmenter.net.multiple)
+    core = tile - 2 * overlap
+    origins = [(r, q) for r in range(0, h, core) for q in range(0, w, core)]
+    out = None
+    segmenter.eval()
+    with torch.no_grad():
+        for s in range(0, len(origins), batch):
+            part = origins[s:s + batch]
+            x = np.stack([_window(image, r - overlap, q - overlap, tile) for r, q in part]).astype(np.float32)
+            p = segmenter.probabilities(torch.from_numpy(x)).numpy()
+            if out is None:
+                out = np.zeros((p.shape[1], h, w), dtype=np.float32)
+            for (r, q), pt in zip(part, p):
+                rh, qw = min(core, h - r), min(core, w - q)
+                out[:, r:r + rh, q:q + qw] = pt[:, overlap:overlap + rh, overlap:overlap + qw]
+    return out
+
+
+def effective_tile(tile: int, overlap: int, h: int, w: int, multiple: int) -> int:
+    """The tile side actually used: `tile`, or less for a scene smaller than one tile
+    (its side plus the overlaps, rounded up to what the poolings divide)."""
+    need = max(h, w) + 2 * overlap
+    return min(tile, -(-need // multiple) * multiple)
+
+
+def _targets(dataset: PatchDataset, classes: list[ClassInfo], keep_groups: set[int]) -> np.ndarray:
+    index = np.full(65536, -1, dtype=np.int64)
+    for i, c in enumerate(classes):
+        index[c.code] = i
+    labels = np.asarray(dataset.labels)
+    t = index[labels]
+    t[~np.isin(np.asarray(dataset.groups), np.fromiter(keep_groups, dtype=np.int64, count=len(keep_groups)))] = -1
+    return t
+
+
+def train_segmentation(dataset: PatchDataset, config: SegmentationConfig,
+                       emit: Callable[[dict], None] = lambda event: None) -> SegmentationResult:
+    rank, world = _distributed()
+    seed_everything(config.seed)
+    rng = np.random.default_rng(config.seed)
+    labels, groups = np.asarray(dataset.labels), np.asarray(dataset.groups)
+    if dataset.train_groups is not None:
+        train_groups, test_groups = dataset.train_groups, dataset.test_groups or set()
+        rule = dataset.split_rule or "given"
+    else:
+        train_groups, test_groups = split_polygons(labels, groups, config.test_fraction, rng)
+        rule = f"{1 - config.test_fraction:.0%} / {config.test_fraction:.0%} of each class's polygons, seeded"
+    in_train = np.isin(groups, np.fromiter(train_groups, dtype=np.int64, count=len(train_groups)))
+    fit_groups, validation_groups = split_polygons(np.where(in_train, labels, 0), groups,
+                                                   config.validation_fraction, rng)
+    present = set(np.unique(labels[in_train & (labels > 0)]).tolist())
+    classes = [c for c in dataset.classes if c.code in present]
+    if len(classes) < 2:
+        raise InputError(f"{dataset.path}: at least two classes with training pixels are needed, found "
+                         f"{len(classes)}")
+    fit = _targets(dataset, classes, fit_groups)
+    validation = _targets(dataset, classes, validation_groups)
+    test = _targets(dataset, classes, test_groups)
+    mean, std = channel_statistics(dataset.image, rng)
+    counts = np.bincount(fit[fit >= 0], minlength=len(classes)).astype(np.float64)
+    weights = np.where(counts > 0, counts.sum() / (len(classes) * np.maximum(counts, 1)), 0.0).astype(np.float32)
+    segmenter = build(len(dataset.channels), len(classes), mean, std, config.hyperparameters)
+    if config.patch % segmenter.net.multiple:
+        raise InputError(f"patch size {config.patch} is not a multiple of {segmenter.net.multiple} (2^depth)")
+    model: nn.Module = segmenter
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(segmenter)
+    loss_fn = nn.CrossEntropyLoss(weight=torch.from_numpy(weights), ignore_index=-1)
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    by_class = [np.flatnonzero(fit.reshape(-1) == i) for i in range(len(classes))]
+    # Each rank its own stream of patches; the validation patches are the same everywhere.
+    patch_rng = np.random.default_rng([config.seed, rank])
+    validation_by_class = [np.flatnonzero(validation.reshape(-1) == i) for i in range(len(classes))]
+    has_validation = any(len(v) for v in validation_by_class)
+    val_rng = np.random.default_rng([config.seed, 1 << 20])
+    val_patches = [draw_patch(val_rng, dataset, validation, validation_by_class, config.patch)
+                   for _ in range(config.validation_patches)] if has_validation else []
+    per_rank = max(config.batch_size, config.patches_per_epoch // world)
+    history: list[dict] = []
+    best_loss, best_epoch, best_state, waited, stopped_early = math.inf, None, None, 0, False
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        total, seen = 0.0, 0
+        for _ in range(0, per_rank, config.batch_size):
+            batch = [draw_patch(patch_rng, dataset, fit, by_class, config.patch) for _ in range(config.batch_size)]
+            x = torch.from_numpy(np.stack([b[0] for b in batch]))
+            y = torch.from_numpy(np.stack([b[1] for b in batch]))
+            optimiser.zero_grad()
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            optimiser.step()
+            labelled = int((y >= 0).sum())
+            total += loss.item() * labelled
+            seen += labelled
+        event = {"event": "epoch", "epoch": epoch, "epochs": config.epochs, "train_loss": total / seen if seen else None}
+        stop = torch.zeros(1)
+        if rank == 0 and has_validation:
+            segmenter.eval()
+            with torch.no_grad():
+                vx = torch.from_numpy(np.stack([p[0] for p in val_patches]))
+                vy = torch.from_numpy(np.stack([p[1] for p in val_patches]))
+                logits = segmenter(vx)
+                val_loss = float(loss_fn(logits, vy))
+                keep = vy >= 0
+                val_oa = float((logits.argmax(1)[keep] == vy[keep]).float().mean())
+            event.update(val_loss=val_loss, val_oa=val_oa)
+            if val_loss < best_loss - config.min_delta:
+                best_loss, best_epoch, waited = val_loss, epoch, 0
+                best_state = copy.deepcopy(segmenter.state_dict())
+            else:
+                waited += 1
+            stop[0] = float(waited >= config.patience)
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.broadcast(stop, src=0)
+        history.append(event)
+        if rank == 0:
+            emit(event)
+        if stop[0] > 0:
+            stopped_early = True
+            if rank == 0:
+                emit({"event": "early_stop", "epoch": epoch, "best_epoch": best_epoch, "best_val_loss": best_loss})
+            break
+    if best_state is not None:
+        segmenter.load_state_dict(best_state)
+    segmenter.eval()
+    split = {"rule": rule, "train_polygons": len(train_groups), "test_polygons": len(test_groups),
+             "fit_polygons": len(fit_groups), "validation_polygons": len(validation_groups),
+             "fit_pixels": int((fit >= 0).sum()), "validation_pixels": int((validation >= 0).sum()),
+             "test_pixels": int((test >= 0).sum())}
+    return SegmentationResult(segmenter=segmenter, classes=classes, fit_targets=fit, validation_targets=validation,
+                              test_targets=test, mean=mean, std=std, class_weights=weights, history=history,
+                              best_epoch=best_epoch, stopped_early=stopped_early, split=split, world_size=world)
+
+
+def export_onnx(segmenter: Segmenter, channels: int, path, opset: int, input_name: str, output_name: str) -> None:
+    """Raw `[N, C, H, W]` → softmax `[N, K, H, W]`, batch and both sides dynamic (H and
+    W multiples of 2^depth)."""
+    import warnings
+
+    import onnx
+
+    module = SegmentationProbabilities(segmenter.eval()).eval()
+    m = segmenter.net.multiple
+    example = torch.zeros(1, channels, 4 * m, 4 * m)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=opset,
+                          input_names=[input_name], output_names=[output_name],
+                          dynamic_axes={input_name: {0: "N", 2: "H", 3: "W"}, output_name: {0: "N", 2: "H", 3: "W"}},
+                          do_constant_folding=True)
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+
+
+def onnxruntime_max_abs_diff(path, segmenter: Segmenter, tiles: np.ndarray, input_name: str,
+                             output_name: str) -> tuple[float, str] | None:
+    """Largest |ONNX Runtime − PyTorch| probability on `tiles` `[N, C, H, W]`; None when
+    onnxruntime is not importable."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    x = np.ascontiguousarray(tiles, dtype=np.float32)
+    got = session.run([output_name], {input_name: x})[0]
+    with torch.no_grad():
+        want = segmenter.eval().probabilities(torch.from_numpy(x)).numpy()
+    return float(np.abs(got - want).max()), ort.__version__
+
+
+def save_checkpoint(path, segmenter: Segmenter, config: dict) -> None:
+    torch.save({"config": config, "state_dict": segmenter.state_dict()}, str(path))
+
+
+def load_checkpoint(path) -> tuple[Segmenter, dict]:
+    checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
+    config = checkpoint["config"]
+    segmenter = build(config["channels"], config["classes"], config["mean"], config["std"], config["hyperparameters"])
+    segmenter.load_state_dict(checkpoint["state_dict"])
+    return segmenter.eval(), config

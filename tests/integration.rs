@@ -19,4 +19,5 @@ mod kmeans;
 mod raster;
 mod report;
 mod sandbox;
+mod segment;
 mod stages_pipeline;

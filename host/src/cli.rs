@@ -123,6 +123,10 @@ pub enum Command {
         size: usize,
         #[arg(long, default_value_t = 7)]
         seed: u64,
+        /// Seed 004's case: towns as urban fabric (roofs, gardens, streets; only the
+        /// context says "Artificial"), two villages, and sparse labels in sparse/<year>.tif.
+        #[arg(long)]
+        urban_fabric: bool,
     },
     /// Print what this machine offers sitsflow: GDAL and its drivers, ONNX Runtime and its
     /// execution providers (CUDA found or why not), the wasm32-wasip2 target for
@@ -135,18 +139,26 @@ pub enum Command {
         dir: PathBuf,
     },
     /// Train a temporal classifier (TempCNN or LSTM, PyTorch in models/) on labelled
-    /// samples and export it to ONNX with its metadata and metrics.
+    /// samples, or FG-UNet on a patch dataset, and export it to ONNX with its metadata
+    /// and metrics.
     Train {
-        /// Training samples (CSV: label, optional id/group, BAND@DATE columns).
+        /// Training samples (CSV: label, optional id/group, BAND@DATE columns): tempcnn, lstm.
+        #[arg(long, required_unless_present = "patches", conflicts_with = "patches")]
+        samples: Option<PathBuf>,
+        /// A patch dataset folder (sitsflow-patches/1: image.npy, labels.npy, groups.npy,
+        /// dataset.json; a run writes its own in .partial/patches/): fg-unet.
         #[arg(long)]
-        samples: PathBuf,
+        patches: Option<PathBuf>,
+        /// Train with this many processes under torchrun (DDP: gloo on CPU, NCCL on CUDA).
+        #[arg(long, default_value_t = 1)]
+        processes: u32,
         /// Test samples: metrics are computed on them (else on a validation split).
         #[arg(long)]
         test: Option<PathBuf>,
         /// Class codes, names and colours (code,name,color).
         #[arg(long)]
         classes: Option<PathBuf>,
-        #[arg(long, value_parser = ["tempcnn", "lstm"], default_value = "tempcnn")]
+        #[arg(long, value_parser = ["tempcnn", "lstm", "fg-unet"], default_value = "tempcnn")]
         arch: String,
         /// Output folder: model.onnx, model.json, metrics.json.
         #[arg(long)]
@@ -339,10 +351,16 @@ fn dispatch(cli: &Cli) -> Result<(), Failure> {
             doctor(*json, dir);
             Ok(())
         }
-        Command::Train { samples, test, classes, arch, out, seed, epochs } => {
+        Command::Train { samples, patches, processes, test, classes, arch, out, seed, epochs } => {
             let workspace = crate::train::find_workspace().unwrap_or_else(|| PathBuf::from("."));
+            let data = match (samples, patches) {
+                (Some(s), None) => crate::train::TrainData::Samples(s.clone()),
+                (None, Some(p)) => crate::train::TrainData::Patches(p.clone()),
+                _ => unreachable!("clap requires exactly one of --samples and --patches"),
+            };
             let request = crate::train::TrainRequest {
-                samples: samples.clone(),
+                data,
+                processes: *processes,
                 test: test.clone(),
                 classes: classes.clone(),
                 arch: arch.clone(),
@@ -379,8 +397,8 @@ fn dispatch(cli: &Cli) -> Result<(), Failure> {
             );
             Ok(())
         }
-        Command::DemoData { dir, size, seed } => {
-            let options = crate::demo::DemoOptions { size: *size, seed: *seed, ..Default::default() };
+        Command::DemoData { dir, size, seed, urban_fabric } => {
+            let options = crate::demo::DemoOptions { size: *size, seed: *seed, urban_fabric: *urban_fabric, ..Default::default() };
             crate::demo::generate(dir, &options).with_context(|| format!("generating demo data in {}", dir.display()))?;
             println!("{}", dir.display());
             Ok(())

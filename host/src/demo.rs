@@ -110,16 +110,21 @@ pub struct DemoOptions {
     pub years: Vec<i32>,
     pub dates_per_year: usize,
     pub seed: u64,
+    /// Seed 004's case (`demo-data --urban-fabric`): towns as urban fabric, every pixel
+    /// a roof, a garden or a street (the truth stays "Artificial", which only the
+    /// context tells), two villages beside the town, and sparse labels
+    /// (`sparse/<year>.tif`: the interiors of some 16 px cells, 0 elsewhere).
+    pub urban_fabric: bool,
 }
 
 impl Default for DemoOptions {
     fn default() -> Self {
-        DemoOptions { size: 512, years: vec![2018, 2019, 2020], dates_per_year: 12, seed: 7 }
+        DemoOptions { size: 512, years: vec![2018, 2019, 2020], dates_per_year: 12, seed: 7, urban_fabric: false }
     }
 }
 
 /// The land cover of the first year.
-fn base_map(size: usize, rng: &mut ChaCha8Rng) -> Vec<u16> {
+fn base_map(size: usize, urban_fabric: bool, rng: &mut ChaCha8Rng) -> Vec<u16> {
     let mut map = vec![CROPS; size * size];
     let s = size as f32;
     // Parcels: crops or grass in a jittered grid of fields.
@@ -155,6 +160,13 @@ fn base_map(size: usize, rng: &mut ChaCha8Rng) -> Vec<u16> {
             }
             // The town.
             if (y - 0.2 * s).abs() < 0.08 * s && (x - 0.25 * s).abs() < 0.1 * s {
+                map[r * size + c] = ARTIFICIAL;
+            }
+            // Two villages (urban fabric only: the default demo keeps one town).
+            if urban_fabric
+                && (((y - 0.68 * s).abs() < 0.05 * s && (x - 0.62 * s).abs() < 0.06 * s)
+                    || ((y - 0.4 * s).abs() < 0.05 * s && (x - 0.85 * s).abs() < 0.05 * s))
+            {
                 map[r * size + c] = ARTIFICIAL;
             }
         }
@@ -263,7 +275,7 @@ const HAZE: [f32; 10] = [1.0, 0.8, 0.6, 0.5, 0.4, 0.35, 0.3, 0.3, 0.1, 0.05];
 pub fn generate(dir: &Path, options: &DemoOptions) -> Result<()> {
     let size = options.size;
     let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
-    let base = base_map(size, &mut rng);
+    let base = base_map(size, options.urban_fabric, &mut rng);
     let maps = yearly_maps(&base, size, options.years.len());
     // Pixel traits, yearly phenology shifts and haze come from a stream of their own.
     let mut trait_rng = ChaCha8Rng::seed_from_u64(options.seed ^ 0x7472_6169_7473);
@@ -316,8 +328,15 @@ pub fn generate(dir: &Path, options: &DemoOptions) -> Result<()> {
                     shadow |= ds < radius * 0.8;
                 }
                 let brightness = traits.brightness[i] * (1.0 + 0.06 * (rng.random::<f32>() - 0.5));
+                let fabric = (options.urban_fabric && class == ARTIFICIAL).then(|| Fabric::at(i / size, i % size, options.seed));
+                let g_garden = pixel_greenness(GRASS, doy, shift, traits.vigour[i]);
                 for b in 0..BANDS.len() {
-                    let mut pure = surface(class, g, b);
+                    let mut pure = match fabric {
+                        Some(Fabric::Roof) => ROOF[b],
+                        Some(Fabric::Street) => STREET[b],
+                        Some(Fabric::Garden) => surface(GRASS, g_garden, b),
+                        None => surface(class, g, b),
+                    };
                     if let Some(other) = mixed {
                         let g_other = pixel_greenness(other, doy, shift, traits.vigour[i]);
                         pure = 0.65 * pure + 0.35 * surface(other, g_other, b);
@@ -337,6 +356,9 @@ pub fn generate(dir: &Path, options: &DemoOptions) -> Result<()> {
                 .with_context(|| format!("writing the demo scene of {date}"))?;
         }
         write_labels(&dir.join("truth").join(format!("{year}.tif")), &grid, map)?;
+        if options.urban_fabric {
+            write_labels(&dir.join("sparse").join(format!("{year}.tif")), &grid, &sparse_labels(map, size, options.seed))?;
+        }
     }
     // CORINE-like reference: the first year's land cover as CLC level-3 codes on a
     // 100 m grid, each cell the most frequent class of its 10 × 10 pixels.
@@ -372,6 +394,61 @@ pub fn generate(dir: &Path, options: &DemoOptions) -> Result<()> {
     }
     crate::fsutil::write_atomic(&dir.join("classes.csv"), csv.as_bytes())?;
     Ok(())
+}
+
+/// What a pixel of urban fabric is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fabric {
+    Roof,
+    Garden,
+    Street,
+}
+
+/// Tiled roofs (bright, no phenology), as soil of the same brightness.
+const ROOF: [f32; 10] = [0.11, 0.12, 0.15, 0.18, 0.21, 0.22, 0.23, 0.24, 0.29, 0.25];
+/// Asphalt: dark and flat.
+const STREET: [f32; 10] = [0.07, 0.075, 0.08, 0.085, 0.09, 0.095, 0.1, 0.1, 0.11, 0.1];
+
+impl Fabric {
+    /// Streets every 8 px, and in each block 2 × 2 px lots that are gardens (40 %) or
+    /// roofs, drawn from the lot and the seed.
+    fn at(row: usize, col: usize, seed: u64) -> Fabric {
+        if row % 8 == 0 || col % 8 == 0 {
+            return Fabric::Street;
+        }
+        let lot = ((row / 2) as u64) << 32 | (col / 2) as u64;
+        let mut z = lot ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        if ((z >> 11) as f64) < 0.4 * (1u64 << 53) as f64 { Fabric::Garden } else { Fabric::Roof }
+    }
+}
+
+/// Sparse reference labels: the scene in 16 px cells, of which 40 % (drawn from the
+/// seed) have their 10 × 10 px interior labelled when it holds one class; 0 elsewhere.
+/// Each labelled interior is its own polygon, as digitised parcels are.
+fn sparse_labels(map: &[u16], size: usize, seed: u64) -> Vec<u16> {
+    const CELL: usize = 16;
+    const MARGIN: usize = 3;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7370_6172_7365);
+    let mut labels = vec![0u16; size * size];
+    for r0 in (0..size).step_by(CELL) {
+        for c0 in (0..size).step_by(CELL) {
+            let keep = rng.random::<f32>() < 0.4;
+            if !keep || r0 + CELL > size || c0 + CELL > size {
+                continue;
+            }
+            let class = map[(r0 + MARGIN) * size + c0 + MARGIN];
+            let interior = || (r0 + MARGIN..r0 + CELL - MARGIN).flat_map(|r| (c0 + MARGIN..c0 + CELL - MARGIN).map(move |c| r * size + c));
+            if interior().all(|i| map[i] == class) {
+                for i in interior() {
+                    labels[i] = class;
+                }
+            }
+        }
+    }
+    labels
 }
 
 fn write_labels(path: &Path, grid: &Grid, labels: &[u16]) -> Result<()> {

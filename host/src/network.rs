@@ -38,9 +38,25 @@ fn params_schema() -> Value {
     })
 }
 
+/// The parameters of `recipe = "fg-unet"`: the temporal recipes' and the tiles, the
+/// patches and the processes of a distributed training.
+fn segmentation_params_schema() -> Value {
+    let mut schema = params_schema();
+    let properties = schema["properties"].as_object_mut().expect("an object schema");
+    properties["batch_size"]["description"] = json!("patches per step (default 16)");
+    properties["hyperparameters"]["description"] = json!("network widths: width, depth, pixel_width, dropout");
+    properties.insert("tile".into(), json!({ "type": "integer", "minimum": 16, "maximum": 8192, "description": "inference tile side in px (default 512, the seed's)" }));
+    properties.insert("overlap".into(), json!({ "type": "integer", "minimum": 0, "maximum": 1024, "description": "context added on each side of a tile's core in px (default 16, the seed's)" }));
+    properties.insert("patch".into(), json!({ "type": "integer", "minimum": 8, "maximum": 1024, "description": "training patch side in px (default 64)" }));
+    properties.insert("patches_per_epoch".into(), json!({ "type": "integer", "minimum": 1, "description": "patches drawn on the fly per epoch (default 256)" }));
+    properties.insert("processes".into(), json!({ "type": "integer", "minimum": 1, "maximum": 256, "description": "train with this many processes under torchrun (DDP; default 1)" }));
+    schema
+}
+
 /// Checks a recipe labeller's parameters: `Err` lists each violation with its JSON pointer.
-pub fn check_params(params: &Value) -> Result<(), Vec<(String, String)>> {
-    let schema = jsonschema::validator_for(&params_schema()).expect("the recipe parameter schema is valid");
+pub fn check_params(arch: &str, params: &Value) -> Result<(), Vec<(String, String)>> {
+    let schema = if arch == "fg-unet" { segmentation_params_schema() } else { params_schema() };
+    let schema = jsonschema::validator_for(&schema).expect("the recipe parameter schema is valid");
     let errors: Vec<_> = schema.iter_errors(params).map(|e| (e.instance_path().to_string(), e.to_string())).collect();
     if errors.is_empty() { Ok(()) } else { Err(errors) }
 }
@@ -131,7 +147,8 @@ pub fn train(
     }
     extra.extend(["--note".to_string(), format!("trained by sitsflow for stage '{stage}'")]);
     let request = crate::train::TrainRequest {
-        samples: samples.clone(),
+        data: crate::train::TrainData::Samples(samples.clone()),
+        processes: 1,
         test: None,
         classes: Some(classes),
         arch: recipe.arch.clone(),
@@ -253,8 +270,11 @@ mod tests {
 
     #[test]
     fn parameters_are_checked_against_the_recipe_schema() {
-        assert!(check_params(&json!({ "epochs": 20, "hyperparameters": { "hidden": 32 } })).is_ok());
-        let errors = check_params(&json!({ "epochs": 0, "layers": 2 })).unwrap_err();
+        assert!(check_params("lstm", &json!({ "epochs": 20, "hyperparameters": { "hidden": 32 } })).is_ok());
+        let errors = check_params("lstm", &json!({ "epochs": 0, "layers": 2 })).unwrap_err();
         assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(check_params("lstm", &json!({ "tile": 256 })).is_err());
+        assert!(check_params("fg-unet", &json!({ "tile": 256, "overlap": 16, "processes": 2 })).is_ok());
+        assert_eq!(check_params("fg-unet", &json!({ "tile": 8 })).unwrap_err().len(), 1);
     }
 }

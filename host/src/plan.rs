@@ -129,7 +129,7 @@ pub enum Role {
     Sampler { input: Option<StageId>, year: Option<i32>, sample_size: SampleSize },
     /// Trains on `input`'s features (of `year`, or of every year) as `training` says,
     /// holding out `holdout` of its samples, and predicts every pixel.
-    Labeller { input: StageId, year: Option<i32>, holdout: f64, training: Training },
+    Labeller { input: StageId, year: Option<i32>, holdout: Holdout, training: Training },
     /// Decodes `input`'s yearly posteriors (a labeller predicting per year, or a
     /// per-year features stage of probabilities).
     Decoder { input: StageId },
@@ -286,6 +286,24 @@ pub const DEFAULT_FIT_SAMPLES: u64 = 200_000;
 pub const DEFAULT_CANDIDATES: u64 = 1_000_000;
 /// Share of a labeller's samples held out when the pipeline does not say.
 pub const DEFAULT_HOLDOUT: f64 = 0.25;
+
+/// What a labeller holds out of its samples for its accuracy report.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Holdout {
+    /// The share held out (0 = none).
+    pub share: f64,
+    pub by: HoldoutBy,
+}
+
+/// The units held out whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldoutBy {
+    /// 32 px squares of the grid, drawn per labeller.
+    Blocks,
+    /// Polygons (4-connected pixels of one class) of the sampler's selection, drawn per
+    /// class and per sampler: every labeller of a sampler is tested on the same pixels.
+    Polygons,
+}
 
 /// What runs a stage.
 #[derive(Clone)]
@@ -590,7 +608,22 @@ impl Plan {
                 Some(s) => SampleSize { n: *s.get_ref(), set: true },
                 None => SampleSize { n: if kind == StageKind::Sampler { DEFAULT_CANDIDATES } else { DEFAULT_FIT_SAMPLES }, set: false },
             };
-            let holdout = stage.holdout.as_ref().map_or(DEFAULT_HOLDOUT, |h| *h.get_ref());
+            let holdout = Holdout {
+                share: stage.holdout.as_ref().map_or(DEFAULT_HOLDOUT, |h| *h.get_ref()),
+                by: match stage.holdout_by.as_ref().map(|b| (b, b.get_ref().as_str())) {
+                    None | Some((_, "blocks")) => HoldoutBy::Blocks,
+                    Some((_, "polygons")) => HoldoutBy::Polygons,
+                    Some((b, other)) => {
+                        return Err(source.error(Some(b.span()), format!("holdout_by = '{other}': expected 'blocks' or 'polygons'")));
+                    }
+                },
+            };
+            if let (Some(b), false) = (&stage.holdout_by, kind == StageKind::Labeller) {
+                return Err(source.error(Some(b.span()), format!("'holdout_by' is for labeller stages; '{id}' is a {kind_shown} stage")));
+            }
+            if let (Some(b), Some(_), HoldoutBy::Polygons) = (&stage.holdout_by, &stage.active_learning, holdout.by) {
+                return Err(source.error(Some(b.span()), "active learning holds out 32 px blocks (its pool is drawn outside them); remove holdout_by"));
+            }
             let active_learning = match (&stage.active_learning, kind) {
                 (None, _) => None,
                 (Some(a), StageKind::Labeller) => {
@@ -639,7 +672,7 @@ impl Plan {
             };
             let checked = match &executor {
                 Executor::Plugin(plugin) => plugin.check_params(&params),
-                Executor::Recipe(_) => crate::network::check_params(&params),
+                Executor::Recipe(r) => crate::network::check_params(&r.arch, &params),
             };
             if let Err(errors) = checked {
                 let (pointer, message) = &errors[0];
@@ -968,7 +1001,11 @@ impl Plan {
                 let size = match &stage.role {
                     Role::Clusterer { sample_size, .. } => format!(", fitted on {sample_size} px"),
                     Role::Sampler { sample_size, .. } => format!(", up to {sample_size} candidates"),
-                    Role::Labeller { holdout, .. } => format!(", {:.0} % held out", holdout * 100.0),
+                    Role::Labeller { holdout, .. } => format!(
+                        ", {:.0} % held out{}",
+                        holdout.share * 100.0,
+                        if holdout.by == HoldoutBy::Polygons { " by polygons" } else { "" }
+                    ),
                     _ => String::new(),
                 };
                 if let Some(al) = learning {

@@ -234,6 +234,119 @@ fn section_html(section: &SceneSection) -> String {
     html
 }
 
+/// Labellers assessed on the same held-out pixels (the same sampler, split rule and
+/// share — e.g. FG-UNet and a random forest with `holdout_by = "polygons"`, seed 004's
+/// comparison): their held-out figures side by side, per split.
+pub fn comparisons(sections: &[SceneSection]) -> Value {
+    let mut groups: Vec<(Value, Vec<&SceneSection>)> = Vec::new();
+    for section in sections
+        .iter()
+        .filter(|s| s.kind == "labeller" && s.summary["held_out"]["metrics"].is_object())
+    {
+        let split = &section.summary["split"];
+        let key = json!({ "rule": split["rule"], "groups": split["groups"], "test_groups": split["test_groups"], "test_samples": split["test_samples"] });
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, members)) => members.push(section),
+            None => groups.push((key, vec![section])),
+        }
+    }
+    let compared: Vec<Value> = groups
+        .into_iter()
+        .filter(|(_, members)| members.len() > 1)
+        .map(|(split, members)| {
+            let metrics = |s: &SceneSection, key: &str| s.summary["held_out"]["metrics"][key].clone();
+            let mut classes: Vec<u64> = members
+                .iter()
+                .flat_map(|s| s.summary["held_out"]["metrics"]["classes"].as_array().into_iter().flatten().filter_map(|c| c["class"].as_u64()))
+                .collect();
+            classes.sort_unstable();
+            classes.dedup();
+            let names = members[0].summary["class_names"].clone();
+            json!({
+                "split": split,
+                "labellers": members.iter().map(|s| json!({
+                    "stage": s.stage,
+                    "plugin": s.plugin,
+                    "overall_accuracy": metrics(s, "overall_accuracy"),
+                    "kappa": metrics(s, "kappa"),
+                    "macro_f1": metrics(s, "macro_f1"),
+                    "miou": metrics(s, "miou"),
+                    "f1": classes.iter().map(|c| {
+                        let f1 = s.summary["held_out"]["metrics"]["classes"].as_array().into_iter().flatten()
+                            .find(|k| k["class"].as_u64() == Some(*c)).map_or(Value::Null, |k| k["f1"].clone());
+                        (c.to_string(), f1)
+                    }).collect::<serde_json::Map<_, _>>(),
+                })).collect::<Vec<_>>(),
+                "class_names": names,
+            })
+        })
+        .collect();
+    Value::Array(compared)
+}
+
+fn comparison_html(comparison: &Value, quicklooks: &[(String, Quicklook)]) -> String {
+    let labellers = comparison["labellers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let split = &comparison["split"];
+    let mut html = format!(
+        "<h2>Comparison on the same held-out pixels</h2><p>{} held-out samples ({}).</p><table><tr><th class=l></th>",
+        split["test_samples"],
+        esc(split["rule"].as_str().unwrap_or(""))
+    );
+    for l in &labellers {
+        let _ = write!(
+            html,
+            "<th>{} <code>{}</code></th>",
+            esc(l["stage"].as_str().unwrap_or("")),
+            esc(l["plugin"].as_str().unwrap_or(""))
+        );
+    }
+    html.push_str("</tr>");
+    let number = |v: &Value| v.as_f64().map_or("–".to_string(), |x| format!("{x:.4}"));
+    for (key, label) in [
+        ("overall_accuracy", "OA"),
+        ("kappa", "kappa"),
+        ("macro_f1", "macro F1"),
+        ("miou", "mIoU"),
+    ] {
+        let _ = write!(html, "<tr><th class=l>{label}</th>");
+        for l in &labellers {
+            let _ = write!(html, "<td>{}</td>", number(&l[key]));
+        }
+        html.push_str("</tr>");
+    }
+    let classes: Vec<String> = labellers
+        .first()
+        .and_then(|l| l["f1"].as_object())
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    for code in classes {
+        let name = comparison["class_names"][&code]
+            .as_str()
+            .map_or(code.clone(), |n| format!("{code} {n}"));
+        let _ = write!(html, "<tr><th class=l>F1 {}</th>", esc(&name));
+        for l in &labellers {
+            let _ = write!(html, "<td>{}</td>", number(&l["f1"][&code]));
+        }
+        html.push_str("</tr>");
+    }
+    html.push_str("</table><div class=\"quicklooks\">");
+    for l in &labellers {
+        let stage = l["stage"].as_str().unwrap_or("");
+        // The map of the training year (or the only one), side by side.
+        if let Some((name, q)) = quicklooks
+            .iter()
+            .find(|(n, _)| n == stage || n.starts_with(&format!("{stage}_")))
+        {
+            html.push_str(&quicklook_html(name, q));
+        }
+    }
+    html.push_str("</div>");
+    html
+}
+
 fn quicklook_html(name: &str, q: &Quicklook) -> String {
     let data = base64::engine::general_purpose::STANDARD.encode(&q.png);
     // Small rasters are shown enlarged (pixelated), so they stay readable.
@@ -290,6 +403,7 @@ pub fn write_report(
         "outputs": manifest["outputs"],
         "evaluations": evaluations.iter().map(|e| json!({ "output": e.output, "evaluation": e.evaluation })).collect::<Vec<_>>(),
         "scene_stages": sections.iter().map(|s| json!({ "stage": s.stage, "kind": s.kind, "plugin": s.plugin, "summary": s.summary })).collect::<Vec<_>>(),
+        "comparisons": comparisons(sections),
     });
     crate::fsutil::write_atomic(&run_dir.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
 
@@ -345,6 +459,9 @@ pub fn write_report(
         html.push_str(&quicklook_html(name, q));
     }
     html.push_str("</div>");
+    for comparison in report["comparisons"].as_array().into_iter().flatten() {
+        html.push_str(&comparison_html(comparison, quicklooks));
+    }
     for entry in evaluations {
         let e = &entry.evaluation;
         let names = legend_of(&entry.output);

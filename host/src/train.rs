@@ -20,7 +20,11 @@ pub const CONTRACT: u32 = 1;
 /// What to train.
 #[derive(Debug, Clone)]
 pub struct TrainRequest {
-    pub samples: PathBuf,
+    /// What it trains on.
+    pub data: TrainData,
+    /// Processes of a distributed training (`torchrun --nproc_per_node`); 1 = a plain
+    /// subprocess.
+    pub processes: u32,
     pub test: Option<PathBuf>,
     pub classes: Option<PathBuf>,
     /// `tempcnn` or `lstm`.
@@ -33,6 +37,30 @@ pub struct TrainRequest {
 }
 
 /// What a finished training wrote.
+/// A recipe's training data.
+#[derive(Debug, Clone)]
+pub enum TrainData {
+    /// A samples CSV (`--samples`: tempcnn, lstm).
+    Samples(PathBuf),
+    /// A patch dataset folder (`--patches`: fg-unet).
+    Patches(PathBuf),
+}
+
+impl TrainData {
+    pub fn path(&self) -> &Path {
+        match self {
+            TrainData::Samples(p) | TrainData::Patches(p) => p,
+        }
+    }
+
+    fn flag(&self) -> &'static str {
+        match self {
+            TrainData::Samples(_) => "--samples",
+            TrainData::Patches(_) => "--patches",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Trained {
     pub model: PathBuf,
@@ -47,7 +75,16 @@ pub fn python_path(workspace: &Path) -> String {
     let models = std::env::var_os("SITSFLOW_MODELS_DIR").map(PathBuf::from).unwrap_or_else(|| workspace.join("models"));
     let packages =
         std::env::var_os("SITSFLOW_MODELS_PYTHON").map(PathBuf::from).unwrap_or_else(|| workspace.join(".deps/models-python"));
-    format!("{}:{}", packages.display(), models.display())
+    // The onnxruntime package beside the library the host loads (scripts/setup.sh unpacks
+    // the wheel): the recipe checks every export against it (`onnx_check` in model.json).
+    let ort_package = std::env::var_os("ORT_DYLIB_PATH")
+        .map(PathBuf::from)
+        .and_then(|lib| lib.ancestors().nth(3).map(Path::to_path_buf))
+        .filter(|p| p.join("onnxruntime/__init__.py").is_file());
+    match ort_package {
+        Some(ort) => format!("{}:{}:{}", packages.display(), models.display(), ort.display()),
+        None => format!("{}:{}", packages.display(), models.display()),
+    }
 }
 
 /// The folder holding `models/` and `.deps/`: `start` (e.g. a pipeline's folder) or
@@ -95,12 +132,22 @@ pub fn check_environment(pythonpath: &str) -> Result<String> {
 /// Runs the recipe, forwarding its progress to `progress(epoch, epochs, event)`.
 pub fn train(request: &TrainRequest, pythonpath: &str, mut progress: impl FnMut(u64, u64, &Value)) -> Result<Trained> {
     let torch = check_environment(pythonpath)?;
-    log::info!("training {} on {} with torch {torch}", request.arch, request.samples.display());
+    log::info!(
+        "training {} on {} with torch {torch}{}",
+        request.arch,
+        request.data.path().display(),
+        if request.processes > 1 { format!(", {} processes (torchrun)", request.processes) } else { String::new() }
+    );
     let mut command = Command::new(python());
+    if request.processes > 1 {
+        // torchrun: one process per rank, rendezvous on this machine; the recipe sees
+        // WORLD_SIZE and trains with DistributedDataParallel.
+        command.args(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", &request.processes.to_string()]);
+    }
     command
         .args(["-m", "sitsflow_models", "train", "--contract", &CONTRACT.to_string(), "--arch", &request.arch])
-        .arg("--samples")
-        .arg(&request.samples)
+        .arg(request.data.flag())
+        .arg(request.data.path())
         .arg("--out")
         .arg(&request.out)
         .args(["--seed", &request.seed.to_string()]);
@@ -147,7 +194,7 @@ pub fn train(request: &TrainRequest, pythonpath: &str, mut progress: impl FnMut(
     if !status.success() {
         let why = last_error.unwrap_or_else(|| tail.iter().rev().take(5).rev().cloned().collect::<Vec<_>>().join("\n"));
         let kind = if status.code() == Some(2) { "rejected its input" } else { "failed" };
-        bail!("training {} on {} {kind}: {why}", request.arch, request.samples.display());
+        bail!("training {} on {} {kind}: {why}", request.arch, request.data.path().display());
     }
     let sidecar_path = request.out.join("model.json");
     let sidecar: Value = serde_json::from_str(

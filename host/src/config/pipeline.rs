@@ -38,7 +38,7 @@ pub const DEFAULT_DEADLINE_MS: u64 = 60_000;
 /// The largest memory a 32-bit Wasm instance can address.
 pub const MAX_MEMORY_MIB: u32 = 4096;
 /// The training recipes of `models/` a `recipe` labeller may name.
-pub const RECIPES: &[&str] = &["lstm", "tempcnn"];
+pub const RECIPES: &[&str] = &["fg-unet", "lstm", "tempcnn"];
 
 /// A parsed, syntactically valid pipeline, with the spans of its values.
 #[derive(Debug, Deserialize)]
@@ -221,10 +221,13 @@ pub struct Stage {
     #[serde(default)]
     pub path: Option<Located<String>>,
     /// `recipe = "lstm"`: instead of a plugin, a labeller whose network is trained in the
-    /// run by a PyTorch recipe of `models/` (`lstm` or `tempcnn`, launched as a
-    /// subprocess) and predicts through ONNX Runtime on the host. Its `params` go to the
+    /// run by a PyTorch recipe of `models/` (`lstm`, `tempcnn` or `fg-unet`, launched as
+    /// a subprocess) and predicts through ONNX Runtime on the host. Its `params` go to the
     /// recipe (`epochs`, `patience`, `batch_size`, `learning_rate`, `threads`,
-    /// `hyperparameters`); its input is per-date features named `BAND@DATE`.
+    /// `hyperparameters`; fg-unet also `tile`, `overlap`, `patch`, `patches_per_epoch`,
+    /// `processes`); its input is per-date features named `BAND@DATE`. `fg-unet` is a
+    /// segmentation network: it trains on patches around the selection's pixels and
+    /// predicts by overlapping tiles.
     #[serde(default)]
     pub recipe: Option<Located<String>>,
     /// `device = "auto"`: where a recipe labeller's network runs (`auto`, `cpu`, `cuda`).
@@ -264,6 +267,13 @@ pub struct Stage {
     /// accuracy report (0 = report none).
     #[serde(default)]
     pub holdout: Option<Located<f64>>,
+    /// `holdout_by = "polygons"`: what is held out whole: `"blocks"` (32 px squares, the
+    /// default) or `"polygons"` (4-connected pixels of one class in the sampler's
+    /// selection, e.g. parcels of a sparse reference; seed 004). A polygon split is drawn
+    /// from the run's seed and the sampler's id, so labellers of one sampler with the
+    /// same `holdout` are assessed on the same pixels.
+    #[serde(default)]
+    pub holdout_by: Option<Located<String>>,
     /// `per_year = true`: run a features stage once per calendar year of the series, on
     /// that year's dates, writing `<id>_<year>.tif` (date-named features become `@t00`,
     /// `@t01`, … so that a model trained on one year applies to the others).

@@ -41,7 +41,7 @@ pub(super) fn learn(
         for (o, &c) in codes.iter().enumerate() {
             if c != 0 {
                 let p = ((window.row + o / window.cols) * scene.grid.width + window.col + o % window.cols) as u64;
-                if held_out(seed, scene.grid.width, p, labeller.holdout.max(0.05)) { inside.push(p) } else { outside.push(p) }
+                if held_out(seed, scene.grid.width, p, labeller.holdout.share.max(0.05)) { inside.push(p) } else { outside.push(p) }
             }
         }
     }
@@ -66,7 +66,7 @@ pub(super) fn learn(
     let eval_features = scene.gather_features(&features, &evaluation)?;
     let eval_truth: Vec<u16> = scene.gather_classes(reference, &evaluation)?.into_iter().map(|c| c as u16).collect();
     // The initial labelled set, outside the held-out blocks only.
-    let initial: Vec<usize> = (0..selected.pixels.len()).filter(|&i| !held_out(seed, scene.grid.width, selected.pixels[i], labeller.holdout.max(0.05))).collect();
+    let initial: Vec<usize> = (0..selected.pixels.len()).filter(|&i| !held_out(seed, scene.grid.width, selected.pixels[i], labeller.holdout.share.max(0.05))).collect();
     let initial_pixels: Vec<u64> = initial.iter().map(|&i| selected.pixels[i]).collect();
     let mut train = scene.gather_features(&features, &initial_pixels)?;
     let mut train_labels: Vec<u16> = initial.iter().map(|&i| selected.labels[i]).collect();
@@ -140,7 +140,7 @@ pub(super) fn learn(
         training: report,
         held_out: held_out_json(&confusion),
         split: json!({
-            "holdout": labeller.holdout.max(0.05),
+            "holdout": labeller.holdout.share.max(0.05),
             "grouped_by": format!("{HOLDOUT_BLOCK_PX} px blocks"),
             "train_samples": train.samples,
             "test_samples": eval_features.samples,

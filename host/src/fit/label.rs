@@ -7,7 +7,7 @@ use crate::eval::Confusion;
 use crate::graph::{LabelMaps, RasterId};
 use crate::inference::Model;
 use crate::outputs::{Output, PixelType};
-use crate::plan::{Executor, RecipePlan, StagePlan, Training};
+use crate::plan::{Executor, Holdout, HoldoutBy, RecipePlan, StagePlan, Training};
 use crate::raster::{ClassStyle, FeatureRaster, Window};
 use crate::report::SceneSection;
 use crate::runtime::data::{FeatureMatrix, ModelBlob, Probabilities};
@@ -23,8 +23,8 @@ pub(super) struct LabellerPlan<'a> {
     pub stage: &'a StagePlan,
     /// The year of per-year features it trains on (`None`: every year).
     pub year: Option<i32>,
-    /// The share of its samples held out for its accuracy report.
-    pub holdout: f64,
+    /// What of its samples it holds out for its accuracy report.
+    pub holdout: Holdout,
     /// The maps it predicts, each from its features raster (one per year of per-year
     /// features), as its node names them.
     pub maps: &'a [LabelMaps],
@@ -32,7 +32,7 @@ pub(super) struct LabellerPlan<'a> {
 
 impl LabellerPlan<'_> {
     /// The features rasters it trains on: of its year, or of every year.
-    fn training_maps(&self) -> Vec<&LabelMaps> {
+    pub(super) fn training_maps(&self) -> Vec<&LabelMaps> {
         match self.year {
             Some(y) => self.maps.iter().filter(|m| m.year == Some(y)).collect(),
             None => self.maps.iter().collect(),
@@ -55,6 +55,9 @@ pub(super) fn run(
 ) -> Result<SceneSection> {
     let stage = labeller.stage;
     match &stage.executor {
+        Executor::Recipe(recipe) if recipe.arch == "fg-unet" => {
+            super::segment::run(scene, labeller, recipe, training, selections, nomenclature, results)
+        }
         Executor::Recipe(recipe) => {
             let class_names = nomenclature.map(|n| n.classes.iter().map(|c| (c.code, c.name.clone())).collect()).unwrap_or_default();
             let learner = Learner::Network { recipe, class_names };
@@ -62,7 +65,7 @@ pub(super) fn run(
                 Training::Stored(path) => stored_network(scene, stage, recipe, path)?,
                 // A network learns from the sampler's selection (no active learning).
                 Training::Samples(samples) | Training::ActiveLearning { samples, .. } => {
-                    fit_on_selection(scene, labeller, &learner, selected(selections, stage, samples)?)?
+                    fit_on_selection(scene, labeller, &learner, samples, selected(selections, stage, samples)?)?
                 }
             };
             label(scene, labeller, &learner, fit, nomenclature, results)
@@ -81,7 +84,7 @@ pub(super) fn run(
                     };
                     super::active::learn(scene, labeller, learning, &pool, query, selected, &scene.path(oracle))?
                 }
-                Training::Samples(samples) => fit_on_selection(scene, labeller, &Learner::Stage(&pool), selected(selections, stage, samples)?)?,
+                Training::Samples(samples) => fit_on_selection(scene, labeller, &Learner::Stage(&pool), samples, selected(selections, stage, samples)?)?,
             };
             label(scene, labeller, &Learner::Stage(&pool), fit, nomenclature, results)
         }
@@ -89,7 +92,7 @@ pub(super) fn run(
 }
 
 /// The selection of the sampler `samples` that a labeller trains on.
-fn selected<'a>(selections: &'a HashMap<String, Selected>, stage: &StagePlan, samples: &StageId) -> Result<&'a Selected> {
+pub(super) fn selected<'a>(selections: &'a HashMap<String, Selected>, stage: &StagePlan, samples: &StageId) -> Result<&'a Selected> {
     selections
         .get(samples.as_str())
         .ok_or_else(|| anyhow!("stage '{}': its sampler '{samples}' has made no selection before it", stage.id))
@@ -135,7 +138,7 @@ fn stored_blob(stage: &StagePlan, plugin: &Plugin, path: &Path) -> Result<Fit> {
 
 /// A recipe labeller's network stored by an earlier run (`models/<id>/model.onnx` with
 /// its `model.json`), copied into this run's `models/<id>/` and loaded from there.
-fn stored_network(scene: &Context, stage: &StagePlan, recipe: &RecipePlan, path: &Path) -> Result<Fit> {
+pub(super) fn stored_network(scene: &Context, stage: &StagePlan, recipe: &RecipePlan, path: &Path) -> Result<Fit> {
     let from = path.parent().unwrap_or(Path::new("."));
     let into = scene.run_dir().join("models").join(stage.id.as_str());
     if crate::fsutil::normalize(from) != crate::fsutil::normalize(&into) {
@@ -363,8 +366,69 @@ pub(super) fn held_out_json(confusion: &Option<Confusion>) -> Value {
     confusion.as_ref().map_or(Value::Null, |c| json!({ "metrics": c.metrics(), "confusion": c }))
 }
 
-/// Trains on a sampler's selection, holding out a share by blocks.
-fn fit_on_selection(scene: &Context, labeller: &LabellerPlan, learner: &Learner, selected: &Selected) -> Result<Fit> {
+/// How a selection splits into training and held-out samples: each pixel's group (its
+/// 32 px block, or its polygon) and whether it is held out.
+pub(super) struct Split {
+    /// Group of each selected pixel, from 1.
+    pub(super) groups: Vec<u32>,
+    pub(super) test: Vec<bool>,
+    pub(super) test_groups: std::collections::BTreeSet<u32>,
+    /// How it was drawn, for the report.
+    pub(super) rule: String,
+}
+
+/// The split of `selected` that `labeller.holdout` asks for. Blocks are drawn per
+/// labeller; polygons per sampler (`samples`), so every labeller of one sampler with the
+/// same share is tested on the same pixels (seed 004's comparison).
+pub(super) fn split_selection(scene: &Context, labeller: &LabellerPlan, samples: &StageId, selected: &Selected) -> Split {
+    let width = scene.grid.width;
+    let share = labeller.holdout.share;
+    match labeller.holdout.by {
+        HoldoutBy::Blocks => {
+            let seed = {
+                use rand::RngCore;
+                scene.rng(labeller.stage, "holdout").next_u64()
+            };
+            let groups: Vec<u32> = selected.pixels.iter().map(|&p| block_of(width, p) as u32 + 1).collect();
+            let test: Vec<bool> = selected.pixels.iter().map(|&p| held_out(seed, width, p, share)).collect();
+            let test_groups = groups.iter().zip(&test).filter(|(_, t)| **t).map(|(g, _)| *g).collect();
+            Split { groups, test, test_groups, rule: format!("{:.0} % of the {HOLDOUT_BLOCK_PX} px blocks, seeded per labeller", share * 100.0) }
+        }
+        HoldoutBy::Polygons => {
+            let groups = crate::segment::polygons(&selected.pixels, &selected.labels, width);
+            let mut rng = scene.rng_for(samples.as_str(), &format!("polygons {share}"));
+            let test_groups = crate::segment::test_polygons(&groups, &selected.labels, share, &mut rng);
+            let test = groups.iter().map(|g| test_groups.contains(g)).collect();
+            Split {
+                groups,
+                test,
+                test_groups,
+                rule: format!(
+                    "{:.0} % of each class's polygons (4-connected pixels of one class in '{samples}'), seeded per sampler",
+                    share * 100.0
+                ),
+            }
+        }
+    }
+}
+
+impl Split {
+    pub(super) fn to_json(&self, holdout: &Holdout, train_samples: u32, test_samples: u32) -> Value {
+        let groups: std::collections::BTreeSet<u32> = self.groups.iter().copied().collect();
+        json!({
+            "holdout": holdout.share,
+            "grouped_by": match holdout.by { HoldoutBy::Blocks => format!("{HOLDOUT_BLOCK_PX} px blocks"), HoldoutBy::Polygons => "polygons".into() },
+            "rule": self.rule,
+            "groups": groups.len(),
+            "test_groups": self.test_groups.len(),
+            "train_samples": train_samples,
+            "test_samples": test_samples,
+        })
+    }
+}
+
+/// Trains on a sampler's selection, holding out a share by blocks or polygons.
+fn fit_on_selection(scene: &Context, labeller: &LabellerPlan, learner: &Learner, samples_stage: &StageId, selected: &Selected) -> Result<Fit> {
     let stage = labeller.stage;
     // Training features: of the stage's year, or of every year stacked (a multi-year
     // training set: each sample pixel once per year, with its one label).
@@ -372,11 +436,8 @@ fn fit_on_selection(scene: &Context, labeller: &LabellerPlan, learner: &Learner,
     let samples = stacked_features(scene, stage, &training, &selected.pixels)?;
     let pixels: Vec<u64> = training.iter().flat_map(|_| selected.pixels.iter().copied()).collect();
     let labels: Vec<u16> = training.iter().flat_map(|_| selected.labels.iter().copied()).collect();
-    let seed = {
-        use rand::RngCore;
-        scene.rng(stage, "holdout").next_u64()
-    };
-    let test: Vec<bool> = pixels.iter().map(|&p| held_out(seed, scene.grid.width, p, labeller.holdout)).collect();
+    let split = split_selection(scene, labeller, samples_stage, selected);
+    let test: Vec<bool> = training.iter().flat_map(|_| split.test.iter().copied()).collect();
     let (train, train_labels) = rows_where(&samples, &labels, |i| !test[i]);
     let train_pixels: Vec<u64> = pixels.iter().zip(&test).filter(|(_, t)| !**t).map(|(p, _)| *p).collect();
     let (test_set, test_labels) = rows_where(&samples, &labels, |i| test[i]);
@@ -386,12 +447,7 @@ fn fit_on_selection(scene: &Context, labeller: &LabellerPlan, learner: &Learner,
         model,
         training: training_report,
         held_out: held_out_json(&confusion),
-        split: json!({
-            "holdout": labeller.holdout,
-            "grouped_by": format!("{HOLDOUT_BLOCK_PX} px blocks"),
-            "train_samples": train.samples,
-            "test_samples": test_set.samples,
-        }),
+        split: split.to_json(&labeller.holdout, train.samples, test_set.samples),
         training_years: match labeller.year {
             Some(y) => json!([y]),
             None if training.len() > 1 => json!(scene.years),
@@ -402,16 +458,9 @@ fn fit_on_selection(scene: &Context, labeller: &LabellerPlan, learner: &Learner,
 }
 
 
-fn label(
-    scene: &Context,
-    labeller: &LabellerPlan,
-    learner: &Learner,
-    fit: Fit,
-    nomenclature: Option<&Nomenclature>,
-    results: &mut FitResults,
-) -> Result<SceneSection> {
-    let stage = labeller.stage;
-    let model = fit.model;
+/// A labeller's evaluation (split, held-out metrics, training report): written as
+/// `<id>.metrics.json` beside its model's files, and returned for its report section.
+pub(super) fn write_evaluation(scene: &Context, stage: &StagePlan, fit: &Fit, nomenclature: Option<&Nomenclature>, results: &mut FitResults) -> Result<Value> {
     let class_names: BTreeMap<String, String> = nomenclature
         .map(|n| n.classes.iter().map(|c| (c.code.to_string(), c.name.clone())).collect())
         .unwrap_or_default();
@@ -428,7 +477,7 @@ fn label(
     let metrics_path = scene.run_dir().join(format!("{}.metrics.json", stage.id));
     crate::fsutil::write_atomic(&metrics_path, serde_json::to_string_pretty(&evaluation)?.as_bytes())?;
     results.files.push(metrics_path);
-    match &model {
+    match &fit.model {
         Trained::Blob(blob) => results.files.push(save_model(scene.run_dir(), stage, blob, &evaluation["training"])?),
         Trained::Network(network) => {
             let dir = network.path().parent().expect("model.onnx is in its folder");
@@ -439,7 +488,20 @@ fn label(
             }
         }
     }
+    Ok(evaluation)
+}
 
+fn label(
+    scene: &Context,
+    labeller: &LabellerPlan,
+    learner: &Learner,
+    fit: Fit,
+    nomenclature: Option<&Nomenclature>,
+    results: &mut FitResults,
+) -> Result<SceneSection> {
+    let stage = labeller.stage;
+    let evaluation = write_evaluation(scene, stage, &fit, nomenclature, results)?;
+    let model = fit.model;
     let Some(first) = labeller.maps.first() else {
         bail!("stage '{}': no features raster to predict on", stage.id);
     };
@@ -504,7 +566,7 @@ fn label(
 
 /// Agreement between consecutive years' maps, per class (the share of a class's pixels
 /// in one year that keep it the next) and overall: the consistency table of seed 001.
-fn consistency(years: &[i32], maps: &[PathBuf], nomenclature: Option<&Nomenclature>) -> Result<Value> {
+pub(super) fn consistency(years: &[i32], maps: &[PathBuf], nomenclature: Option<&Nomenclature>) -> Result<Value> {
     let pairs = crate::eval::series_agreement(maps)?;
     let mut classes: Vec<u16> = pairs.iter().flat_map(|p| p.per_class.keys().copied()).collect();
     classes.sort_unstable();

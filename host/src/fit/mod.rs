@@ -31,6 +31,7 @@ mod cluster;
 mod decode;
 mod label;
 mod sample;
+mod segment;
 
 use crate::graph::{FitIo, Graph, Node, RasterId};
 use crate::plan::{Executor, Plan, Role, SampleSize, StagePlan};
@@ -222,7 +223,12 @@ impl Context<'_> {
 
     /// A seeded generator for one stage (its id mixed into the run's seed).
     pub(super) fn rng(&self, stage: &StagePlan, purpose: &str) -> rand_chacha::ChaCha8Rng {
-        let mix = crate::hash::sha256_hex(format!("{}:{}:{purpose}", self.plan.seed, stage.id).as_bytes());
+        self.rng_for(stage.id.as_str(), purpose)
+    }
+
+    /// A seeded generator for a stage by id (e.g. a labeller's sampler).
+    pub(super) fn rng_for(&self, stage: &str, purpose: &str) -> rand_chacha::ChaCha8Rng {
+        let mix = crate::hash::sha256_hex(format!("{}:{stage}:{purpose}", self.plan.seed).as_bytes());
         let seed = u64::from_str_radix(&mix[..16], 16).expect("hex");
         rand_chacha::ChaCha8Rng::seed_from_u64(seed)
     }

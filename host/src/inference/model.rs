@@ -41,6 +41,12 @@ pub struct ModelMetadata {
     /// The evaluation written at training time (overall accuracy, kappa, …).
     #[serde(default)]
     pub metrics: Option<serde_json::Value>,
+    /// The network's widths (a segmentation network's size the host's tile sizing reads).
+    #[serde(default)]
+    pub hyperparameters: Option<serde_json::Value>,
+    /// A segmentation network's tiles: `{ "tile": 512, "overlap": 16 }`.
+    #[serde(default)]
+    pub tiling: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
@@ -54,9 +60,15 @@ pub struct InputMetadata {
     /// Training dates (matched by position, not by value).
     #[serde(default)]
     pub dates: Vec<String>,
-    /// e.g. `N×T×B`.
+    /// e.g. `N×T×B`, or `N×C×H×W` for a segmentation network.
     #[serde(default)]
     pub layout: Option<String>,
+    /// A segmentation network's input channels (`BAND@DATE`), in order.
+    #[serde(default)]
+    pub channels: Vec<String>,
+    /// A segmentation network's height and width must be multiples of this.
+    #[serde(default)]
+    pub multiple: Option<usize>,
 }
 
 /// One dimension of a sidecar shape.

@@ -51,6 +51,22 @@ impl FeatureRaster {
     }
 }
 
+impl FeatureRaster {
+    /// The bands `bands` (0-based) of `window`, band-major: `bands.len()` planes of
+    /// `window.pixels()` values, row-major.
+    pub fn read_planes(&self, window: Window, bands: &[usize]) -> Result<Vec<f32>> {
+        let n = window.pixels();
+        let mut out = vec![0f32; n * bands.len()];
+        for (plane, &k) in out.chunks_exact_mut(n.max(1)).zip(bands) {
+            self.dataset
+                .rasterband(k + 1)?
+                .read_into_slice::<f32>((window.col as isize, window.row as isize), (window.cols, window.rows), (window.cols, window.rows), plane, None)
+                .with_context(|| format!("{}: reading band {} ({}) at {window}", self.path.display(), k + 1, self.names[k]))?;
+        }
+        Ok(out)
+    }
+}
+
 /// A single-band class raster of the run (u16 codes, 0 = none).
 pub struct ClassRaster {
     pub path: PathBuf,

@@ -1,0 +1,341 @@
+//! A segmentation labeller's node (`recipe = "fg-unet"`, seed 004): a patch dataset from
+//! the sampler's selection and the features raster, the recipe trained on it (a
+//! subprocess; under torchrun with `processes = N`), then every map predicted by
+//! overlapping tiles through ONNX Runtime (`crate::segment`).
+//!
+//! Its report section has the shape of any labeller's, held-out metrics included: the
+//! held-out pixels are read from the map it predicts, so a random forest beside it on
+//! the same sampler with `holdout_by = "polygons"` is assessed on the same pixels.
+
+use super::label::{
+    Fit, LabellerPlan, Trained, consistency, selected, split_selection, stored_network,
+    write_evaluation,
+};
+use super::{Context, FitResults, Selected};
+use crate::config::Nomenclature;
+use crate::eval::Confusion;
+use crate::inference::Model;
+use crate::outputs::{Output, PixelType};
+use crate::plan::{RecipePlan, Training};
+use crate::raster::{ClassStyle, FeatureRaster, Window};
+use crate::report::SceneSection;
+use crate::segment::{Network, SparseLabels};
+use anyhow::{Context as _, Result, anyhow, bail};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn run(
+    scene: &Context,
+    labeller: &LabellerPlan,
+    recipe: &RecipePlan,
+    training: &Training,
+    selections: &HashMap<String, Selected>,
+    nomenclature: Option<&Nomenclature>,
+    results: &mut FitResults,
+) -> Result<SceneSection> {
+    let stage = labeller.stage;
+    let (width, height) = (scene.grid.width, scene.grid.height);
+    // (model, report, split, held-out pixels with their reference class)
+    let (mut fit, test): (Fit, HashMap<u64, u16>) = match training {
+        Training::Stored(path) => (stored_network(scene, stage, recipe, path)?, HashMap::new()),
+        Training::ActiveLearning { .. } => {
+            bail!(
+                "stage '{}': fg-unet learns from a sampler's selection; active learning is for pixel labellers",
+                stage.id
+            )
+        }
+        Training::Samples(samples) => {
+            let maps = labeller.training_maps();
+            let [target] = maps.as_slice() else {
+                bail!(
+                    "stage '{}': fg-unet trains on one scene's features, and its input is per year: pick the year with `year = …`",
+                    stage.id
+                );
+            };
+            let selected = selected(selections, stage, samples)?;
+            let split = split_selection(scene, labeller, samples, selected);
+            let class_names: Vec<(u16, String)> = nomenclature
+                .map(|n| n.classes.iter().map(|c| (c.code, c.name.clone())).collect())
+                .unwrap_or_default();
+            let dataset = scene.partial_dir.join("patches").join(stage.id.as_str());
+            let features = scene.path(target.features);
+            crate::segment::write_dataset(
+                &dataset,
+                &features,
+                scene.chunks,
+                width,
+                height,
+                &SparseLabels {
+                    pixels: &selected.pixels,
+                    labels: &selected.labels,
+                    groups: &split.groups,
+                    test_groups: &split.test_groups,
+                    classes: &class_names,
+                    split_rule: split.rule.clone(),
+                },
+            )
+            .with_context(|| format!("stage '{}': writing its patch dataset", stage.id))?;
+            let (model, report) = train(scene, stage, recipe, &dataset)?;
+            let test: HashMap<u64, u16> = selected
+                .pixels
+                .iter()
+                .zip(&selected.labels)
+                .zip(&split.test)
+                .filter(|(_, t)| **t)
+                .map(|((p, l), _)| (*p, *l))
+                .collect();
+            let train_samples = split.test.iter().filter(|t| !**t).count() as u32;
+            let fit = Fit {
+                model: Trained::Network(model),
+                training: report,
+                held_out: Value::Null,
+                split: split.to_json(&labeller.holdout, train_samples, test.len() as u32),
+                training_years: labeller.year.map_or(Value::Null, |y| json!([y])),
+                learning_curve: Value::Null,
+            };
+            (fit, test)
+        }
+    };
+    let Trained::Network(model) = &fit.model else {
+        unreachable!("a recipe trains a network")
+    };
+    let model = model.clone();
+    let Some(first) = labeller.maps.first() else {
+        bail!("stage '{}': no features raster to predict on", stage.id);
+    };
+    let params = &stage.params;
+    let first_raster = FeatureRaster::open(&scene.path(first.features))?;
+    let size = |key: &str| params.get(key).and_then(Value::as_u64).map(|v| v as usize);
+    let mut network = Network::new(&model, &first_raster, size("tile"), size("overlap"))
+        .map_err(|e| anyhow!("stage '{}': {e:#}", stage.id))?;
+    // The tiles in flight get what the budget leaves beside the engine and caches.
+    let budget_mib = (scene.plan.memory_budget_mib as usize)
+        .saturating_sub(crate::run::FIXED_OVERHEAD_MIB + crate::raster::block_cache_mib())
+        .max(64);
+    let batch = network.fit_budget(width, height, budget_mib << 20);
+    log::info!(
+        "stage '{}': predicting by {} px tiles overlapping by {} px, {batch} per batch, on {}",
+        stage.id,
+        network.tiling.side(width, height),
+        network.tiling.overlap,
+        model.provider().ort_name()
+    );
+    let cores: Vec<(usize, Window)> = network
+        .tiling
+        .cores(width, height)
+        .into_iter()
+        .enumerate()
+        .collect();
+    let style = nomenclature.map(|n| ClassStyle {
+        classes: n.styles(),
+    });
+    let k = network.classes.len();
+    let mut pairs: (Vec<u16>, Vec<u16>) = (Vec::new(), Vec::new());
+    let mut maps = Vec::new();
+    for target in labeller.maps {
+        let raster = FeatureRaster::open(&scene.path(target.features))?;
+        let name = scene.name(target.map).to_string();
+        let mut map = Output::new(
+            scene.partial_dir,
+            scene.run_dir(),
+            &name,
+            scene.grid,
+            PixelType::U16,
+            style.clone(),
+        );
+        let mut confidence = Output::new(
+            scene.partial_dir,
+            scene.run_dir(),
+            scene.name(target.confidence),
+            scene.grid,
+            PixelType::F32,
+            None,
+        );
+        let mut posteriors = target.proba.map(|p| {
+            Output::new(
+                scene.partial_dir,
+                scene.run_dir(),
+                scene.name(p),
+                scene.grid,
+                PixelType::F32,
+                None,
+            )
+        });
+        let band_names: Vec<String> = network.classes.iter().map(|c| format!("p:{c}")).collect();
+        let assess = labeller.year.is_none_or(|y| target.year == Some(y)) && !test.is_empty();
+        network
+            .predict(&raster, width, height, batch, |tile| {
+                let n = tile.core.pixels();
+                let mut labels = vec![0u16; n];
+                let mut best = vec![f32::NAN; n];
+                for (p, (label, best)) in labels.iter_mut().zip(best.iter_mut()).enumerate() {
+                    for j in 0..k {
+                        let v = tile.data[j * n + p];
+                        if v > *best || best.is_nan() {
+                            *best = v;
+                            *label = network.classes[j];
+                        }
+                    }
+                }
+                if assess {
+                    for r in 0..tile.core.rows {
+                        for c in 0..tile.core.cols {
+                            let pixel = ((tile.core.row + r) * width + tile.core.col + c) as u64;
+                            if let Some(&reference) = test.get(&pixel) {
+                                pairs.0.push(reference);
+                                pairs.1.push(labels[r * tile.core.cols + c]);
+                            }
+                        }
+                    }
+                }
+                map.raster.write_chunk(
+                    tile.index,
+                    tile.core,
+                    std::slice::from_ref(&name),
+                    &labels,
+                )?;
+                confidence.raster.write_chunk(
+                    tile.index,
+                    tile.core,
+                    &["confidence".to_string()],
+                    &best,
+                )?;
+                if let Some(out) = posteriors.as_mut() {
+                    out.raster
+                        .write_chunk(tile.index, tile.core, &band_names, &tile.data)?;
+                }
+                Ok(())
+            })
+            .with_context(|| format!("stage '{}': predicting {name}", stage.id))?;
+        let finished = map.finish(&cores)?;
+        maps.push(finished.clone());
+        results.outputs.push(finished);
+        results.outputs.push(confidence.finish(&cores)?);
+        if let Some(out) = posteriors.as_mut() {
+            results.files.push(out.finish(&cores)?);
+        }
+    }
+    if !pairs.0.is_empty() {
+        let confusion = Confusion::from_pairs(&pairs.0, &pairs.1);
+        fit.held_out = json!({ "metrics": confusion.metrics(), "confusion": confusion });
+    }
+    fit.training["tiling"] = json!({
+        "tile": network.tiling.side(width, height),
+        "overlap": network.tiling.overlap,
+        "tiles": cores.len(),
+        "batch": batch,
+        "blend": "centre crop",
+        "device": model.provider().ort_name(),
+    });
+    let mut summary = write_evaluation(scene, stage, &fit, nomenclature, results)?;
+    let dataset_json = model.path().with_file_name("dataset.json");
+    if dataset_json.is_file() {
+        results.files.push(dataset_json);
+    }
+    if maps.len() > 1 {
+        summary["consistency"] = consistency(&scene.years, &maps, nomenclature)?;
+    }
+    Ok(SceneSection {
+        stage: stage.id.to_string(),
+        kind: "labeller".into(),
+        plugin: stage.reference(),
+        summary,
+    })
+}
+
+/// Trains the recipe on the patch dataset `dataset` into `<run>/models/<id>/`.
+fn train(
+    scene: &Context,
+    stage: &crate::plan::StagePlan,
+    recipe: &RecipePlan,
+    dataset: &std::path::Path,
+) -> Result<(std::sync::Arc<Model>, Value)> {
+    let params = &stage.params;
+    let out = scene.run_dir().join("models").join(stage.id.as_str());
+    if out.exists() {
+        // A previous run's model: the recipe writes a complete folder or none.
+        std::fs::remove_dir_all(&out)
+            .with_context(|| format!("removing the previous {}", out.display()))?;
+    }
+    let mut extra = Vec::new();
+    for (key, flag) in [
+        ("patience", "--patience"),
+        ("batch_size", "--batch-size"),
+        ("learning_rate", "--learning-rate"),
+        ("threads", "--threads"),
+        ("tile", "--tile"),
+        ("overlap", "--overlap"),
+        ("patch", "--patch"),
+        ("patches_per_epoch", "--patches-per-epoch"),
+    ] {
+        if let Some(v) = params.get(key) {
+            extra.extend([flag.to_string(), v.to_string()]);
+        }
+    }
+    if let Some(h) = params.get("hyperparameters") {
+        extra.extend(["--hyperparameters".to_string(), h.to_string()]);
+    }
+    extra.extend([
+        "--note".to_string(),
+        format!("trained by sitsflow for stage '{}'", stage.id),
+    ]);
+    let seed = {
+        use rand::RngCore;
+        scene.rng(stage, "recipe").next_u64() >> 1
+    };
+    let request = crate::train::TrainRequest {
+        data: crate::train::TrainData::Patches(dataset.to_path_buf()),
+        processes: params.get("processes").and_then(Value::as_u64).unwrap_or(1) as u32,
+        test: None,
+        classes: None,
+        arch: recipe.arch.clone(),
+        out: out.clone(),
+        seed: params.get("seed").and_then(Value::as_u64).unwrap_or(seed),
+        epochs: params
+            .get("epochs")
+            .and_then(Value::as_u64)
+            .map(|e| e as u32),
+        extra,
+    };
+    let mut last_logged = 0;
+    let trained = crate::train::train(&request, &recipe.pythonpath, |epoch, epochs, event| {
+        if epoch == 1 || epoch >= last_logged + (epochs / 10).max(1) {
+            last_logged = epoch;
+            log::info!(
+                "stage '{}' ({}): epoch {epoch}/{epochs}, validation loss {}, OA {}",
+                stage.id,
+                recipe.arch,
+                event["val_loss"]
+                    .as_f64()
+                    .map_or("-".into(), |v| format!("{v:.4}")),
+                event["val_oa"]
+                    .as_f64()
+                    .map_or("-".into(), |v| format!("{v:.4}"))
+            );
+        }
+    })?;
+    // The dataset's description (channels, classes, split) goes with the model; the cube
+    // stays in .partial/.
+    let meta = dataset.join("dataset.json");
+    crate::fsutil::write_atomic(
+        &out.join("dataset.json"),
+        &std::fs::read(&meta).with_context(|| format!("reading {}", meta.display()))?,
+    )?;
+    let model = Model::load(&trained.model, recipe.device)
+        .map_err(|e| anyhow!("loading {}: {e}", trained.model.display()))?;
+    let report = json!({
+        "recipe": recipe.arch,
+        "recipe_sha256": recipe.sha256,
+        "model": trained.model.display().to_string(),
+        "device": model.provider().ort_name(),
+        "torch_version": trained.sidecar["torch_version"],
+        "training_data_sha256": trained.sidecar["training_data_sha256"],
+        "hyperparameters": trained.sidecar["hyperparameters"],
+        "parameters": trained.sidecar["parameters"],
+        "training": trained.sidecar["training"],
+        "validation": trained.metrics,
+        "onnx_check": trained.sidecar["onnx_check"],
+    });
+    Ok((model, report))
+}

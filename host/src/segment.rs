@@ -1,0 +1,576 @@
+//! Segmentation networks on the host (seed 004's FG-UNet): the patch dataset a
+//! `recipe = "fg-unet"` labeller trains on, the polygons its split is drawn by, and
+//! tiled inference of the exported network over a whole scene.
+//!
+//! **Tiles.** The scene is cut into cores of `tile − 2·overlap` px; each core is
+//! predicted from a `tile`-px input that adds `overlap` px of context on every side
+//! (reflected outside the scene, as chunks are), and only the core is kept (centre
+//! crop). A scene smaller than one tile uses one tile of its own size plus the overlaps.
+//! Tile origins are multiples of the network's pooling factor, so every tile pools the
+//! same pixels together as a whole-scene prediction would. `models/sitsflow_models/
+//! segmentation.py` (`predict_scene`) implements the same tiles, so the metrics the
+//! recipe reports describe what the host maps.
+
+use crate::inference::Model;
+use crate::raster::{FeatureRaster, Window};
+use anyhow::{Context as _, Result, anyhow, bail};
+use rand::Rng;
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+/// The seed's tile and overlap: 512 × 512 px tiles overlapping by 16 px.
+pub const DEFAULT_TILE: usize = 512;
+pub const DEFAULT_OVERLAP: usize = 16;
+/// The patch dataset contract `models/sitsflow_models/patches.py` reads.
+pub const DATASET_CONTRACT: &str = "sitsflow-patches/1";
+
+/// How a scene is cut into tiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tiling {
+    pub tile: usize,
+    pub overlap: usize,
+    /// Tile sides and origins are multiples of this (2^depth of the network's poolings).
+    pub multiple: usize,
+}
+
+impl Tiling {
+    pub fn new(tile: usize, overlap: usize, multiple: usize) -> Result<Tiling> {
+        let multiple = multiple.max(1);
+        if tile <= 2 * overlap {
+            bail!("tile {tile} px must be larger than twice the overlap ({overlap} px)");
+        }
+        if !tile.is_multiple_of(multiple) || !overlap.is_multiple_of(multiple) {
+            bail!(
+                "tile {tile} and overlap {overlap} must be multiples of {multiple} (the network's pooling factor)"
+            );
+        }
+        Ok(Tiling {
+            tile,
+            overlap,
+            multiple,
+        })
+    }
+
+    /// The tile side used on a `width × height` scene: `tile`, or the scene plus its
+    /// overlaps rounded up to the pooling factor when that is smaller.
+    pub fn side(&self, width: usize, height: usize) -> usize {
+        let need = (width.max(height) + 2 * self.overlap).div_ceil(self.multiple) * self.multiple;
+        self.tile.min(need)
+    }
+
+    /// The cores, row-major: together they cover the scene once.
+    pub fn cores(&self, width: usize, height: usize) -> Vec<Window> {
+        let core = self.side(width, height) - 2 * self.overlap;
+        let mut out = Vec::new();
+        for row in (0..height).step_by(core) {
+            for col in (0..width).step_by(core) {
+                out.push(Window {
+                    row,
+                    col,
+                    rows: core.min(height - row),
+                    cols: core.min(width - col),
+                });
+            }
+        }
+        out
+    }
+}
+
+/// Index `i` mirrored into `0..n` without repeating the edge pixel (`…, 2, 1, 0, 1, 2, …`),
+/// as chunks are padded (`run::pad_reflect`) and as the recipe pads its patches.
+pub fn reflect(i: isize, n: usize) -> usize {
+    if n == 1 {
+        return 0;
+    }
+    let period = 2 * (n as isize - 1);
+    let i = i.rem_euclid(period);
+    (if i < n as isize { i } else { period - i }) as usize
+}
+
+/// One tile's input, `bands.len() × side × side` channel-major: the core and `overlap`
+/// px around it, reflected where they leave the scene.
+pub fn tile_input(
+    raster: &FeatureRaster,
+    bands: &[usize],
+    width: usize,
+    height: usize,
+    core: &Window,
+    tiling: &Tiling,
+) -> Result<Vec<f32>> {
+    let side = tiling.side(width, height);
+    let rows: Vec<usize> = (0..side)
+        .map(|i| {
+            reflect(
+                core.row as isize - tiling.overlap as isize + i as isize,
+                height,
+            )
+        })
+        .collect();
+    let cols: Vec<usize> = (0..side)
+        .map(|i| {
+            reflect(
+                core.col as isize - tiling.overlap as isize + i as isize,
+                width,
+            )
+        })
+        .collect();
+    let (r0, r1) = (
+        *rows.iter().min().expect("side > 0"),
+        *rows.iter().max().expect("side > 0"),
+    );
+    let (c0, c1) = (
+        *cols.iter().min().expect("side > 0"),
+        *cols.iter().max().expect("side > 0"),
+    );
+    let window = Window {
+        row: r0,
+        col: c0,
+        rows: r1 - r0 + 1,
+        cols: c1 - c0 + 1,
+    };
+    let planes = raster.read_planes(window, bands)?;
+    let n = window.pixels();
+    let mut out = Vec::with_capacity(bands.len() * side * side);
+    for plane in planes.chunks_exact(n) {
+        for &r in &rows {
+            let line = &plane[(r - r0) * window.cols..(r - r0 + 1) * window.cols];
+            out.extend(cols.iter().map(|&c| line[c - c0]));
+        }
+    }
+    Ok(out)
+}
+
+/// The class probabilities of one tile's core, class-major (`classes.len()` planes of
+/// `core.pixels()` values).
+pub struct TileProbabilities {
+    pub index: usize,
+    pub core: Window,
+    pub data: Vec<f32>,
+}
+
+/// What the network takes and gives, from its sidecar.
+pub struct Network<'a> {
+    pub model: &'a Model,
+    /// For each input channel, its band in the features raster.
+    pub bands: Vec<usize>,
+    pub classes: Vec<u16>,
+    pub tiling: Tiling,
+    /// Bytes of working memory per tile pixel (input, output and the network's largest
+    /// activations), for batching within the budget.
+    pub bytes_per_pixel: usize,
+}
+
+impl<'a> Network<'a> {
+    /// Matches a segmentation model to a features raster: every channel it was trained
+    /// on must be there (by name). `tiling` overrides the sidecar's tile and overlap.
+    pub fn new(
+        model: &'a Model,
+        raster: &FeatureRaster,
+        tile: Option<usize>,
+        overlap: Option<usize>,
+    ) -> Result<Network<'a>> {
+        let meta = model
+            .metadata()
+            .ok_or_else(|| anyhow!("{}: no model.json beside it", model.path().display()))?;
+        if meta.input.layout.as_deref() != Some("N×C×H×W") || meta.input.channels.is_empty() {
+            bail!(
+                "{}: not a segmentation network (input layout {:?}, expected N×C×H×W with channels)",
+                model.path().display(),
+                meta.input.layout
+            );
+        }
+        let bands = meta
+            .input
+            .channels
+            .iter()
+            .map(|c| {
+                raster.names.iter().position(|n| n == c).ok_or_else(|| {
+                    anyhow!(
+                        "{} has no band '{c}', which {} was trained on",
+                        raster.path.display(),
+                        model.path().display()
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let sidecar_tiling = meta.tiling.clone().unwrap_or_default();
+        let tile = tile
+            .or(sidecar_tiling["tile"].as_u64().map(|t| t as usize))
+            .unwrap_or(DEFAULT_TILE);
+        let overlap = overlap
+            .or(sidecar_tiling["overlap"].as_u64().map(|o| o as usize))
+            .unwrap_or(DEFAULT_OVERLAP);
+        let multiple = meta.input.multiple.unwrap_or(1);
+        let tiling = Tiling::new(tile, overlap, multiple)
+            .with_context(|| format!("tiling {}", model.path().display()))?;
+        let classes: Vec<u16> = meta.output.classes.iter().map(|c| c.code).collect();
+        let hp = meta.hyperparameters.clone().unwrap_or_default();
+        let width = hp["width"].as_u64().unwrap_or(32) as usize;
+        let pixel_width = hp["pixel_width"].as_u64().unwrap_or(64) as usize;
+        // Full-resolution tensors alive at once in the graph: the input, its normalised
+        // copy, a few of the first level's and the pixel path's, the concatenation, the
+        // output; measured peaks stay under this (README, "FG-UNet").
+        let bytes_per_pixel = 4 * (2 * bands.len() + 6 * (width + pixel_width) + 2 * classes.len());
+        Ok(Network {
+            model,
+            bands,
+            classes,
+            tiling,
+            bytes_per_pixel,
+        })
+    }
+
+    /// Tiles per batch and the tile side within `budget_bytes`: the seed's 512 px tile
+    /// when one fits, else the largest side that does (saying so).
+    pub fn fit_budget(&mut self, width: usize, height: usize, budget_bytes: usize) -> usize {
+        let per_tile = |side: usize| side * side * self.bytes_per_pixel;
+        while per_tile(self.tiling.side(width, height)) > budget_bytes
+            && self.tiling.tile > 2 * self.tiling.overlap + self.tiling.multiple
+        {
+            let smaller = (self.tiling.tile / 2)
+                .max(2 * self.tiling.overlap + self.tiling.multiple)
+                .div_ceil(self.tiling.multiple)
+                * self.tiling.multiple;
+            log::info!(
+                "a {} px tile needs {} MiB, over the {} MiB budget: using {smaller} px tiles",
+                self.tiling.tile,
+                per_tile(self.tiling.side(width, height)) >> 20,
+                budget_bytes >> 20
+            );
+            self.tiling.tile = smaller;
+        }
+        (budget_bytes / per_tile(self.tiling.side(width, height)).max(1)).max(1)
+    }
+
+    /// Predicts the scene of `raster` tile by tile, `batch` tiles per ONNX Runtime run,
+    /// handing each core's probabilities to `sink` in tile order.
+    pub fn predict(
+        &self,
+        raster: &FeatureRaster,
+        width: usize,
+        height: usize,
+        batch: usize,
+        mut sink: impl FnMut(TileProbabilities) -> Result<()>,
+    ) -> Result<()> {
+        let side = self.tiling.side(width, height);
+        let cores = self.tiling.cores(width, height);
+        let (c, k) = (self.bands.len(), self.classes.len());
+        for (b, group) in cores.chunks(batch.max(1)).enumerate() {
+            let mut input = Vec::with_capacity(group.len() * c * side * side);
+            for core in group {
+                input.extend(tile_input(
+                    raster,
+                    &self.bands,
+                    width,
+                    height,
+                    core,
+                    &self.tiling,
+                )?);
+            }
+            let (out, shape) = self
+                .model
+                .run_batched(&input, &[c, side, side], usize::MAX)
+                .map_err(|e| anyhow!("{e}"))?;
+            if shape != [group.len(), k, side, side] {
+                bail!(
+                    "{}: returned shape {shape:?} for {} tiles of {c} × {side} × {side}, expected {k} classes",
+                    self.model.path().display(),
+                    group.len()
+                );
+            }
+            for (j, core) in group.iter().enumerate() {
+                let tile = &out[j * k * side * side..(j + 1) * k * side * side];
+                let mut data = Vec::with_capacity(k * core.pixels());
+                for plane in tile.chunks_exact(side * side) {
+                    for r in 0..core.rows {
+                        let start = (self.tiling.overlap + r) * side + self.tiling.overlap;
+                        data.extend_from_slice(&plane[start..start + core.cols]);
+                    }
+                }
+                sink(TileProbabilities {
+                    index: b * batch.max(1) + j,
+                    core: *core,
+                    data,
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Polygons of a sparse selection: 4-connected pixels of one class, numbered from 1 in
+/// the order of their first pixel. `pixels` are row-major indices on a `width`-wide grid.
+pub fn polygons(pixels: &[u64], labels: &[u16], width: usize) -> Vec<u32> {
+    let index: HashMap<u64, usize> = pixels.iter().enumerate().map(|(i, &p)| (p, i)).collect();
+    let mut parent: Vec<usize> = (0..pixels.len()).collect();
+    fn find(parent: &mut [usize], mut i: usize) -> usize {
+        while parent[i] != i {
+            parent[i] = parent[parent[i]];
+            i = parent[i];
+        }
+        i
+    }
+    for (i, &p) in pixels.iter().enumerate() {
+        let col = p % width as u64;
+        let neighbours = [(col > 0).then(|| p - 1), p.checked_sub(width as u64)];
+        for q in neighbours.into_iter().flatten() {
+            if let Some(&j) = index.get(&q) {
+                if labels[j] == labels[i] {
+                    let (a, b) = (find(&mut parent, i), find(&mut parent, j));
+                    parent[a.max(b)] = a.min(b);
+                }
+            }
+        }
+    }
+    let mut ids: BTreeMap<usize, u32> = BTreeMap::new();
+    let mut order: Vec<(u64, usize)> = pixels.iter().enumerate().map(|(i, &p)| (p, i)).collect();
+    order.sort_unstable();
+    let mut out = vec![0u32; pixels.len()];
+    for (_, i) in order {
+        let root = find(&mut parent, i);
+        let next = ids.len() as u32 + 1;
+        out[i] = *ids.entry(root).or_insert(next);
+    }
+    out
+}
+
+/// The test polygons: per class (a polygon's class is its pixels' class), `share` of its
+/// polygons drawn at random, at least one where a class has two or more, never all.
+pub fn test_polygons(
+    groups: &[u32],
+    labels: &[u16],
+    share: f64,
+    rng: &mut impl Rng,
+) -> std::collections::BTreeSet<u32> {
+    let mut by_class: BTreeMap<u16, std::collections::BTreeSet<u32>> = BTreeMap::new();
+    for (&g, &l) in groups.iter().zip(labels) {
+        by_class.entry(l).or_default().insert(g);
+    }
+    let mut test = std::collections::BTreeSet::new();
+    if share <= 0.0 {
+        return test;
+    }
+    for ids in by_class.values() {
+        let mut ids: Vec<u32> = ids.iter().copied().collect();
+        if ids.len() < 2 {
+            continue;
+        }
+        let k = ((share * ids.len() as f64).round() as usize).clamp(1, ids.len() - 1);
+        // A partial Fisher–Yates shuffle: the first k are the draw.
+        for i in 0..k {
+            let j = rng.random_range(i..ids.len());
+            ids.swap(i, j);
+        }
+        test.extend(&ids[..k]);
+    }
+    test
+}
+
+/// A sparse training set on the scene's grid, for [`write_dataset`].
+pub struct SparseLabels<'a> {
+    pub pixels: &'a [u64],
+    pub labels: &'a [u16],
+    pub groups: &'a [u32],
+    pub test_groups: &'a std::collections::BTreeSet<u32>,
+    /// Class code → name.
+    pub classes: &'a [(u16, String)],
+    pub split_rule: String,
+}
+
+/// Writes a patch dataset (`sitsflow-patches/1`, see `models/sitsflow_models/patches.py`)
+/// into `dir`: the whole features raster as `image.npy` `[C, H, W]` (written window by
+/// window into a file `ndarray-npy` laid out, so the cube is never whole in memory),
+/// `labels.npy`, `groups.npy`, and `dataset.json` last (its presence means the folder is
+/// complete).
+pub fn write_dataset(
+    dir: &Path,
+    features: &Path,
+    windows: &[Window],
+    width: usize,
+    height: usize,
+    set: &SparseLabels,
+) -> Result<()> {
+    use ndarray_npy::WriteNpyExt;
+    use std::os::unix::fs::FileExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let _ = std::fs::remove_file(dir.join("dataset.json"));
+    let raster = FeatureRaster::open(features)?;
+    let c = raster.names.len();
+    let image_path = dir.join("image.npy");
+    let file = std::fs::File::create(&image_path)
+        .with_context(|| format!("creating {}", image_path.display()))?;
+    ndarray_npy::write_zeroed_npy::<f32, _>(&file, (c, height, width))
+        .map_err(|e| anyhow!("{}: {e}", image_path.display()))?;
+    let data_start = file.metadata()?.len() - (c * height * width * 4) as u64;
+    let all: Vec<usize> = (0..c).collect();
+    for window in windows {
+        let planes = raster.read_planes(*window, &all)?;
+        let mut bytes = Vec::with_capacity(window.cols * 4);
+        for (k, plane) in planes.chunks_exact(window.pixels()).enumerate() {
+            for r in 0..window.rows {
+                bytes.clear();
+                for v in &plane[r * window.cols..(r + 1) * window.cols] {
+                    bytes.extend_from_slice(&v.to_le_bytes());
+                }
+                let at =
+                    data_start + (((k * height + window.row + r) * width + window.col) * 4) as u64;
+                file.write_all_at(&bytes, at)
+                    .with_context(|| format!("writing {}", image_path.display()))?;
+            }
+        }
+    }
+    file.sync_all()?;
+    let mut labels = ndarray::Array2::<u16>::zeros((height, width));
+    let mut groups = ndarray::Array2::<u32>::zeros((height, width));
+    for ((&p, &l), &g) in set.pixels.iter().zip(set.labels).zip(set.groups) {
+        let (r, q) = ((p / width as u64) as usize, (p % width as u64) as usize);
+        labels[[r, q]] = l;
+        groups[[r, q]] = g;
+    }
+    let write_npy = |name: &str,
+                     write: &dyn Fn(
+        std::io::BufWriter<std::fs::File>,
+    ) -> Result<(), ndarray_npy::WriteNpyError>|
+     -> Result<()> {
+        let path = dir.join(name);
+        let f =
+            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        write(std::io::BufWriter::new(f)).map_err(|e| anyhow!("{}: {e}", path.display()))
+    };
+    write_npy("labels.npy", &|f| labels.write_npy(f))?;
+    write_npy("groups.npy", &|f| groups.write_npy(f))?;
+    let all_groups: std::collections::BTreeSet<u32> = set.groups.iter().copied().collect();
+    let (bands, dates) = bands_and_dates(&raster.names);
+    let mut codes: Vec<u16> = set.labels.to_vec();
+    codes.sort_unstable();
+    codes.dedup();
+    let classes: Vec<_> = codes
+        .iter()
+        .map(|&code| {
+            let name = set
+                .classes
+                .iter()
+                .find(|(c, _)| *c == code)
+                .map_or_else(|| format!("class {code}"), |(_, n)| n.clone());
+            json!({ "code": code, "name": name })
+        })
+        .collect();
+    let meta = json!({
+        "contract": DATASET_CONTRACT,
+        "channels": raster.names,
+        "bands": bands,
+        "dates": dates,
+        "classes": classes,
+        "split": {
+            "train": all_groups.difference(set.test_groups).collect::<Vec<_>>(),
+            "test": set.test_groups.iter().collect::<Vec<_>>(),
+        },
+        "split_rule": set.split_rule,
+        "source": features.display().to_string(),
+    });
+    let path = dir.join("dataset.json");
+    crate::fsutil::write_atomic(&path, serde_json::to_string_pretty(&meta)?.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// The bands and dates of `BAND@DATE` channel names, in order of first appearance.
+fn bands_and_dates(names: &[String]) -> (Vec<String>, Vec<String>) {
+    let mut bands: Vec<String> = Vec::new();
+    let mut dates: Vec<String> = Vec::new();
+    for name in names {
+        let (b, d) = name.rsplit_once('@').unwrap_or((name.as_str(), ""));
+        if !bands.iter().any(|x| x == b) {
+            bands.push(b.to_string());
+        }
+        if !dates.iter().any(|x| x == d) {
+            dates.push(d.to_string());
+        }
+    }
+    (bands, dates)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn reflection_mirrors_without_repeating_the_edge() {
+        let got: Vec<usize> = (-3..8).map(|i| reflect(i, 5)).collect();
+        assert_eq!(got, [3, 2, 1, 0, 1, 2, 3, 4, 3, 2, 1]);
+        assert_eq!(reflect(-40, 1), 0);
+        assert_eq!(reflect(-9, 3), 1);
+    }
+
+    #[test]
+    fn cores_cover_the_scene_once_and_small_scenes_get_a_small_tile() {
+        let t = Tiling::new(512, 16, 4).unwrap();
+        for (w, h) in [(64, 64), (1000, 700), (480, 481), (2048, 2048)] {
+            let mut count = vec![0u8; w * h];
+            for core in t.cores(w, h) {
+                assert_eq!(core.row % 4, 0);
+                assert_eq!(core.col % 4, 0);
+                for r in core.row..core.row + core.rows {
+                    for c in core.col..core.col + core.cols {
+                        count[r * w + c] += 1;
+                    }
+                }
+            }
+            assert!(count.iter().all(|&n| n == 1), "{w} × {h}");
+        }
+        assert_eq!(t.side(64, 64), 96);
+        assert_eq!(t.side(2048, 10), 512);
+        assert!(Tiling::new(32, 16, 4).is_err());
+        assert!(Tiling::new(510, 16, 4).is_err());
+    }
+
+    #[test]
+    fn polygons_are_connected_pixels_of_one_class() {
+        // 0 1 . 3     classes: a a . b
+        // 4 . . 7              a . . b
+        // 8 9 . .              c c . .
+        let pixels = [0, 1, 3, 4, 7, 8, 9];
+        let labels = [1, 1, 2, 1, 2, 3, 3];
+        let g = polygons(&pixels, &labels, 4);
+        assert_eq!(g, [1, 1, 2, 1, 2, 3, 3]);
+        // The same class touching diagonally only is two polygons.
+        let g = polygons(&[0, 5], &[1, 1], 4);
+        assert_eq!(g, [1, 2]);
+    }
+
+    #[test]
+    fn a_third_of_each_class_polygons_is_tested_and_never_all() {
+        let groups: Vec<u32> = (1..=30).collect();
+        let labels: Vec<u16> = (0..30)
+            .map(|i| if i < 27 { 1 + (i % 3) as u16 } else { 4 })
+            .collect();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let test = test_polygons(&groups, &labels, 0.34, &mut rng);
+        for class in 1..=3u16 {
+            let n = groups
+                .iter()
+                .zip(&labels)
+                .filter(|(g, l)| **l == class && test.contains(g))
+                .count();
+            assert_eq!(n, 3, "class {class}: 34 % of 9 polygons");
+        }
+        let class4 = groups
+            .iter()
+            .zip(&labels)
+            .filter(|(g, l)| **l == 4 && test.contains(g))
+            .count();
+        assert_eq!(class4, 1);
+        let same = test_polygons(
+            &groups,
+            &labels,
+            0.34,
+            &mut rand_chacha::ChaCha8Rng::seed_from_u64(3),
+        );
+        assert_eq!(test, same, "seeded");
+        assert!(
+            test_polygons(&[1], &[1], 0.34, &mut rng).is_empty(),
+            "a single polygon trains"
+        );
+    }
+}

@@ -240,6 +240,11 @@ impl<'a> Network<'a> {
             );
             self.tiling.tile = smaller;
         }
+        // On CPU one tile at a time: ONNX Runtime already spreads a tile over the cores,
+        // and its arena grows by powers of two, so a batch's peak overshoots its sum.
+        if self.model.provider() == crate::inference::Provider::Cpu {
+            return 1;
+        }
         (budget_bytes / per_tile(self.tiling.side(width, height)).max(1)).max(1)
     }
 

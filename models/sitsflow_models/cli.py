@@ -101,6 +101,14 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--tile", type=int, help="fg-unet: tile side (default: the sidecar's)")
     pr.add_argument("--overlap", type=int, help="fg-unet: overlap (default: the sidecar's)")
     pr.add_argument("--out", type=Path, required=True, help="probabilities CSV (fg-unet: .npy [K, H, W])")
+    i = sub.add_parser("init", help="an untrained fg-unet with its sidecar (benchmarks: speed does not depend on the weights)")
+    i.add_argument("--patches", type=Path, required=True, help="patch dataset whose channels the network takes")
+    i.add_argument("--classes", type=int, default=6, help="output classes")
+    i.add_argument("--out", type=Path, required=True)
+    i.add_argument("--seed", type=int, default=0)
+    i.add_argument("--tile", type=int, default=512)
+    i.add_argument("--overlap", type=int, default=16)
+    i.add_argument("--hyperparameters", type=json.loads, default={})
     b = sub.add_parser("bench", help="PyTorch CPU inference throughput, as JSON on stdout")
     b.add_argument("--model", type=Path, required=True)
     b.add_argument("--samples", type=Path, help="samples CSV (tempcnn, lstm)")
@@ -120,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_train(args)
         if args.command == "predict":
             return cmd_predict(args)
+        if args.command == "init":
+            from .segment_cli import init_segmentation_command
+
+            return init_segmentation_command(args, emit, _write_json)
         return cmd_bench(args)
     except InputError as e:
         log(f"error: {e}")

@@ -166,6 +166,42 @@ def train_segmentation_command(args, emit, log, write_json) -> int:
     return 0
 
 
+def init_segmentation_command(args, emit, write_json) -> int:
+    """An untrained FG-UNet (seeded weights, the dataset's channel statistics) exported
+    with the sidecar a trained one has: what the inference benchmark times."""
+    import torch
+
+    from . import export, patches
+    from .segmentation import build, channel_statistics, default_hyperparameters, export_onnx, save_checkpoint
+
+    dataset = patches.read(args.patches)
+    torch.manual_seed(args.seed)
+    c = len(dataset.channels)
+    mean, std = channel_statistics(dataset.image, np.random.default_rng(args.seed), max_pixels=1 << 16)
+    hp = {**default_hyperparameters(), **args.hyperparameters}
+    segmenter = build(c, args.classes, mean, std, hp).eval()
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out / "model.pt", segmenter, {"arch": "fg-unet", "channels": c, "classes": args.classes,
+                                                  "hyperparameters": hp, "mean": mean.tolist(), "std": std.tolist()})
+    export_onnx(segmenter, c, out / "model.onnx", export.OPSET, export.INPUT_NAME, export.OUTPUT_NAME)
+    sidecar = {
+        "contract": SIDECAR_CONTRACT, "arch": "fg-unet", "hyperparameters": hp, "untrained": True,
+        "parameters": sum(p.numel() for p in segmenter.parameters()),
+        "input": {"name": export.INPUT_NAME, "dtype": "float32", "shape": ["N", c, "H", "W"], "layout": "N×C×H×W",
+                  "channels": dataset.channels, "bands": dataset.bands, "dates": dataset.dates,
+                  "multiple": 2 ** hp["depth"]},
+        "output": {"name": export.OUTPUT_NAME, "dtype": "float32", "shape": ["N", args.classes, "H", "W"],
+                   "classes": [{"code": k + 1, "name": f"class {k + 1}"} for k in range(args.classes)]},
+        "tiling": {"tile": args.tile, "overlap": args.overlap, "blend": "centre crop"},
+        "normalisation": {"mean": mean.tolist(), "std": std.tolist(), "in_graph": True},
+        "opset": export.OPSET,
+    }
+    write_json(out / "model.json", sidecar)
+    emit({"event": "done", "model": str((out / "model.onnx").resolve()), "parameters": sidecar["parameters"]})
+    return 0
+
+
 def _miou(report: dict) -> float | None:
     """Mean intersection over union: TP / (TP + FP + FN) per class, from the confusion."""
     counts = np.array(report["confusion_matrix"]["counts"], dtype=np.float64)

@@ -228,8 +228,14 @@ pub(super) fn run(
         "blend": "centre crop",
         "device": model.provider().ort_name(),
     });
+    // The session's arena holds a tile's activations: free it before the next node.
+    let (path, device) = (model.path().to_path_buf(), model.device());
+    drop(network);
+    drop(model);
     let mut summary = write_evaluation(scene, stage, &fit, nomenclature, results)?;
-    let dataset_json = model.path().with_file_name("dataset.json");
+    drop(fit);
+    Model::unload(&path, device);
+    let dataset_json = path.with_file_name("dataset.json");
     if dataset_json.is_file() {
         results.files.push(dataset_json);
     }

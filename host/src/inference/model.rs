@@ -177,6 +177,12 @@ impl fmt::Debug for Model {
 /// The sessions of the process by (canonical path, device asked for).
 type Registry = HashMap<(PathBuf, Device), Arc<Model>>;
 
+/// The process-wide sessions, one per (canonical path, device).
+fn registry() -> &'static Mutex<Registry> {
+    static REGISTRY: OnceLock<Mutex<Registry>> = OnceLock::new();
+    REGISTRY.get_or_init(Default::default)
+}
+
 /// Why a CUDA session could not be made.
 struct CudaFailure {
     reason: String,
@@ -193,9 +199,8 @@ impl Model {
             .canonicalize()
             .map_err(|e| InferenceError::Load { path: path.to_path_buf(), reason: format!("cannot be read: {e}") })?;
         let runtime = library::runtime()?;
-        static REGISTRY: OnceLock<Mutex<Registry>> = OnceLock::new();
         // Held while a session is built, so two stages naming the same file load it once.
-        let mut registry = REGISTRY.get_or_init(Default::default).lock().unwrap_or_else(PoisonError::into_inner);
+        let mut registry = registry().lock().unwrap_or_else(PoisonError::into_inner);
         let key = (canonical, device);
         if let Some(model) = registry.get(&key) {
             return Ok(model.clone());
@@ -203,6 +208,15 @@ impl Model {
         let model = Arc::new(Model::open(runtime, key.0.clone(), device)?);
         registry.insert(key, model.clone());
         Ok(model)
+    }
+
+    /// Forgets the session of `path` on `device`: it (and the memory its arena holds) is
+    /// freed when the last `Arc` of it goes. For a model one fit node uses alone (a
+    /// segmentation network, whose arena holds a tile batch's activations).
+    pub fn unload(path: impl AsRef<Path>, device: Device) {
+        if let Ok(canonical) = path.as_ref().canonicalize() {
+            registry().lock().unwrap_or_else(PoisonError::into_inner).remove(&(canonical, device));
+        }
     }
 
     fn open(runtime: &OrtRuntime, path: PathBuf, device: Device) -> Result<Model, InferenceError> {

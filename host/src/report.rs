@@ -333,6 +333,9 @@ fn comparison_html(comparison: &Value, quicklooks: &[(String, Quicklook)]) -> St
         html.push_str("</tr>");
     }
     html.push_str("</table><div class=\"quicklooks\">");
+    if let Some((name, q)) = quicklooks.iter().find(|(n, _)| n == "image") {
+        html.push_str(&quicklook_html(name, q));
+    }
     for l in &labellers {
         let stage = l["stage"].as_str().unwrap_or("");
         // The map of the training year (or the only one), side by side.
@@ -527,6 +530,15 @@ pub fn evaluate_and_write(plan: &crate::plan::Plan, staging: &Path, outputs: &[P
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let q = crate::raster::quicklook(path, 384, None).with_context(|| format!("drawing {}", path.display()))?;
         quicklooks.push((name, q));
+    }
+    // Labellers compared side by side are shown beside the image they classified.
+    if comparisons(sections).as_array().is_some_and(|c| !c.is_empty()) {
+        for path in outputs {
+            if let Some(q) = crate::raster::true_colour(path, 384)? {
+                quicklooks.push(("image".to_string(), q));
+                break;
+            }
+        }
     }
     let mut evaluations = Vec::new();
     let mut sections = sections.to_vec();

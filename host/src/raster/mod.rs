@@ -20,7 +20,7 @@ mod write;
 
 pub use l2a::{L2aOptions, open_l2a};
 pub use layers::{ClassRaster, FeatureRaster, pixel_centre};
-pub use quicklook::{Quicklook, quicklook};
+pub use quicklook::{Quicklook, quicklook, true_colour};
 pub use reference::ReferenceMap;
 pub use series::{BandSource, ChunkData, Resampling, Scene, Series, SeriesReader};
 pub use stac::open_stac;

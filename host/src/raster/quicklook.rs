@@ -67,6 +67,35 @@ fn default_band(ds: &Dataset, size: (usize, usize)) -> Result<usize> {
     Ok(best.1)
 }
 
+/// The image itself in true colour (B04, B03, B02 of one date of a per-date features
+/// raster, the middle one of the dates that have all three), at most `max_px` wide or
+/// high, stretched between the 2nd and 98th percentiles of the three; `None` when the
+/// raster has no such date.
+pub fn true_colour(path: &Path, max_px: usize) -> Result<Option<Quicklook>> {
+    let ds = Dataset::open(path).with_context(|| format!("{}: cannot open with GDAL", path.display()))?;
+    let names: Vec<String> = (1..=ds.raster_count()).map(|b| ds.rasterband(b).ok().and_then(|rb| rb.description().ok()).unwrap_or_default()).collect();
+    let band = |b: &str, date: &str| names.iter().position(|n| *n == format!("{b}@{date}"));
+    let mut dates: Vec<&str> = names.iter().filter_map(|n| n.strip_prefix("B04@")).collect();
+    dates.retain(|d| band("B03", d).is_some() && band("B02", d).is_some());
+    let Some(date) = dates.get(dates.len() / 2).copied() else { return Ok(None) };
+    let (w, h) = ds.raster_size();
+    let scale = (w.max(h) as f64 / max_px as f64).max(1.0);
+    let (qw, qh) = (((w as f64 / scale).round() as usize).max(1), ((h as f64 / scale).round() as usize).max(1));
+    let mut planes = Vec::new();
+    for b in ["B04", "B03", "B02"] {
+        let index = band(b, date).expect("checked above") + 1;
+        planes.push(ds.rasterband(index)?.read_as::<f32>((0, 0), (w, h), (qw, qh), Some(ResampleAlg::Average))?.data().to_vec());
+    }
+    let mut finite: Vec<f32> = planes.iter().flatten().copied().filter(|v| v.is_finite()).collect();
+    finite.sort_by(f32::total_cmp);
+    let (lo, hi) = if finite.is_empty() { (0.0, 1.0) } else { (finite[finite.len() * 2 / 100], finite[(finite.len() * 98 / 100).min(finite.len() - 1)]) };
+    let rgb: Vec<Vec<u8>> = planes
+        .iter()
+        .map(|p| p.iter().map(|&v| if v.is_finite() && hi > lo { (((v - lo) / (hi - lo)).clamp(0.0, 1.0) * 255.0).round() as u8 } else { 0 }).collect())
+        .collect();
+    Ok(Some(Quicklook { png: encode_png(rgb, qw, qh)?, width: qw, height: qh, band: format!("B04, B03, B02 @ {date}"), legend: None, range: None }))
+}
+
 /// Draws `path` at most `max_px` wide or high. For multi-band continuous rasters the
 /// band `band` (0-based; default the middle one) is shown.
 pub fn quicklook(path: &Path, max_px: usize, band: Option<usize>) -> Result<Quicklook> {

@@ -157,9 +157,14 @@ pub fn train(
         epochs: params.get("epochs").and_then(Value::as_u64).map(|e| e as u32),
         extra,
     };
+    run_recipe(recipe, stage, &request)
+}
+
+/// Runs a recipe's training (one log line every tenth of the epochs: a run has no bar of
+/// its own) and loads the network it exported, with the report a labeller section shows.
+pub(crate) fn run_recipe(recipe: &RecipePlan, stage: &str, request: &crate::train::TrainRequest) -> Result<TrainedNetwork> {
     let mut last_logged = 0;
-    let trained = crate::train::train(&request, &recipe.pythonpath, |epoch, epochs, event| {
-        // The scene phase has no bar of its own: one line every tenth of the epochs.
+    let trained = crate::train::train(request, &recipe.pythonpath, |epoch, epochs, event| {
         if epoch == 1 || epoch >= last_logged + (epochs / 10).max(1) {
             last_logged = epoch;
             log::info!(
@@ -182,6 +187,7 @@ pub fn train(
         "torch_version": trained.sidecar["torch_version"],
         "training_data_sha256": trained.sidecar["training_data_sha256"],
         "hyperparameters": trained.sidecar["hyperparameters"],
+        "parameters": trained.sidecar["parameters"],
         "training": trained.sidecar["training"],
         "validation": trained.metrics,
         "onnx_check": trained.sidecar["onnx_check"],

@@ -113,6 +113,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--model", type=Path, required=True)
     b.add_argument("--samples", type=Path, help="samples CSV (tempcnn, lstm)")
     b.add_argument("--patches", type=Path, help="patch dataset: its scene is predicted by tiles (fg-unet)")
+    b.add_argument("--tile", type=int, help="fg-unet: tile side (default: the sidecar's)")
+    b.add_argument("--overlap", type=int, help="fg-unet: overlap (default: the sidecar's)")
     b.add_argument("--repeat", type=int, default=5)
     b.add_argument("--batch-size", type=int, default=4096)
     b.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default, one per core)")

@@ -48,6 +48,15 @@ def export_onnx(classifier: nets.Classifier, dates: int, bands: int, path: Path)
 def onnxruntime_max_abs_diff(path: Path, classifier: nets.Classifier, cube: np.ndarray) -> tuple[float, str] | None:
     """Largest |ONNX Runtime − PyTorch| probability on `cube`, with ORT's version; None when
     the onnxruntime package is not importable (it is only a cross-check)."""
+    x = np.ascontiguousarray(cube, dtype=np.float32)
+    with torch.no_grad():
+        want = classifier.eval().probabilities(torch.from_numpy(x)).numpy()
+    return ort_max_abs_diff(path, x, want)
+
+
+def ort_max_abs_diff(path: Path, x: np.ndarray, want: np.ndarray) -> tuple[float, str] | None:
+    """Largest |ONNX Runtime(x) − want| of the graph at `path` on the CPU, with ORT's
+    version; None when the onnxruntime package is not importable."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -55,9 +64,7 @@ def onnxruntime_max_abs_diff(path: Path, classifier: nets.Classifier, cube: np.n
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    got = session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(cube, dtype=np.float32)})[0]
-    with torch.no_grad():
-        want = classifier.eval().probabilities(torch.from_numpy(np.ascontiguousarray(cube, dtype=np.float32))).numpy()
+    got = session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
     return float(np.abs(got - want).max()), ort.__version__
 
 

@@ -95,7 +95,7 @@ def train_segmentation_command(args, emit, log, write_json) -> int:
     from .segmentation import _window
 
     check_tiles = np.stack([_window(np.asarray(dataset.image), 0, 0, side)]).astype(np.float32)
-    check = onnxruntime_max_abs_diff(tmp, segmenter, check_tiles, export.INPUT_NAME, export.OUTPUT_NAME)
+    check = onnxruntime_max_abs_diff(tmp, segmenter, check_tiles)
     if check is not None and check[0] > 1e-4:
         raise RuntimeError(f"the ONNX export differs from PyTorch by {check[0]:.2e} (onnxruntime {check[1]})")
     export.replace_atomically(tmp, out / "model.onnx")
@@ -265,7 +265,8 @@ def bench_segmentation_command(args, emit) -> int:
     segmenter, sidecar = _load(args.model)
     dataset = _matching(args.patches, sidecar)
     image = np.asarray(dataset.image)
-    tile, overlap = sidecar["tiling"]["tile"], sidecar["tiling"]["overlap"]
+    tile = args.tile or sidecar["tiling"]["tile"]
+    overlap = sidecar["tiling"]["overlap"] if args.overlap is None else args.overlap
     predict_scene(segmenter, image, tile, overlap)  # warm-up
     times = []
     for _ in range(args.repeat):

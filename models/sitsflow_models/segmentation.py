@@ -401,22 +401,15 @@ def export_onnx(segmenter: Segmenter, channels: int, path, opset: int, input_nam
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
 
 
-def onnxruntime_max_abs_diff(path, segmenter: Segmenter, tiles: np.ndarray, input_name: str,
-                             output_name: str) -> tuple[float, str] | None:
+def onnxruntime_max_abs_diff(path, segmenter: Segmenter, tiles: np.ndarray) -> tuple[float, str] | None:
     """Largest |ONNX Runtime − PyTorch| probability on `tiles` `[N, C, H, W]`; None when
     onnxruntime is not importable."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return None
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    from .export import ort_max_abs_diff
+
     x = np.ascontiguousarray(tiles, dtype=np.float32)
-    got = session.run([output_name], {input_name: x})[0]
     with torch.no_grad():
         want = segmenter.eval().probabilities(torch.from_numpy(x)).numpy()
-    return float(np.abs(got - want).max()), ort.__version__
+    return ort_max_abs_diff(path, x, want)
 
 
 def save_checkpoint(path, segmenter: Segmenter, config: dict) -> None:

@@ -304,44 +304,10 @@ fn train(
             .map(|e| e as u32),
         extra,
     };
-    let mut last_logged = 0;
-    let trained = crate::train::train(&request, &recipe.pythonpath, |epoch, epochs, event| {
-        if epoch == 1 || epoch >= last_logged + (epochs / 10).max(1) {
-            last_logged = epoch;
-            log::info!(
-                "stage '{}' ({}): epoch {epoch}/{epochs}, validation loss {}, OA {}",
-                stage.id,
-                recipe.arch,
-                event["val_loss"]
-                    .as_f64()
-                    .map_or("-".into(), |v| format!("{v:.4}")),
-                event["val_oa"]
-                    .as_f64()
-                    .map_or("-".into(), |v| format!("{v:.4}"))
-            );
-        }
-    })?;
+    let network = crate::network::run_recipe(recipe, stage.id.as_str(), &request)?;
     // The dataset's description (channels, classes, split) goes with the model; the cube
     // stays in .partial/.
     let meta = dataset.join("dataset.json");
-    crate::fsutil::write_atomic(
-        &out.join("dataset.json"),
-        &std::fs::read(&meta).with_context(|| format!("reading {}", meta.display()))?,
-    )?;
-    let model = Model::load(&trained.model, recipe.device)
-        .map_err(|e| anyhow!("loading {}: {e}", trained.model.display()))?;
-    let report = json!({
-        "recipe": recipe.arch,
-        "recipe_sha256": recipe.sha256,
-        "model": trained.model.display().to_string(),
-        "device": model.provider().ort_name(),
-        "torch_version": trained.sidecar["torch_version"],
-        "training_data_sha256": trained.sidecar["training_data_sha256"],
-        "hyperparameters": trained.sidecar["hyperparameters"],
-        "parameters": trained.sidecar["parameters"],
-        "training": trained.sidecar["training"],
-        "validation": trained.metrics,
-        "onnx_check": trained.sidecar["onnx_check"],
-    });
-    Ok((model, report))
+    crate::fsutil::write_atomic(&out.join("dataset.json"), &std::fs::read(&meta).with_context(|| format!("reading {}", meta.display()))?)?;
+    Ok((network.model, network.report))
 }

@@ -54,14 +54,44 @@ impl FeatureRaster {
 impl FeatureRaster {
     /// The bands `bands` (0-based) of `window`, band-major: `bands.len()` planes of
     /// `window.pixels()` values, row-major.
+    ///
+    /// One dataset-level read for all the bands: a run's COGs interleave the bands by
+    /// pixel, so reading band after band decodes every block once per band, and once a
+    /// window's blocks outgrow GDAL's cache, from disk each time (a 544 px tile of 120
+    /// bands read band by band ran 2.6× slower than this).
     pub fn read_planes(&self, window: Window, bands: &[usize]) -> Result<Vec<f32>> {
         let n = window.pixels();
         let mut out = vec![0f32; n * bands.len()];
-        for (plane, &k) in out.chunks_exact_mut(n.max(1)).zip(bands) {
-            self.dataset
-                .rasterband(k + 1)?
-                .read_into_slice::<f32>((window.col as isize, window.row as isize), (window.cols, window.rows), (window.cols, window.rows), plane, None)
-                .with_context(|| format!("{}: reading band {} ({}) at {window}", self.path.display(), k + 1, self.names[k]))?;
+        if let Some(&k) = bands.iter().find(|&&k| k >= self.names.len()) {
+            bail!("{}: no band {} (it has {})", self.path.display(), k + 1, self.names.len());
+        }
+        let mut map: Vec<i32> = bands.iter().map(|&k| k as i32 + 1).collect();
+        // SAFETY: `out` holds `bands.len()` planes of `window` in f32, the band-sequential
+        // layout GDAL uses when the pixel, line and band spacings are 0; `map` names
+        // existing bands (checked above); the dataset outlives the call.
+        let err = unsafe {
+            gdal_sys::GDALDatasetRasterIO(
+                self.dataset.c_dataset(),
+                gdal_sys::GDALRWFlag::GF_Read,
+                window.col as i32,
+                window.row as i32,
+                window.cols as i32,
+                window.rows as i32,
+                out.as_mut_ptr().cast(),
+                window.cols as i32,
+                window.rows as i32,
+                gdal_sys::GDALDataType::GDT_Float32,
+                map.len() as i32,
+                map.as_mut_ptr(),
+                0,
+                0,
+                0,
+            )
+        };
+        if err != gdal_sys::CPLErr::CE_None {
+            // SAFETY: GDAL's last error message of this thread, a C string it owns.
+            let message = unsafe { std::ffi::CStr::from_ptr(gdal_sys::CPLGetLastErrorMsg()) }.to_string_lossy().into_owned();
+            bail!("{}: reading {} bands at {window}: {message}", self.path.display(), bands.len());
         }
         Ok(out)
     }

@@ -208,10 +208,12 @@ impl<'a> Network<'a> {
         let hp = meta.hyperparameters.clone().unwrap_or_default();
         let width = hp["width"].as_u64().unwrap_or(32) as usize;
         let pixel_width = hp["pixel_width"].as_u64().unwrap_or(64) as usize;
-        // Full-resolution tensors alive at once in the graph: the input, its normalised
-        // copy, a few of the first level's and the pixel path's, the concatenation, the
-        // output; measured peaks stay under this (README, "FG-UNet").
-        let bytes_per_pixel = 4 * (2 * bands.len() + 6 * (width + pixel_width) + 2 * classes.len());
+        // Working memory per tile pixel on the CPU: the input and its normalised copy, the
+        // first level's and the pixel path's activations, the output, and ONNX Runtime's
+        // arena, which grows by powers of two. Calibrated on `cargo bench --bench segment`
+        // (120 channels, default widths: 512 px tiles peaked 1.44 GiB above the start,
+        // 256 px tiles 0.49 GiB, GDAL's cache included); this gives 5.8 KB a pixel there.
+        let bytes_per_pixel = 4 * (4 * bands.len() + 10 * (width + pixel_width) + 2 * classes.len());
         Ok(Network {
             model,
             bands,

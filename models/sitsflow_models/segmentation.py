@@ -185,22 +185,27 @@ def _distributed() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def channel_statistics(image: np.ndarray, rng: np.random.Generator, max_pixels: int = 1 << 20):
+def channel_statistics(image: np.ndarray, rng: np.random.Generator, max_pixels: int = 1 << 18,
+                       channels_at_once: int = 16):
     """Per-channel mean and std over (a seeded sample of) the scene's pixels, NaN ignored:
-    the input's statistics, which need no label."""
+    the input's statistics, which need no label. A few channels at a time, so a large
+    memory-mapped cube is never whole in memory."""
     c, h, w = image.shape
     n = h * w
-    flat = np.asarray(image).reshape(c, n)
-    if n > max_pixels:
-        flat = flat[:, np.sort(rng.choice(n, size=max_pixels, replace=False))]
-    flat = flat.astype(np.float64)
-    valid = ~np.isnan(flat)
-    empty = np.flatnonzero(~valid.any(axis=1))
-    if len(empty):
-        raise InputError(f"channel {empty[0]} has no valid value in the scene")
-    mean = np.nanmean(flat, axis=1)
-    std = np.nanstd(flat, axis=1)
-    return mean.astype(np.float32), np.where(std > 0, std, 1.0).astype(np.float32)
+    index = np.sort(rng.choice(n, size=max_pixels, replace=False)) if n > max_pixels else None
+    mean, std = np.empty(c, np.float32), np.empty(c, np.float32)
+    for start in range(0, c, channels_at_once):
+        block = np.asarray(image[start:start + channels_at_once]).reshape(-1, n)
+        if index is not None:
+            block = block[:, index]
+        block = block.astype(np.float64)
+        empty = np.flatnonzero(~(~np.isnan(block)).any(axis=1))
+        if len(empty):
+            raise InputError(f"channel {start + empty[0]} has no valid value in the scene")
+        mean[start:start + len(block)] = np.nanmean(block, axis=1)
+        sd = np.nanstd(block, axis=1)
+        std[start:start + len(block)] = np.where(sd > 0, sd, 1.0)
+    return mean, std
 
 
 def _window(a: np.ndarray, top: int, left: int, size: int) -> np.ndarray:
@@ -241,7 +246,7 @@ def draw_patch(rng: np.random.Generator, dataset: PatchDataset, targets: np.ndar
     return np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(y, dtype=np.int64)
 
 
-def predict_scene(segmenter: Segmenter, image: np.ndarray, tile: int, overlap: int, batch: int = 4) -> np.ndarray:
+def predict_scene(segmenter: Segmenter, image: np.ndarray, tile: int, overlap: int, batch: int = 1) -> np.ndarray:
     """`[K, H, W]` probabilities of a whole scene by tiles of `tile` px overlapping by
     `overlap` on each side, each tile's centre kept — the algorithm the host runs
     (`host/src/segment/tiles.rs`), so metrics computed here describe the exported model."""

@@ -119,6 +119,17 @@ class PatchesAndSplit(unittest.TestCase):
         self.assertAlmostEqual(float(a), float(only), places=5)
 
 
+class Statistics(unittest.TestCase):
+    def test_channel_statistics_by_blocks_equal_the_whole_cube(self):
+        image, _, _ = parcels(size=32, dates=5, bands=4)
+        mean, std = segmentation.channel_statistics(image, np.random.default_rng(0), channels_at_once=3)
+        np.testing.assert_allclose(mean, np.nanmean(image.astype(np.float64), axis=(1, 2)), rtol=1e-6)
+        np.testing.assert_allclose(std, np.nanstd(image.astype(np.float64), axis=(1, 2)), rtol=1e-6)
+        image[2] = np.nan
+        with self.assertRaisesRegex(Exception, "channel 2 has no valid value"):
+            segmentation.channel_statistics(image, np.random.default_rng(0), channels_at_once=3)
+
+
 class TiledPrediction(unittest.TestCase):
     def test_tiles_agree_with_the_whole_scene_away_from_the_seams(self):
         torch.manual_seed(0)

@@ -243,6 +243,21 @@ fn fg_unet_trains_on_sparse_parcels_beside_the_random_forest_and_tiles_without_s
     );
     eprintln!("host ONNX Runtime vs PyTorch: max |Δp| = {max:.2e}");
 
+    // `model = …` reuses the trained network: the same map, without training.
+    let stored = run.join("models/unet/model.onnx");
+    let reuse = pipeline
+        .replace("dir = \"runs/flanders\"", "dir = \"runs/reuse\"")
+        .replace("id = \"unet\"\nrecipe = \"fg-unet\"\ninput = \"bands\"\nsamples = \"labels\"", &format!("id = \"unet\"\nrecipe = \"fg-unet\"\ninput = \"bands\"\nmodel = \"{}\"", stored.display()));
+    assert!(reuse.contains("model = "), "configs/flanders-fg-unet.toml changed: update this test");
+    std::fs::write(project.path().join("reuse.toml"), &reuse).unwrap();
+    for args in [&["--quiet", "plugins", "lock", "reuse.toml"][..], &["run", "reuse.toml"][..]] {
+        let out = common::sitsflow_command(project.path()).args(args).env("SITSFLOW_MODELS_DIR", common::workspace().join("models")).output().unwrap();
+        assert!(out.status.success(), "sitsflow {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let read_map = |path: &Path| gdal::Dataset::open(path).unwrap().rasterband(1).unwrap().read_band_as::<u16>().unwrap().data().to_vec();
+    assert_eq!(read_map(&run.join("unet.tif")), read_map(&project.path().join("runs/reuse/unet.tif")), "the stored network maps the same");
+    assert_eq!(json(&project.path().join("runs/reuse/unet.metrics.json"))["training"]["stored_model"], stored.display().to_string());
+
     // Seams: 48 px tiles (16 px cores) against the one-tile prediction. Pixels next to a
     // core's edge disagree no more often than those inside.
     let (tiled, _) = predict(&model, &raster, 48, 16);

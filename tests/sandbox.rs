@@ -321,3 +321,48 @@ fn indices_statistics_are_the_same_bits_in_the_sandbox_and_natively() {
     assert_eq!(bits(&got.data), bits(&native.data));
     assert!(got.data.iter().any(|v| v.is_nan()) && got.data.iter().any(|v| v.is_infinite()));
 }
+
+/// A cached component is native code run outside the sandbox's checks: a `.cwasm`
+/// swapped in the cache (here another plugin's, valid for this engine) must never run.
+#[test]
+fn a_swapped_cache_file_is_refused_and_never_runs() {
+    use sitsflow::runtime::{Runtime, RuntimeOptions};
+    use std::os::unix::fs::PermissionsExt;
+    let cache = tempfile::tempdir().unwrap();
+    let open = || Runtime::new(RuntimeOptions { cache_dir: Some(cache.path().to_path_buf()) }).unwrap();
+    let (template, other) = (common::component("normalized-difference"), common::component("scl-mask"));
+    let runtime = open();
+    assert_eq!(runtime.load(&template).unwrap().info().name, "normalized-difference");
+    runtime.load(&other).unwrap();
+    drop(runtime);
+    let key = cache.path().join("key");
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600, "the machine's key is 0600");
+    let entry = |source: &std::path::Path| {
+        let sha = sitsflow::hash::sha256_hex(&std::fs::read(source).unwrap());
+        std::fs::read_dir(cache.path().join("components"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(&sha) && p.extension().is_some_and(|x| x == "cwasm"))
+            .unwrap()
+    };
+    let (victim, intruder) = (entry(&template), entry(&other));
+    std::fs::copy(&intruder, &victim).unwrap();
+
+    // The swapped file fails its MAC: refused, naming the file.
+    let err = format!("{:#}", open().load(&template).err().expect("a swapped cache entry is refused"));
+    assert!(err.contains(&victim.display().to_string()) && err.contains("signature"), "{err}");
+
+    // Without its MAC it is not trusted either: recompiled from the pinned plugin.
+    std::fs::remove_file(victim.with_file_name(format!("{}.hmac", victim.file_name().unwrap().to_string_lossy()))).unwrap();
+    assert_eq!(open().load(&template).unwrap().info().name, "normalized-difference", "the plugin's own code, not the intruder's");
+    assert_ne!(std::fs::read(&victim).unwrap(), std::fs::read(&intruder).unwrap(), "the entry was rewritten");
+
+    // A cache folder others may write to is not used at all.
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let runtime = Runtime::new(RuntimeOptions { cache_dir: Some(shared.path().to_path_buf()) }).unwrap();
+    assert_eq!(runtime.load(&template).unwrap().info().name, "normalized-difference");
+    assert!(!shared.path().join("key").exists(), "no key written into a folder others may write to");
+    let cached = std::fs::read_dir(shared.path().join("components")).map_or(0, |d| d.count());
+    assert_eq!(cached, 0, "nothing cached there");
+}

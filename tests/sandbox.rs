@@ -366,3 +366,21 @@ fn a_swapped_cache_file_is_refused_and_never_runs() {
     let cached = std::fs::read_dir(shared.path().join("components")).map_or(0, |d| d.count());
     assert_eq!(cached, 0, "nothing cached there");
 }
+
+/// Logs and stderr are bounded per call: a plugin chattering on every chunk never traps
+/// (stderr used to be a 64 KiB buffer for the instance's whole life), and a panic after a
+/// flood still reaches the error, with the tail of what it wrote.
+#[test]
+fn chatter_is_bounded_per_call_and_never_traps() {
+    let pool = pool("fixture-chatter", Limits::default());
+    let params = r#"{"lines": 1000, "stderr_bytes": 4096}"#;
+    for k in 0..40 {
+        let c = cube(8, 8, |i| i as f32);
+        pool.with(|i| i.features(&context(k), &c, params)).unwrap_or_else(|e| panic!("chunk {k}: {e}"));
+    }
+    let c = cube(8, 8, |i| if i == 5 { -7.0 } else { 0.0 });
+    let params = r#"{"lines": 0, "stderr_bytes": 200000, "panic_value": -7.0}"#;
+    let err = pool.with(|i| i.features(&context(99), &c, params)).unwrap_err().to_string();
+    assert!(err.contains("marked chunk after chatter"), "{}", &err[err.len().saturating_sub(300)..]);
+    assert!(err.contains("earlier bytes dropped") && err.len() < 70_000, "bounded: {} bytes", err.len());
+}

@@ -27,6 +27,7 @@ pub const PACKAGES: &[&str] = &[
     "fixture-alloc-bomb",
     "fixture-snoop",
     "fixture-trap-on-chunk",
+    "fixture-chatter",
     "fixture-slow-mean",
     "fixture-compat-0-1-0",
     "fixture-footprint",

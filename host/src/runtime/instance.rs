@@ -14,11 +14,8 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store, Trap};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-/// What the guest may write to stderr (a panic message) before it is cut.
-const STDERR_CAPTURE_BYTES: usize = 64 * 1024;
 
 /// The sandbox limits of one stage instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,14 +102,16 @@ pub struct StageState {
     wasi: WasiCtx,
     table: ResourceTable,
     limiter: CapLimiter,
-    stderr: MemoryOutputPipe,
+    stderr: super::stderr::TailPipe,
+    /// `host.log` lines of the current call, within their limits.
+    log_budget: super::stderr::LogBudget,
     context: CallContext,
     models: Arc<ModelSet>,
 }
 
 impl StageState {
     fn new(memory_bytes: usize, models: Arc<ModelSet>) -> Self {
-        let stderr = MemoryOutputPipe::new(STDERR_CAPTURE_BYTES);
+        let stderr = super::stderr::TailPipe::default();
         // Deny by default: no arguments, no environment, no preopened directories,
         // no sockets, no stdin; stdout is discarded and stderr kept for panic messages.
         let wasi = WasiCtxBuilder::new()
@@ -126,6 +125,7 @@ impl StageState {
             table: ResourceTable::new(),
             limiter: CapLimiter { cap: memory_bytes, exceeded: None },
             stderr,
+            log_budget: super::stderr::LogBudget::default(),
             context: CallContext::default(),
             models,
         }
@@ -217,9 +217,12 @@ impl host::Host for StageState {
             LogLevel::Warn => log::Level::Warn,
             LogLevel::Error => log::Level::Error,
         };
-        // A runaway plugin must not flood the log: cut long lines.
+        // A runaway plugin must not flood the log: long lines cut, and a bounded number
+        // of lines per call (`call` says how many were dropped).
         let message: String = message.chars().take(2000).collect();
-        log::log!(target: "stage", level, "[{} {}] {message}", self.context.stage, self.context.chunk);
+        if log::log_enabled!(target: "stage", level) && self.log_budget.admit(message.len()) {
+            log::log!(target: "stage", level, "[{} {}] {message}", self.context.stage, self.context.chunk);
+        }
         Ok(())
     }
 
@@ -391,10 +394,23 @@ impl Instance {
         assert!(!self.trapped, "a trapped instance must not be called again");
         self.store.data_mut().context = context.clone();
         self.store.data_mut().limiter.exceeded = None;
+        self.store.data().stderr.clear();
         if self.deadlines {
             self.store.set_epoch_deadline(deadline_ticks(self.limits.deadline_ms));
         }
-        match f(&self.guest, &mut self.store)? {
+        let outcome = f(&self.guest, &mut self.store)?;
+        let dropped = self.store.data_mut().log_budget.finish();
+        if dropped > 0 {
+            log::warn!(
+                target: "stage",
+                "[{} {}] … {dropped} more log lines of this call dropped (at most {} lines, {} KiB a call)",
+                context.stage,
+                context.chunk,
+                super::stderr::LOG_LINES_PER_CALL,
+                super::stderr::LOG_BYTES_PER_CALL >> 10
+            );
+        }
+        match outcome {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(stage_error)) => Err(StageCallError::Stage(stage_error)),
             Err(trap) => {
@@ -409,7 +425,7 @@ impl Instance {
                 if trap.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
                     return Err(StageCallError::Deadline { deadline_ms: self.limits.deadline_ms });
                 }
-                let stderr = String::from_utf8_lossy(&state.stderr.contents()).trim().to_string();
+                let stderr = state.stderr.contents();
                 let cause = trap.downcast_ref::<Trap>().map_or_else(|| format!("{trap:#}"), |t| t.to_string());
                 Err(StageCallError::Trap(if stderr.is_empty() { cause } else { format!("{cause}; the plugin wrote: {stderr}") }))
             }

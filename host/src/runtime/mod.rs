@@ -13,6 +13,7 @@ mod cache;
 mod engine;
 mod instance;
 mod plugin;
+mod stderr;
 
 pub use engine::{Interruption, Runtime, RuntimeOptions};
 pub use instance::{CallContext, Instance, Limits, StageCallError, StagePool, kind_name};

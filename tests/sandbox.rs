@@ -384,3 +384,26 @@ fn chatter_is_bounded_per_call_and_never_traps() {
     assert!(err.contains("marked chunk after chatter"), "{}", &err[err.len().saturating_sub(300)..]);
     assert!(err.contains("earlier bytes dropped") && err.len() < 70_000, "bounded: {} bytes", err.len());
 }
+
+/// Same inputs and seed, same bits, whatever the plugin reads: clocks and randomness are
+/// the run's seed, the stage and the chunk, not the machine's, nor the order in which a
+/// pooled instance serves the chunks.
+#[test]
+fn guests_see_seeded_randomness_and_deterministic_clocks() {
+    let c = cube(8, 8, |i| i as f32);
+    let run = |seed: u64, order: &[usize]| -> Vec<Vec<f32>> {
+        let plugin = common::runtime().load(&common::component("fixture-entropy")).unwrap();
+        let pool = StagePool::new(plugin, Limits::default()).seeded(seed);
+        let mut out = vec![Vec::new(); order.len()];
+        for &k in order {
+            out[k] = pool.with(|i| i.features(&context(k), &c, "{}")).unwrap().data;
+        }
+        out
+    };
+    let first = run(7, &[0, 1, 2, 3]);
+    assert_eq!(first, run(7, &[3, 1, 0, 2]), "another run, another order: the same bits");
+    assert_ne!(first[0], first[1], "each chunk has its own draws");
+    assert_ne!(first, run(8, &[0, 1, 2, 3]), "another seed, other draws");
+    let draws: std::collections::BTreeSet<u32> = first[0].chunks(3).map(|p| p[2] as u32).collect();
+    assert!(draws.len() > 60, "draws vary within a call: {} distinct of 64", draws.len());
+}

@@ -509,7 +509,7 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
 
     let models = load_models(plan)?;
     let pools: Vec<StagePool> =
-        chunk_stages.iter().map(|(_, s)| StagePool::with_models(s.chunk_plugin().clone(), s.limits, models.clone())).collect();
+        chunk_stages.iter().map(|(_, s)| StagePool::with_models(s.chunk_plugin().clone(), s.limits, models.clone()).seeded(plan.seed)).collect();
     let stage_nanos: Vec<AtomicU64> = plan.stages.iter().map(|_| AtomicU64::new(0)).collect();
     let unmapped: Mutex<BTreeMap<u32, u64>> = Mutex::new(BTreeMap::new());
     let dates = series.dates();

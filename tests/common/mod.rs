@@ -28,6 +28,7 @@ pub const PACKAGES: &[&str] = &[
     "fixture-snoop",
     "fixture-trap-on-chunk",
     "fixture-chatter",
+    "fixture-entropy",
     "fixture-slow-mean",
     "fixture-compat-0-1-0",
     "fixture-footprint",

@@ -309,7 +309,7 @@ pub fn run(ctx: &Context, peaks: &mut crate::memory::Peaks) -> Result<FitResults
         let before = (results.outputs.len(), results.files.len());
         log::info!("stage '{}' ({}, {}) on the whole scene", stage.id, stage.kind_name(), stage.reference());
         let pool = || match &stage.executor {
-            Executor::Plugin(plugin) => Ok(StagePool::with_models(plugin.clone(), stage.limits, ctx.models.clone())),
+            Executor::Plugin(plugin) => Ok(StagePool::with_models(plugin.clone(), stage.limits, ctx.models.clone()).seeded(ctx.plan.seed)),
             Executor::Recipe(_) => Err(anyhow!("stage '{}': only labellers are trained by recipes", stage.id)),
         };
         let mut selection = None;

@@ -105,6 +105,11 @@ pub struct StageState {
     stderr: super::stderr::TailPipe,
     /// `host.log` lines of the current call, within their limits.
     log_budget: super::stderr::LogBudget,
+    /// What the guest sees of randomness and time: reseeded and reset at every call.
+    random: super::guest_env::GuestRandom,
+    clock: super::guest_env::GuestClock,
+    /// The run's seed, mixed with the stage and chunk of each call (`StagePool::seeded`).
+    run_seed: u64,
     context: CallContext,
     models: Arc<ModelSet>,
 }
@@ -112,6 +117,8 @@ pub struct StageState {
 impl StageState {
     fn new(memory_bytes: usize, models: Arc<ModelSet>) -> Self {
         let stderr = super::stderr::TailPipe::default();
+        let random = super::guest_env::GuestRandom::default();
+        let clock = super::guest_env::GuestClock::default();
         // Deny by default: no arguments, no environment, no preopened directories,
         // no sockets, no stdin; stdout is discarded and stderr kept for panic messages.
         let wasi = WasiCtxBuilder::new()
@@ -119,6 +126,11 @@ impl StageState {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
+            .secure_random(random.clone())
+            .insecure_random(random.clone())
+            .insecure_random_seed(super::guest_env::INSECURE_SEED)
+            .wall_clock(clock.clone())
+            .monotonic_clock(clock.clone())
             .build();
         StageState {
             wasi,
@@ -126,6 +138,9 @@ impl StageState {
             limiter: CapLimiter { cap: memory_bytes, exceeded: None },
             stderr,
             log_budget: super::stderr::LogBudget::default(),
+            random,
+            clock,
+            run_seed: 0,
             context: CallContext::default(),
             models,
         }
@@ -394,7 +409,10 @@ impl Instance {
         assert!(!self.trapped, "a trapped instance must not be called again");
         self.store.data_mut().context = context.clone();
         self.store.data_mut().limiter.exceeded = None;
-        self.store.data().stderr.clear();
+        let state = self.store.data();
+        state.stderr.clear();
+        state.random.reseed(super::guest_env::seed_of(state.run_seed, &context.stage, &context.chunk));
+        state.clock.reset();
         if self.deadlines {
             self.store.set_epoch_deadline(deadline_ticks(self.limits.deadline_ms));
         }
@@ -708,6 +726,8 @@ fn deadline_ticks(deadline_ms: u64) -> u64 {
 pub struct StagePool {
     plugin: Arc<Plugin>,
     limits: Limits,
+    /// The run's seed, which (with the stage and chunk) seeds the guest's randomness.
+    seed: u64,
     models: Arc<ModelSet>,
     idle: Mutex<Vec<Instance>>,
 }
@@ -720,7 +740,14 @@ impl StagePool {
 
     /// A pool whose instances may call these models through `infer`, by their names in the set.
     pub fn with_models(plugin: Arc<Plugin>, limits: Limits, models: Arc<ModelSet>) -> Self {
-        StagePool { plugin, limits, models, idle: Mutex::new(Vec::new()) }
+        StagePool { plugin, limits, seed: 0, models, idle: Mutex::new(Vec::new()) }
+    }
+
+    /// The same pool, its guests' randomness seeded from the run's `seed` (with the
+    /// stage and chunk of each call).
+    pub fn seeded(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
     }
 
     pub fn plugin(&self) -> &Arc<Plugin> {
@@ -739,6 +766,7 @@ impl StagePool {
             Some(i) => i,
             None => self.plugin.instantiate_with_models(self.limits, self.models.clone())?,
         };
+        instance.store.data_mut().run_seed = self.seed;
         let result = f(&mut instance);
         if instance.is_healthy() {
             self.idle.lock().expect("stage pool lock").push(instance);

@@ -14,6 +14,7 @@ mod engine;
 mod instance;
 mod plugin;
 mod stderr;
+mod guest_env;
 
 pub use engine::{Interruption, Runtime, RuntimeOptions};
 pub use instance::{CallContext, Instance, Limits, StageCallError, StagePool, kind_name};

@@ -1,0 +1,32 @@
+//! Fixture: a plugin whose output depends on everything a guest can read of time and
+//! randomness — the wall clock, the monotonic clock, and `wasi:random` — so that only a
+//! host giving guests deterministic clocks and seeded randomness makes two runs agree.
+use sitsflow_sdk::prelude::*;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Params {}
+
+pub struct Entropy;
+impl Stage for Entropy {
+    const NAME: &'static str = "fixture-entropy";
+    const VERSION: &'static str = "0.1.0";
+    const SUMMARY: &'static str = "Clock readings and random draws per pixel.";
+    type Params = Params;
+}
+impl FeatureStage for Entropy {
+    fn compute(chunk: Cube, _: Params) -> Result<FeatureMatrix, StageError> {
+        let n = chunk.pixels();
+        let started = Instant::now();
+        let mut data = Vec::with_capacity(3 * n);
+        for _ in 0..n {
+            let wall = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros()) % 1_000_000;
+            let elapsed = started.elapsed().as_micros() % 1_000_000;
+            let draw = getrandom::u32().map_err(|e| StageError::Failed(e.to_string()))? >> 8;
+            data.extend([wall as f32, elapsed as f32, draw as f32]);
+        }
+        Ok(FeatureMatrix { samples: n, names: vec!["wall".into(), "elapsed".into(), "draw".into()], data })
+    }
+}
+sitsflow_sdk::export_features_stage!(Entropy);

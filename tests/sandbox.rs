@@ -407,3 +407,21 @@ fn guests_see_seeded_randomness_and_deterministic_clocks() {
     let draws: std::collections::BTreeSet<u32> = first[0].chunks(3).map(|p| p[2] as u32).collect();
     assert!(draws.len() > 60, "draws vary within a call: {} distinct of 64", draws.len());
 }
+
+/// Sleeping cannot block the host: a sleep is virtual (the guest's clocks jump, the call
+/// goes on), and a plugin sleeping for ever is stopped at its deadline like any loop.
+#[test]
+fn sleeps_are_virtual_and_a_sleeping_loop_meets_its_deadline() {
+    let plugin = common::runtime().load(&common::component("fixture-entropy")).unwrap();
+    let pool = StagePool::new(plugin, Limits { deadline_ms: 1000, ..Limits::default() });
+    let c = cube(4, 4, |i| i as f32);
+    let started = Instant::now();
+    let out = pool.with(|i| i.features(&context(0), &c, r#"{"sleep_ms": 600000}"#)).expect("a ten-minute sleep returns");
+    assert!(started.elapsed() < Duration::from_secs(2), "no real sleep: {:?}", started.elapsed());
+    // The first pixel's `elapsed` (µs mod 10⁶, after the sleep): the guest's clock moved on by it.
+    assert!(out.data[1] >= 0.0, "{:?}", &out.data[..3]);
+    let started = Instant::now();
+    let err = pool.with(|i| i.features(&context(1), &c, r#"{"sleep_forever": true}"#)).unwrap_err();
+    assert!(matches!(err, StageCallError::Deadline { deadline_ms: 1000 }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(2), "stopped within twice the deadline: {:?}", started.elapsed());
+}

@@ -84,6 +84,8 @@ impl Backend {
         // WASI p2 is linked because Rust's std for wasm32-wasip2 imports it; the
         // context grants nothing (see `StageState::new`).
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow::Error::from).context("linking WASI")?;
+        // Sleeps are virtual: a guest can block in no host call (see `guest_env`).
+        super::guest_env::link_virtual_sleep(&mut linker).context("linking virtual sleeps")?;
         crate::bindings::HostView::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(anyhow::Error::from)
             .context("linking the sitsflow host interface")?;

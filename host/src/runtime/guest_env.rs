@@ -8,6 +8,11 @@
 //! - the wall clock reads 2020-01-01T00:00:00Z and the monotonic clock 0 at the start of
 //!   every call, each read advancing them by 1 µs: time moves forward, as code expects,
 //!   but by the number of reads, not by how busy the machine is.
+//! - sleeping (`subscribe-duration` / `subscribe-instant` of `wasi:clocks/monotonic-clock`,
+//!   then `poll`) is virtual: the clocks jump forward and the pollable is ready at once.
+//!   wasmtime-wasi's own sleeps wait in the host, where the epoch deadline cannot reach
+//!   them: a plugin sleeping 25 s per call blocked the host for 25 s under a 1 s deadline,
+//!   and a long sleep hung it. Nothing a guest can call now blocks (`link_virtual_sleep`).
 //!
 //! What else a pooled instance keeps between calls is its own memory (statics, caches);
 //! README's sandbox section says so, and that a plugin's result must not depend on it.
@@ -78,6 +83,16 @@ impl GuestClock {
         self.0.store(0, Ordering::Relaxed);
     }
 
+    /// Moves the clocks `nanos` forward (a virtual sleep).
+    pub fn advance(&self, nanos: u64) {
+        self.0.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// The monotonic reading, without moving it.
+    fn peek(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
     fn read(&self) -> u64 {
         self.0.fetch_add(TICK_NANOS, Ordering::Relaxed) + TICK_NANOS
     }
@@ -101,6 +116,45 @@ impl HostWallClock for GuestClock {
     fn now(&self) -> Duration {
         WALL_CLOCK_START + Duration::from_nanos(self.read())
     }
+}
+
+/// A pollable that is ready at once: what a virtual sleep returns.
+struct Ready;
+
+#[async_trait::async_trait]
+impl wasmtime_wasi::p2::Pollable for Ready {
+    async fn ready(&mut self) {}
+}
+
+/// Replaces the monotonic clock's `subscribe-duration` and `subscribe-instant` that
+/// `wasmtime_wasi::p2::add_to_linker_sync` linked by virtual sleeps on the guest's clock.
+pub fn link_virtual_sleep(
+    linker: &mut wasmtime::component::Linker<super::instance::StageState>,
+) -> anyhow::Result<()> {
+    use wasmtime::component::Resource;
+    use wasmtime_wasi::p2::DynPollable;
+    linker.allow_shadowing(true);
+    // The version wasmtime-wasi 48 links; guests of any 0.2.x resolve to it.
+    let mut clock = linker.instance("wasi:clocks/monotonic-clock@0.2.12")?;
+    clock.func_wrap("subscribe-duration", |mut store, (nanos,): (u64,)| -> wasmtime::Result<(Resource<DynPollable>,)> {
+        let state: &mut super::instance::StageState = store.data_mut();
+        state.clock().advance(nanos);
+        state.ready_pollable().map(|p| (p,))
+    })?;
+    clock.func_wrap("subscribe-instant", |mut store, (when,): (u64,)| -> wasmtime::Result<(Resource<DynPollable>,)> {
+        let state: &mut super::instance::StageState = store.data_mut();
+        let now = state.clock().peek();
+        state.clock().advance(when.saturating_sub(now));
+        state.ready_pollable().map(|p| (p,))
+    })?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// For the instance's state: a ready pollable in its resource table.
+pub(crate) fn ready_pollable(table: &mut wasmtime::component::ResourceTable) -> wasmtime::Result<wasmtime::component::Resource<wasmtime_wasi::p2::DynPollable>> {
+    let ready = table.push(Ready)?;
+    wasmtime_wasi::p2::subscribe(table, ready)
 }
 
 #[cfg(test)]

@@ -192,6 +192,16 @@ impl WasiView for StageState {
     }
 }
 
+impl StageState {
+    pub(crate) fn clock(&self) -> &super::guest_env::GuestClock {
+        &self.clock
+    }
+
+    pub(crate) fn ready_pollable(&mut self) -> wasmtime::Result<wasmtime::component::Resource<wasmtime_wasi::p2::DynPollable>> {
+        super::guest_env::ready_pollable(&mut self.table)
+    }
+}
+
 impl types::Host for StageState {}
 
 /// The 0.1 `host` interface: the same functions, its own enum types.

@@ -1,12 +1,20 @@
 //! Fixture: a plugin whose output depends on everything a guest can read of time and
 //! randomness — the wall clock, the monotonic clock, and `wasi:random` — so that only a
-//! host giving guests deterministic clocks and seeded randomness makes two runs agree.
+//! host giving guests deterministic clocks and seeded randomness makes two runs agree;
+//! and that sleeps, once or for ever.
 use sitsflow_sdk::prelude::*;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 #[derive(serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Params {}
+pub struct Params {
+    /// Sleep this long before computing (`std::thread::sleep`).
+    #[serde(default)]
+    pub sleep_ms: u64,
+    /// Sleep 1 s at a time, for ever.
+    #[serde(default)]
+    pub sleep_forever: bool,
+}
 
 pub struct Entropy;
 impl Stage for Entropy {
@@ -16,9 +24,13 @@ impl Stage for Entropy {
     type Params = Params;
 }
 impl FeatureStage for Entropy {
-    fn compute(chunk: Cube, _: Params) -> Result<FeatureMatrix, StageError> {
+    fn compute(chunk: Cube, p: Params) -> Result<FeatureMatrix, StageError> {
         let n = chunk.pixels();
         let started = Instant::now();
+        std::thread::sleep(std::time::Duration::from_millis(p.sleep_ms));
+        while p.sleep_forever {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
         let mut data = Vec::with_capacity(3 * n);
         for _ in 0..n {
             let wall = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros()) % 1_000_000;

@@ -373,6 +373,11 @@ impl Instance {
         let engine = &plugin.runtime.backend(plugin.interruption).engine;
         let mut store = Store::new(engine, StageState::new(limits.memory_bytes, models));
         store.limiter(|s| &mut s.limiter);
+        // What a call may hand the host (its result included) is bounded by the
+        // instance's own memory cap, which the budget counts: wasmtime's default of
+        // 128 MiB trapped a legitimate features stage returning more (10 bands × 13
+        // dates on a 512 px chunk), which the chunk sizer did not know of.
+        store.set_hostcall_fuel(limits.memory_bytes.max(128 << 20));
         let deadlines = plugin.interruption == Interruption::Deadline;
         if deadlines {
             store.epoch_deadline_trap();

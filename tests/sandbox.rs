@@ -443,3 +443,24 @@ fn a_result_larger_than_128_mib_is_handed_over() {
     assert_eq!(out.names.len(), 140);
     assert!(out.data.len() * 4 > 128 << 20, "{} bytes", out.data.len() * 4);
 }
+
+/// The run's stage instances share what the memory budget leaves them: guests filling
+/// their own cap on every worker cannot take the host past the budget. Memory goes back
+/// to the account when an instance goes.
+#[test]
+fn instances_together_stay_within_the_run_share_of_memory() {
+    use sitsflow::runtime::GuestMemory;
+    let shared = GuestMemory::new(96 << 20);
+    let plugin = common::runtime().load(&common::component("fixture-alloc-bomb")).unwrap();
+    let limits = Limits { memory_bytes: 256 << 20, ..Limits::default() };
+    let (a, b) = (StagePool::new(plugin.clone(), limits).sharing(&shared), StagePool::new(plugin, limits).sharing(&shared));
+    let c = cube(4, 4, |_| 0.5);
+    // Each within its own cap; the first keeps its memory while pooled.
+    a.with(|i| i.features(&context(0), &c, r#"{"mib": 60}"#)).unwrap();
+    let err = b.with(|i| i.features(&context(1), &c, r#"{"mib": 60}"#)).unwrap_err();
+    assert!(matches!(err, StageCallError::SharedMemory { shared_mib: 96, .. }), "{err}");
+    assert!(err.to_string().contains("memory_budget_mib"), "{err}");
+    assert!(shared.peak_bytes() <= 96 << 20, "never past the share: {} bytes", shared.peak_bytes());
+    drop(a);
+    b.with(|i| i.features(&context(2), &c, r#"{"mib": 60}"#)).expect("the first pool's memory went back to the account");
+}

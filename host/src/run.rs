@@ -508,8 +508,15 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
     });
 
     let models = load_models(plan)?;
-    let pools: Vec<StagePool> =
-        chunk_stages.iter().map(|(_, s)| StagePool::with_models(s.chunk_plugin().clone(), s.limits, models.clone()).seeded(plan.seed)).collect();
+    // All stage instances of the run together get what the budget leaves beside the
+    // engine and GDAL's cache (each also within its own `memory_mib`).
+    let guest_memory = crate::runtime::GuestMemory::new(
+        (plan.memory_budget_mib as usize).saturating_sub(FIXED_OVERHEAD_MIB + layout.gdal_cache_mib).max(64) << 20,
+    );
+    let pools: Vec<StagePool> = chunk_stages
+        .iter()
+        .map(|(_, s)| StagePool::with_models(s.chunk_plugin().clone(), s.limits, models.clone()).seeded(plan.seed).sharing(&guest_memory))
+        .collect();
     let stage_nanos: Vec<AtomicU64> = plan.stages.iter().map(|_| AtomicU64::new(0)).collect();
     let unmapped: Mutex<BTreeMap<u32, u64>> = Mutex::new(BTreeMap::new());
     let dates = series.dates();
@@ -650,6 +657,7 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
         out_dir: &staging,
         stage_nanos: &stage_nanos,
         models: models.clone(),
+        guest_memory: guest_memory.clone(),
     };
     let fitted = crate::fit::run(&context, &mut peaks)?;
     finished.extend(fitted.outputs.iter().cloned());
@@ -671,6 +679,8 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
     manifest["peak_rss_mib"] = json!(peaks.overall());
     manifest["memory"] = peaks.to_json(plan.memory_budget_mib as u64);
     manifest["memory"]["estimate_mib"] = json!(layout.estimate_mib);
+    manifest["memory"]["stage_instances_peak_mib"] = json!((guest_memory.peak_bytes() as f64 / (1u64 << 20) as f64 * 10.0).round() / 10.0);
+    manifest["memory"]["stage_instances_cap_mib"] = json!(guest_memory.cap_bytes() >> 20);
     crate::fail_point!("run::report_staged");
     // The manifest names every file the run publishes, so the next run into this
     // directory knows what to replace.

@@ -80,7 +80,7 @@ pub(super) fn learn(
         unlabelled.iter().map(|&p| ((p / scene.grid.width as u64) as u32, (p % scene.grid.width as u64) as u32)).collect();
     let learner = Learner::Stage(pool);
     let query_plugin = query.plugin().ok_or_else(|| anyhow!("stage '{}': the query stage '{}' is not a component", stage.id, query.id))?;
-    let query_pool = StagePool::with_models(query_plugin.clone(), query.limits, scene.models.clone()).seeded(scene.plan.seed);
+    let query_pool = StagePool::with_models(query_plugin.clone(), query.limits, scene.models.clone()).seeded(scene.plan.seed).sharing(&scene.guest_memory);
     let query_params = query.params_json();
     let mut curve = Vec::new();
     let mut last = None;

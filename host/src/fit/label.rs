@@ -71,7 +71,7 @@ pub(super) fn run(
             label(scene, labeller, &learner, fit, nomenclature, results)
         }
         Executor::Plugin(plugin) => {
-            let pool = StagePool::with_models(plugin.clone(), stage.limits, scene.models.clone()).seeded(scene.plan.seed);
+            let pool = StagePool::with_models(plugin.clone(), stage.limits, scene.models.clone()).seeded(scene.plan.seed).sharing(&scene.guest_memory);
             let fit = match training {
                 Training::Stored(path) => stored_blob(stage, plugin, path)?,
                 Training::ActiveLearning { samples, learning } => {

@@ -88,6 +88,8 @@ pub struct Context<'a> {
     pub stage_nanos: &'a [AtomicU64],
     /// The pipeline's ONNX models, for stages that call `infer`.
     pub models: std::sync::Arc<crate::inference::ModelSet>,
+    /// The run's account of its stage instances' memory.
+    pub guest_memory: std::sync::Arc<crate::runtime::GuestMemory>,
 }
 
 impl Context<'_> {
@@ -309,7 +311,7 @@ pub fn run(ctx: &Context, peaks: &mut crate::memory::Peaks) -> Result<FitResults
         let before = (results.outputs.len(), results.files.len());
         log::info!("stage '{}' ({}, {}) on the whole scene", stage.id, stage.kind_name(), stage.reference());
         let pool = || match &stage.executor {
-            Executor::Plugin(plugin) => Ok(StagePool::with_models(plugin.clone(), stage.limits, ctx.models.clone()).seeded(ctx.plan.seed)),
+            Executor::Plugin(plugin) => Ok(StagePool::with_models(plugin.clone(), stage.limits, ctx.models.clone()).seeded(ctx.plan.seed).sharing(&ctx.guest_memory)),
             Executor::Recipe(_) => Err(anyhow!("stage '{}': only labellers are trained by recipes", stage.id)),
         };
         let mut selection = None;

@@ -55,6 +55,12 @@ pub enum StageCallError {
     /// The guest tried to grow its memory past the cap.
     #[error("tried to grow its memory to {requested_mib} MiB, past its cap of {cap_mib} MiB (raise `memory_mib`)")]
     Memory { cap_mib: usize, requested_mib: usize },
+    /// The guests of the run together would hold more than the run's budget leaves them.
+    #[error(
+        "tried to grow its memory to {requested_mib} MiB while the run's stage instances already hold {held_mib} MiB of the \
+         {shared_mib} MiB the memory budget leaves them (raise `memory_budget_mib`, or lower the stage's use)"
+    )]
+    SharedMemory { shared_mib: usize, held_mib: usize, requested_mib: usize },
     /// The guest trapped (a panic or another bug in the plugin).
     #[error("trapped: {0}")]
     Trap(String),
@@ -115,7 +121,7 @@ pub struct StageState {
 }
 
 impl StageState {
-    fn new(memory_bytes: usize, models: Arc<ModelSet>) -> Self {
+    fn new(memory_bytes: usize, models: Arc<ModelSet>, shared: Option<Arc<GuestMemory>>) -> Self {
         let stderr = super::stderr::TailPipe::default();
         let random = super::guest_env::GuestRandom::default();
         let clock = super::guest_env::GuestClock::default();
@@ -135,7 +141,7 @@ impl StageState {
         StageState {
             wasi,
             table: ResourceTable::new(),
-            limiter: CapLimiter { cap: memory_bytes, exceeded: None },
+            limiter: CapLimiter { cap: memory_bytes, exceeded: None, shared, held: 0, shared_exceeded: None },
             stderr,
             log_budget: super::stderr::LogBudget::default(),
             random,
@@ -268,13 +274,83 @@ impl host::Host for StageState {
 struct CapLimiter {
     cap: usize,
     exceeded: Option<usize>,
+    /// The run's account of all its instances' memory, when the pool has one.
+    shared: Option<Arc<GuestMemory>>,
+    /// What this store's memories hold (in `shared`'s account).
+    held: usize,
+    /// (what the run's instances held, what this one asked) when `shared` refused.
+    shared_exceeded: Option<(usize, usize)>,
+}
+
+/// The memory of all the stage instances of a run, counted against what the memory
+/// budget leaves them (`StagePool::sharing`): an instance may not grow when the sum
+/// would pass it, so guests filling their `memory_mib` on every worker cannot take the
+/// host past its budget. Its peak goes to the manifest.
+#[derive(Debug)]
+pub struct GuestMemory {
+    cap: usize,
+    held: std::sync::atomic::AtomicUsize,
+    peak: std::sync::atomic::AtomicUsize,
+}
+
+impl GuestMemory {
+    pub fn new(cap_bytes: usize) -> Arc<GuestMemory> {
+        Arc::new(GuestMemory { cap: cap_bytes, held: Default::default(), peak: Default::default() })
+    }
+
+    /// The most the instances held at once.
+    pub fn peak_bytes(&self) -> usize {
+        self.peak.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn cap_bytes(&self) -> usize {
+        self.cap
+    }
+
+    /// Takes `delta` bytes if they fit, else returns what is held.
+    fn reserve(&self, delta: usize) -> Result<(), usize> {
+        use std::sync::atomic::Ordering;
+        let mut held = self.held.load(Ordering::Relaxed);
+        loop {
+            if held + delta > self.cap {
+                return Err(held);
+            }
+            match self.held.compare_exchange_weak(held, held + delta, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => {
+                    self.peak.fetch_max(held + delta, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Err(now) => held = now,
+            }
+        }
+    }
+
+    fn release(&self, bytes: usize) {
+        self.held.fetch_sub(bytes, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+impl Drop for CapLimiter {
+    fn drop(&mut self) {
+        if let Some(shared) = &self.shared {
+            shared.release(self.held);
+        }
+    }
 }
 
 impl ResourceLimiter for CapLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.cap {
             self.exceeded = Some(desired);
             return Ok(false);
+        }
+        if let Some(shared) = &self.shared {
+            let delta = desired.saturating_sub(current);
+            if let Err(held) = shared.reserve(delta) {
+                self.shared_exceeded = Some((held, desired));
+                return Ok(false);
+            }
+            self.held += delta;
         }
         Ok(true)
     }
@@ -369,9 +445,9 @@ macro_rules! kind_call {
 }
 
 impl Instance {
-    pub(crate) fn new(plugin: &Plugin, limits: Limits, models: Arc<ModelSet>) -> Result<Self, StageCallError> {
+    pub(crate) fn new(plugin: &Plugin, limits: Limits, models: Arc<ModelSet>, shared: Option<Arc<GuestMemory>>) -> Result<Self, StageCallError> {
         let engine = &plugin.runtime.backend(plugin.interruption).engine;
-        let mut store = Store::new(engine, StageState::new(limits.memory_bytes, models));
+        let mut store = Store::new(engine, StageState::new(limits.memory_bytes, models, shared));
         store.limiter(|s| &mut s.limiter);
         // What a call may hand the host (its result included) is bounded by the
         // instance's own memory cap, which the budget counts: wasmtime's default of
@@ -424,6 +500,7 @@ impl Instance {
         assert!(!self.trapped, "a trapped instance must not be called again");
         self.store.data_mut().context = context.clone();
         self.store.data_mut().limiter.exceeded = None;
+        self.store.data_mut().limiter.shared_exceeded = None;
         let state = self.store.data();
         state.stderr.clear();
         state.random.reseed(super::guest_env::seed_of(state.run_seed, &context.stage, &context.chunk));
@@ -449,6 +526,13 @@ impl Instance {
             Err(trap) => {
                 self.trapped = true;
                 let state = self.store.data();
+                if let (Some((held, requested)), Some(shared)) = (state.limiter.shared_exceeded, &state.limiter.shared) {
+                    return Err(StageCallError::SharedMemory {
+                        shared_mib: shared.cap_bytes() >> 20,
+                        held_mib: held >> 20,
+                        requested_mib: requested.div_ceil(1 << 20),
+                    });
+                }
                 if let Some(requested) = state.limiter.exceeded {
                     return Err(StageCallError::Memory {
                         cap_mib: self.limits.memory_bytes >> 20,
@@ -743,6 +827,8 @@ pub struct StagePool {
     limits: Limits,
     /// The run's seed, which (with the stage and chunk) seeds the guest's randomness.
     seed: u64,
+    /// The run's account of its instances' memory (`sharing`).
+    shared: Option<Arc<GuestMemory>>,
     models: Arc<ModelSet>,
     idle: Mutex<Vec<Instance>>,
 }
@@ -755,13 +841,19 @@ impl StagePool {
 
     /// A pool whose instances may call these models through `infer`, by their names in the set.
     pub fn with_models(plugin: Arc<Plugin>, limits: Limits, models: Arc<ModelSet>) -> Self {
-        StagePool { plugin, limits, seed: 0, models, idle: Mutex::new(Vec::new()) }
+        StagePool { plugin, limits, seed: 0, shared: None, models, idle: Mutex::new(Vec::new()) }
     }
 
     /// The same pool, its guests' randomness seeded from the run's `seed` (with the
     /// stage and chunk of each call).
     pub fn seeded(mut self, seed: u64) -> Self {
         self.seed = seed;
+        self
+    }
+
+    /// The same pool, its instances' memory counted in the run's `shared` account.
+    pub fn sharing(mut self, shared: &Arc<GuestMemory>) -> Self {
+        self.shared = Some(shared.clone());
         self
     }
 
@@ -779,7 +871,7 @@ impl StagePool {
         let idle = self.idle.lock().expect("stage pool lock").pop();
         let mut instance = match idle {
             Some(i) => i,
-            None => self.plugin.instantiate_with_models(self.limits, self.models.clone())?,
+            None => Instance::new(&self.plugin, self.limits, self.models.clone(), self.shared.clone())?,
         };
         instance.store.data_mut().run_seed = self.seed;
         let result = f(&mut instance);

@@ -17,7 +17,7 @@ mod stderr;
 mod guest_env;
 
 pub use engine::{Interruption, Runtime, RuntimeOptions};
-pub use instance::{CallContext, Instance, Limits, StageCallError, StagePool, kind_name};
+pub use instance::{CallContext, GuestMemory, Instance, Limits, StageCallError, StagePool, kind_name};
 pub use plugin::{Plugin, PluginInfo};
 
 /// The data types a stage call takes and returns (generated from the WIT).

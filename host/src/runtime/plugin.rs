@@ -250,12 +250,12 @@ impl Plugin {
 
     /// A fresh instance with these limits and no models.
     pub fn instantiate(&self, limits: Limits) -> Result<Instance, StageCallError> {
-        Instance::new(self, limits, ModelSet::empty())
+        Instance::new(self, limits, ModelSet::empty(), None)
     }
 
     /// A fresh instance with these limits that may call these models through `infer`.
     pub fn instantiate_with_models(&self, limits: Limits, models: Arc<ModelSet>) -> Result<Instance, StageCallError> {
-        Instance::new(self, limits, models)
+        Instance::new(self, limits, models, None)
     }
 
     /// Checks parameters against the plugin's schema: `Err` lists each violation

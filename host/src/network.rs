@@ -68,11 +68,18 @@ fn split_feature(name: &str) -> Option<(&str, &str)> {
 
 /// Checks that features form a full band × date grid (what the recipe trains on).
 fn check_grid(stage: &str, names: &[String]) -> Result<(usize, usize)> {
+    let (bands, dates) = grid_axes(&format!("stage '{stage}'"), names)?;
+    Ok((dates.len(), bands.len()))
+}
+
+/// The bands and dates of `BAND@DATE` features, in order of first appearance, when they
+/// form a full grid; errors start with `what` (the stage, or the raster).
+pub(crate) fn grid_axes<'a>(what: &str, names: &'a [String]) -> Result<(Vec<&'a str>, Vec<&'a str>)> {
     let mut bands: Vec<&str> = Vec::new();
     let mut dates: Vec<&str> = Vec::new();
     for name in names {
         let (b, d) = split_feature(name).ok_or_else(|| {
-            anyhow!("stage '{stage}': feature '{name}' is not named BAND@DATE; a recipe labeller reads per-date features (e.g. indices with per_date = true)")
+            anyhow!("{what}: feature '{name}' is not named BAND@DATE; a recipe labeller reads per-date features (e.g. indices with per_date = true)")
         })?;
         if !bands.contains(&b) {
             bands.push(b);
@@ -82,14 +89,9 @@ fn check_grid(stage: &str, names: &[String]) -> Result<(usize, usize)> {
         }
     }
     if bands.len() * dates.len() != names.len() {
-        bail!(
-            "stage '{stage}': its {} features are not a full grid of {} bands × {} dates",
-            names.len(),
-            bands.len(),
-            dates.len()
-        );
+        bail!("{what}: its {} features are not a full grid of {} bands × {} dates", names.len(), bands.len(), dates.len());
     }
-    Ok((dates.len(), bands.len()))
+    Ok((bands, dates))
 }
 
 /// The files a recipe writes into its folder, `model.json` last (its presence means the
@@ -131,13 +133,38 @@ pub fn train(
     let classes = models_dir.join(format!("{stage}.classes.csv"));
     write_samples(&samples, set)?;
     write_classes(&classes, set)?;
-    let out = models_dir.join(stage);
+    let data = crate::train::TrainData::Samples(samples);
+    let request = request(recipe, stage, data, Some(classes), models_dir.join(stage), seed, params)?;
+    run_recipe(recipe, stage, &request)
+}
+
+/// The request that trains `recipe` on `data` into `out` (a previous run's folder there
+/// is removed: the recipe writes a complete folder or none), the stage's `params` as the
+/// recipe's flags (their schema, `check_params`, admits only its recipe's keys), and
+/// `seed` unless they set one.
+pub(crate) fn request(
+    recipe: &RecipePlan,
+    stage: &str,
+    data: crate::train::TrainData,
+    classes: Option<std::path::PathBuf>,
+    out: std::path::PathBuf,
+    seed: u64,
+    params: &Value,
+) -> Result<crate::train::TrainRequest> {
     if out.exists() {
-        // A previous run's model: the recipe writes a complete folder or none.
         std::fs::remove_dir_all(&out).with_context(|| format!("removing the previous {}", out.display()))?;
     }
     let mut extra = Vec::new();
-    for (key, flag) in [("patience", "--patience"), ("batch_size", "--batch-size"), ("learning_rate", "--learning-rate"), ("threads", "--threads")] {
+    for (key, flag) in [
+        ("patience", "--patience"),
+        ("batch_size", "--batch-size"),
+        ("learning_rate", "--learning-rate"),
+        ("threads", "--threads"),
+        ("tile", "--tile"),
+        ("overlap", "--overlap"),
+        ("patch", "--patch"),
+        ("patches_per_epoch", "--patches-per-epoch"),
+    ] {
         if let Some(v) = params.get(key) {
             extra.extend([flag.to_string(), v.to_string()]);
         }
@@ -146,18 +173,17 @@ pub fn train(
         extra.extend(["--hyperparameters".to_string(), h.to_string()]);
     }
     extra.extend(["--note".to_string(), format!("trained by sitsflow for stage '{stage}'")]);
-    let request = crate::train::TrainRequest {
-        data: crate::train::TrainData::Samples(samples.clone()),
-        processes: 1,
+    Ok(crate::train::TrainRequest {
+        data,
+        processes: params.get("processes").and_then(Value::as_u64).unwrap_or(1) as u32,
         test: None,
-        classes: Some(classes),
+        classes,
         arch: recipe.arch.clone(),
-        out: out.clone(),
+        out,
         seed: params.get("seed").and_then(Value::as_u64).unwrap_or(seed),
         epochs: params.get("epochs").and_then(Value::as_u64).map(|e| e as u32),
         extra,
-    };
-    run_recipe(recipe, stage, &request)
+    })
 }
 
 /// Runs a recipe's training (one log line every tenth of the epochs: a run has no bar of

@@ -403,6 +403,8 @@ pub fn write_dataset(
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let _ = std::fs::remove_file(dir.join("dataset.json"));
     let raster = FeatureRaster::open(features)?;
+    // Checked before the cube is written: the recipe reads dates × bands channels.
+    let (bands, dates) = crate::network::grid_axes(&features.display().to_string(), &raster.names)?;
     let c = raster.names.len();
     let image_path = dir.join("image.npy");
     let file = std::fs::File::create(&image_path)
@@ -448,7 +450,6 @@ pub fn write_dataset(
     write_npy("labels.npy", &|f| labels.write_npy(f))?;
     write_npy("groups.npy", &|f| groups.write_npy(f))?;
     let all_groups: std::collections::BTreeSet<u32> = set.groups.iter().copied().collect();
-    let (bands, dates) = bands_and_dates(&raster.names);
     let mut codes: Vec<u16> = set.labels.to_vec();
     codes.sort_unstable();
     codes.dedup();
@@ -479,22 +480,6 @@ pub fn write_dataset(
     let path = dir.join("dataset.json");
     crate::fsutil::write_atomic(&path, serde_json::to_string_pretty(&meta)?.as_bytes())
         .with_context(|| format!("writing {}", path.display()))
-}
-
-/// The bands and dates of `BAND@DATE` channel names, in order of first appearance.
-fn bands_and_dates(names: &[String]) -> (Vec<String>, Vec<String>) {
-    let mut bands: Vec<String> = Vec::new();
-    let mut dates: Vec<String> = Vec::new();
-    for name in names {
-        let (b, d) = name.rsplit_once('@').unwrap_or((name.as_str(), ""));
-        if !bands.iter().any(|x| x == b) {
-            bands.push(b.to_string());
-        }
-        if !dates.iter().any(|x| x == d) {
-            dates.push(d.to_string());
-        }
-    }
-    (bands, dates)
 }
 
 #[cfg(test)]

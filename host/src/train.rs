@@ -27,7 +27,7 @@ pub struct TrainRequest {
     pub processes: u32,
     pub test: Option<PathBuf>,
     pub classes: Option<PathBuf>,
-    /// `tempcnn` or `lstm`.
+    /// `tempcnn`, `lstm` or `fg-unet`.
     pub arch: String,
     pub out: PathBuf,
     pub seed: u64,
@@ -36,7 +36,6 @@ pub struct TrainRequest {
     pub extra: Vec<String>,
 }
 
-/// What a finished training wrote.
 /// A recipe's training data.
 #[derive(Debug, Clone)]
 pub enum TrainData {
@@ -61,6 +60,7 @@ impl TrainData {
     }
 }
 
+/// What a finished training wrote.
 #[derive(Debug, Clone)]
 pub struct Trained {
     pub model: PathBuf,

@@ -372,7 +372,6 @@ pub(super) struct Split {
     /// Group of each selected pixel, from 1.
     pub(super) groups: Vec<u32>,
     pub(super) test: Vec<bool>,
-    pub(super) test_groups: std::collections::BTreeSet<u32>,
     /// How it was drawn, for the report.
     pub(super) rule: String,
 }
@@ -391,8 +390,7 @@ pub(super) fn split_selection(scene: &Context, labeller: &LabellerPlan, samples:
             };
             let groups: Vec<u32> = selected.pixels.iter().map(|&p| block_of(width, p) as u32 + 1).collect();
             let test: Vec<bool> = selected.pixels.iter().map(|&p| held_out(seed, width, p, share)).collect();
-            let test_groups = groups.iter().zip(&test).filter(|(_, t)| **t).map(|(g, _)| *g).collect();
-            Split { groups, test, test_groups, rule: format!("{:.0} % of the {HOLDOUT_BLOCK_PX} px blocks, seeded per labeller", share * 100.0) }
+            Split { groups, test, rule: format!("{:.0} % of the {HOLDOUT_BLOCK_PX} px blocks, seeded per labeller", share * 100.0) }
         }
         HoldoutBy::Polygons => {
             let groups = crate::segment::polygons(&selected.pixels, &selected.labels, width);
@@ -402,7 +400,6 @@ pub(super) fn split_selection(scene: &Context, labeller: &LabellerPlan, samples:
             Split {
                 groups,
                 test,
-                test_groups,
                 rule: format!(
                     "{:.0} % of each class's polygons (4-connected pixels of one class in '{samples}'), seeded per sampler",
                     share * 100.0
@@ -413,6 +410,11 @@ pub(super) fn split_selection(scene: &Context, labeller: &LabellerPlan, samples:
 }
 
 impl Split {
+    /// The groups held out.
+    pub(super) fn test_groups(&self) -> std::collections::BTreeSet<u32> {
+        self.groups.iter().zip(&self.test).filter(|(_, t)| **t).map(|(g, _)| *g).collect()
+    }
+
     pub(super) fn to_json(&self, holdout: &Holdout, train_samples: u32, test_samples: u32) -> Value {
         let groups: std::collections::BTreeSet<u32> = self.groups.iter().copied().collect();
         json!({
@@ -420,7 +422,7 @@ impl Split {
             "grouped_by": match holdout.by { HoldoutBy::Blocks => format!("{HOLDOUT_BLOCK_PX} px blocks"), HoldoutBy::Polygons => "polygons".into() },
             "rule": self.rule,
             "groups": groups.len(),
-            "test_groups": self.test_groups.len(),
+            "test_groups": self.test_groups().len(),
             "train_samples": train_samples,
             "test_samples": test_samples,
         })

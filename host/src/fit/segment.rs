@@ -70,7 +70,7 @@ pub(super) fn run(
                     pixels: &selected.pixels,
                     labels: &selected.labels,
                     groups: &split.groups,
-                    test_groups: &split.test_groups,
+                    test_groups: &split.test_groups(),
                     classes: &class_names,
                     split_rule: split.rule.clone(),
                 },
@@ -257,53 +257,13 @@ fn train(
     recipe: &RecipePlan,
     dataset: &std::path::Path,
 ) -> Result<(std::sync::Arc<Model>, Value)> {
-    let params = &stage.params;
     let out = scene.run_dir().join("models").join(stage.id.as_str());
-    if out.exists() {
-        // A previous run's model: the recipe writes a complete folder or none.
-        std::fs::remove_dir_all(&out)
-            .with_context(|| format!("removing the previous {}", out.display()))?;
-    }
-    let mut extra = Vec::new();
-    for (key, flag) in [
-        ("patience", "--patience"),
-        ("batch_size", "--batch-size"),
-        ("learning_rate", "--learning-rate"),
-        ("threads", "--threads"),
-        ("tile", "--tile"),
-        ("overlap", "--overlap"),
-        ("patch", "--patch"),
-        ("patches_per_epoch", "--patches-per-epoch"),
-    ] {
-        if let Some(v) = params.get(key) {
-            extra.extend([flag.to_string(), v.to_string()]);
-        }
-    }
-    if let Some(h) = params.get("hyperparameters") {
-        extra.extend(["--hyperparameters".to_string(), h.to_string()]);
-    }
-    extra.extend([
-        "--note".to_string(),
-        format!("trained by sitsflow for stage '{}'", stage.id),
-    ]);
     let seed = {
         use rand::RngCore;
         scene.rng(stage, "recipe").next_u64() >> 1
     };
-    let request = crate::train::TrainRequest {
-        data: crate::train::TrainData::Patches(dataset.to_path_buf()),
-        processes: params.get("processes").and_then(Value::as_u64).unwrap_or(1) as u32,
-        test: None,
-        classes: None,
-        arch: recipe.arch.clone(),
-        out: out.clone(),
-        seed: params.get("seed").and_then(Value::as_u64).unwrap_or(seed),
-        epochs: params
-            .get("epochs")
-            .and_then(Value::as_u64)
-            .map(|e| e as u32),
-        extra,
-    };
+    let data = crate::train::TrainData::Patches(dataset.to_path_buf());
+    let request = crate::network::request(recipe, stage.id.as_str(), data, None, out.clone(), seed, &stage.params)?;
     let network = crate::network::run_recipe(recipe, stage.id.as_str(), &request)?;
     // The dataset's description (channels, classes, split) goes with the model; the cube
     // stays in .partial/.

@@ -7,6 +7,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 bash scripts/setup.sh
 bash scripts/setup-python.sh
+bash scripts/setup-scaleout.sh
 # shellcheck source=env.sh
 source scripts/env.sh
 status=0

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// `sitsflow args` in `project`, killed at `failpoints` (the `fail` crate's syntax) if given.
-fn command(project: &Path, args: &[&str], failpoints: Option<&str>) -> Command {
+pub(crate) fn command(project: &Path, args: &[&str], failpoints: Option<&str>) -> Command {
     let mut command = common::sitsflow_command(project);
     command.args(args);
     if let Some(f) = failpoints {
@@ -23,17 +23,17 @@ fn command(project: &Path, args: &[&str], failpoints: Option<&str>) -> Command {
     command
 }
 
-fn sitsflow(project: &Path, args: &[&str], failpoints: Option<&str>) -> Output {
+pub(crate) fn sitsflow(project: &Path, args: &[&str], failpoints: Option<&str>) -> Output {
     command(project, args, failpoints).output().expect("running sitsflow")
 }
 
-fn text(bytes: &[u8]) -> String {
+pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// Seed 001's whole chain on the small demo in 32 px chunks (four of them), so every
 /// phase has several steps to be killed between.
-fn chain_pipeline(run_dir: &str) -> String {
+pub(crate) fn chain_pipeline(run_dir: &str) -> String {
     let text = std::fs::read_to_string(common::workspace().join("configs/demo.toml")).unwrap();
     text.replace("../data/demo", &common::small_demo().display().to_string())
         .replace("dir = \"../plugins/dist\"", "dir = \"plugins\"")
@@ -46,7 +46,7 @@ fn chain_pipeline(run_dir: &str) -> String {
 }
 
 /// A project folder with the shipped plugins, the nomenclatures and `pipeline`, locked.
-fn chain_project(pipeline: &str) -> tempfile::TempDir {
+pub(crate) fn chain_project(pipeline: &str) -> tempfile::TempDir {
     let dir = common::project_dir();
     let nomenclature = dir.path().join("nomenclature");
     std::fs::create_dir_all(&nomenclature).unwrap();
@@ -64,7 +64,7 @@ fn chain_project(pipeline: &str) -> tempfile::TempDir {
 const RUN_RECORDS: &[&str] = &["manifest.json", "report.json", "report.html"];
 
 /// sha256 of every file under `dir` (relative names), hidden working files excluded.
-fn hashes(dir: &Path) -> BTreeMap<String, String> {
+pub(crate) fn hashes(dir: &Path) -> BTreeMap<String, String> {
     fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
@@ -90,7 +90,7 @@ fn manifest(dir: &Path) -> Value {
 
 /// Every output the manifest names exists with the size and sha256 it records, and the
 /// manifest's `published` list is exactly the files present.
-fn assert_manifest_matches(dir: &Path) {
+pub(crate) fn assert_manifest_matches(dir: &Path) {
     let m = manifest(dir);
     let mut published: Vec<String> = m["published"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
     for o in m["outputs"].as_array().unwrap() {
@@ -113,7 +113,7 @@ fn relative_name(published: &[String], record: &Value) -> String {
 
 /// What a comparison between two finished runs looks at: every file but the run records,
 /// and the outputs' names and hashes in the manifest.
-fn fingerprint(dir: &Path) -> (BTreeMap<String, String>, Vec<(String, String)>) {
+pub(crate) fn fingerprint(dir: &Path) -> (BTreeMap<String, String>, Vec<(String, String)>) {
     let mut files = hashes(dir);
     files.retain(|k, _| !RUN_RECORDS.contains(&k.as_str()));
     let m = manifest(dir);
@@ -127,13 +127,13 @@ fn fingerprint(dir: &Path) -> (BTreeMap<String, String>, Vec<(String, String)>) 
     (files, outputs)
 }
 
-fn was_killed(out: &Output) -> bool {
+pub(crate) fn was_killed(out: &Output) -> bool {
     use std::os::unix::process::ExitStatusExt;
     out.status.signal() == Some(libc::SIGKILL)
 }
 
 /// The reference: the chain run once, uninterrupted.
-fn reference_run() -> &'static (tempfile::TempDir, PathBuf) {
+pub(crate) fn reference_run() -> &'static (tempfile::TempDir, PathBuf) {
     static RUN: std::sync::OnceLock<(tempfile::TempDir, PathBuf)> = std::sync::OnceLock::new();
     RUN.get_or_init(|| {
         let dir = chain_project(&chain_pipeline("runs/demo"));

@@ -19,5 +19,6 @@ mod kmeans;
 mod raster;
 mod report;
 mod sandbox;
+mod scaleout;
 mod segment;
 mod stages_pipeline;

@@ -63,6 +63,52 @@ pub enum Command {
         #[arg(long)]
         output: Option<PathBuf>,
     },
+    /// Write what an existing engine runs to run a pipeline as N shards and an assembly:
+    /// a Slurm job array and a dependent assembly job (sbatch), or a Kubernetes Indexed
+    /// Job and an assembly Job; each with a submit.sh. The run directory, the pipeline
+    /// and its inputs must be on storage every node sees, at the same paths.
+    Plan {
+        pipeline: PathBuf,
+        /// Shards of the chunk phase (`sitsflow run --shard i/N`).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100000))]
+        shards: u32,
+        #[arg(long, value_enum)]
+        engine: crate::scaleout::Engine,
+        /// Folder for the engine's files (scripts or manifests, submit.sh, logs/).
+        #[arg(long)]
+        out: PathBuf,
+        /// The run directory, instead of the pipeline's [output] dir.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Cores per shard (and for the assembly); each process runs that many workers.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+        cpus_per_shard: u32,
+        /// The sitsflow binary as the nodes see it (default: this binary for Slurm,
+        /// `sitsflow` on the image's PATH for Kubernetes).
+        #[arg(long)]
+        sitsflow: Option<String>,
+        /// Slurm: partition, account and time limit of the jobs.
+        #[arg(long)]
+        partition: Option<String>,
+        #[arg(long)]
+        account: Option<String>,
+        #[arg(long, value_name = "TIME")]
+        time: Option<String>,
+        /// Kubernetes: the container image with sitsflow.
+        #[arg(long)]
+        image: Option<String>,
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Kubernetes: the PersistentVolumeClaim with the pipeline, its inputs and the run.
+        #[arg(long)]
+        claim: Option<String>,
+        /// Kubernetes: where every pod mounts the claim (the paths must be under it).
+        #[arg(long)]
+        mount: Option<PathBuf>,
+        /// Kubernetes: retries of one shard before it counts as failed (backoffLimitPerIndex).
+        #[arg(long, default_value_t = 2)]
+        retries: u32,
+    },
     /// Run a pipeline N times and record wall and CPU time, peak memory and throughput
     /// per stage (JSON); or compare two records.
     Bench {
@@ -297,6 +343,51 @@ fn dispatch(cli: &Cli) -> Result<(), Failure> {
             print!("{}", plan.render());
             plan.verify_lock().map_err(Failure::Lock)?;
             println!("ok: {} is valid and its plugins match {}", pipeline.display(), plan.lockfile.display());
+            Ok(())
+        }
+        Command::Plan {
+            pipeline,
+            shards,
+            engine,
+            out,
+            output,
+            cpus_per_shard,
+            sitsflow,
+            partition,
+            account,
+            time,
+            image,
+            namespace,
+            claim,
+            mount,
+            retries,
+        } => {
+            let runtime = runtime()?;
+            let mut plan = Plan::load(pipeline, &runtime)?;
+            if let Some(dir) = output {
+                plan.output_dir = dir.clone();
+            }
+            plan.verify_lock().map_err(Failure::Lock)?;
+            let request = crate::scaleout::Request {
+                engine: *engine,
+                shards: *shards as usize,
+                out: out.clone(),
+                sitsflow: sitsflow.clone(),
+                cpus: *cpus_per_shard,
+                partition: partition.clone(),
+                account: account.clone(),
+                time: time.clone(),
+                image: image.clone(),
+                namespace: namespace.clone(),
+                claim: claim.clone(),
+                mount: mount.clone(),
+                retries: *retries,
+            };
+            let written = crate::scaleout::write(&plan, &request)?;
+            for file in &written.files {
+                println!("{}", file.display());
+            }
+            log::info!("{}", written.next);
             Ok(())
         }
         Command::Plugins(command) => plugins(command, cli.quiet),

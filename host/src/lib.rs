@@ -24,6 +24,7 @@ pub mod report;
 pub mod run;
 pub mod rundir;
 pub mod samples;
+pub mod scaleout;
 pub mod segment;
 
 pub mod train;

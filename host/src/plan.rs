@@ -838,8 +838,13 @@ impl Plan {
             .collect()
     }
 
-    /// Worker threads to use.
+    /// Worker threads to use: `SITSFLOW_WORKERS` (the cores an engine gave this process:
+    /// the scripts of `sitsflow plan` set it), else the pipeline's `workers`, else one per
+    /// core. The count never changes a result.
     pub fn worker_count(&self) -> usize {
+        if let Some(n) = std::env::var("SITSFLOW_WORKERS").ok().and_then(|v| v.trim().parse::<usize>().ok()).filter(|n| *n > 0) {
+            return n;
+        }
         if self.workers > 0 {
             self.workers
         } else {

@@ -466,20 +466,29 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
     let todo: Vec<usize> = mode.chunks(chunks.len()).filter(|i| !partial.done.contains(i)).collect();
     let workers = layout.workers.min(todo.len()).max(1);
     log::info!(
-        "running '{}': {} dates × {} bands, {} × {} px in {} chunks of {} px{} on {workers} workers (memory estimate {} MiB of {} MiB)",
+        "running '{}': {} dates × {} bands, {} × {} px in {} chunk{} of {} px{} on {workers} worker{} (memory estimate {} MiB of {} MiB)",
         plan.name,
         series.scenes.len(),
         series.bands.len(),
         grid.width,
         grid.height,
         chunks.len(),
+        if chunks.len() == 1 { "" } else { "s" },
         layout.chunk_size,
         if layout.halo > 0 { format!(" + {} px halo", layout.halo) } else { String::new() },
+        if workers == 1 { "" } else { "s" },
         layout.estimate_mib,
         plan.memory_budget_mib
     );
-    if resumed > 0 {
-        log::info!("resuming: {resumed} of {} chunks were done by an interrupted run", chunks.len());
+    let mine = mode.chunks(chunks.len()).filter(|i| partial.done.contains(i)).count();
+    match mode {
+        // A shard's journal also holds the chunks other shards wrote: only its own range resumes.
+        RunMode::Shard { index, count } if mine > 0 => {
+            log::info!("shard {index}/{count}: resuming, {mine} of its chunks were done by an earlier attempt")
+        }
+        RunMode::Shard { .. } => {}
+        _ if resumed > 0 => log::info!("resuming: {resumed} of {} chunks were done by an interrupted run", chunks.len()),
+        _ => {}
     }
 
     let years = crate::raster::years_of(&series.dates());

@@ -352,3 +352,38 @@ fn kubernetes_cluster_end_to_end() {
     assert!(submit.status.success(), "{}{}", text(&submit.stdout), text(&submit.stderr));
     assert!(project.path().join("runs/demo/manifest.json").is_file());
 }
+
+/// `sitsflow train --nproc-per-node 2` inside a Slurm job starts its ranks through
+/// `srun torchrun` (c10d rendezvous on the job's first node), as the assembly job of a
+/// plan does for a recipe stage with `nodes`/`nproc_per_node`; rank 0 writes the model.
+#[test]
+fn a_training_in_a_slurm_job_runs_its_ranks_through_srun_torchrun() {
+    let data = common::shared_data().join("formosat2-tempcnn");
+    let cluster = Cluster::start();
+    let out = tempfile::tempdir().unwrap();
+    let model = out.path().join("tempcnn");
+    let log = out.path().join("train.log");
+    let train = format!(
+        "{} train --samples {:?} --test {:?} --classes {:?} --arch tempcnn --epochs 2 --nproc-per-node 2 --out {:?}",
+        env!("CARGO_BIN_EXE_sitsflow"),
+        data.join("train.csv"),
+        data.join("test.csv"),
+        data.join("classes.csv"),
+        model
+    );
+    let submitted = cluster
+        .client("sbatch")
+        .args(["--wait", "--cpus-per-task=2", "--output"])
+        .arg(&log)
+        .args(["--wrap", &train])
+        .current_dir(common::workspace())
+        .output()
+        .unwrap();
+    let shown = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(submitted.status.success(), "{}{shown}", text(&submitted.stderr));
+    assert!(shown.contains("1 node(s) × 2 processes (srun torchrun in Slurm job"), "{shown}");
+    let sidecar: Value = serde_json::from_str(&std::fs::read_to_string(model.join("model.json")).unwrap()).unwrap();
+    assert_eq!(sidecar["training"]["processes"], 2, "two ranks trained it");
+    assert!(sidecar["metrics"]["overall_accuracy"].as_f64().unwrap() > 0.2, "{}", sidecar["metrics"]);
+    assert!(sidecar["onnx_check"]["max_abs_diff"].as_f64().unwrap() < 1e-4, "{}", sidecar["onnx_check"]);
+}

@@ -84,7 +84,7 @@ fn fg_unet_trains_on_sparse_parcels_beside_the_random_forest_and_tiles_without_s
         .replace("dir = \"../runs/flanders-fg-unet\"", "dir = \"runs/flanders\"")
         .replace(
             "epochs = 60, patience = 12, patch = 64, patches_per_epoch = 128, batch_size = 8",
-            "epochs = 3, patience = 3, patch = 32, patches_per_epoch = 16, batch_size = 4, processes = 2, hyperparameters = { width = 8, pixel_width = 8 }",
+            "epochs = 3, patience = 3, patch = 32, patches_per_epoch = 16, batch_size = 4, nproc_per_node = 2, hyperparameters = { width = 8, pixel_width = 8 }",
         )
         .replace("n_trees = 100", "n_trees = 20");
     assert!(

@@ -195,9 +195,12 @@ pub enum Command {
         /// dataset.json; a run writes its own in .partial/patches/): fg-unet.
         #[arg(long)]
         patches: Option<PathBuf>,
-        /// Train with this many processes under torchrun (DDP: gloo on CPU, NCCL on CUDA).
-        #[arg(long, default_value_t = 1)]
-        processes: u32,
+        /// Train with this many processes per node under torchrun (DDP: gloo on CPU, NCCL on CUDA).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+        nproc_per_node: u32,
+        /// Train on this many nodes of the Slurm allocation it runs in (srun torchrun, c10d).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
+        nodes: u32,
         /// Test samples: metrics are computed on them (else on a validation split).
         #[arg(long)]
         test: Option<PathBuf>,
@@ -442,7 +445,7 @@ fn dispatch(cli: &Cli) -> Result<(), Failure> {
             doctor(*json, dir);
             Ok(())
         }
-        Command::Train { samples, patches, processes, test, classes, arch, out, seed, epochs } => {
+        Command::Train { samples, patches, nproc_per_node, nodes, test, classes, arch, out, seed, epochs } => {
             let workspace = crate::train::find_workspace().unwrap_or_else(|| PathBuf::from("."));
             let data = match (samples, patches) {
                 (Some(s), None) => crate::train::TrainData::Samples(s.clone()),
@@ -451,7 +454,7 @@ fn dispatch(cli: &Cli) -> Result<(), Failure> {
             };
             let request = crate::train::TrainRequest {
                 data,
-                processes: *processes,
+                distributed: crate::train::Distributed { nodes: *nodes, nproc_per_node: *nproc_per_node },
                 test: test.clone(),
                 classes: classes.clone(),
                 arch: arch.clone(),

@@ -33,13 +33,15 @@ fn params_schema() -> Value {
             "learning_rate": { "type": "number", "exclusiveMinimum": 0, "description": "Adam's learning rate (default 1e-3)" },
             "threads": { "type": "integer", "minimum": 1, "description": "torch threads: results depend on the count (default 1)" },
             "seed": { "type": "integer", "minimum": 0, "description": "default: the run's seed" },
-            "hyperparameters": { "type": "object", "description": "network widths: tempcnn filters, kernel, dense, dropout; lstm hidden, layers, dropout" }
+            "hyperparameters": { "type": "object", "description": "network widths: tempcnn filters, kernel, dense, dropout; lstm hidden, layers, dropout" },
+            "nproc_per_node": { "type": "integer", "minimum": 1, "maximum": 256, "description": "train with this many processes per node under torchrun (DDP: gloo on CPU, NCCL on CUDA; default 1)" },
+            "nodes": { "type": "integer", "minimum": 1, "maximum": 4096, "description": "train on this many nodes of the Slurm allocation (srun torchrun, c10d rendezvous; default 1)" }
         }
     })
 }
 
 /// The parameters of `recipe = "fg-unet"`: the temporal recipes' and the tiles, the
-/// patches and the processes of a distributed training.
+/// patches.
 fn segmentation_params_schema() -> Value {
     let mut schema = params_schema();
     let properties = schema["properties"].as_object_mut().expect("an object schema");
@@ -49,7 +51,6 @@ fn segmentation_params_schema() -> Value {
     properties.insert("overlap".into(), json!({ "type": "integer", "minimum": 0, "maximum": 1024, "description": "context added on each side of a tile's core in px (default 16, the seed's)" }));
     properties.insert("patch".into(), json!({ "type": "integer", "minimum": 8, "maximum": 1024, "description": "training patch side in px (default 64)" }));
     properties.insert("patches_per_epoch".into(), json!({ "type": "integer", "minimum": 1, "description": "patches drawn on the fly per epoch (default 256)" }));
-    properties.insert("processes".into(), json!({ "type": "integer", "minimum": 1, "maximum": 256, "description": "train with this many processes under torchrun (DDP; default 1)" }));
     schema
 }
 
@@ -175,7 +176,10 @@ pub(crate) fn request(
     extra.extend(["--note".to_string(), format!("trained by sitsflow for stage '{stage}'")]);
     Ok(crate::train::TrainRequest {
         data,
-        processes: params.get("processes").and_then(Value::as_u64).unwrap_or(1) as u32,
+        distributed: crate::train::Distributed {
+            nodes: params.get("nodes").and_then(Value::as_u64).unwrap_or(1) as u32,
+            nproc_per_node: params.get("nproc_per_node").and_then(Value::as_u64).unwrap_or(1) as u32,
+        },
         test: None,
         classes,
         arch: recipe.arch.clone(),
@@ -306,7 +310,7 @@ mod tests {
         let errors = check_params("lstm", &json!({ "epochs": 0, "layers": 2 })).unwrap_err();
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(check_params("lstm", &json!({ "tile": 256 })).is_err());
-        assert!(check_params("fg-unet", &json!({ "tile": 256, "overlap": 16, "processes": 2 })).is_ok());
+        assert!(check_params("fg-unet", &json!({ "tile": 256, "overlap": 16, "nproc_per_node": 2, "nodes": 1 })).is_ok());
         assert_eq!(check_params("fg-unet", &json!({ "tile": 8 })).unwrap_err().len(), 1);
     }
 }

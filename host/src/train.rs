@@ -22,9 +22,8 @@ pub const CONTRACT: u32 = 1;
 pub struct TrainRequest {
     /// What it trains on.
     pub data: TrainData,
-    /// Processes of a distributed training (`torchrun --nproc_per_node`); 1 = a plain
-    /// subprocess.
-    pub processes: u32,
+    /// Processes of a distributed training; one of each = a plain subprocess.
+    pub distributed: Distributed,
     pub test: Option<PathBuf>,
     pub classes: Option<PathBuf>,
     /// `tempcnn`, `lstm` or `fg-unet`.
@@ -34,6 +33,74 @@ pub struct TrainRequest {
     pub epochs: Option<u32>,
     /// Extra arguments handed to the recipe as they are (e.g. `--hyperparameters {…}`).
     pub extra: Vec<String>,
+}
+
+/// The processes of a distributed training (DistributedDataParallel under torchrun).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Distributed {
+    /// Nodes (> 1: `srun torchrun` across the Slurm allocation, c10d rendezvous).
+    pub nodes: u32,
+    /// Processes per node (`torchrun --nproc_per_node`).
+    pub nproc_per_node: u32,
+}
+
+impl Default for Distributed {
+    fn default() -> Self {
+        Distributed { nodes: 1, nproc_per_node: 1 }
+    }
+}
+
+impl Distributed {
+    pub fn world_size(&self) -> u32 {
+        self.nodes * self.nproc_per_node
+    }
+}
+
+/// How the recipe's processes are started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Launch {
+    /// One process.
+    Plain,
+    /// `torchrun --standalone` on this machine.
+    Local { nproc_per_node: u32 },
+    /// `srun` one torchrun per node of the Slurm job, meeting at `endpoint` (this node).
+    Slurm { nodes: u32, nproc_per_node: u32, endpoint: String, job: String },
+}
+
+/// Chooses the launch: several nodes need a Slurm allocation with that many nodes (the
+/// assembly job `sitsflow plan --engine slurm` writes asks for them); inside a Slurm job
+/// even one node's processes are started through `srun`, so they run in the job's step
+/// and are accounted and killed with it.
+fn launch(distributed: Distributed, slurm: impl Fn(&str) -> Option<String>) -> Result<Launch> {
+    let Distributed { nodes, nproc_per_node } = distributed;
+    if nodes == 0 || nproc_per_node == 0 {
+        bail!("nodes and nproc_per_node must be at least 1");
+    }
+    let job = slurm("SLURM_JOB_ID");
+    if nodes > 1 {
+        let Some(job) = &job else {
+            bail!(
+                "nodes = {nodes}: a training on several nodes runs inside a Slurm allocation of {nodes} nodes (srun \
+                 torchrun); this process is not in one: submit the run with `sitsflow plan --engine slurm`, or train \
+                 on one node (nproc_per_node)"
+            )
+        };
+        let allocated = slurm("SLURM_JOB_NUM_NODES").and_then(|n| n.parse::<u32>().ok()).unwrap_or(1);
+        if allocated < nodes {
+            bail!("nodes = {nodes}, but Slurm job {job} has {allocated} node(s): ask for --nodes={nodes}");
+        }
+    }
+    if nodes == 1 && nproc_per_node == 1 {
+        return Ok(Launch::Plain);
+    }
+    match job {
+        Some(job) => {
+            let host = slurm("SLURMD_NODENAME").unwrap_or_else(crate::fsutil::host_name);
+            let port = std::net::TcpListener::bind(("0.0.0.0", 0)).and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(29400);
+            Ok(Launch::Slurm { nodes, nproc_per_node, endpoint: format!("{host}:{port}"), job })
+        }
+        None => Ok(Launch::Local { nproc_per_node }),
+    }
 }
 
 /// A recipe's training data.
@@ -132,18 +199,43 @@ pub fn check_environment(pythonpath: &str) -> Result<String> {
 /// Runs the recipe, forwarding its progress to `progress(epoch, epochs, event)`.
 pub fn train(request: &TrainRequest, pythonpath: &str, mut progress: impl FnMut(u64, u64, &Value)) -> Result<Trained> {
     let torch = check_environment(pythonpath)?;
+    let launch = launch(request.distributed, |name| std::env::var(name).ok())?;
     log::info!(
         "training {} on {} with torch {torch}{}",
         request.arch,
         request.data.path().display(),
-        if request.processes > 1 { format!(", {} processes (torchrun)", request.processes) } else { String::new() }
+        match &launch {
+            Launch::Plain => String::new(),
+            Launch::Local { nproc_per_node } => format!(", {nproc_per_node} processes (torchrun)"),
+            Launch::Slurm { nodes, nproc_per_node, job, .. } =>
+                format!(", {nodes} node(s) × {nproc_per_node} processes (srun torchrun in Slurm job {job})"),
+        }
     );
-    let mut command = Command::new(python());
-    if request.processes > 1 {
-        // torchrun: one process per rank, rendezvous on this machine; the recipe sees
-        // WORLD_SIZE and trains with DistributedDataParallel.
-        command.args(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", &request.processes.to_string()]);
-    }
+    // torchrun: one process per rank; the recipe sees WORLD_SIZE and trains with
+    // DistributedDataParallel, rank 0 writes the model.
+    let mut command = match &launch {
+        Launch::Plain => Command::new(python()),
+        Launch::Local { nproc_per_node } => {
+            let mut c = Command::new(python());
+            c.args(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", &nproc_per_node.to_string()]);
+            c
+        }
+        Launch::Slurm { nodes, nproc_per_node, endpoint, job } => {
+            let mut c = Command::new("srun");
+            c.args([
+                &format!("--nodes={nodes}"),
+                &format!("--ntasks={nodes}"),
+                "--ntasks-per-node=1",
+                "--kill-on-bad-exit=1",
+                // Each torchrun starts its node's processes, which share the task's cores.
+                "--cpu-bind=none",
+            ])
+            .arg(python())
+            .args(["-m", "torch.distributed.run", "--nnodes", &nodes.to_string(), "--nproc_per_node", &nproc_per_node.to_string()])
+            .args(["--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", job]);
+            c
+        }
+    };
     command
         .args(["-m", "sitsflow_models", "train", "--contract", &CONTRACT.to_string(), "--arch", &request.arch])
         .arg(request.data.flag())
@@ -209,4 +301,42 @@ pub fn train(request: &TrainRequest, pythonpath: &str, mut progress: impl FnMut(
     let metrics: Value = serde_json::from_str(&std::fs::read_to_string(&metrics_path).with_context(|| format!("reading {}", metrics_path.display()))?)
         .with_context(|| format!("{} is not JSON", metrics_path.display()))?;
     Ok(Trained { model: request.out.join("model.onnx"), sidecar, metrics })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+    }
+
+    #[test]
+    fn one_process_is_plain_and_several_use_torchrun_or_srun() {
+        let one = Distributed::default();
+        assert_eq!(launch(one, env(&[])).unwrap(), Launch::Plain);
+        assert_eq!(launch(one, env(&[("SLURM_JOB_ID", "7")])).unwrap(), Launch::Plain);
+        let two = Distributed { nodes: 1, nproc_per_node: 2 };
+        assert_eq!(launch(two, env(&[])).unwrap(), Launch::Local { nproc_per_node: 2 });
+        match launch(two, env(&[("SLURM_JOB_ID", "7"), ("SLURMD_NODENAME", "n01")])).unwrap() {
+            Launch::Slurm { nodes: 1, nproc_per_node: 2, endpoint, job } => {
+                assert!(endpoint.starts_with("n01:"), "{endpoint}");
+                assert_eq!(job, "7");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn several_nodes_need_a_slurm_allocation_that_big() {
+        let four = Distributed { nodes: 4, nproc_per_node: 1 };
+        let err = launch(four, env(&[])).unwrap_err().to_string();
+        assert!(err.contains("nodes = 4") && err.contains("not in one"), "{err}");
+        let err = launch(four, env(&[("SLURM_JOB_ID", "9"), ("SLURM_JOB_NUM_NODES", "2")])).unwrap_err().to_string();
+        assert!(err.contains("Slurm job 9 has 2 node(s): ask for --nodes=4"), "{err}");
+        assert!(matches!(
+            launch(four, env(&[("SLURM_JOB_ID", "9"), ("SLURM_JOB_NUM_NODES", "4")])).unwrap(),
+            Launch::Slurm { nodes: 4, .. }
+        ));
+    }
 }

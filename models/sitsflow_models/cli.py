@@ -12,6 +12,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import sys
 import time
 import traceback
@@ -190,9 +191,10 @@ def cmd_train(args) -> int:
     except (ValueError, TypeError) as e:
         raise InputError(f"--hyperparameters: {e}") from None
     n, dates, bands = samples.cube.shape
-    log(f"{args.samples}: {n} samples, {dates} dates × {bands} bands, {len(classes)} classes; training {args.arch}")
-    emit({"event": "start", "arch": args.arch, "samples": n, "dates": dates, "bands": bands,
-          "classes": len(classes), "seed": args.seed})
+    if int(os.environ.get("RANK", "0")) == 0:
+        log(f"{args.samples}: {n} samples, {dates} dates × {bands} bands, {len(classes)} classes; training {args.arch}")
+        emit({"event": "start", "arch": args.arch, "samples": n, "dates": dates, "bands": bands,
+              "classes": len(classes), "seed": args.seed})
     config = TrainConfig(arch=args.arch, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size,
                          patience=args.patience, learning_rate=args.learning_rate,
                          hyperparameters=args.hyperparameters)
@@ -200,6 +202,8 @@ def cmd_train(args) -> int:
     result = train(samples.cube, targets, samples.groups, samples.bands, len(classes), config, emit)
     train_seconds = time.perf_counter() - started
     classifier = result.classifier
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun rank 0 writes the model; the others hold the same weights
 
     if test is not None:
         evaluated_on, eval_cube, eval_targets = "test", test.cube, test_targets
@@ -283,6 +287,7 @@ def cmd_train(args) -> int:
             "loss": "cross-entropy weighted by inverse class frequency, unlabelled ignored",
             "class_weights": result.class_weights.tolist(),
             "seconds": round(train_seconds, 2),
+            "processes": result.world_size,
         },
         "onnx_check": None if check is None else {"onnxruntime": check[1], "max_abs_diff": check[0],
                                                   "rows": int(len(check_rows))},

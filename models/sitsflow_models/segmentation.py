@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -35,7 +34,7 @@ from torch import nn
 
 from .data import ClassInfo, InputError
 from .patches import PatchDataset, split_polygons
-from .train import seed_everything
+from .train import distributed, seed_everything
 
 ARCH = "fg-unet"
 
@@ -173,18 +172,6 @@ class SegmentationResult:
     world_size: int
 
 
-def _distributed() -> tuple[int, int]:
-    """(rank, world size) under torchrun (`WORLD_SIZE` set), else (0, 1)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
 def channel_statistics(image: np.ndarray, rng: np.random.Generator, max_pixels: int = 1 << 18,
                        channels_at_once: int = 16):
     """Per-channel mean and std over (a seeded sample of) the scene's pixels, NaN ignored:
@@ -288,7 +275,7 @@ def _targets(dataset: PatchDataset, classes: list[ClassInfo], keep_groups: set[i
 
 def train_segmentation(dataset: PatchDataset, config: SegmentationConfig,
                        emit: Callable[[dict], None] = lambda event: None) -> SegmentationResult:
-    rank, world = _distributed()
+    rank, world = distributed()
     seed_everything(config.seed)
     rng = np.random.default_rng(config.seed)
     labels, groups = np.asarray(dataset.labels), np.asarray(dataset.groups)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import random
 from dataclasses import dataclass, field
 from typing import Callable
@@ -47,6 +48,21 @@ class TrainResult:
     history: list[dict]
     best_epoch: int | None
     stopped_early: bool
+    #: Processes that trained it (torchrun: DistributedDataParallel), 1 without.
+    world_size: int = 1
+
+
+def distributed() -> tuple[int, int]:
+    """(rank, world size) under torchrun (`WORLD_SIZE` set), else (0, 1); joins the
+    process group (gloo on CPU, NCCL on CUDA) on the first call."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
 
 
 def seed_everything(seed: int) -> None:
@@ -130,6 +146,10 @@ def train(cube: np.ndarray, targets: np.ndarray, groups: list[str] | None, bands
     """Trains a classifier on `[N, T, B]` raw values with class indices (-1 = unlabelled)."""
     if config.epochs < 1 or config.batch_size < 2 or config.patience < 1:
         raise InputError("epochs and patience must be ≥ 1 and batch size ≥ 2")
+    rank, world = distributed()
+    if config.batch_size < 2 * world:
+        raise InputError(f"batch size {config.batch_size} is too small for {world} processes: each needs two "
+                         f"samples per step (batch norm)")
     seed_everything(config.seed)
     rng = np.random.default_rng(config.seed)
     train_index, validation_index = grouped_split(targets, groups, config.validation_fraction, rng)
@@ -140,7 +160,11 @@ def train(cube: np.ndarray, targets: np.ndarray, groups: list[str] | None, bands
                             std=std, hyperparameters=config.hyperparameters)
     weights = class_weights(targets[train_index], classes)
     loss_fn = make_loss(weights)
-    optimiser = torch.optim.Adam(classifier.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    # Under torchrun every rank holds the whole set and draws the same order; each step's
+    # batch is dealt out across the ranks (rank r takes every world-th sample), and
+    # DistributedDataParallel averages their gradients, so the ranks' weights stay equal.
+    model: nn.Module = classifier if world == 1 else nn.parallel.DistributedDataParallel(classifier)
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
 
     x_train = torch.from_numpy(np.ascontiguousarray(cube[train_index]))
@@ -158,18 +182,30 @@ def train(cube: np.ndarray, targets: np.ndarray, groups: list[str] | None, bands
         total, seen = 0.0, 0
         for start in range(0, len(order), config.batch_size):
             batch = order[start:start + config.batch_size]
-            if len(batch) < 2:
+            # Decided on the whole batch, which every rank sees: all ranks step together.
+            if len(batch) // world < 2:
                 continue  # batch norm needs two samples to estimate a variance
-            yb = y_train[batch]
-            if not (yb >= 0).any():
+            if not (y_train[batch] >= 0).any():
                 continue
+            part = batch[rank::world]
+            yb = y_train[part]
             optimiser.zero_grad()
-            loss = loss_fn(classifier(x_train[batch]), yb)
+            logits = model(x_train[part])
+            # A rank whose share holds no label still joins the gradient exchange.
+            loss = loss_fn(logits, yb) if (yb >= 0).any() else logits.sum() * 0.0
             loss.backward()
             optimiser.step()
             labelled = int((yb >= 0).sum())
             total += loss.item() * labelled
             seen += labelled
+        if world > 1:
+            # Batch norm's running statistics are updated by each rank's own share: take
+            # rank 0's (as DDP does before each forward), so validation and the saved
+            # weights are the same on every rank.
+            import torch.distributed as dist
+
+            for buffer in classifier.buffers():
+                dist.broadcast(buffer, src=0)
         event = {"event": "epoch", "epoch": epoch, "epochs": config.epochs,
                  "train_loss": total / seen if seen else None}
         if has_validation:
@@ -184,14 +220,22 @@ def train(cube: np.ndarray, targets: np.ndarray, groups: list[str] | None, bands
             else:
                 waited += 1
         history.append(event)
-        emit(event)
-        if has_validation and waited >= config.patience:
+        stop = torch.tensor([float(has_validation and waited >= config.patience)])
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.broadcast(stop, src=0)  # rank 0 decides, so no rank waits on a collective alone
+        if rank == 0:
+            emit(event)
+        if stop[0] > 0:
             stopped_early = True
-            emit({"event": "early_stop", "epoch": epoch, "best_epoch": best_epoch, "best_val_loss": best_loss})
+            if rank == 0:
+                emit({"event": "early_stop", "epoch": epoch, "best_epoch": best_epoch, "best_val_loss": best_loss})
             break
     if best_state is not None:
         classifier.load_state_dict(best_state)
     classifier.eval()
     return TrainResult(classifier=classifier, mean=mean, std=std, train_index=train_index,
                        validation_index=validation_index if has_validation else np.array([], dtype=np.int64),
-                       class_weights=weights, history=history, best_epoch=best_epoch, stopped_early=stopped_early)
+                       class_weights=weights, history=history, best_epoch=best_epoch, stopped_early=stopped_early,
+                       world_size=world)

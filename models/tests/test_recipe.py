@@ -1,7 +1,13 @@
 """The training recipe on a tiny synthetic set: it learns, it is deterministic, its
 validation split is grouped, and its loss ignores unlabelled samples."""
 
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import unittest
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -47,6 +53,37 @@ class Recipe(unittest.TestCase):
         expected = np.nanmean(self.cube[r.train_index].reshape(-1, 3).astype(np.float64), axis=0)
         np.testing.assert_allclose(r.mean, expected, rtol=1e-5)
         np.testing.assert_allclose(r.classifier.normalise.mean.reshape(-1).numpy(), r.mean)
+
+
+class Distributed(unittest.TestCase):
+    """TempCNN under torchrun with two CPU processes (DDP, gloo): both ranks end with the
+    same weights, and the network is as good as the one trained by one process."""
+
+    def test_two_ranks_hold_identical_weights_and_match_one_process(self):
+        with tempfile.TemporaryDirectory() as out:
+            models = Path(__file__).resolve().parents[1]
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(models), os.environ.get("PYTHONPATH", "")])}
+            done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                                   str(models / "tests" / "ddp_worker.py"), out],
+                                  env=env, capture_output=True, text=True, timeout=600)
+            self.assertEqual(done.returncode, 0, done.stderr[-3000:])
+            ranks = [json.loads((Path(out) / f"rank-{r}.json").read_text()) for r in (0, 1)]
+        self.assertEqual([r["world_size"] for r in ranks], [2, 2])
+        self.assertEqual(ranks[0]["weights"], ranks[1]["weights"], "DDP keeps the ranks' weights equal")
+        self.assertEqual(ranks[0]["epochs"], ranks[1]["epochs"], "the ranks stop early together")
+        # The same training in this one process (ddp_worker.py's data and settings).
+        cube, targets, groups = synthetic.make(60, seed=1)
+        test_cube, test_targets, _ = synthetic.make(40, seed=2)
+        config = TrainConfig(arch="tempcnn", seed=0, epochs=15, batch_size=32, patience=5,
+                             hyperparameters={"filters": 16, "dense": 32})
+        single = train(cube, targets, groups, ["B0", "B1", "B2"], 3, config)
+        self.assertEqual(single.world_size, 1)
+        with torch.no_grad():
+            predicted = single.classifier(torch.from_numpy(test_cube)).argmax(1).numpy()
+        single_accuracy = float((predicted == test_targets).mean())
+        self.assertGreater(ranks[0]["accuracy"], 0.8)
+        self.assertLess(abs(ranks[0]["accuracy"] - single_accuracy), 0.1,
+                        f"two processes {ranks[0]['accuracy']:.3f} vs one {single_accuracy:.3f}")
 
 
 class Split(unittest.TestCase):

@@ -224,8 +224,8 @@ pub struct Stage {
     /// run by a PyTorch recipe of `models/` (`lstm`, `tempcnn` or `fg-unet`, launched as
     /// a subprocess) and predicts through ONNX Runtime on the host. Its `params` go to the
     /// recipe (`epochs`, `patience`, `batch_size`, `learning_rate`, `threads`,
-    /// `hyperparameters`; fg-unet also `tile`, `overlap`, `patch`, `patches_per_epoch`,
-    /// `processes`); its input is per-date features named `BAND@DATE`. `fg-unet` is a
+    /// `hyperparameters`, `nproc_per_node` and `nodes` for a distributed training;
+    /// fg-unet also `tile`, `overlap`, `patch`, `patches_per_epoch`); its input is per-date features named `BAND@DATE`. `fg-unet` is a
     /// segmentation network: it trains on patches around the selection's pixels and
     /// predicts by overlapping tiles.
     #[serde(default)]

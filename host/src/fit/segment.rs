@@ -1,6 +1,6 @@
 //! A segmentation labeller's node (`recipe = "fg-unet"`, seed 004): a patch dataset from
 //! the sampler's selection and the features raster, the recipe trained on it (a
-//! subprocess; under torchrun with `processes = N`), then every map predicted by
+//! subprocess; under torchrun with `nproc_per_node = N`), then every map predicted by
 //! overlapping tiles through ONNX Runtime (`crate::segment`).
 //!
 //! Its report section has the shape of any labeller's, held-out metrics included: the

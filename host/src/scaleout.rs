@@ -244,9 +244,16 @@ pub fn write(plan: &Plan, request: &Request) -> Result<Written> {
 }
 
 /// The `#SBATCH` lines both Slurm scripts share.
-fn slurm_common(job: &Job, request: &Request) -> String {
+fn slurm_common(job: &Job, request: &Request, nodes: u32) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "#SBATCH --ntasks=1");
+    if nodes > 1 {
+        // A recipe trains on several nodes: the host starts `srun torchrun` (one task per
+        // node) inside this allocation (train.rs).
+        let _ = writeln!(s, "#SBATCH --nodes={nodes}");
+        let _ = writeln!(s, "#SBATCH --ntasks-per-node=1");
+    } else {
+        let _ = writeln!(s, "#SBATCH --ntasks=1");
+    }
     let _ = writeln!(s, "#SBATCH --cpus-per-task={}", job.cpus);
     let _ = writeln!(s, "#SBATCH --mem={}M", job.memory_mib);
     for (flag, value) in [("partition", &request.partition), ("account", &request.account), ("time", &request.time)] {
@@ -264,7 +271,7 @@ fn slurm_shards(job: &Job, request: &Request, out: &Path) -> Result<String> {
     let _ = writeln!(s, "# Submitted by submit.sh; `submit.sh i` reruns shard i. Written by `sitsflow plan`.");
     let _ = writeln!(s, "#SBATCH --job-name=sitsflow-{}-shards", job.name);
     let _ = writeln!(s, "#SBATCH --array=0-{}", n - 1);
-    s.push_str(&slurm_common(job, request));
+    s.push_str(&slurm_common(job, request, 1));
     let _ = writeln!(s, "#SBATCH --output={}", text(&out.join("logs/shard-%a.log"))?);
     s.push_str("set -euo pipefail\n");
     let _ = writeln!(s, "export SITSFLOW_WORKERS=\"${{SLURM_CPUS_PER_TASK:-{}}}\"", job.cpus);
@@ -283,11 +290,7 @@ fn slurm_assemble(job: &Job, request: &Request, out: &Path) -> Result<String> {
     let _ = writeln!(s, "# sitsflow plan: the assembly of pipeline '{}' after its {} shards (scene stages, report, publish).", job.name, job.shards);
     let _ = writeln!(s, "# Submitted by submit.sh with --dependency=afterok on the shards. Written by `sitsflow plan`.");
     let _ = writeln!(s, "#SBATCH --job-name=sitsflow-{}-assemble", job.name);
-    if job.training_nodes > 1 {
-        // A recipe trains on several nodes: the host starts `srun torchrun` inside this allocation.
-        let _ = writeln!(s, "#SBATCH --nodes={}", job.training_nodes);
-    }
-    s.push_str(&slurm_common(job, request));
+    s.push_str(&slurm_common(job, request, job.training_nodes));
     let _ = writeln!(s, "#SBATCH --output={}", text(&out.join("logs/assemble-%j.log"))?);
     s.push_str("set -euo pipefail\n");
     let _ = writeln!(s, "export SITSFLOW_WORKERS=\"${{SLURM_CPUS_PER_TASK:-{}}}\"", job.cpus);
@@ -475,6 +478,54 @@ mod tests {
         assert_eq!(memory_request_mib(1024), 1280);
         assert_eq!(memory_request_mib(512), 768);
         assert_eq!(memory_request_mib(8192), 10240);
+    }
+
+    fn job(training_nodes: u32) -> Job {
+        Job {
+            name: "demo".into(),
+            pipeline: "/shared/demo.toml".into(),
+            run_dir: "/shared/runs/demo 1".into(),
+            sitsflow: "/opt/sitsflow".into(),
+            shards: 8,
+            cpus: 4,
+            memory_mib: 1280,
+            training_nodes,
+        }
+    }
+
+    fn request() -> Request {
+        Request {
+            engine: Engine::Slurm,
+            shards: 8,
+            out: "/shared/plan".into(),
+            sitsflow: None,
+            cpus: 4,
+            partition: Some("batch".into()),
+            account: None,
+            time: Some("02:00:00".into()),
+            image: None,
+            namespace: None,
+            claim: None,
+            mount: None,
+            retries: 2,
+        }
+    }
+
+    #[test]
+    fn slurm_scripts_ask_for_the_shards_cores_memory_and_training_nodes() {
+        let out = Path::new("/shared/plan");
+        let shards = slurm_shards(&job(1), &request(), out).unwrap();
+        for line in ["#SBATCH --array=0-7\n", "#SBATCH --ntasks=1\n", "#SBATCH --cpus-per-task=4\n", "#SBATCH --mem=1280M\n",
+            "#SBATCH --partition=batch\n", "#SBATCH --time=02:00:00\n", "#SBATCH --output=/shared/plan/logs/shard-%a.log\n",
+            "exec /opt/sitsflow run /shared/demo.toml --output '/shared/runs/demo 1' --shard \"${SLURM_ARRAY_TASK_ID}/8\"\n"]
+        {
+            assert!(shards.contains(line), "{line:?} in\n{shards}");
+        }
+        let assemble = slurm_assemble(&job(1), &request(), out).unwrap();
+        assert!(assemble.contains("#SBATCH --ntasks=1\n") && !assemble.contains("--nodes"), "{assemble}");
+        // A recipe with nodes = 3: one task per node, for srun torchrun.
+        let assemble = slurm_assemble(&job(3), &request(), out).unwrap();
+        assert!(assemble.contains("#SBATCH --nodes=3\n#SBATCH --ntasks-per-node=1\n") && !assemble.contains("--ntasks=1"), "{assemble}");
     }
 
     #[test]

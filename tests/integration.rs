@@ -15,6 +15,7 @@ mod footprints;
 mod forest;
 mod guide;
 mod inference;
+mod learn;
 mod kmeans;
 mod raster;
 mod report;

@@ -138,15 +138,33 @@ pub enum Command {
     /// IoU; area-adjusted estimates for stratified samples), or the year-to-year
     /// agreement of a series of maps.
     Eval {
-        /// The map to assess (class codes; 0 = no data).
-        #[arg(long, required_unless_present = "series")]
+        /// The map to assess (class codes; pixels holding --map-nodata are skipped).
+        #[arg(long, required_unless_present_any = ["series", "model"])]
         map: Option<PathBuf>,
+        /// Or a labeller model (`model.model` from `sitsflow train --arch <plugin>`, or a
+        /// run's `models/<stage>.model`) assessed on --samples.
+        #[arg(long, requires = "samples", conflicts_with_all = ["map", "series"])]
+        model: Option<PathBuf>,
+        /// Labelled samples (CSV: label, BAND@DATE columns matched to the model's by name).
+        #[arg(long, requires = "model")]
+        samples: Option<PathBuf>,
+        /// Missing values in --samples: an error naming the cell, or kept as NaN.
+        #[arg(long, value_enum, default_value_t = crate::samples::Missing::Error)]
+        missing: crate::samples::Missing,
+        /// Where labeller plugins are installed (for --model).
+        #[arg(long, env = "SITSFLOW_PLUGIN_DIR", default_value = "plugins/dist")]
+        plugins: PathBuf,
         /// The reference: a raster in any CRS (aligned onto the map's grid by mode).
         #[arg(long, requires = "map", conflicts_with = "points")]
         reference: Option<PathBuf>,
         /// Or reference points: a CSV with columns x, y (in the map's CRS) and class.
         #[arg(long, requires = "map")]
         points: Option<PathBuf>,
+        /// The map's no-data code (default 0): pixels (or points) where the map holds it
+        /// are skipped and counted; `none` counts every value (an unmapped pixel is
+        /// then an error of the map, e.g. a cloud mask whose "clear" is 0).
+        #[arg(long, default_value = "0", value_parser = parse_map_nodata)]
+        map_nodata: MapNodata,
         /// Translate reference codes with this nomenclature (e.g. CORINE to the map's classes).
         #[arg(long)]
         nomenclature: Option<PathBuf>,
@@ -207,8 +225,24 @@ pub enum Command {
         /// Class codes, names and colours (code,name,color).
         #[arg(long)]
         classes: Option<PathBuf>,
-        #[arg(long, value_parser = ["tempcnn", "lstm", "fg-unet"], default_value = "tempcnn")]
+        /// A recipe (`tempcnn`, `lstm`: PyTorch; `fg-unet` on --patches) or a labeller
+        /// plugin (`random-forest`, `name@version` or a .wasm), trained in the sandbox.
+        #[arg(long, default_value = "tempcnn")]
         arch: String,
+        /// A labeller plugin's parameters as JSON (checked against its schema).
+        #[arg(long, value_name = "JSON", default_value = "{}")]
+        params: String,
+        /// A labeller plugin: k-fold cross-validation, grouped by the `group` column when
+        /// there is one (whole parcels per fold), else stratified by class; seeded.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(2..=100))]
+        folds: Option<u32>,
+        /// Missing values (empty cells, `nan`) in the samples: an error naming the cell,
+        /// or kept as NaN for the labeller.
+        #[arg(long, value_enum, default_value_t = crate::samples::Missing::Error)]
+        missing: crate::samples::Missing,
+        /// Where labeller plugins are installed.
+        #[arg(long, env = "SITSFLOW_PLUGIN_DIR", default_value = "plugins/dist")]
+        plugins: PathBuf,
         /// Output folder: model.onnx, model.json, metrics.json.
         #[arg(long)]
         out: PathBuf,
@@ -248,6 +282,17 @@ pub enum PluginsCommand {
     Lock {
         pipeline: PathBuf,
     },
+}
+
+/// `--map-nodata`: a code, or `none`.
+#[derive(Debug, Clone, Copy)]
+pub struct MapNodata(Option<u16>);
+
+fn parse_map_nodata(text: &str) -> Result<MapNodata, String> {
+    if text.eq_ignore_ascii_case("none") {
+        return Ok(MapNodata(None));
+    }
+    text.parse::<u16>().map(|c| MapNodata(Some(c))).map_err(|_| format!("'{text}' is not a class code (0…65535) or `none`"))
 }
 
 /// Failures, by the exit code they map to.
@@ -420,7 +465,17 @@ fn dispatch(cli: &Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Eval { map, reference, points, nomenclature, stratified, series, json } => {
+        Command::Eval { model: Some(model), samples: Some(samples), missing, plugins, json, .. } => {
+            let runtime = runtime()?;
+            let metrics = crate::learn::evaluate(&runtime, plugins, model, samples, *missing)?;
+            print!("{}", crate::learn::render_metrics(&metrics));
+            if let Some(path) = json {
+                crate::fsutil::write_atomic(path, serde_json::to_string_pretty(&metrics).map_err(anyhow::Error::from)?.as_bytes())
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(())
+        }
+        Command::Eval { map, reference, points, nomenclature, stratified, series, json, map_nodata, .. } => {
             let report = if !series.is_empty() {
                 let pairs = crate::eval::series_agreement(series)?;
                 print!("{}", crate::eval::render_agreement(&pairs));
@@ -428,8 +483,12 @@ fn dispatch(cli: &Cli) -> Result<(), Failure> {
             } else {
                 let lookup = nomenclature.as_deref().map(crate::config::Nomenclature::load).transpose()?.map(|n| n.lookup());
                 let evaluation = match (map, reference, points) {
-                    (Some(map), Some(reference), _) => crate::eval::evaluate_map(map, reference, lookup.as_ref(), *stratified)?,
-                    (Some(map), None, Some(points)) => crate::eval::evaluate_points(map, points, lookup.as_ref(), *stratified)?,
+                    (Some(map), Some(reference), _) => {
+                        crate::eval::evaluate_map_with(map, reference, lookup.as_ref(), *stratified, map_nodata.0)?
+                    }
+                    (Some(map), None, Some(points)) => {
+                        crate::eval::evaluate_points_with(map, points, lookup.as_ref(), *stratified, map_nodata.0)?
+                    }
                     _ => return Err(anyhow::anyhow!("eval needs --map with --reference or --points, or --series").into()),
                 };
                 print!("{}", crate::eval::render_evaluation(&evaluation));
@@ -445,8 +504,62 @@ fn dispatch(cli: &Cli) -> Result<(), Failure> {
             doctor(*json, dir);
             Ok(())
         }
-        Command::Train { samples, patches, nproc_per_node, nodes, test, classes, arch, out, seed, epochs } => {
-            let workspace = crate::train::find_workspace().unwrap_or_else(|| PathBuf::from("."));
+        Command::Train { arch, samples: Some(samples), test, classes, out, seed, params, folds, missing, plugins, .. }
+            if !crate::train::RECIPES.contains(&arch.as_str()) =>
+        {
+            let runtime = runtime()?;
+            let plugin = crate::learn::find_labeller(&runtime, plugins, arch)?;
+            let params: serde_json::Value =
+                serde_json::from_str(params).map_err(|e| anyhow::anyhow!("--params is not JSON: {e}"))?;
+            let request = crate::learn::TrainRequest {
+                samples,
+                test: test.as_deref(),
+                classes: classes.as_deref(),
+                folds: folds.map(|k| k as usize),
+                params,
+                seed: *seed,
+                missing: *missing,
+                out,
+                memory_mib: 2048,
+            };
+            let summary = crate::learn::train(plugin, &request)?;
+            for line in &summary.lines {
+                log::info!("{line}");
+            }
+            if let Some(test) = summary.metrics.get("test") {
+                print!("{}", crate::learn::render_metrics(test));
+            }
+            if let Some(cv) = summary.metrics.get("cross_validation") {
+                let m = &cv["mean_sd"];
+                println!(
+                    "{}-fold cross-validation ({}): OA {:.4} ± {:.4}, kappa {:.4} ± {:.4}, macro F1 {:.4} ± {:.4}",
+                    cv["folds"],
+                    cv["rule"].as_str().unwrap_or(""),
+                    m["overall_accuracy"]["mean"].as_f64().unwrap_or(f64::NAN),
+                    m["overall_accuracy"]["sd"].as_f64().unwrap_or(f64::NAN),
+                    m["kappa"]["mean"].as_f64().unwrap_or(f64::NAN),
+                    m["kappa"]["sd"].as_f64().unwrap_or(f64::NAN),
+                    m["macro_f1"]["mean"].as_f64().unwrap_or(f64::NAN),
+                    m["macro_f1"]["sd"].as_f64().unwrap_or(f64::NAN),
+                );
+            }
+            println!("{} (sidecar model.json, metrics.json)", summary.model.display());
+            Ok(())
+        }
+        Command::Train { patches: None, samples: None, arch, .. } if !crate::train::RECIPES.contains(&arch.as_str()) => {
+            Err(anyhow::anyhow!("--arch {arch} trains on --samples CSV").into())
+        }
+        Command::Train { samples, patches, nproc_per_node, nodes, test, classes, arch, out, seed, epochs, folds, missing, .. } => {
+            if !crate::train::RECIPES.contains(&arch.as_str()) {
+                return Err(anyhow::anyhow!("--arch {arch}: a labeller plugin trains on --samples, not --patches").into());
+            }
+            if folds.is_some() {
+                return Err(anyhow::anyhow!(
+                    "--folds is for labeller plugins; --arch {arch} holds out its own validation split (give --test for test metrics)"
+                )
+                .into());
+            }
+            let workspace = crate::train::locate_models()?;
             let data = match (samples, patches) {
                 (Some(s), None) => crate::train::TrainData::Samples(s.clone()),
                 (None, Some(p)) => crate::train::TrainData::Patches(p.clone()),
@@ -461,7 +574,10 @@ fn dispatch(cli: &Cli) -> Result<(), Failure> {
                 out: out.clone(),
                 seed: *seed,
                 epochs: *epochs,
-                extra: Vec::new(),
+                extra: match (samples, missing) {
+                    (Some(_), crate::samples::Missing::Keep) => vec!["--missing".into(), "keep".into()],
+                    _ => Vec::new(),
+                },
             };
             let bar = indicatif::ProgressBar::new(0);
             bar.set_style(

@@ -212,7 +212,7 @@ impl Graph {
                             oracle = reference;
                             Some(samples)
                         }
-                        Training::Stored(_) => None,
+                        Training::Stored(_) | Training::Csv(_) => None,
                     };
                     if let Some(sampler) = sampler {
                         after.extend(g.fit_node_of(plan, sampler.as_str()));

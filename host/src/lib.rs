@@ -23,6 +23,7 @@ pub mod raster;
 pub mod report;
 pub mod run;
 pub mod rundir;
+pub mod learn;
 pub mod samples;
 pub mod scaleout;
 pub mod segment;

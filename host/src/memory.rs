@@ -63,14 +63,16 @@ pub fn tune_allocator(workers: usize) {
     let _ = workers;
 }
 
-/// The peak of each node of a run, and of the whole run.
+/// The peak and the wall time of each node of a run, and the peak of the whole run.
 #[derive(Debug, Default)]
 pub struct Peaks {
-    nodes: Vec<(String, f64, f64)>,
+    /// (node, peak MiB, resident at start MiB, wall seconds).
+    nodes: Vec<(String, f64, f64, f64)>,
     overall: f64,
     /// Resident memory when the node started (after the heap was trimmed).
     at_start: f64,
     reset: Option<bool>,
+    started: Option<std::time::Instant>,
 }
 
 impl Peaks {
@@ -81,13 +83,15 @@ impl Peaks {
         let ok = reset_peak();
         self.reset.get_or_insert(ok);
         self.at_start = resident_mib().unwrap_or(0.0);
+        self.started = Some(std::time::Instant::now());
     }
 
     /// Ends the node named `node` (started by `start`).
     pub fn finish(&mut self, node: impl Into<String>) {
         let peak = peak_mib().unwrap_or(0.0);
         self.overall = self.overall.max(peak);
-        self.nodes.push((node.into(), peak, self.at_start));
+        let seconds = self.started.take().map_or(0.0, |t| t.elapsed().as_secs_f64());
+        self.nodes.push((node.into(), peak, self.at_start, seconds));
     }
 
     /// Measures `work` as node `node`.
@@ -108,16 +112,17 @@ impl Peaks {
         let nodes: Vec<Value> = self
             .nodes
             .iter()
-            .map(|(n, p, start)| {
+            .map(|(n, p, start, seconds)| {
                 json!({
                     "node": n,
                     "peak_rss_mib": (p * 10.0).round() / 10.0,
                     "of_budget": ((p / budget_mib as f64) * 1000.0).round() / 1000.0,
                     "resident_at_start_mib": (start * 10.0).round() / 10.0,
+                    "seconds": (seconds * 1000.0).round() / 1000.0,
                 })
             })
             .collect();
-        let highest = self.nodes.iter().max_by(|a, b| a.1.total_cmp(&b.1)).map(|(n, _, _)| n.clone());
+        let highest = self.nodes.iter().max_by(|a, b| a.1.total_cmp(&b.1)).map(|(n, ..)| n.clone());
         json!({
             "budget_mib": budget_mib,
             "peak_rss_mib": (self.overall() * 10.0).round() / 10.0,

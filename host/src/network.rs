@@ -173,6 +173,10 @@ pub(crate) fn request(
     if let Some(h) = params.get("hyperparameters") {
         extra.extend(["--hyperparameters".to_string(), h.to_string()]);
     }
+    if matches!(data, crate::train::TrainData::Samples(_)) {
+        // Pixels of the run's rasters: NaN is a masked (cloudy) date, which the network takes.
+        extra.extend(["--missing".to_string(), "keep".to_string()]);
+    }
     extra.extend(["--note".to_string(), format!("trained by sitsflow for stage '{stage}'")]);
     Ok(crate::train::TrainRequest {
         data,

@@ -159,6 +159,9 @@ pub enum Training {
     ActiveLearning { samples: StageId, learning: ActiveLearning },
     /// A model an earlier run stored (`model = "…"`), no training.
     Stored(PathBuf),
+    /// Trained on the rows of a samples CSV (`samples = "train.csv"`), its columns
+    /// matched to the input's features by name.
+    Csv(PathBuf),
 }
 
 impl Role {
@@ -564,18 +567,40 @@ impl Plan {
                 ));
             }
             let samples = match (&stage.samples, kind) {
-                (Some(target), StageKind::Labeller) => {
-                    if kind_of(target.get_ref()) != Some(StageKind::Sampler) {
+                (Some(file), StageKind::Labeller) if matches!(file.get_ref(), crate::config::SamplesSource::File(_)) => {
+                    let crate::config::SamplesSource::File(name) = file.get_ref() else { unreachable!("matched above") };
+                    let path = rel(name);
+                    if !path.is_file() {
+                        return Err(source.error(Some(file.span()), format!("samples file {} does not exist", path.display())));
+                    }
+                    if let Executor::Recipe(r) = &executor {
                         return Err(source.error(
-                            Some(target.span()),
+                            Some(file.span()),
                             format!(
-                                "samples = '{}' is a {} stage; a labeller trains on a sampler's selection",
-                                target.get_ref(),
-                                shown_kind_of(target.get_ref())
+                                "a recipe labeller ({}) trains on a sampler's selection in a run; train it on a CSV with \
+                                 `sitsflow train --arch {} --samples {name}`, then give the model with `model = \"…\"`",
+                                r.arch, r.arch
                             ),
                         ));
                     }
-                    Some(target.get_ref().clone())
+                    if stage.active_learning.is_some() {
+                        return Err(source.error(Some(file.span()), "active learning grows a sampler's selection: give `samples` a sampler stage"));
+                    }
+                    Some(Err(path))
+                }
+                (Some(located), StageKind::Labeller) => {
+                    let target = located.get_ref().stage().expect("a file is matched above");
+                    if kind_of(target) != Some(StageKind::Sampler) {
+                        return Err(source.error(
+                            Some(located.span()),
+                            format!(
+                                "samples = '{}' is a {} stage; a labeller trains on a sampler's selection (or a samples CSV file)",
+                                target,
+                                shown_kind_of(target)
+                            ),
+                        ));
+                    }
+                    Some(Ok(target.clone()))
                 }
                 (Some(target), _) => {
                     return Err(source.error(Some(target.span()), format!("'samples' is for labeller stages; '{id}' is a {kind_shown} stage")));
@@ -726,8 +751,9 @@ impl Plan {
                     holdout,
                     training: match (model, samples, active_learning) {
                         (Some(path), _, _) => Training::Stored(path),
-                        (None, Some(samples), Some(learning)) => Training::ActiveLearning { samples, learning },
-                        (None, Some(samples), None) => Training::Samples(samples),
+                        (None, Some(Err(file)), _) => Training::Csv(file),
+                        (None, Some(Ok(samples)), Some(learning)) => Training::ActiveLearning { samples, learning },
+                        (None, Some(Ok(samples)), None) => Training::Samples(samples),
                         (None, None, _) => unresolved(kind_shown, "samples or a model"),
                     },
                 },
@@ -836,6 +862,56 @@ impl Plan {
                 _ => None,
             })
             .collect()
+    }
+
+    /// Refuses a run directory that is one of the run's inputs or holds one (publishing
+    /// replaces the files of the run directory), or that lies inside the series folder
+    /// (whose rasters are read as dates).
+    pub fn check_output_dir(&self) -> anyhow::Result<()> {
+        let abs = |p: &Path| crate::fsutil::normalize(&std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()));
+        let out = abs(&self.output_dir);
+        let mut inputs: Vec<(&str, PathBuf)> = vec![("the pipeline", self.pipeline.clone()), ("the plugin folder", self.plugin_dir.clone())];
+        let source = match &self.input.source {
+            InputSource::Series(p) => ("the series folder", p.clone()),
+            InputSource::L2a(p) => ("the L2A folder", p.clone()),
+            InputSource::Stac(p) => ("the STAC file", p.clone()),
+        };
+        inputs.push(source.clone());
+        if let Some(r) = &self.reference {
+            inputs.push(("the reference map", r.path.clone()));
+        }
+        for e in &self.evaluations {
+            inputs.push(("a truth map", e.truth.clone()));
+        }
+        for stage in &self.stages {
+            if let Role::Labeller { training: Training::Csv(file), .. } = &stage.role {
+                inputs.push(("a samples file", file.clone()));
+            }
+        }
+        for (what, path) in &inputs {
+            let path = abs(path);
+            if path == out || path.starts_with(&out) {
+                anyhow::bail!(
+                    "the run directory {} holds {what} {}: publishing a run replaces its folder's files; give the run a \
+                     folder of its own ([output] dir or --output)",
+                    out.display(),
+                    path.display()
+                );
+            }
+        }
+        if let InputSource::Series(dir) | InputSource::L2a(dir) = &self.input.source {
+            let dir = abs(dir);
+            if out.starts_with(&dir) {
+                anyhow::bail!(
+                    "the run directory {} is inside {} {}, whose rasters are read as the input; give the run a folder \
+                     outside it ([output] dir or --output)",
+                    out.display(),
+                    source.0,
+                    dir.display()
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Worker threads to use: `SITSFLOW_WORKERS` (the cores an engine gave this process:
@@ -998,6 +1074,7 @@ impl Plan {
                             learning = Some(al);
                         }
                         Training::Stored(model) => reads.push(format!("the stored model {}", show(model))),
+                        Training::Csv(file) => reads.push(format!("the samples of {}", show(file))),
                     }
                 }
                 if let Some(year) = stage.role.year() {

@@ -319,7 +319,7 @@ fn run_key(plan: &Plan, series: &Series, layout: &Layout) -> String {
 
 /// Colours and names of cloud-mask classes (see `wit/stage.wit`).
 fn mask_style() -> ClassStyle {
-    let classes = [(1, "cloud", "#ff00ff"), (2, "cloud shadow", "#5a3a8c"), (3, "snow", "#00e5ff")];
+    let classes = [(0, "clear", "transparent"), (1, "cloud", "#ff00ff"), (2, "cloud shadow", "#5a3a8c"), (3, "snow", "#00e5ff")];
     ClassStyle { classes: classes.iter().map(|(c, n, col)| (*c, n.to_string(), col.to_string())).collect() }
 }
 
@@ -412,6 +412,7 @@ fn load_models(plan: &Plan) -> Result<std::sync::Arc<crate::inference::ModelSet>
 pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
     let started = Instant::now();
     plan.verify_lock()?;
+    plan.check_output_dir()?;
     let series = plan.input.open()?;
     let grid = series.grid.clone();
     // Cloud masks and features stream chunk by chunk; the scene stages run after them.
@@ -420,18 +421,30 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
         chunk_stages.iter().map(|(_, s)| (s.kind(), s.role.footprint().map_or(1, |f| f.scale))).collect();
     let (halo, tile) = chunk_geometry(plan.halo as usize, &chunk_stages)?;
     let workers = plan.worker_count();
-    let layout = Layout::plan(
-        plan.memory_budget_mib as usize,
-        plan.chunk_size.map(|c| c as usize),
-        series.tile_size(),
-        tile,
-        series.decode_buffer_bytes(),
-        halo,
-        workers,
-        series.scenes.len(),
-        series.bands.len(),
-        &kinds,
-    )?;
+    let layout_for = |fixed: Option<usize>| {
+        Layout::plan(
+            plan.memory_budget_mib as usize,
+            fixed,
+            series.tile_size(),
+            tile,
+            series.decode_buffer_bytes(),
+            halo,
+            workers,
+            series.scenes.len(),
+            series.bands.len(),
+            &kinds,
+        )
+    };
+    let mut layout = layout_for(plan.chunk_size.map(|c| c as usize))?;
+    // A budget that would hold chunks larger than the scene: one chunk of the scene's
+    // size (on the stages' tile grid), and the memory estimate for that chunk.
+    let scene_side = grid.width.max(grid.height);
+    if plan.chunk_size.is_none() && layout.chunk_size > scene_side {
+        let side = if tile > 0 { scene_side.div_ceil(tile) * tile } else { scene_side };
+        if side < layout.chunk_size {
+            layout = layout_for(Some(side))?;
+        }
+    }
     crate::raster::set_block_cache(layout.gdal_cache_mib);
     crate::memory::tune_allocator(layout.workers);
     let reference = plan.reference.as_ref().map(|r| ReferenceMap::open(&r.path, &grid)).transpose()?;
@@ -1130,6 +1143,7 @@ fn manifest(
             "height": series.grid.height,
             "geo_transform": series.grid.geo_transform,
             "crs_wkt": series.grid.projection,
+            "radiometry": series.scenes.iter().filter_map(|s| s.radiometry.clone().map(|mut r| { r["date"] = json!(s.date); r })).collect::<Vec<_>>(),
         },
         "inputs": inputs,
         "reference": reference,

@@ -7,6 +7,18 @@ use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// What a missing value (an empty cell, or `nan`) in a samples CSV is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Missing {
+    /// An error naming the file, line and column (the operator's default: a value lost
+    /// in an export is rarely meant).
+    #[default]
+    Error,
+    /// NaN, handed to the labeller (the shared convention: empty = missing, e.g. a
+    /// cloudy date).
+    Keep,
+}
+
 /// A set of labelled samples.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Samples {
@@ -70,8 +82,16 @@ impl Samples {
         counts
     }
 
-    /// Reads a samples CSV. Errors name the file, line and column.
+    /// Reads a samples CSV, empty cells and `nan` as missing values (NaN). Errors name
+    /// the file, line and column.
     pub fn read_csv(path: &Path) -> Result<Samples> {
+        Samples::read_csv_with(path, Missing::Keep)
+    }
+
+    /// Reads a samples CSV with a policy for missing values; an infinite value, a cell
+    /// that is not a number and a short or long row are always errors naming the file,
+    /// line and column.
+    pub fn read_csv_with(path: &Path, missing: Missing) -> Result<Samples> {
         let shown = path.display();
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(true)
@@ -85,6 +105,11 @@ impl Samples {
         let (id_col, group_col, lon_col, lat_col) = (column("id"), column("group"), column("lon"), column("lat"));
         // `row`, `col`, `x`, `y`: where a pixel sample sits (as sitsflow's samplers write them).
         let meta = ["label", "id", "group", "lon", "lat", "row", "col", "x", "y"];
+        for (i, h) in header.iter().enumerate() {
+            if let Some(first) = header.iter().take(i).position(|earlier| earlier == h) {
+                bail!("{shown}:1: column {} '{h}' repeats column {}", i + 1, first + 1);
+            }
+        }
         let mut feature_cols = Vec::new();
         for (i, h) in header.iter().enumerate() {
             if meta.contains(&h) {
@@ -145,6 +170,17 @@ impl Samples {
                 } else {
                     text.parse::<f32>().with_context(|| format!("{shown}:{line}:{}: '{text}' is not a number ({})", c + 1, &header[c]))?
                 };
+                if value.is_infinite() {
+                    bail!("{shown}:{line}:{}: '{text}' is infinite ({})", c + 1, &header[c]);
+                }
+                if value.is_nan() && missing == Missing::Error {
+                    bail!(
+                        "{shown}:{line}:{}: {} ({}); if missing values are meant, pass --missing keep to hand them to the labeller as NaN",
+                        c + 1,
+                        if text.is_empty() { "empty cell".to_string() } else { format!("'{text}'") },
+                        &header[c]
+                    );
+                }
                 s.data.push(value);
             }
         }

@@ -154,21 +154,52 @@ pub fn python_path(workspace: &Path) -> String {
     }
 }
 
-/// The folder holding `models/` and `.deps/`: `start` (e.g. a pipeline's folder) or
-/// one of its parents, else the current directory or one of its parents, else the
-/// parent of `SITSFLOW_MODELS_DIR`.
+/// The recipes `models/` trains (anything else `sitsflow train --arch` names is a
+/// labeller plugin).
+pub const RECIPES: &[&str] = &["tempcnn", "lstm", "fg-unet"];
+
+/// Folders holding `models/sitsflow_models`: `dir` or one of its parents.
+fn holding_models(dir: &Path) -> Option<PathBuf> {
+    dir.ancestors().find(|d| d.join("models/sitsflow_models").is_dir()).map(Path::to_path_buf)
+}
+
+/// The folder holding `models/` and `.deps/`: the parent of `SITSFLOW_MODELS_DIR` when
+/// set, else `start` (e.g. a pipeline's folder) or one of its parents, else the current
+/// directory or one of its parents, else the folder of this binary or one of its parents
+/// (a checkout's `target/release/sitsflow`, or an install with `models/` beside `bin/`).
 pub fn find_workspace_from(start: Option<&Path>) -> Option<PathBuf> {
-    let above = |dir: PathBuf| dir.ancestors().find(|d| d.join("models/sitsflow_models").is_dir()).map(Path::to_path_buf);
+    if let Some(models) = std::env::var_os("SITSFLOW_MODELS_DIR") {
+        return PathBuf::from(models).parent().map(Path::to_path_buf);
+    }
     start
         .and_then(|s| std::fs::canonicalize(s).ok())
-        .and_then(above)
-        .or_else(|| std::env::current_dir().ok().and_then(above))
-        .or_else(|| std::env::var_os("SITSFLOW_MODELS_DIR").and_then(|m| PathBuf::from(m).parent().map(Path::to_path_buf)))
+        .and_then(|s| holding_models(&s))
+        .or_else(|| std::env::current_dir().ok().and_then(|d| holding_models(&d)))
+        .or_else(|| std::env::current_exe().ok().and_then(|e| std::fs::canonicalize(e).ok()).and_then(|e| holding_models(&e)))
 }
 
 /// [`find_workspace_from`] the current directory.
 pub fn find_workspace() -> Option<PathBuf> {
     find_workspace_from(None)
+}
+
+/// The workspace of [`find_workspace`], or an error saying where the recipe was looked for.
+pub fn locate_models() -> Result<PathBuf> {
+    if let Some(models) = std::env::var_os("SITSFLOW_MODELS_DIR") {
+        let models = PathBuf::from(models);
+        if !models.join("sitsflow_models").is_dir() {
+            bail!("SITSFLOW_MODELS_DIR={} has no sitsflow_models/ (it should name the models/ folder of a sitsflow checkout)", models.display());
+        }
+    }
+    find_workspace().ok_or_else(|| {
+        let cwd = std::env::current_dir().map_or_else(|_| "?".into(), |d| d.display().to_string());
+        let exe = std::env::current_exe().map_or_else(|_| "?".into(), |d| d.display().to_string());
+        anyhow::anyhow!(
+            "the training recipe (models/sitsflow_models) was not found: looked in {cwd} and its parents and beside {exe} and its \
+             parents; set SITSFLOW_MODELS_DIR to the models/ folder of a sitsflow checkout (its Python packages are then looked \
+             for in ../.deps/models-python, or in SITSFLOW_MODELS_PYTHON)"
+        )
+    })
 }
 
 fn python() -> String {
@@ -186,12 +217,19 @@ pub fn check_environment(pythonpath: &str) -> Result<String> {
         let err = String::from_utf8_lossy(&out.stderr);
         let last = err.lines().last().unwrap_or("").trim().to_string();
         if last.contains("No module named 'torch'") || last.contains("libcu") {
-            bail!("PyTorch is not importable ({last}); run `bash scripts/setup-python.sh` to install it into .deps/models-python");
+            bail!(
+                "PyTorch is not importable by {} with PYTHONPATH={pythonpath} ({last}); run `bash scripts/setup-python.sh` in \
+                 the checkout to install it into .deps/models-python, or set SITSFLOW_MODELS_PYTHON to where it is",
+                python()
+            );
         }
         if last.contains("sitsflow_models") {
-            bail!("the training recipe is not found ({last}); run from the sitsflow folder or set SITSFLOW_MODELS_DIR to its models/");
+            bail!(
+                "the training recipe is not importable with PYTHONPATH={pythonpath} ({last}); set SITSFLOW_MODELS_DIR to the \
+                 models/ folder of a sitsflow checkout"
+            );
         }
-        bail!("the training environment is broken: {last}");
+        bail!("the training environment is broken ({} with PYTHONPATH={pythonpath}): {last}", python());
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }

@@ -78,6 +78,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--patches", type=Path,
                    help="patch dataset folder (sitsflow-patches/1: image.npy, labels.npy, groups.npy, dataset.json; fg-unet)")
     t.add_argument("--test", type=Path, help="test samples CSV; metrics.json is computed on it (else on validation)")
+    t.add_argument("--missing", choices=("error", "keep"), default="error",
+                   help="missing values (empty cells, nan) in the samples: an error naming the cell (default), or NaN "
+                        "for the network (replaced by the band mean in the graph)")
     t.add_argument("--arch", choices=("tempcnn", "lstm", "fg-unet"), required=True)
     t.add_argument("--out", type=Path, required=True, help="output directory (created)")
     t.add_argument("--seed", type=int, default=0)
@@ -165,14 +168,14 @@ def cmd_train(args) -> int:
     if args.threads < 1 or args.epochs < 1 or args.patience < 1 or args.batch_size < 2:
         raise InputError("--threads, --epochs and --patience must be ≥ 1 and --batch-size ≥ 2")
     nomenclature = read_classes(args.classes) if args.classes else None
-    samples = read_samples(args.samples)
+    samples = read_samples(args.samples, missing=args.missing)
     classes = model_classes(samples, nomenclature)
     if len(classes) < 2:
         raise InputError(f"{args.samples}: at least two classes are needed, found {len(classes)}")
     targets = encode_labels(samples, classes, nomenclature)
     test = None
     if args.test:
-        test = read_samples(args.test)
+        test = read_samples(args.test, missing=args.missing)
         if test.bands != samples.bands or len(test.dates) != len(samples.dates):
             raise InputError(f"{args.test}: bands {test.bands} × {len(test.dates)} dates differ from the training "
                              f"samples' {samples.bands} × {len(samples.dates)} dates")
@@ -323,7 +326,7 @@ def _load_for_inference(model: Path):
 def _read_matching(samples_path: Path, sidecar: dict):
     from .data import InputError, read_samples
 
-    samples = read_samples(samples_path, require_label=False)
+    samples = read_samples(samples_path, require_label=False, missing="keep")
     bands, dates = sidecar["input"]["bands"], sidecar["input"]["dates"]
     if samples.bands != bands:
         raise InputError(f"{samples_path}: bands {samples.bands} differ from the model's {bands}")

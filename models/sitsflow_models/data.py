@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,8 +56,14 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_samples(path: Path, require_label: bool = True) -> Samples:
-    """Reads a samples CSV into a `[N, T, B]` cube; errors name the file, line and column."""
+def read_samples(path: Path, require_label: bool = True, missing: str = "keep") -> Samples:
+    """Reads a samples CSV into a `[N, T, B]` cube; errors name the file, line and column.
+
+    `missing`: what an empty cell or `nan` is — ``"keep"``: NaN (the convention's
+    missing value, e.g. a cloudy date); ``"error"``: an error naming the cell. An
+    infinite value is always an error."""
+    if missing not in ("keep", "error"):
+        raise ValueError(f"missing={missing!r}")
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
@@ -119,9 +126,16 @@ def read_samples(path: Path, require_label: bool = True) -> Samples:
                 text = record[c].strip()
                 if text:
                     try:
-                        values[t] = float(text)
+                        value = float(text)
                     except ValueError:
-                        raise InputError(f"{path}:{line}: column `{header[c]}`: `{text}` is not a number") from None
+                        raise InputError(f"{path}:{line}:{c + 1}: column `{header[c]}`: `{text}` is not a number") from None
+                    if math.isinf(value):
+                        raise InputError(f"{path}:{line}:{c + 1}: column `{header[c]}`: `{text}` is infinite")
+                    values[t] = value
+                if missing == "error" and math.isnan(values[t]):
+                    what = f"`{text}`" if text else "empty cell"
+                    raise InputError(f"{path}:{line}:{c + 1}: column `{header[c]}`: {what}; if missing values are meant, "
+                                     f"pass --missing keep")
             rows.append(values)
             labels.append(record[col["label"]].strip() if "label" in col else "")
             if "id" in col:

@@ -251,9 +251,11 @@ pub struct Stage {
     /// (default: the last features stage before it).
     #[serde(default)]
     pub input: Option<Located<StageId>>,
-    /// `samples = "reliable"`: the sampler stage whose selection a labeller trains on.
+    /// `samples = "reliable"`: the sampler stage whose selection a labeller trains on;
+    /// or `samples = "train.csv"`: a samples CSV (relative to the pipeline file: `label`,
+    /// optional `group`, one column per feature of the labeller's input, matched by name).
     #[serde(default)]
-    pub samples: Option<Located<StageId>>,
+    pub samples: Option<Located<SamplesSource>>,
     /// `model = "../runs/demo/models/landcover.model"`: instead of `samples`, a model an
     /// earlier run of this labeller trained and stored (a plugin's `models/<id>.model`,
     /// or a recipe's `models/<id>/model.onnx`); the stage only predicts with it.
@@ -312,6 +314,35 @@ fn default_rounds() -> u32 {
 
 fn default_pool() -> u64 {
     20_000
+}
+
+/// What a labeller trains on: a sampler stage's selection, or a samples CSV file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum SamplesSource {
+    Stage(StageId),
+    /// A path ending in `.csv`, as written (relative to the pipeline file).
+    File(String),
+}
+
+impl TryFrom<String> for SamplesSource {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s.to_ascii_lowercase().ends_with(".csv") {
+            return Ok(SamplesSource::File(s));
+        }
+        StageId::try_from(s).map(SamplesSource::Stage).map_err(|e| format!("{e}; or name a samples CSV file (*.csv)"))
+    }
+}
+
+impl SamplesSource {
+    /// The sampler stage, when it names one.
+    pub fn stage(&self) -> Option<&StageId> {
+        match self {
+            SamplesSource::Stage(id) => Some(id),
+            SamplesSource::File(_) => None,
+        }
+    }
 }
 
 /// A stage id: a lower-case letter, then letters, digits, `-` or `_`; at most 64 characters.
@@ -570,16 +601,17 @@ impl Pipeline {
                     ));
                 }
             }
-            for (field, target) in [("input", &stage.input), ("samples", &stage.samples)] {
-                let Some(target) = target else { continue };
-                let earlier = seen[..seen.len() - 1].iter().any(|s| s.get_ref() == target.get_ref());
+            let samples_stage = stage.samples.as_ref().and_then(|s| s.get_ref().stage().map(|id| (id, s.span())));
+            for (field, target) in [("input", stage.input.as_ref().map(|t| (t.get_ref(), t.span()))), ("samples", samples_stage)] {
+                let Some((target, span)) = target else { continue };
+                let earlier = seen[..seen.len() - 1].iter().any(|s| s.get_ref() == target);
                 if !earlier {
                     let names: Vec<&str> = seen[..seen.len() - 1].iter().map(|s| s.get_ref().as_str()).collect();
                     return Err(source.error(
-                        at(target),
+                        Some(span),
                         format!(
                             "{field} = '{}' names no earlier stage (stages before '{}': {})",
-                            target.get_ref(),
+                            target,
                             stage.id.get_ref(),
                             if names.is_empty() { "none".to_string() } else { names.join(", ") }
                         ),

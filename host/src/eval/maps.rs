@@ -21,6 +21,10 @@ pub struct MapEvaluation {
     pub area: Option<AreaEstimate>,
     /// Reference codes the nomenclature does not map (code → pixels).
     pub unmapped: BTreeMap<u32, u64>,
+    /// The map's no-data code, if one was given, and the assessed pixels (or points)
+    /// skipped because the map holds it there.
+    pub map_nodata: Option<u16>,
+    pub skipped_map_nodata: u64,
 }
 
 fn to_u16(code: u32, path: &Path) -> Result<u16> {
@@ -31,7 +35,20 @@ fn to_u16(code: u32, path: &Path) -> Result<u16> {
 /// reference codes (None: codes are classes already). With `stratified`, the
 /// reference is a sample stratified by map class and area estimates are added.
 pub fn evaluate_map(map: &Path, reference: &Path, lookup: Option<&HashMap<u32, u16>>, stratified: bool) -> Result<MapEvaluation> {
+    evaluate_map_with(map, reference, lookup, stratified, None)
+}
+
+/// [`evaluate_map`], skipping the pixels where the map holds `map_nodata` (without it,
+/// every map value counts: an unmapped pixel is an error of the map).
+pub fn evaluate_map_with(
+    map: &Path,
+    reference: &Path,
+    lookup: Option<&HashMap<u32, u16>>,
+    stratified: bool,
+    map_nodata: Option<u16>,
+) -> Result<MapEvaluation> {
     let grid = grid_of(map)?;
+    let mut skipped = 0u64;
     let map_raster = ReferenceMap::open(map, &grid)?;
     let ref_raster = ReferenceMap::open(reference, &grid)?;
     let mut confusion = Confusion::default();
@@ -43,7 +60,14 @@ pub fn evaluate_map(map: &Path, reference: &Path, lookup: Option<&HashMap<u32, u
             Some(l) => ref_raster.read(window, l, &mut unmapped)?,
             None => ref_raster.read_raw(window)?.into_iter().map(|c| to_u16(c, reference)).collect::<Result<_>>()?,
         };
-        for &c in m.iter().filter(|c| **c != 0) {
+        let mut r = r;
+        if let Some(nd) = map_nodata {
+            for (r, _) in r.iter_mut().zip(&m).filter(|(r, m)| **m == nd && **r != 0) {
+                *r = 0;
+                skipped += 1;
+            }
+        }
+        for &c in m.iter().filter(|c| **c != 0 && Some(**c) != map_nodata) {
             *map_pixels.entry(c).or_default() += 1;
         }
         confusion.merge(&Confusion::from_pairs(&r, &m));
@@ -65,6 +89,8 @@ pub fn evaluate_map(map: &Path, reference: &Path, lookup: Option<&HashMap<u32, u
         map_pixels,
         area,
         unmapped,
+        map_nodata,
+        skipped_map_nodata: skipped,
     })
 }
 
@@ -73,7 +99,20 @@ pub fn evaluate_map(map: &Path, reference: &Path, lookup: Option<&HashMap<u32, u
 /// or on its no-data are counted as skipped. With `stratified`, the points are a sample
 /// stratified by map class and area estimates are added.
 pub fn evaluate_points(map: &Path, points: &Path, lookup: Option<&HashMap<u32, u16>>, stratified: bool) -> Result<MapEvaluation> {
+    evaluate_points_with(map, points, lookup, stratified, Some(0))
+}
+
+/// [`evaluate_points`], skipping the points where the map holds `map_nodata` (None:
+/// every map value counts).
+pub fn evaluate_points_with(
+    map: &Path,
+    points: &Path,
+    lookup: Option<&HashMap<u32, u16>>,
+    stratified: bool,
+    map_nodata: Option<u16>,
+) -> Result<MapEvaluation> {
     let grid = grid_of(map)?;
+    let mut skipped = 0u64;
     let Some(gt) = grid.geo_transform else {
         bail!("{}: has no georeferencing, so points cannot be placed on it", map.display());
     };
@@ -115,7 +154,8 @@ pub fn evaluate_points(map: &Path, points: &Path, lookup: Option<&HashMap<u32, u
         }
         let window = Window { row: rowf as usize, col: colf as usize, rows: 1, cols: 1 };
         let m = to_u16(map_raster.read_raw(window)?[0], map)?;
-        if m == 0 {
+        if Some(m) == map_nodata {
+            skipped += 1;
             continue;
         }
         reference.push(class);
@@ -127,8 +167,9 @@ pub fn evaluate_points(map: &Path, points: &Path, lookup: Option<&HashMap<u32, u
     let mut map_pixels: BTreeMap<u16, u64> = BTreeMap::new();
     for window in chunk_grid(grid.width, grid.height, 1024) {
         for c in map_raster.read_raw(window)? {
-            if c != 0 {
-                *map_pixels.entry(to_u16(c, map)?).or_default() += 1;
+            let c = to_u16(c, map)?;
+            if c != 0 && Some(c) != map_nodata {
+                *map_pixels.entry(c).or_default() += 1;
             }
         }
     }
@@ -142,6 +183,8 @@ pub fn evaluate_points(map: &Path, points: &Path, lookup: Option<&HashMap<u32, u
         map_pixels,
         area,
         unmapped,
+        map_nodata,
+        skipped_map_nodata: skipped,
     })
 }
 

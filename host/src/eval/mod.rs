@@ -11,7 +11,7 @@ mod maps;
 
 pub use area::{AreaEstimate, ClassArea, area_estimate};
 pub use confusion::{ClassMetrics, Confusion, Metrics, agreement};
-pub use maps::{ChangeAgreement, MapEvaluation, SeriesAgreement, change_agreement, evaluate_map, evaluate_points, series_agreement};
+pub use maps::{ChangeAgreement, MapEvaluation, SeriesAgreement, change_agreement, evaluate_map, evaluate_map_with, evaluate_points, evaluate_points_with, series_agreement};
 
 use std::fmt::Write as _;
 
@@ -45,6 +45,9 @@ pub fn render_evaluation(e: &MapEvaluation) -> String {
                 c.class, c.area, c.area_ci95, c.users_accuracy, c.users_accuracy_ci95, c.producers_accuracy, c.producers_accuracy_ci95
             );
         }
+    }
+    if let Some(nd) = e.map_nodata {
+        let _ = writeln!(out, "skipped where the map holds its no-data code {nd}: {} (give --map-nodata none to count them)", e.skipped_map_nodata);
     }
     if !e.unmapped.is_empty() {
         let _ = writeln!(out, "reference codes not in the nomenclature (skipped): {:?}", e.unmapped);

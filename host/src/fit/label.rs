@@ -63,6 +63,7 @@ pub(super) fn run(
             let learner = Learner::Network { recipe, class_names };
             let fit = match training {
                 Training::Stored(path) => stored_network(scene, stage, recipe, path)?,
+                Training::Csv(_) => unreachable!("Plan::resolve refuses a samples CSV for a recipe labeller"),
                 // A network learns from the sampler's selection (no active learning).
                 Training::Samples(samples) | Training::ActiveLearning { samples, .. } => {
                     fit_on_selection(scene, labeller, &learner, samples, selected(selections, stage, samples)?)?
@@ -85,6 +86,7 @@ pub(super) fn run(
                     super::active::learn(scene, labeller, learning, &pool, query, selected, &scene.path(oracle))?
                 }
                 Training::Samples(samples) => fit_on_selection(scene, labeller, &Learner::Stage(&pool), samples, selected(selections, stage, samples)?)?,
+                Training::Csv(path) => fit_on_csv(scene, labeller, &Learner::Stage(&pool), path, nomenclature)?,
             };
             label(scene, labeller, &Learner::Stage(&pool), fit, nomenclature, results)
         }
@@ -459,6 +461,51 @@ fn fit_on_selection(scene: &Context, labeller: &LabellerPlan, learner: &Learner,
     })
 }
 
+
+/// Trains on the rows of a samples CSV: its columns matched to the input's features by
+/// name (a missing one is an error naming it), its labels class names of the
+/// pipeline's nomenclature or codes; `holdout` of its groups (the `group` column, else
+/// its rows) held out, seeded per labeller.
+fn fit_on_csv(scene: &Context, labeller: &LabellerPlan, learner: &Learner, path: &Path, nomenclature: Option<&Nomenclature>) -> Result<Fit> {
+    let stage = labeller.stage;
+    let context = |e: anyhow::Error| e.context(format!("stage '{}': training on {}", stage.id, path.display()));
+    let samples = crate::samples::Samples::read_csv(path).map_err(context)?;
+    let classes: Option<Vec<crate::learn::Class>> =
+        nomenclature.map(|n| n.classes.iter().map(|c| crate::learn::Class { code: c.code, name: c.name.clone() }).collect());
+    let (codes, _) = crate::learn::code_labels(&samples, path, classes.as_deref()).map_err(context)?;
+    let maps = labeller.training_maps();
+    let first = maps.first().ok_or_else(|| anyhow!("stage '{}': no features to train on", stage.id))?;
+    let names = FeatureRaster::open(&scene.path(first.features))?.names;
+    let x = crate::learn::matrix_for(&samples, path, &names).map_err(context)?;
+    // Held out: whole groups (or rows), a share of them drawn with the labeller's seed.
+    let groups: Vec<String> = samples.groups.clone().unwrap_or_else(|| (0..samples.len()).map(|i| i.to_string()).collect());
+    let mut unique: Vec<&str> = groups.iter().map(String::as_str).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    {
+        use rand::seq::SliceRandom;
+        unique.shuffle(&mut scene.rng(stage, "holdout"));
+    }
+    let n_test = (labeller.holdout.share * unique.len() as f64).round() as usize;
+    let test_groups: std::collections::BTreeSet<&str> = unique.into_iter().take(n_test).collect();
+    let test: Vec<bool> = groups.iter().map(|g| test_groups.contains(g.as_str())).collect();
+    let (train, train_labels) = rows_where(&x, &codes, |i| !test[i]);
+    let (test_set, test_labels) = rows_where(&x, &codes, |i| test[i]);
+    let (model, training_report, confusion) = train_and_test(scene, stage, learner, (&train, &train_labels, &[]), &test_set, &test_labels)?;
+    Ok(Fit {
+        model,
+        training: training_report,
+        held_out: held_out_json(&confusion),
+        split: json!({
+            "samples_csv": path.display().to_string(),
+            "holdout": labeller.holdout.share,
+            "grouped_by": if samples.groups.is_some() { "the `group` column" } else { "rows" },
+            "test_groups": test_groups.len(),
+            "train_samples": train.samples,
+            "test_samples": test_set.samples,
+        }),
+        training_years: Value::Null,
+        learning_curve: Value::Null,
+    })
+}
 
 /// A labeller's evaluation (split, held-out metrics, training report): written as
 /// `<id>.metrics.json` beside its model's files, and returned for its report section.

@@ -39,6 +39,7 @@ pub(super) fn run(
     // (model, report, split, held-out pixels with their reference class)
     let (mut fit, test): (Fit, HashMap<u64, u16>) = match training {
         Training::Stored(path) => (stored_network(scene, stage, recipe, path)?, HashMap::new()),
+        Training::Csv(_) => unreachable!("Plan::resolve refuses a samples CSV for a recipe labeller"),
         Training::ActiveLearning { .. } => {
             bail!(
                 "stage '{}': fg-unet learns from a sampler's selection; active learning is for pixel labellers",

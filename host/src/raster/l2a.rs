@@ -4,10 +4,15 @@
 //! baseline's offset.
 //!
 //! Reflectance = (DN + BOA_ADD_OFFSET) / BOA_QUANTIFICATION_VALUE, DN 0 = no data.
-//! The offset is read from the product's `MTD_MSIL2A.xml` when present; otherwise it
-//! follows from the baseline in the product name (`_N0400_` and later: −1000); otherwise
-//! from `boa_add_offset` in the pipeline. Every band is read onto one grid (the finest
-//! band's, 10 m, unless the pipeline names one): bilinear for reflectance, nearest for SCL.
+//! The offset is, in this order: `boa_add_offset` when the pipeline sets it (an explicit
+//! setting always wins); the product's `MTD_MSIL2A.xml`; the baseline in the product
+//! name, only for an official baseline (`_N0200_` … `_N0999_`: −1000 from 04.00);
+//! otherwise the run stops and asks for the setting (reprocessed products such as
+//! BigEarthNet's carry `_N9999_`, which says nothing of their offset). The manifest
+//! records each product's offset and where it came from. Every band is read onto one
+//! grid (the finest band's, 10 m, unless the pipeline names one): bilinear in float for
+//! reflectance, nearest for SCL. Two products of one tile and date are refused, naming
+//! both: which one to read is the operator's choice.
 
 use super::series::{BandSource, Resampling, Scene, Series};
 use super::{Grid, parse_date};
@@ -129,19 +134,41 @@ fn baseline_from_name(path: &Path) -> Option<f64> {
     })
 }
 
-fn radiometry(band_file: &Path, options: &L2aOptions) -> Result<Radiometry> {
+/// ESA's processing baselines so far run from 02.00 to 05.xx; a name outside 02.00 …
+/// 09.99 (BigEarthNet's reprocessed `N9999`) says nothing of the offset.
+fn official_baseline(baseline: f64) -> bool {
+    (2.0..10.0).contains(&baseline)
+}
+
+/// The radiometry of a band file and where it came from (for the manifest).
+fn radiometry(band_file: &Path, options: &L2aOptions) -> Result<(Radiometry, String)> {
+    if let Some(offset) = options.boa_add_offset {
+        return Ok((
+            Radiometry { offsets: BTreeMap::new(), default_offset: offset, quantification: 10_000.0 },
+            "boa_add_offset in [input]".into(),
+        ));
+    }
     for dir in band_file.ancestors().skip(1).take(6) {
         let xml = dir.join("MTD_MSIL2A.xml");
         if xml.exists() {
-            return radiometry_from_metadata(&xml);
+            return Ok((radiometry_from_metadata(&xml)?, format!("{}", xml.display())));
         }
     }
-    if let Some(baseline) = baseline_from_name(band_file) {
-        let default_offset = if baseline >= 4.0 { -1000.0 } else { 0.0 };
-        return Ok(Radiometry { offsets: BTreeMap::new(), default_offset, quantification: 10_000.0 });
-    }
-    match options.boa_add_offset {
-        Some(offset) => Ok(Radiometry { offsets: BTreeMap::new(), default_offset: offset, quantification: 10_000.0 }),
+    match baseline_from_name(band_file) {
+        Some(baseline) if official_baseline(baseline) => {
+            let default_offset = if baseline >= 4.0 { -1000.0 } else { 0.0 };
+            Ok((
+                Radiometry { offsets: BTreeMap::new(), default_offset, quantification: 10_000.0 },
+                format!("processing baseline {baseline:05.2} in the product name"),
+            ))
+        }
+        Some(baseline) => bail!(
+            "{}: the product name says processing baseline {baseline:05.2} (N{:04}), which is not one of ESA's (02.00 … 05.xx: \
+             reprocessed products such as BigEarthNet's use N9999) and says nothing of its offset, and no MTD_MSIL2A.xml is \
+             above it; set `boa_add_offset` in [input] (-1000 if its DNs carry the offset of baseline 04.00 and later, 0 if not)",
+            band_file.display(),
+            (baseline * 100.0).round() as u32
+        ),
         None => bail!(
             "{}: cannot tell its processing baseline (no MTD_MSIL2A.xml above it, no _Nxxxx_ in a product folder name); \
              set `boa_add_offset` in [input] (-1000 for baseline 04.00 and later, 0 before)",
@@ -162,7 +189,32 @@ pub fn open_l2a(dir: &Path, options: &L2aOptions) -> Result<Series> {
         if options.tile.as_ref().is_some_and(|t| *t != tile) {
             continue;
         }
-        products.entry((tile, datetime)).or_default().entry(band).or_default().push(BandFile { path, resolution_m });
+        let same = products.entry((tile.clone(), datetime.clone())).or_default().entry(band.clone()).or_default();
+        if let Some(other) = same.iter().find(|f| f.resolution_m == resolution_m) {
+            bail!(
+                "{}: two products of tile {tile} at {datetime} (band {band} at {resolution_m} m in both): {} and {}; \
+                 keep one of them in the folder (or mosaic them into one product first)",
+                dir.display(),
+                other.path.display(),
+                path.display()
+            );
+        }
+        same.push(BandFile { path, resolution_m });
+    }
+    // Two acquisitions of one tile on one day (e.g. two patches, or a product and its
+    // reprocessing under another time) would be two scenes of one date.
+    let mut by_date: BTreeMap<(String, String), &String> = BTreeMap::new();
+    for (tile, datetime) in products.keys() {
+        if let Some(other) = by_date.insert((tile.clone(), datetime[..8].to_string()), datetime) {
+            bail!(
+                "{}: two products of tile {tile} on {}-{}-{} ({other} and {datetime}); keep one of them in the folder \
+                 (or mosaic them into one product first)",
+                dir.display(),
+                &datetime[0..4],
+                &datetime[4..6],
+                &datetime[6..8]
+            );
+        }
     }
     if products.is_empty() {
         bail!("{}: no Sentinel-2 L2A band files (like T33TPS_20190119T100319_B04_10m.jp2) found", dir.display());
@@ -183,6 +235,7 @@ pub fn open_l2a(dir: &Path, options: &L2aOptions) -> Result<Series> {
             bail!("{}: product {tile}_{datetime} has an invalid date", dir.display());
         }
         let mut sources = Vec::new();
+        let mut radiometry_record = None;
         for band in &bands {
             let Some(candidates) = by_band.get(band) else {
                 let have: Vec<&str> = by_band.keys().map(String::as_str).collect();
@@ -196,7 +249,16 @@ pub fn open_l2a(dir: &Path, options: &L2aOptions) -> Result<Series> {
             let source = if band == "SCL" {
                 BandSource { path, band: 1, scale: 1.0, offset: 0.0, nodata: Some(0.0), resampling: Resampling::Nearest }
             } else {
-                let r = radiometry(&file.path, options)?;
+                let (r, from) = radiometry(&file.path, options)?;
+                if radiometry_record.is_none() {
+                    radiometry_record = Some(serde_json::json!({
+                        "product": format!("{tile}_{datetime}"),
+                        "boa_add_offset_dn": r.offsets.values().next().copied().unwrap_or(r.default_offset),
+                        "offsets_per_band": !r.offsets.is_empty(),
+                        "quantification": r.quantification,
+                        "from": from,
+                    }));
+                }
                 BandSource {
                     path,
                     band: 1,
@@ -208,7 +270,7 @@ pub fn open_l2a(dir: &Path, options: &L2aOptions) -> Result<Series> {
             };
             sources.push(source);
         }
-        scenes.push(Scene { date, sources });
+        scenes.push(Scene { date, sources, radiometry: radiometry_record });
     }
     let grid = match &options.grid {
         Some(g) => g.clone(),
@@ -243,5 +305,8 @@ mod tests {
         let p = Path::new("/x/S2A_MSIL2A_20230601T100031_N0509_R122_T33TPS_20230601T161025.SAFE/f.jp2");
         assert_eq!(baseline_from_name(p), Some(5.09));
         assert_eq!(baseline_from_name(Path::new("/x/y/f.jp2")), None);
+        let p = Path::new("/x/S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_20170613T101031.SAFE/f.tif");
+        assert_eq!(baseline_from_name(p), Some(99.99));
+        assert!(!official_baseline(99.99) && official_baseline(5.09) && official_baseline(2.11));
     }
 }

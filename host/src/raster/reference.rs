@@ -8,7 +8,7 @@
 use super::series::Resampling;
 use super::warp::Aligned;
 use super::{Grid, Window};
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use gdal::Dataset;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -24,6 +24,16 @@ impl ReferenceMap {
     /// Opens `path` and aligns it to `grid` (no-op when it is already on it).
     pub fn open(path: &Path, grid: &Grid) -> Result<ReferenceMap> {
         let ds = Dataset::open(path).with_context(|| format!("{}: cannot open the reference map with GDAL", path.display()))?;
+        if let Some(false) = overlaps(&ds, grid) {
+            bail!(
+                "{}: the reference map does not overlap the grid it is compared on ({} × {} px at {:?}): every pixel \
+                 would be no data; check its CRS and extent",
+                path.display(),
+                grid.width,
+                grid.height,
+                grid.geo_transform.map(|g| (g[0], g[3]))
+            );
+        }
         let nodata = ds.rasterband(1)?.no_data_value();
         let aligned = Aligned::new(ds, grid, Resampling::Mode, nodata)
             .with_context(|| format!("{}: aligning the reference map to the cube grid", path.display()))?;
@@ -69,4 +79,28 @@ impl ReferenceMap {
             })
             .collect())
     }
+}
+
+/// Whether `ds`'s extent meets `grid`'s (the grid's outline transformed into `ds`'s
+/// CRS); `None` when either lacks georeferencing or the CRSs cannot be related.
+fn overlaps(ds: &Dataset, grid: &Grid) -> Option<bool> {
+    use gdal::spatial_ref::{AxisMappingStrategy, CoordTransform, SpatialRef};
+    let gt = grid.geo_transform?;
+    let rgt = ds.geo_transform().ok()?;
+    if grid.projection.is_empty() || ds.projection().is_empty() || gt[2] != 0.0 || gt[4] != 0.0 || rgt[2] != 0.0 || rgt[4] != 0.0 {
+        return None;
+    }
+    let bounds = |g: [f64; 6], w: usize, h: usize| {
+        let (x0, x1) = (g[0], g[0] + g[1] * w as f64);
+        let (y0, y1) = (g[3], g[3] + g[5] * h as f64);
+        [x0.min(x1), y0.min(y1), x0.max(x1), y0.max(y1)]
+    };
+    let mut from = SpatialRef::from_wkt(&grid.projection).ok()?;
+    let mut to = SpatialRef::from_wkt(&ds.projection()).ok()?;
+    from.set_axis_mapping_strategy(AxisMappingStrategy::TraditionalGisOrder);
+    to.set_axis_mapping_strategy(AxisMappingStrategy::TraditionalGisOrder);
+    let ours = CoordTransform::new(&from, &to).ok()?.transform_bounds(&bounds(gt, grid.width, grid.height), 21).ok()?;
+    let (w, h) = ds.raster_size();
+    let theirs = bounds(rgt, w, h);
+    Some(ours[0] < theirs[2] && theirs[0] < ours[2] && ours[1] < theirs[3] && theirs[1] < ours[3])
 }

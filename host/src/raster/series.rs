@@ -61,6 +61,9 @@ pub struct Scene {
     /// ISO `YYYY-MM-DD`.
     pub date: String,
     pub sources: Vec<BandSource>,
+    /// How its digital numbers became reflectance, when the source says (L2A products:
+    /// the offset applied and where it came from), for the manifest.
+    pub radiometry: Option<serde_json::Value>,
 }
 
 /// An opened, checked time series (metadata only; pixels are read per chunk).
@@ -134,7 +137,7 @@ impl Series {
                     resampling: Resampling::for_band(band),
                 });
             }
-            scenes.push(Scene { date, sources });
+            scenes.push(Scene { date, sources, radiometry: None });
         }
         Series::from_scenes(dir.to_path_buf(), scenes, names.unwrap_or_default(), target)
     }

@@ -120,7 +120,7 @@ pub fn open_stac(file: &Path, options: &L2aOptions) -> Result<Series> {
                 resampling: Resampling::for_band(band),
             });
         }
-        scenes.push(Scene { date: date.to_string(), sources });
+        scenes.push(Scene { date: date.to_string(), sources, radiometry: None });
     }
     let grid = match &options.grid {
         Some(g) => g.clone(),

@@ -95,6 +95,11 @@ fn warp_to_grid(src: &Dataset, grid: &Grid, resampling: Resampling, nodata: Opti
         "-r".into(),
         resampling.gdal_name().into(),
     ];
+    if resampling != Resampling::Nearest {
+        // Interpolate and keep the result in float: in the source's integer type an
+        // interpolated digital number would be rounded (up to 0.5 DN off).
+        args.extend(["-wt".into(), "Float32".into(), "-ot".into(), "Float32".into()]);
+    }
     if let Some(nd) = nodata {
         let nd = if nd.is_nan() { "nan".to_string() } else { nd.to_string() };
         args.extend(["-srcnodata".into(), nd.clone(), "-dstnodata".into(), nd]);

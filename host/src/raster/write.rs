@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 /// Class names and colours of a categorical map.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClassStyle {
-    /// (code, name, `#rrggbb`)
+    /// (code, name, `#rrggbb`, or `transparent` for a class drawn as nothing)
     pub classes: Vec<(u16, String, String)>,
 }
 
@@ -106,8 +106,12 @@ fn class_xml(style: &ClassStyle) -> Result<String> {
     let mut colors = vec![(0i16, 0i16, 0i16, 0i16); max + 1];
     let mut names = vec![String::new(); max + 1];
     for (code, name, color) in &style.classes {
-        let (r, g, b) = rgb(color).with_context(|| format!("class {code} '{name}': colour '{color}' is not #rrggbb"))?;
-        colors[*code as usize] = (r, g, b, 255);
+        colors[*code as usize] = if color == "transparent" {
+            (0, 0, 0, 0)
+        } else {
+            let (r, g, b) = rgb(color).with_context(|| format!("class {code} '{name}': colour '{color}' is not #rrggbb"))?;
+            (r, g, b, 255)
+        };
         names[*code as usize] = name.clone();
     }
     let mut xml = String::from("    <ColorInterp>Palette</ColorInterp>\n    <CategoryNames>\n");

@@ -1,4 +1,4 @@
-//! The README's plugin-author guide, followed step by step: a new crate made from the
+//! The plugin-author guide (docs/plugin-guide.md), followed step by step: a new crate made from the
 //! guide's own code blocks, built for wasm32-wasip2, inspected and run by the host.
 //! If the guide drifts from the SDK, this test fails.
 
@@ -6,9 +6,9 @@ use crate::common;
 
 use std::process::Command;
 
-/// The fenced code block of `lang` that follows `marker` in the README.
+/// The fenced code block of `lang` that follows `marker` in the guide.
 fn block_after(readme: &str, marker: &str, lang: &str) -> String {
-    let start = readme.find(marker).unwrap_or_else(|| panic!("README has no {marker:?}"));
+    let start = readme.find(marker).unwrap_or_else(|| panic!("docs/plugin-guide.md has no {marker:?}"));
     let fence = format!("```{lang}\n");
     let from = start + readme[start..].find(&fence).expect("code block") + fence.len();
     let end = from + readme[from..].find("```").expect("closing fence");
@@ -19,7 +19,7 @@ fn block_after(readme: &str, marker: &str, lang: &str) -> String {
 #[test]
 fn plugin_author_guide() {
     let root = common::workspace();
-    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let readme = std::fs::read_to_string(root.join("docs/plugin-guide.md")).unwrap();
     let manifest_tail = block_after(&readme, "2. `Cargo.toml`", "toml")
         .replace("/path/to/sitsflow", &root.display().to_string());
     let lib = block_after(&readme, "3. `src/lib.rs`", "rust");

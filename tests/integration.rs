@@ -16,6 +16,7 @@ mod forest;
 mod guide;
 mod inference;
 mod learn;
+mod operator;
 mod kmeans;
 mod raster;
 mod report;

@@ -45,7 +45,7 @@ class TrainPredictBench(unittest.TestCase):
         cls.out = tmp / "model"
         cls.result = run("train", "--contract", 1, "--samples", cls.train_csv, "--test", cls.test_csv,
                          "--classes", cls.classes_csv, "--arch", "tempcnn", "--out", cls.out, "--epochs", 6,
-                         "--batch-size", 16, "--hyperparameters", '{"filters": 8, "dense": 16}')
+                         "--batch-size", 16, "--hyperparameters", '{"filters": 8, "dense": 16}', "--missing", "keep")
 
     @classmethod
     def tearDownClass(cls):
@@ -147,8 +147,17 @@ class ContractErrors(unittest.TestCase):
         classes = self.tmp / "classes.csv"
         classes.write_text("code,name,color\n1,wheat,#ffff00\n2,forest,#008000\n")
         r = run("train", "--contract", 1, "--samples", self.samples, "--classes", classes, "--arch", "tempcnn",
-                "--out", self.tmp / "out")
+                "--out", self.tmp / "out", "--missing", "keep")
         self.assert_fails(r, "water not in the nomenclature")
+
+    def test_missing_and_infinite_values_name_line_and_column(self):
+        r = run("train", "--contract", 1, "--samples", self.samples, "--arch", "tempcnn", "--out", self.tmp / "out")
+        self.assert_fails(r, "s.csv:5:6: column `B0@t001`: empty cell; if missing values are meant, pass --missing keep")
+        bad = self.tmp / "inf.csv"
+        bad.write_text("label,B0@t000\nwheat,1\nforest,inf\n")
+        r = run("train", "--contract", 1, "--samples", bad, "--arch", "tempcnn", "--out", self.tmp / "out",
+                "--missing", "keep")
+        self.assert_fails(r, "inf.csv:3:2: column `B0@t000`: `inf` is infinite")
 
     def test_unknown_architecture_is_a_usage_error(self):
         r = run("train", "--contract", 1, "--samples", self.samples, "--arch", "transformer", "--out", self.tmp / "out")

@@ -56,7 +56,7 @@ class ReadSamples(unittest.TestCase):
 
     def test_non_number_names_line_and_column(self):
         f = write(self.tmp / "s.csv", "label,B1@t000\nx,1\ny,abc\n")
-        with self.assertRaisesRegex(InputError, r"s\.csv:3: column `B1@t000`: `abc`"):
+        with self.assertRaisesRegex(InputError, r"s\.csv:3:2: column `B1@t000`: `abc`"):
             read_samples(f)
 
     def test_unknown_column_is_rejected(self):

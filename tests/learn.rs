@@ -204,6 +204,7 @@ fn slovenia_grouped_five_fold_cross_validation_gives_the_plugins_own_figures() {
         oas.push(direct);
     }
     let mean = oas.iter().sum::<f64>() / 5.0;
+    eprintln!("slovenia grouped 5-fold: per fold {oas:?}, {}", cv["mean_sd"]);
     assert!((cv["mean_sd"]["overall_accuracy"]["mean"].as_f64().unwrap() - mean).abs() < 1e-12);
     assert!(mean > 0.5, "{mean}");
 }

@@ -373,7 +373,8 @@ fn a_training_in_a_slurm_job_runs_its_ranks_through_srun_torchrun() {
     );
     let submitted = cluster
         .client("sbatch")
-        .args(["--wait", "--cpus-per-task=2", "--output"])
+        // --time: Slurm ends a hung training instead of the test waiting for ever.
+        .args(["--wait", "--time=10", "--cpus-per-task=2", "--output"])
         .arg(&log)
         .args(["--wrap", &train])
         .current_dir(common::workspace())

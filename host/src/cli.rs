@@ -504,9 +504,12 @@ fn dispatch(cli: &Cli) -> Result<(), Failure> {
             doctor(*json, dir);
             Ok(())
         }
-        Command::Train { arch, samples: Some(samples), test, classes, out, seed, params, folds, missing, plugins, .. }
+        Command::Train { arch, samples: Some(samples), test, classes, out, seed, params, folds, missing, plugins, nproc_per_node, nodes, .. }
             if !crate::train::RECIPES.contains(&arch.as_str()) =>
         {
+            if *nproc_per_node != 1 || *nodes != 1 {
+                return Err(anyhow::anyhow!("--nproc-per-node and --nodes are for the PyTorch recipes; a labeller plugin trains in one sandbox").into());
+            }
             let runtime = runtime()?;
             let plugin = crate::learn::find_labeller(&runtime, plugins, arch)?;
             let params: serde_json::Value =
@@ -549,9 +552,12 @@ fn dispatch(cli: &Cli) -> Result<(), Failure> {
         Command::Train { patches: None, samples: None, arch, .. } if !crate::train::RECIPES.contains(&arch.as_str()) => {
             Err(anyhow::anyhow!("--arch {arch} trains on --samples CSV").into())
         }
-        Command::Train { samples, patches, nproc_per_node, nodes, test, classes, arch, out, seed, epochs, folds, missing, .. } => {
+        Command::Train { samples, patches, nproc_per_node, nodes, test, classes, arch, out, seed, epochs, folds, missing, params, .. } => {
             if !crate::train::RECIPES.contains(&arch.as_str()) {
                 return Err(anyhow::anyhow!("--arch {arch}: a labeller plugin trains on --samples, not --patches").into());
+            }
+            if params.trim() != "{}" {
+                return Err(anyhow::anyhow!("--params is for labeller plugins; --arch {arch} is a recipe of models/ (see `python -m sitsflow_models train --help`)").into());
             }
             if folds.is_some() {
                 return Err(anyhow::anyhow!(

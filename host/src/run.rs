@@ -308,6 +308,13 @@ fn run_key(plan: &Plan, series: &Series, layout: &Layout) -> String {
     if let Some(r) = &plan.reference {
         files.push(r.path.display().to_string());
     }
+    // What labellers train on or predict with outside the series: a changed samples CSV
+    // or stored model must not let a rerun take over the nodes that used the old one.
+    for s in &plan.stages {
+        if let crate::plan::Role::Labeller { training: crate::plan::Training::Csv(p) | crate::plan::Training::Stored(p), .. } = &s.role {
+            files.push(p.display().to_string());
+        }
+    }
     for f in files {
         let meta = std::fs::metadata(&f).ok();
         let size = meta.as_ref().map_or(0, |m| m.len());

@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_train(args) -> int:
-    from .data import InputError, encode_labels, model_classes, read_classes, read_samples, sha256_file
+    from .data import InputError, encode_labels, model_classes, names_for_codes, read_classes, read_samples, sha256_file
 
     if args.contract not in CONTRACTS:
         raise InputError(f"contract version {args.contract} is not supported by this sitsflow_models "
@@ -169,6 +169,7 @@ def cmd_train(args) -> int:
         raise InputError("--threads, --epochs and --patience must be ≥ 1 and --batch-size ≥ 2")
     nomenclature = read_classes(args.classes) if args.classes else None
     samples = read_samples(args.samples, missing=args.missing)
+    names_for_codes(samples, nomenclature)
     classes = model_classes(samples, nomenclature)
     if len(classes) < 2:
         raise InputError(f"{args.samples}: at least two classes are needed, found {len(classes)}")
@@ -176,6 +177,7 @@ def cmd_train(args) -> int:
     test = None
     if args.test:
         test = read_samples(args.test, missing=args.missing)
+        names_for_codes(test, nomenclature)
         if test.bands != samples.bands or len(test.dates) != len(samples.dates):
             raise InputError(f"{args.test}: bands {test.bands} × {len(test.dates)} dates differ from the training "
                              f"samples' {samples.bands} × {len(samples.dates)} dates")

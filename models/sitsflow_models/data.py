@@ -177,6 +177,16 @@ def read_classes(path: Path) -> list[ClassInfo]:
     return classes
 
 
+def names_for_codes(samples: Samples, nomenclature: list[ClassInfo] | None) -> None:
+    """Labels that are integer codes become the nomenclature's class names, in place, so
+    a samples CSV may give either (a code the nomenclature lacks stays as written and is
+    reported as unknown). Without a nomenclature integer labels stay: they name themselves."""
+    if nomenclature is None:
+        return
+    by_code = {str(c.code): c.name for c in nomenclature}
+    samples.labels = [by_code.get(label, label) if label.isdigit() else label for label in samples.labels]
+
+
 def model_classes(train: Samples, nomenclature: list[ClassInfo] | None) -> list[ClassInfo]:
     """The classes the model outputs, in output order (ascending code).
 
@@ -186,6 +196,9 @@ def model_classes(train: Samples, nomenclature: list[ClassInfo] | None) -> list[
     """
     names = sorted({label for label in train.labels if label})
     if nomenclature is None:
+        if names and all(n.isdigit() and int(n) > 0 for n in names):
+            # Integer labels are class codes: kept, so the maps carry them.
+            return sorted((ClassInfo(int(n), n) for n in names), key=lambda c: c.code)
         return [ClassInfo(i + 1, name) for i, name in enumerate(names)]
     by_name = {c.name: c for c in nomenclature}
     unknown = [n for n in names if n not in by_name]

@@ -74,6 +74,20 @@ class Classes(unittest.TestCase):
     def tearDown(self):
         self.dir.cleanup()
 
+    def test_integer_labels_are_codes(self):
+        from sitsflow_models.data import ClassInfo, encode_labels, model_classes, names_for_codes
+
+        f = write(self.tmp / "codes.csv", "label,B1@t000\n11,1\n4,2\n11,3\n")
+        s = read_samples(f)
+        classes = model_classes(s, None)
+        self.assertEqual([(c.code, c.name) for c in classes], [(4, "4"), (11, "11")])
+        self.assertEqual(encode_labels(s, classes, None).tolist(), [1, 0, 1])
+        nomenclature = [ClassInfo(4, "wheat"), ClassInfo(11, "forest")]
+        s = read_samples(f)
+        names_for_codes(s, nomenclature)
+        self.assertEqual(s.labels, ["forest", "wheat", "forest"])
+        self.assertEqual([c.code for c in model_classes(s, nomenclature)], [4, 11])
+
     def test_without_nomenclature_names_are_sorted_and_numbered_from_1(self):
         classes = model_classes(self.samples, None)
         self.assertEqual(classes, [ClassInfo(1, "water"), ClassInfo(2, "wheat")])

@@ -453,6 +453,7 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
         }
     }
     crate::raster::set_block_cache(layout.gdal_cache_mib);
+    crate::raster::set_cog_threads(layout.workers);
     crate::memory::tune_allocator(layout.workers);
     let reference = plan.reference.as_ref().map(|r| ReferenceMap::open(&r.path, &grid)).transpose()?;
     let lookup: HashMap<u32, u16> = plan.reference.as_ref().map(|r| r.nomenclature.lookup()).unwrap_or_default();

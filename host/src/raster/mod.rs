@@ -166,6 +166,19 @@ pub fn set_block_cache(mib: usize) {
     unsafe { gdal_sys::GDALSetCacheMax64((mib as i64) << 20) };
 }
 
+/// Threads that compress a COG's blocks while it is written (GDAL's `NUM_THREADS`): the
+/// run's workers. The file's bytes do not depend on it (blocks are compressed apart and
+/// written in order).
+static COG_THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+
+pub fn set_cog_threads(threads: usize) {
+    COG_THREADS.store(threads.max(1), std::sync::atomic::Ordering::Relaxed);
+}
+
+pub(crate) fn cog_threads() -> usize {
+    COG_THREADS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The size of GDAL's block cache, in MiB.
 pub fn block_cache_mib() -> usize {
     // SAFETY: reads a process-wide setting.

@@ -54,6 +54,7 @@ fn cog_options(kind: OutputKind) -> RasterCreationOptions {
         "BLOCKSIZE=256".to_string(),
         "BIGTIFF=IF_SAFER".to_string(),
         format!("OVERVIEW_RESAMPLING={resampling}"),
+        format!("NUM_THREADS={}", super::cog_threads()),
     ])
 }
 

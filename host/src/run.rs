@@ -392,15 +392,24 @@ fn pad_reflect<T: Copy>(planes: &[T], rows: usize, cols: usize, pad: [usize; 4])
         (if m < n as isize { m } else { period - m }) as usize
     };
     let (out_rows, out_cols) = (rows + top + bottom, cols + left + right);
-    let col_of: Vec<usize> = (0..out_cols).map(|c| fold(c as isize - left as isize, cols)).collect();
+    // The columns outside the window, reflected; the window's own are copied as a slice.
+    let left_of: Vec<usize> = (0..left).map(|c| fold(c as isize - left as isize, cols)).collect();
+    let right_of: Vec<usize> = (cols + left..out_cols).map(|c| fold(c as isize - left as isize, cols)).collect();
     let mut out = Vec::with_capacity(planes.len() / (rows * cols) * out_rows * out_cols);
     for plane in planes.chunks_exact(rows * cols) {
         for r in 0..out_rows {
             let src = &plane[fold(r as isize - top as isize, rows) * cols..][..cols];
-            out.extend(col_of.iter().map(|&c| src[c]));
+            out.extend(left_of.iter().map(|&c| src[c]));
+            out.extend_from_slice(src);
+            out.extend(right_of.iter().map(|&c| src[c]));
         }
     }
     out
+}
+
+/// [`pad_reflect`], or `planes` itself when nothing is padded (a chunk inside the scene).
+fn pad_reflect_owned<T: Copy>(planes: Vec<T>, rows: usize, cols: usize, pad: [usize; 4]) -> Vec<T> {
+    if pad == [0; 4] { planes } else { pad_reflect(&planes, rows, cols, pad) }
 }
 
 /// Loads the pipeline's ONNX models (one session per file and device per process).
@@ -579,13 +588,13 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
                 h - (read_window.col + read_window.cols - window.col - window.cols),
             ];
             let (rows, cols) = (window.rows + 2 * h, window.cols + 2 * h);
-            let valid = if data.valid.is_empty() { data.valid } else { pad_reflect(&data.valid, read_window.rows, read_window.cols, pad) };
+            let valid = if data.valid.is_empty() { data.valid } else { pad_reflect_owned(data.valid, read_window.rows, read_window.cols, pad) };
             let cube = Cube {
                 dates: dates.clone(),
                 bands: series.bands.clone(),
                 rows: rows as u32,
                 cols: cols as u32,
-                data: pad_reflect(&data.data, read_window.rows, read_window.cols, pad),
+                data: pad_reflect_owned(data.data, read_window.rows, read_window.cols, pad),
                 valid,
             };
             let placement = crate::bindings::types::Placement {

@@ -257,3 +257,30 @@ fn inspect_says_the_halo_a_stage_needs() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("halo 13 px"), "{}", text(&out.stdout));
 }
+
+/// `demo-data --dn` writes the demo as L2A COGs carry reflectance (UInt16 DN with the
+/// 04.00 offset, scale and offset in the band metadata): read back, it is the Float32
+/// demo's reflectance to within the DN's quantisation, and SCL is unchanged.
+#[test]
+fn the_demo_in_digital_numbers_reads_back_as_its_reflectance() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = sitsflow::demo::DemoOptions { size: 32, dates_per_year: 2, years: vec![2018], ..Default::default() };
+    sitsflow::demo::generate(&dir.path().join("f32"), &options).unwrap();
+    sitsflow::demo::generate(&dir.path().join("dn"), &sitsflow::demo::DemoOptions { dn: true, ..options }).unwrap();
+    let f32_series = sitsflow::raster::Series::open(&dir.path().join("f32/series"), None).unwrap();
+    let dn_series = sitsflow::raster::Series::open(&dir.path().join("dn/series"), None).unwrap();
+    assert_eq!(f32_series.bands, dn_series.bands);
+    let window = Window { row: 0, col: 0, rows: 32, cols: 32 };
+    let a = f32_series.reader().unwrap().read(window).unwrap();
+    let b = dn_series.reader().unwrap().read(window).unwrap();
+    let scl = f32_series.bands.iter().position(|b| b == "SCL").unwrap();
+    let bands = f32_series.bands.len();
+    for (i, (x, y)) in a.data.iter().zip(&b.data).enumerate() {
+        let band = (i / 1024) % bands;
+        if band == scl {
+            assert_eq!(x, y, "SCL is written as its codes");
+        } else {
+            assert!((x - y).abs() <= 0.5e-4 + 1e-6, "value {i}: {x} vs {y}");
+        }
+    }
+}

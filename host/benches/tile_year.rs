@@ -5,7 +5,8 @@
 //!
 //! `cargo bench -p sitsflow --bench tile_year [-- SIZE ... [--budget MIB] [--no-slurm]]`
 //! (default sizes 1024 2048, budget 2048 MiB). Each size is a SIZE² demo series of 3 years
-//! × 20 dates × 11 bands (10 reflectance bands + SCL), generated once into
+//! × 20 dates × 11 bands (10 reflectance bands as UInt16 digital numbers with L2A's offset,
+//! as Sentinel-2 L2A COGs carry them, + SCL), generated once into
 //! `target/bench/tile-year-SIZE/`. Each run is a child `sitsflow run`; its manifest gives
 //! every graph node's wall seconds and peak resident memory and every stage's CPU
 //! seconds. Printed per size: seconds per megapixel per node, the peak against the budget,
@@ -43,11 +44,12 @@ fn text(bytes: &[u8]) -> String {
 /// The generated series of `size`² px and a project folder running the demo chain on it.
 fn prepare(size: usize, budget: u32) -> PathBuf {
     let root = common::workspace().join(format!("target/bench/tile-year-{size}"));
-    let data = root.join("data");
+    // UInt16 digital numbers as L2A COGs carry them (`demo-data --dn`).
+    let data = root.join("data-dn");
     if !data.join("reference.tif").exists() {
-        eprintln!("generating a {size}² demo series of 3 × {DATES_PER_YEAR} dates into {}", data.display());
+        eprintln!("generating a {size}² demo series of 3 × {DATES_PER_YEAR} dates (UInt16 DN) into {}", data.display());
         let _ = std::fs::remove_dir_all(&data);
-        let options = sitsflow::demo::DemoOptions { size, dates_per_year: DATES_PER_YEAR, ..Default::default() };
+        let options = sitsflow::demo::DemoOptions { size, dates_per_year: DATES_PER_YEAR, dn: true, ..Default::default() };
         sitsflow::demo::generate(&data, &options).expect("generating the series");
     }
     let project = root.join("project");

@@ -191,6 +191,10 @@ pub enum Command {
         /// context says "Artificial"), two villages, and sparse labels in sparse/<year>.tif.
         #[arg(long)]
         urban_fabric: bool,
+        /// Write reflectance as UInt16 digital numbers with L2A's offset (scale and offset
+        /// in the band metadata), as Sentinel-2 L2A COGs carry it, instead of Float32.
+        #[arg(long)]
+        dn: bool,
     },
     /// Print what this machine offers sitsflow: GDAL and its drivers, ONNX Runtime and its
     /// execution providers (CUDA found or why not), the wasm32-wasip2 target for
@@ -613,8 +617,8 @@ fn dispatch(cli: &Cli) -> Result<(), Failure> {
             );
             Ok(())
         }
-        Command::DemoData { dir, size, seed, urban_fabric } => {
-            let options = crate::demo::DemoOptions { size: *size, seed: *seed, urban_fabric: *urban_fabric, ..Default::default() };
+        Command::DemoData { dir, size, seed, urban_fabric, dn } => {
+            let options = crate::demo::DemoOptions { size: *size, seed: *seed, urban_fabric: *urban_fabric, dn: *dn, ..Default::default() };
             crate::demo::generate(dir, &options).with_context(|| format!("generating demo data in {}", dir.display()))?;
             println!("{}", dir.display());
             Ok(())

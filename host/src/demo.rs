@@ -15,7 +15,7 @@
 //! of each year (codes of seed 001's nomenclature, `classes.csv`) and a coarse
 //! CORINE-like reference (CLC level-3 codes at 100 m) are written beside it.
 
-use crate::raster::{ClassStyle, Grid, write_class_map, write_geotiff_f32};
+use crate::raster::{ClassStyle, Grid, write_class_map, write_geotiff_dn, write_geotiff_f32};
 use anyhow::{Context, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -115,11 +115,14 @@ pub struct DemoOptions {
     /// context tells), two villages beside the town, and sparse labels
     /// (`sparse/<year>.tif`: the interiors of some 16 px cells, 0 elsewhere).
     pub urban_fabric: bool,
+    /// Reflectance as UInt16 digital numbers with L2A's offset (`write_geotiff_dn`), as
+    /// Sentinel-2 L2A COGs carry it, instead of Float32 reflectance (`demo-data --dn`).
+    pub dn: bool,
 }
 
 impl Default for DemoOptions {
     fn default() -> Self {
-        DemoOptions { size: 512, years: vec![2018, 2019, 2020], dates_per_year: 12, seed: 7, urban_fabric: false }
+        DemoOptions { size: 512, years: vec![2018, 2019, 2020], dates_per_year: 12, seed: 7, urban_fabric: false, dn: false }
     }
 }
 
@@ -352,8 +355,13 @@ pub fn generate(dir: &Path, options: &DemoOptions) -> Result<()> {
                 planes[BANDS.len()][i] = scl(class, g, cover, shadow);
             }
             let date = format!("{year}-{month:02}-{day:02}");
-            write_geotiff_f32(&series.join(format!("{date}.tif")), &grid, &bands, planes)
-                .with_context(|| format!("writing the demo scene of {date}"))?;
+            let scene = series.join(format!("{date}.tif"));
+            if options.dn {
+                write_geotiff_dn(&scene, &grid, &bands, planes, &["SCL"])
+            } else {
+                write_geotiff_f32(&scene, &grid, &bands, planes)
+            }
+            .with_context(|| format!("writing the demo scene of {date}"))?;
         }
         write_labels(&dir.join("truth").join(format!("{year}.tif")), &grid, map)?;
         if options.urban_fabric {

@@ -25,7 +25,7 @@ pub use reference::ReferenceMap;
 pub use series::{BandSource, ChunkData, Resampling, Scene, Series, SeriesReader};
 pub use stac::open_stac;
 pub use warp::GridSpec;
-pub use write::{ChunkedRaster, ClassStyle, OutputKind, write_class_map, write_geotiff_f32};
+pub use write::{ChunkedRaster, ClassStyle, OutputKind, write_class_map, write_geotiff_dn, write_geotiff_f32};
 
 /// A rectangle of pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -169,6 +169,44 @@ pub fn write_geotiff_f32(path: &Path, grid: &Grid, band_names: &[String], planes
     })
 }
 
+/// Writes reflectance planes as UInt16 digital numbers the way Sentinel-2 L2A products
+/// carry them since baseline 04.00 (DN = reflectance × 10000 + 1000, 0 = no data), with
+/// the band's scale 1e-4 and offset −0.1 in its metadata so readers get reflectance back;
+/// bands named in `codes` (e.g. `SCL`) are written as they are, without scale. Tiled,
+/// band-interleaved, DEFLATE with the integer predictor.
+pub fn write_geotiff_dn(path: &Path, grid: &Grid, band_names: &[String], planes: Vec<Vec<f32>>, codes: &[&str]) -> Result<()> {
+    let ds = mem_dataset::<u16>(grid, band_names, Some(0.0))?;
+    for (i, plane) in planes.into_iter().enumerate() {
+        let is_code = codes.contains(&band_names[i].as_str());
+        let dn: Vec<u16> = plane
+            .iter()
+            .map(|&v| match (v.is_nan(), is_code) {
+                (true, _) => 0,
+                (false, true) => v.round().clamp(0.0, 65535.0) as u16,
+                (false, false) => (v * 10_000.0 + 1000.0).round().clamp(1.0, 65535.0) as u16,
+            })
+            .collect();
+        let mut band = ds.rasterband(i + 1)?;
+        band.write((0, 0), (grid.width, grid.height), &mut Buffer::new((grid.width, grid.height), dn))?;
+        if !is_code {
+            band.set_scale(1e-4)?;
+            band.set_offset(-0.1)?;
+        }
+    }
+    let options = RasterCreationOptions::from_iter([
+        "TILED=YES",
+        "BLOCKXSIZE=256",
+        "BLOCKYSIZE=256",
+        "INTERLEAVE=BAND",
+        "COMPRESS=DEFLATE",
+        "PREDICTOR=2",
+        "BIGTIFF=IF_SAFER",
+    ]);
+    crate::fsutil::produce(path, |tmp| {
+        close_checked(ds.create_copy(&DriverManager::get_driver_by_name("GTiff")?, tmp, &options)?, tmp)
+    })
+}
+
 /// Writes a class map (`u16`, 0 = no data) as a COG with colour table and class names,
 /// through the same chunk-file → VRT → COG path as a run's outputs (one chunk).
 pub fn write_class_map(path: &Path, grid: &Grid, name: &str, labels: Vec<u16>, style: &ClassStyle) -> Result<()> {

@@ -246,7 +246,7 @@ fn kubernetes_manifests_validate_and_their_indexed_contract_gives_the_bytes_of_o
         &["--engine", "kubernetes", "--shards", "4", "--out", "k8s", "--image", "sitsflow:test", "--claim", "data", "--mount", project_path.to_str().unwrap()],
     );
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("the input ") && text(&out.stderr).contains("not under it"), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("the series folder ") && text(&out.stderr).contains("not under it"), "{}", text(&out.stderr));
 
     let out = plan(
         project.path(),

@@ -83,16 +83,9 @@ fn run_whole(project: &Path) -> (f64, f64, Value) {
     let _ = std::fs::remove_dir_all(&run);
     let started = Instant::now();
     let child = sitsflow().current_dir(project).args(["--quiet", "run", "pipeline.toml"]).stdout(Stdio::null()).spawn().unwrap();
-    // SAFETY: waits for our own child and fills a zeroed struct.
-    let (status, cpu_s) = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        let mut status = 0;
-        libc::wait4(child.id() as i32, &mut status, 0, &mut usage);
-        let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-        (status, t(usage.ru_utime) + t(usage.ru_stime))
-    };
+    let (succeeded, cpu_s) = sitsflow::bench::wait_with_cpu(child);
     let wall = started.elapsed().as_secs_f64();
-    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "the run in {} failed", project.display());
+    assert!(succeeded, "the run in {} failed", project.display());
     let manifest: Value = serde_json::from_str(&std::fs::read_to_string(run.join("manifest.json")).unwrap()).unwrap();
     (wall, cpu_s, manifest)
 }

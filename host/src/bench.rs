@@ -38,6 +38,18 @@ fn machine() -> Value {
     })
 }
 
+/// Waits for `child`: whether it exited 0, and the CPU seconds (user + system) it used.
+pub fn wait_with_cpu(child: std::process::Child) -> (bool, f64) {
+    // SAFETY: waits for our own child and fills a zeroed struct.
+    unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        let mut status = 0;
+        libc::wait4(child.id() as i32, &mut status, 0, &mut usage);
+        let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+        (libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, t(usage.ru_utime) + t(usage.ru_stime))
+    }
+}
+
 /// Runs `pipeline` `runs` times (with the memory budget `budget_mib` instead of the
 /// pipeline's, when given) and writes the record to `out`.
 pub fn bench(pipeline: &Path, runs: usize, out: &Path, budget_mib: Option<u32>) -> Result<Value> {
@@ -60,16 +72,9 @@ pub fn bench(pipeline: &Path, runs: usize, out: &Path, budget_mib: Option<u32>) 
             .stderr(Stdio::inherit())
             .spawn()
             .context("starting sitsflow run")?;
-        // SAFETY: waits for our own child and fills a zeroed struct.
-        let (status, cpu_s) = unsafe {
-            let mut usage: libc::rusage = std::mem::zeroed();
-            let mut status = 0;
-            libc::wait4(child.id() as i32, &mut status, 0, &mut usage);
-            let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-            (status, t(usage.ru_utime) + t(usage.ru_stime))
-        };
+        let (succeeded, cpu_s) = wait_with_cpu(child);
         let wall_s = started.elapsed().as_secs_f64();
-        if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+        if !succeeded {
             bail!("run {} of {} failed (see its messages above)", i + 1, pipeline.display());
         }
         let manifest: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json"))?)?;

@@ -537,18 +537,7 @@ fn dispatch(cli: &Cli) -> Result<(), Failure> {
                 print!("{}", crate::learn::render_metrics(test));
             }
             if let Some(cv) = summary.metrics.get("cross_validation") {
-                let m = &cv["mean_sd"];
-                println!(
-                    "{}-fold cross-validation ({}): OA {:.4} ± {:.4}, kappa {:.4} ± {:.4}, macro F1 {:.4} ± {:.4}",
-                    cv["folds"],
-                    cv["rule"].as_str().unwrap_or(""),
-                    m["overall_accuracy"]["mean"].as_f64().unwrap_or(f64::NAN),
-                    m["overall_accuracy"]["sd"].as_f64().unwrap_or(f64::NAN),
-                    m["kappa"]["mean"].as_f64().unwrap_or(f64::NAN),
-                    m["kappa"]["sd"].as_f64().unwrap_or(f64::NAN),
-                    m["macro_f1"]["mean"].as_f64().unwrap_or(f64::NAN),
-                    m["macro_f1"]["sd"].as_f64().unwrap_or(f64::NAN),
-                );
+                println!("{}", crate::learn::render_cross_validation(cv));
             }
             println!("{} (sidecar model.json, metrics.json)", summary.model.display());
             Ok(())

@@ -255,13 +255,37 @@ impl Labeller {
             .pool
             .with(|i| i.predict(&self.context(what), model, x, &self.params.to_string()))
             .map_err(|e| anyhow!("{} predicting {what}: {e}", self.plugin.info().reference()))?;
-        Ok(argmax(&p))
+        Ok(argmax(&p).0)
     }
 }
 
-fn argmax(p: &Probabilities) -> Vec<u16> {
-    let k = p.classes.len().max(1);
-    p.data.chunks_exact(k).map(|row| p.classes[(0..row.len()).fold(0, |best, c| if row[c] > row[best] { c } else { best })]).collect()
+/// The most probable class of each row and its probability (0 where every probability is
+/// NaN); shared with the pipeline's labeller nodes.
+pub(crate) fn argmax(p: &Probabilities) -> (Vec<u16>, Vec<f32>) {
+    let k = p.classes.len();
+    let mut labels = Vec::with_capacity(p.samples as usize);
+    let mut best = Vec::with_capacity(p.samples as usize);
+    for row in p.data.chunks_exact(k.max(1)) {
+        let (j, v) = row.iter().enumerate().fold((0, f32::NEG_INFINITY), |acc, (j, &v)| if v > acc.1 { (j, v) } else { acc });
+        labels.push(if v.is_finite() { p.classes[j] } else { 0 });
+        best.push(v);
+    }
+    (labels, best)
+}
+
+/// The rows of a matrix (and their labels) where `keep` is true.
+pub(crate) fn rows_where(m: &FeatureMatrix, labels: &[u16], keep: impl Fn(usize) -> bool) -> (FeatureMatrix, Vec<u16>) {
+    let f = m.names.len();
+    let mut out = FeatureMatrix { samples: 0, names: m.names.clone(), data: Vec::new() };
+    let mut out_labels = Vec::new();
+    for i in 0..m.samples as usize {
+        if keep(i) {
+            out.data.extend_from_slice(&m.data[i * f..(i + 1) * f]);
+            out_labels.push(labels[i]);
+            out.samples += 1;
+        }
+    }
+    (out, out_labels)
 }
 
 /// Which fold (0…k−1) each sample is tested in: whole groups when `groups` is given
@@ -390,21 +414,19 @@ pub fn train(plugin: Arc<Plugin>, request: &TrainRequest) -> Result<TrainSummary
         let rule = if samples.groups.is_some() { "grouped by the `group` column" } else { "stratified by class" };
         let mut per_fold = Vec::new();
         for f in 0..k {
-            let train_rows: Vec<usize> = (0..samples.len()).filter(|&i| fold[i] != f).collect();
-            let test_rows: Vec<usize> = (0..samples.len()).filter(|&i| fold[i] == f).collect();
-            let (tx, ty) = rows(&x, &codes, &train_rows);
-            let (vx, vy) = rows(&x, &codes, &test_rows);
+            let (tx, ty) = rows_where(&x, &codes, |i| fold[i] != f);
+            let (vx, vy) = rows_where(&x, &codes, |i| fold[i] == f);
             let (model, _) = labeller.train(&tx, &ty, &format!("fold {}", f + 1))?;
             let predicted = labeller.predict(&model, &vx, &format!("fold {}", f + 1))?;
             let mut m = metrics_json(&vy, &predicted, &classes, &format!("fold {} of {k}", f + 1));
-            m["train_samples"] = json!(train_rows.len());
+            m["train_samples"] = json!(tx.samples);
             lines.push(format!(
                 "fold {}/{k}: OA {:.4}, kappa {:.4}, macro F1 {:.4} ({} test samples)",
                 f + 1,
                 m["overall_accuracy"].as_f64().unwrap_or(f64::NAN),
                 m["kappa"].as_f64().unwrap_or(f64::NAN),
                 m["macro_f1"].as_f64().unwrap_or(f64::NAN),
-                test_rows.len()
+                vx.samples
             ));
             per_fold.push(m);
         }
@@ -413,16 +435,6 @@ pub fn train(plugin: Arc<Plugin>, request: &TrainRequest) -> Result<TrainSummary
             "kappa": mean_sd(&per_fold, "kappa"),
             "macro_f1": mean_sd(&per_fold, "macro_f1"),
         });
-        lines.push(format!(
-            "{k}-fold ({rule}, seed {}): OA {:.4} ± {:.4}, kappa {:.4} ± {:.4}, macro F1 {:.4} ± {:.4}",
-            request.seed,
-            summary["overall_accuracy"]["mean"].as_f64().unwrap_or(f64::NAN),
-            summary["overall_accuracy"]["sd"].as_f64().unwrap_or(f64::NAN),
-            summary["kappa"]["mean"].as_f64().unwrap_or(f64::NAN),
-            summary["kappa"]["sd"].as_f64().unwrap_or(f64::NAN),
-            summary["macro_f1"]["mean"].as_f64().unwrap_or(f64::NAN),
-            summary["macro_f1"]["sd"].as_f64().unwrap_or(f64::NAN),
-        ));
         metrics["cross_validation"] = json!({ "folds": k, "rule": rule, "per_fold": per_fold, "mean_sd": summary });
     }
 
@@ -467,15 +479,6 @@ pub fn train(plugin: Arc<Plugin>, request: &TrainRequest) -> Result<TrainSummary
     });
     crate::fsutil::write_atomic(&sidecar_path, serde_json::to_string_pretty(&sidecar)?.as_bytes())?;
     Ok(TrainSummary { model: model_path, metrics, lines })
-}
-
-fn rows(x: &FeatureMatrix, codes: &[u16], keep: &[usize]) -> (FeatureMatrix, Vec<u16>) {
-    let f = x.names.len();
-    let mut data = Vec::with_capacity(keep.len() * f);
-    for &i in keep {
-        data.extend_from_slice(&x.data[i * f..(i + 1) * f]);
-    }
-    (FeatureMatrix { samples: keep.len() as u32, names: x.names.clone(), data }, keep.iter().map(|&i| codes[i]).collect())
 }
 
 /// A model `train` (or a run) wrote: the blob and its sidecar.
@@ -530,6 +533,23 @@ pub fn evaluate(runtime: &Arc<Runtime>, plugin_dir: &Path, model: &Path, samples
     let mut m = metrics_json(&codes, &predicted, &classes, &samples_path.display().to_string());
     m["model"] = json!(model.display().to_string());
     Ok(m)
+}
+
+/// The line `train` prints for its cross-validation (`metrics["cross_validation"]`).
+pub fn render_cross_validation(cv: &Value) -> String {
+    let m = &cv["mean_sd"];
+    let f = |key: &str, stat: &str| m[key][stat].as_f64().unwrap_or(f64::NAN);
+    format!(
+        "{}-fold cross-validation ({}): OA {:.4} ± {:.4}, kappa {:.4} ± {:.4}, macro F1 {:.4} ± {:.4}",
+        cv["folds"],
+        cv["rule"].as_str().unwrap_or(""),
+        f("overall_accuracy", "mean"),
+        f("overall_accuracy", "sd"),
+        f("kappa", "mean"),
+        f("kappa", "sd"),
+        f("macro_f1", "mean"),
+        f("macro_f1", "sd"),
+    )
 }
 
 /// The text `train` and `eval` print for one metrics object.
@@ -593,6 +613,13 @@ mod tests {
         assert_eq!(err, "s.csv:2: label code 4 is not in the classes file");
         let err = code_labels(&samples(&["0", "1"]), p, None).unwrap_err().to_string();
         assert!(err.starts_with("s.csv:2: label 0 means no data"), "{err}");
+    }
+
+    #[test]
+    fn argmax_takes_the_most_probable_class() {
+        let p = Probabilities { samples: 3, classes: vec![3, 7], data: vec![0.2, 0.8, 0.6, 0.4, f32::NAN, f32::NAN] };
+        assert_eq!(argmax(&p).0, [7, 3, 0]);
+        assert_eq!(argmax(&p).1[..2], [0.8, 0.6]);
     }
 
     #[test]

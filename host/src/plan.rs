@@ -864,19 +864,17 @@ impl Plan {
             .collect()
     }
 
-    /// Refuses a run directory that is one of the run's inputs or holds one (publishing
-    /// replaces the files of the run directory), or that lies inside the series folder
-    /// (whose rasters are read as dates).
-    pub fn check_output_dir(&self) -> anyhow::Result<()> {
-        let abs = |p: &Path| crate::fsutil::normalize(&std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()));
-        let out = abs(&self.output_dir);
-        let mut inputs: Vec<(&str, PathBuf)> = vec![("the pipeline", self.pipeline.clone()), ("the plugin folder", self.plugin_dir.clone())];
-        let source = match &self.input.source {
+    /// Every file or folder a run reads besides what the run writes: the pipeline, the
+    /// plugin folder, the input, the reference, the truth maps, labellers' samples CSVs
+    /// and stored models — each with what it is, for messages.
+    pub fn input_paths(&self) -> Vec<(&'static str, PathBuf)> {
+        let mut inputs: Vec<(&'static str, PathBuf)> =
+            vec![("the pipeline", self.pipeline.clone()), ("the plugin folder", self.plugin_dir.clone())];
+        inputs.push(match &self.input.source {
             InputSource::Series(p) => ("the series folder", p.clone()),
             InputSource::L2a(p) => ("the L2A folder", p.clone()),
             InputSource::Stac(p) => ("the STAC file", p.clone()),
-        };
-        inputs.push(source.clone());
+        });
         if let Some(r) = &self.reference {
             inputs.push(("the reference map", r.path.clone()));
         }
@@ -884,10 +882,23 @@ impl Plan {
             inputs.push(("a truth map", e.truth.clone()));
         }
         for stage in &self.stages {
-            if let Role::Labeller { training: Training::Csv(file), .. } = &stage.role {
-                inputs.push(("a samples file", file.clone()));
+            match &stage.role {
+                Role::Labeller { training: Training::Csv(file), .. } => inputs.push(("a samples file", file.clone())),
+                Role::Labeller { training: Training::Stored(model), .. } => inputs.push(("a stored model", model.clone())),
+                _ => {}
             }
         }
+        inputs
+    }
+
+    /// Refuses a run directory that is one of the run's inputs or holds one (publishing
+    /// replaces the files of the run directory), or that lies inside the series folder
+    /// (whose rasters are read as dates). A stored model may sit in the run directory it
+    /// was trained in: a run predicting with it writes its own models there.
+    pub fn check_output_dir(&self) -> anyhow::Result<()> {
+        let abs = |p: &Path| crate::fsutil::normalize(&std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()));
+        let out = abs(&self.output_dir);
+        let inputs: Vec<(&str, PathBuf)> = self.input_paths().into_iter().filter(|(what, _)| *what != "a stored model").collect();
         for (what, path) in &inputs {
             let path = abs(path);
             if path == out || path.starts_with(&out) {
@@ -899,14 +910,18 @@ impl Plan {
                 );
             }
         }
-        if let InputSource::Series(dir) | InputSource::L2a(dir) = &self.input.source {
+        let folder = match &self.input.source {
+            InputSource::Series(dir) => Some(("the series folder", dir)),
+            InputSource::L2a(dir) => Some(("the L2A folder", dir)),
+            InputSource::Stac(_) => None,
+        };
+        if let Some((what, dir)) = folder {
             let dir = abs(dir);
             if out.starts_with(&dir) {
                 anyhow::bail!(
-                    "the run directory {} is inside {} {}, whose rasters are read as the input; give the run a folder \
+                    "the run directory {} is inside {what} {}, whose rasters are read as the input; give the run a folder \
                      outside it ([output] dir or --output)",
                     out.display(),
-                    source.0,
                     dir.display()
                 );
             }

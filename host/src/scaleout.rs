@@ -19,7 +19,7 @@
 //! same memory budget and chunk grid (the run key). `SITSFLOW_WORKERS` tells each
 //! process how many cores it was given.
 
-use crate::plan::{Executor, InputSource, Plan};
+use crate::plan::{Executor, Plan};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use std::fmt::Write as _;
@@ -118,25 +118,6 @@ fn sh(word: &str) -> String {
     shlex::try_quote(word).map(|q| q.into_owned()).unwrap_or_else(|_| format!("'{}'", word.replace('\'', "'\\''")))
 }
 
-/// The paths every process reads or writes (for the Kubernetes mount check).
-fn paths_used(plan: &Plan) -> Vec<(&'static str, PathBuf)> {
-    let mut paths = vec![("the pipeline", plan.pipeline.clone()), ("the run directory", plan.output_dir.clone())];
-    paths.push((
-        "the input",
-        match &plan.input.source {
-            InputSource::Series(p) | InputSource::L2a(p) | InputSource::Stac(p) => p.clone(),
-        },
-    ));
-    paths.push(("the plugin folder", plan.plugin_dir.clone()));
-    if let Some(reference) = &plan.reference {
-        paths.push(("the reference", reference.path.clone()));
-    }
-    for evaluation in &plan.evaluations {
-        paths.push(("a truth map", evaluation.truth.clone()));
-    }
-    paths
-}
-
 /// Writes the engine's files for `plan` into `request.out`.
 pub fn write(plan: &Plan, request: &Request) -> Result<Written> {
     if request.shards == 0 {
@@ -199,7 +180,9 @@ pub fn write(plan: &Plan, request: &Request) -> Result<Written> {
                 )
             };
             let mount = absolute("--mount", mount)?;
-            let outside: Vec<String> = paths_used(plan)
+            let mut used = plan.input_paths();
+            used.push(("the run directory", plan.output_dir.clone()));
+            let outside: Vec<String> = used
                 .into_iter()
                 .filter_map(|(what, p)| absolute(what, &p).ok().filter(|p| !p.starts_with(&mount)).map(|p| format!("{what} {}", p.display())))
                 .collect();

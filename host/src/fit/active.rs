@@ -1,6 +1,7 @@
 //! Active learning for a labeller's node (seed 000, section 2).
 
-use super::label::{Fit, LabellerPlan, Learner, held_out, held_out_json, rows_where, train_and_test};
+use super::label::{Fit, LabellerPlan, Learner, held_out, held_out_json, train_and_test};
+use crate::learn::rows_where;
 use super::{Context, HOLDOUT_BLOCK_PX, Selected, call_error, context};
 use crate::config::ActiveLearning;
 use crate::plan::StagePlan;

@@ -2,6 +2,7 @@
 //! or an earlier run, then every map its node names.
 
 use super::{Context, FitResults, HOLDOUT_BLOCK_PX, Selected, call_error, context, parse_report, save_model};
+use crate::learn::{argmax, rows_where};
 use crate::config::{Nomenclature, StageId};
 use crate::eval::Confusion;
 use crate::graph::{LabelMaps, RasterId};
@@ -104,14 +105,8 @@ pub(super) fn selected<'a>(selections: &'a HashMap<String, Selected>, stage: &St
 /// A plugin labeller's model stored by an earlier run (`models/<id>.model` and its
 /// `.json` sidecar naming the format and the plugin that trained it).
 fn stored_blob(stage: &StagePlan, plugin: &Plugin, path: &Path) -> Result<Fit> {
-    let data = std::fs::read(path).with_context(|| format!("stage '{}': reading the model {}", stage.id, path.display()))?;
-    let sidecar_path = path.with_extension("json");
-    let sidecar: Value = serde_json::from_str(
-        &std::fs::read_to_string(&sidecar_path)
-            .with_context(|| format!("stage '{}': the model's sidecar {} is missing", stage.id, sidecar_path.display()))?,
-    )
-    .with_context(|| format!("{} is not JSON", sidecar_path.display()))?;
-    let format = sidecar["format"].as_str().ok_or_else(|| anyhow!("{}: no \"format\"", sidecar_path.display()))?.to_string();
+    let crate::learn::StoredModel { blob, sidecar } =
+        crate::learn::read_model(path).map_err(|e| anyhow!("stage '{}': {e:#}", stage.id))?;
     let trained_by = sidecar["plugin"].as_str().unwrap_or("");
     if trained_by.split('@').next() != Some(plugin.info().name.as_str()) {
         bail!("stage '{}': {} was trained by '{trained_by}', not by {}", stage.id, path.display(), plugin.info().reference());
@@ -125,11 +120,8 @@ fn stored_blob(stage: &StagePlan, plugin: &Plugin, path: &Path) -> Result<Fit> {
             sidecar["plugin_sha256"].as_str().unwrap_or("unknown sha256")
         );
     }
-    if crate::hash::sha256_hex(&data) != sidecar["sha256"].as_str().unwrap_or_default() {
-        bail!("stage '{}': {} does not match the sha256 its sidecar records", stage.id, path.display());
-    }
     Ok(Fit {
-        model: Trained::Blob(ModelBlob { format, data }),
+        model: Trained::Blob(blob),
         training: json!({ "stored_model": path.display().to_string(), "trained_by": trained_by, "report": sidecar["report"] }),
         held_out: Value::Null,
         split: json!({ "stored_model": path.display().to_string() }),
@@ -239,19 +231,6 @@ fn band_major(data: &[f32], k: usize) -> Vec<f32> {
     planes
 }
 
-/// The most probable class of each row.
-fn argmax(p: &Probabilities) -> (Vec<u16>, Vec<f32>) {
-    let k = p.classes.len();
-    let mut labels = Vec::with_capacity(p.samples as usize);
-    let mut best = Vec::with_capacity(p.samples as usize);
-    for row in p.data.chunks_exact(k.max(1)) {
-        let (j, v) = row.iter().enumerate().fold((0, f32::NEG_INFINITY), |acc, (j, &v)| if v > acc.1 { (j, v) } else { acc });
-        labels.push(if v.is_finite() { p.classes[j] } else { 0 });
-        best.push(v);
-    }
-    (labels, best)
-}
-
 /// Checks a labeller's probabilities before anything is written from them: the shape,
 /// at least one class, and class codes that are usable (not 0, which is no data in a
 /// class map) and distinct.
@@ -326,21 +305,6 @@ fn stacked_features(scene: &Context, stage: &StagePlan, rasters: &[PathBuf], pix
         samples.data.extend_from_slice(&part.data);
     }
     Ok(samples)
-}
-
-/// The rows of a matrix where `keep` is true.
-pub(super) fn rows_where(m: &FeatureMatrix, labels: &[u16], keep: impl Fn(usize) -> bool) -> (FeatureMatrix, Vec<u16>) {
-    let f = m.names.len();
-    let mut out = FeatureMatrix { samples: 0, names: m.names.clone(), data: Vec::new() };
-    let mut out_labels = Vec::new();
-    for i in 0..m.samples as usize {
-        if keep(i) {
-            out.data.extend_from_slice(&m.data[i * f..(i + 1) * f]);
-            out_labels.push(labels[i]);
-            out.samples += 1;
-        }
-    }
-    (out, out_labels)
 }
 
 pub(super) fn train_and_test(
@@ -669,10 +633,5 @@ mod tests {
         assert!(!held_out(11, width, 0, 0.0));
     }
 
-    #[test]
-    fn argmax_takes_the_most_probable_class() {
-        let p = Probabilities { samples: 2, classes: vec![3, 7], data: vec![0.2, 0.8, 0.6, 0.4] };
-        assert_eq!(argmax(&p), (vec![7, 3], vec![0.8, 0.6]));
-    }
 }
 

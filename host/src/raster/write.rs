@@ -155,13 +155,20 @@ pub fn write_geotiff_f32(path: &Path, grid: &Grid, band_names: &[String], planes
     for (i, plane) in planes.into_iter().enumerate() {
         ds.rasterband(i + 1)?.write((0, 0), (grid.width, grid.height), &mut Buffer::new((grid.width, grid.height), plane))?;
     }
+    write_scene(ds, path, "3")
+}
+
+/// Writes a demo scene's in-memory dataset as a tiled, band-interleaved, DEFLATE GeoTIFF
+/// with `predictor` (3: floating point, 2: integers).
+fn write_scene(ds: Dataset, path: &Path, predictor: &str) -> Result<()> {
+    let predictor = format!("PREDICTOR={predictor}");
     let options = RasterCreationOptions::from_iter([
         "TILED=YES",
         "BLOCKXSIZE=256",
         "BLOCKYSIZE=256",
         "INTERLEAVE=BAND",
         "COMPRESS=DEFLATE",
-        "PREDICTOR=3",
+        predictor.as_str(),
         "BIGTIFF=IF_SAFER",
     ]);
     crate::fsutil::produce(path, |tmp| {
@@ -193,18 +200,7 @@ pub fn write_geotiff_dn(path: &Path, grid: &Grid, band_names: &[String], planes:
             band.set_offset(-0.1)?;
         }
     }
-    let options = RasterCreationOptions::from_iter([
-        "TILED=YES",
-        "BLOCKXSIZE=256",
-        "BLOCKYSIZE=256",
-        "INTERLEAVE=BAND",
-        "COMPRESS=DEFLATE",
-        "PREDICTOR=2",
-        "BIGTIFF=IF_SAFER",
-    ]);
-    crate::fsutil::produce(path, |tmp| {
-        close_checked(ds.create_copy(&DriverManager::get_driver_by_name("GTiff")?, tmp, &options)?, tmp)
-    })
+    write_scene(ds, path, "2")
 }
 
 /// Writes a class map (`u16`, 0 = no data) as a COG with colour table and class names,

@@ -8,7 +8,7 @@ cd "$root"
 
 # Plugins that ship (installed into plugins/dist) and test fixtures (built only).
 shipped=(normalized-difference scl-mask s2cloudless spectral-mask indices onnx-classifier kmeans reliable-samples
-         agreement-samples stratified-samples uncertainty-query random-forest markov)
+         agreement-samples stratified-samples uncertainty-query random-forest markov simclr-augment)
 fixtures=(fixture-spin fixture-alloc-bomb fixture-snoop fixture-trap-on-chunk fixture-slow-mean)
 
 args=()

@@ -127,7 +127,7 @@ fn inspect_prints_name_version_kind_and_schema() {
     let out = sitsflow(&["plugins", "inspect", "normalized-difference@0.1.0", "--dir", "plugins"], dir.path());
     assert!(out.status.success(), "{}", text(&out.stderr));
     let shown = text(&out.stdout);
-    for line in ["name     normalized-difference", "version  0.1.0", "kind     features", "wit      sitsflow:stage@0.2.0", "footprint depends on parameters it needs (with {} it rejected its parameters: missing field `a`", "\"required\": ["] {
+    for line in ["name     normalized-difference", "version  0.1.0", "kind     features", "wit      sitsflow:stage@0.2.1", "footprint depends on parameters it needs (with {} it rejected its parameters: missing field `a`", "\"required\": ["] {
         assert!(shown.contains(line), "missing {line:?} in:\n{shown}");
     }
     let out = sitsflow(&["plugins", "inspect", "spectral-mask@0.1.0", "--dir", "plugins"], dir.path());

@@ -150,10 +150,26 @@ fn a_plugin_of_wit_0_1_runs_beside_0_2_plugins() {
     let (dir, out) = run("chunk_size = 32", &stages);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("runs/fp/manifest.json")).unwrap()).unwrap();
-    assert_eq!(manifest["stages"][0]["wit"], "sitsflow:stage@0.2.0");
+    assert_eq!(manifest["stages"][0]["wit"], "sitsflow:stage@0.2.1");
     assert_eq!(manifest["stages"][1]["wit"], "sitsflow:stage@0.1.1");
     assert_eq!(manifest["stages"][1]["footprint"], serde_json::json!({ "tile": 0, "halo": 0, "scale": 1 }));
     assert!(dir.path().join("runs/fp/old.tif").exists());
+}
+
+/// WIT 0.2.1 only added the augmenter: a plugin built against 0.2.0 (the frozen copy in
+/// the fixture) loads through the current bindings and gets its placement.
+#[test]
+fn a_plugin_of_wit_0_2_0_runs_in_a_0_2_1_host() {
+    let compat = common::component("fixture-compat-0-2-0");
+    let stages = format!("[[stage]]\nid = \"rows\"\npath = {:?}\n", compat.display().to_string());
+    let (dir, out) = run("chunk_size = 32", &stages);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("runs/fp/manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["stages"][0]["wit"], "sitsflow:stage@0.2.1");
+    let ds = gdal::Dataset::open(dir.path().join("runs/fp/rows.tif")).unwrap();
+    let (w, h) = ds.raster_size();
+    let values = ds.rasterband(1).unwrap().read_as::<f32>((0, 0), (w, h), (w, h), None).unwrap();
+    assert!(values.data().iter().enumerate().all(|(p, v)| *v == (p / w) as f32), "each pixel holds its scene row");
 }
 
 #[test]

@@ -464,3 +464,49 @@ fn instances_together_stay_within_the_run_share_of_memory() {
     drop(a);
     b.with(|i| i.features(&context(2), &c, r#"{"mib": 60}"#)).expect("the first pool's memory went back to the account");
 }
+
+/// SimCLR views (seed 003): the same seeds give the same views in the sandbox as the
+/// native crate, bit for bit (NaN where NaN), with every augmentation on and missing
+/// pixels in the patches; another seed gives other views.
+#[test]
+fn simclr_views_are_the_same_bits_in_the_sandbox_and_natively() {
+    use sitsflow_sdk::{AugmenterStage, Stage};
+    let pool = pool("simclr-augment", Limits::default());
+    let (rows, cols, dates, bands) = (48u32, 48u32, 8usize, 10usize);
+    let n = (rows * cols) as usize;
+    let mut state = 5u64;
+    let data: Vec<f32> = (0..dates * bands * n)
+        .map(|k| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            // A cloud gap on date 2, and noisy reflectance elsewhere.
+            if k / (bands * n) == 2 && (k % n) % cols as usize > 30 { f32::NAN } else { 0.05 + 0.4 * (state >> 40) as f32 / (1u64 << 24) as f32 }
+        })
+        .collect();
+    let cube = Cube {
+        dates: (0..dates).map(|d| format!("2018-{:02}-10", d + 3)).collect(),
+        bands: (0..bands).map(|b| format!("B{b:02}")).collect(),
+        rows,
+        cols,
+        data,
+        valid: Vec::new(),
+    };
+    let batch = common::patch_batch(&cube, 12, 40, dates, bands);
+    for params in ["{}", r#"{"blur_probability": 1, "erase_probability": 1, "lighting": 0.3, "crop": 0.5}"#] {
+        let got = pool.with(|i| i.augment(&context(0), &batch, params)).unwrap();
+        type A = simclr_augment::SimclrAugment;
+        let native = A::augment(common::sdk_patch_batch(&batch), A::parse_params(params).unwrap()).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|x| if x.is_nan() { u32::MAX } else { x.to_bits() }).collect::<Vec<_>>();
+        assert_eq!(bits(&got.first), bits(&native.first), "{params}");
+        assert_eq!(bits(&got.second), bits(&native.second), "{params}");
+        assert_eq!(got.first.len(), batch.data.len());
+        assert_ne!(bits(&got.first), bits(&got.second));
+    }
+    let mut reseeded = batch.clone();
+    reseeded.seeds.iter_mut().for_each(|s| *s += 100);
+    let a = pool.with(|i| i.augment(&context(0), &batch, "{}")).unwrap();
+    let b = pool.with(|i| i.augment(&context(0), &reseeded, "{}")).unwrap();
+    assert_ne!(a.first, b.first);
+    // Bad parameters are the stage's error, naming the parameter.
+    let e = pool.with(|i| i.augment(&context(0), &batch, r#"{"crop": 1.5}"#)).unwrap_err().to_string();
+    assert!(e.contains("crop"), "{e}");
+}

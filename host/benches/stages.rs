@@ -338,6 +338,20 @@ fn main() {
             &p, &mut |p: &StagePool| { black_box(p.with(|i| i.decode(&ctx, &series, params)).unwrap()); },
             &mut || timed(|| (sdk_series.clone(), markov::Markov::parse_params(params).unwrap()), |(a0, a1)| markov::Markov::decode(a0, a1).unwrap()));
     }
+    {
+        // SimCLR views: a batch of seed 003's SITS patches (8 dates × 10 bands × 40 × 40),
+        // cut from the generated chunk, every augmentation on.
+        let batch = common::patch_batch(&cube, 64, 40, 8, 10);
+        let sdk_batch = common::sdk_patch_batch(&batch);
+        let p = pool("simclr-augment");
+        let params = r#"{"blur_probability": 1.0, "erase_probability": 1.0}"#;
+        measure("simclr-augment", format!("{} patches 8 dates × 10 bands × 40²", batch.count), (batch.count * 40 * 40) as f64 / 1e6,
+            &p, &mut |p: &StagePool| { black_box(p.with(|i| i.augment(&ctx, &batch, params)).unwrap()); },
+            &mut || timed(|| (sdk_batch.clone(), simclr_augment::SimclrAugment::parse_params(params).unwrap()), |(a0, a1)| {
+                use sitsflow_sdk::AugmenterStage;
+                simclr_augment::SimclrAugment::augment(a0, a1).unwrap()
+            }));
+    }
 
     println!("Wasm sandbox vs the same stage code called natively, same input, same run (median of {runs} to {MAX_RUNS} alternating rounds;");
     println!("ratios are medians of each round's ratio);");

@@ -4,7 +4,8 @@
 //! interface. A plugin exports just one of them; the runtime looks up that one
 //! interface per kind (`GuestIndices`), never the whole world.
 //!
-//! `wit/stage.wit` is the current contract (0.2.0); [`since_v0_1`] holds the bindings of
+//! `wit/stage.wit` is the current contract (0.2.1; 0.2.0 plugins load through it, names
+//! matching across patch versions); [`since_v0_1`] holds the bindings of
 //! the frozen 0.1.1 contract (`wit/since_v0.1.1/`), through which plugins built against
 //! any 0.1.x still load — like Zed's `since_vX` modules. Both share this module's
 //! `types`, whose 0.1 records are unchanged in 0.2.
@@ -19,7 +20,7 @@ pub use self::exports::sitsflow::stage as stages;
 pub use self::sitsflow::stage::{host, types};
 
 /// The WIT package the host implements.
-pub const WIT_PACKAGE: &str = "sitsflow:stage@0.2.0";
+pub const WIT_PACKAGE: &str = "sitsflow:stage@0.2.1";
 
 /// The 0.1.x contract: plugins built against 0.1.0 or 0.1.1 (names match across patch
 /// versions; what 0.1.1 added is optional).

@@ -753,7 +753,7 @@ fn plugins(command: &PluginsCommand, quiet: bool) -> Result<(), Failure> {
 pub fn inspect(plugin: &Plugin) -> String {
     let info = plugin.info();
     let footprint = match info.kind {
-        crate::bindings::types::StageKind::CloudMask | crate::bindings::types::StageKind::Features => {
+        crate::runtime::StageKind::CloudMask | crate::runtime::StageKind::Features => {
             let context = crate::runtime::CallContext { stage: "inspect".into(), chunk: "-".into() };
             match plugin.instantiate(crate::runtime::Limits::default()).and_then(|mut i| i.footprint(&context, "{}")) {
                 Ok(f) => format!("footprint tile {} px, halo {} px, scale {} (with default parameters)\n", f.tile, f.halo, f.scale),

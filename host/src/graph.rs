@@ -15,7 +15,7 @@
 //! open (per-year outputs need its years); `run` checks that each fit node wrote the
 //! rasters the graph names for it, so the graph cannot drift from what runs.
 
-use crate::bindings::types::StageKind;
+use crate::runtime::StageKind;
 use crate::outputs::PixelType;
 use crate::plan::{Plan, Role, Training};
 use crate::raster::Grid;
@@ -181,7 +181,8 @@ impl Graph {
         let mut class_layers: Vec<RasterId> = reference.into_iter().collect();
         let u16_map = Pixels::Known(PixelType::U16);
         for (s, stage) in plan.stages.iter().enumerate() {
-            if stage.is_chunk_stage() || queries.contains(&stage.id.as_str()) {
+            // An augmenter runs inside the pretraining node that names it.
+            if stage.is_chunk_stage() || queries.contains(&stage.id.as_str()) || matches!(stage.role, Role::Augmenter) {
                 continue;
             }
             let node = g.nodes.len();
@@ -249,6 +250,7 @@ impl Graph {
                     FitIo::Decode { posteriors, maps, changes, fromto }
                 }
                 Role::CloudMask { .. } | Role::Features { .. } => unreachable!("chunk stages are in the map node"),
+                Role::Augmenter => unreachable!("augmenters are skipped above"),
             };
             class_layers.extend(io.class_layers());
             g.nodes.push(Node::Fit { stage: s, query, io, after });

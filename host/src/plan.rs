@@ -8,7 +8,7 @@ use crate::config::{
 };
 use crate::raster::{GridSpec, L2aOptions, Series};
 use crate::plugins::PluginDir;
-use crate::bindings::types::StageKind;
+use crate::runtime::StageKind;
 use crate::runtime::{Interruption, Limits, Plugin, Runtime};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -133,6 +133,9 @@ pub enum Role {
     /// Decodes `input`'s yearly posteriors (a labeller predicting per year, or a
     /// per-year features stage of probabilities).
     Decoder { input: StageId },
+    /// Makes views of patches for a pretraining stage that names it (`views = "…"`);
+    /// writes nothing itself.
+    Augmenter,
 }
 
 /// How many pixels a clusterer is fitted on, or a sampler chooses among: what the
@@ -173,6 +176,7 @@ impl Role {
             Role::Sampler { .. } => StageKind::Sampler,
             Role::Labeller { .. } => StageKind::Labeller,
             Role::Decoder { .. } => StageKind::Decoder,
+            Role::Augmenter => StageKind::Augmenter,
         }
     }
 
@@ -181,6 +185,7 @@ impl Role {
         match self {
             Role::Clusterer { input, .. } | Role::Labeller { input, .. } | Role::Decoder { input } => Some(input),
             Role::Sampler { input, .. } | Role::CloudMask { input, .. } | Role::Features { input, .. } => input.as_ref(),
+            Role::Augmenter => None,
         }
     }
 
@@ -499,6 +504,12 @@ impl Plan {
                 return Err(source.error(Some(v.span()), format!("'samples' is for labeller stages; '{id}' is a {kind_shown} stage")));
             }
             let input = match &stage.input {
+                Some(target) if kind == StageKind::Augmenter => {
+                    return Err(source.error(
+                        Some(target.span()),
+                        format!("'input' is not for augmenter stages: '{id}' gets its patches from the pretraining stage that names it in `views`"),
+                    ));
+                }
                 Some(target) if kind == StageKind::Decoder => {
                     let earlier = stages.iter().find(|s| &s.id == target.get_ref());
                     let ok = earlier.is_some_and(|s| match &s.role {
@@ -557,7 +568,7 @@ impl Plan {
                     }
                     Some(target.get_ref().clone())
                 }
-                None if chunk_kind => None,
+                None if chunk_kind || kind == StageKind::Augmenter => None,
                 None => stages.iter().rev().find(|s| s.kind() == StageKind::Features).map(|s| s.id.clone()),
             };
             if matches!(kind, StageKind::Clusterer | StageKind::Labeller) && input.is_none() {
@@ -758,6 +769,7 @@ impl Plan {
                     },
                 },
                 StageKind::Decoder => Role::Decoder { input: input.unwrap_or_else(|| unresolved(kind_shown, "an input")) },
+                StageKind::Augmenter => Role::Augmenter,
             };
             stages.push(StagePlan { id, executor, limits, params, role });
         }

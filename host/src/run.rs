@@ -14,7 +14,8 @@
 //! finished and never touches a previous run's outputs; rerunning the same pipeline
 //! on the same inputs resumes from the chunks and outputs already done.
 
-use crate::bindings::types::{Cube, StageKind};
+use crate::bindings::types::Cube;
+use crate::runtime::StageKind;
 use crate::plan::{Plan, Role, StagePlan};
 use crate::outputs::{Output, PixelType};
 use crate::raster::{ClassStyle, ReferenceMap, Series, Window, chunk_grid};

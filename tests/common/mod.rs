@@ -23,6 +23,7 @@ pub const PACKAGES: &[&str] = &[
     "stratified-samples",
     "uncertainty-query",
     "markov",
+    "simclr-augment",
     "fixture-spin",
     "fixture-alloc-bomb",
     "fixture-snoop",
@@ -31,6 +32,7 @@ pub const PACKAGES: &[&str] = &[
     "fixture-entropy",
     "fixture-slow-mean",
     "fixture-compat-0-1-0",
+    "fixture-compat-0-2-0",
     "fixture-footprint",
 ];
 
@@ -49,6 +51,7 @@ pub const SHIPPED: &[&str] = &[
     "uncertainty-query",
     "random-forest",
     "markov",
+    "simclr-augment",
 ];
 
 pub fn workspace() -> PathBuf {
@@ -173,6 +176,55 @@ pub fn sdk_cube(c: &sitsflow::runtime::data::Cube) -> sitsflow_sdk::Cube {
         cols: c.cols as usize,
         data: c.data.clone(),
         valid: c.valid.clone(),
+    }
+}
+
+/// `count` patches of `side` px (the first `dates` dates and `bands` bands of `cube`),
+/// at seeded positions, seeds 1.. — what a pretraining node hands an augmenter.
+pub fn patch_batch(
+    cube: &sitsflow::runtime::data::Cube,
+    count: usize,
+    side: usize,
+    dates: usize,
+    bands: usize,
+) -> sitsflow::runtime::data::PatchBatch {
+    let (rows, cols, nb) = (cube.rows as usize, cube.cols as usize, cube.bands.len());
+    let mut state = 17u64;
+    let mut data = Vec::with_capacity(count * dates * bands * side * side);
+    for _ in 0..count {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let top = (state >> 33) as usize % (rows - side + 1);
+        let left = (state >> 13) as usize % (cols - side + 1);
+        for d in 0..dates {
+            for b in 0..bands {
+                let plane = &cube.data[(d * nb + b) * rows * cols..(d * nb + b + 1) * rows * cols];
+                for r in top..top + side {
+                    data.extend_from_slice(&plane[r * cols + left..r * cols + left + side]);
+                }
+            }
+        }
+    }
+    sitsflow::runtime::data::PatchBatch {
+        count: count as u32,
+        dates: cube.dates[..dates].to_vec(),
+        bands: cube.bands[..bands].to_vec(),
+        rows: side as u32,
+        cols: side as u32,
+        data,
+        seeds: (1..=count as u64).collect(),
+    }
+}
+
+/// A host patch batch as the SDK's.
+pub fn sdk_patch_batch(b: &sitsflow::runtime::data::PatchBatch) -> sitsflow_sdk::PatchBatch {
+    sitsflow_sdk::PatchBatch {
+        count: b.count as usize,
+        dates: b.dates.clone(),
+        bands: b.bands.clone(),
+        rows: b.rows as usize,
+        cols: b.cols as usize,
+        data: b.data.clone(),
+        seeds: b.seeds.clone(),
     }
 }
 

@@ -5,10 +5,11 @@ use super::engine::{EPOCH_TICK, Interruption};
 use super::plugin::{InputIndices, KindIndices, Plugin};
 use crate::bindings::host::{self, InferError, LogLevel};
 use crate::bindings::stages::{
-    cloud_mask, cloud_mask_inputs, clusterer, decoder, features, features_inputs, labeller, sampler, sampler_inputs,
+    augmenter, cloud_mask, cloud_mask_inputs, clusterer, decoder, features, features_inputs, labeller, sampler,
+    sampler_inputs,
 };
 use crate::bindings::since_v0_1::{self, stages as v01};
-use crate::bindings::types::{self, Cube, FeatureMatrix, Footprint, ModelBlob, Placement, Probabilities, StageError, StageKind, Tensor};
+use crate::bindings::types::{self, Cube, FeatureMatrix, Footprint, ModelBlob, Placement, Probabilities, StageError, Tensor};
 use crate::inference::{InferenceError, ModelSet};
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -99,6 +100,50 @@ pub fn kind_name(kind: StageKind) -> &'static str {
         StageKind::Labeller => "labeller",
         StageKind::Sampler => "sampler",
         StageKind::Decoder => "decoder",
+        StageKind::Augmenter => "augmenter",
+    }
+}
+
+/// A stage's kind: which interface its plugin exports. The six of WIT's `stage-kind`,
+/// and `augmenter` (WIT 0.2.1), which that enum — part of the types every 0.2 plugin
+/// was built against — cannot name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StageKind {
+    CloudMask,
+    Features,
+    Clusterer,
+    Labeller,
+    Sampler,
+    Decoder,
+    Augmenter,
+}
+
+impl From<types::StageKind> for StageKind {
+    fn from(kind: types::StageKind) -> Self {
+        match kind {
+            types::StageKind::CloudMask => StageKind::CloudMask,
+            types::StageKind::Features => StageKind::Features,
+            types::StageKind::Clusterer => StageKind::Clusterer,
+            types::StageKind::Labeller => StageKind::Labeller,
+            types::StageKind::Sampler => StageKind::Sampler,
+            types::StageKind::Decoder => StageKind::Decoder,
+        }
+    }
+}
+
+/// What `describe()` says, whichever interface said it.
+#[derive(Debug, Clone)]
+pub struct Described {
+    pub name: String,
+    pub version: String,
+    pub kind: StageKind,
+    pub summary: String,
+    pub params_schema: String,
+}
+
+impl From<types::StageInfo> for Described {
+    fn from(i: types::StageInfo) -> Self {
+        Described { name: i.name, version: i.version, kind: i.kind.into(), summary: i.summary, params_schema: i.params_schema }
     }
 }
 
@@ -368,6 +413,7 @@ pub(crate) enum Guest {
     Labeller(labeller::Guest),
     Sampler(sampler::Guest),
     Decoder(decoder::Guest),
+    Augmenter(augmenter::Guest),
     CloudMaskV01(v01::cloud_mask::Guest),
     FeaturesV01(v01::features::Guest),
     ClustererV01(v01::clusterer::Guest),
@@ -385,6 +431,7 @@ impl Guest {
             Guest::Labeller(_) | Guest::LabellerV01(_) => StageKind::Labeller,
             Guest::Sampler(_) | Guest::SamplerV01(_) => StageKind::Sampler,
             Guest::Decoder(_) | Guest::DecoderV01(_) => StageKind::Decoder,
+            Guest::Augmenter(_) => StageKind::Augmenter,
         }
     }
 }
@@ -467,6 +514,7 @@ impl Instance {
             KindIndices::Labeller(i) => Guest::Labeller(loaded(i.load(&mut store, &instance))?),
             KindIndices::Sampler(i) => Guest::Sampler(loaded(i.load(&mut store, &instance))?),
             KindIndices::Decoder(i) => Guest::Decoder(loaded(i.load(&mut store, &instance))?),
+            KindIndices::Augmenter(i) => Guest::Augmenter(loaded(i.load(&mut store, &instance))?),
             KindIndices::CloudMaskV01(i) => Guest::CloudMaskV01(loaded(i.load(&mut store, &instance))?),
             KindIndices::FeaturesV01(i) => Guest::FeaturesV01(loaded(i.load(&mut store, &instance))?),
             KindIndices::ClustererV01(i) => Guest::ClustererV01(loaded(i.load(&mut store, &instance))?),
@@ -550,23 +598,41 @@ impl Instance {
     }
 
     /// `describe()` of whatever kind this instance is.
-    pub fn describe(&mut self, context: &CallContext) -> Result<types::StageInfo, StageCallError> {
+    pub fn describe(&mut self, context: &CallContext) -> Result<Described, StageCallError> {
         self.call(context, |guest, store| {
-            Ok(match guest {
-                Guest::CloudMask(g) => g.call_describe(store).map(Ok),
-                Guest::Features(g) => g.call_describe(store).map(Ok),
-                Guest::Clusterer(g) => g.call_describe(store).map(Ok),
-                Guest::Labeller(g) => g.call_describe(store).map(Ok),
-                Guest::Sampler(g) => g.call_describe(store).map(Ok),
-                Guest::Decoder(g) => g.call_describe(store).map(Ok),
-                Guest::CloudMaskV01(g) => g.call_describe(store).map(Ok),
-                Guest::FeaturesV01(g) => g.call_describe(store).map(Ok),
-                Guest::ClustererV01(g) => g.call_describe(store).map(Ok),
-                Guest::LabellerV01(g) => g.call_describe(store).map(Ok),
-                Guest::SamplerV01(g) => g.call_describe(store).map(Ok),
-                Guest::DecoderV01(g) => g.call_describe(store).map(Ok),
-            })
+            let described: wasmtime::Result<Described> = match guest {
+                Guest::Augmenter(g) => g.call_describe(&mut *store).map(|i| Described {
+                    name: i.name,
+                    version: i.version,
+                    kind: StageKind::Augmenter,
+                    summary: i.summary,
+                    params_schema: i.params_schema,
+                }),
+                Guest::CloudMask(g) => g.call_describe(store).map(Described::from),
+                Guest::Features(g) => g.call_describe(store).map(Described::from),
+                Guest::Clusterer(g) => g.call_describe(store).map(Described::from),
+                Guest::Labeller(g) => g.call_describe(store).map(Described::from),
+                Guest::Sampler(g) => g.call_describe(store).map(Described::from),
+                Guest::Decoder(g) => g.call_describe(store).map(Described::from),
+                Guest::CloudMaskV01(g) => g.call_describe(store).map(Described::from),
+                Guest::FeaturesV01(g) => g.call_describe(store).map(Described::from),
+                Guest::ClustererV01(g) => g.call_describe(store).map(Described::from),
+                Guest::LabellerV01(g) => g.call_describe(store).map(Described::from),
+                Guest::SamplerV01(g) => g.call_describe(store).map(Described::from),
+                Guest::DecoderV01(g) => g.call_describe(store).map(Described::from),
+            };
+            Ok(described.map(Ok))
         })
+    }
+
+    /// Two seeded views of every patch of `batch` (an augmenter stage).
+    pub fn augment(
+        &mut self,
+        context: &CallContext,
+        batch: &augmenter::PatchBatch,
+        params: &str,
+    ) -> Result<augmenter::ViewPair, StageCallError> {
+        kind_call!(self, context, Augmenter, StageKind::Augmenter, |g, store| g.call_augment(store, batch, params))
     }
 
     /// Masks `chunk` as if it were the whole scene ([`whole`]).

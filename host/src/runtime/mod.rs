@@ -17,14 +17,16 @@ mod stderr;
 mod guest_env;
 
 pub use engine::{Interruption, Runtime, RuntimeOptions};
-pub use instance::{CallContext, GuestMemory, Instance, Limits, StageCallError, StagePool, kind_name};
+pub use instance::{CallContext, Described, GuestMemory, Instance, Limits, StageCallError, StageKind, StagePool, kind_name};
 pub use plugin::{Plugin, PluginInfo};
 
 /// The data types a stage call takes and returns (generated from the WIT).
 pub mod data {
+    pub use crate::bindings::stages::augmenter::{PatchBatch, ViewPair};
     pub use crate::bindings::stages::cloud_mask::MaskLayers;
     pub use crate::bindings::stages::sampler::{SampleInput, Selection};
     pub use crate::bindings::types::{
-        Cube, FeatureMatrix, ModelBlob, Probabilities, StageError, StageKind, Tensor,
+        Cube, FeatureMatrix, ModelBlob, Probabilities, StageError, Tensor,
     };
+    pub use crate::runtime::StageKind;
 }

@@ -2,12 +2,12 @@
 //! its kind (which stage interface it exports) and what `describe()` said.
 
 use super::engine::{Interruption, Runtime};
-use super::instance::{CallContext, Instance, Limits, StageCallError, StageState, kind_name};
+use super::instance::{CallContext, Instance, Limits, StageCallError, StageKind, StageState, kind_name};
 use crate::bindings::stages::{
-    cloud_mask, cloud_mask_inputs, clusterer, decoder, features, features_inputs, labeller, sampler, sampler_inputs,
+    augmenter, cloud_mask, cloud_mask_inputs, clusterer, decoder, features, features_inputs, labeller, sampler,
+    sampler_inputs,
 };
 use crate::bindings::since_v0_1::stages as v01;
-use crate::bindings::types::StageKind;
 use crate::config::{valid_plugin_name, valid_version};
 use crate::inference::ModelSet;
 use anyhow::{Context, Result, bail};
@@ -46,6 +46,7 @@ pub(crate) enum KindIndices {
     Labeller(labeller::GuestIndices),
     Sampler(sampler::GuestIndices),
     Decoder(decoder::GuestIndices),
+    Augmenter(augmenter::GuestIndices),
     CloudMaskV01(v01::cloud_mask::GuestIndices),
     FeaturesV01(v01::features::GuestIndices),
     ClustererV01(v01::clusterer::GuestIndices),
@@ -63,6 +64,7 @@ impl KindIndices {
             KindIndices::Labeller(_) | KindIndices::LabellerV01(_) => StageKind::Labeller,
             KindIndices::Sampler(_) | KindIndices::SamplerV01(_) => StageKind::Sampler,
             KindIndices::Decoder(_) | KindIndices::DecoderV01(_) => StageKind::Decoder,
+            KindIndices::Augmenter(_) => StageKind::Augmenter,
         }
     }
 
@@ -74,7 +76,8 @@ impl KindIndices {
             | KindIndices::Clusterer(_)
             | KindIndices::Labeller(_)
             | KindIndices::Sampler(_)
-            | KindIndices::Decoder(_) => crate::bindings::WIT_PACKAGE,
+            | KindIndices::Decoder(_)
+            | KindIndices::Augmenter(_) => crate::bindings::WIT_PACKAGE,
             _ => crate::bindings::since_v0_1::WIT_PACKAGE,
         }
     }
@@ -134,6 +137,9 @@ impl Plugin {
         if let Ok(i) = decoder::GuestIndices::new(&pre) {
             found.push(KindIndices::Decoder(i));
         }
+        if let Ok(i) = augmenter::GuestIndices::new(&pre) {
+            found.push(KindIndices::Augmenter(i));
+        }
         if let Ok(i) = v01::cloud_mask::GuestIndices::new(&pre) {
             found.push(KindIndices::CloudMaskV01(i));
         }
@@ -155,7 +161,7 @@ impl Plugin {
         if found.len() != 1 {
             bail!(
                 "plugin {shown} must export exactly one stage interface of {} or {} \
-                 (cloud-mask, features, clusterer, labeller, sampler or decoder); it exports {}",
+                 (cloud-mask, features, clusterer, labeller, sampler, decoder or, since 0.2.1, augmenter); it exports {}",
                 crate::bindings::WIT_PACKAGE,
                 crate::bindings::since_v0_1::WIT_PACKAGE,
                 found.len()

@@ -271,3 +271,51 @@ mod finite_tests {
         assert!(super::all_finite(&[f32::MAX, -f32::MAX, f32::MIN_POSITIVE, -0.0, 1e-45]));
     }
 }
+
+/// A batch of patches of one scene for an [`AugmenterStage`](crate::AugmenterStage):
+/// `count × dates × bands × rows × cols` f32, row-major, NaN = missing, and one seed per
+/// patch.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PatchBatch {
+    pub count: usize,
+    pub dates: Vec<String>,
+    pub bands: Vec<String>,
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<f32>,
+    /// The views of patch `i` depend only on its values, `seeds[i]` and the parameters.
+    pub seeds: Vec<u64>,
+}
+
+impl PatchBatch {
+    /// Values of one patch (`dates × bands × rows × cols`).
+    pub fn patch_len(&self) -> usize {
+        self.dates.len() * self.bands.len() * self.rows * self.cols
+    }
+
+    /// Checks that `data` and `seeds` have the sizes the header says.
+    pub fn check(&self) -> Result<(), crate::StageError> {
+        if self.seeds.len() != self.count {
+            return Err(crate::StageError::InvalidInput(format!("{} seeds for {} patches", self.seeds.len(), self.count)));
+        }
+        if self.data.len() != self.count * self.patch_len() {
+            return Err(crate::StageError::InvalidInput(format!(
+                "{} values for {} patches of {} dates × {} bands × {} × {} px",
+                self.data.len(),
+                self.count,
+                self.dates.len(),
+                self.bands.len(),
+                self.rows,
+                self.cols
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Two views of every patch of a [`PatchBatch`], each in the batch's layout.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ViewPair {
+    pub first: Vec<f32>,
+    pub second: Vec<f32>,
+}

@@ -342,3 +342,45 @@ macro_rules! export_decoder_stage {
         }
     };
 }
+
+/// Exports an [`AugmenterStage`] as the component's `augmenter-stage` world (WIT 0.2.1).
+#[macro_export]
+macro_rules! export_augmenter_stage {
+    ($stage:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        mod __sitsflow_component {
+            use super::*;
+            use $crate::glue as g;
+            use $crate::wit::augmenter_stage::exports::sitsflow::stage as exports;
+            use $crate::wit::types as w;
+            struct Component;
+            impl exports::augmenter::Guest for Component {
+                fn describe() -> exports::augmenter::AugmenterInfo {
+                    exports::augmenter::AugmenterInfo {
+                        name: <$stage as $crate::Stage>::NAME.to_string(),
+                        version: <$stage as $crate::Stage>::VERSION.to_string(),
+                        summary: <$stage as $crate::Stage>::SUMMARY.to_string(),
+                        params_schema: <$stage as $crate::Stage>::params_schema(),
+                    }
+                }
+                fn augment(batch: exports::augmenter::PatchBatch, params: String) -> Result<exports::augmenter::ViewPair, w::StageError> {
+                    let batch = $crate::PatchBatch {
+                        count: batch.count as usize,
+                        dates: batch.dates,
+                        bands: batch.bands,
+                        rows: batch.rows as usize,
+                        cols: batch.cols as usize,
+                        data: batch.data,
+                        seeds: batch.seeds,
+                    };
+                    g::run::<$stage, _, _>(
+                        &params,
+                        |p| <$stage as $crate::AugmenterStage>::augment(batch, p),
+                        |v| exports::augmenter::ViewPair { first: v.first, second: v.second },
+                    )
+                }
+            }
+            $crate::wit::augmenter_stage::export_augmenter_world!(Component);
+        }
+    };
+}

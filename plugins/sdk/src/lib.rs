@@ -47,7 +47,7 @@ pub use serde_json;
 pub mod prelude {
     pub use crate::data::*;
     pub use crate::{
-        ClustererStage, CloudMaskStage, DecoderStage, FeatureStage, Footprint, LabellerStage, Placement, SampleNeeds,
+        AugmenterStage, ClustererStage, CloudMaskStage, DecoderStage, FeatureStage, Footprint, LabellerStage, Placement, SampleNeeds,
         SamplerStage, Stage, StageError, StageInfo, StageKind, bands_present,
     };
 }
@@ -270,4 +270,10 @@ impl SampleNeeds {
 /// Temporal decoding of posterior series.
 pub trait DecoderStage: Stage {
     fn decode(series: PosteriorSeries, params: Self::Params) -> Result<Decoded, StageError>;
+}
+
+/// Views of patches for self-supervised pretraining (WIT 0.2.1, `augmenter-stage`):
+/// two seeded views of every patch, each of the patch's shape.
+pub trait AugmenterStage: Stage {
+    fn augment(batch: PatchBatch, params: Self::Params) -> Result<ViewPair, StageError>;
 }

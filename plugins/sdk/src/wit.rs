@@ -26,8 +26,8 @@ macro_rules! world {
                 export_macro_name: $macro_name,
                 default_bindings_module: $bindings,
                 with: {
-                    "sitsflow:stage/types@0.2.0": crate::wit::types,
-                    "sitsflow:stage/host@0.2.0": crate::wit::host,
+                    "sitsflow:stage/types@0.2.1": crate::wit::types,
+                    "sitsflow:stage/host@0.2.1": crate::wit::host,
                 },
             });
         }
@@ -39,3 +39,4 @@ world!(clusterer_stage, "clusterer-stage", "export_clusterer_world", "sitsflow_s
 world!(labeller_stage, "labeller-stage", "export_labeller_world", "sitsflow_sdk::wit::labeller_stage");
 world!(sampler_stage, "sampler-stage", "export_sampler_world", "sitsflow_sdk::wit::sampler_stage");
 world!(decoder_stage, "decoder-stage", "export_decoder_world", "sitsflow_sdk::wit::decoder_stage");
+world!(augmenter_stage, "augmenter-stage", "export_augmenter_world", "sitsflow_sdk::wit::augmenter_stage");

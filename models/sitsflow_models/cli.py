@@ -98,6 +98,24 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--patches-per-epoch", type=int, default=256, help="fg-unet: patches drawn per epoch (all ranks)")
     t.add_argument("--tile", type=int, default=512, help="fg-unet: inference tile side (recorded in the sidecar)")
     t.add_argument("--overlap", type=int, default=16, help="fg-unet: inference overlap on each side of a tile")
+    t.add_argument("--encoder", type=Path,
+                   help="fg-unet: start from this SimCLR encoder (`pretrain`'s model.pt) and also train the same network "
+                        "from scratch at each --budgets share, for the comparison table in metrics.json")
+    t.add_argument("--budgets", type=lambda v: [float(x) for x in v.split(",")],
+                   help="fg-unet: label budgets, shares of the labelled pixels, e.g. 0.01,0.1,1 (default 1)")
+    s = sub.add_parser("pretrain", help="SimCLR pretraining of the FG-UNet encoder on a sitsflow-views/1 stream")
+    s.add_argument("--contract", type=int, required=True)
+    s.add_argument("--arch", choices=("simclr",), required=True)
+    s.add_argument("--views", required=True, help="the views stream: a file, or - for standard input")
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--temperature", type=float, default=0.1, help="NT-Xent temperature τ (the seed used 0.1 and 0.7)")
+    s.add_argument("--learning-rate", type=float, default=1e-3, help="SGD learning rate (the seed's 0.001)")
+    s.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    s.add_argument("--projection-dim", type=int, default=64, help="output size of the 2-layer projection head")
+    s.add_argument("--hyperparameters", type=json.loads, default={},
+                   help='the encoder\'s FG-UNet shape, e.g. \'{"width": 32, "depth": 2}\'')
+    s.add_argument("--threads", type=int, default=1)
     pr = sub.add_parser("predict", help="class probabilities of the PyTorch model (reference for ONNX inference)")
     pr.add_argument("--model", type=Path, required=True, help="OUTDIR/model.onnx (model.pt and model.json beside it)")
     pr.add_argument("--samples", type=Path, help="samples CSV (tempcnn, lstm)")
@@ -134,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_train(args)
         if args.command == "predict":
             return cmd_predict(args)
+        if args.command == "pretrain":
+            from .ssl import pretrain_command
+
+            return pretrain_command(args, emit, log, _write_json, CONTRACTS)
         if args.command == "init":
             from .segment_cli import init_segmentation_command
 

@@ -20,7 +20,7 @@ def _rank() -> int:
 
 
 def train_segmentation_command(args, emit, log, write_json) -> int:
-    from . import metrics, patches
+    from . import patches
     from .data import InputError, sha256_file
 
     if not isinstance(args.hyperparameters, dict):
@@ -43,6 +43,17 @@ def train_segmentation_command(args, emit, log, write_json) -> int:
         raise InputError(f"--hyperparameters: {e}") from None
     hp = {**default_hyperparameters(), **args.hyperparameters}
     multiple = 2 ** hp["depth"]
+    encoder = None
+    if args.encoder is not None:
+        from .ssl import load_encoder
+
+        encoder = load_encoder(args.encoder)
+        pretrained = encoder[0]["hyperparameters"]
+        # The network takes the encoder's shape unless the caller says otherwise (then
+        # a mismatch is an error naming both).
+        hp = {**hp, "width": pretrained["width"], "depth": pretrained["depth"], **args.hyperparameters}
+        args.hyperparameters = {**args.hyperparameters, "width": hp["width"], "depth": hp["depth"]}
+        multiple = 2 ** hp["depth"]
     for name, value in (("--tile", args.tile), ("--overlap", args.overlap), ("--patch", args.patch)):
         if value % multiple:
             raise InputError(f"{name} {value} is not a multiple of {multiple} (2^depth: the poolings must "
@@ -54,28 +65,42 @@ def train_segmentation_command(args, emit, log, write_json) -> int:
             f"{int((np.asarray(dataset.labels) > 0).sum())} labelled px; training {ARCH}")
         emit({"event": "start", "arch": ARCH, "height": h, "width": w, "channels": c,
               "labelled_pixels": int((np.asarray(dataset.labels) > 0).sum()), "seed": args.seed})
-    config = SegmentationConfig(seed=args.seed, epochs=args.epochs, patches_per_epoch=args.patches_per_epoch,
-                                batch_size=args.batch_size, patch=args.patch, patience=args.patience,
-                                learning_rate=args.learning_rate, tile=args.tile, overlap=args.overlap,
-                                hyperparameters=args.hyperparameters)
+    budgets = sorted(set(args.budgets or [1.0]))
+    if any(not 0 < b <= 1 for b in budgets):
+        raise InputError(f"--budgets {budgets}: each is a share of the labelled pixels in (0, 1]")
+    inits = ["supervised", "ssl"] if encoder is not None else ["supervised"]
+    table, runs = [], len(budgets) * len(inits)
     started = time.perf_counter()
-    result = train_segmentation(dataset, config, emit)
+    for b in budgets:
+        row = {"budget": b}
+        for init in inits:
+            config = SegmentationConfig(seed=args.seed, epochs=args.epochs, patches_per_epoch=args.patches_per_epoch,
+                                        batch_size=args.batch_size, patch=args.patch, patience=args.patience,
+                                        learning_rate=args.learning_rate, tile=args.tile, overlap=args.overlap,
+                                        hyperparameters=args.hyperparameters, budget=b)
+            if runs > 1 and rank == 0:
+                log(f"{init} at {b:.0%} of the labelled pixels")
+                emit({"event": "run", "init": init, "budget": b})
+            result = train_segmentation(dataset, config, emit, encoder if init == "ssl" else None)
+            if rank != 0:
+                continue
+            report, evaluated_on = _assess(result, dataset, args.tile, args.overlap, log)
+            row[init] = {key: report[key] for key in ("overall_accuracy", "kappa", "miou", "samples")}
+            row[init]["iou"] = _ious(report)
+            row["fit_pixels"] = result.split["fit_pixels"]
+            row["evaluated_on"] = evaluated_on
+            log(f"{init} at {b:.0%} ({result.split['fit_pixels']} px): OA {report['overall_accuracy']:.4f}, "
+                f"mIoU {report['miou']:.4f}")
+        table.append(row)
     seconds = time.perf_counter() - started
     if rank != 0:
         return 0
     segmenter = result.segmenter
-    probabilities = predict_scene(segmenter, np.asarray(dataset.image), args.tile, args.overlap)
-    predicted = probabilities.argmax(0)
-    if (result.test_targets >= 0).any():
-        evaluated_on, reference = "test", result.test_targets
-    elif (result.validation_targets >= 0).any():
-        evaluated_on, reference = "validation", result.validation_targets
-    else:
-        log("warning: no test or validation polygon: metrics are on the training pixels and are optimistic")
-        evaluated_on, reference = "training", result.fit_targets
-    keep = reference >= 0
-    report = metrics.report(reference[keep], predicted[keep], result.classes, evaluated_on)
-    report["miou"] = _miou(report)
+    if runs > 1:
+        report["label_budgets"] = {"rule": "a seeded share of each class's fitting pixels (at least one); the same "
+                                           "split and test pixels at every budget",
+                                   "pretrained": None if encoder is None else str(args.encoder),
+                                   "table": table}
     log(f"{evaluated_on}: OA {report['overall_accuracy']:.4f}, kappa {report['kappa']:.4f} "
         f"({report['samples']} px, {seconds:.1f} s training on {result.world_size} process(es))")
 
@@ -150,6 +175,10 @@ def train_segmentation_command(args, emit, log, write_json) -> int:
             "learning_rate": args.learning_rate,
             "patience": args.patience,
             "loss": "cross-entropy weighted by inverse class frequency, unlabelled pixels ignored",
+            "pretrained_encoder": None if encoder is None else {
+                "checkpoint": str(args.encoder), "arch": encoder[0]["arch"],
+                "views_sha256": encoder[0].get("views_sha256"), "loaded": "normalisation, down blocks, bottom"},
+            "label_budget": max(budgets),
             "class_weights": result.class_weights.tolist(),
             "seconds": round(seconds, 2),
         },
@@ -200,6 +229,37 @@ def init_segmentation_command(args, emit, write_json) -> int:
     write_json(out / "model.json", sidecar)
     emit({"event": "done", "model": str((out / "model.onnx").resolve()), "parameters": sidecar["parameters"]})
     return 0
+
+
+def _assess(result, dataset, tile: int, overlap: int, log) -> tuple[dict, str]:
+    """The metrics of a trained network on its test pixels (else validation, else
+    training), read off the scene predicted by tiles as the host will."""
+    from . import metrics
+    from .segmentation import predict_scene
+
+    probabilities = predict_scene(result.segmenter, np.asarray(dataset.image), tile, overlap)
+    predicted = probabilities.argmax(0)
+    if (result.test_targets >= 0).any():
+        evaluated_on, reference = "test", result.test_targets
+    elif (result.validation_targets >= 0).any():
+        evaluated_on, reference = "validation", result.validation_targets
+    else:
+        log("warning: no test or validation polygon: metrics are on the training pixels and are optimistic")
+        evaluated_on, reference = "training", result.fit_targets
+    keep = reference >= 0
+    report = metrics.report(reference[keep], predicted[keep], result.classes, evaluated_on)
+    report["miou"] = _miou(report)
+    report["iou"] = _ious(report)
+    return report, evaluated_on
+
+
+def _ious(report: dict) -> dict:
+    """IoU per class name (None for a class neither predicted nor present)."""
+    counts = np.array(report["confusion_matrix"]["counts"], dtype=np.float64)
+    names = [c["name"] for c in report["classes"]]
+    tp = np.diag(counts)
+    union = counts.sum(0) + counts.sum(1) - tp
+    return {str(name): (float(tp[i] / union[i]) if union[i] > 0 else None) for i, name in enumerate(names)}
 
 
 def _miou(report: dict) -> float | None:

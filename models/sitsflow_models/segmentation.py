@@ -152,6 +152,8 @@ class SegmentationConfig:
     tile: int = 512
     overlap: int = 16
     hyperparameters: dict = field(default_factory=dict)
+    #: Share of each class's fitting pixels kept (seed 003's label budgets: 0.01, 0.1, 1).
+    budget: float = 1.0
 
 
 @dataclass
@@ -273,8 +275,43 @@ def _targets(dataset: PatchDataset, classes: list[ClassInfo], keep_groups: set[i
     return t
 
 
+def keep_budget(fit: np.ndarray, classes: int, budget: float, rng: np.random.Generator) -> np.ndarray:
+    """`fit` with only `budget` of each class's pixels left (at least one per class),
+    drawn at random; the others become unlabelled (-1)."""
+    if not 0 < budget <= 1:
+        raise InputError(f"label budget {budget} is not in (0, 1]")
+    if budget == 1:
+        return fit
+    flat = fit.reshape(-1)
+    out = np.full_like(flat, -1)
+    for i in range(classes):
+        index = np.flatnonzero(flat == i)
+        if len(index):
+            keep = rng.choice(index, size=max(1, math.ceil(budget * len(index))), replace=False)
+            out[keep] = i
+    return out.reshape(fit.shape)
+
+
+def load_pretrained_encoder(segmenter: Segmenter, encoder: tuple[dict, dict]) -> None:
+    """Starts `segmenter` from a SimCLR encoder (`ssl.load_encoder`): its normalisation,
+    down blocks and bottom; the decoder, pixel path and head stay as initialised."""
+    config, state = encoder
+    net = segmenter.net
+    hp = config["hyperparameters"]
+    if config["channels"] != segmenter.normalise.mean.shape[1]:
+        raise InputError(f"the pretrained encoder takes {config['channels']} channels, the dataset has "
+                         f"{segmenter.normalise.mean.shape[1]}")
+    if (hp["width"], hp["depth"]) != (net.down[0][0].out_channels, len(net.down)):
+        raise InputError(f"the pretrained encoder has width {hp['width']} and depth {hp['depth']}; the network "
+                         f"width {net.down[0][0].out_channels} and depth {len(net.down)}")
+    segmenter.normalise.load_state_dict({k[len("normalise."):]: v for k, v in state.items() if k.startswith("normalise.")})
+    net.down.load_state_dict({k[len("down."):]: v for k, v in state.items() if k.startswith("down.")})
+    net.bottom.load_state_dict({k[len("bottom."):]: v for k, v in state.items() if k.startswith("bottom.")})
+
+
 def train_segmentation(dataset: PatchDataset, config: SegmentationConfig,
-                       emit: Callable[[dict], None] = lambda event: None) -> SegmentationResult:
+                       emit: Callable[[dict], None] = lambda event: None,
+                       encoder: tuple[dict, dict] | None = None) -> SegmentationResult:
     rank, world = distributed()
     seed_everything(config.seed)
     rng = np.random.default_rng(config.seed)
@@ -293,13 +330,17 @@ def train_segmentation(dataset: PatchDataset, config: SegmentationConfig,
     if len(classes) < 2:
         raise InputError(f"{dataset.path}: at least two classes with training pixels are needed, found "
                          f"{len(classes)}")
-    fit = _targets(dataset, classes, fit_groups)
+    fit = keep_budget(_targets(dataset, classes, fit_groups), len(classes), config.budget,
+                      np.random.default_rng([config.seed, 2 << 20]))
     validation = _targets(dataset, classes, validation_groups)
     test = _targets(dataset, classes, test_groups)
     mean, std = channel_statistics(dataset.image, rng)
     counts = np.bincount(fit[fit >= 0], minlength=len(classes)).astype(np.float64)
     weights = np.where(counts > 0, counts.sum() / (len(classes) * np.maximum(counts, 1)), 0.0).astype(np.float32)
     segmenter = build(len(dataset.channels), len(classes), mean, std, config.hyperparameters)
+    if encoder is not None:
+        load_pretrained_encoder(segmenter, encoder)
+        mean, std = segmenter.normalise.mean.reshape(-1).numpy(), segmenter.normalise.std.reshape(-1).numpy()
     if config.patch % segmenter.net.multiple:
         raise InputError(f"patch size {config.patch} is not a multiple of {segmenter.net.multiple} (2^depth)")
     model: nn.Module = segmenter

@@ -155,6 +155,9 @@ struct Shape {
 struct Scratch {
     plane: Vec<f32>,
     weights: Vec<f64>,
+    /// `rows × (2·radius + 1)` reflected row indices of the blur's taps (and columns').
+    row_taps: Vec<u32>,
+    col_taps: Vec<u32>,
 }
 
 /// Uniform in `[0, 1)` with 53 random bits.
@@ -195,18 +198,23 @@ fn view(patch: &[f32], shape: &Shape, p: &Params, rng: &mut SplitMix, out: &mut 
         let angle = between(rng, 0.0, 2.0 * std::f64::consts::PI);
         lights.push((strength * libm::cos(angle), strength * libm::sin(angle)));
     }
+    // The geometry is the same in every plane: sampling positions and blur taps once.
+    let ys = sampling(rows, top, h);
+    let xs = sampling(cols, left, w);
     if blur {
         gaussian_weights(sigma, &mut scratch.weights);
+        taps(rows, scratch.weights.len() - 1, &mut scratch.row_taps);
+        taps(cols, scratch.weights.len() - 1, &mut scratch.col_taps);
     }
     let n = rows * cols;
     for plane in 0..shape.planes {
         let src = &patch[plane * n..(plane + 1) * n];
         let dst = &mut out[plane * n..(plane + 1) * n];
-        resize(src, rows, cols, top, left, h, w, dst);
+        resize(src, cols, &ys, &xs, dst);
         if blur {
             scratch.plane.clear();
             scratch.plane.extend_from_slice(dst);
-            blur_plane(&mut scratch.plane, dst, rows, cols, &scratch.weights);
+            blur_plane(&mut scratch.plane, dst, rows, cols, &scratch.weights, &scratch.row_taps, &scratch.col_taps);
         }
         let (gy, gx) = lights[plane / shape.bands];
         // Mean of the valid values for the contrast's centre.
@@ -239,22 +247,38 @@ fn view(patch: &[f32], shape: &Shape, p: &Params, rng: &mut SplitMix, out: &mut 
     }
 }
 
-/// Bilinear resize of the window (`top`, `left`, `h` × `w` source px) onto `rows × cols`
-/// (pixel centres aligned), weighting only valid corners; NaN where none is valid.
-#[allow(clippy::too_many_arguments)]
-fn resize(src: &[f32], rows: usize, cols: usize, top: f64, left: f64, h: f64, w: f64, dst: &mut [f32]) {
-    let sy = h / rows as f64;
-    let sx = w / cols as f64;
-    for r in 0..rows {
-        let y = (top + (r as f64 + 0.5) * sy - 0.5).clamp(0.0, (rows - 1) as f64);
-        let y0 = (y.floor() as usize).min(rows - 1);
-        let y1 = (y0 + 1).min(rows - 1);
-        let fy = y - y0 as f64;
-        for c in 0..cols {
-            let x = (left + (c as f64 + 0.5) * sx - 0.5).clamp(0.0, (cols - 1) as f64);
-            let x0 = (x.floor() as usize).min(cols - 1);
-            let x1 = (x0 + 1).min(cols - 1);
-            let fx = x - x0 as f64;
+/// Where each output row (or column) samples the source: the two neighbours and the
+/// weight of the second, for a window starting at `start` of `extent` source px resized
+/// onto `n` px (pixel centres aligned).
+fn sampling(n: usize, start: f64, extent: f64) -> Vec<(usize, usize, f64)> {
+    let step = extent / n as f64;
+    (0..n)
+        .map(|i| {
+            let y = (start + (i as f64 + 0.5) * step - 0.5).clamp(0.0, (n - 1) as f64);
+            let y0 = (y.floor() as usize).min(n - 1);
+            (y0, (y0 + 1).min(n - 1), y - y0 as f64)
+        })
+        .collect()
+}
+
+/// Bilinear resize along `ys` × `xs`, weighting only valid corners; NaN where none is.
+fn resize(src: &[f32], cols: usize, ys: &[(usize, usize, f64)], xs: &[(usize, usize, f64)], dst: &mut [f32]) {
+    if !src.iter().any(|v| v.is_nan()) {
+        // Every corner valid (the usual plane): separable interpolation without the
+        // weight bookkeeping. It may differ from the general path in the last bit; which
+        // path runs depends on the data only, so the sandbox and native agree.
+        for (r, &(y0, y1, fy)) in ys.iter().enumerate() {
+            let (a, b) = (&src[y0 * cols..(y0 + 1) * cols], &src[y1 * cols..(y1 + 1) * cols]);
+            for (c, &(x0, x1, fx)) in xs.iter().enumerate() {
+                let top = a[x0] as f64 * (1.0 - fx) + a[x1] as f64 * fx;
+                let bottom = b[x0] as f64 * (1.0 - fx) + b[x1] as f64 * fx;
+                dst[r * cols + c] = (top * (1.0 - fy) + bottom * fy) as f32;
+            }
+        }
+        return;
+    }
+    for (r, &(y0, y1, fy)) in ys.iter().enumerate() {
+        for (c, &(x0, x1, fx)) in xs.iter().enumerate() {
             let corners = [
                 (src[y0 * cols + x0], (1.0 - fy) * (1.0 - fx)),
                 (src[y0 * cols + x1], (1.0 - fy) * fx),
@@ -292,32 +316,68 @@ fn reflect(i: isize, n: usize) -> usize {
     (if i < n as isize { i } else { period - i }) as usize
 }
 
+/// The reflected source index of each tap `k = −radius..=radius` of each of `n` positions.
+fn taps(n: usize, radius: usize, out: &mut Vec<u32>) {
+    out.clear();
+    for i in 0..n {
+        for k in -(radius as isize)..=radius as isize {
+            out.push(reflect(i as isize + k, n) as u32);
+        }
+    }
+}
+
 /// Separable blur of `plane` into `out`, each pass normalised over the valid neighbours.
-fn blur_plane(plane: &mut [f32], out: &mut [f32], rows: usize, cols: usize, weights: &[f64]) {
-    let radius = weights.len() as isize - 1;
-    let pass = |src: &[f32], dst: &mut [f32], along_rows: bool| {
+fn blur_plane(plane: &mut [f32], out: &mut [f32], rows: usize, cols: usize, weights: &[f64], row_taps: &[u32], col_taps: &[u32]) {
+    let radius = weights.len() - 1;
+    let width = 2 * radius + 1;
+    // The kernel over taps −radius..=radius.
+    let kernel: Vec<f64> = (0..width).map(|t| weights[t.abs_diff(radius)]).collect();
+    if !plane.iter().any(|v| v.is_nan()) {
+        // No missing value: one normalised kernel (its sum differs at reflected edges
+        // only by which taps repeat, not by how many), plain multiply-adds.
+        let total: f64 = kernel.iter().sum();
+        let normalised: Vec<f64> = kernel.iter().map(|k| k / total).collect();
         for r in 0..rows {
+            let line = &plane[r * cols..(r + 1) * cols];
             for c in 0..cols {
-                let (mut sum, mut weight) = (0f64, 0f64);
-                for k in -radius..=radius {
-                    let v = if along_rows {
-                        src[reflect(r as isize + k, rows) * cols + c]
-                    } else {
-                        src[r * cols + reflect(c as isize + k, cols)]
-                    };
-                    if !v.is_nan() {
-                        let wt = weights[k.unsigned_abs()];
-                        sum += v as f64 * wt;
-                        weight += wt;
-                    }
-                }
-                dst[r * cols + c] = if weight > 0.0 { (sum / weight) as f32 } else { f32::NAN };
+                let t = &col_taps[c * width..(c + 1) * width];
+                out[r * cols + c] = t.iter().zip(&normalised).map(|(&j, k)| line[j as usize] as f64 * k).sum::<f64>() as f32;
             }
         }
-    };
-    pass(plane, out, false);
+        plane.copy_from_slice(out);
+        for r in 0..rows {
+            let t = &row_taps[r * width..(r + 1) * width];
+            for c in 0..cols {
+                out[r * cols + c] = t.iter().zip(&normalised).map(|(&i, k)| plane[i as usize * cols + c] as f64 * k).sum::<f64>() as f32;
+            }
+        }
+        return;
+    }
+    #[inline(always)]
+    fn convolve(kernel: &[f64], taps: &[u32], value: impl Fn(usize) -> f32) -> f32 {
+        let (mut sum, mut weight) = (0f64, 0f64);
+        for (&t, &wt) in taps.iter().zip(kernel) {
+            let v = value(t as usize);
+            if !v.is_nan() {
+                sum += v as f64 * wt;
+                weight += wt;
+            }
+        }
+        if weight > 0.0 { (sum / weight) as f32 } else { f32::NAN }
+    }
+    for r in 0..rows {
+        let line = &plane[r * cols..(r + 1) * cols];
+        for c in 0..cols {
+            out[r * cols + c] = convolve(&kernel, &col_taps[c * width..(c + 1) * width], |j| line[j]);
+        }
+    }
     plane.copy_from_slice(out);
-    pass(plane, out, true);
+    for r in 0..rows {
+        let t = &row_taps[r * width..(r + 1) * width];
+        for c in 0..cols {
+            out[r * cols + c] = convolve(&kernel, t, |i| plane[i * cols + c]);
+        }
+    }
 }
 
 #[cfg(test)]

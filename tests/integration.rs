@@ -23,4 +23,5 @@ mod report;
 mod sandbox;
 mod scaleout;
 mod segment;
+mod ssl;
 mod stages_pipeline;

@@ -71,6 +71,9 @@ pub enum FitIo {
     Label { maps: Vec<LabelMaps>, oracle: Option<RasterId> },
     /// Decodes yearly `posteriors` into yearly `maps`, the change count and from → to.
     Decode { posteriors: Vec<RasterId>, maps: Vec<RasterId>, changes: RasterId, fromto: RasterId },
+    /// Trains an encoder on views of patches of `features` (one raster per year it
+    /// pools); writes a model, no raster.
+    Pretrain { features: Vec<RasterId> },
 }
 
 /// One map a labeller predicts, from one features raster.
@@ -92,6 +95,7 @@ impl FitIo {
             FitIo::Sample { features, layers, .. } => features.iter().chain(layers).copied().collect(),
             FitIo::Label { maps, oracle } => maps.iter().map(|m| m.features).chain(*oracle).collect(),
             FitIo::Decode { posteriors, .. } => posteriors.clone(),
+            FitIo::Pretrain { features } => features.clone(),
         }
     }
 
@@ -100,6 +104,7 @@ impl FitIo {
             FitIo::Cluster { map, .. } | FitIo::Sample { map, .. } => vec![*map],
             FitIo::Label { maps, .. } => maps.iter().flat_map(|m| [m.map, m.confidence].into_iter().chain(m.proba)).collect(),
             FitIo::Decode { maps, changes, fromto, .. } => maps.iter().copied().chain([*changes, *fromto]).collect(),
+            FitIo::Pretrain { .. } => Vec::new(),
         }
     }
 
@@ -109,6 +114,7 @@ impl FitIo {
             FitIo::Cluster { map, .. } | FitIo::Sample { map, .. } => vec![*map],
             FitIo::Label { maps, .. } => maps.iter().map(|m| m.map).collect(),
             FitIo::Decode { maps, .. } => maps.clone(),
+            FitIo::Pretrain { .. } => Vec::new(),
         }
     }
 }
@@ -204,7 +210,10 @@ impl Graph {
                     layers: class_layers.clone(),
                     map: declare(&mut g, id.to_string(), u16_map),
                 },
-                Role::Labeller { input, training, .. } => {
+                Role::Labeller { input, training, pretrained, .. } => {
+                    if let Some(encoder) = pretrained {
+                        after.extend(g.fit_node_of(plan, encoder.as_str()));
+                    }
                     let mut oracle = None;
                     let sampler = match training {
                         Training::Samples(samples) => Some(samples),
@@ -251,6 +260,14 @@ impl Graph {
                 }
                 Role::CloudMask { .. } | Role::Features { .. } => unreachable!("chunk stages are in the map node"),
                 Role::Augmenter => unreachable!("augmenters are skipped above"),
+                Role::Pretrainer { input, year, .. } => {
+                    let names: Vec<String> = match year {
+                        Some(y) => vec![format!("{input}_{y}")],
+                        None if per_year_input(input.as_str()) => years.iter().map(|y| format!("{input}_{y}")).collect(),
+                        None => vec![input.to_string()],
+                    };
+                    FitIo::Pretrain { features: names.iter().filter_map(|n| g.declared(n)).collect() }
+                }
             };
             class_layers.extend(io.class_layers());
             g.nodes.push(Node::Fit { stage: s, query, io, after });

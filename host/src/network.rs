@@ -51,12 +51,42 @@ fn segmentation_params_schema() -> Value {
     properties.insert("overlap".into(), json!({ "type": "integer", "minimum": 0, "maximum": 1024, "description": "context added on each side of a tile's core in px (default 16, the seed's)" }));
     properties.insert("patch".into(), json!({ "type": "integer", "minimum": 8, "maximum": 1024, "description": "training patch side in px (default 64)" }));
     properties.insert("patches_per_epoch".into(), json!({ "type": "integer", "minimum": 1, "description": "patches drawn on the fly per epoch (default 256)" }));
+    properties.insert("budgets".into(), json!({
+        "type": "array", "minItems": 1, "maxItems": 8,
+        "items": { "type": "number", "exclusiveMinimum": 0, "maximum": 1 },
+        "description": "label budgets, shares of the labelled training pixels (e.g. [0.01, 0.1, 1]): the network is trained at each, from the `pretrained` encoder and from scratch, for the comparison table; the map comes from the largest (default [1])"
+    }));
     schema
+}
+
+/// The parameters of `recipe = "simclr"` (a pretraining stage, seed 003).
+fn pretraining_params_schema() -> Value {
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "properties": {
+            "epochs": { "type": "integer", "minimum": 1, "maximum": 10000, "description": "epochs of views (default 20)" },
+            "batches_per_epoch": { "type": "integer", "minimum": 1, "maximum": 100000, "description": "batches per epoch, each of new patches and views (default 32)" },
+            "batch_size": { "type": "integer", "minimum": 2, "maximum": 4096, "description": "patch pairs per step: 2 × batch_size views, 2 × (batch_size − 1) negatives per anchor (default 16, the seed's)" },
+            "patch": { "type": "integer", "minimum": 8, "maximum": 512, "description": "patch side in px (default 40, the seed's), a multiple of 2^depth" },
+            "temperature": { "type": "number", "exclusiveMinimum": 0, "maximum": 10, "description": "NT-Xent temperature τ (default 0.1; the seed also used 0.7)" },
+            "learning_rate": { "type": "number", "exclusiveMinimum": 0, "description": "SGD learning rate (default 0.001, the seed's)" },
+            "momentum": { "type": "number", "minimum": 0, "maximum": 1, "description": "SGD momentum (default 0.9)" },
+            "projection_dim": { "type": "integer", "minimum": 1, "maximum": 4096, "description": "output size of the 2-layer projection head (default 64)" },
+            "hyperparameters": { "type": "object", "additionalProperties": false, "properties": { "width": { "type": "integer", "minimum": 1 }, "depth": { "type": "integer", "minimum": 1, "maximum": 6 } }, "description": "the encoder's FG-UNet shape: width, depth (an fg-unet starting from it takes the same)" },
+            "threads": { "type": "integer", "minimum": 1, "description": "torch threads (default 1)" },
+            "seed": { "type": "integer", "minimum": 0, "description": "default: the run's seed" }
+        }
+    })
 }
 
 /// Checks a recipe labeller's parameters: `Err` lists each violation with its JSON pointer.
 pub fn check_params(arch: &str, params: &Value) -> Result<(), Vec<(String, String)>> {
-    let schema = if arch == "fg-unet" { segmentation_params_schema() } else { params_schema() };
+    let schema = match arch {
+        "fg-unet" => segmentation_params_schema(),
+        "simclr" => pretraining_params_schema(),
+        _ => params_schema(),
+    };
     let schema = jsonschema::validator_for(&schema).expect("the recipe parameter schema is valid");
     let errors: Vec<_> = schema.iter_errors(params).map(|e| (e.instance_path().to_string(), e.to_string())).collect();
     if errors.is_empty() { Ok(()) } else { Err(errors) }
@@ -172,6 +202,10 @@ pub(crate) fn request(
     }
     if let Some(h) = params.get("hyperparameters") {
         extra.extend(["--hyperparameters".to_string(), h.to_string()]);
+    }
+    if let Some(budgets) = params.get("budgets").and_then(Value::as_array) {
+        let list: Vec<String> = budgets.iter().map(Value::to_string).collect();
+        extra.extend(["--budgets".to_string(), list.join(",")]);
     }
     if matches!(data, crate::train::TrainData::Samples(_)) {
         // Pixels of the run's rasters: NaN is a masked (cloudy) date, which the network takes.

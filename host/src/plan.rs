@@ -129,13 +129,17 @@ pub enum Role {
     Sampler { input: Option<StageId>, year: Option<i32>, sample_size: SampleSize },
     /// Trains on `input`'s features (of `year`, or of every year) as `training` says,
     /// holding out `holdout` of its samples, and predicts every pixel.
-    Labeller { input: StageId, year: Option<i32>, holdout: Holdout, training: Training },
+    /// With `pretrained`, an `fg-unet` starts from that pretraining stage's encoder.
+    Labeller { input: StageId, year: Option<i32>, holdout: Holdout, training: Training, pretrained: Option<StageId> },
     /// Decodes `input`'s yearly posteriors (a labeller predicting per year, or a
     /// per-year features stage of probabilities).
     Decoder { input: StageId },
     /// Makes views of patches for a pretraining stage that names it (`views = "…"`);
     /// writes nothing itself.
     Augmenter,
+    /// Trains an encoder self-supervised (`recipe = "simclr"`) on `views`' views of
+    /// patches of `input` (of `year`, or of every year).
+    Pretrainer { input: StageId, year: Option<i32>, views: StageId },
 }
 
 /// How many pixels a clusterer is fitted on, or a sampler chooses among: what the
@@ -177,13 +181,14 @@ impl Role {
             Role::Labeller { .. } => StageKind::Labeller,
             Role::Decoder { .. } => StageKind::Decoder,
             Role::Augmenter => StageKind::Augmenter,
+            Role::Pretrainer { .. } => StageKind::Pretrainer,
         }
     }
 
     /// The stage whose output it reads, if any.
     pub fn input(&self) -> Option<&StageId> {
         match self {
-            Role::Clusterer { input, .. } | Role::Labeller { input, .. } | Role::Decoder { input } => Some(input),
+            Role::Clusterer { input, .. } | Role::Labeller { input, .. } | Role::Decoder { input } | Role::Pretrainer { input, .. } => Some(input),
             Role::Sampler { input, .. } | Role::CloudMask { input, .. } | Role::Features { input, .. } => input.as_ref(),
             Role::Augmenter => None,
         }
@@ -192,7 +197,7 @@ impl Role {
     /// The year of a per-year input it works on.
     pub fn year(&self) -> Option<i32> {
         match self {
-            Role::Clusterer { year, .. } | Role::Sampler { year, .. } | Role::Labeller { year, .. } => *year,
+            Role::Clusterer { year, .. } | Role::Sampler { year, .. } | Role::Labeller { year, .. } | Role::Pretrainer { year, .. } => *year,
             _ => None,
         }
     }
@@ -336,10 +341,12 @@ pub struct RecipePlan {
 }
 
 impl Executor {
-    /// The stage kind it runs: a plugin's own, and labeller for a recipe.
+    /// The stage kind it runs: a plugin's own; for a recipe, pretrainer (`simclr`) or
+    /// labeller.
     pub fn kind(&self) -> StageKind {
         match self {
             Executor::Plugin(p) => p.info().kind,
+            Executor::Recipe(r) if r.arch == "simclr" => StageKind::Pretrainer,
             Executor::Recipe(_) => StageKind::Labeller,
         }
     }
@@ -571,7 +578,46 @@ impl Plan {
                 None if chunk_kind || kind == StageKind::Augmenter => None,
                 None => stages.iter().rev().find(|s| s.kind() == StageKind::Features).map(|s| s.id.clone()),
             };
-            if matches!(kind, StageKind::Clusterer | StageKind::Labeller) && input.is_none() {
+            let views = match (&stage.views, kind) {
+                (Some(v), StageKind::Pretrainer) => {
+                    if kind_of(v.get_ref()) != Some(StageKind::Augmenter) {
+                        return Err(source.error(
+                            Some(v.span()),
+                            format!("views = '{}' is a {} stage; a pretraining stage takes its views from an earlier augmenter stage", v.get_ref(), shown_kind_of(v.get_ref())),
+                        ));
+                    }
+                    Some(v.get_ref().clone())
+                }
+                (None, StageKind::Pretrainer) => {
+                    return Err(source.error(
+                        Some(stage.id.span()),
+                        format!("the pretraining stage '{id}' needs `views = \"<augmenter stage id>\"`: the plugin that makes its views (e.g. simclr-augment@0.1.0)"),
+                    ));
+                }
+                (Some(v), _) => {
+                    return Err(source.error(Some(v.span()), format!("'views' is for pretraining stages (recipe = \"simclr\"); '{id}' is a {kind_shown} stage")));
+                }
+                (None, _) => None,
+            };
+            let pretrained = match &stage.pretrained {
+                None => None,
+                Some(p) => {
+                    if !matches!(&executor, Executor::Recipe(r) if r.arch == "fg-unet") {
+                        return Err(source.error(Some(p.span()), format!("'pretrained' is for fg-unet labellers; '{id}' is {}", match &executor {
+                            Executor::Recipe(r) => format!("recipe {}", r.arch),
+                            Executor::Plugin(_) => format!("a {kind_shown} plugin"),
+                        })));
+                    }
+                    if kind_of(p.get_ref()) != Some(StageKind::Pretrainer) {
+                        return Err(source.error(
+                            Some(p.span()),
+                            format!("pretrained = '{}' is a {} stage; name an earlier pretraining stage (recipe = \"simclr\")", p.get_ref(), shown_kind_of(p.get_ref())),
+                        ));
+                    }
+                    Some(p.get_ref().clone())
+                }
+            };
+            if matches!(kind, StageKind::Clusterer | StageKind::Labeller | StageKind::Pretrainer) && input.is_none() {
                 return Err(source.error(
                     Some(stage.id.span()),
                     format!("the {kind_shown} stage '{id}' needs features: add a features stage before it (or name one with `input`)"),
@@ -767,9 +813,15 @@ impl Plan {
                         (None, Some(Ok(samples)), None) => Training::Samples(samples),
                         (None, None, _) => unresolved(kind_shown, "samples or a model"),
                     },
+                    pretrained,
                 },
                 StageKind::Decoder => Role::Decoder { input: input.unwrap_or_else(|| unresolved(kind_shown, "an input")) },
                 StageKind::Augmenter => Role::Augmenter,
+                StageKind::Pretrainer => Role::Pretrainer {
+                    input: input.unwrap_or_else(|| unresolved(kind_shown, "an input")),
+                    year,
+                    views: views.unwrap_or_else(|| unresolved(kind_shown, "views")),
+                },
             };
             stages.push(StagePlan { id, executor, limits, params, role });
         }

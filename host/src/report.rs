@@ -224,14 +224,68 @@ fn section_html(section: &SceneSection) -> String {
             let years: Vec<String> = years.iter().map(|y| y.to_string()).collect();
             let _ = write!(html, "<p>Training features from {}.</p>", esc(&years.join(", ")));
         }
+        if let Some(table) = budgets_html(&summary["training"]["validation"]["label_budgets"]) {
+            html.push_str(&table);
+        }
         html.push_str("<h3>Training report</h3>");
         html.push_str(&object_html(&summary["training"]));
+    } else if section.kind == "pretrainer" {
+        let (loss, views) = (&summary["loss"], &summary["views"]);
+        let _ = write!(
+            html,
+            "<p>{} {:.4} → {:.4} over {} epochs of {} view pairs ({} px patches, {} channels), made by <code>{}</code> at {:.0} pairs/s.</p>",
+            esc(loss["name"].as_str().unwrap_or("loss")),
+            loss["first"].as_f64().unwrap_or(f64::NAN),
+            loss["last"].as_f64().unwrap_or(f64::NAN),
+            views["epochs"],
+            views["pairs"],
+            views["patch"],
+            views["channels"],
+            esc(summary["augmenter"]["plugin"].as_str().unwrap_or("")),
+            summary["throughput"]["pairs_per_second"].as_f64().unwrap_or(0.0)
+        );
+        html.push_str(&object_html(summary));
     } else {
         html.push_str(&object_html(summary));
         html.push_str("<h3>Stage report</h3>");
         html.push_str(&object_html(&summary["report"]));
     }
     html
+}
+
+/// Seed 003's table: the network fine-tuned from a self-supervised encoder against the
+/// same network trained from scratch, per label budget, on the same held-out pixels.
+fn budgets_html(budgets: &Value) -> Option<String> {
+    let rows = budgets["table"].as_array().filter(|r| !r.is_empty())?;
+    let inits: Vec<&str> = ["ssl", "supervised"].into_iter().filter(|i| rows[0][*i].is_object()).collect();
+    let classes: Vec<String> = rows[0][inits[0]]["iou"].as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+    let mut html = String::from(
+        "<h3>Self-supervised against supervised, per label budget</h3><p>The same network, started from the pretrained encoder (ssl) or from scratch (supervised), trained on a share of each class's labelled pixels; assessed on the same held-out pixels.</p><table><tr><th>budget</th><th>labelled px</th><th class=l>init</th><th>OA</th><th>mIoU</th>",
+    );
+    for c in &classes {
+        let _ = write!(html, "<th>IoU {}</th>", esc(c));
+    }
+    html.push_str("</tr>");
+    let num = |v: &Value| v.as_f64().map_or("–".to_string(), |x| format!("{x:.4}"));
+    for row in rows {
+        for init in &inits {
+            let r = &row[*init];
+            let _ = write!(
+                html,
+                "<tr><td>{:.0} %</td><td>{}</td><td class=l>{init}</td><td>{}</td><td>{}</td>",
+                row["budget"].as_f64().unwrap_or(0.0) * 100.0,
+                row["fit_pixels"],
+                num(&r["overall_accuracy"]),
+                num(&r["miou"])
+            );
+            for c in &classes {
+                let _ = write!(html, "<td>{}</td>", num(&r["iou"][c]));
+            }
+            html.push_str("</tr>");
+        }
+    }
+    html.push_str("</table>");
+    Some(html)
 }
 
 /// Labellers assessed on the same held-out pixels (the same sampler, split rule and

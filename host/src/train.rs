@@ -10,7 +10,7 @@
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -110,12 +110,16 @@ pub enum TrainData {
     Samples(PathBuf),
     /// A patch dataset folder (`--patches`: fg-unet).
     Patches(PathBuf),
+    /// A `sitsflow-views/1` stream on the recipe's standard input (`pretrain --views -`:
+    /// simclr), written by the caller of [`pretrain`].
+    Views,
 }
 
 impl TrainData {
     pub fn path(&self) -> &Path {
         match self {
             TrainData::Samples(p) | TrainData::Patches(p) => p,
+            TrainData::Views => Path::new("-"),
         }
     }
 
@@ -123,6 +127,15 @@ impl TrainData {
         match self {
             TrainData::Samples(_) => "--samples",
             TrainData::Patches(_) => "--patches",
+            TrainData::Views => "--views",
+        }
+    }
+
+    /// For messages: the file, or the stream.
+    fn shown(&self) -> String {
+        match self {
+            TrainData::Views => "the views streamed to it".into(),
+            other => other.path().display().to_string(),
         }
     }
 }
@@ -235,13 +248,36 @@ pub fn check_environment(pythonpath: &str) -> Result<String> {
 }
 
 /// Runs the recipe, forwarding its progress to `progress(epoch, epochs, event)`.
-pub fn train(request: &TrainRequest, pythonpath: &str, mut progress: impl FnMut(u64, u64, &Value)) -> Result<Trained> {
+pub fn train(request: &TrainRequest, pythonpath: &str, progress: impl FnMut(u64, u64, &Value) + Send) -> Result<Trained> {
+    supervise(request, pythonpath, progress, None)
+}
+
+/// Runs a pretraining recipe (`pretrain`, [`TrainData::Views`]) while `feed` writes its
+/// views stream to the recipe's standard input (closed when `feed` returns). A recipe
+/// that stops reading makes `feed` fail with a broken pipe; the recipe's own error is
+/// reported then.
+pub fn pretrain(
+    request: &TrainRequest,
+    pythonpath: &str,
+    progress: impl FnMut(u64, u64, &Value) + Send,
+    feed: &mut dyn FnMut(&mut dyn Write) -> Result<()>,
+) -> Result<Trained> {
+    supervise(request, pythonpath, progress, Some(feed))
+}
+
+#[allow(clippy::type_complexity)]
+fn supervise(
+    request: &TrainRequest,
+    pythonpath: &str,
+    mut progress: impl FnMut(u64, u64, &Value) + Send,
+    feed: Option<&mut dyn FnMut(&mut dyn Write) -> Result<()>>,
+) -> Result<Trained> {
     let torch = check_environment(pythonpath)?;
     let launch = launch(request.distributed, |name| std::env::var(name).ok())?;
     log::info!(
         "training {} on {} with torch {torch}{}",
         request.arch,
-        request.data.path().display(),
+        request.data.shown(),
         match &launch {
             Launch::Plain => String::new(),
             Launch::Local { nproc_per_node } => format!(", {nproc_per_node} processes (torchrun)"),
@@ -274,8 +310,9 @@ pub fn train(request: &TrainRequest, pythonpath: &str, mut progress: impl FnMut(
             c
         }
     };
+    let verb = if matches!(request.data, TrainData::Views) { "pretrain" } else { "train" };
     command
-        .args(["-m", "sitsflow_models", "train", "--contract", &CONTRACT.to_string(), "--arch", &request.arch])
+        .args(["-m", "sitsflow_models", verb, "--contract", &CONTRACT.to_string(), "--arch", &request.arch])
         .arg(request.data.flag())
         .arg(request.data.path())
         .arg("--out")
@@ -291,6 +328,7 @@ pub fn train(request: &TrainRequest, pythonpath: &str, mut progress: impl FnMut(
         command.args(["--epochs", &epochs.to_string()]);
     }
     command.args(&request.extra).env("PYTHONPATH", pythonpath).stdout(Stdio::piped()).stderr(Stdio::piped());
+    command.stdin(if feed.is_some() { Stdio::piped() } else { Stdio::null() });
     let mut child = command.spawn().with_context(|| format!("starting {}", python()))?;
     // stderr in its own thread so neither pipe can fill up and stall the recipe.
     let stderr = child.stderr.take().expect("piped");
@@ -305,27 +343,56 @@ pub fn train(request: &TrainRequest, pythonpath: &str, mut progress: impl FnMut(
         }
         tail
     });
-    let mut last_error = None;
     let stdout = child.stdout.take().expect("piped");
-    for line in BufReader::new(stdout).lines() {
-        let line = line.context("reading the recipe's output")?;
-        let Ok(event) = serde_json::from_str::<Value>(&line) else {
-            log::warn!(target: "train", "not a contract line: {line}");
-            continue;
+    let stdin = child.stdin.take();
+    let (last_error, fed) = std::thread::scope(|scope| {
+        // Events in their own thread while this one feeds the recipe's input.
+        let events = scope.spawn(move || -> Result<Option<String>> {
+            let mut last_error = None;
+            for line in BufReader::new(stdout).lines() {
+                let line = line.context("reading the recipe's output")?;
+                let Ok(event) = serde_json::from_str::<Value>(&line) else {
+                    log::warn!(target: "train", "not a contract line: {line}");
+                    continue;
+                };
+                match event["event"].as_str() {
+                    Some("epoch") => progress(event["epoch"].as_u64().unwrap_or(0), event["epochs"].as_u64().unwrap_or(0), &event),
+                    Some("error") => last_error = event["message"].as_str().map(str::to_string),
+                    _ => log::debug!(target: "train", "{line}"),
+                }
+            }
+            Ok(last_error)
+        });
+        let fed = match (feed, stdin) {
+            (Some(feed), Some(mut stdin)) => {
+                let mut writer = std::io::BufWriter::with_capacity(1 << 20, &mut stdin);
+                let result = feed(&mut writer).and_then(|()| writer.flush().context("writing to the recipe"));
+                drop(writer);
+                drop(stdin);
+                result
+            }
+            _ => Ok(()),
         };
-        match event["event"].as_str() {
-            Some("epoch") => progress(event["epoch"].as_u64().unwrap_or(0), event["epochs"].as_u64().unwrap_or(0), &event),
-            Some("error") => last_error = event["message"].as_str().map(str::to_string),
-            _ => log::debug!(target: "train", "{line}"),
-        }
-    }
+        (events.join().unwrap_or_else(|_| Ok(Some("the event reader panicked".into()))), fed)
+    });
+    let last_error = last_error?;
     let status = child.wait().context("waiting for the recipe")?;
     let tail = errors.join().unwrap_or_default();
+    // A feed that failed on its own (not because the recipe stopped reading: a broken
+    // pipe) is the cause; the recipe then only saw its input end early.
+    if let Err(e) = &fed {
+        let broken_pipe = e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe));
+        if !broken_pipe {
+            return Err(fed.unwrap_err().context(format!("feeding {} its views", request.arch)));
+        }
+    }
     if !status.success() {
         let why = last_error.unwrap_or_else(|| tail.iter().rev().take(5).rev().cloned().collect::<Vec<_>>().join("\n"));
         let kind = if status.code() == Some(2) { "rejected its input" } else { "failed" };
-        bail!("training {} on {} {kind}: {why}", request.arch, request.data.path().display());
+        bail!("training {} on {} {kind}: {why}", request.arch, request.data.shown());
     }
+    // The recipe succeeded although the feed failed (it read all it needed): still an error.
+    fed.with_context(|| format!("feeding {} its views", request.arch))?;
     let sidecar_path = request.out.join("model.json");
     let sidecar: Value = serde_json::from_str(
         &std::fs::read_to_string(&sidecar_path)

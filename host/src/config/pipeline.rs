@@ -38,7 +38,7 @@ pub const DEFAULT_DEADLINE_MS: u64 = 60_000;
 /// The largest memory a 32-bit Wasm instance can address.
 pub const MAX_MEMORY_MIB: u32 = 4096;
 /// The training recipes of `models/` a `recipe` labeller may name.
-pub const RECIPES: &[&str] = &["fg-unet", "lstm", "tempcnn"];
+pub const RECIPES: &[&str] = &["fg-unet", "lstm", "simclr", "tempcnn"];
 
 /// A parsed, syntactically valid pipeline, with the spans of its values.
 #[derive(Debug, Deserialize)]
@@ -227,7 +227,12 @@ pub struct Stage {
     /// `hyperparameters`, `nproc_per_node` and `nodes` for a distributed training;
     /// fg-unet also `tile`, `overlap`, `patch`, `patches_per_epoch`); its input is per-date features named `BAND@DATE`. `fg-unet` is a
     /// segmentation network: it trains on patches around the selection's pixels and
-    /// predicts by overlapping tiles.
+    /// predicts by overlapping tiles. `simclr` is not a labeller but a pretraining stage:
+    /// it trains FG-UNet's encoder self-supervised on the views of an augmenter stage
+    /// (`views = "…"`) of patches of its `input`, for an `fg-unet` labeller to start from
+    /// (`pretrained = "…"`); its params: `epochs`, `batches_per_epoch`, `batch_size`,
+    /// `patch`, `temperature`, `learning_rate`, `momentum`, `projection_dim`,
+    /// `hyperparameters` (width, depth), `threads`, `seed`.
     #[serde(default)]
     pub recipe: Option<Located<String>>,
     /// `device = "auto"`: where a recipe labeller's network runs (`auto`, `cpu`, `cuda`).
@@ -291,6 +296,15 @@ pub struct Stage {
     /// sparse samples by active learning, the reference map answering the queries.
     #[serde(default)]
     pub active_learning: Option<Located<ActiveLearning>>,
+    /// `views = "views"`: the augmenter stage whose views a pretraining stage
+    /// (`recipe = "simclr"`) trains on (seed 003).
+    #[serde(default)]
+    pub views: Option<Located<StageId>>,
+    /// `pretrained = "ssl"`: the pretraining stage whose encoder an `fg-unet` labeller
+    /// starts from; it is also trained from scratch at each of its `budgets`, for the
+    /// self-supervised-against-supervised table (seed 003).
+    #[serde(default)]
+    pub pretrained: Option<Located<StageId>>,
 }
 
 /// `active_learning = { … }` of a labeller stage.

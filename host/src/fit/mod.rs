@@ -16,6 +16,9 @@
 //!   `Learner`, so splits, metrics and maps are the same.
 //! - `decode`: a **decoder** turns yearly posteriors into consistent yearly maps, the
 //!   change count and the from → to raster.
+//! - `pretrain`: a **pretrainer** (`recipe = "simclr"`) trains an encoder on views an
+//!   augmenter stage makes of patches of its features, streamed to the recipe; an
+//!   `fg-unet` labeller with `pretrained` starts from it.
 //!
 //! Every raster a driver reads or writes is named by its node's `FitIo`. Fits see
 //! samples that fit in memory; assignment and prediction stream chunks on all workers
@@ -30,6 +33,7 @@ mod active;
 mod cluster;
 mod decode;
 mod label;
+mod pretrain;
 mod sample;
 mod segment;
 
@@ -332,6 +336,11 @@ pub fn run(ctx: &Context, peaks: &mut crate::memory::Peaks) -> Result<FitResults
                 }
                 (FitIo::Decode { posteriors, maps, changes, fromto }, Role::Decoder { input }) => {
                     decode::run(ctx, stage, input, &pool()?, posteriors, maps, *changes, *fromto, nomenclature, &mut results)?
+                }
+                (FitIo::Pretrain { features }, Role::Pretrainer { views, .. }) => {
+                    let Executor::Recipe(recipe) = &stage.executor else { bail!("internal: stage '{}' pretrains without a recipe", stage.id) };
+                    let views = ctx.plan.stages.iter().find(|s| &s.id == views).ok_or_else(|| anyhow!("internal: no stage '{views}'"))?;
+                    pretrain::run(ctx, stage, recipe, views, features, &mut results)?
                 }
                 _ => bail!("internal: stage '{}' ({}) has a fit node of another kind", stage.id, stage.kind_name()),
             })

@@ -264,7 +264,15 @@ fn train(
         scene.rng(stage, "recipe").next_u64() >> 1
     };
     let data = crate::train::TrainData::Patches(dataset.to_path_buf());
-    let request = crate::network::request(recipe, stage.id.as_str(), data, None, out.clone(), seed, &stage.params)?;
+    let mut request = crate::network::request(recipe, stage.id.as_str(), data, None, out.clone(), seed, &stage.params)?;
+    if let crate::plan::Role::Labeller { pretrained: Some(encoder), .. } = &stage.role {
+        // Staged by the pretraining node, which the graph runs before this one.
+        let checkpoint = scene.run_dir().join("models").join(encoder.as_str()).join("model.pt");
+        if !checkpoint.is_file() {
+            bail!("stage '{}': the encoder of stage '{encoder}' is missing ({})", stage.id, checkpoint.display());
+        }
+        request.extra.extend(["--encoder".to_string(), checkpoint.display().to_string()]);
+    }
     let network = crate::network::run_recipe(recipe, stage.id.as_str(), &request)?;
     // The dataset's description (channels, classes, split) goes with the model; the cube
     // stays in .partial/.

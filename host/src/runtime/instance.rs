@@ -101,12 +101,14 @@ pub fn kind_name(kind: StageKind) -> &'static str {
         StageKind::Sampler => "sampler",
         StageKind::Decoder => "decoder",
         StageKind::Augmenter => "augmenter",
+        StageKind::Pretrainer => "pretrainer",
     }
 }
 
-/// A stage's kind: which interface its plugin exports. The six of WIT's `stage-kind`,
-/// and `augmenter` (WIT 0.2.1), which that enum — part of the types every 0.2 plugin
-/// was built against — cannot name.
+/// A stage's kind: which interface its plugin exports — the six of WIT's `stage-kind`,
+/// and `augmenter` (WIT 0.2.1), which that enum (part of the types every 0.2 plugin was
+/// built against) cannot name — or, for `pretrainer`, that a recipe trains an encoder
+/// self-supervised (no plugin is one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StageKind {
     CloudMask,
@@ -116,6 +118,7 @@ pub enum StageKind {
     Sampler,
     Decoder,
     Augmenter,
+    Pretrainer,
 }
 
 impl From<types::StageKind> for StageKind {

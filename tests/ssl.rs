@@ -1,0 +1,131 @@
+//! SimCLR pretraining in a run (seed 003): an augmenter component makes the views, the
+//! host streams them to the recipe, the encoder is exported and an FG-UNet starts from
+//! it at two label budgets beside the same network from scratch; the report carries the
+//! table. A failing augmenter fails the run naming it, and nothing is published.
+
+use crate::common;
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+
+fn json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+}
+
+fn pipeline(views_params: &str) -> String {
+    let demo = common::small_demo();
+    format!(
+        r#"schema = 1
+name = "ssl"
+
+[input]
+series = {series:?}
+
+[reference]
+path = {reference:?}
+classes = {classes:?}
+
+[run]
+seed = 3
+
+[[stage]]
+id = "bands"
+plugin = "indices@0.1.0"
+per_year = true
+params = {{ bands = ["B04", "B08", "B11"], per_date = true }}
+
+[[stage]]
+id = "labels"
+plugin = "stratified-samples@0.1.0"
+params = {{ per_class = 300 }}
+
+[[stage]]
+id = "views"
+plugin = "simclr-augment@0.1.0"
+params = {{ {views_params} }}
+
+[[stage]]
+id = "ssl"
+recipe = "simclr"
+input = "bands"
+views = "views"
+params = {{ epochs = 2, batches_per_epoch = 3, batch_size = 4, patch = 16, learning_rate = 0.01, hyperparameters = {{ width = 4, depth = 2 }} }}
+
+[[stage]]
+id = "unet"
+recipe = "fg-unet"
+input = "bands"
+year = 2018
+samples = "labels"
+holdout = 0.3
+holdout_by = "polygons"
+pretrained = "ssl"
+params = {{ budgets = [0.2, 1.0], epochs = 2, patch = 16, patches_per_epoch = 16, batch_size = 4, tile = 64, overlap = 8, hyperparameters = {{ pixel_width = 4 }} }}
+"#,
+        series = demo.join("series").display().to_string(),
+        reference = demo.join("truth/2018.tif").display().to_string(),
+        classes = demo.join("classes.csv").display().to_string(),
+    )
+}
+
+fn run(project: &Path, text: &str) -> std::process::Output {
+    std::fs::write(project.join("ssl.toml"), text).unwrap();
+    let sitsflow = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_sitsflow")).current_dir(project).args(args).output().unwrap();
+    let out = sitsflow(&["--quiet", "plugins", "lock", "ssl.toml"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    sitsflow(&["--quiet", "run", "ssl.toml"])
+}
+
+#[test]
+fn simclr_pretrains_on_streamed_views_and_fg_unet_starts_from_its_encoder() {
+    let project = common::project_dir();
+    let out = run(project.path(), &pipeline(""));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dir = project.path().join("runs/ssl");
+    let manifest = json(&dir.join("manifest.json"));
+    let published: Vec<&str> = manifest["published"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    for f in ["models/ssl/model.onnx", "models/ssl/model.pt", "models/ssl/model.json", "models/ssl/metrics.json", "unet_2018.tif"] {
+        assert!(published.contains(&f), "{f} not in {published:?}");
+    }
+    let report = json(&dir.join("report.json"));
+    let sections = report["scene_stages"].as_array().expect("the report's scene stage sections");
+    let ssl = sections.iter().find(|s| s["stage"] == "ssl").expect("the pretrainer's section");
+    assert_eq!(ssl["kind"], "pretrainer");
+    let summary = &ssl["summary"];
+    assert_eq!(summary["views"]["pairs"], 2 * 3 * 4);
+    assert_eq!(summary["views"]["channels"], 3 * 4, "3 bands × 4 dates");
+    assert_eq!(summary["views"]["rasters"].as_array().unwrap().len(), 3, "every year's patches are in the pool");
+    assert_eq!(summary["augmenter"]["plugin"], "simclr-augment@0.1.0");
+    assert_eq!(summary["loss"]["history"].as_array().unwrap().len(), 2);
+    assert!(summary["onnx_check"]["max_abs_diff"].as_f64().unwrap() < 1e-4, "{}", summary["onnx_check"]);
+    let sidecar = json(&dir.join("models/ssl/model.json"));
+    assert_eq!(sidecar["views_sha256"], summary["views"]["sha256"]);
+    assert_eq!(sidecar["input"]["channels"].as_array().unwrap().len(), 12);
+
+    let unet = sections.iter().find(|s| s["stage"] == "unet").expect("the labeller's section");
+    let budgets = &unet["summary"]["training"]["validation"]["label_budgets"];
+    let table = budgets["table"].as_array().expect("the label budget table");
+    assert_eq!(table.iter().map(|r| r["budget"].as_f64().unwrap()).collect::<Vec<_>>(), [0.2, 1.0]);
+    for row in table {
+        for init in ["ssl", "supervised"] {
+            assert!(row[init]["overall_accuracy"].is_number() && row[init]["iou"].is_object(), "{row}");
+        }
+    }
+    assert!(table[0]["fit_pixels"].as_u64() < table[1]["fit_pixels"].as_u64());
+    assert!(budgets["pretrained"].as_str().unwrap().ends_with("models/ssl/model.pt"));
+    let unet_sidecar = json(&dir.join("models/unet/model.json"));
+    assert_eq!(unet_sidecar["training"]["pretrained_encoder"]["views_sha256"], sidecar["views_sha256"]);
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    assert!(html.contains("Self-supervised against supervised, per label budget"));
+    assert!(html.contains("NT-Xent"));
+}
+
+#[test]
+fn an_augmenter_that_rejects_its_parameters_fails_the_run_naming_it() {
+    let project = common::project_dir();
+    let out = run(project.path(), &pipeline("blur_sigma = [2.0, 1.0]"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("stage 'views' (simclr-augment@0.1.0)") && err.contains("blur_sigma"), "{err}");
+    assert!(!project.path().join("runs/ssl/manifest.json").exists(), "nothing published");
+}

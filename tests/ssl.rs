@@ -61,6 +61,17 @@ holdout = 0.3
 holdout_by = "polygons"
 pretrained = "ssl"
 params = {{ budgets = [0.2, 1.0], epochs = 2, patch = 16, patches_per_epoch = 16, batch_size = 4, tile = 64, overlap = 8, hyperparameters = {{ pixel_width = 4 }} }}
+
+# A random forest on the encoder's embeddings of 2018.
+[[stage]]
+id = "forest"
+plugin = "random-forest@0.1.0"
+input = "ssl"
+year = 2018
+samples = "labels"
+holdout = 0.3
+holdout_by = "polygons"
+params = {{ n_trees = 20, seed = 1 }}
 "#,
         series = demo.join("series").display().to_string(),
         reference = demo.join("truth/2018.tif").display().to_string(),
@@ -115,6 +126,23 @@ fn simclr_pretrains_on_streamed_views_and_fg_unet_starts_from_its_encoder() {
     assert!(budgets["pretrained"].as_str().unwrap().ends_with("models/ssl/model.pt"));
     let unet_sidecar = json(&dir.join("models/unet/model.json"));
     assert_eq!(unet_sidecar["training"]["pretrained_encoder"]["views_sha256"], sidecar["views_sha256"]);
+    // The embeddings: one raster per year, the first level's 4 channels and the bottom's
+    // 16, read by the forest as features.
+    for year in [2018, 2019, 2020] {
+        assert!(published.contains(&format!("ssl_{year}.tif").as_str()), "ssl_{year}.tif not in {published:?}");
+    }
+    let embedded = gdal::Dataset::open(dir.join("ssl_2018.tif")).unwrap();
+    assert_eq!((embedded.raster_size(), embedded.raster_count()), ((64, 64), 20));
+    let first = embedded.rasterband(1).unwrap();
+    assert_eq!(gdal::Metadata::description(&first).unwrap(), "emb00");
+    let values = first.read_as::<f32>((0, 0), (64, 64), (64, 64), None).unwrap();
+    assert!(values.data().iter().all(|v| v.is_finite()));
+    assert_eq!(summary["embeddings"].as_array().unwrap().len(), 3);
+    let forest = sections.iter().find(|s| s["stage"] == "forest").expect("the forest's section");
+    // Assessed on held-out polygons like any labeller (a two-epoch encoder of width 4
+    // says nothing of accuracy; docs/figures.md has the demo's).
+    let held_out = &forest["summary"]["held_out"]["metrics"];
+    assert!(held_out["samples"].as_u64().unwrap() > 100 && held_out["overall_accuracy"].is_number(), "{held_out}");
     let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
     assert!(html.contains("Self-supervised against supervised, per label budget"));
     assert!(html.contains("NT-Xent"));

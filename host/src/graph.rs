@@ -72,8 +72,9 @@ pub enum FitIo {
     /// Decodes yearly `posteriors` into yearly `maps`, the change count and from → to.
     Decode { posteriors: Vec<RasterId>, maps: Vec<RasterId>, changes: RasterId, fromto: RasterId },
     /// Trains an encoder on views of patches of `features` (one raster per year it
-    /// pools); writes a model, no raster.
-    Pretrain { features: Vec<RasterId> },
+    /// pools), then writes the `embeddings` of each of `sources` (every features raster
+    /// of its input), one raster each.
+    Pretrain { features: Vec<RasterId>, sources: Vec<RasterId>, embeddings: Vec<RasterId> },
 }
 
 /// One map a labeller predicts, from one features raster.
@@ -95,7 +96,7 @@ impl FitIo {
             FitIo::Sample { features, layers, .. } => features.iter().chain(layers).copied().collect(),
             FitIo::Label { maps, oracle } => maps.iter().map(|m| m.features).chain(*oracle).collect(),
             FitIo::Decode { posteriors, .. } => posteriors.clone(),
-            FitIo::Pretrain { features } => features.clone(),
+            FitIo::Pretrain { features, sources, .. } => features.iter().chain(sources).copied().collect(),
         }
     }
 
@@ -104,7 +105,7 @@ impl FitIo {
             FitIo::Cluster { map, .. } | FitIo::Sample { map, .. } => vec![*map],
             FitIo::Label { maps, .. } => maps.iter().flat_map(|m| [m.map, m.confidence].into_iter().chain(m.proba)).collect(),
             FitIo::Decode { maps, changes, fromto, .. } => maps.iter().copied().chain([*changes, *fromto]).collect(),
-            FitIo::Pretrain { .. } => Vec::new(),
+            FitIo::Pretrain { embeddings, .. } => embeddings.clone(),
         }
     }
 
@@ -260,13 +261,27 @@ impl Graph {
                 }
                 Role::CloudMask { .. } | Role::Features { .. } => unreachable!("chunk stages are in the map node"),
                 Role::Augmenter => unreachable!("augmenters are skipped above"),
-                Role::Pretrainer { input, year, .. } => {
+                Role::Pretrainer { input, year, per_year, .. } => {
                     let names: Vec<String> = match year {
                         Some(y) => vec![format!("{input}_{y}")],
-                        None if per_year_input(input.as_str()) => years.iter().map(|y| format!("{input}_{y}")).collect(),
+                        None if *per_year => years.iter().map(|y| format!("{input}_{y}")).collect(),
                         None => vec![input.to_string()],
                     };
-                    FitIo::Pretrain { features: names.iter().filter_map(|n| g.declared(n)).collect() }
+                    let features = names.iter().filter_map(|n| g.declared(n)).collect();
+                    // Embeddings of every features raster of the input, named like it.
+                    let mut sources = Vec::new();
+                    let mut embeddings = Vec::new();
+                    let pairs: Vec<(String, String)> = if *per_year {
+                        years.iter().map(|y| (format!("{input}_{y}"), format!("{id}_{y}"))).collect()
+                    } else {
+                        vec![(input.to_string(), id.to_string())]
+                    };
+                    for (source, name) in pairs {
+                        let Some(source) = g.declared(&source) else { continue };
+                        sources.push(source);
+                        embeddings.push(declare(&mut g, name, Pixels::Known(PixelType::F32)));
+                    }
+                    FitIo::Pretrain { features, sources, embeddings }
                 }
             };
             class_layers.extend(io.class_layers());

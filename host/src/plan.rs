@@ -138,8 +138,10 @@ pub enum Role {
     /// writes nothing itself.
     Augmenter,
     /// Trains an encoder self-supervised (`recipe = "simclr"`) on `views`' views of
-    /// patches of `input` (of `year`, or of every year).
-    Pretrainer { input: StageId, year: Option<i32>, views: StageId },
+    /// patches of `input` (of `year`, or of every year), then writes its embeddings of
+    /// every features raster of `input` (`per_year`: one per year, like the input) for
+    /// later stages to read as features.
+    Pretrainer { input: StageId, year: Option<i32>, views: StageId, per_year: bool },
 }
 
 /// How many pixels a clusterer is fitted on, or a sampler chooses among: what the
@@ -202,9 +204,15 @@ impl Role {
         }
     }
 
-    /// A features stage run once per year.
+    /// A stage whose features come once per year: a per-year features stage, or a
+    /// pretrainer over one (its embeddings).
     pub fn per_year(&self) -> bool {
-        matches!(self, Role::Features { per_year: true, .. })
+        matches!(self, Role::Features { per_year: true, .. } | Role::Pretrainer { per_year: true, .. })
+    }
+
+    /// Whether later stages may read its output as features (`input = "…"`).
+    pub fn gives_features(&self) -> bool {
+        matches!(self, Role::Features { .. } | Role::Pretrainer { .. })
     }
 
     /// A chunk stage's footprint.
@@ -231,6 +239,7 @@ fn writes_name(stage: &StagePlan, name: &str) -> bool {
             matches!(rest, "confidence" | "proba") || (year(head) && matches!(tail, None | Some("confidence") | Some("proba")))
         }
         Role::Decoder { .. } => year(rest) || matches!(rest, "changes" | "fromto"),
+        Role::Pretrainer { per_year, .. } => *per_year && year(rest),
         _ => false,
     }
 }
@@ -567,10 +576,19 @@ impl Plan {
                     Some(target.get_ref().clone())
                 }
                 Some(target) => {
-                    if kind_of(target.get_ref()) != Some(StageKind::Features) {
+                    // Features, or a pretrainer's embeddings (not for another pretrainer).
+                    let gives = stages.iter().find(|s| &s.id == target.get_ref()).is_some_and(|s| {
+                        s.role.gives_features() && !(kind == StageKind::Pretrainer && s.kind() == StageKind::Pretrainer)
+                    });
+                    if !gives {
                         return Err(source.error(
                             Some(target.span()),
-                            format!("input = '{}' is a {} stage; '{id}' reads a features stage", target.get_ref(), shown_kind_of(target.get_ref())),
+                            format!(
+                                "input = '{}' is a {} stage; '{id}' reads a features stage{}",
+                                target.get_ref(),
+                                shown_kind_of(target.get_ref()),
+                                if kind == StageKind::Pretrainer { "" } else { " (or a pretrainer's embeddings)" }
+                            ),
                         ));
                     }
                     Some(target.get_ref().clone())
@@ -821,6 +839,7 @@ impl Plan {
                     input: input.unwrap_or_else(|| unresolved(kind_shown, "an input")),
                     year,
                     views: views.unwrap_or_else(|| unresolved(kind_shown, "views")),
+                    per_year: input_per_year,
                 },
             };
             stages.push(StagePlan { id, executor, limits, params, role });

@@ -155,6 +155,8 @@ pub struct Network<'a> {
     /// For each input channel, its band in the features raster.
     pub bands: Vec<usize>,
     pub classes: Vec<u16>,
+    /// The output's channels when they are not classes (an encoder's embeddings).
+    pub channels: Vec<String>,
     pub tiling: Tiling,
     /// Bytes of working memory per tile pixel (input, output and the network's largest
     /// activations), for batching within the budget.
@@ -205,6 +207,10 @@ impl<'a> Network<'a> {
         let tiling = Tiling::new(tile, overlap, multiple)
             .with_context(|| format!("tiling {}", model.path().display()))?;
         let classes: Vec<u16> = meta.output.classes.iter().map(|c| c.code).collect();
+        let channels = meta.output.channels.clone();
+        if classes.is_empty() == channels.is_empty() {
+            bail!("{}: the sidecar's output lists {} classes and {} channels; a segmentation network gives classes, an encoder channels", model.path().display(), classes.len(), channels.len());
+        }
         let hp = meta.hyperparameters.clone().unwrap_or_default();
         let width = hp["width"].as_u64().unwrap_or(32) as usize;
         let pixel_width = hp["pixel_width"].as_u64().unwrap_or(64) as usize;
@@ -213,14 +219,20 @@ impl<'a> Network<'a> {
         // arena, which grows by powers of two. Calibrated on `cargo bench --bench segment`
         // (120 channels, default widths: 512 px tiles peaked 1.44 GiB above the start,
         // 256 px tiles 0.49 GiB, GDAL's cache included); this gives 5.8 KB a pixel there.
-        let bytes_per_pixel = 4 * (4 * bands.len() + 10 * (width + pixel_width) + 2 * classes.len());
+        let bytes_per_pixel = 4 * (4 * bands.len() + 10 * (width + pixel_width) + 2 * (classes.len() + channels.len()));
         Ok(Network {
             model,
             bands,
             classes,
+            channels,
             tiling,
             bytes_per_pixel,
         })
+    }
+
+    /// Planes per output pixel: classes, or an encoder's channels.
+    pub fn outputs(&self) -> usize {
+        self.classes.len().max(self.channels.len())
     }
 
     /// Tiles per batch and the tile side within `budget_bytes`: the seed's 512 px tile
@@ -262,7 +274,7 @@ impl<'a> Network<'a> {
     ) -> Result<()> {
         let side = self.tiling.side(width, height);
         let cores = self.tiling.cores(width, height);
-        let (c, k) = (self.bands.len(), self.classes.len());
+        let (c, k) = (self.bands.len(), self.outputs());
         for (b, group) in cores.chunks(batch.max(1)).enumerate() {
             let mut input = Vec::with_capacity(group.len() * c * side * side);
             for core in group {
@@ -281,7 +293,7 @@ impl<'a> Network<'a> {
                 .map_err(|e| anyhow!("{e}"))?;
             if shape != [group.len(), k, side, side] {
                 bail!(
-                    "{}: returned shape {shape:?} for {} tiles of {c} × {side} × {side}, expected {k} classes",
+                    "{}: returned shape {shape:?} for {} tiles of {c} × {side} × {side}, expected {k} output planes",
                     self.model.path().display(),
                     group.len()
                 );

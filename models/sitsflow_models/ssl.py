@@ -59,10 +59,34 @@ class Encoder(nn.Module):
         self.out_channels = width * 2**depth
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.levels(x)[1]
+
+    def levels(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first level's map (full resolution, `width` channels) and the bottom map."""
         x = self.normalise(x)
+        first = None
         for block in self.down:
-            x = self.pool(block(x))
-        return self.bottom(x)
+            x = block(x)
+            if first is None:
+                first = x
+            x = self.pool(x)
+        return first, self.bottom(x)
+
+
+class Embeddings(nn.Module):
+    """Per-pixel features of the encoder, `[N, width + F, H, W]`: its first level's map
+    and its bottom map upsampled bilinearly to the input's grid — what the host writes as
+    a features raster (e.g. for a random forest on self-supervised features)."""
+
+    def __init__(self, encoder: Encoder):
+        super().__init__()
+        self.encoder = encoder
+        self.channels = encoder.down[0][0].out_channels + encoder.out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        first, bottom = self.encoder.levels(x)
+        up = F.interpolate(bottom, size=first.shape[-2:], mode="bilinear", align_corners=False)
+        return torch.cat([first, up], dim=1)
 
 
 class SimCLR(nn.Module):
@@ -223,30 +247,35 @@ def load_encoder(path) -> tuple[dict, dict]:
     return checkpoint["config"], checkpoint["state_dict"]
 
 
-def export_encoder(encoder: Encoder, channels: int, path, opset: int, input_name: str) -> None:
-    """Raw `[N, C, H, W]` → the bottom feature map; batch and sides dynamic."""
+EMBEDDINGS_NAME = "embeddings"
+
+
+def export_encoder(module: nn.Module, multiple: int, channels: int, path, opset: int, input_name: str,
+                   output_name: str = FEATURES_NAME) -> None:
+    """Raw `[N, C, H, W]` → the encoder's map (`Encoder`) or per-pixel features
+    (`Embeddings`); batch and sides dynamic."""
     import warnings
 
     import onnx
 
-    m = encoder.multiple
-    example = torch.zeros(1, channels, 4 * m, 4 * m)
+    example = torch.zeros(1, channels, 4 * multiple, 4 * multiple)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(encoder.eval(), (example,), str(path), dynamo=False, opset_version=opset,
-                          input_names=[input_name], output_names=[FEATURES_NAME],
-                          dynamic_axes={input_name: {0: "N", 2: "H", 3: "W"}, FEATURES_NAME: {0: "N", 2: "h", 3: "w"}},
+        warnings.simplefilter("ignore", (DeprecationWarning, UserWarning))
+        torch.onnx.export(module.eval(), (example,), str(path), dynamo=False, opset_version=opset,
+                          input_names=[input_name], output_names=[output_name],
+                          dynamic_axes={input_name: {0: "N", 2: "H", 3: "W"}, output_name: {0: "N", 2: "h", 3: "w"}},
                           do_constant_folding=True)
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
 
 
-def encoder_onnx_diff(path, encoder: Encoder, x: np.ndarray) -> tuple[float, str] | None:
+def encoder_onnx_diff(path, module: nn.Module, x: np.ndarray, output_name: str = FEATURES_NAME) \
+        -> tuple[float, str] | None:
     from .export import INPUT_NAME, ort_max_abs_diff
 
     x = np.ascontiguousarray(x, dtype=np.float32)
     with torch.no_grad():
-        want = encoder.eval()(torch.from_numpy(x)).numpy()
-    return ort_max_abs_diff(path, x, want, output=FEATURES_NAME)
+        want = module.eval()(torch.from_numpy(x)).numpy()
+    return ort_max_abs_diff(path, x, want, output=output_name)
 
 
 def nan_statistics(batches: list[np.ndarray]) -> tuple[list[float], list[float]]:
@@ -324,11 +353,37 @@ def pretrain_command(args, emit, log, write_json, contracts) -> int:
     save_encoder(tmp, encoder, checkpoint)
     export.replace_atomically(tmp, out / "model.pt")
     tmp = out / "model.onnx.tmp"
-    export_encoder(encoder, c, tmp, export.OPSET, export.INPUT_NAME)
+    export_encoder(encoder, encoder.multiple, c, tmp, export.OPSET, export.INPUT_NAME)
     check = encoder_onnx_diff(tmp, encoder, last[0][:8])
     if check is not None and check[0] > 1e-4:
         raise RuntimeError(f"the ONNX encoder differs from PyTorch by {check[0]:.2e} (onnxruntime {check[1]})")
     export.replace_atomically(tmp, out / "model.onnx")
+    # The per-pixel features the host writes as a raster, checked the same way.
+    embeddings = Embeddings(encoder).eval()
+    tmp = out / "embeddings.onnx.tmp"
+    export_encoder(embeddings, encoder.multiple, c, tmp, export.OPSET, export.INPUT_NAME, EMBEDDINGS_NAME)
+    embeddings_check = encoder_onnx_diff(tmp, embeddings, last[0][:8], EMBEDDINGS_NAME)
+    if embeddings_check is not None and embeddings_check[0] > 1e-4:
+        raise RuntimeError(f"the ONNX embeddings differ from PyTorch by {embeddings_check[0]:.2e}")
+    export.replace_atomically(tmp, out / "embeddings.onnx")
+    e = embeddings.channels
+    write_json(out / "embeddings.json", {
+        "contract": "sitsflow-model/1",
+        "arch": "simclr-embeddings",
+        "hyperparameters": result.hyperparameters,
+        "input": {"name": export.INPUT_NAME, "dtype": "float32", "shape": ["N", c, "H", "W"], "layout": "N×C×H×W",
+                  "channels": header.channels, "bands": header.bands, "dates": header.dates,
+                  "multiple": encoder.multiple},
+        "output": {"name": EMBEDDINGS_NAME, "dtype": "float32", "shape": ["N", e, "H", "W"], "classes": [],
+                   "channels": [f"emb{k:02d}" for k in range(e)],
+                   "kind": "per-pixel encoder features: the first level's map, then the bottom map upsampled "
+                           "bilinearly"},
+        "tiling": {"tile": 256, "overlap": 16, "blend": "centre crop"},
+        "normalisation": {"mean": header.mean, "std": header.std, "in_graph": True},
+        "opset": export.OPSET,
+        "onnx_check": None if embeddings_check is None else {"onnxruntime": embeddings_check[1],
+                                                             "max_abs_diff": embeddings_check[0]},
+    })
     metrics = {"arch": ARCH, "loss": "NT-Xent", "temperature": args.temperature, "history": result.history,
                "first_loss": result.history[0]["train_loss"], "last_loss": result.history[-1]["train_loss"],
                "views": result.views_seen, "seconds": round(seconds, 2)}

@@ -126,6 +126,12 @@ class Pretraining(unittest.TestCase):
                 encoder.load_state_dict(state)
                 x = np.asarray(batches[-1][2][:4])
                 self.assertLess(ssl.encoder_onnx_diff(out / "model.onnx", encoder, x)[0], 1e-4)
+                embeddings = ssl.Embeddings(encoder)
+                self.assertLess(ssl.encoder_onnx_diff(out / "embeddings.onnx", embeddings, x, "embeddings")[0], 1e-4)
+                meta = json.loads((out / "embeddings.json").read_text())
+                self.assertEqual(len(meta["output"]["channels"]), 4 + 16)
+                with torch.no_grad():
+                    self.assertEqual(tuple(embeddings(torch.from_numpy(x)).shape), (4, 20, 8, 8))
 
 
 class FineTuning(unittest.TestCase):

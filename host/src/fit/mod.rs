@@ -337,10 +337,11 @@ pub fn run(ctx: &Context, peaks: &mut crate::memory::Peaks) -> Result<FitResults
                 (FitIo::Decode { posteriors, maps, changes, fromto }, Role::Decoder { input }) => {
                     decode::run(ctx, stage, input, &pool()?, posteriors, maps, *changes, *fromto, nomenclature, &mut results)?
                 }
-                (FitIo::Pretrain { features }, Role::Pretrainer { views, .. }) => {
+                (FitIo::Pretrain { features, sources, embeddings }, Role::Pretrainer { views, .. }) => {
                     let Executor::Recipe(recipe) = &stage.executor else { bail!("internal: stage '{}' pretrains without a recipe", stage.id) };
                     let views = ctx.plan.stages.iter().find(|s| &s.id == views).ok_or_else(|| anyhow!("internal: no stage '{views}'"))?;
-                    pretrain::run(ctx, stage, recipe, views, features, &mut results)?
+                    let io = pretrain::Io { features, sources, embeddings };
+                    pretrain::run(ctx, stage, recipe, views, &io, &mut results)?
                 }
                 _ => bail!("internal: stage '{}' ({}) has a fit node of another kind", stage.id, stage.kind_name()),
             })

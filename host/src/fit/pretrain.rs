@@ -45,14 +45,24 @@ struct Draw {
     seed: u64,
 }
 
+/// What the node reads and writes (its `FitIo::Pretrain`).
+pub(super) struct Io<'a> {
+    /// The rasters whose patches it trains on.
+    pub features: &'a [RasterId],
+    /// Every features raster of its input, and the embeddings raster of each.
+    pub sources: &'a [RasterId],
+    pub embeddings: &'a [RasterId],
+}
+
 pub(super) fn run(
     scene: &Context,
     stage: &StagePlan,
     recipe: &RecipePlan,
     views: &StagePlan,
-    features: &[RasterId],
+    io: &Io,
     results: &mut FitResults,
 ) -> Result<SceneSection> {
+    let features = io.features;
     let id = stage.id.as_str();
     let param = |key: &str, default: u64| stage.params.get(key).and_then(Value::as_u64).unwrap_or(default) as usize;
     let (epochs, per_epoch, batch_size, patch) =
@@ -283,12 +293,13 @@ pub(super) fn run(
     )
     .with_context(|| format!("stage '{id}'"))?;
     let seconds = started.elapsed().as_secs_f64();
-    for file in crate::network::FILES {
+    for file in crate::network::FILES.iter().chain(&["embeddings.onnx", "embeddings.json"]) {
         let path = out.join(file);
         if path.is_file() {
             results.files.push(path);
         }
     }
+    let embedded = write_embeddings(scene, stage, recipe, &out.join("embeddings.onnx"), io, results)?;
     let pairs = total as f64;
     let augmenting = augment_nanos.load(Ordering::Relaxed) as f64 / 1e9;
     log::info!(
@@ -336,8 +347,39 @@ pub(super) fn run(
             },
             "training": trained.sidecar["training"],
             "onnx_check": trained.sidecar["onnx_check"],
+            "embeddings": embedded,
         }),
     })
+}
+
+/// The encoder's per-pixel features of every source raster, by overlapping tiles (as a
+/// segmentation network's maps, `crate::segment::Network`), one F32 raster each.
+fn write_embeddings(scene: &Context, stage: &StagePlan, recipe: &RecipePlan, graph: &std::path::Path, io: &Io, results: &mut FitResults) -> Result<Value> {
+    let id = stage.id.as_str();
+    let model = crate::inference::Model::load(graph, recipe.device).map_err(|e| anyhow::anyhow!("stage '{id}': loading {}: {e}", graph.display()))?;
+    let (width, height) = (scene.grid.width, scene.grid.height);
+    let budget_mib = (scene.plan.memory_budget_mib as usize)
+        .saturating_sub(crate::run::FIXED_OVERHEAD_MIB + crate::raster::block_cache_mib())
+        .max(64);
+    let mut written = Vec::new();
+    for (&source, &target) in io.sources.iter().zip(io.embeddings) {
+        let raster = FeatureRaster::open(&scene.path(source))?;
+        let mut network = crate::segment::Network::new(&model, &raster, None, None).map_err(|e| anyhow::anyhow!("stage '{id}': {e:#}"))?;
+        let batch = network.fit_budget(width, height, budget_mib << 20);
+        let cores: Vec<(usize, Window)> = network.tiling.cores(width, height).into_iter().enumerate().collect();
+        let name = scene.name(target).to_string();
+        let mut output = crate::outputs::Output::new(scene.partial_dir, scene.run_dir(), &name, scene.grid, crate::outputs::PixelType::F32, None);
+        let names = network.channels.clone();
+        network
+            .predict(&raster, width, height, batch, |tile| output.raster.write_chunk(tile.index, tile.core, &names, &tile.data))
+            .with_context(|| format!("stage '{id}': embedding {}", scene.name(source)))?;
+        results.outputs.push(output.finish(&cores)?);
+        written.push(json!({ "raster": name, "from": scene.name(source), "channels": names.len(), "tile": network.tiling.side(width, height), "overlap": network.tiling.overlap }));
+    }
+    let (path, device) = (model.path().to_path_buf(), model.device());
+    drop(model);
+    crate::inference::Model::unload(&path, device);
+    Ok(Value::Array(written))
 }
 
 /// Views in date-major plane order (`planes[k]` is the raster's band `order[k]`) put back

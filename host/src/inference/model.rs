@@ -84,6 +84,10 @@ pub struct OutputMetadata {
     pub name: String,
     /// The columns of the output, in order.
     pub classes: Vec<ClassMetadata>,
+    /// The channels of an output that is not classes (an encoder's embeddings,
+    /// `N×E×H×W`), in order.
+    #[serde(default)]
+    pub channels: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]

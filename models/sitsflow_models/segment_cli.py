@@ -88,6 +88,7 @@ def train_segmentation_command(args, emit, log, write_json) -> int:
             row[init] = {key: report[key] for key in ("overall_accuracy", "kappa", "miou", "samples")}
             row[init]["iou"] = _ious(report)
             row["fit_pixels"] = result.split["fit_pixels"]
+            row["validation_pixels"] = result.split["validation_pixels"]
             row["evaluated_on"] = evaluated_on
             log(f"{init} at {b:.0%} ({result.split['fit_pixels']} px): OA {report['overall_accuracy']:.4f}, "
                 f"mIoU {report['miou']:.4f}")
@@ -97,8 +98,8 @@ def train_segmentation_command(args, emit, log, write_json) -> int:
         return 0
     segmenter = result.segmenter
     if runs > 1:
-        report["label_budgets"] = {"rule": "a seeded share of each class's fitting pixels (at least one); the same "
-                                           "split and test pixels at every budget",
+        report["label_budgets"] = {"rule": "a seeded share of each class's fitting and early-stopping pixels (at "
+                                           "least one each); the same split and test pixels at every budget",
                                    "pretrained": None if encoder is None else str(args.encoder),
                                    "table": table}
     log(f"{evaluated_on}: OA {report['overall_accuracy']:.4f}, kappa {report['kappa']:.4f} "

@@ -332,7 +332,9 @@ def train_segmentation(dataset: PatchDataset, config: SegmentationConfig,
                          f"{len(classes)}")
     fit = keep_budget(_targets(dataset, classes, fit_groups), len(classes), config.budget,
                       np.random.default_rng([config.seed, 2 << 20]))
-    validation = _targets(dataset, classes, validation_groups)
+    # The budget holds for every label the training sees, early stopping's included.
+    validation = keep_budget(_targets(dataset, classes, validation_groups), len(classes), config.budget,
+                             np.random.default_rng([config.seed, 3 << 20]))
     test = _targets(dataset, classes, test_groups)
     mean, std = channel_statistics(dataset.image, rng)
     counts = np.bincount(fit[fit >= 0], minlength=len(classes)).astype(np.float64)

@@ -191,6 +191,8 @@ class PretrainResult:
     hyperparameters: dict
     history: list[dict]
     views_seen: int
+    #: Seconds spent waiting for the next batch of views (the stream's share of the time).
+    waiting_seconds: float = 0.0
 
 
 def pretrain(header: ViewsHeader, batches, config: PretrainConfig,
@@ -214,7 +216,17 @@ def pretrain(header: ViewsHeader, batches, config: PretrainConfig,
         history.append(event)
         emit(event)
 
-    for epoch, first, second in batches:
+    import time
+
+    waiting = 0.0
+    stream = iter(batches)
+    while True:
+        asked = time.perf_counter()
+        try:
+            epoch, first, second = next(stream)
+        except StopIteration:
+            break
+        waiting += time.perf_counter() - asked
         if current is not None and epoch != current:
             close(current)
             total, count = 0.0, 0
@@ -232,7 +244,7 @@ def pretrain(header: ViewsHeader, batches, config: PretrainConfig,
     if current is not None:
         close(current)
     model.eval()
-    return PretrainResult(model=model, hyperparameters=hp, history=history, views_seen=seen)
+    return PretrainResult(model=model, hyperparameters=hp, history=history, views_seen=seen, waiting_seconds=waiting)
 
 
 def save_encoder(path, encoder: Encoder, config: dict) -> None:
@@ -386,7 +398,8 @@ def pretrain_command(args, emit, log, write_json, contracts) -> int:
     })
     metrics = {"arch": ARCH, "loss": "NT-Xent", "temperature": args.temperature, "history": result.history,
                "first_loss": result.history[0]["train_loss"], "last_loss": result.history[-1]["train_loss"],
-               "views": result.views_seen, "seconds": round(seconds, 2)}
+               "views": result.views_seen, "seconds": round(seconds, 2),
+               "waiting_for_views_seconds": round(result.waiting_seconds, 2)}
     write_json(out / "metrics.json", metrics)
     f = encoder.out_channels
     sidecar = {
@@ -413,7 +426,8 @@ def pretrain_command(args, emit, log, write_json, contracts) -> int:
                      "temperature": args.temperature, "optimiser": "SGD", "learning_rate": args.learning_rate,
                      "momentum": args.momentum, "projection_head": f"Linear({f}, {f}) → ReLU → Linear({f}, "
                                                                    f"{args.projection_dim})",
-                     "seconds": round(seconds, 2), "first_loss": metrics["first_loss"],
+                     "seconds": round(seconds, 2), "waiting_for_views_seconds": round(result.waiting_seconds, 2),
+                     "first_loss": metrics["first_loss"],
                      "last_loss": metrics["last_loss"]},
         "onnx_check": None if check is None else {"onnxruntime": check[1], "max_abs_diff": check[0]},
     }

@@ -178,6 +178,7 @@ class FineTuning(unittest.TestCase):
                     self.assertGreaterEqual(row[init]["overall_accuracy"], 0)
                     self.assertEqual(set(row[init]["iou"]), {"crop", "grass", "urban"})
             self.assertLess(table[0]["fit_pixels"], table[1]["fit_pixels"])
+            self.assertLess(table[0]["validation_pixels"], table[1]["validation_pixels"])
             sidecar = json.loads((out / "model.json").read_text())
             self.assertEqual(sidecar["hyperparameters"]["width"], 4)
             self.assertEqual(sidecar["training"]["pretrained_encoder"]["arch"], "simclr")

@@ -336,6 +336,7 @@ pub(super) fn run(
                 "pairs_per_second": pairs / seconds,
                 "augmenter_worker_seconds": augmenting,
                 "writing_seconds": blocked.as_secs_f64(),
+                "recipe_waiting_for_views_seconds": metrics["waiting_for_views_seconds"],
                 "workers": scene.workers,
             },
             "loss": {

@@ -258,7 +258,7 @@ fn section_html(section: &SceneSection) -> String {
 fn budgets_html(budgets: &Value) -> Option<String> {
     let rows = budgets["table"].as_array().filter(|r| !r.is_empty())?;
     let inits: Vec<&str> = ["ssl", "supervised"].into_iter().filter(|i| rows[0][*i].is_object()).collect();
-    let classes: Vec<String> = rows[0][inits[0]]["iou"].as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+    let classes: Vec<String> = rows[0][*inits.first()?]["iou"].as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
     let mut html = String::from(
         "<h3>Self-supervised against supervised, per label budget</h3><p>The same network, started from the pretrained encoder (ssl) or from scratch (supervised), trained on a share of each class's labelled pixels; assessed on the same held-out pixels.</p><table><tr><th>budget</th><th>labelled px</th><th class=l>init</th><th>OA</th><th>mIoU</th>",
     );

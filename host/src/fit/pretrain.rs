@@ -105,18 +105,21 @@ pub(super) fn run(
         (bands.iter().map(|b| b.to_string()).collect(), dates.iter().map(|d| d.to_string()).collect());
     let channels: Vec<usize> = (0..names.len()).collect();
 
-    // Every patch of every epoch, drawn up front (seeded): the stream is the same
-    // whatever the worker count.
-    let mut rng = scene.rng(stage, "patches");
+    // The patches of batch `b`, from a generator seeded by the run, the stage and `b`:
+    // the stream is the same whatever the worker count, and nothing is held for the
+    // batches not yet made.
     let total = epochs * per_epoch * batch_size;
-    let draws: Vec<Draw> = (0..total)
-        .map(|_| Draw {
-            raster: rng.random_range(0..paths.len()),
-            row: rng.random_range(0..=height - patch),
-            col: rng.random_range(0..=width - patch),
-            seed: rng.next_u64(),
-        })
-        .collect();
+    let draws_of = |b: usize| -> Vec<Draw> {
+        let mut rng = scene.rng(stage, &format!("patches of batch {b}"));
+        (0..batch_size)
+            .map(|_| Draw {
+                raster: rng.random_range(0..paths.len()),
+                row: rng.random_range(0..=height - patch),
+                col: rng.random_range(0..=width - patch),
+                seed: rng.next_u64(),
+            })
+            .collect()
+    };
     let window = |d: &Draw| Window { row: d.row, col: d.col, rows: patch, cols: patch };
 
     // The channels' statistics (NaN ignored) over the first patches: the encoder's input
@@ -125,8 +128,9 @@ pub(super) fn run(
         let rasters: Vec<FeatureRaster> = paths.iter().map(|p| FeatureRaster::open(p)).collect::<Result<_>>()?;
         let c = names.len();
         let (mut sum, mut sq, mut n) = (vec![0f64; c], vec![0f64; c], vec![0u64; c]);
-        for d in draws.iter().take(STATISTICS_PATCHES) {
-            let planes = rasters[d.raster].read_planes(window(d), &channels)?;
+        let first_patches = (0..epochs * per_epoch).flat_map(&draws_of).take(STATISTICS_PATCHES);
+        for d in first_patches {
+            let planes = rasters[d.raster].read_planes(window(&d), &channels)?;
             for (k, plane) in planes.chunks_exact(patch * patch).enumerate() {
                 for &v in plane.iter().filter(|v| !v.is_nan()) {
                     sum[k] += v as f64;
@@ -220,9 +224,9 @@ pub(super) fn run(
             crate::chunks::OnFailure::Stop,
             || paths.iter().map(|p| FeatureRaster::open(p)).collect::<Result<Vec<_>>>(),
             |rasters, b| -> Result<(Vec<f32>, Vec<f32>)> {
-                let mine = &draws[b * batch_size..(b + 1) * batch_size];
+                let mine = draws_of(b);
                 let mut data = Vec::with_capacity(bytes_per_view / 4);
-                for d in mine {
+                for d in &mine {
                     data.extend(rasters[d.raster].read_planes(window(d), &date_major)?);
                 }
                 let batch = PatchBatch {

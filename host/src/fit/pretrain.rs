@@ -82,9 +82,9 @@ pub(super) fn run(
     let names = FeatureRaster::open(&paths[0])?.names;
     for path in &paths[1..] {
         let other = FeatureRaster::open(path)?.names;
-        if other.len() != names.len() {
+        if other != names {
             bail!(
-                "stage '{id}': {} has {} features and {} has {}: the years it pools need the same dates × bands (give `year = …`)",
+                "stage '{id}': {} has {} features and {} has {} (or other names): the years it pools need the same dates × bands (give `year = …`)",
                 paths[0].display(),
                 names.len(),
                 path.display(),

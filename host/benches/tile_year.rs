@@ -260,23 +260,9 @@ fn main() {
         );
     }
     println!();
-    let header: Vec<String> = records.iter().map(|r| format!("{}² s/Mpx/year", r["size"])).collect();
-    println!("| node | {} |", header.join(" | "));
-    println!("|---|{}", "---|".repeat(records.len()));
-    for (k, n) in records[0]["nodes"].as_array().unwrap().iter().enumerate() {
-        let cells: Vec<String> =
-            records.iter().map(|r| format!("{:.2}", r["nodes"][k]["s_per_mpx_year"].as_f64().unwrap_or(f64::NAN))).collect();
-        println!("| {} | {} |", n["node"].as_str().unwrap_or("?"), cells.join(" | "));
-    }
+    per_size_table(&records, "node", "s/Mpx/year", ("nodes", "node", "s_per_mpx_year"));
     println!();
-    let header: Vec<String> = records.iter().map(|r| format!("{}² CPU s/Mpx/year", r["size"])).collect();
-    println!("| stage (inside the sandbox) | {} |", header.join(" | "));
-    println!("|---|{}", "---|".repeat(records.len()));
-    for (k, s) in records[0]["stages"].as_array().unwrap().iter().enumerate() {
-        let cells: Vec<String> =
-            records.iter().map(|r| format!("{:.2}", r["stages"][k]["cpu_s_per_mpx_year"].as_f64().unwrap_or(f64::NAN))).collect();
-        println!("| {} | {} |", s["stage"].as_str().unwrap_or("?"), cells.join(" | "));
-    }
+    per_size_table(&records, "stage (inside the sandbox)", "CPU s/Mpx/year", ("stages", "stage", "cpu_s_per_mpx_year"));
     if let Some(s) = &sharded {
         println!();
         println!(
@@ -299,4 +285,16 @@ fn main() {
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
     std::fs::write(&out, serde_json::to_string_pretty(&record).unwrap()).unwrap();
     eprintln!("wrote {}", out.display());
+}
+
+/// A Markdown table with a row per entry of `records[0][list]` (named by its `name`
+/// field) and a column per record (scene size) holding each entry's `value`.
+fn per_size_table(records: &[Value], first: &str, unit: &str, (list, name, value): (&str, &str, &str)) {
+    let header: Vec<String> = records.iter().map(|r| format!("{}² {unit}", r["size"])).collect();
+    println!("| {first} | {} |", header.join(" | "));
+    println!("|---|{}", "---|".repeat(records.len()));
+    for (k, entry) in records[0][list].as_array().unwrap().iter().enumerate() {
+        let cells: Vec<String> = records.iter().map(|r| format!("{:.2}", r[list][k][value].as_f64().unwrap_or(f64::NAN))).collect();
+        println!("| {} | {} |", entry[name].as_str().unwrap_or("?"), cells.join(" | "));
+    }
 }

@@ -182,27 +182,21 @@ pub(crate) fn request(
     seed: u64,
     params: &Value,
 ) -> Result<crate::train::TrainRequest> {
-    if out.exists() {
-        std::fs::remove_dir_all(&out).with_context(|| format!("removing the previous {}", out.display()))?;
-    }
-    let mut extra = Vec::new();
-    for (key, flag) in [
-        ("patience", "--patience"),
-        ("batch_size", "--batch-size"),
-        ("learning_rate", "--learning-rate"),
-        ("threads", "--threads"),
-        ("tile", "--tile"),
-        ("overlap", "--overlap"),
-        ("patch", "--patch"),
-        ("patches_per_epoch", "--patches-per-epoch"),
-    ] {
-        if let Some(v) = params.get(key) {
-            extra.extend([flag.to_string(), v.to_string()]);
-        }
-    }
-    if let Some(h) = params.get("hyperparameters") {
-        extra.extend(["--hyperparameters".to_string(), h.to_string()]);
-    }
+    fresh_output(&out)?;
+    let mut extra = flags(
+        params,
+        &[
+            ("patience", "--patience"),
+            ("batch_size", "--batch-size"),
+            ("learning_rate", "--learning-rate"),
+            ("threads", "--threads"),
+            ("tile", "--tile"),
+            ("overlap", "--overlap"),
+            ("patch", "--patch"),
+            ("patches_per_epoch", "--patches-per-epoch"),
+            ("hyperparameters", "--hyperparameters"),
+        ],
+    );
     if let Some(budgets) = params.get("budgets").and_then(Value::as_array) {
         let list: Vec<String> = budgets.iter().map(Value::to_string).collect();
         extra.extend(["--budgets".to_string(), list.join(",")]);
@@ -228,21 +222,46 @@ pub(crate) fn request(
     })
 }
 
-/// Runs a recipe's training (one log line every tenth of the epochs: a run has no bar of
-/// its own) and loads the network it exported, with the report a labeller section shows.
-pub(crate) fn run_recipe(recipe: &RecipePlan, stage: &str, request: &crate::train::TrainRequest) -> Result<TrainedNetwork> {
+/// `flag value` for each key of `table` that `params` sets (a stage's params as the
+/// recipe's command-line flags), in the table's order.
+pub(crate) fn flags(params: &Value, table: &[(&str, &str)]) -> Vec<String> {
+    table.iter().filter_map(|(key, flag)| params.get(*key).map(|v| [flag.to_string(), v.to_string()])).flatten().collect()
+}
+
+/// Removes a previous training's output folder before a recipe writes it again.
+pub(crate) fn fresh_output(out: &Path) -> Result<()> {
+    if out.exists() {
+        std::fs::remove_dir_all(out).with_context(|| format!("removing the previous {}", out.display()))?;
+    }
+    Ok(())
+}
+
+/// The progress a recipe's training logs: one line every tenth of the epochs (a run has
+/// no bar of its own), `what` saying what the epoch's event reports.
+pub(crate) fn epoch_logger<'a>(
+    stage: &'a str,
+    arch: &'a str,
+    what: impl Fn(&Value) -> String + Send + 'a,
+) -> impl FnMut(u64, u64, &Value) + Send + 'a {
     let mut last_logged = 0;
-    let trained = crate::train::train(request, &recipe.pythonpath, |epoch, epochs, event| {
+    move |epoch, epochs, event| {
         if epoch == 1 || epoch >= last_logged + (epochs / 10).max(1) {
             last_logged = epoch;
-            log::info!(
-                "stage '{stage}' ({}): epoch {epoch}/{epochs}, validation loss {}, OA {}",
-                recipe.arch,
-                event["val_loss"].as_f64().map_or("-".into(), |v| format!("{v:.4}")),
-                event["val_oa"].as_f64().map_or("-".into(), |v| format!("{v:.4}"))
-            );
+            log::info!("stage '{stage}' ({arch}): epoch {epoch}/{epochs}, {}", what(event));
         }
-    })?;
+    }
+}
+
+/// A metric of an epoch's event, for the log (`-` when absent).
+pub(crate) fn shown(event: &Value, key: &str) -> String {
+    event[key].as_f64().map_or("-".into(), |v| format!("{v:.4}"))
+}
+
+/// Runs a recipe's training and loads the network it exported, with the report a
+/// labeller section shows.
+pub(crate) fn run_recipe(recipe: &RecipePlan, stage: &str, request: &crate::train::TrainRequest) -> Result<TrainedNetwork> {
+    let progress = epoch_logger(stage, &recipe.arch, |e| format!("validation loss {}, OA {}", shown(e, "val_loss"), shown(e, "val_oa")));
+    let trained = crate::train::train(request, &recipe.pythonpath, progress)?;
     let model = Model::load(&trained.model, recipe.device).map_err(|e| anyhow!("loading {}: {e}", trained.model.display()))?;
     if let Some(why) = model.fallback_reason() {
         log::info!("stage '{stage}': {why}");

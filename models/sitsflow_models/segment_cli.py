@@ -34,7 +34,7 @@ def train_segmentation_command(args, emit, log, write_json) -> int:
 
     from . import export
     from .segmentation import (ARCH, SegmentationConfig, build, default_hyperparameters, export_onnx,
-                               onnxruntime_max_abs_diff, predict_scene, save_checkpoint, train_segmentation)
+                               onnxruntime_max_abs_diff, save_checkpoint, train_segmentation)
 
     torch.set_num_threads(args.threads)
     try:

@@ -290,14 +290,6 @@ def encoder_onnx_diff(path, module: nn.Module, x: np.ndarray, output_name: str =
     return ort_max_abs_diff(path, x, want, output=output_name)
 
 
-def nan_statistics(batches: list[np.ndarray]) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std over `[n, C, P, P]` arrays, NaN ignored."""
-    x = np.concatenate([b.transpose(1, 0, 2, 3).reshape(b.shape[1], -1) for b in batches], axis=1).astype(np.float64)
-    mean = np.nanmean(x, axis=1)
-    sd = np.nanstd(x, axis=1)
-    return mean.tolist(), np.where(sd > 0, sd, 1.0).tolist()
-
-
 def pretrain_command(args, emit, log, write_json, contracts) -> int:
     """`pretrain --arch simclr --views FILE|- --out DIR`: model.onnx (the encoder),
     model.pt (its checkpoint, which `train --encoder` loads), model.json, metrics.json."""

@@ -112,6 +112,15 @@ impl Context<'_> {
         &self.graph.rasters[raster].name
     }
 
+    /// What a network's tiles in flight may hold: the budget less the engine and caches
+    /// (at least 64 MiB).
+    pub(super) fn tile_budget_bytes(&self) -> usize {
+        let mib = (self.plan.memory_budget_mib as usize)
+            .saturating_sub(crate::run::FIXED_OVERHEAD_MIB + crate::raster::block_cache_mib())
+            .max(64);
+        mib << 20
+    }
+
     pub(super) fn pixels(&self) -> u64 {
         (self.grid.width * self.grid.height) as u64
     }

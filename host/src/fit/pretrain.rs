@@ -179,23 +179,19 @@ pub(super) fn run(
     });
 
     let out = scene.run_dir().join("models").join(id);
-    if out.exists() {
-        std::fs::remove_dir_all(&out).with_context(|| format!("removing the previous {}", out.display()))?;
-    }
+    crate::network::fresh_output(&out)?;
     let seed = stage.params.get("seed").and_then(Value::as_u64).unwrap_or_else(|| scene.rng(stage, "recipe").next_u64() >> 1);
-    let mut extra = Vec::new();
-    for (key, flag) in [
-        ("temperature", "--temperature"),
-        ("learning_rate", "--learning-rate"),
-        ("momentum", "--momentum"),
-        ("projection_dim", "--projection-dim"),
-        ("threads", "--threads"),
-        ("hyperparameters", "--hyperparameters"),
-    ] {
-        if let Some(v) = stage.params.get(key) {
-            extra.extend([flag.to_string(), v.to_string()]);
-        }
-    }
+    let extra = crate::network::flags(
+        &stage.params,
+        &[
+            ("temperature", "--temperature"),
+            ("learning_rate", "--learning-rate"),
+            ("momentum", "--momentum"),
+            ("projection_dim", "--projection-dim"),
+            ("threads", "--threads"),
+            ("hyperparameters", "--hyperparameters"),
+        ],
+    );
     let request = crate::train::TrainRequest {
         data: crate::train::TrainData::Views,
         distributed: crate::train::Distributed::default(),
@@ -279,23 +275,9 @@ pub(super) fn run(
         stdin.write_all(b"{\"end\": true}\n")?;
         Ok(())
     };
-    let mut last_logged = 0;
-    let trained = crate::train::pretrain(
-        &request,
-        &recipe.pythonpath,
-        |epoch, epochs, event| {
-            if epoch == 1 || epoch >= last_logged + (epochs / 10).max(1) {
-                last_logged = epoch;
-                log::info!(
-                    "stage '{id}' ({}): epoch {epoch}/{epochs}, NT-Xent {}",
-                    recipe.arch,
-                    event["train_loss"].as_f64().map_or("-".into(), |v| format!("{v:.4}"))
-                );
-            }
-        },
-        &mut feed,
-    )
-    .with_context(|| format!("stage '{id}'"))?;
+    let progress = crate::network::epoch_logger(id, &recipe.arch, |e| format!("NT-Xent {}", crate::network::shown(e, "train_loss")));
+    let trained =
+        crate::train::pretrain(&request, &recipe.pythonpath, progress, &mut feed).with_context(|| format!("stage '{id}'"))?;
     let seconds = started.elapsed().as_secs_f64();
     for file in crate::network::FILES.iter().chain(&["embeddings.onnx", "embeddings.json"]) {
         let path = out.join(file);
@@ -363,14 +345,12 @@ fn write_embeddings(scene: &Context, stage: &StagePlan, recipe: &RecipePlan, gra
     let id = stage.id.as_str();
     let model = crate::inference::Model::load(graph, recipe.device).map_err(|e| anyhow::anyhow!("stage '{id}': loading {}: {e}", graph.display()))?;
     let (width, height) = (scene.grid.width, scene.grid.height);
-    let budget_mib = (scene.plan.memory_budget_mib as usize)
-        .saturating_sub(crate::run::FIXED_OVERHEAD_MIB + crate::raster::block_cache_mib())
-        .max(64);
+    let budget = scene.tile_budget_bytes();
     let mut written = Vec::new();
     for (&source, &target) in io.sources.iter().zip(io.embeddings) {
         let raster = FeatureRaster::open(&scene.path(source))?;
         let mut network = crate::segment::Network::new(&model, &raster, None, None).map_err(|e| anyhow::anyhow!("stage '{id}': {e:#}"))?;
-        let batch = network.fit_budget(width, height, budget_mib << 20);
+        let batch = network.fit_budget(width, height, budget);
         let cores: Vec<(usize, Window)> = network.tiling.cores(width, height).into_iter().enumerate().collect();
         let name = scene.name(target).to_string();
         let mut output = crate::outputs::Output::new(scene.partial_dir, scene.run_dir(), &name, scene.grid, crate::outputs::PixelType::F32, None);

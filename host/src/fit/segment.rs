@@ -110,11 +110,7 @@ pub(super) fn run(
     let size = |key: &str| params.get(key).and_then(Value::as_u64).map(|v| v as usize);
     let mut network = Network::new(&model, &first_raster, size("tile"), size("overlap"))
         .map_err(|e| anyhow!("stage '{}': {e:#}", stage.id))?;
-    // The tiles in flight get what the budget leaves beside the engine and caches.
-    let budget_mib = (scene.plan.memory_budget_mib as usize)
-        .saturating_sub(crate::run::FIXED_OVERHEAD_MIB + crate::raster::block_cache_mib())
-        .max(64);
-    let batch = network.fit_budget(width, height, budget_mib << 20);
+    let batch = network.fit_budget(width, height, scene.tile_budget_bytes());
     log::info!(
         "stage '{}': predicting by {} px tiles overlapping by {} px, {batch} per batch, on {}",
         stage.id,

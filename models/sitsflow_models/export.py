@@ -54,9 +54,11 @@ def onnxruntime_max_abs_diff(path: Path, classifier: nets.Classifier, cube: np.n
     return ort_max_abs_diff(path, x, want)
 
 
-def ort_max_abs_diff(path: Path, x: np.ndarray, want: np.ndarray, output: str = OUTPUT_NAME) -> tuple[float, str] | None:
+def ort_max_abs_diff(path: Path, x: np.ndarray, want: np.ndarray, output: str = OUTPUT_NAME,
+                     extra: dict | None = None) -> tuple[float, str] | None:
     """Largest |ONNX Runtime(x) − want| of the graph at `path` on the CPU, with ORT's
-    version; None when the onnxruntime package is not importable."""
+    version (`extra`: the graph's other inputs by name); None when the onnxruntime package
+    is not importable."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -64,7 +66,7 @@ def ort_max_abs_diff(path: Path, x: np.ndarray, want: np.ndarray, output: str = 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    got = session.run([output], {INPUT_NAME: x})[0]
+    got = session.run([output], {INPUT_NAME: x, **(extra or {})})[0]
     return float(np.abs(got - want).max()), ort.__version__
 
 

@@ -9,7 +9,8 @@ sides read with maintained libraries (NumPy's `.npy`, which the host writes with
 | `image.npy` | float32 `[C, H, W]`, C = dates × bands stacked date-major (`BAND@DATE` in `channels`), NaN = missing |
 | `labels.npy` | uint16 `[H, W]` class codes, 0 = unlabelled (sparse reference) |
 | `groups.npy` | uint32 `[H, W]` polygon (parcel) id of each labelled pixel, 0 = none |
-| `dataset.json` | `contract`, `channels`, `bands`, `dates`, `classes` [{code, name}], `split` {`train`: [group ids], `test`: [group ids]}, `split_rule`, `source` |
+| `dataset.json` | `contract`, `channels`, `bands`, `dates`, `classes` [{code, name}], `split` {`train`: [group ids], `test`: [group ids]}, `split_rule`, `source`, and `vhr` when there is a `vhr.npy` |
+| `vhr.npy` | optional (seed 003's fusion): float32 `[V, H·s, W·s]`, a very-high-resolution image of the same place on the scene's grid made `s` times finer (`vhr` = {`channels`, `scale`: s, `source`}), NaN = missing |
 
 Patches are not stored: training draws them on the fly from the scene (seed 004), so a
 dataset is one scene's cube (memory-mapped, never loaded whole) and its sparse labels.
@@ -45,6 +46,11 @@ class PatchDataset:
     train_groups: set[int] | None
     test_groups: set[int] | None
     split_rule: str | None
+    #: `[V, H·s, W·s]` float32, memory-mapped: the very-high-resolution image, or None.
+    vhr: np.ndarray | None = None
+    vhr_channels: list[str] | None = None
+    #: s: VHR pixels per scene pixel along each axis.
+    vhr_scale: int = 1
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -94,22 +100,42 @@ def read(path: Path) -> PatchDataset:
     split = meta.get("split")
     train_groups = set(map(int, split["train"])) if split else None
     test_groups = set(map(int, split["test"])) if split else None
+    vhr, vhr_channels, vhr_scale = None, None, 1
+    if meta.get("vhr") is not None:
+        described = meta["vhr"]
+        vhr_channels, vhr_scale = list(described.get("channels", [])), int(described.get("scale", 0))
+        vhr = _load(path, "vhr.npy", np.float32, 3)
+        want = (len(vhr_channels), labels.shape[0] * vhr_scale, labels.shape[1] * vhr_scale)
+        if vhr_scale < 1 or vhr.shape != want:
+            raise InputError(f"{path / 'vhr.npy'}: shape {vhr.shape}, expected {want} ({len(vhr_channels)} channels "
+                             f"on the scene's {labels.shape[0]} × {labels.shape[1]} px grid made {vhr_scale} times finer)")
+    elif (path / "vhr.npy").is_file():
+        raise InputError(f"{meta_path}: there is a vhr.npy but no `vhr` entry describing its channels and scale")
     return PatchDataset(path=path, image=image, labels=labels, groups=groups, channels=channels, bands=bands,
                         dates=dates, classes=sorted(classes, key=lambda c: c.code), train_groups=train_groups,
-                        test_groups=test_groups, split_rule=meta.get("split_rule"))
+                        test_groups=test_groups, split_rule=meta.get("split_rule"), vhr=vhr,
+                        vhr_channels=vhr_channels, vhr_scale=vhr_scale)
 
 
 def write(path: Path, image: np.ndarray, labels: np.ndarray, groups: np.ndarray, bands: list[str],
-          dates: list[str], classes: list[ClassInfo], split: dict | None = None, source: str = "") -> None:
-    """Writes a dataset (tests, and datasets made outside the host); `dataset.json` last."""
+          dates: list[str], classes: list[ClassInfo], split: dict | None = None, source: str = "",
+          vhr: np.ndarray | None = None, vhr_channels: list[str] | None = None) -> None:
+    """Writes a dataset (tests, and datasets made outside the host); `dataset.json` last.
+    `vhr` `[V, H·s, W·s]`: the very-high-resolution image on the grid `s` times finer."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    vhr_meta = None
+    if vhr is not None:
+        scale = vhr.shape[1] // labels.shape[0]
+        np.save(path / "vhr.npy", np.ascontiguousarray(vhr, dtype=np.float32))
+        vhr_meta = {"channels": vhr_channels or [f"vhr{i + 1}" for i in range(vhr.shape[0])], "scale": scale,
+                    "source": source}
     np.save(path / "image.npy", np.ascontiguousarray(image, dtype=np.float32))
     np.save(path / "labels.npy", np.ascontiguousarray(labels, dtype=np.uint16))
     np.save(path / "groups.npy", np.ascontiguousarray(groups, dtype=np.uint32))
     meta = {"contract": CONTRACT, "channels": [f"{b}@{d}" for d in dates for b in bands], "bands": bands,
             "dates": dates, "classes": [{"code": c.code, "name": c.name} for c in classes],
-            "split": split, "split_rule": None if split is None else "given", "source": source}
+            "split": split, "split_rule": None if split is None else "given", "source": source, "vhr": vhr_meta}
     (path / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
 

@@ -33,7 +33,7 @@ def train_segmentation_command(args, emit, log, write_json) -> int:
     import torch
 
     from . import export
-    from .segmentation import (ARCH, SegmentationConfig, build, default_hyperparameters, export_onnx,
+    from .segmentation import (ARCH, VHR_INPUT_NAME, SegmentationConfig, build, default_hyperparameters, export_onnx,
                                onnxruntime_max_abs_diff, save_checkpoint, train_segmentation)
 
     torch.set_num_threads(args.threads)
@@ -68,7 +68,12 @@ def train_segmentation_command(args, emit, log, write_json) -> int:
     budgets = sorted(set(args.budgets or [1.0]))
     if any(not 0 < b <= 1 for b in budgets):
         raise InputError(f"--budgets {budgets}: each is a share of the labelled pixels in (0, 1]")
-    inits = ["supervised", "ssl"] if encoder is not None else ["supervised"]
+    # The series-only network from scratch is every table's baseline; beside it the same
+    # network from the pretrained encoder, and the fusion network when there is a VHR image.
+    inits = ["supervised"] + (["ssl"] if encoder is not None else []) + (["fusion"] if dataset.vhr is not None else [])
+    if dataset.vhr is not None and rank == 0:
+        log(f"{args.patches}: VHR image of {len(dataset.vhr_channels)} channels on a {dataset.vhr_scale}× finer grid; "
+            f"training the fusion network beside the series-only one")
     table, runs = [], len(budgets) * len(inits)
     started = time.perf_counter()
     for b in budgets:
@@ -81,7 +86,8 @@ def train_segmentation_command(args, emit, log, write_json) -> int:
             if runs > 1 and rank == 0:
                 log(f"{init} at {b:.0%} of the labelled pixels")
                 emit({"event": "run", "init": init, "budget": b})
-            result = train_segmentation(dataset, config, emit, encoder if init == "ssl" else None)
+            result = train_segmentation(dataset, config, emit, encoder if init == "ssl" else None,
+                                        fusion=init == "fusion")
             if rank != 0:
                 continue
             report, evaluated_on = _assess(result, dataset, args.tile, args.overlap, log)
@@ -101,6 +107,11 @@ def train_segmentation_command(args, emit, log, write_json) -> int:
         report["label_budgets"] = {"rule": "a seeded share of each class's fitting and early-stopping pixels (at "
                                            "least one each); the same split and test pixels at every budget",
                                    "pretrained": None if encoder is None else str(args.encoder),
+                                   "inits": inits,
+                                   "vhr": None if dataset.vhr is None else {
+                                       "channels": dataset.vhr_channels, "scale": dataset.vhr_scale,
+                                       "source": json.loads((args.patches / "dataset.json").read_text())["vhr"].get(
+                                           "source")},
                                    "table": table}
     log(f"{evaluated_on}: OA {report['overall_accuracy']:.4f}, kappa {report['kappa']:.4f} "
         f"({report['samples']} px, {seconds:.1f} s training on {result.world_size} process(es))")
@@ -109,8 +120,18 @@ def train_segmentation_command(args, emit, log, write_json) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "model.json").unlink(missing_ok=True)
     k = len(result.classes)
+    fusion = segmenter.fusion
+    if fusion:
+        from .segmentation import fusion_hyperparameters
+
+        hp = {**hp, **fusion_hyperparameters(), **args.hyperparameters}
+    vhr_input = None
+    if fusion:
+        vhr_input = {"channels": len(dataset.vhr_channels), "scale": dataset.vhr_scale,
+                     "mean": segmenter.normalise_vhr.mean.reshape(-1).tolist(),
+                     "std": segmenter.normalise_vhr.std.reshape(-1).tolist()}
     checkpoint = {"arch": ARCH, "channels": c, "classes": k, "hyperparameters": hp, "mean": result.mean.tolist(),
-                  "std": result.std.tolist()}
+                  "std": result.std.tolist(), "vhr": vhr_input}
     tmp = out / "model.pt.tmp"
     save_checkpoint(tmp, segmenter, checkpoint)
     export.replace_atomically(tmp, out / "model.pt")
@@ -118,10 +139,13 @@ def train_segmentation_command(args, emit, log, write_json) -> int:
     export_onnx(segmenter, c, tmp, export.OPSET, export.INPUT_NAME, export.OUTPUT_NAME)
     # Checked on real tiles of the scene, NaNs included.
     side = min(args.tile, -(-max(h, w) // multiple) * multiple)
-    from .segmentation import _window
+    from .segmentation import _vhr_window, _window
 
     check_tiles = np.stack([_window(np.asarray(dataset.image), 0, 0, side)]).astype(np.float32)
-    check = onnxruntime_max_abs_diff(tmp, segmenter, check_tiles)
+    vhr_tiles = None
+    if fusion:
+        vhr_tiles = np.stack([_vhr_window(dataset.vhr, 0, 0, side, dataset.vhr_scale)]).astype(np.float32)
+    check = onnxruntime_max_abs_diff(tmp, segmenter, check_tiles, vhr_tiles)
     if check is not None and check[0] > 1e-4:
         raise RuntimeError(f"the ONNX export differs from PyTorch by {check[0]:.2e} (onnxruntime {check[1]})")
     export.replace_atomically(tmp, out / "model.onnx")
@@ -141,6 +165,15 @@ def train_segmentation_command(args, emit, log, write_json) -> int:
             "dates": dataset.dates,
             "missing": "NaN (replaced by the channel mean inside the graph)",
             "multiple": multiple,
+            "vhr": None if not fusion else {
+                "name": VHR_INPUT_NAME,
+                "dtype": "float32",
+                "shape": ["N", len(dataset.vhr_channels), f"H×{dataset.vhr_scale}", f"W×{dataset.vhr_scale}"],
+                "channels": dataset.vhr_channels,
+                "scale": dataset.vhr_scale,
+                "tile": "the series tile's pixels, each its scale × scale block, mirrored by whole series pixels",
+                "normalisation": {"mean": vhr_input["mean"], "std": vhr_input["std"], "in_graph": True},
+            },
         },
         "output": {
             "name": export.OUTPUT_NAME,
@@ -238,7 +271,7 @@ def _assess(result, dataset, tile: int, overlap: int, log) -> tuple[dict, str]:
     from . import metrics
     from .segmentation import predict_scene
 
-    probabilities = predict_scene(result.segmenter, np.asarray(dataset.image), tile, overlap)
+    probabilities = predict_scene(result.segmenter, np.asarray(dataset.image), tile, overlap, vhr=dataset.vhr)
     predicted = probabilities.argmax(0)
     if (result.test_targets >= 0).any():
         evaluated_on, reference = "test", result.test_targets
@@ -308,7 +341,7 @@ def predict_segmentation_command(args, emit, log) -> int:
     dataset = _matching(args.patches, sidecar)
     tile = args.tile or sidecar["tiling"]["tile"]
     overlap = sidecar["tiling"]["overlap"] if args.overlap is None else args.overlap
-    probabilities = predict_scene(segmenter, np.asarray(dataset.image), tile, overlap)
+    probabilities = predict_scene(segmenter, np.asarray(dataset.image), tile, overlap, vhr=dataset.vhr)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".tmp.npy")
     np.save(tmp, probabilities)
@@ -328,11 +361,11 @@ def bench_segmentation_command(args, emit) -> int:
     image = np.asarray(dataset.image)
     tile = args.tile or sidecar["tiling"]["tile"]
     overlap = sidecar["tiling"]["overlap"] if args.overlap is None else args.overlap
-    predict_scene(segmenter, image, tile, overlap)  # warm-up
+    predict_scene(segmenter, image, tile, overlap, vhr=dataset.vhr)  # warm-up
     times = []
     for _ in range(args.repeat):
         started = time.perf_counter()
-        predict_scene(segmenter, image, tile, overlap)
+        predict_scene(segmenter, image, tile, overlap, vhr=dataset.vhr)
         times.append(time.perf_counter() - started)
     pixels = image.shape[1] * image.shape[2]
     median = float(np.median(times))

@@ -19,6 +19,15 @@ The recipe (every point is the seed's):
   and within the training polygons 20 % per class for early stopping;
 - seeded; under `torchrun` (DDP: gloo on CPU, NCCL on CUDA) each rank draws its own
   patches and gradients are averaged — the standard successor of the seed's Horovod.
+
+Fusion (seed 003, SITS + very-high-resolution image): `FusionNet` has one encoder per
+modality — FG-UNet over the series, `VhrEncoder` over the VHR image of the same place on
+a grid `s` times finer (a block and a 2× pooling per halving, down to the series' grid)
+— and fuses them late: their feature maps, concatenated on the series' grid, are
+re-weighted channel by channel by a squeeze-and-excitation gate (the seed's outlook;
+`fusion = "concat"` leaves it out) before the 1×1 head. The gate squeezes over a
+`SE_WINDOW` px neighbourhood rather than the whole input, so a pixel's class does not
+depend on the tile or patch it falls in.
 """
 
 from __future__ import annotations
@@ -41,6 +50,15 @@ ARCH = "fg-unet"
 
 def default_hyperparameters() -> dict:
     return {"width": 32, "depth": 2, "pixel_width": 64, "dropout": 0.1}
+
+
+def fusion_hyperparameters() -> dict:
+    """The VHR branch's: its first width, and the fusion (`se` or `concat`)."""
+    return {"vhr_width": 16, "fusion": "se"}
+
+
+#: Side of the neighbourhood the squeeze-and-excitation gate averages over (series px).
+SE_WINDOW = 15
 
 
 class ChannelNormalise(nn.Module):
@@ -66,7 +84,7 @@ class FGUNet(nn.Module):
     convolutions of `pixel_width`), concatenated before the 1×1 head: the U-Net brings
     context, the pixel path keeps the detail of sparse, thin parcels."""
 
-    def __init__(self, channels: int, classes: int, width: int = 32, depth: int = 2, pixel_width: int = 64,
+    def __init__(self, channels: int, classes: int | None, width: int = 32, depth: int = 2, pixel_width: int = 64,
                  dropout: float = 0.1):
         super().__init__()
         if depth < 1 or width < 1 or pixel_width < 1:
@@ -79,11 +97,17 @@ class FGUNet(nn.Module):
         self.pixel = nn.Sequential(nn.Conv2d(channels, pixel_width, 1), nn.BatchNorm2d(pixel_width), nn.ReLU(),
                                    nn.Conv2d(pixel_width, pixel_width, 1), nn.BatchNorm2d(pixel_width), nn.ReLU())
         self.dropout = nn.Dropout2d(dropout)
-        self.head = nn.Conv2d(width + pixel_width, classes, 1)
+        # No head inside a fusion network, which classifies the fused features.
+        self.head = nn.Conv2d(width + pixel_width, classes, 1) if classes is not None else None
         self.pool = nn.MaxPool2d(2)
         self.multiple = 2**depth
+        self.features_width = width + pixel_width
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.features(z)))
+
+    def features(self, z: torch.Tensor) -> torch.Tensor:
+        """The decoder's last level beside the pixel path, before the head."""
         skips = []
         x = z
         for block in self.down:
@@ -93,43 +117,130 @@ class FGUNet(nn.Module):
         x = self.bottom(x)
         for up, merge in zip(self.up, self.merge):
             x = merge(torch.cat([up(x), skips.pop()], dim=1))
-        return self.head(self.dropout(torch.cat([x, self.pixel(z)], dim=1)))
+        return torch.cat([x, self.pixel(z)], dim=1)
+
+
+class VhrEncoder(nn.Module):
+    """The VHR image's encoder: a block and a 2× max-pooling per halving from its grid
+    (`scale` times finer, a power of two) down to the series' grid, widths doubling from
+    `width`, then a block there. Output `[N, width · 2^levels, H, W]` on the series' grid."""
+
+    def __init__(self, channels: int, scale: int, width: int):
+        super().__init__()
+        if scale < 1 or scale & (scale - 1):
+            raise ValueError(f"the VHR scale {scale} must be a power of two (1, 2, 4, 8, …)")
+        levels = scale.bit_length() - 1
+        widths = [width * 2**i for i in range(levels + 1)]
+        self.down = nn.ModuleList([_block(channels if i == 0 else widths[i - 1], widths[i]) for i in range(levels)])
+        self.pool = nn.MaxPool2d(2)
+        self.out = _block(channels if levels == 0 else widths[levels - 1], widths[levels])
+        self.width = widths[levels]
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        for block in self.down:
+            v = self.pool(block(v))
+        return self.out(v)
+
+
+class SqueezeExcitation(nn.Module):
+    """Channel attention (Hu et al. 2018): each channel scaled by a gate computed from
+    every channel's mean over a `window` px neighbourhood (`count_include_pad=False`, so
+    the scene's edges are not darkened), through a bottleneck of `channels / reduction`."""
+
+    def __init__(self, channels: int, reduction: int = 4, window: int = SE_WINDOW):
+        super().__init__()
+        self.squeeze = nn.AvgPool2d(window, stride=1, padding=window // 2, count_include_pad=False)
+        self.excite = nn.Sequential(nn.Conv2d(channels, max(1, channels // reduction), 1), nn.ReLU(),
+                                    nn.Conv2d(max(1, channels // reduction), channels, 1), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.excite(self.squeeze(x))
+
+
+class FusionNet(nn.Module):
+    """Late fusion of the series (FG-UNet without its head) and the VHR image
+    (`VhrEncoder`): their features concatenated on the series' grid, gated by
+    squeeze-and-excitation (`fusion = "se"`) or not (`"concat"`), then the 1×1 head."""
+
+    def __init__(self, channels: int, classes: int, vhr_channels: int, vhr_scale: int, width: int = 32,
+                 depth: int = 2, pixel_width: int = 64, dropout: float = 0.1, vhr_width: int = 16,
+                 fusion: str = "se"):
+        super().__init__()
+        if fusion not in ("se", "concat"):
+            raise ValueError(f"fusion {fusion!r} is not 'se' or 'concat'")
+        self.sits = FGUNet(channels, None, width, depth, pixel_width, dropout)
+        self.vhr = VhrEncoder(vhr_channels, vhr_scale, vhr_width)
+        fused = self.sits.features_width + self.vhr.width
+        self.gate = SqueezeExcitation(fused) if fusion == "se" else nn.Identity()
+        self.dropout = nn.Dropout2d(dropout)
+        self.head = nn.Conv2d(fused, classes, 1)
+        self.multiple = self.sits.multiple
+        self.vhr_scale = vhr_scale
+
+    def forward(self, z: torch.Tensor, zv: torch.Tensor) -> torch.Tensor:
+        fused = torch.cat([self.sits.features(z), self.vhr(zv)], dim=1)
+        return self.head(self.dropout(self.gate(fused)))
 
 
 class Segmenter(nn.Module):
-    """Normalisation + FG-UNet. `forward` gives logits, `probabilities` the softmax."""
+    """Normalisation + FG-UNet (or + the fusion network, with the VHR image's own
+    normalisation). `forward` gives logits, `probabilities` the softmax."""
 
-    def __init__(self, net: FGUNet, mean, std):
+    def __init__(self, net: nn.Module, mean, std, vhr_mean=None, vhr_std=None):
         super().__init__()
         self.normalise = ChannelNormalise(torch.as_tensor(mean), torch.as_tensor(std))
+        self.normalise_vhr = (ChannelNormalise(torch.as_tensor(vhr_mean), torch.as_tensor(vhr_std))
+                              if vhr_mean is not None else None)
         self.net = net
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(self.normalise(x))
+    @property
+    def fusion(self) -> bool:
+        return self.normalise_vhr is not None
 
-    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.forward(x), dim=1)
+    def forward(self, x: torch.Tensor, v: torch.Tensor | None = None) -> torch.Tensor:
+        if self.normalise_vhr is None:
+            return self.net(self.normalise(x))
+        return self.net(self.normalise(x), self.normalise_vhr(v))
+
+    def probabilities(self, x: torch.Tensor, v: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.softmax(self.forward(x, v), dim=1)
 
 
 class SegmentationProbabilities(nn.Module):
-    """What the ONNX graph computes: raw `[N, C, H, W]` → softmax `[N, K, H, W]`."""
+    """What the ONNX graph computes: raw `[N, C, H, W]` (and raw VHR `[N, V, H·s, W·s]`
+    for a fusion network) → softmax `[N, K, H, W]`."""
 
     def __init__(self, segmenter: Segmenter):
         super().__init__()
         self.segmenter = segmenter
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.segmenter.probabilities(x)
+    def forward(self, x: torch.Tensor, *vhr: torch.Tensor) -> torch.Tensor:
+        return self.segmenter.probabilities(x, *vhr)
 
 
-def build(channels: int, classes: int, mean, std, hyperparameters: dict | None = None) -> Segmenter:
+@dataclass
+class VhrInput:
+    """A fusion network's second input: the VHR image's channels, scale and statistics."""
+    channels: int
+    scale: int
+    mean: list
+    std: list
+
+
+def build(channels: int, classes: int, mean, std, hyperparameters: dict | None = None,
+          vhr: VhrInput | None = None) -> Segmenter:
     hp = default_hyperparameters()
+    allowed = {**hp, **fusion_hyperparameters()}
     if hyperparameters:
-        unknown = set(hyperparameters) - set(hp)
+        unknown = set(hyperparameters) - set(allowed)
         if unknown:
             raise ValueError(f"unknown {ARCH} hyperparameter(s) {', '.join(sorted(unknown))}")
         hp.update(hyperparameters)
-    return Segmenter(FGUNet(channels, classes, **hp), mean, std)
+    fusion = {key: hp.pop(key) for key in fusion_hyperparameters() if key in hp}
+    if vhr is None:
+        return Segmenter(FGUNet(channels, classes, **hp), mean, std)
+    net = FusionNet(channels, classes, vhr.channels, vhr.scale, **hp, **{**fusion_hyperparameters(), **fusion})
+    return Segmenter(net, mean, std, vhr.mean, vhr.std)
 
 
 @dataclass
@@ -215,9 +326,11 @@ def _reflect(i: np.ndarray, n: int) -> np.ndarray:
 
 
 def draw_patch(rng: np.random.Generator, dataset: PatchDataset, targets: np.ndarray, by_class: list[np.ndarray],
-               size: int) -> tuple[np.ndarray, np.ndarray]:
+               size: int, vhr: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """One training patch: a class at random, a pixel of it, the patch centred there (kept
-    inside the scene when it fits), one of the square's 8 symmetries."""
+    inside the scene when it fits), one of the square's 8 symmetries; with `vhr`, the VHR
+    image's window over the same place (`size · s` px) turned the same way. The draws do
+    not depend on `vhr`: a fusion network and a series-only one see the same patches."""
     h, w = targets.shape
     candidates = [c for c in range(len(by_class)) if len(by_class[c])]
     cls = candidates[rng.integers(len(candidates))]
@@ -227,18 +340,37 @@ def draw_patch(rng: np.random.Generator, dataset: PatchDataset, targets: np.ndar
     left = min(max(c - size // 2, 0), max(w - size, 0)) if w >= size else c - size // 2
     x = _window(dataset.image, top, left, size)
     y = _window(targets, top, left, size)
+    s = dataset.vhr_scale
+    v = _vhr_window(dataset.vhr, top, left, size, s) if vhr else None
     k = int(rng.integers(4))
     flip = bool(rng.integers(2))
     x, y = np.rot90(x, k, axes=(1, 2)), np.rot90(y, k)
+    if v is not None:
+        v = np.rot90(v, k, axes=(1, 2))
     if flip:
         x, y = x[:, :, ::-1], y[:, ::-1]
-    return np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(y, dtype=np.int64)
+        v = None if v is None else v[:, :, ::-1]
+    return (np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(y, dtype=np.int64),
+            None if v is None else np.ascontiguousarray(v, dtype=np.float32))
 
 
-def predict_scene(segmenter: Segmenter, image: np.ndarray, tile: int, overlap: int, batch: int = 1) -> np.ndarray:
+def _vhr_window(vhr: np.ndarray, top: int, left: int, size: int, scale: int) -> np.ndarray:
+    """The VHR pixels under the series window at (`top`, `left`) of `size` px: each
+    series pixel's `scale × scale` block, reflected by whole series pixels where the window
+    leaves the scene (so a block stays the block of the series pixel it mirrors), as the
+    host reads a tile's VHR input."""
+    h, w = vhr.shape[1] // scale, vhr.shape[2] // scale
+    rows = (_reflect(np.arange(top, top + size), h)[:, None] * scale + np.arange(scale)[None, :]).reshape(-1)
+    cols = (_reflect(np.arange(left, left + size), w)[:, None] * scale + np.arange(scale)[None, :]).reshape(-1)
+    return np.asarray(vhr[:, rows[:, None], cols[None, :]])
+
+
+def predict_scene(segmenter: Segmenter, image: np.ndarray, tile: int, overlap: int, batch: int = 1,
+                  vhr: np.ndarray | None = None) -> np.ndarray:
     """`[K, H, W]` probabilities of a whole scene by tiles of `tile` px overlapping by
     `overlap` on each side, each tile's centre kept — the algorithm the host runs
-    (`host/src/segment/tiles.rs`), so metrics computed here describe the exported model."""
+    (`host/src/segment.rs`), so metrics computed here describe the exported model. A
+    fusion network also takes each tile's VHR window (`vhr` `[V, H·s, W·s]`)."""
     c, h, w = image.shape
     tile = effective_tile(tile, overlap, h, w, segmenter.net.multiple)
     core = tile - 2 * overlap
@@ -249,7 +381,12 @@ def predict_scene(segmenter: Segmenter, image: np.ndarray, tile: int, overlap: i
         for s in range(0, len(origins), batch):
             part = origins[s:s + batch]
             x = np.stack([_window(image, r - overlap, q - overlap, tile) for r, q in part]).astype(np.float32)
-            p = segmenter.probabilities(torch.from_numpy(x)).numpy()
+            inputs = [torch.from_numpy(x)]
+            if segmenter.fusion:
+                s = vhr.shape[1] // h
+                inputs.append(torch.from_numpy(np.stack([_vhr_window(vhr, r - overlap, q - overlap, tile, s)
+                                                         for r, q in part]).astype(np.float32)))
+            p = segmenter.probabilities(*inputs).numpy()
             if out is None:
                 out = np.zeros((p.shape[1], h, w), dtype=np.float32)
             for (r, q), pt in zip(part, p):
@@ -311,8 +448,14 @@ def load_pretrained_encoder(segmenter: Segmenter, encoder: tuple[dict, dict]) ->
 
 def train_segmentation(dataset: PatchDataset, config: SegmentationConfig,
                        emit: Callable[[dict], None] = lambda event: None,
-                       encoder: tuple[dict, dict] | None = None) -> SegmentationResult:
+                       encoder: tuple[dict, dict] | None = None, fusion: bool = False) -> SegmentationResult:
+    """Trains FG-UNet on `dataset` (from `encoder` when given), or with `fusion` the
+    fusion network on the series and the dataset's VHR image."""
     rank, world = distributed()
+    if fusion and dataset.vhr is None:
+        raise InputError(f"{dataset.path}: fusion needs a VHR image (vhr.npy) in the patch dataset")
+    if fusion and encoder is not None:
+        raise InputError("a fusion network starts from scratch; train the pretrained encoder without fusion")
     seed_everything(config.seed)
     rng = np.random.default_rng(config.seed)
     labels, groups = np.asarray(dataset.labels), np.asarray(dataset.groups)
@@ -339,7 +482,11 @@ def train_segmentation(dataset: PatchDataset, config: SegmentationConfig,
     mean, std = channel_statistics(dataset.image, rng)
     counts = np.bincount(fit[fit >= 0], minlength=len(classes)).astype(np.float64)
     weights = np.where(counts > 0, counts.sum() / (len(classes) * np.maximum(counts, 1)), 0.0).astype(np.float32)
-    segmenter = build(len(dataset.channels), len(classes), mean, std, config.hyperparameters)
+    vhr_input = None
+    if fusion:
+        vhr_mean, vhr_std = channel_statistics(dataset.vhr, np.random.default_rng([config.seed, 4 << 20]))
+        vhr_input = VhrInput(len(dataset.vhr_channels), dataset.vhr_scale, vhr_mean.tolist(), vhr_std.tolist())
+    segmenter = build(len(dataset.channels), len(classes), mean, std, config.hyperparameters, vhr_input)
     if encoder is not None:
         load_pretrained_encoder(segmenter, encoder)
         mean, std = segmenter.normalise.mean.reshape(-1).numpy(), segmenter.normalise.std.reshape(-1).numpy()
@@ -356,8 +503,16 @@ def train_segmentation(dataset: PatchDataset, config: SegmentationConfig,
     validation_by_class = [np.flatnonzero(validation.reshape(-1) == i) for i in range(len(classes))]
     has_validation = any(len(v) for v in validation_by_class)
     val_rng = np.random.default_rng([config.seed, 1 << 20])
-    val_patches = [draw_patch(val_rng, dataset, validation, validation_by_class, config.patch)
+    val_patches = [draw_patch(val_rng, dataset, validation, validation_by_class, config.patch, fusion)
                    for _ in range(config.validation_patches)] if has_validation else []
+
+    def tensors(patches):
+        """The network's inputs and the targets of a list of patches."""
+        inputs = [torch.from_numpy(np.stack([p[0] for p in patches]))]
+        if fusion:
+            inputs.append(torch.from_numpy(np.stack([p[2] for p in patches])))
+        return inputs, torch.from_numpy(np.stack([p[1] for p in patches]))
+
     per_rank = max(config.batch_size, config.patches_per_epoch // world)
     history: list[dict] = []
     best_loss, best_epoch, best_state, waited, stopped_early = math.inf, None, None, 0, False
@@ -365,11 +520,11 @@ def train_segmentation(dataset: PatchDataset, config: SegmentationConfig,
         model.train()
         total, seen = 0.0, 0
         for _ in range(0, per_rank, config.batch_size):
-            batch = [draw_patch(patch_rng, dataset, fit, by_class, config.patch) for _ in range(config.batch_size)]
-            x = torch.from_numpy(np.stack([b[0] for b in batch]))
-            y = torch.from_numpy(np.stack([b[1] for b in batch]))
+            batch = [draw_patch(patch_rng, dataset, fit, by_class, config.patch, fusion)
+                     for _ in range(config.batch_size)]
+            inputs, y = tensors(batch)
             optimiser.zero_grad()
-            loss = loss_fn(model(x), y)
+            loss = loss_fn(model(*inputs), y)
             loss.backward()
             optimiser.step()
             labelled = int((y >= 0).sum())
@@ -380,9 +535,8 @@ def train_segmentation(dataset: PatchDataset, config: SegmentationConfig,
         if rank == 0 and has_validation:
             segmenter.eval()
             with torch.no_grad():
-                vx = torch.from_numpy(np.stack([p[0] for p in val_patches]))
-                vy = torch.from_numpy(np.stack([p[1] for p in val_patches]))
-                logits = segmenter(vx)
+                vx, vy = tensors(val_patches)
+                logits = segmenter(*vx)
                 val_loss = float(loss_fn(logits, vy))
                 keep = vy >= 0
                 val_oa = float((logits.argmax(1)[keep] == vy[keep]).float().mean())
@@ -417,34 +571,52 @@ def train_segmentation(dataset: PatchDataset, config: SegmentationConfig,
                               best_epoch=best_epoch, stopped_early=stopped_early, split=split, world_size=world)
 
 
+#: The ONNX input name of a fusion network's VHR tile.
+VHR_INPUT_NAME = "vhr"
+
+
 def export_onnx(segmenter: Segmenter, channels: int, path, opset: int, input_name: str, output_name: str) -> None:
-    """Raw `[N, C, H, W]` → softmax `[N, K, H, W]`, batch and both sides dynamic (H and
-    W multiples of 2^depth)."""
+    """Raw `[N, C, H, W]` (and a fusion network's raw VHR `[N, V, H·s, W·s]`, named
+    `vhr`) → softmax `[N, K, H, W]`, batch and sides dynamic (H and W multiples of
+    2^depth)."""
     import warnings
 
     import onnx
 
     module = SegmentationProbabilities(segmenter.eval()).eval()
     m = segmenter.net.multiple
-    example = torch.zeros(1, channels, 4 * m, 4 * m)
+    example = (torch.zeros(1, channels, 4 * m, 4 * m),)
+    names, axes = [input_name], {input_name: {0: "N", 2: "H", 3: "W"}}
+    if segmenter.fusion:
+        s = segmenter.net.vhr_scale
+        example += (torch.zeros(1, segmenter.normalise_vhr.mean.shape[1], 4 * m * s, 4 * m * s),)
+        names.append(VHR_INPUT_NAME)
+        axes[VHR_INPUT_NAME] = {0: "N", 2: "Hs", 3: "Ws"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=opset,
-                          input_names=[input_name], output_names=[output_name],
-                          dynamic_axes={input_name: {0: "N", 2: "H", 3: "W"}, output_name: {0: "N", 2: "H", 3: "W"}},
+        torch.onnx.export(module, example, str(path), dynamo=False, opset_version=opset,
+                          input_names=names, output_names=[output_name],
+                          dynamic_axes={**axes, output_name: {0: "N", 2: "H", 3: "W"}},
                           do_constant_folding=True)
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
 
 
-def onnxruntime_max_abs_diff(path, segmenter: Segmenter, tiles: np.ndarray) -> tuple[float, str] | None:
-    """Largest |ONNX Runtime − PyTorch| probability on `tiles` `[N, C, H, W]`; None when
-    onnxruntime is not importable."""
+def onnxruntime_max_abs_diff(path, segmenter: Segmenter, tiles: np.ndarray,
+                             vhr_tiles: np.ndarray | None = None) -> tuple[float, str] | None:
+    """Largest |ONNX Runtime − PyTorch| probability on `tiles` `[N, C, H, W]` (and a
+    fusion network's `vhr_tiles`); None when onnxruntime is not importable."""
     from .export import ort_max_abs_diff
 
     x = np.ascontiguousarray(tiles, dtype=np.float32)
+    inputs = [torch.from_numpy(x)]
+    extra = {}
+    if segmenter.fusion:
+        v = np.ascontiguousarray(vhr_tiles, dtype=np.float32)
+        inputs.append(torch.from_numpy(v))
+        extra[VHR_INPUT_NAME] = v
     with torch.no_grad():
-        want = segmenter.eval().probabilities(torch.from_numpy(x)).numpy()
-    return ort_max_abs_diff(path, x, want)
+        want = segmenter.eval().probabilities(*inputs).numpy()
+    return ort_max_abs_diff(path, x, want, extra=extra)
 
 
 def save_checkpoint(path, segmenter: Segmenter, config: dict) -> None:
@@ -454,6 +626,8 @@ def save_checkpoint(path, segmenter: Segmenter, config: dict) -> None:
 def load_checkpoint(path) -> tuple[Segmenter, dict]:
     checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
     config = checkpoint["config"]
-    segmenter = build(config["channels"], config["classes"], config["mean"], config["std"], config["hyperparameters"])
+    vhr = VhrInput(**config["vhr"]) if config.get("vhr") else None
+    segmenter = build(config["channels"], config["classes"], config["mean"], config["std"], config["hyperparameters"],
+                      vhr)
     segmenter.load_state_dict(checkpoint["state_dict"])
     return segmenter.eval(), config

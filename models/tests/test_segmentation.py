@@ -80,7 +80,7 @@ class PatchesAndSplit(unittest.TestCase):
         rng = np.random.default_rng(1)
         with_rare = 0
         for _ in range(600):
-            x, y = segmentation.draw_patch(rng, self.ds, targets, by_class, 16)
+            x, y, _ = segmentation.draw_patch(rng, self.ds, targets, by_class, 16)
             self.assertEqual(x.shape, (6, 16, 16))
             self.assertEqual(y.shape, (16, 16))
             with_rare += bool((y == 2).any())
@@ -101,7 +101,7 @@ class PatchesAndSplit(unittest.TestCase):
         by_class = [np.flatnonzero(targets.reshape(-1) == i) for i in range(3)]
         rng = np.random.default_rng(2)
         for _ in range(20):
-            x, y = segmentation.draw_patch(rng, ds, targets, by_class, 16)
+            x, y, _ = segmentation.draw_patch(rng, ds, targets, by_class, 16)
             np.testing.assert_array_equal(x[0].astype(np.int64) % 3, y)
 
     def test_the_loss_ignores_unlabelled_pixels(self):

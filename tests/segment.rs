@@ -36,12 +36,12 @@ fn predict(
     tile: usize,
     overlap: usize,
 ) -> (Vec<f32>, usize) {
-    let network = Network::new(model, raster, Some(tile), Some(overlap)).unwrap();
+    let network = Network::new(model, raster, None, Some(tile), Some(overlap)).unwrap();
     let (w, h) = (64, 64);
     let k = network.classes.len();
     let mut out = vec![f32::NAN; k * w * h];
     network
-        .predict(raster, w, h, 4, |t| {
+        .predict(raster, None, w, h, 4, |t| {
             let n = t.core.pixels();
             for j in 0..k {
                 for r in 0..t.core.rows {
@@ -195,6 +195,7 @@ fn fg_unet_trains_on_sparse_parcels_beside_the_random_forest_and_tiles_without_s
     sitsflow::segment::write_dataset(
         &patches,
         &bands,
+        None,
         &[Window {
             row: 0,
             col: 0,

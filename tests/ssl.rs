@@ -157,3 +157,150 @@ fn an_augmenter_that_rejects_its_parameters_fails_the_run_naming_it() {
     assert!(err.contains("stage 'views' (simclr-augment@0.1.0)") && err.contains("blur_sigma"), "{err}");
     assert!(!project.path().join("runs/ssl/manifest.json").exists(), "nothing published");
 }
+
+/// Seed 003's fusion on the small demo: the labeller reads each year's generated VHR
+/// image (2.5 m, 4× the grid) beside its bands, trains the fusion network beside the
+/// series-only one, and maps every year with both images of that year.
+fn fusion_pipeline(vhr: &str) -> String {
+    let demo = common::small_demo();
+    format!(
+        r#"schema = 1
+name = "fusion"
+
+[input]
+series = {series:?}
+
+[reference]
+path = {reference:?}
+classes = {classes:?}
+
+[run]
+seed = 3
+
+[[stage]]
+id = "bands"
+plugin = "indices@0.1.0"
+per_year = true
+params = {{ bands = ["B04", "B08", "B11"], per_date = true }}
+
+[[stage]]
+id = "labels"
+plugin = "stratified-samples@0.1.0"
+params = {{ per_class = 300 }}
+
+[[stage]]
+id = "unet"
+recipe = "fg-unet"
+input = "bands"
+year = 2018
+samples = "labels"
+holdout = 0.3
+holdout_by = "polygons"
+vhr = {vhr:?}
+params = {{ epochs = 2, patch = 16, patches_per_epoch = 16, batch_size = 4, tile = 64, overlap = 8, hyperparameters = {{ width = 4, pixel_width = 4, vhr_width = 4 }} }}
+"#,
+        series = demo.join("series").display().to_string(),
+        reference = demo.join("truth/2018.tif").display().to_string(),
+        classes = demo.join("classes.csv").display().to_string(),
+    )
+}
+
+#[test]
+fn fusion_trains_beside_the_series_alone_and_maps_each_year_with_its_vhr_image() {
+    let project = common::project_dir();
+    let vhr = common::small_demo().join("vhr/{year}.tif").display().to_string();
+    let out = run(project.path(), &fusion_pipeline(&vhr));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dir = project.path().join("runs/fusion");
+    let sidecar = json(&dir.join("models/unet/model.json"));
+    assert_eq!(sidecar["input"]["vhr"]["scale"], 4);
+    assert_eq!(sidecar["input"]["vhr"]["channels"], serde_json::json!(["blue", "green", "red", "nir"]));
+    assert!(sidecar["onnx_check"]["max_abs_diff"].as_f64().unwrap() < 1e-4, "{}", sidecar["onnx_check"]);
+    let dataset = json(&dir.join("models/unet/dataset.json"));
+    assert_eq!(dataset["vhr"]["scale"], 4);
+    let report = json(&dir.join("report.json"));
+    let unet = report["scene_stages"].as_array().unwrap().iter().find(|s| s["stage"] == "unet").expect("the labeller's section");
+    let training = &unet["summary"]["training"];
+    let budgets = &training["validation"]["label_budgets"];
+    assert_eq!(budgets["inits"], serde_json::json!(["supervised", "fusion"]));
+    for init in ["supervised", "fusion"] {
+        assert!(budgets["table"][0][init]["miou"].is_number(), "{}", budgets["table"][0]);
+    }
+    // Each year's map was predicted with that year's image, which says it is generated.
+    let images = training["vhr"]["images"].as_array().unwrap();
+    assert_eq!(images.len(), 3);
+    for (image, year) in images.iter().zip([2018, 2019, 2020]) {
+        assert!(image["path"].as_str().unwrap().ends_with(&format!("vhr/{year}.tif")), "{image}");
+        assert_eq!(image["generated"], "sitsflow demo-data --vhr");
+    }
+    for year in [2018, 2019, 2020] {
+        let map = gdal::Dataset::open(dir.join(format!("unet_{year}.tif"))).unwrap();
+        assert_eq!(map.raster_size(), (64, 64));
+    }
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    assert!(html.contains("Fusion with the VHR image against the series alone, per label budget"));
+    assert!(html.contains("The VHR image is generated"));
+
+    // The host's two-input tiles against PyTorch's (the recipe's `predict`) on 2019, by
+    // 32 px tiles: cores of 16 px, so VHR blocks are mirrored at every edge of the scene.
+    let model = sitsflow::inference::Model::load(dir.join("models/unet/model.onnx"), sitsflow::inference::Device::Cpu).unwrap();
+    let bands = dir.join("bands_2019.tif");
+    let raster = sitsflow::raster::FeatureRaster::open(&bands).unwrap();
+    let grid = sitsflow::raster::grid_of(&bands).unwrap();
+    let image = sitsflow::segment::Vhr::open(&common::small_demo().join("vhr/2019.tif"), &grid, None).unwrap();
+    assert_eq!(image.scale, 4);
+    let network = sitsflow::segment::Network::new(&model, &raster, Some(&image), Some(32), Some(8)).unwrap();
+    let k = network.classes.len();
+    let mut host = vec![f32::NAN; k * 64 * 64];
+    network
+        .predict(&raster, Some(&image), 64, 64, 3, |t| {
+            let n = t.core.pixels();
+            for j in 0..k {
+                for r in 0..t.core.rows {
+                    for c in 0..t.core.cols {
+                        host[j * 4096 + (t.core.row + r) * 64 + t.core.col + c] = t.data[j * n + r * t.core.cols + c];
+                    }
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let patches = scratch.path().join("patches");
+    let none = std::collections::BTreeSet::new();
+    let labels = sitsflow::segment::SparseLabels { pixels: &[], labels: &[], groups: &[], test_groups: &none, classes: &[], split_rule: "none".into() };
+    let whole = [sitsflow::raster::Window { row: 0, col: 0, rows: 64, cols: 64 }];
+    sitsflow::segment::write_dataset(&patches, &bands, Some(&image), &whole, 64, 64, &labels).unwrap();
+    let probs = scratch.path().join("probs.npy");
+    let ws = common::workspace();
+    let out = Command::new("python3")
+        .args(["-m", "sitsflow_models", "predict", "--model"])
+        .arg(dir.join("models/unet/model.onnx"))
+        .arg("--patches")
+        .arg(&patches)
+        .args(["--tile", "32", "--overlap", "8", "--out"])
+        .arg(&probs)
+        .env("PYTHONPATH", format!("{}:{}", ws.join(".deps/models-python").display(), ws.join("models").display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "predict failed: {}", String::from_utf8_lossy(&out.stderr));
+    let torch: ndarray::Array3<f32> = ndarray_npy::read_npy(&probs).unwrap();
+    assert_eq!(torch.shape(), [k, 64, 64]);
+    let max = torch.iter().zip(&host).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(max < 1e-4, "ONNX Runtime on the host differs from PyTorch by {max} with the VHR input");
+    eprintln!("fusion, host ONNX Runtime vs PyTorch: max |Δp| = {max:.2e}");
+}
+
+#[test]
+fn a_missing_vhr_image_of_a_mapped_year_names_the_file() {
+    let project = common::project_dir();
+    // Only 2018's image: the training year checks at validation; 2019's fails the run.
+    let only = project.path().join("vhr");
+    std::fs::create_dir_all(&only).unwrap();
+    std::fs::copy(common::small_demo().join("vhr/2018.tif"), only.join("2018.tif")).unwrap();
+    let out = run(project.path(), &fusion_pipeline(&only.join("{year}.tif").display().to_string()));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("stage 'unet'") && err.contains("vhr/2019.tif") && err.contains("does not exist"), "{err}");
+    assert!(!project.path().join("runs/fusion/manifest.json").exists(), "nothing published");
+}

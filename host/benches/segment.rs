@@ -48,7 +48,7 @@ fn main() {
         let none = std::collections::BTreeSet::new();
         let labels = SparseLabels { pixels: &[], labels: &[], groups: &[], test_groups: &none, classes: &[], split_rule: "none".into() };
         let windows = sitsflow::raster::chunk_grid(size, size, 512);
-        sitsflow::segment::write_dataset(&patches, &features, &windows, size, size, &labels).unwrap();
+        sitsflow::segment::write_dataset(&patches, &features, None, &windows, size, size, &labels).unwrap();
     }
     let model_dir = dir.join("model");
     let pythonpath = sitsflow::train::python_path(&workspace);
@@ -66,7 +66,7 @@ fn main() {
     let onnx = model_dir.join("model.onnx");
     let model = Model::load(&onnx, Device::Cpu).unwrap();
     let raster = FeatureRaster::open(&features).unwrap();
-    let mut network = Network::new(&model, &raster, Some(512), Some(16)).unwrap();
+    let mut network = Network::new(&model, &raster, None, Some(512), Some(16)).unwrap();
     // What the fit node gives its tiles: the budget less the engine and caches.
     let tiles_mib = budget_mib.saturating_sub(sitsflow::run::FIXED_OVERHEAD_MIB + cache_mib).max(64);
     let batch = network.fit_budget(size, size, tiles_mib << 20);
@@ -83,7 +83,7 @@ fn main() {
         sitsflow::memory::reset_peak();
         let started = Instant::now();
         let mut checksum = 0f64;
-        network.predict(&raster, size, size, batch, |t| {
+        network.predict(&raster, None, size, size, batch, |t| {
             checksum += t.data[0] as f64;
             Ok(())
         })

@@ -195,6 +195,11 @@ pub enum Command {
         /// in the band metadata), as Sentinel-2 L2A COGs carry it, instead of Float32.
         #[arg(long)]
         dn: bool,
+        /// Seed 003's fusion: a very-high-resolution image per year, vhr/<year>.tif (2.5 m,
+        /// blue, green, red, near infrared as UInt16 reflectance × 10 000), each 10 m
+        /// block its pixel's class that year, with the texture a finer grid shows.
+        #[arg(long)]
+        vhr: bool,
     },
     /// Print what this machine offers sitsflow: GDAL and its drivers, ONNX Runtime and its
     /// execution providers (CUDA found or why not), the wasm32-wasip2 target for
@@ -606,8 +611,8 @@ fn dispatch(cli: &Cli) -> Result<(), Failure> {
             );
             Ok(())
         }
-        Command::DemoData { dir, size, seed, urban_fabric, dn } => {
-            let options = crate::demo::DemoOptions { size: *size, seed: *seed, urban_fabric: *urban_fabric, dn: *dn, ..Default::default() };
+        Command::DemoData { dir, size, seed, urban_fabric, dn, vhr } => {
+            let options = crate::demo::DemoOptions { size: *size, seed: *seed, urban_fabric: *urban_fabric, dn: *dn, vhr: *vhr, ..Default::default() };
             crate::demo::generate(dir, &options).with_context(|| format!("generating demo data in {}", dir.display()))?;
             println!("{}", dir.display());
             Ok(())

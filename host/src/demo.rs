@@ -14,6 +14,13 @@
 //! changes between years: a clear-cut, storm damage and new buildings. The truth
 //! of each year (codes of seed 001's nomenclature, `classes.csv`) and a coarse
 //! CORINE-like reference (CLC level-3 codes at 100 m) are written beside it.
+//!
+//! With `--vhr` (seed 003's fusion) each year also gets a very-high-resolution image,
+//! `vhr/<year>.tif`: a summer aerial-like picture at 2.5 m (4× the grid) in four bands
+//! (blue, green, red, near infrared), whose every 10 m block is its pixel's class of that
+//! year's truth at that date — the same spectra as the series — with the texture only a
+//! finer grid shows: crop rows, tree crowns and their shadows, lit and shaded roof
+//! slopes, gardens and streets. It is generated, not observed: figures from it say so.
 
 use crate::raster::{ClassStyle, Grid, write_class_map, write_geotiff_dn, write_geotiff_f32};
 use anyhow::{Context, Result};
@@ -118,13 +125,25 @@ pub struct DemoOptions {
     /// Reflectance as UInt16 digital numbers with L2A's offset (`write_geotiff_dn`), as
     /// Sentinel-2 L2A COGs carry it, instead of Float32 reflectance (`demo-data --dn`).
     pub dn: bool,
+    /// A very-high-resolution image per year, `vhr/<year>.tif` (`demo-data --vhr`).
+    pub vhr: bool,
 }
 
 impl Default for DemoOptions {
     fn default() -> Self {
-        DemoOptions { size: 512, years: vec![2018, 2019, 2020], dates_per_year: 12, seed: 7, urban_fabric: false, dn: false }
+        DemoOptions { size: 512, years: vec![2018, 2019, 2020], dates_per_year: 12, seed: 7, urban_fabric: false, dn: false, vhr: false }
     }
 }
+
+/// VHR pixels per series pixel along each axis (2.5 m for 10 m).
+pub const VHR_SCALE: usize = 4;
+/// The VHR image's bands: S2's B02, B03, B04 and B08 as an aerial camera's.
+pub const VHR_BANDS: [(&str, usize); 4] = [("blue", 0), ("green", 1), ("red", 2), ("nir", 6)];
+/// The metadata item that marks an image as generated (its value says by what): a
+/// report on a model trained with it says its figures come from generated data.
+pub const GENERATED_KEY: &str = "SITSFLOW_GENERATED";
+/// The day of year of each year's aerial picture.
+const VHR_DAY: f32 = 180.0;
 
 /// The land cover of the first year.
 fn base_map(size: usize, urban_fabric: bool, rng: &mut ChaCha8Rng) -> Vec<u16> {
@@ -357,13 +376,18 @@ pub fn generate(dir: &Path, options: &DemoOptions) -> Result<()> {
             let date = format!("{year}-{month:02}-{day:02}");
             let scene = series.join(format!("{date}.tif"));
             if options.dn {
-                write_geotiff_dn(&scene, &grid, &bands, planes, &["SCL"])
+                write_geotiff_dn(&scene, &grid, &bands, planes, &["SCL"], &[])
             } else {
                 write_geotiff_f32(&scene, &grid, &bands, planes)
             }
             .with_context(|| format!("writing the demo scene of {date}"))?;
         }
         write_labels(&dir.join("truth").join(format!("{year}.tif")), &grid, map)?;
+        if options.vhr {
+            let path = dir.join("vhr").join(format!("{year}.tif"));
+            write_vhr(&path, &grid, map, &traits, year_shift, options)
+                .with_context(|| format!("writing the demo's VHR image {}", path.display()))?;
+        }
         if options.urban_fabric {
             write_labels(&dir.join("sparse").join(format!("{year}.tif")), &grid, &sparse_labels(map, size, options.seed))?;
         }
@@ -402,6 +426,120 @@ pub fn generate(dir: &Path, options: &DemoOptions) -> Result<()> {
     }
     crate::fsutil::write_atomic(&dir.join("classes.csv"), csv.as_bytes())?;
     Ok(())
+}
+
+/// A uniform value in [0, 1) from `key` and `seed` (SplitMix64): the VHR image's texture
+/// and noise are drawn from the pixel's position, never from the series' generator,
+/// so adding `--vhr` leaves the series and truths unchanged.
+fn hash01(key: u64, seed: u64) -> f32 {
+    let mut z = key ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 40) as f32 / (1u64 << 24) as f32
+}
+
+/// Whether a VHR pixel lies in a tree crown: crowns sit on a jittered lattice of
+/// `period` px, each of radius `radius`; returns the crown's relative height (1 at its
+/// centre, 0 at its edge) or `None` in a gap.
+fn crown(row: usize, col: usize, period: usize, radius: f32, seed: u64) -> Option<f32> {
+    let (cr, cc) = (row / period, col / period);
+    let mut best: Option<f32> = None;
+    for dr in -1i64..=1 {
+        for dc in -1i64..=1 {
+            let (r, c) = (cr as i64 + dr, cc as i64 + dc);
+            if r < 0 || c < 0 {
+                continue;
+            }
+            let key = ((r as u64) << 32) | c as u64;
+            let y = r as f32 * period as f32 + hash01(key, seed) * period as f32;
+            let x = c as f32 * period as f32 + hash01(key, seed ^ 0x51) * period as f32;
+            let d = ((row as f32 + 0.5 - y).powi(2) + (col as f32 + 0.5 - x).powi(2)).sqrt() / radius;
+            if d < 1.0 {
+                best = Some(best.map_or(1.0 - d, |b: f32| b.max(1.0 - d)));
+            }
+        }
+    }
+    best
+}
+
+/// Writes one year's VHR image: each 10 m pixel's block is its class at `VHR_DAY` (its
+/// phenology, vigour and brightness as in the series), with the texture of the class at
+/// 2.5 m, as UInt16 reflectance × 10 000 (0 = no data).
+fn write_vhr(path: &Path, grid: &Grid, map: &[u16], traits: &PixelTraits, year_shift: f32, options: &DemoOptions) -> Result<()> {
+    let size = options.size;
+    let s = VHR_SCALE;
+    let fine = size * s;
+    let seed = options.seed ^ 0x7668_72;
+    let field = (size / 8).max(4);
+    let mut planes = vec![vec![0f32; fine * fine]; VHR_BANDS.len()];
+    for row in 0..fine {
+        for col in 0..fine {
+            let (r, c) = (row / s, col / s);
+            let i = r * size + c;
+            let class = map[i];
+            let shift = traits.shift_days[i] + year_shift;
+            let g = pixel_greenness(class, VHR_DAY, shift, traits.vigour[i]);
+            let key = ((row as u64) << 32) | col as u64;
+            let noise = hash01(key, seed) - 0.5;
+            // (greenness, brightness factor, the class whose spectrum is drawn)
+            let (g_here, gain, drawn) = match class {
+                CROPS => {
+                    // Rows 5 m apart, their direction per field: plants, then bare soil.
+                    let across = if hash01((r / field * 1024 + c / field) as u64, seed ^ 0xf1e1d) < 0.5 { row } else { col };
+                    if across % 2 == 0 { (g, 1.0 + 0.05 * noise, CROPS) } else { (g * 0.45, 1.0 + 0.05 * noise, CROPS) }
+                }
+                BROADLEAVES | CONIFERS => {
+                    let (period, radius) = if class == BROADLEAVES { (4, 2.6) } else { (3, 1.6) };
+                    match crown(row, col, period, radius, seed ^ class as u64) {
+                        Some(h) => (g, 0.85 + 0.3 * h + 0.05 * noise, class),
+                        // Gaps: the understorey in the crowns' shadow.
+                        None => (g * 0.6, 0.45 + 0.05 * noise, class),
+                    }
+                }
+                GRASS => (g, 1.0 + 0.12 * noise, GRASS),
+                WATER => (g, 1.0 + 0.02 * noise, WATER),
+                MINERAL => {
+                    // Bare soil with slash and stumps.
+                    let dark = hash01(key, seed ^ 0x5a) < 0.12;
+                    (g, if dark { 0.55 } else { 1.0 + 0.2 * noise }, MINERAL)
+                }
+                ARTIFICIAL => {
+                    // Urban fabric: the series pixel's roof, garden or street; elsewhere
+                    // buildings of 5 m on the finer grid.
+                    let fabric = if options.urban_fabric { Fabric::at(r, c, options.seed) } else { Fabric::at(row / 2, col / 2, options.seed) };
+                    match fabric {
+                        // A gabled roof: one slope lit, the other shaded.
+                        Fabric::Roof => (g, if col % s < s / 2 { 1.2 } else { 0.75 } + 0.04 * noise, ARTIFICIAL),
+                        Fabric::Street => (g, 1.0 + 0.03 * noise, MINERAL),
+                        Fabric::Garden => match crown(row, col, 3, 1.2, seed ^ 0x6a) {
+                            Some(_) => (1.0, 0.9 + 0.05 * noise, BROADLEAVES),
+                            None => (pixel_greenness(GRASS, VHR_DAY, shift, traits.vigour[i]), 1.0 + 0.1 * noise, GRASS),
+                        },
+                    }
+                }
+                _ => (g, 1.0 + 0.05 * noise, class),
+            };
+            let urban = class == ARTIFICIAL;
+            for (k, &(_, b)) in VHR_BANDS.iter().enumerate() {
+                let pure = match (urban, drawn) {
+                    (true, ARTIFICIAL) => ROOF[b],
+                    (true, MINERAL) => STREET[b],
+                    _ => surface(drawn, g_here, b),
+                };
+                let band_noise = 1.0 + 0.02 * (hash01(key ^ ((k as u64 + 1) << 60), seed) - 0.5);
+                let v = pure * traits.brightness[i] * gain * band_noise;
+                // Reflectance × 10 000, at least 1: 0 is no data.
+                planes[k][row * fine + col] = (v * 10_000.0).round().clamp(1.0, 65_535.0);
+            }
+        }
+    }
+    let names: Vec<String> = VHR_BANDS.iter().map(|(n, _)| n.to_string()).collect();
+    let codes: Vec<&str> = names.iter().map(String::as_str).collect();
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    write_geotiff_dn(path, &grid.scaled(s), &names, planes, &codes, &[(GENERATED_KEY, "sitsflow demo-data --vhr")])
 }
 
 /// What a pixel of urban fabric is.

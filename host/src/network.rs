@@ -46,7 +46,8 @@ fn segmentation_params_schema() -> Value {
     let mut schema = params_schema();
     let properties = schema["properties"].as_object_mut().expect("an object schema");
     properties["batch_size"]["description"] = json!("patches per step (default 16)");
-    properties["hyperparameters"]["description"] = json!("network widths: width, depth, pixel_width, dropout");
+    properties["hyperparameters"]["description"] = json!("network widths: width, depth, pixel_width, dropout; with `vhr`, the VHR encoder's vhr_width and the fusion, \"se\" (squeeze-and-excitation, default) or \"concat\"");
+    properties.insert("vhr_scale".into(), json!({ "type": "integer", "minimum": 1, "maximum": 64, "description": "with `vhr`: VHR pixels per scene pixel along each axis, a power of two; the image is warped onto the scene's grid made this much finer (default: the image's own resolution ratio)" }));
     properties.insert("tile".into(), json!({ "type": "integer", "minimum": 16, "maximum": 8192, "description": "inference tile side in px (default 512, the seed's)" }));
     properties.insert("overlap".into(), json!({ "type": "integer", "minimum": 0, "maximum": 1024, "description": "context added on each side of a tile's core in px (default 16, the seed's)" }));
     properties.insert("patch".into(), json!({ "type": "integer", "minimum": 8, "maximum": 1024, "description": "training patch side in px (default 64)" }));

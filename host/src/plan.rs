@@ -129,8 +129,10 @@ pub enum Role {
     Sampler { input: Option<StageId>, year: Option<i32>, sample_size: SampleSize },
     /// Trains on `input`'s features (of `year`, or of every year) as `training` says,
     /// holding out `holdout` of its samples, and predicts every pixel.
-    /// With `pretrained`, an `fg-unet` starts from that pretraining stage's encoder.
-    Labeller { input: StageId, year: Option<i32>, holdout: Holdout, training: Training, pretrained: Option<StageId> },
+    /// With `pretrained`, an `fg-unet` starts from that pretraining stage's encoder; with
+    /// `vhr` (a path, `{year}` standing for a map's year) it also fuses that
+    /// very-high-resolution image.
+    Labeller { input: StageId, year: Option<i32>, holdout: Holdout, training: Training, pretrained: Option<StageId>, vhr: Option<PathBuf> },
     /// Decodes `input`'s yearly posteriors (a labeller predicting per year, or a
     /// per-year features stage of probabilities).
     Decoder { input: StageId },
@@ -635,6 +637,32 @@ impl Plan {
                     Some(p.get_ref().clone())
                 }
             };
+            let vhr = match &stage.vhr {
+                None => None,
+                Some(v) => {
+                    if !matches!(&executor, Executor::Recipe(r) if r.arch == "fg-unet") {
+                        return Err(source.error(Some(v.span()), format!("'vhr' is for fg-unet labellers, which fuse it with the series; '{id}' is {}", match &executor {
+                            Executor::Recipe(r) => format!("recipe {}", r.arch),
+                            Executor::Plugin(_) => format!("a {kind_shown} plugin"),
+                        })));
+                    }
+                    let template = v.get_ref();
+                    // Without `{year}` one image serves every year; with it, the training
+                    // year's image is checked here and each other year's when it is mapped.
+                    let year = stage.year.as_ref().map(|y| *y.get_ref());
+                    let check = match year {
+                        Some(y) => Some(template.replace("{year}", &y.to_string())),
+                        None if !template.contains("{year}") => Some(template.clone()),
+                        None => None,
+                    };
+                    if let Some(file) = check.map(|f| rel(&f)) {
+                        if !file.is_file() {
+                            return Err(source.error(Some(v.span()), format!("the VHR image {} does not exist", file.display())));
+                        }
+                    }
+                    Some(rel(template))
+                }
+            };
             if matches!(kind, StageKind::Clusterer | StageKind::Labeller | StageKind::Pretrainer) && input.is_none() {
                 return Err(source.error(
                     Some(stage.id.span()),
@@ -832,6 +860,7 @@ impl Plan {
                         (None, None, _) => unresolved(kind_shown, "samples or a model"),
                     },
                     pretrained,
+                    vhr,
                 },
                 StageKind::Decoder => Role::Decoder { input: input.unwrap_or_else(|| unresolved(kind_shown, "an input")) },
                 StageKind::Augmenter => Role::Augmenter,
@@ -948,8 +977,8 @@ impl Plan {
     }
 
     /// Every file or folder a run reads besides what the run writes: the pipeline, the
-    /// plugin folder, the input, the reference, the truth maps, labellers' samples CSVs
-    /// and stored models — each with what it is, for messages.
+    /// plugin folder, the input, the reference, the truth maps, labellers' samples CSVs,
+    /// stored models and VHR images — each with what it is, for messages.
     pub fn input_paths(&self) -> Vec<(&'static str, PathBuf)> {
         let mut inputs: Vec<(&'static str, PathBuf)> =
             vec![("the pipeline", self.pipeline.clone()), ("the plugin folder", self.plugin_dir.clone())];
@@ -968,6 +997,12 @@ impl Plan {
             match &stage.role {
                 Role::Labeller { training: Training::Csv(file), .. } => inputs.push(("a samples file", file.clone())),
                 Role::Labeller { training: Training::Stored(model), .. } => inputs.push(("a stored model", model.clone())),
+                _ => {}
+            }
+            if let Role::Labeller { vhr: Some(vhr), .. } = &stage.role {
+                inputs.push(("a VHR image", vhr.clone()));
+            }
+            match &stage.role {
                 _ => {}
             }
         }

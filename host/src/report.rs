@@ -224,7 +224,7 @@ fn section_html(section: &SceneSection) -> String {
             let years: Vec<String> = years.iter().map(|y| y.to_string()).collect();
             let _ = write!(html, "<p>Training features from {}.</p>", esc(&years.join(", ")));
         }
-        if let Some(table) = budgets_html(&summary["training"]["validation"]["label_budgets"]) {
+        if let Some(table) = budgets_html(&summary["training"]["validation"]["label_budgets"], &summary["training"]["vhr"]) {
             html.push_str(&table);
         }
         html.push_str("<h3>Training report</h3>");
@@ -253,15 +253,43 @@ fn section_html(section: &SceneSection) -> String {
     html
 }
 
-/// Seed 003's table: the network fine-tuned from a self-supervised encoder against the
-/// same network trained from scratch, per label budget, on the same held-out pixels.
-fn budgets_html(budgets: &Value) -> Option<String> {
+/// Seed 003's tables: the network fine-tuned from a self-supervised encoder, and the
+/// fusion of the series with a VHR image, against the series-only network trained from
+/// scratch, per label budget, on the same held-out pixels. `vhr`: the images the fusion
+/// read (a generated one is said to be).
+fn budgets_html(budgets: &Value, vhr: &Value) -> Option<String> {
     let rows = budgets["table"].as_array().filter(|r| !r.is_empty())?;
-    let inits: Vec<&str> = ["ssl", "supervised"].into_iter().filter(|i| rows[0][*i].is_object()).collect();
+    let inits: Vec<&str> = ["ssl", "fusion", "supervised"].into_iter().filter(|i| rows[0][*i].is_object()).collect();
     let classes: Vec<String> = rows[0][*inits.first()?]["iou"].as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
-    let mut html = String::from(
-        "<h3>Self-supervised against supervised, per label budget</h3><p>The same network, started from the pretrained encoder (ssl) or from scratch (supervised), trained on a share of each class's labelled pixels; assessed on the same held-out pixels.</p><table><tr><th>budget</th><th>labelled px</th><th class=l>init</th><th>OA</th><th>mIoU</th>",
-    );
+    let ssl = inits.contains(&"ssl");
+    let fusion = inits.contains(&"fusion");
+    let title = match (ssl, fusion) {
+        (true, true) => "Self-supervised and fusion against supervised, per label budget",
+        (false, true) => "Fusion with the VHR image against the series alone, per label budget",
+        _ => "Self-supervised against supervised, per label budget",
+    };
+    let mut html = format!("<h3>{title}</h3><p>Trained on a share of each class's labelled pixels and assessed on the same held-out pixels: supervised is the series-only network from scratch");
+    if ssl {
+        html.push_str("; ssl the same network started from the pretrained encoder");
+    }
+    if fusion {
+        let images: Vec<String> = vhr["images"].as_array().map(|a| a.iter().filter_map(|v| v["path"].as_str().map(esc)).collect()).unwrap_or_default();
+        let _ = write!(
+            html,
+            "; fusion one encoder for the series and one for the VHR image ({}), fused late by a squeeze-and-excitation gate",
+            if images.is_empty() { "its image".to_string() } else { images.join(", ") }
+        );
+    }
+    html.push_str(".</p>");
+    if fusion && vhr["generated"].as_bool() == Some(true) {
+        let by = vhr["images"].as_array().and_then(|a| a.iter().find_map(|v| v["generated"].as_str())).unwrap_or("a generator");
+        let _ = write!(
+            html,
+            "<p><b>The VHR image is generated</b> ({}), not observed: the fusion figures come from generated data and say nothing of a real aerial image.</p>",
+            esc(by)
+        );
+    }
+    html.push_str("<table><tr><th>budget</th><th>labelled px</th><th class=l>init</th><th>OA</th><th>mIoU</th>");
     for c in &classes {
         let _ = write!(html, "<th>IoU {}</th>", esc(c));
     }

@@ -315,7 +315,15 @@ fn run_key(plan: &Plan, series: &Series, layout: &Layout) -> String {
         if let crate::plan::Role::Labeller { training: crate::plan::Training::Csv(p) | crate::plan::Training::Stored(p), .. } = &s.role {
             files.push(p.display().to_string());
         }
+        // A fusion labeller's VHR images, each year's where the path names the year.
+        if let crate::plan::Role::Labeller { vhr: Some(template), .. } = &s.role {
+            let template = template.display().to_string();
+            for (year, _) in crate::raster::years_of(&series.dates()) {
+                files.push(template.replace("{year}", &year.to_string()));
+            }
+        }
     }
+    files.dedup();
     for f in files {
         let meta = std::fs::metadata(&f).ok();
         let size = meta.as_ref().map_or(0, |m| m.len());

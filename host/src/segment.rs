@@ -10,9 +10,14 @@
 //! same pixels together as a whole-scene prediction would. `models/sitsflow_models/
 //! segmentation.py` (`predict_scene`) implements the same tiles, so the metrics the
 //! recipe reports describe what the host maps.
+//!
+//! **Fusion** (seed 003): a network whose sidecar has `input.vhr` also takes, per tile,
+//! a very-high-resolution image ([`Vhr`], read with GDAL on the scene's grid made `s`
+//! times finer) under the same tile: each scene pixel's `s × s` block, mirrored by whole
+//! scene pixels outside the scene — as the recipe's `_vhr_window` cuts it.
 
 use crate::inference::Model;
-use crate::raster::{FeatureRaster, Window};
+use crate::raster::{FeatureRaster, Grid, Window};
 use anyhow::{Context as _, Result, anyhow, bail};
 use rand::Rng;
 use serde_json::json;
@@ -88,6 +93,51 @@ pub fn reflect(i: isize, n: usize) -> usize {
     (if i < n as isize { i } else { period - i }) as usize
 }
 
+/// A very-high-resolution image on the scene's grid made `scale` times finer.
+pub struct Vhr {
+    pub raster: FeatureRaster,
+    pub scale: usize,
+}
+
+impl Vhr {
+    /// Opens `path` on `grid` made `scale` times finer — by default the image's own
+    /// resolution ratio to the grid's —; the scale must be a power of two (the fusion
+    /// network pools its way down to the scene's grid).
+    pub fn open(path: &Path, grid: &Grid, scale: Option<usize>) -> Result<Vhr> {
+        let scale = match scale {
+            Some(s) => s,
+            None => {
+                let own = crate::raster::grid_of(path)?;
+                let (Some(g), Some(v)) = (grid.geo_transform, own.geo_transform) else {
+                    bail!("{}: no georeferencing (it or the scene's), so its scale cannot be told: set `vhr_scale`", path.display());
+                };
+                let ratio = g[1].abs() / v[1].abs();
+                let s = ratio.round().max(1.0) as usize;
+                if (ratio - s as f64).abs() > 0.01 * ratio {
+                    bail!(
+                        "{}: its {} m pixels are not a whole fraction of the scene's {} m; set `vhr_scale` (a power of two) to warp it",
+                        path.display(),
+                        v[1].abs(),
+                        g[1].abs()
+                    );
+                }
+                s
+            }
+        };
+        if !scale.is_power_of_two() {
+            bail!("{}: a VHR scale of {scale} (the ratio of its pixels to the scene's) is not a power of two; set `vhr_scale` (e.g. 4) to warp it", path.display());
+        }
+        let raster = FeatureRaster::open_on(path, &grid.scaled(scale))?;
+        Ok(Vhr { raster, scale })
+    }
+}
+
+/// The rows (or columns) of a tile: the core's and `overlap` px on each side, mirrored
+/// into `0..n`.
+fn tile_indices(start: usize, side: usize, overlap: usize, n: usize) -> Vec<usize> {
+    (0..side).map(|i| reflect(start as isize - overlap as isize + i as isize, n)).collect()
+}
+
 /// One tile's input, `bands.len() × side × side` channel-major: the core and `overlap`
 /// px around it, reflected where they leave the scene.
 pub fn tile_input(
@@ -99,22 +149,31 @@ pub fn tile_input(
     tiling: &Tiling,
 ) -> Result<Vec<f32>> {
     let side = tiling.side(width, height);
-    let rows: Vec<usize> = (0..side)
-        .map(|i| {
-            reflect(
-                core.row as isize - tiling.overlap as isize + i as isize,
-                height,
-            )
-        })
-        .collect();
-    let cols: Vec<usize> = (0..side)
-        .map(|i| {
-            reflect(
-                core.col as isize - tiling.overlap as isize + i as isize,
-                width,
-            )
-        })
-        .collect();
+    let rows = tile_indices(core.row, side, tiling.overlap, height);
+    let cols = tile_indices(core.col, side, tiling.overlap, width);
+    gather(raster, bands, &rows, &cols, 1)
+}
+
+/// The VHR input under one tile, `bands.len() × side·s × side·s`: each tile pixel's
+/// `s × s` block of `vhr`, mirrored by whole scene pixels where the tile leaves the scene.
+pub fn vhr_tile_input(
+    vhr: &Vhr,
+    bands: &[usize],
+    width: usize,
+    height: usize,
+    core: &Window,
+    tiling: &Tiling,
+) -> Result<Vec<f32>> {
+    let side = tiling.side(width, height);
+    let rows = tile_indices(core.row, side, tiling.overlap, height);
+    let cols = tile_indices(core.col, side, tiling.overlap, width);
+    gather(&vhr.raster, bands, &rows, &cols, vhr.scale)
+}
+
+/// `bands` of `raster` at the scene rows × columns given, each a `scale × scale` block
+/// of the raster (on the scene's grid made `scale` times finer), channel-major: one read
+/// of the window that spans them, then gathered.
+fn gather(raster: &FeatureRaster, bands: &[usize], rows: &[usize], cols: &[usize], scale: usize) -> Result<Vec<f32>> {
     let (r0, r1) = (
         *rows.iter().min().expect("side > 0"),
         *rows.iter().max().expect("side > 0"),
@@ -128,14 +187,19 @@ pub fn tile_input(
         col: c0,
         rows: r1 - r0 + 1,
         cols: c1 - c0 + 1,
-    };
+    }
+    .scaled(scale);
     let planes = raster.read_planes(window, bands)?;
     let n = window.pixels();
-    let mut out = Vec::with_capacity(bands.len() * side * side);
+    let mut out = Vec::with_capacity(bands.len() * rows.len() * cols.len() * scale * scale);
     for plane in planes.chunks_exact(n) {
-        for &r in &rows {
-            let line = &plane[(r - r0) * window.cols..(r - r0 + 1) * window.cols];
-            out.extend(cols.iter().map(|&c| line[c - c0]));
+        for &r in rows {
+            for i in 0..scale {
+                let line = &plane[((r - r0) * scale + i) * window.cols..((r - r0) * scale + i + 1) * window.cols];
+                for &c in cols {
+                    out.extend_from_slice(&line[(c - c0) * scale..(c - c0 + 1) * scale]);
+                }
+            }
         }
     }
     Ok(out)
@@ -161,14 +225,18 @@ pub struct Network<'a> {
     /// Bytes of working memory per tile pixel (input, output and the network's largest
     /// activations), for batching within the budget.
     pub bytes_per_pixel: usize,
+    /// A fusion network's VHR input, as its sidecar describes it.
+    pub vhr: Option<crate::inference::VhrMetadata>,
 }
 
 impl<'a> Network<'a> {
-    /// Matches a segmentation model to a features raster: every channel it was trained
-    /// on must be there (by name). `tiling` overrides the sidecar's tile and overlap.
+    /// Matches a segmentation model to a features raster (and a fusion network to its
+    /// VHR image): every channel it was trained on must be there (by name). `tiling`
+    /// overrides the sidecar's tile and overlap.
     pub fn new(
         model: &'a Model,
         raster: &FeatureRaster,
+        vhr: Option<&Vhr>,
         tile: Option<usize>,
         overlap: Option<usize>,
     ) -> Result<Network<'a>> {
@@ -219,7 +287,28 @@ impl<'a> Network<'a> {
         // arena, which grows by powers of two. Calibrated on `cargo bench --bench segment`
         // (120 channels, default widths: 512 px tiles peaked 1.44 GiB above the start,
         // 256 px tiles 0.49 GiB, GDAL's cache included); this gives 5.8 KB a pixel there.
-        let bytes_per_pixel = 4 * (4 * bands.len() + 10 * (width + pixel_width) + 2 * (classes.len() + channels.len()));
+        let mut bytes_per_pixel = 4 * (4 * bands.len() + 10 * (width + pixel_width) + 2 * (classes.len() + channels.len()));
+        let vhr = match (&meta.input.vhr, vhr) {
+            (None, None) => None,
+            (Some(wanted), Some(image)) => {
+                vhr_bands(model, wanted, image)?;
+                // Per scene pixel: s² VHR pixels, their input and normalised copy and the
+                // VHR encoder's first-level activations (the largest).
+                let vhr_width = hp["vhr_width"].as_u64().unwrap_or(16) as usize;
+                bytes_per_pixel += 4 * image.scale * image.scale * (2 * wanted.channels.len() + 6 * vhr_width);
+                Some(wanted.clone())
+            }
+            (Some(_), None) => bail!(
+                "{} fuses the series with a VHR image (its input '{}'): give the stage `vhr = \"…\"`",
+                model.path().display(),
+                meta.input.vhr.as_ref().map_or("", |v| v.name.as_str())
+            ),
+            (None, Some(image)) => bail!(
+                "{} takes no VHR image, yet the stage gives one ({}): a stored series-only network maps without `vhr`",
+                model.path().display(),
+                image.raster.path.display()
+            ),
+        };
         Ok(Network {
             model,
             bands,
@@ -227,6 +316,7 @@ impl<'a> Network<'a> {
             channels,
             tiling,
             bytes_per_pixel,
+            vhr,
         })
     }
 
@@ -262,11 +352,14 @@ impl<'a> Network<'a> {
         (budget_bytes / per_tile(self.tiling.side(width, height)).max(1)).max(1)
     }
 
-    /// Predicts the scene of `raster` tile by tile, `batch` tiles per ONNX Runtime run,
-    /// handing each core's probabilities to `sink` in tile order.
+    /// Predicts the scene of `raster` (with a fusion network's VHR image `vhr` of the
+    /// same year) tile by tile, `batch` tiles per ONNX Runtime run, handing each core's
+    /// probabilities to `sink` in tile order.
+    #[allow(clippy::too_many_arguments)]
     pub fn predict(
         &self,
         raster: &FeatureRaster,
+        vhr: Option<&Vhr>,
         width: usize,
         height: usize,
         batch: usize,
@@ -275,6 +368,11 @@ impl<'a> Network<'a> {
         let side = self.tiling.side(width, height);
         let cores = self.tiling.cores(width, height);
         let (c, k) = (self.bands.len(), self.outputs());
+        let fusion = match (&self.vhr, vhr) {
+            (Some(wanted), Some(image)) => Some((wanted, image, vhr_bands(self.model, wanted, image)?)),
+            (Some(wanted), None) => bail!("{} fuses a VHR image (input '{}'), and none was given", self.model.path().display(), wanted.name),
+            (None, _) => None,
+        };
         for (b, group) in cores.chunks(batch.max(1)).enumerate() {
             let mut input = Vec::with_capacity(group.len() * c * side * side);
             for core in group {
@@ -287,10 +385,30 @@ impl<'a> Network<'a> {
                     &self.tiling,
                 )?);
             }
-            let (out, shape) = self
-                .model
-                .run_batched(&input, &[c, side, side], usize::MAX)
-                .map_err(|e| anyhow!("{e}"))?;
+            let (out, shape) = match &fusion {
+                None => self
+                    .model
+                    .run_batched(&input, &[c, side, side], usize::MAX)
+                    .map_err(|e| anyhow!("{e}"))?,
+                Some((wanted, image, vhr_bands)) => {
+                    let name = &wanted.name;
+                    let mut vhr = Vec::with_capacity(group.len() * vhr_bands.len() * side * side * image.scale * image.scale);
+                    for core in group {
+                        vhr.extend(vhr_tile_input(image, vhr_bands, width, height, core, &self.tiling)?);
+                    }
+                    let fine = side * image.scale;
+                    let input_name = self.model.metadata().map(|m| m.input.name.clone()).unwrap_or_default();
+                    let outputs = self
+                        .model
+                        .run(vec![
+                            (input_name, vec![group.len(), c, side, side], input),
+                            (name.clone(), vec![group.len(), vhr_bands.len(), fine, fine], vhr),
+                        ])
+                        .map_err(|e| anyhow!("{e}"))?;
+                    let (_, shape, data) = outputs.into_iter().next().ok_or_else(|| anyhow!("{}: no output", self.model.path().display()))?;
+                    (data, shape)
+                }
+            };
             if shape != [group.len(), k, side, side] {
                 bail!(
                     "{}: returned shape {shape:?} for {} tiles of {c} × {side} × {side}, expected {k} output planes",
@@ -316,6 +434,34 @@ impl<'a> Network<'a> {
         }
         Ok(())
     }
+}
+
+/// The band of `image` for each VHR channel `wanted` names, after checking its scale.
+fn vhr_bands(model: &Model, wanted: &crate::inference::VhrMetadata, image: &Vhr) -> Result<Vec<usize>> {
+    if wanted.scale != image.scale {
+        bail!(
+            "{} was trained on a VHR image {} times finer than the scene; {} is read {} times finer (set `vhr_scale = {}`)",
+            model.path().display(),
+            wanted.scale,
+            image.raster.path.display(),
+            image.scale,
+            wanted.scale
+        );
+    }
+    wanted
+        .channels
+        .iter()
+        .map(|c| {
+            image.raster.names.iter().position(|n| n == c).ok_or_else(|| {
+                anyhow!(
+                    "{} has no band '{c}', which {} was trained on (it has {})",
+                    image.raster.path.display(),
+                    model.path().display(),
+                    image.raster.names.join(", ")
+                )
+            })
+        })
+        .collect()
 }
 
 /// Polygons of a sparse selection: 4-connected pixels of one class, numbered from 1 in
@@ -399,49 +545,30 @@ pub struct SparseLabels<'a> {
 
 /// Writes a patch dataset (`sitsflow-patches/1`, see `models/sitsflow_models/patches.py`)
 /// into `dir`: the whole features raster as `image.npy` `[C, H, W]` (written window by
-/// window into a file `ndarray-npy` laid out, so the cube is never whole in memory),
-/// `labels.npy`, `groups.npy`, and `dataset.json` last (its presence means the folder is
-/// complete).
+/// window into a file `ndarray-npy` laid out, so the cube is never whole in memory), a
+/// fusion's VHR image as `vhr.npy` `[V, H·s, W·s]` the same way, `labels.npy`,
+/// `groups.npy`, and `dataset.json` last (its presence means the folder is complete).
+#[allow(clippy::too_many_arguments)]
 pub fn write_dataset(
     dir: &Path,
     features: &Path,
+    vhr: Option<&Vhr>,
     windows: &[Window],
     width: usize,
     height: usize,
     set: &SparseLabels,
 ) -> Result<()> {
     use ndarray_npy::WriteNpyExt;
-    use std::os::unix::fs::FileExt;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let _ = std::fs::remove_file(dir.join("dataset.json"));
+    let _ = std::fs::remove_file(dir.join("vhr.npy"));
     let raster = FeatureRaster::open(features)?;
     // Checked before the cube is written: the recipe reads dates × bands channels.
     let (bands, dates) = crate::network::grid_axes(&features.display().to_string(), &raster.names)?;
-    let c = raster.names.len();
-    let image_path = dir.join("image.npy");
-    let file = std::fs::File::create(&image_path)
-        .with_context(|| format!("creating {}", image_path.display()))?;
-    ndarray_npy::write_zeroed_npy::<f32, _>(&file, (c, height, width))
-        .map_err(|e| anyhow!("{}: {e}", image_path.display()))?;
-    let data_start = file.metadata()?.len() - (c * height * width * 4) as u64;
-    let all: Vec<usize> = (0..c).collect();
-    for window in windows {
-        let planes = raster.read_planes(*window, &all)?;
-        let mut bytes = Vec::with_capacity(window.cols * 4);
-        for (k, plane) in planes.chunks_exact(window.pixels()).enumerate() {
-            for r in 0..window.rows {
-                bytes.clear();
-                for v in &plane[r * window.cols..(r + 1) * window.cols] {
-                    bytes.extend_from_slice(&v.to_le_bytes());
-                }
-                let at =
-                    data_start + (((k * height + window.row + r) * width + window.col) * 4) as u64;
-                file.write_all_at(&bytes, at)
-                    .with_context(|| format!("writing {}", image_path.display()))?;
-            }
-        }
+    write_cube(&dir.join("image.npy"), &raster, windows, width, height, 1)?;
+    if let Some(vhr) = vhr {
+        write_cube(&dir.join("vhr.npy"), &vhr.raster, windows, width, height, vhr.scale)?;
     }
-    file.sync_all()?;
     let mut labels = ndarray::Array2::<u16>::zeros((height, width));
     let mut groups = ndarray::Array2::<u32>::zeros((height, width));
     for ((&p, &l), &g) in set.pixels.iter().zip(set.labels).zip(set.groups) {
@@ -488,10 +615,44 @@ pub fn write_dataset(
         },
         "split_rule": set.split_rule,
         "source": features.display().to_string(),
+        "vhr": vhr.map(|v| json!({
+            "channels": v.raster.names,
+            "scale": v.scale,
+            "source": v.raster.path.display().to_string(),
+        })),
     });
     let path = dir.join("dataset.json");
     crate::fsutil::write_atomic(&path, serde_json::to_string_pretty(&meta)?.as_bytes())
         .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Every band of `raster` as an `.npy` `[C, H·scale, W·scale]` at `path`, read window by
+/// window (`windows` on the scene's grid, each `scale` times larger on the raster's) into
+/// a file `ndarray-npy` laid out, so the cube is never whole in memory.
+fn write_cube(path: &Path, raster: &FeatureRaster, windows: &[Window], width: usize, height: usize, scale: usize) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let c = raster.names.len();
+    let (w, h) = (width * scale, height * scale);
+    let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    ndarray_npy::write_zeroed_npy::<f32, _>(&file, (c, h, w)).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let data_start = file.metadata()?.len() - (c * h * w * 4) as u64;
+    let all: Vec<usize> = (0..c).collect();
+    for window in windows {
+        let window = window.scaled(scale);
+        let planes = raster.read_planes(window, &all)?;
+        let mut bytes = Vec::with_capacity(window.cols * 4);
+        for (k, plane) in planes.chunks_exact(window.pixels()).enumerate() {
+            for r in 0..window.rows {
+                bytes.clear();
+                for v in &plane[r * window.cols..(r + 1) * window.cols] {
+                    bytes.extend_from_slice(&v.to_le_bytes());
+                }
+                let at = data_start + (((k * h + window.row + r) * w + window.col) * 4) as u64;
+                file.write_all_at(&bytes, at).with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
+    }
+    file.sync_all().with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

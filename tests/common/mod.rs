@@ -148,7 +148,7 @@ pub fn small_demo() -> &'static Path {
     static DEMO: OnceLock<tempfile::TempDir> = OnceLock::new();
     DEMO.get_or_init(|| {
         let dir = tempfile::tempdir().expect("temp dir");
-        let options = sitsflow::demo::DemoOptions { size: 64, dates_per_year: 4, ..Default::default() };
+        let options = sitsflow::demo::DemoOptions { size: 64, dates_per_year: 4, vhr: true, ..Default::default() };
         sitsflow::demo::generate(dir.path(), &options).expect("generating demo data");
         dir
     })

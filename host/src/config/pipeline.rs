@@ -305,6 +305,14 @@ pub struct Stage {
     /// self-supervised-against-supervised table (seed 003).
     #[serde(default)]
     pub pretrained: Option<Located<StageId>>,
+    /// `vhr = "../data/demo-urban/vhr/{year}.tif"`: a very-high-resolution image of the
+    /// scene (seed 003's fusion) an `fg-unet` labeller reads beside its features, warped
+    /// onto the scene's grid made `vhr_scale` times finer (its param; by default the
+    /// image's own resolution ratio); `{year}` stands for the year of each map. The
+    /// labeller then trains a fusion network (one encoder per modality, fused late)
+    /// beside the series-only one, and maps with the fusion network.
+    #[serde(default)]
+    pub vhr: Option<Located<String>>,
 }
 
 /// `active_learning = { … }` of a labeller stage.

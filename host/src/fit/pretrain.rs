@@ -349,14 +349,14 @@ fn write_embeddings(scene: &Context, stage: &StagePlan, recipe: &RecipePlan, gra
     let mut written = Vec::new();
     for (&source, &target) in io.sources.iter().zip(io.embeddings) {
         let raster = FeatureRaster::open(&scene.path(source))?;
-        let mut network = crate::segment::Network::new(&model, &raster, None, None).map_err(|e| anyhow::anyhow!("stage '{id}': {e:#}"))?;
+        let mut network = crate::segment::Network::new(&model, &raster, None, None, None).map_err(|e| anyhow::anyhow!("stage '{id}': {e:#}"))?;
         let batch = network.fit_budget(width, height, budget);
         let cores: Vec<(usize, Window)> = network.tiling.cores(width, height).into_iter().enumerate().collect();
         let name = scene.name(target).to_string();
         let mut output = crate::outputs::Output::new(scene.partial_dir, scene.run_dir(), &name, scene.grid, crate::outputs::PixelType::F32, None);
         let names = network.channels.clone();
         network
-            .predict(&raster, width, height, batch, |tile| output.raster.write_chunk(tile.index, tile.core, &names, &tile.data))
+            .predict(&raster, None, width, height, batch, |tile| output.raster.write_chunk(tile.index, tile.core, &names, &tile.data))
             .with_context(|| format!("stage '{id}': embedding {}", scene.name(source)))?;
         results.outputs.push(output.finish(&cores)?);
         written.push(json!({ "raster": name, "from": scene.name(source), "channels": names.len(), "tile": network.tiling.side(width, height), "overlap": network.tiling.overlap }));

@@ -3,6 +3,11 @@
 //! subprocess; under torchrun with `nproc_per_node = N`), then every map predicted by
 //! overlapping tiles through ONNX Runtime (`crate::segment`).
 //!
+//! With `vhr = "…"` the dataset carries that very-high-resolution image (read with GDAL
+//! on the scene's grid made `vhr_scale` times finer), the recipe trains its fusion
+//! network beside the series-only one, and every map is predicted from both images of
+//! its year (seed 003).
+//!
 //! Its report section has the shape of any labeller's, held-out metrics included: the
 //! held-out pixels are read from the map it predicts, so a random forest beside it on
 //! the same sampler with `holdout_by = "polygons"` is assessed on the same pixels.
@@ -19,7 +24,7 @@ use crate::outputs::{Output, PixelType};
 use crate::plan::{RecipePlan, Training};
 use crate::raster::{ClassStyle, FeatureRaster, Window};
 use crate::report::SceneSection;
-use crate::segment::{Network, SparseLabels};
+use crate::segment::{Network, SparseLabels, Vhr};
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -36,6 +41,34 @@ pub(super) fn run(
 ) -> Result<SceneSection> {
     let stage = labeller.stage;
     let (width, height) = (scene.grid.width, scene.grid.height);
+    let vhr_template = match &stage.role {
+        crate::plan::Role::Labeller { vhr, .. } => vhr.clone(),
+        _ => None,
+    };
+    let vhr_scale = stage.params.get("vhr_scale").and_then(Value::as_u64).map(|s| s as usize);
+    // The VHR image of a map's year (`{year}` in the path).
+    let vhr_path = |year: Option<i32>| -> Result<Option<std::path::PathBuf>> {
+        let Some(template) = &vhr_template else { return Ok(None) };
+        let text = template.display().to_string();
+        let path = match year {
+            Some(y) => std::path::PathBuf::from(text.replace("{year}", &y.to_string())),
+            None if text.contains("{year}") => bail!("stage '{}': its VHR image {text} names a year, and its features have none", stage.id),
+            None => template.clone(),
+        };
+        if !path.is_file() {
+            bail!("stage '{}': the VHR image {} does not exist", stage.id, path.display());
+        }
+        Ok(Some(path))
+    };
+    // Every map's image is there before anything is trained.
+    for target in labeller.maps {
+        vhr_path(target.year)?;
+    }
+    // … read on the scene's grid made finer.
+    let open_vhr = |year: Option<i32>| -> Result<Option<Vhr>> {
+        let Some(path) = vhr_path(year)? else { return Ok(None) };
+        Vhr::open(&path, scene.grid, vhr_scale).map(Some).map_err(|e| anyhow!("stage '{}': {e:#}", stage.id))
+    };
     // (model, report, split, held-out pixels with their reference class)
     let (mut fit, test): (Fit, HashMap<u64, u16>) = match training {
         Training::Stored(path) => (stored_network(scene, stage, recipe, path)?, HashMap::new()),
@@ -61,9 +94,11 @@ pub(super) fn run(
                 .unwrap_or_default();
             let dataset = scene.partial_dir.join("patches").join(stage.id.as_str());
             let features = scene.path(target.features);
+            let vhr = open_vhr(target.year)?;
             crate::segment::write_dataset(
                 &dataset,
                 &features,
+                vhr.as_ref(),
                 scene.chunks,
                 width,
                 height,
@@ -108,8 +143,10 @@ pub(super) fn run(
     let params = &stage.params;
     let first_raster = FeatureRaster::open(&scene.path(first.features))?;
     let size = |key: &str| params.get(key).and_then(Value::as_u64).map(|v| v as usize);
-    let mut network = Network::new(&model, &first_raster, size("tile"), size("overlap"))
+    let first_vhr = open_vhr(first.year)?;
+    let mut network = Network::new(&model, &first_raster, first_vhr.as_ref(), size("tile"), size("overlap"))
         .map_err(|e| anyhow!("stage '{}': {e:#}", stage.id))?;
+    drop(first_vhr);
     let batch = network.fit_budget(width, height, scene.tile_budget_bytes());
     log::info!(
         "stage '{}': predicting by {} px tiles overlapping by {} px, {batch} per batch, on {}",
@@ -130,8 +167,23 @@ pub(super) fn run(
     let k = network.classes.len();
     let mut pairs: (Vec<u16>, Vec<u16>) = (Vec::new(), Vec::new());
     let mut maps = Vec::new();
+    // The VHR image each map was predicted with, and what generated it (if a tool did).
+    let mut vhr_used: Vec<Value> = Vec::new();
     for target in labeller.maps {
         let raster = FeatureRaster::open(&scene.path(target.features))?;
+        let vhr = open_vhr(target.year)?;
+        if let Some(v) = &vhr {
+            let generated = gdal::Dataset::open(&v.raster.path)
+                .ok()
+                .and_then(|d| gdal::Metadata::metadata_item(&d, crate::demo::GENERATED_KEY, ""));
+            vhr_used.push(json!({
+                "year": target.year,
+                "path": v.raster.path.display().to_string(),
+                "scale": v.scale,
+                "bands": v.raster.names,
+                "generated": generated,
+            }));
+        }
         let name = scene.name(target.map).to_string();
         let mut map = Output::new(
             scene.partial_dir,
@@ -162,7 +214,7 @@ pub(super) fn run(
         let band_names: Vec<String> = network.classes.iter().map(|c| format!("p:{c}")).collect();
         let assess = labeller.year.is_none_or(|y| target.year == Some(y)) && !test.is_empty();
         network
-            .predict(&raster, width, height, batch, |tile| {
+            .predict(&raster, vhr.as_ref(), width, height, batch, |tile| {
                 let n = tile.core.pixels();
                 let mut labels = vec![0u16; n];
                 let mut best = vec![f32::NAN; n];
@@ -216,6 +268,13 @@ pub(super) fn run(
     if !pairs.0.is_empty() {
         let confusion = Confusion::from_pairs(&pairs.0, &pairs.1);
         fit.held_out = json!({ "metrics": confusion.metrics(), "confusion": confusion });
+    }
+    if !vhr_used.is_empty() {
+        fit.training["vhr"] = json!({
+            "images": vhr_used,
+            "generated": vhr_used.iter().any(|v| v["generated"].is_string()),
+            "fusion": "one encoder per modality (FG-UNet over the series, a VHR encoder pooling down to the series' grid), fused late",
+        });
     }
     fit.training["tiling"] = json!({
         "tile": network.tiling.side(width, height),

@@ -23,6 +23,7 @@ pub use doctor::{CudaReport, Doctor, LibraryCheck, OnnxRuntimeReport, doctor};
 pub use library::{CUDA_LIBRARIES, CUDA_PROVIDER_LIBRARY, default_library, library_path, resolve_library};
 pub use model::{
     CPU_MAX_BATCH_ITEMS, ClassMetadata, InputMetadata, METADATA_CONTRACT, Model, ModelMetadata, NamedTensor, OutputMetadata, TensorSpec,
+    VhrMetadata,
 };
 
 use std::collections::BTreeMap;

@@ -69,6 +69,21 @@ pub struct InputMetadata {
     /// A segmentation network's height and width must be multiples of this.
     #[serde(default)]
     pub multiple: Option<usize>,
+    /// A fusion network's second input: a very-high-resolution image on the grid
+    /// `scale` times finer than the first input's.
+    #[serde(default)]
+    pub vhr: Option<VhrMetadata>,
+}
+
+/// The VHR input of a fusion network (`input.vhr` of the sidecar).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+pub struct VhrMetadata {
+    /// The graph's input name.
+    pub name: String,
+    /// Its channels, matched by name to the image's bands.
+    pub channels: Vec<String>,
+    /// VHR pixels per input pixel along each axis.
+    pub scale: usize,
 }
 
 /// One dimension of a sidecar shape.
@@ -553,6 +568,11 @@ fn check_metadata(m: &ModelMetadata, inputs: &[TensorSpec], outputs: &[TensorSpe
         {
             return Err(format!("input dimension {axis} is {d}, the graph's {input} says {g}"));
         }
+    }
+    if let Some(vhr) = &m.input.vhr
+        && !inputs.iter().any(|s| s.name == vhr.name)
+    {
+        return Err(format!("the VHR input '{}' is not an input of the graph (it takes {})", vhr.name, list(inputs)));
     }
     // `N×T×B`: the bands and dates listed must match the axes they name.
     if let [_, t, b] = m.input.shape.as_slice() {

@@ -11,19 +11,36 @@ use std::path::{Path, PathBuf};
 pub struct FeatureRaster {
     pub path: PathBuf,
     pub names: Vec<String>,
-    dataset: Dataset,
+    /// The file itself, or a warped VRT over it (`open_on`), which reads through the
+    /// file's handle: it drops first.
+    dataset: super::warp::Aligned,
+    /// Read as NaN (`open_on`: the image's own no-data value).
+    nodata: Option<f64>,
 }
 
 impl FeatureRaster {
     pub fn open(path: &Path) -> Result<FeatureRaster> {
         let dataset = Dataset::open(path).with_context(|| format!("{}: cannot open with GDAL", path.display()))?;
-        let mut names = Vec::with_capacity(dataset.raster_count());
-        for b in 1..=dataset.raster_count() {
-            let band = dataset.rasterband(b)?;
-            let name = band.description().unwrap_or_default();
-            names.push(if name.is_empty() { format!("band{b}") } else { name });
-        }
-        Ok(FeatureRaster { path: path.to_path_buf(), names, dataset })
+        let names = band_names(&dataset)?;
+        Ok(FeatureRaster { path: path.to_path_buf(), names, dataset: super::warp::Aligned::unwarped(dataset), nodata: None })
+    }
+
+    /// An image from outside the run (a very-high-resolution image for fusion) as it
+    /// falls on `grid`: warped there with GDAL when it is on another grid — averaged when
+    /// its pixels are finer than the grid's, else interpolated bilinearly — its no-data
+    /// value read as NaN.
+    pub fn open_on(path: &Path, grid: &super::Grid) -> Result<FeatureRaster> {
+        let source = Dataset::open(path).with_context(|| format!("{}: cannot open with GDAL", path.display()))?;
+        let names = band_names(&source)?;
+        let nodata = source.rasterband(1)?.no_data_value();
+        let finer = match (source.geo_transform().ok(), grid.geo_transform) {
+            (Some(s), Some(g)) => s[1].abs() < g[1].abs() * 0.999,
+            _ => false,
+        };
+        let resampling = if finer { super::series::Resampling::Average } else { super::series::Resampling::Bilinear };
+        let dataset = super::warp::Aligned::new(source, grid, resampling, nodata)
+            .with_context(|| format!("{}: onto the grid of {} × {} px", path.display(), grid.width, grid.height))?;
+        Ok(FeatureRaster { path: path.to_path_buf(), names, dataset, nodata })
     }
 
     /// `window.pixels() × features` values, pixel-major.
@@ -34,6 +51,7 @@ impl FeatureRaster {
         let mut out = vec![0f32; n * f];
         for k in 0..f {
             self.dataset
+                .dataset
                 .rasterband(k + 1)?
                 .read_into_slice::<f32>(
                     (window.col as isize, window.row as isize),
@@ -71,7 +89,7 @@ impl FeatureRaster {
         // existing bands (checked above); the dataset outlives the call.
         let err = unsafe {
             gdal_sys::GDALDatasetRasterIO(
-                self.dataset.c_dataset(),
+                self.dataset.dataset.c_dataset(),
                 gdal_sys::GDALRWFlag::GF_Read,
                 window.col as i32,
                 window.row as i32,
@@ -93,8 +111,23 @@ impl FeatureRaster {
             let message = unsafe { std::ffi::CStr::from_ptr(gdal_sys::CPLGetLastErrorMsg()) }.to_string_lossy().into_owned();
             bail!("{}: reading {} bands at {window}: {message}", self.path.display(), bands.len());
         }
+        if let Some(nd) = self.nodata.filter(|nd| !nd.is_nan()) {
+            let nd = nd as f32;
+            out.iter_mut().filter(|v| **v == nd).for_each(|v| *v = f32::NAN);
+        }
         Ok(out)
     }
+}
+
+/// Band names: descriptions, else `band<i>`.
+fn band_names(dataset: &Dataset) -> Result<Vec<String>> {
+    let mut names = Vec::with_capacity(dataset.raster_count());
+    for b in 1..=dataset.raster_count() {
+        let band = dataset.rasterband(b)?;
+        let name = band.description().unwrap_or_default();
+        names.push(if name.is_empty() { format!("band{b}") } else { name });
+    }
+    Ok(names)
 }
 
 /// A single-band class raster of the run (u16 codes, 0 = none).

@@ -16,6 +16,9 @@ pub enum Resampling {
     Bilinear,
     /// Categorical maps onto a coarser or rotated grid: the most frequent class.
     Mode,
+    /// Reflectance onto a coarser grid: the mean of the source pixels each target pixel
+    /// covers (a very-high-resolution image brought to the grid a network reads).
+    Average,
 }
 
 impl Resampling {
@@ -36,6 +39,7 @@ impl Resampling {
             Resampling::Nearest => "near",
             Resampling::Bilinear => "bilinear",
             Resampling::Mode => "mode",
+            Resampling::Average => "average",
         }
     }
 }

@@ -61,6 +61,11 @@ impl Aligned {
         let dataset = warp_to_grid(&src, grid, resampling, nodata)?;
         Ok(Aligned { dataset, _source: Some(src) })
     }
+
+    /// `src` read as it is.
+    pub fn unwarped(src: Dataset) -> Aligned {
+        Aligned { dataset: src, _source: None }
+    }
 }
 
 /// A virtual dataset presenting `src` on `grid` (GDAL warp to VRT, nothing computed

@@ -181,8 +181,19 @@ fn write_scene(ds: Dataset, path: &Path, predictor: &str) -> Result<()> {
 /// the band's scale 1e-4 and offset −0.1 in its metadata so readers get reflectance back;
 /// bands named in `codes` (e.g. `SCL`) are written as they are, without scale. Tiled,
 /// band-interleaved, DEFLATE with the integer predictor.
-pub fn write_geotiff_dn(path: &Path, grid: &Grid, band_names: &[String], planes: Vec<Vec<f32>>, codes: &[&str]) -> Result<()> {
-    let ds = mem_dataset::<u16>(grid, band_names, Some(0.0))?;
+/// `metadata`: dataset-level items (e.g. that the image is generated).
+pub fn write_geotiff_dn(
+    path: &Path,
+    grid: &Grid,
+    band_names: &[String],
+    planes: Vec<Vec<f32>>,
+    codes: &[&str],
+    metadata: &[(&str, &str)],
+) -> Result<()> {
+    let mut ds = mem_dataset::<u16>(grid, band_names, Some(0.0))?;
+    for (key, value) in metadata {
+        gdal::Metadata::set_metadata_item(&mut ds, key, value, "")?;
+    }
     for (i, plane) in planes.into_iter().enumerate() {
         let is_code = codes.contains(&band_names[i].as_str());
         let dn: Vec<u16> = plane

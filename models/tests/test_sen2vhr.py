@@ -1,0 +1,160 @@
+"""Seed 000: ASUNet/ME's shapes and month modulation, the transition-set loss and the
+temporal smoothness against their formulas written out, the Markov chain against brute
+force, the ONNX export (two inputs), and training through gaps on a synthetic series
+whose 10 m pixels mix classes the 2.5 m annotation separates."""
+
+import itertools
+import tempfile
+import unittest
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sitsflow_models import sen2vhr
+from sitsflow_models.data import ClassInfo
+
+from .test_segmentation import HAVE_ORT
+
+TINY = {"width": 8, "depth": 2, "window": 2, "month_dim": 4}
+
+
+class Network(unittest.TestCase):
+    def test_the_output_is_transitions_on_the_finer_grid_and_the_month_modulates_the_skips(self):
+        torch.manual_seed(0)
+        model = sen2vhr.build(3, 4, 4, np.zeros(3), np.ones(3), TINY).eval()
+        x = torch.randn(2, 2 * 3, 16, 16)
+        x[0, :3, 2:5, 2:5] = float("nan")  # a cloud on the first date
+        with torch.no_grad():
+            out = model.probabilities(x, torch.tensor([4.0, 9.0]))
+        self.assertEqual(tuple(out.shape), (2, 16, 64, 64))
+        self.assertTrue(torch.isfinite(out).all())
+        np.testing.assert_allclose(out.sum(1).numpy(), 1.0, atol=1e-5)
+        # FiLM starts as the identity; once trained, the month changes the output.
+        with torch.no_grad():
+            same = model.probabilities(x, torch.tensor([7.0, 1.0]))
+        self.assertLess(float((out - same).abs().max()), 1e-6)
+        with torch.no_grad():
+            model.net.film.mlp[-1].weight.normal_(0, 0.5)
+            model.net.film.mlp[-1].bias.normal_(0, 0.5)
+            # Batch statistics (not the untrained running ones, which shrink every
+            # activation): the month's effect reaches the output at full size.
+            model.train()
+            model.net.dropout.p = 0.0
+            a = model(x, torch.tensor([4.0, 9.0]))
+            b = model(x, torch.tensor([7.0, 1.0]))
+        self.assertGreater(float((a - b).abs().max()), 1e-2)
+        with self.assertRaisesRegex(ValueError, "power of two"):
+            sen2vhr.build(3, 4, 3, np.zeros(3), np.ones(3), TINY)
+
+    @unittest.skipUnless(HAVE_ORT, "onnxruntime not importable (scripts/setup.sh unpacks it into .deps/)")
+    def test_onnx_runtime_matches_pytorch(self):
+        torch.manual_seed(1)
+        model = sen2vhr.build(3, 3, 4, np.full(3, 0.2), np.full(3, 0.1), TINY).eval()
+        with torch.no_grad():
+            model.net.film.mlp[-1].weight.normal_(0, 0.3)
+            for m in model.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.running_mean.uniform_(-0.3, 0.3)
+                    m.running_var.uniform_(0.5, 2.0)
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "m.onnx"
+            sen2vhr.export_onnx(model, path, 17)
+            rng = np.random.default_rng(0)
+            for n, side in [(1, 8), (3, 24)]:
+                x = rng.uniform(0, 0.5, (n, 6, side, side)).astype(np.float32)
+                x[rng.random(x.shape) < 0.1] = np.nan
+                month = rng.integers(1, 13, n).astype(np.float32)
+                diff, _ = sen2vhr.onnx_max_abs_diff(path, model, x, month)
+                self.assertLess(diff, 1e-5, (n, side))
+
+
+class Losses(unittest.TestCase):
+    def test_the_transition_set_loss_is_minus_the_log_of_the_allowed_transitions(self):
+        torch.manual_seed(2)
+        k = 3
+        log_p = torch.log_softmax(torch.randn(2, k * k, 4, 4), dim=1)
+        target = torch.randint(0, k, (2, 4, 4))
+        target[0, 0, 0] = -1
+        got = float(sen2vhr.transition_set_loss(log_p, target, k))
+        p = log_p.exp().numpy()
+        terms = []
+        for n, r, c in itertools.product(range(2), range(4), range(4)):
+            j = int(target[n, r, c])
+            if j < 0:
+                continue
+            terms.append(-np.log(sum(p[n, i * k + j, r, c] for i in range(k))))
+        self.assertAlmostEqual(got, float(np.mean(terms)), places=5)
+
+    def test_smoothness_is_the_kl_divergence_between_consecutive_dates(self):
+        torch.manual_seed(3)
+        a = torch.log_softmax(torch.randn(1, 9, 2, 2), dim=1)
+        b = torch.log_softmax(torch.randn(1, 9, 2, 2), dim=1)
+        pa, pb = a.exp().numpy(), b.exp().numpy()
+        want = np.mean([(pa[0, :, r, c] * np.log(pa[0, :, r, c] / pb[0, :, r, c])).sum()
+                        for r in range(2) for c in range(2)])
+        self.assertAlmostEqual(float(sen2vhr.smoothness(a, b)), float(want), places=5)
+        self.assertAlmostEqual(float(sen2vhr.smoothness(a, a)), 0.0, places=6)
+
+    def test_the_markov_chain_finds_the_best_consistent_sequence(self):
+        rng = np.random.default_rng(4)
+        k, t_count = 3, 4
+        log_p = np.log(rng.dirichlet(np.ones(k * k), size=(t_count, 5)).transpose(0, 2, 1))  # [T, K², 5 px]
+        got = sen2vhr.viterbi(log_p, k)
+        for px in range(5):
+            best, best_seq = -np.inf, None
+            for seq in itertools.product(range(k), repeat=t_count):
+                score = max(log_p[0, i * k + seq[0], px] for i in range(k))
+                score += sum(log_p[t, seq[t - 1] * k + seq[t], px] for t in range(1, t_count))
+                if score > best:
+                    best, best_seq = score, seq
+            self.assertEqual(tuple(got[:, px]), best_seq)
+
+
+def synthetic_series(size=32, dates=6, scale=4, seed=0):
+    """Parcels drawn on the fine grid (so many 10 m pixels are mixed), each class with its
+    own NDVI-like curve; the 10 m series averages the fine pixels; clouds as NaN gaps.
+    One annotation on the fine grid, dated on the third date."""
+    rng = np.random.default_rng(seed)
+    fine = size * scale
+    labels = np.zeros((fine, fine), np.int64)
+    for _ in range(40):
+        r, c = rng.integers(0, fine, 2)
+        hgt, wid = rng.integers(6, 30, 2)
+        labels[r:r + hgt, c:c + wid] = rng.integers(0, 3)
+    curves = np.array([[0.2, 0.4, 0.8, 0.8, 0.5, 0.2], [0.6, 0.6, 0.6, 0.6, 0.6, 0.6], [0.1, 0.1, 0.15, 0.1, 0.1, 0.1]])
+    values = curves[labels][..., :dates].transpose(2, 0, 1)  # [T, fine, fine]
+    coarse = values.reshape(dates, size, scale, size, scale).mean(axis=(2, 4))
+    image = (coarse + 0.02 * rng.standard_normal(coarse.shape))[:, None].astype(np.float32)
+    image[1, :, 5:12, 5:12] = np.nan
+    dates_s = [f"2018-{m:02d}-10" for m in range(3, 3 + dates)]
+    return sen2vhr.SeriesData(image=image, dates=dates_s, bands=["NDVI"], annotations=labels[None],
+                              annotation_dates=["2018-05-12"], scale=scale,
+                              classes=[ClassInfo(1, "a"), ClassInfo(2, "b"), ClassInfo(3, "c")])
+
+
+class Training(unittest.TestCase):
+    def test_training_through_gaps_lowers_the_loss_and_predicts_every_date(self):
+        data = synthetic_series()
+        self.assertEqual(sen2vhr.annotated_targets(data, 5), {2: 0})
+        config = sen2vhr.SrConfig(seed=0, epochs=6, patches_per_epoch=16, batch_size=4, patch=16, smoothness=0.1,
+                                  hyperparameters=TINY, patience=100)
+        events = []
+        result = sen2vhr.train(data, config, events.append)
+        losses = [e["cross_entropy"] for e in events if e["event"] == "epoch"]
+        self.assertLess(np.mean(losses[-2:]), losses[0])
+        p = sen2vhr.predict_series(result.model, data.image, data.dates, tile=32, overlap=8)
+        self.assertEqual(p.shape, (6, 9, 128, 128))
+        self.assertTrue(np.isfinite(p).all())
+        seq = sen2vhr.viterbi(np.log(np.maximum(p, 1e-12)), 3)
+        self.assertEqual(seq.shape, (6, 128, 128))
+
+    def test_an_annotation_far_from_every_date_is_refused(self):
+        data = synthetic_series()
+        data.annotation_dates = ["2019-01-01"]
+        with self.assertRaisesRegex(Exception, "within 5 days"):
+            sen2vhr.train(data, sen2vhr.SrConfig(epochs=1, hyperparameters=TINY))
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -200,6 +200,11 @@ pub enum Command {
         /// block its pixel's class that year, with the texture a finer grid shows.
         #[arg(long)]
         vhr: bool,
+        /// Seed 000: dry conifer crowns in the last year, and a 2.5 m forest annotation
+        /// per year (forest/<year>.tif: coniferous, broadleaf, clear-cut, grass and herbs
+        /// in clear-cut areas, dry trees; dated in forest/dates.csv).
+        #[arg(long)]
+        forest_change: bool,
     },
     /// Print what this machine offers sitsflow: GDAL and its drivers, ONNX Runtime and its
     /// execution providers (CUDA found or why not), the wasm32-wasip2 target for
@@ -611,8 +616,16 @@ fn dispatch(cli: &Cli) -> Result<(), Failure> {
             );
             Ok(())
         }
-        Command::DemoData { dir, size, seed, urban_fabric, dn, vhr } => {
-            let options = crate::demo::DemoOptions { size: *size, seed: *seed, urban_fabric: *urban_fabric, dn: *dn, vhr: *vhr, ..Default::default() };
+        Command::DemoData { dir, size, seed, urban_fabric, dn, vhr, forest_change } => {
+            let options = crate::demo::DemoOptions {
+                size: *size,
+                seed: *seed,
+                urban_fabric: *urban_fabric,
+                dn: *dn,
+                vhr: *vhr,
+                forest_change: *forest_change,
+                ..Default::default()
+            };
             crate::demo::generate(dir, &options).with_context(|| format!("generating demo data in {}", dir.display()))?;
             println!("{}", dir.display());
             Ok(())

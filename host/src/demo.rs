@@ -21,6 +21,14 @@
 //! year's truth at that date — the same spectra as the series — with the texture only a
 //! finer grid shows: crop rows, tree crowns and their shadows, lit and shaded roof
 //! slopes, gardens and streets. It is generated, not observed: figures from it say so.
+//!
+//! With `--forest-change` (seed 000) bark beetles dry some conifer crowns in the last
+//! year (the series' pixels mix the dry crowns' share of a dead-needle spectrum in), and
+//! each year gets a 2.5 m annotation of the forest, `forest/<year>.tif`, in seed 000's
+//! nomenclature (`configs/nomenclature/forest-change.toml`: coniferous, broadleaf,
+//! clear-cut, grass and herbs in clear-cut areas, dry trees; 0 outside the forest),
+//! dated on the VHR image's day (`forest/dates.csv`): the clear-cut of the second year,
+//! the storm damage that grows grass and herbs, and the dry crowns.
 
 use crate::raster::{ClassStyle, Grid, write_class_map, write_geotiff_dn, write_geotiff_f32};
 use anyhow::{Context, Result};
@@ -127,11 +135,14 @@ pub struct DemoOptions {
     pub dn: bool,
     /// A very-high-resolution image per year, `vhr/<year>.tif` (`demo-data --vhr`).
     pub vhr: bool,
+    /// Dry trees in the last year and a 2.5 m forest annotation per year,
+    /// `forest/<year>.tif` (`demo-data --forest-change`, seed 000).
+    pub forest_change: bool,
 }
 
 impl Default for DemoOptions {
     fn default() -> Self {
-        DemoOptions { size: 512, years: vec![2018, 2019, 2020], dates_per_year: 12, seed: 7, urban_fabric: false, dn: false, vhr: false }
+        DemoOptions { size: 512, years: vec![2018, 2019, 2020], dates_per_year: 12, seed: 7, urban_fabric: false, dn: false, vhr: false, forest_change: false }
     }
 }
 
@@ -142,6 +153,69 @@ pub const VHR_BANDS: [(&str, usize); 4] = [("blue", 0), ("green", 1), ("red", 2)
 /// The metadata item that marks an image as generated (its value says by what): a
 /// report on a model trained with it says its figures come from generated data.
 pub const GENERATED_KEY: &str = "SITSFLOW_GENERATED";
+/// Dead needles: dry crowns are red-brown, with little near infrared left.
+const DRY: [f32; 10] = [0.05, 0.07, 0.11, 0.15, 0.17, 0.18, 0.19, 0.2, 0.27, 0.22];
+/// Seed 000's forest classes, as `forest/<year>.tif` codes them.
+pub const FOREST_CLASSES: [(u16, &str, &str); 5] = [
+    (1, "Coniferous forest", "#00a600"),
+    (2, "Broadleaf forest", "#80ff00"),
+    (3, "Clear-cut", "#a6672e"),
+    (4, "Grass and herbs in clear-cut areas", "#ccf24d"),
+    (5, "Dry trees", "#e6a000"),
+];
+
+/// Whether the VHR pixel (`row`, `col`) on the 4× grid is a dry crown in year `year`
+/// (0-based) of `years`: in the last year, in a stand of the north-eastern conifers,
+/// 60 % of the crowns there.
+fn dry_crown(row: usize, col: usize, size: usize, year: usize, years: usize, seed: u64) -> bool {
+    if year + 1 != years || years < 2 {
+        return false;
+    }
+    let s = size as f32;
+    let (y, x) = ((row as f32 + 0.5) / VHR_SCALE as f32, (col as f32 + 0.5) / VHR_SCALE as f32);
+    if ((y - 0.32 * s).powi(2) + (x - 0.7 * s).powi(2)).sqrt() > 0.06 * s {
+        return false;
+    }
+    let crown_seed = seed ^ 0x7668_72 ^ CONIFERS as u64;
+    crown(row, col, 3, 1.6, crown_seed).is_some() && hash01(((row / 3) as u64) << 32 | (col / 3) as u64, seed ^ 0xd7) < 0.6
+}
+
+/// The share of a series pixel's VHR pixels that are dry crowns.
+fn dry_share(r: usize, c: usize, size: usize, year: usize, years: usize, seed: u64) -> f32 {
+    let s = VHR_SCALE;
+    let mut n = 0;
+    for i in 0..s {
+        for j in 0..s {
+            n += dry_crown(r * s + i, c * s + j, size, year, years, seed) as usize;
+        }
+    }
+    n as f32 / (s * s) as f32
+}
+
+/// Year `year`'s forest annotation on the 4× grid (seed 000's classes, 0 outside the
+/// forest): conifers and broadleaves as that year's truth has them, the conifers cut
+/// since the first year as clear-cut, the broadleaves the storm felled as grass and herbs
+/// in clear-cut areas, and dry crowns.
+fn forest_annotation(base: &[u16], map: &[u16], size: usize, year: usize, years: usize, seed: u64) -> Vec<u16> {
+    let s = VHR_SCALE;
+    let fine = size * s;
+    let mut out = vec![0u16; fine * fine];
+    for row in 0..fine {
+        for col in 0..fine {
+            let i = (row / s) * size + col / s;
+            out[row * fine + col] = match (base[i], map[i]) {
+                (CONIFERS, CONIFERS) if dry_crown(row, col, size, year, years, seed) => 5,
+                (_, CONIFERS) => 1,
+                (_, BROADLEAVES) => 2,
+                (CONIFERS, MINERAL) => 3,
+                (BROADLEAVES, GRASS) => 4,
+                _ => 0,
+            };
+        }
+    }
+    out
+}
+
 /// The day of year of each year's aerial picture.
 const VHR_DAY: f32 = 180.0;
 
@@ -313,6 +387,9 @@ pub fn generate(dir: &Path, options: &DemoOptions) -> Result<()> {
     let series = dir.join("series");
     std::fs::create_dir_all(&series)?;
     let n = size * size;
+    // Each year's forest annotation is dated the day after its July acquisition (the
+    // seed's VHR dates lie a day from an HR date), so it is valid for that HR date.
+    let mut annotation_dates = String::from("year,date,hr_date\n");
     for (y, &year) in options.years.iter().enumerate() {
         let map = &maps[y];
         // A warm or late spring moves every field's phenology that year.
@@ -359,6 +436,10 @@ pub fn generate(dir: &Path, options: &DemoOptions) -> Result<()> {
                         Some(Fabric::Garden) => surface(GRASS, g_garden, b),
                         None => surface(class, g, b),
                     };
+                    if options.forest_change && class == CONIFERS {
+                        let dry = dry_share(i / size, i % size, size, y, options.years.len(), options.seed);
+                        pure = (1.0 - dry) * pure + dry * DRY[b];
+                    }
                     if let Some(other) = mixed {
                         let g_other = pixel_greenness(other, doy, shift, traits.vigour[i]);
                         pure = 0.65 * pure + 0.35 * surface(other, g_other, b);
@@ -374,6 +455,9 @@ pub fn generate(dir: &Path, options: &DemoOptions) -> Result<()> {
                 planes[BANDS.len()][i] = scl(class, g, cover, shadow);
             }
             let date = format!("{year}-{month:02}-{day:02}");
+            if month == 7 {
+                annotation_dates.push_str(&format!("{year},{year}-07-{:02},{date}\n", day + 1));
+            }
             let scene = series.join(format!("{date}.tif"));
             if options.dn {
                 write_geotiff_dn(&scene, &grid, &bands, planes, &["SCL"], &[])
@@ -383,14 +467,24 @@ pub fn generate(dir: &Path, options: &DemoOptions) -> Result<()> {
             .with_context(|| format!("writing the demo scene of {date}"))?;
         }
         write_labels(&dir.join("truth").join(format!("{year}.tif")), &grid, map)?;
+        if options.forest_change {
+            let labels = forest_annotation(&base, map, size, y, options.years.len(), options.seed);
+            let style = ClassStyle { classes: FOREST_CLASSES.iter().map(|c| (c.0, c.1.to_string(), c.2.to_string())).collect() };
+            let path = dir.join("forest").join(format!("{year}.tif"));
+            write_class_map(&path, &grid.scaled(VHR_SCALE), "forest", labels, &style)
+                .with_context(|| format!("writing the demo's forest annotation {}", path.display()))?;
+        }
         if options.vhr {
             let path = dir.join("vhr").join(format!("{year}.tif"));
-            write_vhr(&path, &grid, map, &traits, year_shift, options)
+            write_vhr(&path, &grid, map, &traits, year_shift, y, options)
                 .with_context(|| format!("writing the demo's VHR image {}", path.display()))?;
         }
         if options.urban_fabric {
             write_labels(&dir.join("sparse").join(format!("{year}.tif")), &grid, &sparse_labels(map, size, options.seed))?;
         }
+    }
+    if options.forest_change {
+        crate::fsutil::write_atomic(&dir.join("forest").join("dates.csv"), annotation_dates.as_bytes())?;
     }
     // CORINE-like reference: the first year's land cover as CLC level-3 codes on a
     // 100 m grid, each cell the most frequent class of its 10 × 10 pixels.
@@ -466,7 +560,7 @@ fn crown(row: usize, col: usize, period: usize, radius: f32, seed: u64) -> Optio
 /// Writes one year's VHR image: each 10 m pixel's block is its class at `VHR_DAY` (its
 /// phenology, vigour and brightness as in the series), with the texture of the class at
 /// 2.5 m, as UInt16 reflectance × 10 000 (0 = no data).
-fn write_vhr(path: &Path, grid: &Grid, map: &[u16], traits: &PixelTraits, year_shift: f32, options: &DemoOptions) -> Result<()> {
+fn write_vhr(path: &Path, grid: &Grid, map: &[u16], traits: &PixelTraits, year_shift: f32, year: usize, options: &DemoOptions) -> Result<()> {
     let size = options.size;
     let s = VHR_SCALE;
     let fine = size * s;
@@ -488,6 +582,9 @@ fn write_vhr(path: &Path, grid: &Grid, map: &[u16], traits: &PixelTraits, year_s
                     // Rows 5 m apart, their direction per field: plants, then bare soil.
                     let across = if hash01((r / field * 1024 + c / field) as u64, seed ^ 0xf1e1d) < 0.5 { row } else { col };
                     if across % 2 == 0 { (g, 1.0 + 0.05 * noise, CROPS) } else { (g * 0.45, 1.0 + 0.05 * noise, CROPS) }
+                }
+                CONIFERS if options.forest_change && dry_crown(row, col, size, year, options.years.len(), options.seed) => {
+                    (0.0, 1.0 + 0.05 * noise, MINERAL)
                 }
                 BROADLEAVES | CONIFERS => {
                     let (period, radius) = if class == BROADLEAVES { (4, 2.6) } else { (3, 1.6) };
@@ -525,6 +622,7 @@ fn write_vhr(path: &Path, grid: &Grid, map: &[u16], traits: &PixelTraits, year_s
                 let pure = match (urban, drawn) {
                     (true, ARTIFICIAL) => ROOF[b],
                     (true, MINERAL) => STREET[b],
+                    (false, MINERAL) if class == CONIFERS => DRY[b],
                     _ => surface(drawn, g_here, b),
                 };
                 let band_noise = 1.0 + 0.02 * (hash01(key ^ ((k as u64 + 1) << 60), seed) - 0.5);

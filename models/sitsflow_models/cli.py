@@ -81,7 +81,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--missing", choices=("error", "keep"), default="error",
                    help="missing values (empty cells, nan) in the samples: an error naming the cell (default), or NaN "
                         "for the network (replaced by the band mean in the graph)")
-    t.add_argument("--arch", choices=("tempcnn", "lstm", "fg-unet"), required=True)
+    t.add_argument("--arch", choices=("tempcnn", "lstm", "fg-unet", "asunet"), required=True)
     t.add_argument("--out", type=Path, required=True, help="output directory (created)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--epochs", type=int, default=100, help="epoch cap (early stopping usually ends sooner)")
@@ -103,6 +103,17 @@ def parser() -> argparse.ArgumentParser:
                         "from scratch at each --budgets share, for the comparison table in metrics.json")
     t.add_argument("--budgets", type=lambda v: [float(x) for x in v.split(",")],
                    help="fg-unet: label budgets, shares of the labelled pixels, e.g. 0.01,0.1,1 (default 1)")
+    t.add_argument("--smoothness", type=float, default=0.1,
+                   help="asunet: λ of the temporal smoothness term (KL between consecutive dates' transitions)")
+    t.add_argument("--valid-days", type=int, default=5,
+                   help="asunet: an annotation is the target of HR dates at most this many days away (the seed's 5)")
+    t.add_argument("--split", choices=("random", "time"), default="random",
+                   help="asunet: test on spatial blocks of every annotation (random), or only on --test-dates (time)")
+    t.add_argument("--test-dates", help="asunet: annotation dates left out of training, comma-separated")
+    t.add_argument("--ablation", action="store_true", help="asunet: also train with λ = 0, for the ablation table")
+    t.add_argument("--baseline", action="store_true",
+                   help="asunet: also train the network at 10 m, whose nearest-upsampled maps are the mixed pixels' "
+                        "baseline")
     s = sub.add_parser("pretrain", help="SimCLR pretraining of the FG-UNet encoder on a sitsflow-views/1 stream")
     s.add_argument("--contract", type=int, required=True)
     s.add_argument("--arch", choices=("simclr",), required=True)
@@ -183,6 +194,12 @@ def cmd_train(args) -> int:
         from .segment_cli import train_segmentation_command
 
         return train_segmentation_command(args, emit, log, _write_json)
+    if args.arch == "asunet":
+        if args.patches is None or args.samples is not None or args.test is not None:
+            raise InputError("--arch asunet trains on --patches DIR (a patch dataset with fine.npy), not on --samples")
+        from .sr_cli import train_sr_command
+
+        return train_sr_command(args, emit, log, _write_json)
     if args.samples is None or args.patches is not None:
         raise InputError(f"--arch {args.arch} trains on --samples CSV (--patches is for fg-unet)")
     if not isinstance(args.hyperparameters, dict):

@@ -10,6 +10,7 @@ sides read with maintained libraries (NumPy's `.npy`, which the host writes with
 | `labels.npy` | uint16 `[H, W]` class codes, 0 = unlabelled (sparse reference) |
 | `groups.npy` | uint32 `[H, W]` polygon (parcel) id of each labelled pixel, 0 = none |
 | `dataset.json` | `contract`, `channels`, `bands`, `dates`, `classes` [{code, name}], `split` {`train`: [group ids], `test`: [group ids]}, `split_rule`, `source`, and `vhr` when there is a `vhr.npy` |
+| `fine.npy` | optional (seed 000's super-resolution): uint16 `[A, H·s, W·s]`, annotations on the grid `s` times finer (`fine` = {`scale`: s, `dates`: one per annotation}), 0 = unlabelled |
 | `vhr.npy` | optional (seed 003's fusion): float32 `[V, H·s, W·s]`, a very-high-resolution image of the same place on the scene's grid made `s` times finer (`vhr` = {`channels`, `scale`: s, `source`}), NaN = missing |
 
 Patches are not stored: training draws them on the fly from the scene (seed 004), so a
@@ -51,6 +52,10 @@ class PatchDataset:
     vhr_channels: list[str] | None = None
     #: s: VHR pixels per scene pixel along each axis.
     vhr_scale: int = 1
+    #: `[A, H·s, W·s]` uint16 annotations on a finer grid (seed 000), or None.
+    fine: np.ndarray | None = None
+    fine_dates: list[str] | None = None
+    fine_scale: int = 1
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -111,15 +116,28 @@ def read(path: Path) -> PatchDataset:
                              f"on the scene's {labels.shape[0]} × {labels.shape[1]} px grid made {vhr_scale} times finer)")
     elif (path / "vhr.npy").is_file():
         raise InputError(f"{meta_path}: there is a vhr.npy but no `vhr` entry describing its channels and scale")
+    fine, fine_dates, fine_scale = None, None, 1
+    if meta.get("fine") is not None:
+        fine_dates, fine_scale = list(meta["fine"].get("dates", [])), int(meta["fine"].get("scale", 0))
+        fine = _load(path, "fine.npy", np.uint16, 3)
+        want = (len(fine_dates), labels.shape[0] * fine_scale, labels.shape[1] * fine_scale)
+        if fine_scale < 1 or fine.shape != want:
+            raise InputError(f"{path / 'fine.npy'}: shape {fine.shape}, expected {want} ({len(fine_dates)} dated "
+                             f"annotations on the scene's grid made {fine_scale} times finer)")
+        unknown = set(np.unique(fine).tolist()) - {0} - codes
+        if unknown:
+            raise InputError(f"{meta_path}: fine.npy has class codes {sorted(unknown)} that `classes` does not list")
     return PatchDataset(path=path, image=image, labels=labels, groups=groups, channels=channels, bands=bands,
                         dates=dates, classes=sorted(classes, key=lambda c: c.code), train_groups=train_groups,
                         test_groups=test_groups, split_rule=meta.get("split_rule"), vhr=vhr,
-                        vhr_channels=vhr_channels, vhr_scale=vhr_scale)
+                        vhr_channels=vhr_channels, vhr_scale=vhr_scale, fine=fine, fine_dates=fine_dates,
+                        fine_scale=fine_scale)
 
 
 def write(path: Path, image: np.ndarray, labels: np.ndarray, groups: np.ndarray, bands: list[str],
           dates: list[str], classes: list[ClassInfo], split: dict | None = None, source: str = "",
-          vhr: np.ndarray | None = None, vhr_channels: list[str] | None = None) -> None:
+          vhr: np.ndarray | None = None, vhr_channels: list[str] | None = None, fine: np.ndarray | None = None,
+          fine_dates: list[str] | None = None) -> None:
     """Writes a dataset (tests, and datasets made outside the host); `dataset.json` last.
     `vhr` `[V, H·s, W·s]`: the very-high-resolution image on the grid `s` times finer."""
     path = Path(path)
@@ -135,7 +153,11 @@ def write(path: Path, image: np.ndarray, labels: np.ndarray, groups: np.ndarray,
     np.save(path / "groups.npy", np.ascontiguousarray(groups, dtype=np.uint32))
     meta = {"contract": CONTRACT, "channels": [f"{b}@{d}" for d in dates for b in bands], "bands": bands,
             "dates": dates, "classes": [{"code": c.code, "name": c.name} for c in classes],
-            "split": split, "split_rule": None if split is None else "given", "source": source, "vhr": vhr_meta}
+            "split": split, "split_rule": None if split is None else "given", "source": source, "vhr": vhr_meta,
+            "fine": None}
+    if fine is not None:
+        np.save(path / "fine.npy", np.ascontiguousarray(fine, dtype=np.uint16))
+        meta["fine"] = {"scale": fine.shape[1] // labels.shape[0], "dates": list(fine_dates or [])}
     (path / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
 

@@ -445,28 +445,70 @@ def train(data: SeriesData, config: SrConfig, emit: Callable[[dict], None] = lam
                     train_annotations=train_annotations, test_annotations=test_annotations, mean=mean, std=std)
 
 
-def predict_series(model: SuperResolution, image: np.ndarray, dates: list[str], tile: int = 256,
-                   overlap: int = 16) -> np.ndarray:
-    """Transition probabilities `[T, K², H·s, W·s]` of every date, by tiles of `tile` px
+def effective_tile(tile: int, overlap: int, h: int, w: int, multiple: int) -> int:
+    """The tile side used: `tile`, or less for a scene smaller than one tile."""
+    return min(tile, -(-(max(h, w) + 2 * overlap) // multiple) * multiple)
+
+
+def predict_date(model: SuperResolution, image: np.ndarray, t: int, date: str, tile: int = 256,
+                 overlap: int = 16) -> np.ndarray:
+    """Transition probabilities `[K², H·s, W·s]` of date `t`, by tiles of `tile` px
     overlapping by `overlap` (centre crop), as the host predicts."""
-    t_count, _, h, w = image.shape
+    _, _, h, w = image.shape
     s, window, k2 = model.net.scale, model.net.window, model.net.classes ** 2
-    m = model.net.multiple
-    tile = min(tile, -(-(max(h, w) + 2 * overlap) // m) * m)
+    tile = effective_tile(tile, overlap, h, w, model.net.multiple)
     core = tile - 2 * overlap
-    out = np.zeros((t_count, k2, h * s, w * s), np.float32)
+    out = np.zeros((k2, h * s, w * s), np.float32)
+    month = torch.tensor([float(month_of(date))])
     model.eval()
     with torch.no_grad():
-        for t in range(t_count):
-            month = torch.tensor([float(month_of(dates[t]))])
-            for r in range(0, h, core):
-                for q in range(0, w, core):
-                    x = window_of(image, t, window, r - overlap, q - overlap, tile)[None].astype(np.float32)
-                    p = model.probabilities(torch.from_numpy(x), month).numpy()[0]
-                    rh, qw = min(core, h - r), min(core, w - q)
-                    out[t, :, r * s:(r + rh) * s, q * s:(q + qw) * s] = \
-                        p[:, overlap * s:(overlap + rh) * s, overlap * s:(overlap + qw) * s]
+        for r in range(0, h, core):
+            for q in range(0, w, core):
+                x = window_of(image, t, window, r - overlap, q - overlap, tile)[None].astype(np.float32)
+                p = model.probabilities(torch.from_numpy(x), month).numpy()[0]
+                rh, qw = min(core, h - r), min(core, w - q)
+                out[:, r * s:(r + rh) * s, q * s:(q + qw) * s] = \
+                    p[:, overlap * s:(overlap + rh) * s, overlap * s:(overlap + qw) * s]
     return out
+
+
+def predict_series(model: SuperResolution, image: np.ndarray, dates: list[str], tile: int = 256,
+                   overlap: int = 16) -> np.ndarray:
+    """Transition probabilities `[T, K², H·s, W·s]` of every date (small scenes: tests)."""
+    return np.stack([predict_date(model, image, t, dates[t], tile, overlap) for t in range(len(dates))])
+
+
+def predict_decode(model: SuperResolution, image: np.ndarray, dates: list[str], tile: int = 256,
+                   overlap: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Each date's most probable label (`Σ_i p(i → j)`, no temporal model) and the Markov
+    chain's consistent sequence, both `[T, H·s, W·s]` class indices: the Viterbi forward
+    pass runs date by date (keeping `T × K` back-pointers per pixel, never every date's
+    probabilities), then the back-tracking."""
+    k = model.net.classes
+    t_count = len(dates)
+    labels, back, score = None, None, None
+    for t in range(t_count):
+        p = predict_date(model, image, t, dates[t], tile, overlap)
+        hs, ws = p.shape[1:]
+        if labels is None:
+            labels = np.zeros((t_count, hs, ws), np.uint8)
+            back = np.zeros((t_count, k, hs * ws), np.uint8)
+        lp = np.log(np.maximum(p.reshape(k, k, -1), 1e-12))
+        labels[t] = p.reshape(k, k, hs, ws).sum(axis=0).argmax(axis=0)
+        if t == 0:
+            score = lp.max(axis=0)
+        else:
+            total = score[:, None, :] + lp
+            back[t] = total.argmax(axis=0)
+            score = total.max(axis=0)
+    markov = np.zeros_like(labels)
+    current = score.argmax(axis=0)
+    flat = markov.reshape(t_count, -1)
+    flat[-1] = current
+    for t in range(t_count - 1, 0, -1):
+        current = np.take_along_axis(back[t], current[None, :].astype(np.int64), axis=0)[0]
+        flat[t - 1] = current
+    return labels, markov
 
 
 def export_onnx(model: SuperResolution, path, opset: int) -> None:

@@ -158,3 +158,40 @@ class Training(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class CommandLine(unittest.TestCase):
+    def test_train_writes_the_per_date_table_the_ablation_and_the_mixed_pixels(self):
+        import json
+
+        from sitsflow_models import patches
+
+        from .test_segmentation import run
+
+        data = synthetic_series(size=32, dates=6)
+        with tempfile.TemporaryDirectory() as d:
+            ds = Path(d) / "ds"
+            t_count, b, h, w = data.image.shape
+            patches.write(ds, data.image.reshape(t_count * b, h, w), np.zeros((h, w), np.uint16),
+                          np.zeros((h, w), np.uint32), ["NDVI"], data.dates, data.classes,
+                          fine=(data.annotations + 1).astype(np.uint16), fine_dates=data.annotation_dates)
+            out = Path(d) / "model"
+            result = run("-m", "sitsflow_models", "train", "--contract", 1, "--patches", ds, "--arch", "asunet",
+                         "--out", out, "--epochs", 3, "--batch-size", 4, "--patches-per-epoch", 8, "--patch", 16,
+                         "--tile", 32, "--overlap", 8, "--ablation", "--baseline",
+                         "--hyperparameters", json.dumps(TINY))
+            self.assertEqual(result.returncode, 0, result.stderr)
+            metrics = json.loads((out / "metrics.json").read_text())
+            row = metrics["per_date"][0]
+            self.assertEqual((row["vhr_date"], row["hr_date"]), ("2018-05-12", "2018-05-10"))
+            self.assertIsNotNone(row["accuracy"])
+            self.assertEqual([r["smoothness"] for r in metrics["ablation"]["rows"]], [0.1, 0.0])
+            mixed = metrics["mixed_pixels"]
+            self.assertGreater(mixed["pixels"], 0)
+            self.assertEqual(set(mixed["accuracy"]), {"fine", "oracle_10m", "network_10m"})
+            self.assertIn("markov", metrics["consistency"])
+            sidecar = json.loads((out / "model.json").read_text())
+            self.assertEqual(sidecar["output"]["scale"], 4)
+            self.assertEqual(sidecar["input"]["month"]["name"], "month")
+            if HAVE_ORT:
+                self.assertLess(sidecar["onnx_check"]["max_abs_diff"], 1e-4)

@@ -1,0 +1,264 @@
+"""`train --arch asunet --patches DIR`: seed 000's super-resolution segmentation under the
+file contract (same events, exit codes and output files as the other recipes).
+
+The dataset is a patch dataset whose `image.npy` holds every date of the series and
+whose `fine.npy` holds dated annotations on a grid `s` times finer. metrics.json has the
+seed's tables: per annotation date, the HR date used and the accuracy (each date's own
+labels, and the Markov chain's consistent sequence); the λ ablation (`--ablation`: the
+same network trained with λ = 0); the consistency of the sequences with and without the
+Markov chain; and on the 10 m pixels that mix classes, the 2.5 m maps against
+nearest-upsampled 10 m ones (`--baseline`: the same network trained at scale 1 on the
+annotations' majority per 10 m pixel; and the majority itself, the best any 10 m map
+can do).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+SIDECAR_CONTRACT = "sitsflow-model/1"
+
+
+def _indices(fine: np.ndarray, codes: list[int]) -> np.ndarray:
+    index = np.full(65536, -1, dtype=np.int64)
+    for i, c in enumerate(codes):
+        index[c] = i
+    return index[np.asarray(fine)]
+
+
+def majority(labels: np.ndarray, scale: int, classes: int) -> np.ndarray:
+    """Per coarse pixel, the most frequent labelled class of its `scale × scale` block
+    (−1 where none is labelled): `[A, H·s, W·s]` → `[A, H, W]`."""
+    a, hs, ws = labels.shape
+    blocks = labels.reshape(a, hs // scale, scale, ws // scale, scale).transpose(0, 1, 3, 2, 4).reshape(
+        a, hs // scale, ws // scale, scale * scale)
+    counts = np.stack([(blocks == c).sum(-1) for c in range(classes)], axis=-1)
+    out = counts.argmax(-1)
+    out[counts.sum(-1) == 0] = -1
+    return out
+
+
+def mixed(labels: np.ndarray, scale: int) -> np.ndarray:
+    """Fine pixels whose coarse pixel's block holds more than one labelled class."""
+    a, hs, ws = labels.shape
+    blocks = labels.reshape(a, hs // scale, scale, ws // scale, scale)
+    lo = np.where(blocks >= 0, blocks, np.iinfo(np.int64).max).min(axis=(2, 4))
+    hi = blocks.max(axis=(2, 4))
+    coarse = (hi >= 0) & (lo != hi)
+    return np.repeat(np.repeat(coarse, scale, axis=1), scale, axis=2)
+
+
+def _accuracy(pred: np.ndarray, truth: np.ndarray, keep: np.ndarray) -> float | None:
+    keep = keep & (truth >= 0)
+    return float((pred[keep] == truth[keep]).mean()) if keep.any() else None
+
+
+def _changes(sequence: np.ndarray) -> dict:
+    """How often a pixel's label changes along the dates: the mean count and the share of
+    pixels that change at least once."""
+    changes = (sequence[1:] != sequence[:-1]).sum(axis=0)
+    return {"mean_changes": float(changes.mean()), "changing_pixels": float((changes > 0).mean())}
+
+
+def _evaluate(result, data, args, log) -> dict:
+    from .sen2vhr import annotated_targets, day_of, predict_decode
+
+    labels, markov = predict_decode(result.model, data.image, data.dates, args.tile, args.overlap)
+    fine_roles = np.kron(result.roles, np.ones((data.scale, data.scale), np.int64))
+    nearest = annotated_targets(data, args.valid_days)
+    rows = []
+    for a, date in enumerate(data.annotation_dates):
+        held = a in result.test_annotations
+        candidates = [t for t, b in nearest.items() if b == a]
+        if not candidates:
+            rows.append({"vhr_date": date, "hr_date": None, "role": "test" if held else "train", "accuracy": None})
+            continue
+        t = min(candidates, key=lambda u: abs(day_of(data.dates[u]) - day_of(date)))
+        keep = np.ones_like(fine_roles, bool) if held else fine_roles == 2
+        truth = data.annotations[a]
+        rows.append({"vhr_date": date, "hr_date": data.dates[t], "days_apart": abs(day_of(data.dates[t]) - day_of(date)),
+                     "role": "test (date left out)" if held else "train (test blocks)",
+                     "pixels": int((keep & (truth >= 0)).sum()),
+                     "accuracy": _accuracy(labels[t], truth, keep),
+                     "accuracy_markov": _accuracy(markov[t], truth, keep)})
+        log(f"  {date} (HR {data.dates[t]}): accuracy {rows[-1]['accuracy']}, with the Markov chain "
+            f"{rows[-1]['accuracy_markov']}")
+    truth_changes = None
+    if len(data.annotation_dates) > 1:
+        truth_changes = _changes(np.where(data.annotations >= 0, data.annotations, -1))
+    return {"per_date": rows, "labels": labels, "markov": markov,
+            "consistency": {"per_date_labels": _changes(labels), "markov": _changes(markov),
+                            "annotations": truth_changes}}
+
+
+def _mixed_pixels(data, evaluation, baseline_labels, roles) -> dict:
+    """Accuracy on the fine pixels of mixed 10 m pixels (test blocks, annotated dates)."""
+    from .sen2vhr import annotated_targets, day_of
+
+    k = len(data.classes)
+    s = data.scale
+    mix = mixed(data.annotations, s)
+    oracle = majority(data.annotations, s, k)
+    fine_roles = np.kron(roles, np.ones((s, s), np.int64))
+    nearest = annotated_targets(data, 10**6)
+    out = {"fine": [0, 0], "oracle_10m": [0, 0], "network_10m": [0, 0], "pixels": 0}
+    for a in range(len(data.annotation_dates)):
+        candidates = [t for t, b in nearest.items() if b == a]
+        if not candidates:
+            continue
+        t = min(candidates, key=lambda u: abs(day_of(data.dates[u]) - day_of(data.annotation_dates[a])))
+        truth = data.annotations[a]
+        keep = mix[a] & (truth >= 0) & (fine_roles == 2 if (roles == 2).any() else True)
+        out["pixels"] += int(keep.sum())
+        preds = {"fine": evaluation["labels"][t],
+                 "oracle_10m": np.repeat(np.repeat(oracle[a], s, axis=0), s, axis=1)}
+        if baseline_labels is not None:
+            preds["network_10m"] = np.repeat(np.repeat(baseline_labels[t], s, axis=0), s, axis=1)
+        for name, pred in preds.items():
+            out[name][0] += int((pred[keep] == truth[keep]).sum())
+            out[name][1] += int(keep.sum())
+    return {"pixels": out["pixels"],
+            "rule": "fine pixels of the 10 m pixels whose block holds more than one class in the annotation "
+                    "(test blocks), at each annotation's HR date",
+            "accuracy": {name: (v[0] / v[1] if v[1] else None) for name, v in out.items() if name != "pixels"},
+            "baselines": {"oracle_10m": "the annotation's majority per 10 m pixel, upsampled by nearest: the best "
+                                        "any 10 m map can do",
+                          "network_10m": "the same network trained at scale 1 on those majorities, its maps "
+                                         "upsampled by nearest"}}
+
+
+def train_sr_command(args, emit, log, write_json) -> int:
+    import torch
+
+    from . import export, patches
+    from .data import InputError, sha256_file
+    from .sen2vhr import (ARCH, INPUT_NAME, MONTH_NAME, OUTPUT_NAME, SeriesData, SrConfig, build,
+                          default_hyperparameters, effective_tile, export_onnx, month_of, onnx_max_abs_diff,
+                          train, window_of)
+
+    if args.threads < 1 or args.epochs < 1 or args.batch_size < 1 or args.patch < 4:
+        raise InputError("--threads, --epochs and --batch-size must be ≥ 1 and --patch ≥ 4")
+    torch.set_num_threads(args.threads)
+    dataset = patches.read(args.patches)
+    if dataset.fine is None:
+        raise InputError(f"{args.patches}: --arch asunet trains on dated annotations on a finer grid (fine.npy); "
+                         f"this dataset has none")
+    try:
+        build(1, 2, 1, [0.0], [1.0], args.hyperparameters)
+    except (ValueError, TypeError) as e:
+        raise InputError(f"--hyperparameters: {e}") from None
+    t_count, b = len(dataset.dates), len(dataset.bands)
+    c, h, w = dataset.image.shape
+    codes = [cl.code for cl in dataset.classes]
+    annotations = _indices(dataset.fine, codes)
+    data = SeriesData(image=np.asarray(dataset.image).reshape(t_count, b, h, w), dates=dataset.dates,
+                      bands=dataset.bands, annotations=annotations, annotation_dates=dataset.fine_dates,
+                      scale=dataset.fine_scale, classes=dataset.classes)
+    hp = {**default_hyperparameters(), **args.hyperparameters}
+    test_dates = [d for d in (args.test_dates or "").split(",") if d]
+    unknown = set(test_dates) - set(dataset.fine_dates)
+    if unknown:
+        raise InputError(f"--test-dates {sorted(unknown)} are not annotation dates ({', '.join(dataset.fine_dates)})")
+    log(f"{args.patches}: {h} × {w} px, {t_count} dates × {b} bands, {len(dataset.fine_dates)} annotations on a "
+        f"{dataset.fine_scale}× finer grid; training {ARCH} (λ = {args.smoothness})")
+    emit({"event": "start", "arch": ARCH, "height": h, "width": w, "dates": t_count, "bands": b,
+          "annotations": len(dataset.fine_dates), "scale": dataset.fine_scale, "seed": args.seed})
+
+    def config(smoothness: float) -> SrConfig:
+        return SrConfig(seed=args.seed, epochs=args.epochs, patches_per_epoch=args.patches_per_epoch,
+                        batch_size=args.batch_size, patch=args.patch, learning_rate=args.learning_rate,
+                        smoothness=smoothness, valid_days=args.valid_days, patience=args.patience,
+                        split=args.split, test_dates=test_dates, hyperparameters=args.hyperparameters)
+
+    started = time.perf_counter()
+    result = train(data, config(args.smoothness), emit)
+    seconds = time.perf_counter() - started
+    log("evaluating the maps of every date")
+    evaluation = _evaluate(result, data, args, log)
+    report = {"arch": ARCH, "evaluated_on": "test blocks of the training dates, and the left-out dates",
+              "smoothness": args.smoothness, "valid_days": args.valid_days, "split": args.split,
+              "test_dates": test_dates, "per_date": evaluation["per_date"],
+              "consistency": evaluation["consistency"], "seconds": round(seconds, 2)}
+    if args.ablation:
+        log("the ablation: the same network with λ = 0")
+        plain = train(data, config(0.0), lambda e: None)
+        plain_eval = _evaluate(plain, data, args, log)
+        report["ablation"] = {"smoothness": [args.smoothness, 0.0], "rows": [
+            {"smoothness": args.smoothness, "per_date": evaluation["per_date"],
+             "consistency": evaluation["consistency"]},
+            {"smoothness": 0.0, "per_date": plain_eval["per_date"], "consistency": plain_eval["consistency"]}]}
+    baseline_labels = None
+    if args.baseline and data.scale > 1:
+        log("the baseline: the same network at 10 m on the annotations' majorities")
+        coarse = SeriesData(image=data.image, dates=data.dates, bands=data.bands,
+                            annotations=majority(annotations, data.scale, len(codes)),
+                            annotation_dates=data.annotation_dates, scale=1, classes=data.classes)
+        base = train(coarse, config(args.smoothness), lambda e: None)
+        from .sen2vhr import predict_decode
+
+        baseline_labels, _ = predict_decode(base.model, data.image, data.dates, args.tile, args.overlap)
+    if data.scale > 1:
+        report["mixed_pixels"] = _mixed_pixels(data, evaluation, baseline_labels, result.roles)
+        log(f"mixed 10 m pixels: {report['mixed_pixels']['accuracy']}")
+
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "model.json").unlink(missing_ok=True)
+    model = result.model
+    k = len(codes)
+    checkpoint = {"arch": ARCH, "bands": b, "classes": k, "scale": data.scale, "hyperparameters": hp,
+                  "mean": result.mean.tolist(), "std": result.std.tolist()}
+    tmp = out / "model.pt.tmp"
+    torch.save({"config": checkpoint, "state_dict": model.state_dict()}, str(tmp))
+    export.replace_atomically(tmp, out / "model.pt")
+    tmp = out / "model.onnx.tmp"
+    export_onnx(model, tmp, export.OPSET)
+    side = effective_tile(args.tile, args.overlap, h, w, model.net.multiple)
+    x = np.stack([window_of(data.image, t, hp["window"], 0, 0, side) for t in (1, t_count - 1)]).astype(np.float32)
+    months = np.array([month_of(data.dates[t]) for t in (1, t_count - 1)], np.float32)
+    check = onnx_max_abs_diff(tmp, model, x, months)
+    if check is not None and check[0] > 1e-4:
+        raise RuntimeError(f"the ONNX export differs from PyTorch by {check[0]:.2e} (onnxruntime {check[1]})")
+    export.replace_atomically(tmp, out / "model.onnx")
+    write_json(out / "metrics.json", report)
+    sidecar = {
+        "contract": SIDECAR_CONTRACT,
+        "arch": ARCH,
+        "hyperparameters": hp,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "input": {
+            "name": INPUT_NAME, "dtype": "float32", "shape": ["N", hp["window"] * b, "H", "W"],
+            "layout": "N×C×H×W", "channels": dataset.channels, "bands": dataset.bands, "dates": dataset.dates,
+            "window": hp["window"], "multiple": model.net.multiple,
+            "missing": "NaN (a validity channel per date; 0 after normalisation)",
+            "month": {"name": MONTH_NAME, "dtype": "float32", "shape": ["N"], "meaning": "the target date's month, 1–12"},
+        },
+        "output": {
+            "name": OUTPUT_NAME, "dtype": "float32", "shape": ["N", k * k, f"H×{data.scale}", f"W×{data.scale}"],
+            "kind": "transition probabilities: channel i·K + j is class i at the previous date → class j",
+            "scale": data.scale,
+            "classes": [{"code": cl.code, "name": cl.name} for cl in dataset.classes],
+        },
+        "tiling": {"tile": args.tile, "overlap": args.overlap, "blend": "centre crop"},
+        "normalisation": {"mean": result.mean.tolist(), "std": result.std.tolist(), "in_graph": True},
+        "opset": export.OPSET,
+        "training_data_sha256": {name: sha256_file(args.patches / name)
+                                 for name in ("dataset.json", "image.npy", "fine.npy")},
+        "seed": args.seed,
+        "threads": args.threads,
+        "torch_version": torch.__version__,
+        "training": {"loss": "−log Σ_i p(i → annotated class) on labelled fine pixels whose HR date is valid, "
+                             "+ λ · KL(p_t ‖ p_t+1)", "smoothness": args.smoothness, "valid_days": args.valid_days,
+                     "epochs_run": len(result.history), "best_epoch": result.best_epoch,
+                     "patch": args.patch, "batch_size": args.batch_size, "seconds": round(seconds, 2),
+                     "annotation_dates": dataset.fine_dates, "split": args.split, "test_dates": test_dates},
+        "onnx_check": None if check is None else {"onnxruntime": check[1], "max_abs_diff": check[0]},
+    }
+    if args.note:
+        sidecar["note"] = args.note
+    write_json(out / "model.json", sidecar)
+    emit({"event": "done", "model": str((out / "model.onnx").resolve())})
+    return 0

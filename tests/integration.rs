@@ -23,5 +23,6 @@ mod report;
 mod sandbox;
 mod scaleout;
 mod segment;
+mod sen2vhr;
 mod ssl;
 mod stages_pipeline;

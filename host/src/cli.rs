@@ -202,7 +202,7 @@ pub enum Command {
         vhr: bool,
         /// Seed 000: dry conifer crowns in the last year, and a 2.5 m forest annotation
         /// per year (forest/<year>.tif: coniferous, broadleaf, clear-cut, grass and herbs
-        /// in clear-cut areas, dry trees; dated in forest/dates.csv).
+        /// in clear-cut areas, dry trees; listed with their dates in forest/annotations.csv).
         #[arg(long)]
         forest_change: bool,
     },

@@ -27,7 +27,8 @@
 //! each year gets a 2.5 m annotation of the forest, `forest/<year>.tif`, in seed 000's
 //! nomenclature (`configs/nomenclature/forest-change.toml`: coniferous, broadleaf,
 //! clear-cut, grass and herbs in clear-cut areas, dry trees; 0 outside the forest),
-//! dated on the VHR image's day (`forest/dates.csv`): the clear-cut of the second year,
+//! dated the day after each July acquisition (`forest/annotations.csv`: `date,path`, what
+//! a super-resolution stage's `annotations` reads): the clear-cut of the second year,
 //! the storm damage that grows grass and herbs, and the dry crowns.
 
 use crate::raster::{ClassStyle, Grid, write_class_map, write_geotiff_dn, write_geotiff_f32};
@@ -136,7 +137,8 @@ pub struct DemoOptions {
     /// A very-high-resolution image per year, `vhr/<year>.tif` (`demo-data --vhr`).
     pub vhr: bool,
     /// Dry trees in the last year and a 2.5 m forest annotation per year,
-    /// `forest/<year>.tif` (`demo-data --forest-change`, seed 000).
+    /// `forest/<year>.tif`, listed in `forest/annotations.csv` (`demo-data --forest-change`,
+    /// seed 000).
     pub forest_change: bool,
 }
 
@@ -193,17 +195,21 @@ fn dry_share(r: usize, c: usize, size: usize, year: usize, years: usize, seed: u
 }
 
 /// Year `year`'s forest annotation on the 4× grid (seed 000's classes, 0 outside the
-/// forest): conifers and broadleaves as that year's truth has them, the conifers cut
-/// since the first year as clear-cut, the broadleaves the storm felled as grass and herbs
-/// in clear-cut areas, and dry crowns.
-fn forest_annotation(base: &[u16], map: &[u16], size: usize, year: usize, years: usize, seed: u64) -> Vec<u16> {
+/// forest), from the landscape's shapes at each 2.5 m pixel's centre (so a 10 m pixel on
+/// an edge holds both sides, as the series' edge pixels mix them): conifers and
+/// broadleaves, the conifers cut since the first year as clear-cut, the broadleaves the
+/// storm felled as grass and herbs in clear-cut areas, and dry crowns.
+fn forest_annotation(size: usize, year: usize, years: usize, urban_fabric: bool, seed: u64) -> Vec<u16> {
     let s = VHR_SCALE;
     let fine = size * s;
+    let side = size as f32;
     let mut out = vec![0u16; fine * fine];
     for row in 0..fine {
         for col in 0..fine {
-            let i = (row / s) * size + col / s;
-            out[row * fine + col] = match (base[i], map[i]) {
+            let (y, x) = ((row as f32 + 0.5) / s as f32 - 0.5, (col as f32 + 0.5) / s as f32 - 0.5);
+            let Some(first) = shape_class(y, x, side, urban_fabric) else { continue };
+            let now = (1..=year).fold(first, |class, t| changed_class(class, y, x, side, t));
+            out[row * fine + col] = match (first, now) {
                 (CONIFERS, CONIFERS) if dry_crown(row, col, size, year, years, seed) => 5,
                 (_, CONIFERS) => 1,
                 (_, BROADLEAVES) => 2,
@@ -235,39 +241,59 @@ fn base_map(size: usize, urban_fabric: bool, rng: &mut ChaCha8Rng) -> Vec<u16> {
             }
         }
     }
-    // Forests: two large blobs, conifers in the north-east, broadleaves in the south-west.
-    let blobs = [(0.25 * s, 0.75 * s, 0.22 * s, CONIFERS), (0.72 * s, 0.25 * s, 0.2 * s, BROADLEAVES), (0.3 * s, 0.45 * s, 0.08 * s, BROADLEAVES)];
     for r in 0..size {
         for c in 0..size {
-            let (y, x) = (r as f32, c as f32);
-            for &(by, bx, radius, class) in &blobs {
-                let wobble = 1.0 + 0.15 * ((x * 0.11).sin() + (y * 0.07).cos());
-                if ((y - by).powi(2) + (x - bx).powi(2)).sqrt() < radius * wobble {
-                    map[r * size + c] = class;
-                }
-            }
-            // A river across the scene and a lake.
-            let river = 0.55 * s + 0.08 * s * (x / s * 6.0).sin();
-            if (y - river).abs() < 0.012 * s + 1.0 {
-                map[r * size + c] = WATER;
-            }
-            if ((y - 0.85 * s).powi(2) + (x - 0.8 * s).powi(2)).sqrt() < 0.07 * s {
-                map[r * size + c] = WATER;
-            }
-            // The town.
-            if (y - 0.2 * s).abs() < 0.08 * s && (x - 0.25 * s).abs() < 0.1 * s {
-                map[r * size + c] = ARTIFICIAL;
-            }
-            // Two villages (urban fabric only: the default demo keeps one town).
-            if urban_fabric
-                && (((y - 0.68 * s).abs() < 0.05 * s && (x - 0.62 * s).abs() < 0.06 * s)
-                    || ((y - 0.4 * s).abs() < 0.05 * s && (x - 0.85 * s).abs() < 0.05 * s))
-            {
-                map[r * size + c] = ARTIFICIAL;
+            if let Some(class) = shape_class(r as f32, c as f32, s, urban_fabric) {
+                map[r * size + c] = class;
             }
         }
     }
     map
+}
+
+/// The class the landscape's shapes give the point (`y`, `x`) (in pixels of a `s` px
+/// scene, a pixel's centre at its index), over the fields: two forest blobs — conifers
+/// in the north-east, broadleaves in the south-west — and a small broadleaf wood, a
+/// river and a lake, the town and (urban fabric) two villages; later shapes win. A point
+/// function, so the forest annotation on the finer grid follows the same shapes.
+fn shape_class(y: f32, x: f32, s: f32, urban_fabric: bool) -> Option<u16> {
+    let mut class = None;
+    let blobs = [(0.25 * s, 0.75 * s, 0.22 * s, CONIFERS), (0.72 * s, 0.25 * s, 0.2 * s, BROADLEAVES), (0.3 * s, 0.45 * s, 0.08 * s, BROADLEAVES)];
+    for &(by, bx, radius, c) in &blobs {
+        let wobble = 1.0 + 0.15 * ((x * 0.11).sin() + (y * 0.07).cos());
+        if ((y - by).powi(2) + (x - bx).powi(2)).sqrt() < radius * wobble {
+            class = Some(c);
+        }
+    }
+    let river = 0.55 * s + 0.08 * s * (x / s * 6.0).sin();
+    if (y - river).abs() < 0.012 * s + 1.0 {
+        class = Some(WATER);
+    }
+    if ((y - 0.85 * s).powi(2) + (x - 0.8 * s).powi(2)).sqrt() < 0.07 * s {
+        class = Some(WATER);
+    }
+    if (y - 0.2 * s).abs() < 0.08 * s && (x - 0.25 * s).abs() < 0.1 * s {
+        class = Some(ARTIFICIAL);
+    }
+    if urban_fabric
+        && (((y - 0.68 * s).abs() < 0.05 * s && (x - 0.62 * s).abs() < 0.06 * s)
+            || ((y - 0.4 * s).abs() < 0.05 * s && (x - 0.85 * s).abs() < 0.05 * s))
+    {
+        class = Some(ARTIFICIAL);
+    }
+    class
+}
+
+/// The class at (`y`, `x`) in year `year` (0-based) of a point that had `class` the
+/// year before: a clear-cut in the conifers and storm damage in the broadleaves in the
+/// second year, new buildings on the fields next to the town in the third.
+fn changed_class(class: u16, y: f32, x: f32, s: f32, year: usize) -> u16 {
+    match year {
+        1 if class == CONIFERS && (y - 0.2 * s).abs() < 0.06 * s && (x - 0.8 * s).abs() < 0.06 * s => MINERAL,
+        1 if class == BROADLEAVES && (y - 0.75 * s).abs() < 0.04 * s && (x - 0.2 * s).abs() < 0.1 * s => GRASS,
+        2 if matches!(class, GRASS | CROPS) && (y - 0.2 * s).abs() < 0.08 * s && (x - 0.4 * s).abs() < 0.05 * s => ARTIFICIAL,
+        _ => class,
+    }
 }
 
 /// Land cover of each year: the base map with changes applied cumulatively.
@@ -278,21 +304,8 @@ fn yearly_maps(base: &[u16], size: usize, years: usize) -> Vec<Vec<u16>> {
         let mut map = maps[year - 1].clone();
         for r in 0..size {
             for c in 0..size {
-                let (y, x) = (r as f32, c as f32);
                 let i = r * size + c;
-                // Year 2: a clear-cut in the conifers and storm damage in the broadleaves.
-                if year == 1 {
-                    if map[i] == CONIFERS && (y - 0.2 * s).abs() < 0.06 * s && (x - 0.8 * s).abs() < 0.06 * s {
-                        map[i] = MINERAL;
-                    }
-                    if map[i] == BROADLEAVES && (y - 0.75 * s).abs() < 0.04 * s && (x - 0.2 * s).abs() < 0.1 * s {
-                        map[i] = GRASS;
-                    }
-                }
-                // Year 3: new buildings on fields next to the town.
-                if year == 2 && matches!(map[i], GRASS | CROPS) && (y - 0.2 * s).abs() < 0.08 * s && (x - 0.4 * s).abs() < 0.05 * s {
-                    map[i] = ARTIFICIAL;
-                }
+                map[i] = changed_class(map[i], r as f32, c as f32, s, year);
             }
         }
         maps.push(map);
@@ -389,7 +402,7 @@ pub fn generate(dir: &Path, options: &DemoOptions) -> Result<()> {
     let n = size * size;
     // Each year's forest annotation is dated the day after its July acquisition (the
     // seed's VHR dates lie a day from an HR date), so it is valid for that HR date.
-    let mut annotation_dates = String::from("year,date,hr_date\n");
+    let mut annotation_dates = String::from("date,path,hr_date\n");
     for (y, &year) in options.years.iter().enumerate() {
         let map = &maps[y];
         // A warm or late spring moves every field's phenology that year.
@@ -456,7 +469,7 @@ pub fn generate(dir: &Path, options: &DemoOptions) -> Result<()> {
             }
             let date = format!("{year}-{month:02}-{day:02}");
             if month == 7 {
-                annotation_dates.push_str(&format!("{year},{year}-07-{:02},{date}\n", day + 1));
+                annotation_dates.push_str(&format!("{year}-07-{:02},{year}.tif,{date}\n", day + 1));
             }
             let scene = series.join(format!("{date}.tif"));
             if options.dn {
@@ -468,7 +481,7 @@ pub fn generate(dir: &Path, options: &DemoOptions) -> Result<()> {
         }
         write_labels(&dir.join("truth").join(format!("{year}.tif")), &grid, map)?;
         if options.forest_change {
-            let labels = forest_annotation(&base, map, size, y, options.years.len(), options.seed);
+            let labels = forest_annotation(size, y, options.years.len(), options.urban_fabric, options.seed);
             let style = ClassStyle { classes: FOREST_CLASSES.iter().map(|c| (c.0, c.1.to_string(), c.2.to_string())).collect() };
             let path = dir.join("forest").join(format!("{year}.tif"));
             write_class_map(&path, &grid.scaled(VHR_SCALE), "forest", labels, &style)
@@ -484,7 +497,7 @@ pub fn generate(dir: &Path, options: &DemoOptions) -> Result<()> {
         }
     }
     if options.forest_change {
-        crate::fsutil::write_atomic(&dir.join("forest").join("dates.csv"), annotation_dates.as_bytes())?;
+        crate::fsutil::write_atomic(&dir.join("forest").join("annotations.csv"), annotation_dates.as_bytes())?;
     }
     // CORINE-like reference: the first year's land cover as CLC level-3 codes on a
     // 100 m grid, each cell the most frequent class of its 10 × 10 pixels.

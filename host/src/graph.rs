@@ -75,6 +75,10 @@ pub enum FitIo {
     /// pools), then writes the `embeddings` of each of `sources` (every features raster
     /// of its input), one raster each.
     Pretrain { features: Vec<RasterId>, sources: Vec<RasterId>, embeddings: Vec<RasterId> },
+    /// Trains on dated annotations, then maps every date of `features` on the finer
+    /// grid: each date's own labels (`dates`, a band per date), the Markov chain's
+    /// consistent sequence (`markov`) and its count of changes (`changes`).
+    SuperResolve { features: Option<RasterId>, dates: RasterId, markov: RasterId, changes: RasterId },
 }
 
 /// One map a labeller predicts, from one features raster.
@@ -97,6 +101,7 @@ impl FitIo {
             FitIo::Label { maps, oracle } => maps.iter().map(|m| m.features).chain(*oracle).collect(),
             FitIo::Decode { posteriors, .. } => posteriors.clone(),
             FitIo::Pretrain { features, sources, .. } => features.iter().chain(sources).copied().collect(),
+            FitIo::SuperResolve { features, .. } => features.iter().copied().collect(),
         }
     }
 
@@ -106,6 +111,7 @@ impl FitIo {
             FitIo::Label { maps, .. } => maps.iter().flat_map(|m| [m.map, m.confidence].into_iter().chain(m.proba)).collect(),
             FitIo::Decode { maps, changes, fromto, .. } => maps.iter().copied().chain([*changes, *fromto]).collect(),
             FitIo::Pretrain { embeddings, .. } => embeddings.clone(),
+            FitIo::SuperResolve { dates, markov, changes, .. } => vec![*dates, *markov, *changes],
         }
     }
 
@@ -115,7 +121,8 @@ impl FitIo {
             FitIo::Cluster { map, .. } | FitIo::Sample { map, .. } => vec![*map],
             FitIo::Label { maps, .. } => maps.iter().map(|m| m.map).collect(),
             FitIo::Decode { maps, .. } => maps.clone(),
-            FitIo::Pretrain { .. } => Vec::new(),
+            // On a finer grid: not a layer of the scene's samplers.
+            FitIo::Pretrain { .. } | FitIo::SuperResolve { .. } => Vec::new(),
         }
     }
 }
@@ -282,6 +289,15 @@ impl Graph {
                         embeddings.push(declare(&mut g, name, Pixels::Known(PixelType::F32)));
                     }
                     FitIo::Pretrain { features, sources, embeddings }
+                }
+                Role::SuperResolver { input, scale, .. } => {
+                    let on_fine = |g: &mut Graph, name: String| add(g, name, *scale, u16_map, Lifetime::Declared, node);
+                    FitIo::SuperResolve {
+                        features: g.declared(input.as_str()),
+                        dates: on_fine(&mut g, format!("{id}_dates")),
+                        markov: on_fine(&mut g, format!("{id}_markov")),
+                        changes: on_fine(&mut g, format!("{id}_changes")),
+                    }
                 }
             };
             class_layers.extend(io.class_layers());

@@ -60,6 +60,38 @@ fn segmentation_params_schema() -> Value {
     schema
 }
 
+/// The parameters of `recipe = "asunet"` (a super-resolution stage, seed 000).
+fn super_resolution_params_schema() -> Value {
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "properties": {
+            "scale": { "type": "integer", "enum": [1, 2, 4, 8, 16], "description": "output pixels per series pixel along each axis: 4 ⇒ 2.5 m, 8 ⇒ 1.25 m (default 4); the annotations are read on that grid" },
+            "smoothness": { "type": "number", "minimum": 0, "description": "λ of the temporal smoothness term, the KL divergence between consecutive dates' transition probabilities (default 0.1)" },
+            "valid_days": { "type": "integer", "minimum": 0, "maximum": 36500, "description": "an annotation is the target of series dates at most this many days away (default 5, the seed's)" },
+            "split": { "enum": ["random", "time"], "description": "test on spatial blocks of every annotation (random, default) or on `test_dates` left out of training (time)" },
+            "test_dates": { "type": "array", "items": { "type": "string" }, "description": "annotation dates left out of training (the years of strong change, as the seed's conclusion asks)" },
+            "ablation": { "type": "boolean", "description": "also train with λ = 0, for the ablation table (default false)" },
+            "baseline": { "type": "boolean", "description": "also train the network at the series' resolution, whose nearest-upsampled maps are the mixed pixels' baseline (default false)" },
+            "epochs": { "type": "integer", "minimum": 1, "maximum": 10000, "description": "most epochs (default 100)" },
+            "patience": { "type": "integer", "minimum": 1, "description": "early stopping after this many epochs without a better validation loss (default 10)" },
+            "batch_size": { "type": "integer", "minimum": 1, "description": "patches per step (default 64)" },
+            "learning_rate": { "type": "number", "exclusiveMinimum": 0, "description": "Adam's learning rate (default 1e-3)" },
+            "threads": { "type": "integer", "minimum": 1, "description": "torch threads (default 1)" },
+            "seed": { "type": "integer", "minimum": 0, "description": "default: the run's seed" },
+            "patch": { "type": "integer", "minimum": 4, "maximum": 1024, "description": "training patch side in series px (default 64)" },
+            "patches_per_epoch": { "type": "integer", "minimum": 1, "description": "patches drawn per epoch (default 256)" },
+            "tile": { "type": "integer", "minimum": 8, "maximum": 4096, "description": "inference tile side in series px (default 512)" },
+            "overlap": { "type": "integer", "minimum": 0, "maximum": 512, "description": "context on each side of a tile's core in series px (default 16)" },
+            "hyperparameters": { "type": "object", "additionalProperties": false, "properties": {
+                "width": { "type": "integer", "minimum": 1 }, "depth": { "type": "integer", "minimum": 1, "maximum": 6 },
+                "window": { "type": "integer", "minimum": 2, "maximum": 64 }, "month_dim": { "type": "integer", "minimum": 1 },
+                "dropout": { "type": "number", "minimum": 0, "maximum": 1 }
+            }, "description": "ASUNet/ME: width, depth, window (HR dates it reads, ending at the target date), month_dim, dropout" }
+        }
+    })
+}
+
 /// The parameters of `recipe = "simclr"` (a pretraining stage, seed 003).
 fn pretraining_params_schema() -> Value {
     json!({
@@ -86,6 +118,7 @@ pub fn check_params(arch: &str, params: &Value) -> Result<(), Vec<(String, Strin
     let schema = match arch {
         "fg-unet" => segmentation_params_schema(),
         "simclr" => pretraining_params_schema(),
+        "asunet" => super_resolution_params_schema(),
         _ => params_schema(),
     };
     let schema = jsonschema::validator_for(&schema).expect("the recipe parameter schema is valid");

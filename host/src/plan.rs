@@ -144,6 +144,17 @@ pub enum Role {
     /// every features raster of `input` (`per_year`: one per year, like the input) for
     /// later stages to read as features.
     Pretrainer { input: StageId, year: Option<i32>, views: StageId, per_year: bool },
+    /// Maps every date of the series on a grid `scale` times finer (`recipe = "asunet"`,
+    /// seed 000), trained on dated annotations of that grid; reads `input`'s dated
+    /// features (every date, not per year).
+    SuperResolver { input: StageId, annotations: Vec<Annotation>, scale: usize },
+}
+
+/// A dated very-high-resolution annotation (`annotations = "….csv"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Annotation {
+    pub date: String,
+    pub path: PathBuf,
 }
 
 /// How many pixels a clusterer is fitted on, or a sampler chooses among: what the
@@ -186,13 +197,18 @@ impl Role {
             Role::Decoder { .. } => StageKind::Decoder,
             Role::Augmenter => StageKind::Augmenter,
             Role::Pretrainer { .. } => StageKind::Pretrainer,
+            Role::SuperResolver { .. } => StageKind::SuperResolver,
         }
     }
 
     /// The stage whose output it reads, if any.
     pub fn input(&self) -> Option<&StageId> {
         match self {
-            Role::Clusterer { input, .. } | Role::Labeller { input, .. } | Role::Decoder { input } | Role::Pretrainer { input, .. } => Some(input),
+            Role::Clusterer { input, .. }
+            | Role::Labeller { input, .. }
+            | Role::Decoder { input }
+            | Role::Pretrainer { input, .. }
+            | Role::SuperResolver { input, .. } => Some(input),
             Role::Sampler { input, .. } | Role::CloudMask { input, .. } | Role::Features { input, .. } => input.as_ref(),
             Role::Augmenter => None,
         }
@@ -226,6 +242,41 @@ impl Role {
     }
 }
 
+/// The dated annotations of a super-resolution stage: a CSV with `date` (YYYY-MM-DD) and
+/// `path` columns (paths relative to the CSV), each file present, dates in order.
+fn read_annotations(csv: &Path) -> Result<Vec<Annotation>, String> {
+    let text = std::fs::read_to_string(csv).map_err(|e| format!("reading the annotations list {}: {e}", csv.display()))?;
+    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+    let Some((_, header)) = lines.next() else { return Err(format!("{}: empty (expected a date,path header)", csv.display())) };
+    let columns: Vec<&str> = header.split(',').map(str::trim).collect();
+    let (Some(date_at), Some(path_at)) = (columns.iter().position(|c| *c == "date"), columns.iter().position(|c| *c == "path")) else {
+        return Err(format!("{}:1: the header {header:?} lacks a `date` or a `path` column", csv.display()));
+    };
+    let base = csv.parent().unwrap_or(Path::new("."));
+    let mut out: Vec<Annotation> = Vec::new();
+    for (n, line) in lines {
+        let cells: Vec<&str> = line.split(',').map(str::trim).collect();
+        let (Some(date), Some(path)) = (cells.get(date_at), cells.get(path_at)) else {
+            return Err(format!("{}:{}: {} cells, the header has {}", csv.display(), n + 1, cells.len(), columns.len()));
+        };
+        if crate::raster::parse_date(date).is_none() {
+            return Err(format!("{}:{}: '{date}' is not a date (YYYY-MM-DD)", csv.display(), n + 1));
+        }
+        if out.last().is_some_and(|a| a.date.as_str() >= *date) {
+            return Err(format!("{}:{}: {date} does not follow {} (one annotation per date, in order)", csv.display(), n + 1, out.last().expect("checked").date));
+        }
+        let file = crate::fsutil::normalize(&base.join(path));
+        if !file.is_file() {
+            return Err(format!("{}:{}: the annotation {} does not exist", csv.display(), n + 1, file.display()));
+        }
+        out.push(Annotation { date: date.to_string(), path: file });
+    }
+    if out.is_empty() {
+        return Err(format!("{}: no annotation listed", csv.display()));
+    }
+    Ok(out)
+}
+
 /// Names a run writes for itself, which no stage id may take.
 const RESERVED_OUTPUTS: &[&str] = &["reference", "report", "manifest", "models"];
 
@@ -242,6 +293,7 @@ fn writes_name(stage: &StagePlan, name: &str) -> bool {
         }
         Role::Decoder { .. } => year(rest) || matches!(rest, "changes" | "fromto"),
         Role::Pretrainer { per_year, .. } => *per_year && year(rest),
+        Role::SuperResolver { .. } => matches!(rest, "dates" | "markov" | "changes"),
         _ => false,
     }
 }
@@ -358,6 +410,7 @@ impl Executor {
         match self {
             Executor::Plugin(p) => p.info().kind,
             Executor::Recipe(r) if r.arch == "simclr" => StageKind::Pretrainer,
+            Executor::Recipe(r) if r.arch == "asunet" => StageKind::SuperResolver,
             Executor::Recipe(_) => StageKind::Labeller,
         }
     }
@@ -663,7 +716,29 @@ impl Plan {
                     Some(rel(template))
                 }
             };
-            if matches!(kind, StageKind::Clusterer | StageKind::Labeller | StageKind::Pretrainer) && input.is_none() {
+            let annotations = match (&stage.annotations, kind) {
+                (Some(a), StageKind::SuperResolver) => {
+                    let csv = rel(a.get_ref());
+                    Some(read_annotations(&csv).map_err(|e| source.error(Some(a.span()), e))?)
+                }
+                (None, StageKind::SuperResolver) => {
+                    return Err(source.error(
+                        Some(stage.id.span()),
+                        format!("the super-resolution stage '{id}' needs `annotations = \"<file>.csv\"`: the dated annotations on the finer grid it trains on (date,path)"),
+                    ));
+                }
+                (Some(a), _) => {
+                    return Err(source.error(Some(a.span()), format!("'annotations' is for super-resolution stages (recipe = \"asunet\"); '{id}' is a {kind_shown} stage")));
+                }
+                (None, _) => None,
+            };
+            if let (StageKind::SuperResolver, Some(target)) = (kind, &input) {
+                if stages.iter().any(|s| &s.id == target && s.role.per_year()) {
+                    let at = stage.input.as_ref().map(|i| i.span()).or_else(|| Some(stage.id.span()));
+                    return Err(source.error(at, format!("input = '{target}' runs once per year; the super-resolution stage '{id}' reads every date of the series: a features stage without per_year")));
+                }
+            }
+            if matches!(kind, StageKind::Clusterer | StageKind::Labeller | StageKind::Pretrainer | StageKind::SuperResolver) && input.is_none() {
                 return Err(source.error(
                     Some(stage.id.span()),
                     format!("the {kind_shown} stage '{id}' needs features: add a features stage before it (or name one with `input`)"),
@@ -819,6 +894,10 @@ impl Plan {
                     ),
                 ));
             }
+            if vhr.is_none() && params.get("vhr_scale").is_some() {
+                let at = param_span(source, stage.params.as_ref().map(|t| t.span()), "/vhr_scale", "");
+                return Err(source.error(at, format!("'vhr_scale' scales a VHR image, and stage '{id}' has none: add `vhr = \"…\"` or remove it")));
+            }
             let memory_mib = stage.memory_mib.as_ref().map_or(DEFAULT_MEMORY_MIB, |m| *m.get_ref());
             let deadline_ms = stage.deadline_ms.as_ref().map_or(DEFAULT_DEADLINE_MS, |d| *d.get_ref());
             let limits = Limits { memory_bytes: memory_mib as usize * 1024 * 1024, deadline_ms };
@@ -869,6 +948,11 @@ impl Plan {
                     year,
                     views: views.unwrap_or_else(|| unresolved(kind_shown, "views")),
                     per_year: input_per_year,
+                },
+                StageKind::SuperResolver => Role::SuperResolver {
+                    input: input.unwrap_or_else(|| unresolved(kind_shown, "an input")),
+                    annotations: annotations.unwrap_or_else(|| unresolved(kind_shown, "annotations")),
+                    scale: params.get("scale").and_then(serde_json::Value::as_u64).unwrap_or(4) as usize,
                 },
             };
             stages.push(StagePlan { id, executor, limits, params, role });
@@ -1001,6 +1085,9 @@ impl Plan {
             }
             if let Role::Labeller { vhr: Some(vhr), .. } = &stage.role {
                 inputs.push(("a VHR image", vhr.clone()));
+            }
+            if let Role::SuperResolver { annotations, .. } = &stage.role {
+                inputs.extend(annotations.iter().map(|a| ("an annotation", a.path.clone())));
             }
             match &stage.role {
                 _ => {}

@@ -229,6 +229,8 @@ fn section_html(section: &SceneSection) -> String {
         }
         html.push_str("<h3>Training report</h3>");
         html.push_str(&object_html(&summary["training"]));
+    } else if section.kind == "super-resolver" {
+        html.push_str(&super_resolution_html(summary));
     } else if section.kind == "pretrainer" {
         let (loss, views) = (&summary["loss"], &summary["views"]);
         let _ = write!(
@@ -250,6 +252,85 @@ fn section_html(section: &SceneSection) -> String {
         html.push_str("<h3>Stage report</h3>");
         html.push_str(&object_html(&summary["report"]));
     }
+    html
+}
+
+/// Seed 000's tables: per annotation date (the seed's HR date, VHR date, accuracy), the
+/// λ ablation, the consistency with and without the Markov chain, and the mixed 10 m
+/// pixels against nearest-upsampled 10 m maps.
+fn super_resolution_html(summary: &Value) -> String {
+    let metrics = &summary["training"]["validation"];
+    let num = |v: &Value| v.as_f64().map_or("–".to_string(), |x| format!("{x:.3}"));
+    let mut html = format!(
+        "<p>Maps of every date on the {}× grid: each date's own labels ({}), the Markov chain's consistent sequence ({}) and its changes ({}).</p>",
+        summary["scale"],
+        esc(summary["outputs"]["dates"].as_str().unwrap_or("")),
+        esc(summary["outputs"]["markov"].as_str().unwrap_or("")),
+        esc(summary["outputs"]["changes"].as_str().unwrap_or(""))
+    );
+    let per_date = |rows: &Value| {
+        let mut t = String::from("<table><tr><th>HR date</th><th>VHR date</th><th class=l>assessed on</th><th>px</th><th>accuracy</th><th>with the Markov chain</th></tr>");
+        for r in rows.as_array().into_iter().flatten() {
+            let _ = write!(
+                t,
+                "<tr><td>{}</td><td>{}</td><td class=l>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(r["hr_date"].as_str().unwrap_or("–")),
+                esc(r["vhr_date"].as_str().unwrap_or("")),
+                esc(r["role"].as_str().unwrap_or("")),
+                r["pixels"],
+                num(&r["accuracy"]),
+                num(&r["accuracy_markov"])
+            );
+        }
+        t.push_str("</table>");
+        t
+    };
+    let _ = write!(
+        html,
+        "<h3>Accuracy per annotation date</h3><p>λ = {} (temporal smoothness), annotations valid for HR dates at most {} days away; split: {}{}.</p>{}",
+        metrics["smoothness"],
+        metrics["valid_days"],
+        esc(metrics["split"].as_str().unwrap_or("")),
+        metrics["test_dates"].as_array().filter(|d| !d.is_empty()).map_or(String::new(), |d| format!(
+            ", dates left out of training: {}",
+            esc(&d.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
+        )),
+        per_date(&metrics["per_date"])
+    );
+    if let Some(rows) = metrics["ablation"]["rows"].as_array() {
+        html.push_str("<h3>Ablation: temporal smoothness</h3>");
+        for row in rows {
+            let _ = write!(html, "<p>λ = {}: label changes per pixel {} (Markov chain {})</p>", row["smoothness"], num(&row["consistency"]["per_date_labels"]["mean_changes"]), num(&row["consistency"]["markov"]["mean_changes"]));
+            html.push_str(&per_date(&row["per_date"]));
+        }
+    }
+    let c = &metrics["consistency"];
+    let _ = write!(
+        html,
+        "<h3>Consistency with and without the Markov chain</h3><table><tr><th class=l>sequence</th><th>changes per pixel</th><th>pixels that change</th></tr><tr><td class=l>each date's own labels</td><td>{}</td><td>{}</td></tr><tr><td class=l>Markov chain</td><td>{}</td><td>{}</td></tr><tr><td class=l>annotations (between their dates)</td><td>{}</td><td>{}</td></tr></table>",
+        num(&c["per_date_labels"]["mean_changes"]),
+        num(&c["per_date_labels"]["changing_pixels"]),
+        num(&c["markov"]["mean_changes"]),
+        num(&c["markov"]["changing_pixels"]),
+        num(&c["annotations"]["mean_changes"]),
+        num(&c["annotations"]["changing_pixels"])
+    );
+    let mixed = &metrics["mixed_pixels"];
+    if mixed.is_object() {
+        let a = &mixed["accuracy"];
+        let _ = write!(
+            html,
+            "<h3>Mixed pixels</h3><p>{} fine pixels of 10 m pixels that hold more than one class ({}).</p><table><tr><th class=l>map</th><th>accuracy</th></tr><tr><td class=l>super-resolution ({}×)</td><td>{}</td></tr><tr><td class=l>the network at 10 m, upsampled by nearest</td><td>{}</td></tr><tr><td class=l>the annotation's majority per 10 m pixel, upsampled (the best a 10 m map can do)</td><td>{}</td></tr></table>",
+            mixed["pixels"],
+            esc(mixed["rule"].as_str().unwrap_or("")),
+            summary["scale"],
+            num(&a["fine"]),
+            num(&a["network_10m"]),
+            num(&a["oracle_10m"])
+        );
+    }
+    html.push_str("<h3>Training report</h3>");
+    html.push_str(&object_html(&summary["training"]));
     html
 }
 

@@ -626,6 +626,72 @@ pub fn write_dataset(
         .with_context(|| format!("writing {}", path.display()))
 }
 
+/// Writes a super-resolution dataset (seed 000; `sitsflow-patches/1` with `fine.npy`):
+/// every band of the dated `features` raster as `image.npy`, the annotations
+/// (`(date, codes on the grid `scale` times finer)`) as `fine.npy` `[A, H·s, W·s]`, empty
+/// sparse labels, and `dataset.json` last.
+#[allow(clippy::too_many_arguments)]
+pub fn write_sr_dataset(
+    dir: &Path,
+    features: &Path,
+    windows: &[Window],
+    width: usize,
+    height: usize,
+    annotations: &[(String, Vec<u16>)],
+    scale: usize,
+    classes: &[(u16, String)],
+) -> Result<()> {
+    use ndarray_npy::WriteNpyExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let _ = std::fs::remove_file(dir.join("dataset.json"));
+    let raster = FeatureRaster::open(features)?;
+    let (bands, dates) = crate::network::grid_axes(&features.display().to_string(), &raster.names)?;
+    if let Some(d) = dates.iter().find(|d| crate::raster::parse_date(d).is_none()) {
+        bail!("{}: its features are named by date index ('{d}'), not by date; a super-resolution stage needs the dates (a features stage without per_year)", features.display());
+    }
+    write_cube(&dir.join("image.npy"), &raster, windows, width, height, 1)?;
+    let (fw, fh) = (width * scale, height * scale);
+    let mut fine = ndarray::Array3::<u16>::zeros((annotations.len(), fh, fw));
+    for (a, (_, codes)) in annotations.iter().enumerate() {
+        if codes.len() != fw * fh {
+            bail!("annotation {a}: {} px, expected {fw} × {fh}", codes.len());
+        }
+        fine.index_axis_mut(ndarray::Axis(0), a).as_slice_mut().expect("standard layout").copy_from_slice(codes);
+    }
+    let write_npy = |name: &str, write: &dyn Fn(std::io::BufWriter<std::fs::File>) -> Result<(), ndarray_npy::WriteNpyError>| -> Result<()> {
+        let path = dir.join(name);
+        let f = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        write(std::io::BufWriter::new(f)).map_err(|e| anyhow!("{}: {e}", path.display()))
+    };
+    write_npy("fine.npy", &|f| fine.write_npy(f))?;
+    write_npy("labels.npy", &|f| ndarray::Array2::<u16>::zeros((height, width)).write_npy(f))?;
+    write_npy("groups.npy", &|f| ndarray::Array2::<u32>::zeros((height, width)).write_npy(f))?;
+    let mut codes: Vec<u16> = fine.iter().copied().filter(|&c| c != 0).collect();
+    codes.sort_unstable();
+    codes.dedup();
+    let classes: Vec<_> = codes
+        .iter()
+        .map(|&code| {
+            let name = classes.iter().find(|(c, _)| *c == code).map_or_else(|| format!("class {code}"), |(_, n)| n.clone());
+            json!({ "code": code, "name": name })
+        })
+        .collect();
+    let meta = json!({
+        "contract": DATASET_CONTRACT,
+        "channels": raster.names,
+        "bands": bands,
+        "dates": dates,
+        "classes": classes,
+        "split": null,
+        "split_rule": null,
+        "source": features.display().to_string(),
+        "vhr": null,
+        "fine": { "scale": scale, "dates": annotations.iter().map(|(d, _)| d.clone()).collect::<Vec<_>>() },
+    });
+    let path = dir.join("dataset.json");
+    crate::fsutil::write_atomic(&path, serde_json::to_string_pretty(&meta)?.as_bytes()).with_context(|| format!("writing {}", path.display()))
+}
+
 /// Every band of `raster` as an `.npy` `[C, H·scale, W·scale]` at `path`, read window by
 /// window (`windows` on the scene's grid, each `scale` times larger on the raster's) into
 /// a file `ndarray-npy` laid out, so the cube is never whole in memory.

@@ -94,7 +94,7 @@ def _evaluate(result, data, args, log) -> dict:
                             "annotations": truth_changes}}
 
 
-def _mixed_pixels(data, evaluation, baseline_labels, roles) -> dict:
+def _mixed_pixels(data, evaluation, baseline_labels, roles, test_annotations) -> dict:
     """Accuracy on the fine pixels of mixed 10 m pixels (test blocks, annotated dates)."""
     from .sen2vhr import annotated_targets, day_of
 
@@ -111,7 +111,9 @@ def _mixed_pixels(data, evaluation, baseline_labels, roles) -> dict:
             continue
         t = min(candidates, key=lambda u: abs(day_of(data.dates[u]) - day_of(data.annotation_dates[a])))
         truth = data.annotations[a]
-        keep = mix[a] & (truth >= 0) & (fine_roles == 2 if (roles == 2).any() else True)
+        # A date left out of training is assessed everywhere; the others on the test blocks.
+        held = a in test_annotations or not (roles == 2).any()
+        keep = mix[a] & (truth >= 0) & (True if held else fine_roles == 2)
         out["pixels"] += int(keep.sum())
         preds = {"fine": evaluation["labels"][t],
                  "oracle_10m": np.repeat(np.repeat(oracle[a], s, axis=0), s, axis=1)}
@@ -122,7 +124,7 @@ def _mixed_pixels(data, evaluation, baseline_labels, roles) -> dict:
             out[name][1] += int(keep.sum())
     return {"pixels": out["pixels"],
             "rule": "fine pixels of the 10 m pixels whose block holds more than one class in the annotation "
-                    "(test blocks), at each annotation's HR date",
+                    "(test blocks, or everywhere for a date left out of training), at each annotation's HR date",
             "accuracy": {name: (v[0] / v[1] if v[1] else None) for name, v in out.items() if name != "pixels"},
             "baselines": {"oracle_10m": "the annotation's majority per 10 m pixel, upsampled by nearest: the best "
                                         "any 10 m map can do",
@@ -201,7 +203,8 @@ def train_sr_command(args, emit, log, write_json) -> int:
 
         baseline_labels, _ = predict_decode(base.model, data.image, data.dates, args.tile, args.overlap)
     if data.scale > 1:
-        report["mixed_pixels"] = _mixed_pixels(data, evaluation, baseline_labels, result.roles)
+        report["mixed_pixels"] = _mixed_pixels(data, evaluation, baseline_labels, result.roles,
+                                               result.test_annotations)
         log(f"mixed 10 m pixels: {report['mixed_pixels']['accuracy']}")
 
     out: Path = args.out

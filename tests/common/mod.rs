@@ -155,6 +155,19 @@ pub fn small_demo() -> &'static Path {
     .path()
 }
 
+/// A small demo with seed 000's forest change (dry crowns in the last year) and its
+/// 2.5 m forest annotations (`forest/annotations.csv`), generated once per test binary.
+pub fn small_forest_demo() -> &'static Path {
+    static DEMO: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DEMO.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let options = sitsflow::demo::DemoOptions { size: 64, dates_per_year: 4, forest_change: true, ..Default::default() };
+        sitsflow::demo::generate(dir.path(), &options).expect("generating demo data");
+        dir
+    })
+    .path()
+}
+
 /// Runs a Python command that needs scikit-learn (PYTHONPATH from [`python_path`]) and
 /// parses the JSON it prints; fails with the install hint when it cannot run.
 pub fn sklearn_json(mut command: Command) -> serde_json::Value {

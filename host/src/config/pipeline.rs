@@ -38,7 +38,7 @@ pub const DEFAULT_DEADLINE_MS: u64 = 60_000;
 /// The largest memory a 32-bit Wasm instance can address.
 pub const MAX_MEMORY_MIB: u32 = 4096;
 /// The training recipes of `models/` a `recipe` labeller may name.
-pub const RECIPES: &[&str] = &["fg-unet", "lstm", "simclr", "tempcnn"];
+pub const RECIPES: &[&str] = &["asunet", "fg-unet", "lstm", "simclr", "tempcnn"];
 
 /// A parsed, syntactically valid pipeline, with the spans of its values.
 #[derive(Debug, Deserialize)]
@@ -313,6 +313,12 @@ pub struct Stage {
     /// beside the series-only one, and maps with the fusion network.
     #[serde(default)]
     pub vhr: Option<Located<String>>,
+    /// `annotations = "../data/demo-forest/forest/annotations.csv"`: the dated
+    /// very-high-resolution annotations a super-resolution stage (`recipe = "asunet"`,
+    /// seed 000) trains on — a CSV of `date,path` (paths relative to it), each a class
+    /// raster on a grid finer than the scene's.
+    #[serde(default)]
+    pub annotations: Option<Located<String>>,
 }
 
 /// `active_learning = { … }` of a labeller stage.

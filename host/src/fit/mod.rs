@@ -36,6 +36,7 @@ mod label;
 mod pretrain;
 mod sample;
 mod segment;
+mod sen2vhr;
 
 use crate::graph::{FitIo, Graph, Node, RasterId};
 use crate::plan::{Executor, Plan, Role, SampleSize, StagePlan};
@@ -351,6 +352,11 @@ pub fn run(ctx: &Context, peaks: &mut crate::memory::Peaks) -> Result<FitResults
                     let views = ctx.plan.stages.iter().find(|s| &s.id == views).ok_or_else(|| anyhow!("internal: no stage '{views}'"))?;
                     let io = pretrain::Io { features, sources, embeddings };
                     pretrain::run(ctx, stage, recipe, views, &io, &mut results)?
+                }
+                (FitIo::SuperResolve { features, dates, markov, changes }, Role::SuperResolver { annotations, scale, .. }) => {
+                    let Executor::Recipe(recipe) = &stage.executor else { bail!("internal: stage '{}' maps without a recipe", stage.id) };
+                    let io = sen2vhr::Io { features: *features, dates: *dates, markov: *markov, changes: *changes };
+                    sen2vhr::run(ctx, stage, recipe, annotations, *scale, &io, nomenclature, &mut results)?
                 }
                 _ => bail!("internal: stage '{}' ({}) has a fit node of another kind", stage.id, stage.kind_name()),
             })

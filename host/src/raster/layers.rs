@@ -119,6 +119,62 @@ impl FeatureRaster {
     }
 }
 
+/// A class raster from outside the run (a dated annotation, seed 000) as it falls on
+/// `grid`: as it is when on the grid, else warped there — the most frequent class when
+/// its pixels are finer than the grid's, the nearest otherwise; codes, 0 = none. Also its
+/// classes' names and colours where the file has them (category names, colour table).
+pub fn read_classes_on(path: &Path, grid: &super::Grid) -> Result<(Vec<u16>, Vec<(u16, String, String)>)> {
+    let source = Dataset::open(path).with_context(|| format!("{}: cannot open with GDAL", path.display()))?;
+    if source.raster_count() != 1 {
+        bail!("{}: {} bands; an annotation has one band of class codes", path.display(), source.raster_count());
+    }
+    let band = source.rasterband(1)?;
+    let nodata = band.no_data_value();
+    let mut style = Vec::new();
+    // SAFETY: GDAL returns the band's category names as a NULL-terminated list it owns
+    // (or null), valid while the band is; each entry is a NUL-terminated string.
+    let names: Vec<String> = unsafe {
+        let list = gdal_sys::GDALGetRasterCategoryNames(band.c_rasterband());
+        let mut out = Vec::new();
+        if !list.is_null() {
+            let mut i = 0;
+            while !(*list.add(i)).is_null() {
+                out.push(std::ffi::CStr::from_ptr(*list.add(i)).to_string_lossy().into_owned());
+                i += 1;
+            }
+        }
+        out
+    };
+    let colours = band.color_table();
+    for (code, name) in names.iter().enumerate().skip(1) {
+        if name.is_empty() {
+            continue;
+        }
+        let colour = colours
+            .as_ref()
+            .and_then(|t| t.entry_as_rgb(code))
+            .map_or("#808080".to_string(), |c| format!("#{:02x}{:02x}{:02x}", c.r, c.g, c.b));
+        style.push((code as u16, name.clone(), colour));
+    }
+    drop(colours);
+    let finer = match (source.geo_transform().ok(), grid.geo_transform) {
+        (Some(s), Some(g)) => s[1].abs() < g[1].abs() * 0.999,
+        _ => false,
+    };
+    let resampling = if finer { super::series::Resampling::Mode } else { super::series::Resampling::Nearest };
+    let aligned = super::warp::Aligned::new(source, grid, resampling, nodata)
+        .with_context(|| format!("{}: onto the grid of {} × {} px", path.display(), grid.width, grid.height))?;
+    let band = aligned.dataset.rasterband(1)?;
+    let mut data = vec![0u16; grid.width * grid.height];
+    band.read_into_slice::<u16>((0, 0), (grid.width, grid.height), (grid.width, grid.height), &mut data, None)
+        .with_context(|| format!("{}: reading its classes", path.display()))?;
+    if let Some(nd) = nodata.filter(|nd| *nd != 0.0 && nd.is_finite() && (0.0..=65535.0).contains(nd)) {
+        let nd = nd as u16;
+        data.iter_mut().filter(|v| **v == nd).for_each(|v| *v = 0);
+    }
+    Ok((data, style))
+}
+
 /// Band names: descriptions, else `band<i>`.
 fn band_names(dataset: &Dataset) -> Result<Vec<String>> {
     let mut names = Vec::with_capacity(dataset.raster_count());

@@ -19,7 +19,7 @@ mod warp;
 mod write;
 
 pub use l2a::{L2aOptions, open_l2a};
-pub use layers::{ClassRaster, FeatureRaster, pixel_centre};
+pub use layers::{ClassRaster, FeatureRaster, pixel_centre, read_classes_on};
 pub use quicklook::{Quicklook, quicklook, true_colour};
 pub use reference::ReferenceMap;
 pub use series::{BandSource, ChunkData, Resampling, Scene, Series, SeriesReader};

@@ -102,6 +102,7 @@ pub fn kind_name(kind: StageKind) -> &'static str {
         StageKind::Decoder => "decoder",
         StageKind::Augmenter => "augmenter",
         StageKind::Pretrainer => "pretrainer",
+        StageKind::SuperResolver => "super-resolver",
     }
 }
 
@@ -119,6 +120,8 @@ pub enum StageKind {
     Decoder,
     Augmenter,
     Pretrainer,
+    /// A recipe (`asunet`, seed 000) that maps every date on a finer grid.
+    SuperResolver,
 }
 
 impl From<types::StageKind> for StageKind {

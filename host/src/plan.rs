@@ -716,6 +716,12 @@ impl Plan {
                     Some(rel(template))
                 }
             };
+            if let (StageKind::SuperResolver, Some(target)) = (kind, &input) {
+                if stages.iter().any(|s| &s.id == target && s.role.per_year()) {
+                    let at = stage.input.as_ref().map(|i| i.span()).or_else(|| Some(stage.id.span()));
+                    return Err(source.error(at, format!("input = '{target}' runs once per year; the super-resolution stage '{id}' reads every date of the series: a features stage without per_year")));
+                }
+            }
             let annotations = match (&stage.annotations, kind) {
                 (Some(a), StageKind::SuperResolver) => {
                     let csv = rel(a.get_ref());
@@ -732,12 +738,6 @@ impl Plan {
                 }
                 (None, _) => None,
             };
-            if let (StageKind::SuperResolver, Some(target)) = (kind, &input) {
-                if stages.iter().any(|s| &s.id == target && s.role.per_year()) {
-                    let at = stage.input.as_ref().map(|i| i.span()).or_else(|| Some(stage.id.span()));
-                    return Err(source.error(at, format!("input = '{target}' runs once per year; the super-resolution stage '{id}' reads every date of the series: a features stage without per_year")));
-                }
-            }
             if matches!(kind, StageKind::Clusterer | StageKind::Labeller | StageKind::Pretrainer | StageKind::SuperResolver) && input.is_none() {
                 return Err(source.error(
                     Some(stage.id.span()),

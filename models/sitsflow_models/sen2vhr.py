@@ -208,17 +208,22 @@ def to_class(transitions: torch.Tensor, classes: int) -> torch.Tensor:
     return transitions.reshape(shape[0], classes, classes, *shape[2:]).sum(dim=1)
 
 
-def transition_set_loss(log_p: torch.Tensor, target: torch.Tensor, classes: int) -> torch.Tensor:
+def transition_set_loss(log_p: torch.Tensor, target: torch.Tensor, classes: int,
+                        weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over the pixels with a target (≥ 0) of `−log Σ_i p(i → target)`: the log
     probability of the set of transitions an annotation allows. `log_p` `[N, K², H, W]`,
-    `target` `[N, H, W]` (−1 = no label, or masked)."""
+    `target` `[N, H, W]` (−1 = no label, or masked); `weights` per class make it the
+    weighted mean (rare classes — a clear-cut, dry trees — count as much as a forest)."""
     n, _, h, w = log_p.shape
     into = torch.logsumexp(log_p.reshape(n, classes, classes, h, w), dim=1)  # log p(y_t = j)
     keep = target >= 0
     if not bool(keep.any()):
         return log_p.sum() * 0.0
     picked = torch.gather(into, 1, target.clamp(min=0).unsqueeze(1)).squeeze(1)
-    return -(picked[keep]).mean()
+    if weights is None:
+        return -(picked[keep]).mean()
+    wt = weights[target[keep]]
+    return -(picked[keep] * wt).sum() / wt.sum().clamp(min=1e-12)
 
 
 def smoothness(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -310,7 +315,7 @@ class SrConfig:
     valid_days: int = 5
     patience: int = 10
     min_delta: float = 1e-3
-    validation_patches: int = 16
+    validation_patches: int = 32
     #: "random": validation and test on spatial blocks of every annotation; "time": the
     #: annotation dates in `test_dates` are left out of training entirely.
     split: str = "random"
@@ -367,15 +372,41 @@ def train(data: SeriesData, config: SrConfig, emit: Callable[[dict], None] = lam
         raise InputError(f"no series date lies within {config.valid_days} days of a training annotation "
                          f"({', '.join(data.annotation_dates[a] for a in train_annotations) or 'none'})")
     months = np.array([month_of(d) for d in data.dates], np.float32)
+    # Per training annotation and role, each class's fine pixels: labelled patches pick a
+    # class uniformly, then one of its pixels, and are centred there (seed 004's sampling:
+    # the rare classes are seen, and patches fall where the labels are).
+    pixels = {(a, role): [np.flatnonzero((data.annotations[a] == c) & (fine_roles == role)) for c in range(k)]
+              for a in train_annotations for role in (0, 1)}
+    counts = np.zeros(k)
+    for a in train_annotations:
+        counts += [len(v) for v in pixels[(a, 0)]]
+    weights = torch.from_numpy(np.where(counts > 0, counts.sum() / (k * np.maximum(counts, 1)), 0.0).astype(np.float32))
 
-    def sample(prng, role: int):
-        """A patch, a target date `t` (labelled half the time) and `t + 1` (when there is one)."""
-        if prng.random() < 0.5 or t_count < 3:
+    def position(prng, t: int, role: int) -> tuple[int, int]:
+        """A patch's corner: centred on a labelled pixel of a class drawn uniformly, for a
+        labelled date; anywhere, for the others."""
+        a = targets.get(t)
+        if a in train_annotations:
+            classes = [v for v in pixels[(a, role)] if len(v)]
+            if classes:
+                chosen = classes[prng.integers(len(classes))]
+                r, c = divmod(int(chosen[prng.integers(len(chosen))]), w * s)
+                r, c = r // s, c // s
+                top = min(max(r - config.patch // 2, 0), max(h - config.patch, 0))
+                left = min(max(c - config.patch // 2, 0), max(w - config.patch, 0))
+                return top, left
+        top = int(prng.integers(0, max(1, h - config.patch + 1))) if h >= config.patch else 0
+        left = int(prng.integers(0, max(1, w - config.patch + 1))) if w >= config.patch else 0
+        return top, left
+
+    def sample(prng, role: int, labelled_only: bool = False):
+        """A patch, a target date `t` (labelled three times in four) and `t + 1` (when
+        there is one)."""
+        if labelled_only or prng.random() < 0.75 or t_count < 3:
             t = int(labelled[prng.integers(len(labelled))])
         else:
             t = int(prng.integers(1, t_count))
-        top = int(prng.integers(0, max(1, h - config.patch + 1))) if h >= config.patch else 0
-        left = int(prng.integers(0, max(1, w - config.patch + 1))) if w >= config.patch else 0
+        top, left = position(prng, t, role)
         pair = [t, min(t + 1, t_count - 1)]
         xs = [window_of(data.image, u, window, top, left, config.patch) for u in pair]
         a = targets.get(t)
@@ -398,7 +429,7 @@ def train(data: SeriesData, config: SrConfig, emit: Callable[[dict], None] = lam
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     patch_rng = np.random.default_rng([config.seed, 1])
     val_rng = np.random.default_rng([config.seed, 2])
-    val = batch_of([sample(val_rng, 1) for _ in range(config.validation_patches)])
+    val = batch_of([sample(val_rng, 1, labelled_only=True) for _ in range(config.validation_patches)])
     history, best, best_epoch, best_state, waited = [], math.inf, None, None, 0
     for epoch in range(1, config.epochs + 1):
         model.train()
@@ -408,7 +439,7 @@ def train(data: SeriesData, config: SrConfig, emit: Callable[[dict], None] = lam
             x0, x1, m, y = batch_of([sample(patch_rng, 0) for _ in range(config.batch_size)])
             optimiser.zero_grad()
             lp0 = model.log_probabilities(x0, m[:, 0])
-            ce = transition_set_loss(lp0, y, k)
+            ce = transition_set_loss(lp0, y, k, weights)
             if config.smoothness > 0:
                 kl = smoothness(lp0, model.log_probabilities(x1, m[:, 1]))
             else:
@@ -422,7 +453,7 @@ def train(data: SeriesData, config: SrConfig, emit: Callable[[dict], None] = lam
         with torch.no_grad():
             x0, x1, m, y = val
             lp0 = model.log_probabilities(x0, m[:, 0])
-            val_loss = float(transition_set_loss(lp0, y, k))
+            val_loss = float(transition_set_loss(lp0, y, k, weights))
             keep = y >= 0
             val_oa = float((to_class(lp0.exp(), k).argmax(1)[keep] == y[keep]).float().mean()) if keep.any() else None
         event = {"event": "epoch", "epoch": epoch, "epochs": config.epochs, "train_loss": totals[0] / steps,

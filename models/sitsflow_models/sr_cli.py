@@ -156,7 +156,15 @@ def train_sr_command(args, emit, log, write_json) -> int:
     c, h, w = dataset.image.shape
     codes = [cl.code for cl in dataset.classes]
     annotations = _indices(dataset.fine, codes)
-    data = SeriesData(image=np.asarray(dataset.image).reshape(t_count, b, h, w), dates=dataset.dates,
+    # Date-major `[T, B, H, W]` whatever order the raster's channels are in (a features
+    # stage writes each band's dates together).
+    order = [f"{band}@{date}" for date in dataset.dates for band in dataset.bands]
+    missing = [n for n in order if n not in dataset.channels]
+    if missing:
+        raise InputError(f"{args.patches}: no channel {missing[0]} (the channels must be every BAND@DATE)")
+    index = [dataset.channels.index(n) for n in order]
+    image = np.asarray(dataset.image)[index].reshape(t_count, b, h, w)
+    data = SeriesData(image=image, dates=dataset.dates,
                       bands=dataset.bands, annotations=annotations, annotation_dates=dataset.fine_dates,
                       scale=dataset.fine_scale, classes=dataset.classes)
     hp = {**default_hyperparameters(), **args.hyperparameters}
@@ -234,7 +242,7 @@ def train_sr_command(args, emit, log, write_json) -> int:
         "parameters": sum(p.numel() for p in model.parameters()),
         "input": {
             "name": INPUT_NAME, "dtype": "float32", "shape": ["N", hp["window"] * b, "H", "W"],
-            "layout": "N×C×H×W", "channels": dataset.channels, "bands": dataset.bands, "dates": dataset.dates,
+            "layout": "N×C×H×W", "channels": order, "bands": dataset.bands, "dates": dataset.dates,
             "window": hp["window"], "multiple": model.net.multiple,
             "missing": "NaN (a validity channel per date; 0 after normalisation)",
             "month": {"name": MONTH_NAME, "dtype": "float32", "shape": ["N"], "meaning": "the target date's month, 1–12"},

@@ -95,6 +95,49 @@ fn asunet_maps_every_date_on_the_finer_grid_with_its_markov_sequence() {
     for text in ["Accuracy per annotation date", "Ablation: temporal smoothness", "Consistency with and without the Markov chain", "Mixed pixels"] {
         assert!(html.contains(text), "{text}");
     }
+
+    // The host's tiles, windows of dates, months and Viterbi pass against PyTorch's
+    // (the recipe's `predict` on the same dataset and tiles).
+    let scratch = tempfile::tempdir().unwrap();
+    let grid = sitsflow::raster::grid_of(&dir.join("bands.tif")).unwrap();
+    let annotations: Vec<(String, Vec<u16>)> = std::fs::read_to_string(&csv)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let cells: Vec<&str> = l.split(',').collect();
+            let path = csv.parent().unwrap().join(cells[1]);
+            (cells[0].to_string(), sitsflow::raster::read_classes_on(&path, &grid.scaled(4)).unwrap().0)
+        })
+        .collect();
+    let windows = [sitsflow::raster::Window { row: 0, col: 0, rows: 64, cols: 64 }];
+    let dataset = scratch.path().join("dataset");
+    sitsflow::segment::write_sr_dataset(&dataset, &dir.join("bands.tif"), &windows, 64, 64, &annotations, 4, &[]).unwrap();
+    let maps = scratch.path().join("maps.npy");
+    let ws = common::workspace();
+    let out = Command::new("python3")
+        .args(["-m", "sitsflow_models", "predict", "--model"])
+        .arg(dir.join("models/sr/model.onnx"))
+        .arg("--patches")
+        .arg(&dataset)
+        .args(["--tile", "32", "--overlap", "8", "--out"])
+        .arg(&maps)
+        .env("PYTHONPATH", format!("{}:{}", ws.join(".deps/models-python").display(), ws.join("models").display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "predict failed: {}", String::from_utf8_lossy(&out.stderr));
+    let torch: ndarray::Array4<u16> = ndarray_npy::read_npy(&maps).unwrap();
+    assert_eq!(torch.shape(), [2, 12, 256, 256]);
+    for (k, name) in ["sr_dates.tif", "sr_markov.tif"].iter().enumerate() {
+        let mut differ = 0usize;
+        for t in 0..12 {
+            let host = read(name, t + 1);
+            differ += host.iter().zip(torch.index_axis(ndarray::Axis(0), k).index_axis(ndarray::Axis(0), t).iter()).filter(|(a, b)| a != b).count();
+        }
+        let share = differ as f64 / (12.0 * 65536.0);
+        eprintln!("{name}: host and PyTorch differ on {share:.2e} of the pixels");
+        assert!(share < 1e-3, "{name}: host and PyTorch differ on {share} of the pixels");
+    }
 }
 
 #[test]
@@ -107,4 +150,71 @@ fn an_annotation_list_naming_a_missing_file_points_at_its_line() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("annotations.csv:2") && err.contains("nowhere.tif") && err.contains("does not exist"), "{err}");
+}
+
+/// Seed 000's "from sparse to dense": a random forest's yearly maps are the annotations,
+/// each dated 1 July of its year.
+#[test]
+fn a_labellers_yearly_maps_are_the_annotations_of_a_chained_pipeline() {
+    let project = common::project_dir();
+    let demo = common::small_forest_demo();
+    let text = format!(
+        r#"schema = 1
+name = "dense"
+
+[input]
+series = {series:?}
+
+[reference]
+path = {reference:?}
+classes = {classes:?}
+
+[run]
+seed = 5
+
+[[stage]]
+id = "features"
+plugin = "indices@0.1.0"
+per_year = true
+params = {{ indices = ["NDVI"], per_date = false, stats = ["mean", "p10", "p90"] }}
+
+[[stage]]
+id = "bands"
+plugin = "indices@0.1.0"
+params = {{ bands = ["B04", "B08"], per_date = true }}
+
+[[stage]]
+id = "labels"
+plugin = "stratified-samples@0.1.0"
+params = {{ per_class = 30 }}
+
+[[stage]]
+id = "rf"
+plugin = "random-forest@0.1.0"
+input = "features"
+year = 2018
+samples = "labels"
+params = {{ n_trees = 10, seed = 1 }}
+
+[[stage]]
+id = "sr"
+recipe = "asunet"
+input = "bands"
+annotations = "rf"
+params = {{ scale = 2, valid_days = 182, epochs = 1, patch = 16, patches_per_epoch = 4, batch_size = 2, tile = 32, overlap = 8, hyperparameters = {{ width = 4, depth = 2, window = 2, month_dim = 2 }} }}
+"#,
+        series = demo.join("series").display().to_string(),
+        reference = demo.join("truth/2018.tif").display().to_string(),
+        classes = demo.join("classes.csv").display().to_string(),
+    );
+    let out = run(project.path(), &text);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dir = project.path().join("runs/dense");
+    let ds = gdal::Dataset::open(dir.join("sr_markov.tif")).unwrap();
+    assert_eq!((ds.raster_size(), ds.raster_count()), ((128, 128), 12), "2× the 64 px scene, a band per date");
+    let report = json(&dir.join("report.json"));
+    let sr = report["scene_stages"].as_array().unwrap().iter().find(|s| s["stage"] == "sr").unwrap();
+    let annotations: Vec<&str> = sr["summary"]["annotations"].as_array().unwrap().iter().map(|a| a["date"].as_str().unwrap()).collect();
+    assert_eq!(annotations, ["2018-07-01", "2019-07-01", "2020-07-01"]);
+    assert!(sr["summary"]["annotations"][0]["path"].as_str().unwrap().ends_with("rf_2018.tif"));
 }

@@ -78,7 +78,9 @@ pub enum FitIo {
     /// Trains on dated annotations, then maps every date of `features` on the finer
     /// grid: each date's own labels (`dates`, a band per date), the Markov chain's
     /// consistent sequence (`markov`) and its count of changes (`changes`).
-    SuperResolve { features: Option<RasterId>, dates: RasterId, markov: RasterId, changes: RasterId },
+    /// `annotations`: an earlier stage's yearly maps with their dates (none when the
+    /// annotations are files the plan lists).
+    SuperResolve { features: Option<RasterId>, annotations: Vec<(String, RasterId)>, dates: RasterId, markov: RasterId, changes: RasterId },
 }
 
 /// One map a labeller predicts, from one features raster.
@@ -101,7 +103,7 @@ impl FitIo {
             FitIo::Label { maps, oracle } => maps.iter().map(|m| m.features).chain(*oracle).collect(),
             FitIo::Decode { posteriors, .. } => posteriors.clone(),
             FitIo::Pretrain { features, sources, .. } => features.iter().chain(sources).copied().collect(),
-            FitIo::SuperResolve { features, .. } => features.iter().copied().collect(),
+            FitIo::SuperResolve { features, annotations, .. } => features.iter().copied().chain(annotations.iter().map(|a| a.1)).collect(),
         }
     }
 
@@ -290,9 +292,17 @@ impl Graph {
                     }
                     FitIo::Pretrain { features, sources, embeddings }
                 }
-                Role::SuperResolver { input, scale, .. } => {
+                Role::SuperResolver { input, scale, annotations: sources } => {
                     let on_fine = |g: &mut Graph, name: String| add(g, name, *scale, u16_map, Lifetime::Declared, node);
+                    // An earlier stage's yearly maps, each dated 1 July of its year.
+                    let annotations = match sources {
+                        crate::plan::Annotations::Maps(maps) => {
+                            years.iter().filter_map(|y| g.declared(&format!("{maps}_{y}")).map(|r| (format!("{y}-07-01"), r))).collect()
+                        }
+                        crate::plan::Annotations::Files(_) => Vec::new(),
+                    };
                     FitIo::SuperResolve {
+                        annotations,
                         features: g.declared(input.as_str()),
                         dates: on_fine(&mut g, format!("{id}_dates")),
                         markov: on_fine(&mut g, format!("{id}_markov")),

@@ -147,7 +147,18 @@ pub enum Role {
     /// Maps every date of the series on a grid `scale` times finer (`recipe = "asunet"`,
     /// seed 000), trained on dated annotations of that grid; reads `input`'s dated
     /// features (every date, not per year).
-    SuperResolver { input: StageId, annotations: Vec<Annotation>, scale: usize },
+    SuperResolver { input: StageId, annotations: Annotations, scale: usize },
+}
+
+/// Where a super-resolution stage's annotations come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Annotations {
+    /// Dated files (`annotations = "….csv"`).
+    Files(Vec<Annotation>),
+    /// An earlier labeller's (or decoder's) yearly maps, each dated 1 July of its year
+    /// (`annotations = "<stage id>"`, seed 000's "from sparse to dense": a random forest
+    /// grown by active learning gives the dense annotations).
+    Maps(StageId),
 }
 
 /// A dated very-high-resolution annotation (`annotations = "….csv"`).
@@ -723,9 +734,35 @@ impl Plan {
                 }
             }
             let annotations = match (&stage.annotations, kind) {
+                (Some(a), StageKind::SuperResolver) if !a.get_ref().ends_with(".csv") => {
+                    let target = a.get_ref();
+                    let maps = stages.iter().find(|s| s.id.as_str() == target).map(|s| {
+                        let yearly = match &s.role {
+                            Role::Decoder { .. } => true,
+                            Role::Labeller { input, .. } => stages.iter().any(|f| &f.id == input && f.role.per_year()),
+                            _ => false,
+                        };
+                        (s.id.clone(), yearly)
+                    });
+                    match maps {
+                        Some((id, true)) => Some(Annotations::Maps(id)),
+                        Some((id, false)) => {
+                            return Err(source.error(
+                                Some(a.span()),
+                                format!("annotations = '{target}' is a {} stage that writes no yearly maps; name a labeller over per-year features, a decoder, or a .csv of dated files", shown_kind_of(&id)),
+                            ));
+                        }
+                        None => {
+                            return Err(source.error(
+                                Some(a.span()),
+                                format!("annotations = '{target}' is neither an earlier stage nor a .csv file of dated annotations (date,path)"),
+                            ));
+                        }
+                    }
+                }
                 (Some(a), StageKind::SuperResolver) => {
                     let csv = rel(a.get_ref());
-                    Some(read_annotations(&csv).map_err(|e| source.error(Some(a.span()), e))?)
+                    Some(Annotations::Files(read_annotations(&csv).map_err(|e| source.error(Some(a.span()), e))?))
                 }
                 (None, StageKind::SuperResolver) => {
                     return Err(source.error(
@@ -1086,8 +1123,8 @@ impl Plan {
             if let Role::Labeller { vhr: Some(vhr), .. } = &stage.role {
                 inputs.push(("a VHR image", vhr.clone()));
             }
-            if let Role::SuperResolver { annotations, .. } = &stage.role {
-                inputs.extend(annotations.iter().map(|a| ("an annotation", a.path.clone())));
+            if let Role::SuperResolver { annotations: Annotations::Files(files), .. } = &stage.role {
+                inputs.extend(files.iter().map(|a| ("an annotation", a.path.clone())));
             }
             match &stage.role {
                 _ => {}

@@ -307,7 +307,7 @@ fn super_resolution_html(summary: &Value) -> String {
     let c = &metrics["consistency"];
     let _ = write!(
         html,
-        "<h3>Consistency with and without the Markov chain</h3><table><tr><th class=l>sequence</th><th>changes per pixel</th><th>pixels that change</th></tr><tr><td class=l>each date's own labels</td><td>{}</td><td>{}</td></tr><tr><td class=l>Markov chain</td><td>{}</td><td>{}</td></tr><tr><td class=l>annotations (between their dates)</td><td>{}</td><td>{}</td></tr></table>",
+        "<h3>Consistency with and without the Markov chain</h3><p>Label changes along the series, on the fine pixels every annotation labels.</p><table><tr><th class=l>sequence</th><th>changes per pixel</th><th>pixels that change</th></tr><tr><td class=l>each date's own labels</td><td>{}</td><td>{}</td></tr><tr><td class=l>Markov chain</td><td>{}</td><td>{}</td></tr><tr><td class=l>annotations (between their dates)</td><td>{}</td><td>{}</td></tr></table>",
         num(&c["per_date_labels"]["mean_changes"]),
         num(&c["per_date_labels"]["changing_pixels"]),
         num(&c["markov"]["mean_changes"]),

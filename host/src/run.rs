@@ -315,6 +315,10 @@ fn run_key(plan: &Plan, series: &Series, layout: &Layout) -> String {
         if let crate::plan::Role::Labeller { training: crate::plan::Training::Csv(p) | crate::plan::Training::Stored(p), .. } = &s.role {
             files.push(p.display().to_string());
         }
+        // A super-resolution stage's annotation files.
+        if let crate::plan::Role::SuperResolver { annotations: crate::plan::Annotations::Files(list), .. } = &s.role {
+            files.extend(list.iter().map(|a| a.path.display().to_string()));
+        }
         // A fusion labeller's VHR images, each year's where the path names the year.
         if let crate::plan::Role::Labeller { vhr: Some(template), .. } = &s.role {
             let template = template.display().to_string();

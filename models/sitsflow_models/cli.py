@@ -381,6 +381,11 @@ def cmd_predict(args) -> int:
     import torch
 
     if args.patches is not None:
+        sidecar_path = args.model.parent / "model.json"
+        if sidecar_path.is_file() and json.loads(sidecar_path.read_text()).get("arch") == "asunet":
+            from .sr_cli import predict_sr_command
+
+            return predict_sr_command(args, emit, log)
         from .segment_cli import predict_segmentation_command
 
         return predict_segmentation_command(args, emit, log)

@@ -15,9 +15,11 @@ date): `K²` channels, a softmax over them.
 
 Training (the seed's §4): annotations are full-coverage VHR label maps for a few dates
 (about one a year), each valid for HR dates at most `valid_days` away (the seed's 5).
-An annotation of class `c` allows the transition set `{i → c}`; the loss is
+An annotation of class `c` allows the **transition label set** `{c → c}`, plus
+`{b → c}` where the annotation before it had class `b ≠ c` (the pixel kept its class
+into the target date, or changed from the earlier annotation's); the loss is
 
-    L = −log Σ_i p(i → c)  (labelled fine pixels whose HR pixel is valid at the target date)
+    L = −log p(allowed set)  (labelled fine pixels whose HR pixel is valid at the target date)
         + λ · KL(p_t ‖ p_{t+1})  (every fine pixel, labelled or not: the semi-supervision)
 
 the KL divergence between the transition probabilities of consecutive dates. λ = 0 is
@@ -209,21 +211,31 @@ def to_class(transitions: torch.Tensor, classes: int) -> torch.Tensor:
 
 
 def transition_set_loss(log_p: torch.Tensor, target: torch.Tensor, classes: int,
-                        weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean over the pixels with a target (≥ 0) of `−log Σ_i p(i → target)`: the log
-    probability of the set of transitions an annotation allows. `log_p` `[N, K², H, W]`,
-    `target` `[N, H, W]` (−1 = no label, or masked); `weights` per class make it the
-    weighted mean (rare classes — a clear-cut, dry trees — count as much as a forest)."""
+                        previous: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over the pixels with a target (≥ 0) of `−log p(allowed)`, the log probability
+    of the set of transitions an annotation allows. `log_p` `[N, K², H, W]` (channel
+    `i · K + j` is `i → j`), `target` `[N, H, W]` (−1 = no label, or masked).
+
+    Without `previous` the set is `{i → target}` for every `i`. With it (`[N, H, W]`,
+    the class the pixel had in the annotation before, −1 when none) the set is the
+    **transition label set** of two annotations: `{target → target}`, and
+    `{previous → target}` where they differ — a pixel kept its class, or changed from the
+    earlier annotation's class; with no earlier annotation, it kept its class."""
     n, _, h, w = log_p.shape
-    into = torch.logsumexp(log_p.reshape(n, classes, classes, h, w), dim=1)  # log p(y_t = j)
     keep = target >= 0
     if not bool(keep.any()):
         return log_p.sum() * 0.0
-    picked = torch.gather(into, 1, target.clamp(min=0).unsqueeze(1)).squeeze(1)
-    if weights is None:
+    c = target.clamp(min=0)
+    if previous is None:
+        into = torch.logsumexp(log_p.reshape(n, classes, classes, h, w), dim=1)  # log p(y_t = j)
+        picked = torch.gather(into, 1, c.unsqueeze(1)).squeeze(1)
         return -(picked[keep]).mean()
-    wt = weights[target[keep]]
-    return -(picked[keep] * wt).sum() / wt.sum().clamp(min=1e-12)
+    stay = torch.gather(log_p, 1, (c * classes + c).unsqueeze(1)).squeeze(1)
+    p = previous.clamp(min=0)
+    change = torch.gather(log_p, 1, (p * classes + c).unsqueeze(1)).squeeze(1)
+    changed = (previous >= 0) & (previous != target)
+    picked = torch.where(changed, torch.logaddexp(stay, change), stay)
+    return -(picked[keep]).mean()
 
 
 def smoothness(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -377,10 +389,8 @@ def train(data: SeriesData, config: SrConfig, emit: Callable[[dict], None] = lam
     # the rare classes are seen, and patches fall where the labels are).
     pixels = {(a, role): [np.flatnonzero((data.annotations[a] == c) & (fine_roles == role)) for c in range(k)]
               for a in train_annotations for role in (0, 1)}
-    counts = np.zeros(k)
-    for a in train_annotations:
-        counts += [len(v) for v in pixels[(a, 0)]]
-    weights = torch.from_numpy(np.where(counts > 0, counts.sum() / (k * np.maximum(counts, 1)), 0.0).astype(np.float32))
+    # The annotation before each one (training annotations only), for transition sets.
+    before = {a: (train_annotations[i - 1] if i > 0 else None) for i, a in enumerate(train_annotations)}
 
     def position(prng, t: int, role: int) -> tuple[int, int]:
         """A patch's corner: centred on a labelled pixel of a class drawn uniformly, for a
@@ -411,20 +421,24 @@ def train(data: SeriesData, config: SrConfig, emit: Callable[[dict], None] = lam
         xs = [window_of(data.image, u, window, top, left, config.patch) for u in pair]
         a = targets.get(t)
         y = np.full((config.patch * s, config.patch * s), -1, np.int64)
+        y_before = np.full_like(y, -1)
         if a is not None and a in train_annotations:
             y = fine_window(data.annotations[a], top, left, config.patch, s).astype(np.int64)
+            if before[a] is not None:
+                y_before = fine_window(data.annotations[before[a]], top, left, config.patch, s).astype(np.int64)
             y[fine_window(fine_roles, top, left, config.patch, s) != role] = -1
             # Masked loss on clouds: where the target date's HR pixel is missing.
             missing = np.isnan(np.asarray(data.image[t])).all(axis=0)
             y[fine_window(missing, top, left, config.patch, s)] = -1
-        return xs, months[pair], y
+        return xs, months[pair], y, y_before
 
     def batch_of(items):
         x0 = torch.from_numpy(np.stack([i[0][0] for i in items]).astype(np.float32))
         x1 = torch.from_numpy(np.stack([i[0][1] for i in items]).astype(np.float32))
         m = torch.from_numpy(np.stack([i[1] for i in items]).astype(np.float32))
         y = torch.from_numpy(np.stack([i[2] for i in items]))
-        return x0, x1, m, y
+        y_before = torch.from_numpy(np.stack([i[3] for i in items]))
+        return x0, x1, m, y, y_before
 
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     patch_rng = np.random.default_rng([config.seed, 1])
@@ -436,10 +450,10 @@ def train(data: SeriesData, config: SrConfig, emit: Callable[[dict], None] = lam
         totals = np.zeros(3)
         steps = 0
         for _ in range(0, config.patches_per_epoch, config.batch_size):
-            x0, x1, m, y = batch_of([sample(patch_rng, 0) for _ in range(config.batch_size)])
+            x0, x1, m, y, y_before = batch_of([sample(patch_rng, 0) for _ in range(config.batch_size)])
             optimiser.zero_grad()
             lp0 = model.log_probabilities(x0, m[:, 0])
-            ce = transition_set_loss(lp0, y, k, weights)
+            ce = transition_set_loss(lp0, y, k, y_before)
             if config.smoothness > 0:
                 kl = smoothness(lp0, model.log_probabilities(x1, m[:, 1]))
             else:
@@ -451,9 +465,9 @@ def train(data: SeriesData, config: SrConfig, emit: Callable[[dict], None] = lam
             steps += 1
         model.eval()
         with torch.no_grad():
-            x0, x1, m, y = val
+            x0, x1, m, y, y_before = val
             lp0 = model.log_probabilities(x0, m[:, 0])
-            val_loss = float(transition_set_loss(lp0, y, k, weights))
+            val_loss = float(transition_set_loss(lp0, y, k, y_before))
             keep = y >= 0
             val_oa = float((to_class(lp0.exp(), k).argmax(1)[keep] == y[keep]).float().mean()) if keep.any() else None
         event = {"event": "epoch", "epoch": epoch, "epochs": config.epochs, "train_loss": totals[0] / steps,

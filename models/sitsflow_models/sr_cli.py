@@ -15,6 +15,7 @@ can do).
 from __future__ import annotations
 
 import time
+import json
 from pathlib import Path
 
 import numpy as np
@@ -56,11 +57,12 @@ def _accuracy(pred: np.ndarray, truth: np.ndarray, keep: np.ndarray) -> float | 
     return float((pred[keep] == truth[keep]).mean()) if keep.any() else None
 
 
-def _changes(sequence: np.ndarray) -> dict:
-    """How often a pixel's label changes along the dates: the mean count and the share of
-    pixels that change at least once."""
-    changes = (sequence[1:] != sequence[:-1]).sum(axis=0)
-    return {"mean_changes": float(changes.mean()), "changing_pixels": float((changes > 0).mean())}
+def _changes(sequence: np.ndarray, where: np.ndarray) -> dict:
+    """How often a pixel's label changes along the dates, over the pixels `where` (those
+    every annotation labels): the mean count and the share that change at least once."""
+    changes = (sequence[1:] != sequence[:-1]).sum(axis=0)[where]
+    return {"mean_changes": float(changes.mean()) if changes.size else None,
+            "changing_pixels": float((changes > 0).mean()) if changes.size else None, "pixels": int(changes.size)}
 
 
 def _evaluate(result, data, args, log) -> dict:
@@ -86,11 +88,13 @@ def _evaluate(result, data, args, log) -> dict:
                      "accuracy_markov": _accuracy(markov[t], truth, keep)})
         log(f"  {date} (HR {data.dates[t]}): accuracy {rows[-1]['accuracy']}, with the Markov chain "
             f"{rows[-1]['accuracy_markov']}")
+    annotated = (data.annotations >= 0).all(axis=0)
     truth_changes = None
     if len(data.annotation_dates) > 1:
-        truth_changes = _changes(np.where(data.annotations >= 0, data.annotations, -1))
+        truth_changes = _changes(data.annotations, annotated)
     return {"per_date": rows, "labels": labels, "markov": markov,
-            "consistency": {"per_date_labels": _changes(labels), "markov": _changes(markov),
+            "consistency": {"rule": "label changes along the series on the fine pixels every annotation labels",
+                            "per_date_labels": _changes(labels, annotated), "markov": _changes(markov, annotated),
                             "annotations": truth_changes}}
 
 
@@ -132,6 +136,58 @@ def _mixed_pixels(data, evaluation, baseline_labels, roles, test_annotations) ->
                                          "upsampled by nearest"}}
 
 
+def _series(dataset, args):
+    """The dataset's cube date-major `[T, B, H, W]`, whatever its channels' order."""
+    from .data import InputError
+
+    t_count, b = len(dataset.dates), len(dataset.bands)
+    _, h, w = dataset.image.shape
+    order = [f"{band}@{date}" for date in dataset.dates for band in dataset.bands]
+    missing = [n for n in order if n not in dataset.channels]
+    if missing:
+        raise InputError(f"{args.patches}: no channel {missing[0]} (the channels must be every BAND@DATE)")
+    index = [dataset.channels.index(n) for n in order]
+    return np.asarray(dataset.image)[index].reshape(t_count, b, h, w), order
+
+
+def predict_sr_command(args, emit, log) -> int:
+    """`predict --model …/model.onnx --patches DIR --out F.npy`: the PyTorch model's maps
+    of every date, `[2, T, H·s, W·s]` class codes — each date's own labels, then the Markov
+    chain's sequence — by the host's tiles: the reference the host's maps are checked on."""
+    import torch
+
+    from . import patches
+    from .data import InputError
+    from .export import replace_atomically
+    from .sen2vhr import build, predict_decode
+
+    checkpoint_path = args.model.parent / "model.pt"
+    if not checkpoint_path.is_file():
+        raise InputError(f"{checkpoint_path}: missing (predict runs the PyTorch model saved beside model.onnx)")
+    checkpoint = torch.load(str(checkpoint_path), map_location="cpu", weights_only=True)
+    config = checkpoint["config"]
+    model = build(config["bands"], config["classes"], config["scale"], config["mean"], config["std"],
+                  config["hyperparameters"])
+    model.load_state_dict(checkpoint["state_dict"])
+    sidecar = json.loads((args.model.parent / "model.json").read_text())
+    dataset = patches.read(args.patches)
+    image, order = _series(dataset, args)
+    if order != sidecar["input"]["channels"]:
+        raise InputError(f"{args.patches}: its dates and bands differ from the model's")
+    tile = args.tile or sidecar["tiling"]["tile"]
+    overlap = sidecar["tiling"]["overlap"] if args.overlap is None else args.overlap
+    labels, markov = predict_decode(model, image, dataset.dates, tile, overlap)
+    codes = np.array([c["code"] for c in sidecar["output"]["classes"]], np.uint16)
+    out = np.stack([codes[labels], codes[markov]])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(args.out.name + ".tmp.npy")
+    np.save(tmp, out)
+    replace_atomically(tmp, args.out)
+    log(f"{args.out}: labels and Markov sequence {list(out.shape)} (tile {tile}, overlap {overlap})")
+    emit({"event": "done", "maps": str(args.out.resolve()), "shape": list(out.shape)})
+    return 0
+
+
 def train_sr_command(args, emit, log, write_json) -> int:
     import torch
 
@@ -158,12 +214,7 @@ def train_sr_command(args, emit, log, write_json) -> int:
     annotations = _indices(dataset.fine, codes)
     # Date-major `[T, B, H, W]` whatever order the raster's channels are in (a features
     # stage writes each band's dates together).
-    order = [f"{band}@{date}" for date in dataset.dates for band in dataset.bands]
-    missing = [n for n in order if n not in dataset.channels]
-    if missing:
-        raise InputError(f"{args.patches}: no channel {missing[0]} (the channels must be every BAND@DATE)")
-    index = [dataset.channels.index(n) for n in order]
-    image = np.asarray(dataset.image)[index].reshape(t_count, b, h, w)
+    image, order = _series(dataset, args)
     data = SeriesData(image=image, dates=dataset.dates,
                       bands=dataset.bands, annotations=annotations, annotation_dates=dataset.fine_dates,
                       scale=dataset.fine_scale, classes=dataset.classes)
@@ -261,8 +312,8 @@ def train_sr_command(args, emit, log, write_json) -> int:
         "seed": args.seed,
         "threads": args.threads,
         "torch_version": torch.__version__,
-        "training": {"loss": "−log Σ_i p(i → annotated class) on labelled fine pixels whose HR date is valid, "
-                             "+ λ · KL(p_t ‖ p_t+1)", "smoothness": args.smoothness, "valid_days": args.valid_days,
+        "training": {"loss": "−log p({c → c} ∪ {b → c}) on labelled fine pixels whose HR date is valid (c the "
+                             "annotation's class, b the earlier annotation's), + λ · KL(p_t ‖ p_t+1) on every pixel", "smoothness": args.smoothness, "valid_days": args.valid_days,
                      "epochs_run": len(result.history), "best_epoch": result.best_epoch,
                      "patch": args.patch, "batch_size": args.batch_size, "seconds": round(seconds, 2),
                      "annotation_dates": dataset.fine_dates, "split": args.split, "test_dates": test_dates},

@@ -86,6 +86,17 @@ class Losses(unittest.TestCase):
             terms.append(-np.log(sum(p[n, i * k + j, r, c] for i in range(k))))
         self.assertAlmostEqual(got, float(np.mean(terms)), places=5)
 
+    def test_two_annotations_allow_staying_or_changing_from_the_earlier_class(self):
+        torch.manual_seed(5)
+        k = 3
+        log_p = torch.log_softmax(torch.randn(1, k * k, 1, 3), dim=1)
+        target = torch.tensor([[[2, 1, 0]]])
+        previous = torch.tensor([[[2, 0, -1]]])  # kept, changed 0 → 1, no earlier annotation
+        got = float(sen2vhr.transition_set_loss(log_p, target, k, previous))
+        p = log_p.exp()[0, :, 0].numpy()
+        want = np.mean([-np.log(p[2 * k + 2, 0]), -np.log(p[1 * k + 1, 1] + p[0 * k + 1, 1]), -np.log(p[0, 2])])
+        self.assertAlmostEqual(got, float(want), places=5)
+
     def test_smoothness_is_the_kl_divergence_between_consecutive_dates(self):
         torch.manual_seed(3)
         a = torch.log_softmax(torch.randn(1, 9, 2, 2), dim=1)

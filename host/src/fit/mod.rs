@@ -353,10 +353,14 @@ pub fn run(ctx: &Context, peaks: &mut crate::memory::Peaks) -> Result<FitResults
                     let io = pretrain::Io { features, sources, embeddings };
                     pretrain::run(ctx, stage, recipe, views, &io, &mut results)?
                 }
-                (FitIo::SuperResolve { features, dates, markov, changes }, Role::SuperResolver { annotations, scale, .. }) => {
+                (FitIo::SuperResolve { features, annotations: maps, dates, markov, changes }, Role::SuperResolver { annotations, scale, .. }) => {
                     let Executor::Recipe(recipe) = &stage.executor else { bail!("internal: stage '{}' maps without a recipe", stage.id) };
                     let io = sen2vhr::Io { features: *features, dates: *dates, markov: *markov, changes: *changes };
-                    sen2vhr::run(ctx, stage, recipe, annotations, *scale, &io, nomenclature, &mut results)?
+                    let annotations: Vec<crate::plan::Annotation> = match annotations {
+                        crate::plan::Annotations::Files(files) => files.clone(),
+                        crate::plan::Annotations::Maps(_) => maps.iter().map(|(date, r)| crate::plan::Annotation { date: date.clone(), path: ctx.path(*r) }).collect(),
+                    };
+                    sen2vhr::run(ctx, stage, recipe, &annotations, *scale, &io, nomenclature, &mut results)?
                 }
                 _ => bail!("internal: stage '{}' ({}) has a fit node of another kind", stage.id, stage.kind_name()),
             })

@@ -274,7 +274,13 @@ fn predict(scene: &Context, stage: &StagePlan, model: &Model, raster: &FeatureRa
         let mut markov = vec![0u16; t_count * p_count];
         let mut changes = vec![0u16; p_count];
         for q in 0..p_count {
-            let mut state = (0..k).max_by(|&a, &b| score[a * p_count + q].total_cmp(&score[b * p_count + q])).unwrap_or(0);
+            // The first best state, as NumPy's argmax picks it.
+            let mut state = 0;
+            for j in 1..k {
+                if score[j * p_count + q] > score[state * p_count + q] {
+                    state = j;
+                }
+            }
             for t in (0..t_count).rev() {
                 markov[t * p_count + q] = codes[state];
                 if t > 0 {

@@ -367,10 +367,9 @@ def train(data: SeriesData, config: SrConfig, emit: Callable[[dict], None] = lam
     s, k = data.scale, len(data.classes)
     hp = {**default_hyperparameters(), **config.hyperparameters}
     window = hp["window"]
-    flat = np.asarray(data.image).reshape(t_count * b, h, w)
-    stats_mean, stats_std = channel_statistics(flat, rng)
-    mean = stats_mean.reshape(t_count, b).mean(axis=0)
-    std = np.sqrt((stats_std.reshape(t_count, b) ** 2).mean(axis=0))
+    # Per band over every date (a date may be wholly clouded: its channel has no value).
+    per_band = np.ascontiguousarray(np.asarray(data.image).transpose(1, 0, 2, 3)).reshape(b, t_count * h, w)
+    mean, std = channel_statistics(per_band, rng)
     model = build(b, k, s, mean, std, config.hyperparameters)
     if config.patch % model.net.multiple:
         raise InputError(f"patch size {config.patch} is not a multiple of {model.net.multiple} (2^depth)")

@@ -109,6 +109,7 @@ def _mixed_pixels(data, evaluation, baseline_labels, roles, test_annotations) ->
     fine_roles = np.kron(roles, np.ones((s, s), np.int64))
     nearest = annotated_targets(data, 10**6)
     out = {"fine": [0, 0], "oracle_10m": [0, 0], "network_10m": [0, 0], "pixels": 0}
+    per_date = []
     for a in range(len(data.annotation_dates)):
         candidates = [t for t, b in nearest.items() if b == a]
         if not candidates:
@@ -123,13 +124,18 @@ def _mixed_pixels(data, evaluation, baseline_labels, roles, test_annotations) ->
                  "oracle_10m": np.repeat(np.repeat(oracle[a], s, axis=0), s, axis=1)}
         if baseline_labels is not None:
             preds["network_10m"] = np.repeat(np.repeat(baseline_labels[t], s, axis=0), s, axis=1)
+        row = {"vhr_date": data.annotation_dates[a], "hr_date": data.dates[t], "pixels": int(keep.sum()),
+               "assessed_on": "everywhere (date left out)" if held and (roles == 2).any() else "test blocks"}
         for name, pred in preds.items():
             out[name][0] += int((pred[keep] == truth[keep]).sum())
             out[name][1] += int(keep.sum())
+            row[name] = float((pred[keep] == truth[keep]).mean()) if keep.any() else None
+        per_date.append(row)
     return {"pixels": out["pixels"],
             "rule": "fine pixels of the 10 m pixels whose block holds more than one class in the annotation "
                     "(test blocks, or everywhere for a date left out of training), at each annotation's HR date",
             "accuracy": {name: (v[0] / v[1] if v[1] else None) for name, v in out.items() if name != "pixels"},
+            "per_date": per_date,
             "baselines": {"oracle_10m": "the annotation's majority per 10 m pixel, upsampled by nearest: the best "
                                         "any 10 m map can do",
                           "network_10m": "the same network trained at scale 1 on those majorities, its maps "

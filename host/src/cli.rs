@@ -224,7 +224,8 @@ pub enum Command {
         #[arg(long, required_unless_present = "patches", conflicts_with = "patches")]
         samples: Option<PathBuf>,
         /// A patch dataset folder (sitsflow-patches/1: image.npy, labels.npy, groups.npy,
-        /// dataset.json; a run writes its own in .partial/patches/): fg-unet.
+        /// dataset.json; a run writes its own in .partial/patches/): fg-unet; with
+        /// fine.npy (dated annotations on a finer grid): asunet.
         #[arg(long)]
         patches: Option<PathBuf>,
         /// Train with this many processes per node under torchrun (DDP: gloo on CPU, NCCL on CUDA).
@@ -239,7 +240,7 @@ pub enum Command {
         /// Class codes, names and colours (code,name,color).
         #[arg(long)]
         classes: Option<PathBuf>,
-        /// A recipe (`tempcnn`, `lstm`: PyTorch; `fg-unet` on --patches) or a labeller
+        /// A recipe (`tempcnn`, `lstm`: PyTorch; `fg-unet`, `asunet` on --patches) or a labeller
         /// plugin (`random-forest`, `name@version` or a .wasm), trained in the sandbox.
         #[arg(long, default_value = "tempcnn")]
         arch: String,
@@ -607,6 +608,22 @@ fn dispatch(cli: &Cli) -> Result<(), Failure> {
             bar.finish_and_clear();
             let trained = trained?;
             let m = &trained.metrics;
+            if let Some(rows) = m["per_date"].as_array() {
+                // A super-resolution recipe: accuracy per annotation date.
+                println!("{}:", trained.model.display());
+                for r in rows {
+                    let shown = |v: &serde_json::Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.4}"));
+                    println!(
+                        "  {} (HR {}): accuracy {}, with the Markov chain {} on {}",
+                        r["vhr_date"].as_str().unwrap_or(""),
+                        r["hr_date"].as_str().unwrap_or("-"),
+                        shown(&r["accuracy"]),
+                        shown(&r["accuracy_markov"]),
+                        r["role"].as_str().unwrap_or("")
+                    );
+                }
+                return Ok(());
+            }
             println!(
                 "{}: OA {:.4}, kappa {:.4} on {}",
                 trained.model.display(),

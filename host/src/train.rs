@@ -169,7 +169,7 @@ pub fn python_path(workspace: &Path) -> String {
 
 /// The recipes `models/` trains (anything else `sitsflow train --arch` names is a
 /// labeller plugin).
-pub const RECIPES: &[&str] = &["tempcnn", "lstm", "fg-unet"];
+pub const RECIPES: &[&str] = &["tempcnn", "lstm", "fg-unet", "asunet"];
 
 /// Folders holding `models/sitsflow_models`: `dir` or one of its parents.
 fn holding_models(dir: &Path) -> Option<PathBuf> {

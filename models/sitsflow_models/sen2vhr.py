@@ -312,6 +312,17 @@ def fine_window(a: np.ndarray, top: int, left: int, size: int, scale: int) -> np
     return np.asarray(a[..., rows[:, None], cols[None, :]])
 
 
+def missing_under(date: np.ndarray, top: int, left: int, size: int, scale: int) -> np.ndarray:
+    """The fine pixels `[size·s, size·s]` under the coarse window whose HR pixel is
+    missing on this date (`date` `[B, H, W]`: every band NaN — a cloud, a gap), each
+    coarse pixel's whole block."""
+    h, w = date.shape[-2:]
+    rows = _reflect(np.arange(top, top + size), h)
+    cols = _reflect(np.arange(left, left + size), w)
+    missing = np.isnan(np.asarray(date)[:, rows[:, None], cols[None, :]]).all(axis=0)
+    return np.repeat(np.repeat(missing, scale, axis=0), scale, axis=1)
+
+
 @dataclass
 class SrConfig:
     seed: int = 0
@@ -427,8 +438,7 @@ def train(data: SeriesData, config: SrConfig, emit: Callable[[dict], None] = lam
                 y_before = fine_window(data.annotations[before[a]], top, left, config.patch, s).astype(np.int64)
             y[fine_window(fine_roles, top, left, config.patch, s) != role] = -1
             # Masked loss on clouds: where the target date's HR pixel is missing.
-            missing = np.isnan(np.asarray(data.image[t])).all(axis=0)
-            y[fine_window(missing, top, left, config.patch, s)] = -1
+            y[missing_under(data.image[t], top, left, config.patch, s)] = -1
         return xs, months[pair], y, y_before
 
     def batch_of(items):

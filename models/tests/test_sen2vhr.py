@@ -144,6 +144,21 @@ def synthetic_series(size=32, dates=6, scale=4, seed=0):
                               classes=[ClassInfo(1, "a"), ClassInfo(2, "b"), ClassInfo(3, "c")])
 
 
+class Masks(unittest.TestCase):
+    def test_a_cloudy_series_pixel_masks_its_whole_block_of_the_finer_grid(self):
+        date = np.zeros((2, 12, 12), np.float32)
+        date[:, 5, 7] = np.nan   # every band: missing
+        date[0, 2, 2] = np.nan   # one band only: still observed
+        m = sen2vhr.missing_under(date, 0, 0, 12, 4)
+        want = np.zeros((48, 48), bool)
+        want[20:24, 28:32] = True
+        np.testing.assert_array_equal(m, want)
+        # A window off the scene's edge mirrors whole pixels: row 5 comes back at −5 … as 5.
+        m = sen2vhr.missing_under(date, -8, 4, 8, 2)
+        rows = np.flatnonzero(m.any(axis=1)) // 2
+        self.assertEqual(sorted(set((rows - 8).tolist())), [-5])
+
+
 class Training(unittest.TestCase):
     def test_training_through_gaps_lowers_the_loss_and_predicts_every_date(self):
         data = synthetic_series()

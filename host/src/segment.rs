@@ -148,10 +148,7 @@ pub fn tile_input(
     core: &Window,
     tiling: &Tiling,
 ) -> Result<Vec<f32>> {
-    let side = tiling.side(width, height);
-    let rows = tile_indices(core.row, side, tiling.overlap, height);
-    let cols = tile_indices(core.col, side, tiling.overlap, width);
-    gather(raster, bands, &rows, &cols, 1)
+    tile_of(raster, bands, width, height, core, tiling, 1)
 }
 
 /// The VHR input under one tile, `bands.len() × side·s × side·s`: each tile pixel's
@@ -164,10 +161,16 @@ pub fn vhr_tile_input(
     core: &Window,
     tiling: &Tiling,
 ) -> Result<Vec<f32>> {
+    tile_of(&vhr.raster, bands, width, height, core, tiling, vhr.scale)
+}
+
+/// A tile's rows and columns on the scene (core and overlap, mirrored), each read as a
+/// `scale × scale` block of `raster`: what [`tile_input`] and [`vhr_tile_input`] share.
+fn tile_of(raster: &FeatureRaster, bands: &[usize], width: usize, height: usize, core: &Window, tiling: &Tiling, scale: usize) -> Result<Vec<f32>> {
     let side = tiling.side(width, height);
     let rows = tile_indices(core.row, side, tiling.overlap, height);
     let cols = tile_indices(core.col, side, tiling.overlap, width);
-    gather(&vhr.raster, bands, &rows, &cols, vhr.scale)
+    gather(raster, bands, &rows, &cols, scale)
 }
 
 /// `bands` of `raster` at the scene rows × columns given, each a `scale × scale` block

@@ -225,6 +225,7 @@ def cmd_train(args) -> int:
     import torch
 
     from . import export, metrics, nets
+    from .publish import Graph, publish
     from .train import TrainConfig, predict_logits, train
 
     # Float reductions split across threads sum in a thread-count-dependent order.
@@ -263,27 +264,10 @@ def cmd_train(args) -> int:
     log(f"{evaluated_on}: OA {report['overall_accuracy']:.4f}, kappa {report['kappa']:.4f} "
         f"({report['samples']} samples, {train_seconds:.1f} s training)")
 
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    # A previous run's sidecar would vouch for the files being replaced below.
-    (out / "model.json").unlink(missing_ok=True)
     hyperparameters = {**nets.default_hyperparameters(args.arch), **args.hyperparameters}
     checkpoint_config = {"arch": args.arch, "bands": bands, "dates": dates, "classes": len(classes),
                          "hyperparameters": hyperparameters, "mean": result.mean.tolist(),
                          "std": result.std.tolist()}
-    tmp = out / "model.pt.tmp"
-    export.save_checkpoint(tmp, classifier, checkpoint_config)
-    export.replace_atomically(tmp, out / "model.pt")
-    tmp = out / "model.onnx.tmp"
-    export.export_onnx(classifier, dates, bands, tmp)
-    # Cross-check on real rows (NaNs included) when onnxruntime is importable.
-    check_rows = eval_cube[: min(len(eval_cube), 512)]
-    check = export.onnxruntime_max_abs_diff(tmp, classifier, check_rows)
-    if check is not None and check[0] > 1e-4:
-        raise RuntimeError(f"the ONNX export differs from PyTorch by {check[0]:.2e} (onnxruntime {check[1]})")
-    export.replace_atomically(tmp, out / "model.onnx")
-    _write_json(out / "metrics.json", report)
-
     validation = (f"{config.validation_fraction:.0%} of each class's groups (`group` column)"
                   if samples.groups is not None else f"{config.validation_fraction:.0%} of each class's rows")
     sidecar = {
@@ -333,16 +317,21 @@ def cmd_train(args) -> int:
             "seconds": round(train_seconds, 2),
             "processes": result.world_size,
         },
-        "onnx_check": None if check is None else {"onnxruntime": check[1], "max_abs_diff": check[0],
-                                                  "rows": int(len(check_rows))},
+        "onnx_check": None,  # filled in by publish
         "metrics": {k: report[k] for k in ("evaluated_on", "samples", "overall_accuracy", "kappa", "macro_f1")},
     }
     if args.test is not None:
         sidecar["test_data_sha256"] = sha256_file(args.test)
     if args.note:
         sidecar["note"] = args.note
-    # The sidecar goes last: its presence means the directory is complete.
-    _write_json(out / "model.json", sidecar)
+    # Cross-check on real rows (NaNs included) when onnxruntime is importable.
+    check_rows = eval_cube[: min(len(eval_cube), 512)]
+    out: Path = args.out
+    publish(out, checkpoint=lambda path: export.save_checkpoint(path, classifier, checkpoint_config),
+            graphs=[Graph("model.onnx", export=lambda path: export.export_onnx(classifier, dates, bands, path),
+                          check=lambda path: export.onnxruntime_max_abs_diff(path, classifier, check_rows),
+                          checked={"rows": int(len(check_rows))})],
+            metrics=report, sidecar=sidecar, write_json=_write_json)
     emit({"event": "done", "model": str((out / "model.onnx").resolve()),
           "overall_accuracy": report["overall_accuracy"], "kappa": _finite(report["kappa"])})
     return 0

@@ -33,6 +33,7 @@ def train_segmentation_command(args, emit, log, write_json) -> int:
     import torch
 
     from . import export
+    from .publish import Graph, publish
     from .segmentation import (ARCH, VHR_INPUT_NAME, SegmentationConfig, build, default_hyperparameters, export_onnx,
                                onnxruntime_max_abs_diff, save_checkpoint, train_segmentation)
 
@@ -116,9 +117,6 @@ def train_segmentation_command(args, emit, log, write_json) -> int:
     log(f"{evaluated_on}: OA {report['overall_accuracy']:.4f}, kappa {report['kappa']:.4f} "
         f"({report['samples']} px, {seconds:.1f} s training on {result.world_size} process(es))")
 
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "model.json").unlink(missing_ok=True)
     k = len(result.classes)
     fusion = segmenter.fusion
     if fusion:
@@ -132,24 +130,6 @@ def train_segmentation_command(args, emit, log, write_json) -> int:
                      "std": segmenter.normalise_vhr.std.reshape(-1).tolist()}
     checkpoint = {"arch": ARCH, "channels": c, "classes": k, "hyperparameters": hp, "mean": result.mean.tolist(),
                   "std": result.std.tolist(), "vhr": vhr_input}
-    tmp = out / "model.pt.tmp"
-    save_checkpoint(tmp, segmenter, checkpoint)
-    export.replace_atomically(tmp, out / "model.pt")
-    tmp = out / "model.onnx.tmp"
-    export_onnx(segmenter, c, tmp, export.OPSET, export.INPUT_NAME, export.OUTPUT_NAME)
-    # Checked on real tiles of the scene, NaNs included.
-    side = min(args.tile, -(-max(h, w) // multiple) * multiple)
-    from .segmentation import _vhr_window, _window
-
-    check_tiles = np.stack([_window(np.asarray(dataset.image), 0, 0, side)]).astype(np.float32)
-    vhr_tiles = None
-    if fusion:
-        vhr_tiles = np.stack([_vhr_window(dataset.vhr, 0, 0, side, dataset.vhr_scale)]).astype(np.float32)
-    check = onnxruntime_max_abs_diff(tmp, segmenter, check_tiles, vhr_tiles)
-    if check is not None and check[0] > 1e-4:
-        raise RuntimeError(f"the ONNX export differs from PyTorch by {check[0]:.2e} (onnxruntime {check[1]})")
-    export.replace_atomically(tmp, out / "model.onnx")
-    write_json(out / "metrics.json", report)
     sidecar = {
         "contract": SIDECAR_CONTRACT,
         "arch": ARCH,
@@ -216,14 +196,28 @@ def train_segmentation_command(args, emit, log, write_json) -> int:
             "class_weights": result.class_weights.tolist(),
             "seconds": round(seconds, 2),
         },
-        "onnx_check": None if check is None else {"onnxruntime": check[1], "max_abs_diff": check[0],
-                                                  "tiles": int(len(check_tiles)), "side": side},
+        "onnx_check": None,  # filled in by publish
         "metrics": {key: report[key] for key in ("evaluated_on", "samples", "overall_accuracy", "kappa", "macro_f1",
                                                  "miou")},
     }
     if args.note:
         sidecar["note"] = args.note
-    write_json(out / "model.json", sidecar)
+    # Checked on real tiles of the scene, NaNs included.
+    side = min(args.tile, -(-max(h, w) // multiple) * multiple)
+    from .segmentation import _vhr_window, _window
+
+    check_tiles = np.stack([_window(np.asarray(dataset.image), 0, 0, side)]).astype(np.float32)
+    vhr_tiles = None
+    if fusion:
+        vhr_tiles = np.stack([_vhr_window(dataset.vhr, 0, 0, side, dataset.vhr_scale)]).astype(np.float32)
+    out: Path = args.out
+    publish(out, checkpoint=lambda path: save_checkpoint(path, segmenter, checkpoint),
+            graphs=[Graph("model.onnx",
+                          export=lambda path: export_onnx(segmenter, c, path, export.OPSET, export.INPUT_NAME,
+                                                          export.OUTPUT_NAME),
+                          check=lambda path: onnxruntime_max_abs_diff(path, segmenter, check_tiles, vhr_tiles),
+                          checked={"tiles": int(len(check_tiles)), "side": side})],
+            metrics=report, sidecar=sidecar, write_json=write_json)
     emit({"event": "done", "model": str((out / "model.onnx").resolve()),
           "overall_accuracy": report["overall_accuracy"], "kappa": report["kappa"]})
     return 0

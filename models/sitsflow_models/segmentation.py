@@ -32,7 +32,6 @@ depend on the tile or patch it falls in.
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -43,7 +42,7 @@ from torch import nn
 
 from .data import ClassInfo, InputError
 from .patches import PatchDataset, split_polygons
-from .train import distributed, seed_everything
+from .train import distributed, fit_loop, seed_everything
 
 ARCH = "fg-unet"
 
@@ -514,9 +513,8 @@ def train_segmentation(dataset: PatchDataset, config: SegmentationConfig,
         return inputs, torch.from_numpy(np.stack([p[1] for p in patches]))
 
     per_rank = max(config.batch_size, config.patches_per_epoch // world)
-    history: list[dict] = []
-    best_loss, best_epoch, best_state, waited, stopped_early = math.inf, None, None, 0, False
-    for epoch in range(1, config.epochs + 1):
+
+    def train_epoch() -> dict:
         model.train()
         total, seen = 0.0, 0
         for _ in range(0, per_rank, config.batch_size):
@@ -530,45 +528,31 @@ def train_segmentation(dataset: PatchDataset, config: SegmentationConfig,
             labelled = int((y >= 0).sum())
             total += loss.item() * labelled
             seen += labelled
-        event = {"event": "epoch", "epoch": epoch, "epochs": config.epochs, "train_loss": total / seen if seen else None}
-        stop = torch.zeros(1)
-        if rank == 0 and has_validation:
-            segmenter.eval()
-            with torch.no_grad():
-                vx, vy = tensors(val_patches)
-                logits = segmenter(*vx)
-                val_loss = float(loss_fn(logits, vy))
-                keep = vy >= 0
-                val_oa = float((logits.argmax(1)[keep] == vy[keep]).float().mean())
-            event.update(val_loss=val_loss, val_oa=val_oa)
-            if val_loss < best_loss - config.min_delta:
-                best_loss, best_epoch, waited = val_loss, epoch, 0
-                best_state = copy.deepcopy(segmenter.state_dict())
-            else:
-                waited += 1
-            stop[0] = float(waited >= config.patience)
-        if world > 1:
-            import torch.distributed as dist
+        return {"train_loss": total / seen if seen else None}
 
-            dist.broadcast(stop, src=0)
-        history.append(event)
-        if rank == 0:
-            emit(event)
-        if stop[0] > 0:
-            stopped_early = True
-            if rank == 0:
-                emit({"event": "early_stop", "epoch": epoch, "best_epoch": best_epoch, "best_val_loss": best_loss})
-            break
-    if best_state is not None:
-        segmenter.load_state_dict(best_state)
-    segmenter.eval()
+    def validate() -> dict | None:
+        # Rank 0 alone validates and decides; the others stop when it says so.
+        if rank != 0 or not has_validation:
+            return None
+        segmenter.eval()
+        with torch.no_grad():
+            vx, vy = tensors(val_patches)
+            logits = segmenter(*vx)
+            val_loss = float(loss_fn(logits, vy))
+            keep = vy >= 0
+            val_oa = float((logits.argmax(1)[keep] == vy[keep]).float().mean())
+        return {"val_loss": val_loss, "val_oa": val_oa}
+
+    fit_result = fit_loop(segmenter, config.epochs, train_epoch, validate, config.patience, config.min_delta, emit,
+                          rank, world)
     split = {"rule": rule, "train_polygons": len(train_groups), "test_polygons": len(test_groups),
              "fit_polygons": len(fit_groups), "validation_polygons": len(validation_groups),
              "fit_pixels": int((fit >= 0).sum()), "validation_pixels": int((validation >= 0).sum()),
              "test_pixels": int((test >= 0).sum())}
     return SegmentationResult(segmenter=segmenter, classes=classes, fit_targets=fit, validation_targets=validation,
-                              test_targets=test, mean=mean, std=std, class_weights=weights, history=history,
-                              best_epoch=best_epoch, stopped_early=stopped_early, split=split, world_size=world)
+                              test_targets=test, mean=mean, std=std, class_weights=weights,
+                              history=fit_result.history, best_epoch=fit_result.best_epoch,
+                              stopped_early=fit_result.stopped_early, split=split, world_size=world)
 
 
 #: The ONNX input name of a fusion network's VHR tile.

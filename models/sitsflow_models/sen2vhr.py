@@ -36,9 +36,7 @@ annotations on the grid `scale` times finer (`fine` in dataset.json: `scale`, `d
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
-import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -48,7 +46,7 @@ from torch import nn
 
 from .data import ClassInfo, InputError
 from .segmentation import ChannelNormalise, _block, _reflect, channel_statistics
-from .train import seed_everything
+from .train import fit_loop, seed_everything
 
 ARCH = "asunet"
 #: ONNX input names: the window of dates, and the target date's month (1–12).
@@ -453,8 +451,8 @@ def train(data: SeriesData, config: SrConfig, emit: Callable[[dict], None] = lam
     patch_rng = np.random.default_rng([config.seed, 1])
     val_rng = np.random.default_rng([config.seed, 2])
     val = batch_of([sample(val_rng, 1, labelled_only=True) for _ in range(config.validation_patches)])
-    history, best, best_epoch, best_state, waited = [], math.inf, None, None, 0
-    for epoch in range(1, config.epochs + 1):
+
+    def train_epoch() -> dict:
         model.train()
         totals = np.zeros(3)
         steps = 0
@@ -472,6 +470,9 @@ def train(data: SeriesData, config: SrConfig, emit: Callable[[dict], None] = lam
             optimiser.step()
             totals += [float(loss.detach()), float(ce.detach()), float(kl.detach())]
             steps += 1
+        return {"train_loss": totals[0] / steps, "cross_entropy": totals[1] / steps, "smoothness": totals[2] / steps}
+
+    def validate() -> dict:
         model.eval()
         with torch.no_grad():
             x0, x1, m, y, y_before = val
@@ -479,23 +480,11 @@ def train(data: SeriesData, config: SrConfig, emit: Callable[[dict], None] = lam
             val_loss = float(transition_set_loss(lp0, y, k, y_before))
             keep = y >= 0
             val_oa = float((to_class(lp0.exp(), k).argmax(1)[keep] == y[keep]).float().mean()) if keep.any() else None
-        event = {"event": "epoch", "epoch": epoch, "epochs": config.epochs, "train_loss": totals[0] / steps,
-                 "cross_entropy": totals[1] / steps, "smoothness": totals[2] / steps, "val_loss": val_loss,
-                 "val_oa": val_oa}
-        history.append(event)
-        emit(event)
-        if val_loss < best - config.min_delta:
-            best, best_epoch, waited = val_loss, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            waited += 1
-            if waited >= config.patience:
-                emit({"event": "early_stop", "epoch": epoch, "best_epoch": best_epoch, "best_val_loss": best})
-                break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
-    return SrResult(model=model, history=history, best_epoch=best_epoch, roles=roles,
+        return {"val_loss": val_loss, "val_oa": val_oa}
+
+    # A patience below 1 stops at the first epoch without a better loss, as 1 does.
+    fit = fit_loop(model, config.epochs, train_epoch, validate, max(config.patience, 1), config.min_delta, emit)
+    return SrResult(model=model, history=fit.history, best_epoch=fit.best_epoch, roles=roles,
                     train_annotations=train_annotations, test_annotations=test_annotations, mean=mean, std=std)
 
 

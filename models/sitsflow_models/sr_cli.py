@@ -199,6 +199,7 @@ def train_sr_command(args, emit, log, write_json) -> int:
 
     from . import export, patches
     from .data import InputError, sha256_file
+    from .publish import Graph, publish
     from .sen2vhr import (ARCH, INPUT_NAME, MONTH_NAME, OUTPUT_NAME, SeriesData, SrConfig, build,
                           default_hyperparameters, effective_tile, export_onnx, month_of, onnx_max_abs_diff,
                           train, window_of)
@@ -272,26 +273,10 @@ def train_sr_command(args, emit, log, write_json) -> int:
                                                result.test_annotations)
         log(f"mixed 10 m pixels: {report['mixed_pixels']['accuracy']}")
 
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "model.json").unlink(missing_ok=True)
     model = result.model
     k = len(codes)
     checkpoint = {"arch": ARCH, "bands": b, "classes": k, "scale": data.scale, "hyperparameters": hp,
                   "mean": result.mean.tolist(), "std": result.std.tolist()}
-    tmp = out / "model.pt.tmp"
-    torch.save({"config": checkpoint, "state_dict": model.state_dict()}, str(tmp))
-    export.replace_atomically(tmp, out / "model.pt")
-    tmp = out / "model.onnx.tmp"
-    export_onnx(model, tmp, export.OPSET)
-    side = effective_tile(args.tile, args.overlap, h, w, model.net.multiple)
-    x = np.stack([window_of(data.image, t, hp["window"], 0, 0, side) for t in (1, t_count - 1)]).astype(np.float32)
-    months = np.array([month_of(data.dates[t]) for t in (1, t_count - 1)], np.float32)
-    check = onnx_max_abs_diff(tmp, model, x, months)
-    if check is not None and check[0] > 1e-4:
-        raise RuntimeError(f"the ONNX export differs from PyTorch by {check[0]:.2e} (onnxruntime {check[1]})")
-    export.replace_atomically(tmp, out / "model.onnx")
-    write_json(out / "metrics.json", report)
     sidecar = {
         "contract": SIDECAR_CONTRACT,
         "arch": ARCH,
@@ -323,10 +308,18 @@ def train_sr_command(args, emit, log, write_json) -> int:
                      "epochs_run": len(result.history), "best_epoch": result.best_epoch,
                      "patch": args.patch, "batch_size": args.batch_size, "seconds": round(seconds, 2),
                      "annotation_dates": dataset.fine_dates, "split": args.split, "test_dates": test_dates},
-        "onnx_check": None if check is None else {"onnxruntime": check[1], "max_abs_diff": check[0]},
+        "onnx_check": None,  # filled in by publish
     }
     if args.note:
         sidecar["note"] = args.note
-    write_json(out / "model.json", sidecar)
+    side = effective_tile(args.tile, args.overlap, h, w, model.net.multiple)
+    x = np.stack([window_of(data.image, t, hp["window"], 0, 0, side) for t in (1, t_count - 1)]).astype(np.float32)
+    months = np.array([month_of(data.dates[t]) for t in (1, t_count - 1)], np.float32)
+    out: Path = args.out
+    publish(out,
+            checkpoint=lambda path: torch.save({"config": checkpoint, "state_dict": model.state_dict()}, str(path)),
+            graphs=[Graph("model.onnx", export=lambda path: export_onnx(model, path, export.OPSET),
+                          check=lambda path: onnx_max_abs_diff(path, model, x, months))],
+            metrics=report, sidecar=sidecar, write_json=write_json)
     emit({"event": "done", "model": str((out / "model.onnx").resolve())})
     return 0

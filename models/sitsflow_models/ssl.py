@@ -299,6 +299,7 @@ def pretrain_command(args, emit, log, write_json, contracts) -> int:
     from pathlib import Path
 
     from . import export
+    from .publish import Graph, publish
 
     if args.contract not in contracts:
         raise InputError(f"contract version {args.contract} is not supported (supported: {contracts})")
@@ -345,33 +346,15 @@ def pretrain_command(args, emit, log, write_json, contracts) -> int:
         stream.close()
     if not result.history:
         raise InputError("the views stream held no batch")
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "model.json").unlink(missing_ok=True)
     encoder = result.model.encoder
     c = len(header.channels)
     views_sha256 = digest.hexdigest()
     checkpoint = {"arch": ARCH, "channels": c, "hyperparameters": result.hyperparameters, "mean": header.mean,
                   "std": header.std, "views_sha256": views_sha256}
-    tmp = out / "model.pt.tmp"
-    save_encoder(tmp, encoder, checkpoint)
-    export.replace_atomically(tmp, out / "model.pt")
-    tmp = out / "model.onnx.tmp"
-    export_encoder(encoder, encoder.multiple, c, tmp, export.OPSET, export.INPUT_NAME)
-    check = encoder_onnx_diff(tmp, encoder, last[0][:8])
-    if check is not None and check[0] > 1e-4:
-        raise RuntimeError(f"the ONNX encoder differs from PyTorch by {check[0]:.2e} (onnxruntime {check[1]})")
-    export.replace_atomically(tmp, out / "model.onnx")
     # The per-pixel features the host writes as a raster, checked the same way.
     embeddings = Embeddings(encoder).eval()
-    tmp = out / "embeddings.onnx.tmp"
-    export_encoder(embeddings, encoder.multiple, c, tmp, export.OPSET, export.INPUT_NAME, EMBEDDINGS_NAME)
-    embeddings_check = encoder_onnx_diff(tmp, embeddings, last[0][:8], EMBEDDINGS_NAME)
-    if embeddings_check is not None and embeddings_check[0] > 1e-4:
-        raise RuntimeError(f"the ONNX embeddings differ from PyTorch by {embeddings_check[0]:.2e}")
-    export.replace_atomically(tmp, out / "embeddings.onnx")
     e = embeddings.channels
-    write_json(out / "embeddings.json", {
+    embeddings_sidecar = {
         "contract": "sitsflow-model/1",
         "arch": "simclr-embeddings",
         "hyperparameters": result.hyperparameters,
@@ -385,14 +368,12 @@ def pretrain_command(args, emit, log, write_json, contracts) -> int:
         "tiling": {"tile": 256, "overlap": 16, "blend": "centre crop"},
         "normalisation": {"mean": header.mean, "std": header.std, "in_graph": True},
         "opset": export.OPSET,
-        "onnx_check": None if embeddings_check is None else {"onnxruntime": embeddings_check[1],
-                                                             "max_abs_diff": embeddings_check[0]},
-    })
+        "onnx_check": None,  # filled in by publish
+    }
     metrics = {"arch": ARCH, "loss": "NT-Xent", "temperature": args.temperature, "history": result.history,
                "first_loss": result.history[0]["train_loss"], "last_loss": result.history[-1]["train_loss"],
                "views": result.views_seen, "seconds": round(seconds, 2),
                "waiting_for_views_seconds": round(result.waiting_seconds, 2)}
-    write_json(out / "metrics.json", metrics)
     f = encoder.out_channels
     sidecar = {
         "contract": "sitsflow-model/1",
@@ -421,9 +402,21 @@ def pretrain_command(args, emit, log, write_json, contracts) -> int:
                      "seconds": round(seconds, 2), "waiting_for_views_seconds": round(result.waiting_seconds, 2),
                      "first_loss": metrics["first_loss"],
                      "last_loss": metrics["last_loss"]},
-        "onnx_check": None if check is None else {"onnxruntime": check[1], "max_abs_diff": check[0]},
+        "onnx_check": None,  # filled in by publish
     }
-    write_json(out / "model.json", sidecar)
+    check_views = last[0][:8]  # a few views of the last batch
+    out: Path = args.out
+    publish(out, checkpoint=lambda path: save_encoder(path, encoder, checkpoint), graphs=[
+        Graph("model.onnx", export=lambda path: export_encoder(encoder, encoder.multiple, c, path, export.OPSET,
+                                                               export.INPUT_NAME),
+              check=lambda path: encoder_onnx_diff(path, encoder, check_views),
+              mismatch="the ONNX encoder differs from PyTorch by {diff:.2e} (onnxruntime {version})"),
+        Graph("embeddings.onnx", export=lambda path: export_encoder(embeddings, encoder.multiple, c, path, export.OPSET,
+                                                                    export.INPUT_NAME, EMBEDDINGS_NAME),
+              check=lambda path: encoder_onnx_diff(path, embeddings, check_views, EMBEDDINGS_NAME),
+              mismatch="the ONNX embeddings differ from PyTorch by {diff:.2e}",
+              sidecar=("embeddings.json", embeddings_sidecar)),
+    ], metrics=metrics, sidecar=sidecar, write_json=write_json)
     log(f"NT-Xent {metrics['first_loss']:.4f} → {metrics['last_loss']:.4f} over {len(result.history)} epochs "
         f"({seconds:.1f} s)")
     emit({"event": "done", "model": str((out / "model.onnx").resolve()), "first_loss": metrics["first_loss"],

@@ -141,6 +141,59 @@ def predict_logits(classifier: nn.Module, cube: np.ndarray, batch_size: int = 40
     return torch.cat(out)
 
 
+@dataclass
+class Fit:
+    """What `fit_loop` reports: every epoch's event, the best epoch and its validation loss
+    (None and inf without validation), and whether patience ran out before the cap."""
+    history: list[dict]
+    best_epoch: int | None
+    best_loss: float
+    stopped_early: bool
+
+
+def fit_loop(module: nn.Module, epochs: int, train_epoch: Callable[[], dict], validate: Callable[[], dict | None],
+             patience: int, min_delta: float, emit: Callable[[dict], None], rank: int = 0, world: int = 1) -> Fit:
+    """The early-stopping loop every recipe trains with. Each epoch `train_epoch()` trains
+    and returns the epoch event's training fields, then `validate()` its validation
+    fields (`val_loss` first), or None where this rank does not validate. A validation
+    loss below the best by more than `min_delta` keeps a copy of `module`'s weights;
+    after `patience` epochs without one, training stops. Under torchrun rank 0's decision
+    is broadcast (so no rank waits on a collective alone) and only rank 0 emits. At the
+    end `module` holds the best epoch's weights (when this rank validated) and is in
+    eval mode."""
+    history: list[dict] = []
+    best_loss, best_epoch, best_state, waited, stopped_early = math.inf, None, None, 0, False
+    for epoch in range(1, epochs + 1):
+        event = {"event": "epoch", "epoch": epoch, "epochs": epochs, **train_epoch()}
+        stop = torch.zeros(1)
+        validation = validate()
+        if validation is not None:
+            event.update(validation)
+            val_loss = validation["val_loss"]
+            if val_loss < best_loss - min_delta:
+                best_loss, best_epoch, waited = val_loss, epoch, 0
+                best_state = copy.deepcopy(module.state_dict())
+            else:
+                waited += 1
+            stop[0] = float(waited >= patience)
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.broadcast(stop, src=0)  # rank 0 decides, so no rank waits on a collective alone
+        history.append(event)
+        if rank == 0:
+            emit(event)
+        if stop[0] > 0:
+            stopped_early = True
+            if rank == 0:
+                emit({"event": "early_stop", "epoch": epoch, "best_epoch": best_epoch, "best_val_loss": best_loss})
+            break
+    if best_state is not None:
+        module.load_state_dict(best_state)
+    module.eval()
+    return Fit(history=history, best_epoch=best_epoch, best_loss=best_loss, stopped_early=stopped_early)
+
+
 def train(cube: np.ndarray, targets: np.ndarray, groups: list[str] | None, bands: list[str], classes: int,
           config: TrainConfig, emit: Callable[[dict], None] = lambda event: None) -> TrainResult:
     """Trains a classifier on `[N, T, B]` raw values with class indices (-1 = unlabelled)."""
@@ -173,10 +226,8 @@ def train(cube: np.ndarray, targets: np.ndarray, groups: list[str] | None, bands
     if has_validation:
         x_val = np.ascontiguousarray(cube[validation_index])
         y_val = torch.from_numpy(targets[validation_index])
-    history: list[dict] = []
-    best_loss, best_epoch, best_state, waited = math.inf, None, None, 0
-    stopped_early = False
-    for epoch in range(1, config.epochs + 1):
+
+    def train_epoch() -> dict:
         classifier.train()
         order = torch.randperm(len(x_train), generator=generator)
         total, seen = 0.0, 0
@@ -206,36 +257,21 @@ def train(cube: np.ndarray, targets: np.ndarray, groups: list[str] | None, bands
 
             for buffer in classifier.buffers():
                 dist.broadcast(buffer, src=0)
-        event = {"event": "epoch", "epoch": epoch, "epochs": config.epochs,
-                 "train_loss": total / seen if seen else None}
-        if has_validation:
-            logits = predict_logits(classifier, x_val)
-            val_loss = float(loss_fn(logits, y_val))
-            keep = y_val >= 0
-            val_oa = float((logits.argmax(1)[keep] == y_val[keep]).float().mean())
-            event.update(val_loss=val_loss, val_oa=val_oa)
-            if val_loss < best_loss - config.min_delta:
-                best_loss, best_epoch, waited = val_loss, epoch, 0
-                best_state = copy.deepcopy(classifier.state_dict())
-            else:
-                waited += 1
-        history.append(event)
-        stop = torch.tensor([float(has_validation and waited >= config.patience)])
-        if world > 1:
-            import torch.distributed as dist
+        return {"train_loss": total / seen if seen else None}
 
-            dist.broadcast(stop, src=0)  # rank 0 decides, so no rank waits on a collective alone
-        if rank == 0:
-            emit(event)
-        if stop[0] > 0:
-            stopped_early = True
-            if rank == 0:
-                emit({"event": "early_stop", "epoch": epoch, "best_epoch": best_epoch, "best_val_loss": best_loss})
-            break
-    if best_state is not None:
-        classifier.load_state_dict(best_state)
-    classifier.eval()
+    def validate() -> dict | None:
+        # Every rank validates (the same weights, the same rows), so every rank ends on
+        # the best epoch's weights.
+        if not has_validation:
+            return None
+        logits = predict_logits(classifier, x_val)
+        keep = y_val >= 0
+        return {"val_loss": float(loss_fn(logits, y_val)),
+                "val_oa": float((logits.argmax(1)[keep] == y_val[keep]).float().mean())}
+
+    fit = fit_loop(classifier, config.epochs, train_epoch, validate, config.patience, config.min_delta, emit, rank,
+                   world)
     return TrainResult(classifier=classifier, mean=mean, std=std, train_index=train_index,
                        validation_index=validation_index if has_validation else np.array([], dtype=np.int64),
-                       class_weights=weights, history=history, best_epoch=best_epoch, stopped_early=stopped_early,
-                       world_size=world)
+                       class_weights=weights, history=fit.history, best_epoch=fit.best_epoch,
+                       stopped_early=fit.stopped_early, world_size=world)

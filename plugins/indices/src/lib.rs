@@ -10,8 +10,7 @@
 
 use sitsflow_sdk::prelude::*;
 
-mod lanes;
-use lanes::{D2, V4};
+use sitsflow_sdk::lanes::{D2, V4};
 
 /// Where each index needs which bands.
 const FORMULAS: [(&str, &[&str]); 7] = [

@@ -7,7 +7,7 @@
 use crate::kernel::Packed;
 use crate::matrix::{Blocked, LANES};
 use crate::rng::Rng;
-use crate::simd::F4;
+use sitsflow_sdk::lanes::F4;
 use std::collections::BTreeSet;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

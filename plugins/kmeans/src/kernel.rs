@@ -10,7 +10,7 @@
 //! [`Blocked::block_sqdist`] (a block and its winners at a time), where they are needed.
 
 use crate::matrix::{Blocked, LANES};
-use crate::simd::F4;
+use sitsflow_sdk::lanes::F4;
 
 /// Centres per pass over a block's features (see [`Packed::group`]).
 const GROUP: usize = 4;

@@ -27,7 +27,6 @@ mod kernel;
 mod matrix;
 pub mod model;
 mod rng;
-mod simd;
 
 use model::{FORMAT, Model};
 use sitsflow_sdk::host::{self, Level};

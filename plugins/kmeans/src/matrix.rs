@@ -7,7 +7,7 @@
 //! lanes like any other and callers ignore them (`i < n`).
 
 use crate::model::to_internal;
-use crate::simd::{D2, F4};
+use sitsflow_sdk::lanes::{D2, F4};
 use std::sync::OnceLock;
 
 pub const LANES: usize = 8;

@@ -20,7 +20,7 @@
 //! when it is below ~1e-308 of the largest, where it does not change any posterior written
 //! as f32 (`long_series_do_not_underflow` runs 3000 steps that would reach 1e-3000 unscaled).
 
-use crate::simd::Wide;
+use sitsflow_sdk::lanes::Wide;
 use sitsflow_sdk::for_each_index;
 
 /// Pixels decoded side by side: eight, four vectors of two f64 lanes (two pixels a loop

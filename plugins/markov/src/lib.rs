@@ -36,7 +36,6 @@
 //! (the numerics are in the `chain` module), two pixels at a time in SIMD lanes.
 
 mod chain;
-mod simd;
 mod transition;
 
 use chain::{Chain, LANES, Workspace};

@@ -21,8 +21,7 @@ use sitsflow_sdk::for_each_index;
 use sitsflow_sdk::serde_json;
 use std::collections::BTreeMap;
 
-mod lanes;
-use lanes::D4;
+use sitsflow_sdk::lanes::D4;
 
 fn default_reference() -> String {
     "reference".into()

@@ -31,6 +31,7 @@
 
 pub mod data;
 pub mod host;
+pub mod lanes;
 pub mod morphology;
 pub mod sampling;
 #[doc(hidden)]

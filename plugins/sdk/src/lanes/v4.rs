@@ -1,17 +1,19 @@
-//! Four pixels side by side, so the temporal statistics of a series are computed for
-//! four pixels at once: `V4` holds one date of four pixels (f32 values, or their
-//! total-order keys as i32), `D2` two of their f64 sums. Wasm `simd128` inside the
-//! sandbox, plain arrays natively.
+//! [`V4`]: four 32-bit lanes, one date of four pixels side by side, so the `indices`
+//! temporal statistics are computed for four pixels at once: f32 values, their
+//! total-order keys as i32, or lane masks; two of its lanes widen into a
+//! [`D2`](crate::lanes::D2) for the f64 sums. Wasm `simd128` inside the sandbox, plain
+//! arrays (of the lanes' bits) natively.
 //!
 //! Both implementations do the same IEEE operations lane by lane, so a pixel's
-//! statistics are the same bits in the sandbox, natively, and as
-//! [`crate::stats_into`] computes them one pixel at a time.
+//! statistics are the same bits in the sandbox, natively, and as the indices stage's
+//! scalar `stats_into` computes them one pixel at a time.
 
 #[cfg(target_arch = "wasm32")]
 mod imp {
+    use crate::lanes::D2;
     use core::arch::wasm32::*;
 
-    /// Four 32-bit lanes: values, keys or masks.
+    /// Four 32-bit lanes: values, keys or masks (see the [module](crate::lanes) docs).
     #[derive(Clone, Copy)]
     pub struct V4(v128);
 
@@ -96,47 +98,13 @@ mod imp {
             D2(i64x2_extend_high_i32x4(self.0))
         }
     }
-
-    /// Two f64 lanes.
-    #[derive(Clone, Copy)]
-    pub struct D2(v128);
-
-    impl D2 {
-        #[inline(always)]
-        pub fn new(a: f64, b: f64) -> Self {
-            D2(f64x2(a, b))
-        }
-
-        #[inline(always)]
-        pub fn add(self, o: Self) -> Self {
-            D2(f64x2_add(self.0, o.0))
-        }
-
-        #[inline(always)]
-        pub fn sub(self, o: Self) -> Self {
-            D2(f64x2_sub(self.0, o.0))
-        }
-
-        #[inline(always)]
-        pub fn mul(self, o: Self) -> Self {
-            D2(f64x2_mul(self.0, o.0))
-        }
-
-        /// `mask ? a : b` per lane.
-        #[inline(always)]
-        pub fn select(mask: Self, a: Self, b: Self) -> Self {
-            D2(v128_bitselect(a.0, b.0, mask.0))
-        }
-
-        #[inline(always)]
-        pub fn to_array(self) -> [f64; 2] {
-            [f64x2_extract_lane::<0>(self.0), f64x2_extract_lane::<1>(self.0)]
-        }
-    }
 }
 
 #[cfg(not(target_arch = "wasm32"))]
 mod imp {
+    use crate::lanes::D2;
+
+    /// Four 32-bit lanes: values, keys or masks (see the [module](crate::lanes) docs).
     #[derive(Clone, Copy)]
     pub struct V4([u32; 4]);
 
@@ -207,45 +175,9 @@ mod imp {
             D2([f64::from_bits(self.0[2] as i32 as i64 as u64), f64::from_bits(self.0[3] as i32 as i64 as u64)])
         }
     }
-
-    #[derive(Clone, Copy)]
-    pub struct D2([f64; 2]);
-
-    impl D2 {
-        #[inline(always)]
-        pub fn new(a: f64, b: f64) -> Self {
-            D2([a, b])
-        }
-
-        #[inline(always)]
-        pub fn add(self, o: Self) -> Self {
-            D2([self.0[0] + o.0[0], self.0[1] + o.0[1]])
-        }
-
-        #[inline(always)]
-        pub fn sub(self, o: Self) -> Self {
-            D2([self.0[0] - o.0[0], self.0[1] - o.0[1]])
-        }
-
-        #[inline(always)]
-        pub fn mul(self, o: Self) -> Self {
-            D2([self.0[0] * o.0[0], self.0[1] * o.0[1]])
-        }
-
-        #[inline(always)]
-        pub fn select(mask: Self, a: Self, b: Self) -> Self {
-            let pick = |l: usize| if mask.0[l].to_bits() != 0 { a.0[l] } else { b.0[l] };
-            D2([pick(0), pick(1)])
-        }
-
-        #[inline(always)]
-        pub fn to_array(self) -> [f64; 2] {
-            self.0
-        }
-    }
 }
 
-pub use imp::{D2, V4};
+pub use imp::V4;
 
 #[cfg(test)]
 mod tests {

@@ -1,14 +1,17 @@
-//! A 4-lane f32 vector, so the distance kernels are written once: Wasm `simd128`
-//! inside the sandbox (the workspace's `.cargo/config.toml` enables it), a plain
-//! array natively, which LLVM lowers to SSE on x86-64.
+//! [`F4`]: four f32 lanes, for k-means' distance kernels (nearest centre, four centres
+//! per pass) and the in-register transpose and standardisation of its sample matrix.
+//! Wasm `simd128` inside the sandbox, a plain array natively, which LLVM lowers to SSE
+//! on x86-64.
 //!
 //! Both implementations do the same IEEE operations lane by lane in the same order,
 //! so a fit gives bit-identical results natively and in the sandbox.
 
 #[cfg(target_arch = "wasm32")]
 mod imp {
+    use crate::lanes::D2;
     use core::arch::wasm32::*;
 
+    /// Four f32 lanes (see the [module](crate::lanes) docs).
     #[derive(Clone, Copy)]
     pub struct F4(v128);
 
@@ -18,7 +21,7 @@ mod imp {
             F4(f32x4_splat(x))
         }
 
-        #[cfg(test)]
+        /// Four lanes from four values.
         pub fn new(a: f32, b: f32, c: f32, d: f32) -> Self {
             F4(f32x4(a, b, c, d))
         }
@@ -85,9 +88,10 @@ mod imp {
             (F4(v128_bitselect(self.0, best.0, m)), F4(v128_bitselect(idx.0, best_idx.0, m)))
         }
 
-        /// `((v as f64 − mean) · inv) as f32` per lane (the standardisation of
-        /// `crate::model::to_internal`), with `mean` and `inv` from lane `L` of `means`
-        /// and `invs`.
+        /// `((v as f64 − mean) · inv) as f32` per lane (the standardisation of k-means'
+        /// `model::to_internal`), with `mean` and `inv` lane `L` of four values held
+        /// in two [`D2`]s: pass the one that holds lane `L` (the first for `L < 2`), whose
+        /// lane `L % 2` is used.
         #[inline(always)]
         pub fn standardise<const L: usize>(self, means: D2, invs: D2) -> Self {
             let (m, s) = (means.lane::<L>().0, invs.lane::<L>().0);
@@ -122,34 +126,13 @@ mod imp {
             ]
         }
     }
-
-    /// Two f64 lanes.
-    #[derive(Clone, Copy)]
-    pub struct D2(v128);
-
-    impl D2 {
-        /// The first two values of `s`.
-        #[inline(always)]
-        pub fn load(s: &[f64]) -> Self {
-            assert!(s.len() >= 2);
-            // SAFETY: two f64 are in bounds (checked above); Wasm loads need no alignment.
-            D2(unsafe { v128_load(s.as_ptr() as *const v128) })
-        }
-
-        /// Lane `L` of four lanes held by two vectors: lane `L % 2` of `self` (the first
-        /// two) or of the second.
-        #[inline(always)]
-        fn lane<const L: usize>(self) -> Self {
-            D2(match L % 2 {
-                0 => i64x2_shuffle::<0, 0>(self.0, self.0),
-                _ => i64x2_shuffle::<1, 1>(self.0, self.0),
-            })
-        }
-    }
 }
 
 #[cfg(not(target_arch = "wasm32"))]
 mod imp {
+    use crate::lanes::D2;
+
+    /// Four f32 lanes (see the [module](crate::lanes) docs).
     #[derive(Clone, Copy)]
     pub struct F4([f32; 4]);
 
@@ -159,7 +142,7 @@ mod imp {
             F4([x; 4])
         }
 
-        #[cfg(test)]
+        /// Four lanes from four values.
         pub fn new(a: f32, b: f32, c: f32, d: f32) -> Self {
             F4([a, b, c, d])
         }
@@ -238,19 +221,9 @@ mod imp {
             self.0
         }
     }
-
-    #[derive(Clone, Copy)]
-    pub struct D2([f64; 2]);
-
-    impl D2 {
-        #[inline(always)]
-        pub fn load(s: &[f64]) -> Self {
-            D2([s[0], s[1]])
-        }
-    }
 }
 
-pub use imp::{D2, F4};
+pub use imp::F4;
 
 #[cfg(test)]
 mod tests {

@@ -1,8 +1,9 @@
-//! Two f64 lanes — two pixels decoded side by side — so the kernels are written once:
-//! Wasm `simd128` inside the sandbox (the workspace's `.cargo/config.toml` enables it),
-//! SSE2 on x86-64 (always present there), a plain pair elsewhere. We write the vector
-//! operations out because the compiler, left to itself, turns Viterbi's compare-and-select
-//! into branches and vectorises only part of it.
+//! [`F2`]: two f64 lanes — two pixels decoded side by side — and [`Wide`], `N` of them,
+//! for markov's Viterbi and forward-backward kernels, so they are written once: Wasm
+//! `simd128` inside the sandbox, SSE2 on x86-64 (always present there), a plain pair
+//! elsewhere. The vector operations are written out because the compiler, left to
+//! itself, turns Viterbi's compare-and-select into branches and vectorises only part
+//! of it.
 //!
 //! Every implementation does the same IEEE operations lane by lane, so the lanes never
 //! mix and the arithmetic is the same natively and in the sandbox.
@@ -11,6 +12,7 @@
 mod imp {
     use core::arch::wasm32::*;
 
+    /// Two f64 lanes (see the [module](crate::lanes) docs).
     #[derive(Clone, Copy, Debug)]
     pub struct F2(v128);
 
@@ -60,6 +62,7 @@ mod imp {
     //! (it is in the target's baseline); they touch no memory.
     use core::arch::x86_64::*;
 
+    /// Two f64 lanes (see the [module](crate::lanes) docs).
     #[derive(Clone, Copy, Debug)]
     pub struct F2(__m128d);
 
@@ -107,6 +110,7 @@ mod imp {
 
 #[cfg(not(any(target_arch = "wasm32", target_arch = "x86_64")))]
 mod imp {
+    /// Two f64 lanes (see the [module](crate::lanes) docs).
     #[derive(Clone, Copy, Debug)]
     pub struct F2([f64; 2]);
 

@@ -1,11 +1,11 @@
-//! Four f64 lanes widened from four f32 features, so the sums and distances are
-//! written once: two Wasm `simd128` vectors inside the sandbox (LLVM leaves these
-//! loops scalar for Wasm, and Cranelift then spills their many f64 values), two SSE2
-//! vectors natively on x86-64 (the same width, so the bench compares like with like),
-//! a plain array elsewhere.
+//! [`D4`]: four f64 lanes widened from four f32 features, for reliable-samples' column
+//! sums and weighted distances, so they are written once: two Wasm `simd128` vectors
+//! inside the sandbox (LLVM leaves these loops scalar for Wasm, and Cranelift then
+//! spills their many f64 values), two SSE2 vectors natively on x86-64 (the same width,
+//! so the bench compares like with like), a plain array elsewhere.
 //!
 //! Lane `l` of a `D4` loaded at feature `j` (a multiple of 4) always holds feature
-//! `j + l`, and every operation is the same IEEE operation lane by lane, so both
+//! `j + l`, and every operation is the same IEEE operation lane by lane, so all
 //! implementations give the same bits as a scalar loop that adds feature `j` into
 //! accumulator `j % 4`.
 
@@ -13,6 +13,7 @@
 mod imp {
     use core::arch::wasm32::*;
 
+    /// Four f64 lanes (see the [module](crate::lanes) docs).
     #[derive(Clone, Copy)]
     pub struct D4(v128, v128);
 
@@ -83,6 +84,7 @@ mod imp {
 mod imp {
     use core::arch::x86_64::*;
 
+    /// Four f64 lanes (see the [module](crate::lanes) docs).
     #[derive(Clone, Copy)]
     pub struct D4(__m128d, __m128d);
 
@@ -147,6 +149,7 @@ mod imp {
 
 #[cfg(not(any(target_arch = "wasm32", target_arch = "x86_64")))]
 mod imp {
+    /// Four f64 lanes (see the [module](crate::lanes) docs).
     #[derive(Clone, Copy)]
     pub struct D4([f64; 4]);
 

@@ -55,7 +55,7 @@ pub const SHIPPED: &[&str] = &[
 ];
 
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("host/ is inside the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().nth(2).expect("host/sitsflow/ is inside the workspace").to_path_buf()
 }
 
 /// Where scikit-learn and numpy are for the parity tests and benchmarks
@@ -121,26 +121,31 @@ pub fn sitsflow_command(project: &Path) -> Command {
     command
 }
 
-/// Chunks recorded in a run directory's journals (`.partial/done`, one per shard).
-pub fn journal_chunks(run: &Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(run.join(".partial")) else { return 0 };
-    entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("done")))
-        // Complete lines only: a line being appended may not have its newline yet.
-        .map(|p| std::fs::read_to_string(p).map_or(0, |j| j.matches('\n').count()))
-        .sum()
-}
-
-/// Waits until `run`'s journals hold at least `n` chunks; fails if `child` ends first
-/// (the run was too quick to be interrupted) or after two minutes.
-pub fn wait_for_chunks(child: &mut std::process::Child, run: &Path, n: usize) {
-    let started = std::time::Instant::now();
-    while journal_chunks(run) < n {
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before {n} chunks were done; raise the fixture's `work`");
-        assert!(started.elapsed() < std::time::Duration::from_secs(120), "no progress in {}", run.display());
-        std::thread::sleep(std::time::Duration::from_millis(5));
+/// Starts `command` (a `sitsflow` run) so that it holds, alive, the `n`-th time
+/// (1-based) it reaches the failpoint `point`, and returns once it says so on stderr.
+/// The process then cannot finish: its lock stays held and its journal stays as it is
+/// until the test kills it, so no test races a run that might end first. Needs the
+/// `failpoints` feature (`scripts/test.sh` enables it). Fails, with what the process
+/// printed, when it ends before getting there.
+pub fn spawn_held(mut command: Command, point: &str, n: usize) -> std::process::Child {
+    use std::io::BufRead;
+    assert!(n >= 1, "the first time is n = 1");
+    let spec = if n == 1 { format!("{point}=return(hold)") } else { format!("{point}={}*off->return(hold)", n - 1) };
+    command.env("FAILPOINTS", spec).stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().expect("spawning sitsflow");
+    let mut lines = std::io::BufReader::new(child.stderr.take().expect("piped stderr")).lines();
+    let mark = format!("failpoint {point}: holding");
+    let mut said = Vec::new();
+    loop {
+        match lines.next() {
+            Some(Ok(line)) if line == mark => break,
+            Some(Ok(line)) => said.push(line),
+            _ => panic!("the process ended before reaching {point} {n} time(s); it said:\n{}", said.join("\n")),
+        }
     }
+    // Keep reading what it says, so that it never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    child
 }
 
 /// A small demo series (64 × 64 px, 3 years × 4 dates) generated once per test binary.

@@ -1,0 +1,107 @@
+//! Categorical reference maps (CORINE Land Cover and the like) in any CRS, presented
+//! on the cube's grid by the most frequent source class (GDAL warp, `mode`), then
+//! translated to the pipeline's classes through a nomenclature lookup.
+//!
+//! The mode is taken over source codes before translation; where the cube's pixels
+//! are finer than the map's (10 m against CLC's 100 m) the two orders agree.
+
+use super::series::Resampling;
+use super::warp::Aligned;
+use super::{Grid, Window};
+use anyhow::{Context, Result, bail};
+use gdal::Dataset;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+/// A reference map opened on a target grid.
+pub struct ReferenceMap {
+    /// The reference map's file.
+    pub path: PathBuf,
+    aligned: Aligned,
+    nodata: Option<f64>,
+}
+
+impl ReferenceMap {
+    /// Opens `path` and aligns it to `grid` (no-op when it is already on it).
+    pub fn open(path: &Path, grid: &Grid) -> Result<ReferenceMap> {
+        let ds = Dataset::open(path).with_context(|| format!("{}: cannot open the reference map with GDAL", path.display()))?;
+        if let Some(false) = overlaps(&ds, grid) {
+            bail!(
+                "{}: the reference map does not overlap the grid it is compared on ({} × {} px at {:?}): every pixel \
+                 would be no data; check its CRS and extent",
+                path.display(),
+                grid.width,
+                grid.height,
+                grid.geo_transform.map(|g| (g[0], g[3]))
+            );
+        }
+        let nodata = ds.rasterband(1)?.no_data_value();
+        let aligned = Aligned::new(ds, grid, Resampling::Mode, nodata)
+            .with_context(|| format!("{}: aligning the reference map to the cube grid", path.display()))?;
+        Ok(ReferenceMap { path: path.to_path_buf(), aligned, nodata })
+    }
+
+    /// Reads a window of raw codes (no-data as 0).
+    pub fn read_raw(&self, window: Window) -> Result<Vec<u32>> {
+        let mut raw = vec![0u32; window.pixels()];
+        self.aligned
+            .dataset
+            .rasterband(1)?
+            .read_into_slice::<u32>(
+                (window.col as isize, window.row as isize),
+                (window.cols, window.rows),
+                (window.cols, window.rows),
+                &mut raw,
+                None,
+            )
+            .with_context(|| format!("{}: reading at {window}", self.path.display()))?;
+        if let Some(nd) = self.nodata {
+            for v in raw.iter_mut().filter(|v| **v as f64 == nd) {
+                *v = 0;
+            }
+        }
+        Ok(raw)
+    }
+
+    /// Reads a window and translates source codes with `lookup`; codes not in it
+    /// become 0 and are counted in `unmapped` (no-data stays 0 and is not counted).
+    pub fn read(&self, window: Window, lookup: &HashMap<u32, u16>, unmapped: &mut BTreeMap<u32, u64>) -> Result<Vec<u16>> {
+        Ok(self
+            .read_raw(window)?
+            .into_iter()
+            .map(|code| {
+                if code == 0 {
+                    return 0;
+                }
+                lookup.get(&code).copied().unwrap_or_else(|| {
+                    *unmapped.entry(code).or_default() += 1;
+                    0
+                })
+            })
+            .collect())
+    }
+}
+
+/// Whether `ds`'s extent meets `grid`'s (the grid's outline transformed into `ds`'s
+/// CRS); `None` when either lacks georeferencing or the CRSs cannot be related.
+fn overlaps(ds: &Dataset, grid: &Grid) -> Option<bool> {
+    use gdal::spatial_ref::{AxisMappingStrategy, CoordTransform, SpatialRef};
+    let gt = grid.geo_transform?;
+    let rgt = ds.geo_transform().ok()?;
+    if grid.projection.is_empty() || ds.projection().is_empty() || gt[2] != 0.0 || gt[4] != 0.0 || rgt[2] != 0.0 || rgt[4] != 0.0 {
+        return None;
+    }
+    let bounds = |g: [f64; 6], w: usize, h: usize| {
+        let (x0, x1) = (g[0], g[0] + g[1] * w as f64);
+        let (y0, y1) = (g[3], g[3] + g[5] * h as f64);
+        [x0.min(x1), y0.min(y1), x0.max(x1), y0.max(y1)]
+    };
+    let mut from = SpatialRef::from_wkt(&grid.projection).ok()?;
+    let mut to = SpatialRef::from_wkt(&ds.projection()).ok()?;
+    from.set_axis_mapping_strategy(AxisMappingStrategy::TraditionalGisOrder);
+    to.set_axis_mapping_strategy(AxisMappingStrategy::TraditionalGisOrder);
+    let ours = CoordTransform::new(&from, &to).ok()?.transform_bounds(&bounds(gt, grid.width, grid.height), 21).ok()?;
+    let (w, h) = ds.raster_size();
+    let theirs = bounds(rgt, w, h);
+    Some(ours[0] < theirs[2] && theirs[0] < ours[2] && ours[1] < theirs[3] && theirs[1] < ours[3])
+}

@@ -1,6 +1,6 @@
 """Labelled pixel time series in the shared wide-CSV convention, as `[N, T, B]` arrays.
 
-The convention (``shared/data/README.md``, ``host/src/samples.rs``): a header; ``label``
+The convention (``shared/data/README.md``, ``host/eval/src/samples.rs``): a header; ``label``
 is the class name; optional ``id``, ``group`` (parcel id, for grouped splits), ``lon``,
 ``lat``; feature columns ``BAND@DATE`` (DATE ISO ``YYYY-MM-DD`` or a time index
 ``t000``); decimal values, empty = missing (NaN).

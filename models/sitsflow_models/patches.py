@@ -1,6 +1,6 @@
 """The patch dataset a segmentation recipe trains on (`sitsflow-patches/1`).
 
-A folder, written by the host (`host/src/segment/dataset.rs`) or by hand, in formats both
+A folder, written by the host (`host/recipes/src/segment.rs`) or by hand, in formats both
 sides read with maintained libraries (NumPy's `.npy`, which the host writes with
 `ndarray-npy`; JSON):
 

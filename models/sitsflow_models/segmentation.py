@@ -368,7 +368,7 @@ def predict_scene(segmenter: Segmenter, image: np.ndarray, tile: int, overlap: i
                   vhr: np.ndarray | None = None) -> np.ndarray:
     """`[K, H, W]` probabilities of a whole scene by tiles of `tile` px overlapping by
     `overlap` on each side, each tile's centre kept — the algorithm the host runs
-    (`host/src/segment.rs`), so metrics computed here describe the exported model. A
+    (`host/recipes/src/segment.rs`), so metrics computed here describe the exported model. A
     fusion network also takes each tile's VHR window (`vhr` `[V, H·s, W·s]`)."""
     c, h, w = image.shape
     tile = effective_tile(tile, overlap, h, w, segmenter.net.multiple)

@@ -1,6 +1,6 @@
 """scikit-learn's RandomForestClassifier on the arrays the random-forest stage saw.
 
-Used by tests/forest.rs (accuracy parity) and host/benches/forest.rs (speed). The
+Used by tests/forest.rs (accuracy parity) and host/sitsflow/benches/forest.rs (speed). The
 caller writes raw little-endian arrays and a job file; this prints one JSON object.
 
     python3 forest_sklearn.py job.json

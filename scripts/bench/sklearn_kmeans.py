@@ -1,5 +1,5 @@
 """scikit-learn's KMeans on a raw little-endian f32 matrix, for comparisons with the
-`kmeans` stage (host/benches/kmeans.rs, tests/kmeans.rs).
+`kmeans` stage (host/sitsflow/benches/kmeans.rs, tests/kmeans.rs).
 
     python3 sklearn_kmeans.py DATA.f32 --features 10 --k 8 --n-init 3 --max-iter 300 \
         --tol 1e-4 --seed 0 --algorithm lloyd --repeats 3

@@ -106,6 +106,12 @@ fn fg_unet_trains_on_sparse_parcels_beside_the_random_forest_and_tiles_without_s
         assert!(out.status.success(), "sitsflow {args:?} failed:\n{log}");
     }
     let run = project.path().join("runs/flanders");
+    // The manifest names every output where it is published (a network's model files
+    // were once named by their staging path, gone after publishing).
+    for o in json(&run.join("manifest.json"))["outputs"].as_array().unwrap() {
+        let path = project.path().join(o["path"].as_str().unwrap());
+        assert!(path.is_file() && !path.to_string_lossy().contains(".partial"), "the manifest names {}, which is not a published file", path.display());
+    }
     for name in [
         "unet.tif",
         "unet_confidence.tif",

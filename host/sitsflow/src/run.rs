@@ -752,7 +752,7 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
     manifest["published"] = json!(published.iter().map(|p| p.display().to_string()).collect::<Vec<_>>());
     drop(partial);
     run_dir.publish(&published, serde_json::to_string_pretty(&manifest)?.as_bytes())?;
-    let shown = |p: &PathBuf| plan.output_dir.join(p.strip_prefix(&staging).unwrap_or(p));
+    let shown = |p: &PathBuf| published_path(&plan.output_dir, &staging, p);
     Ok(RunSummary {
         run_dir: plan.output_dir.clone(),
         outputs: finished.iter().map(shown).collect(),
@@ -1076,6 +1076,18 @@ fn write_chunk(
     Ok(())
 }
 
+/// The path a staged file is published under: `root` joined with its path under `staging`.
+/// A fit node may name its files absolute (a network's model folder) while the staging
+/// folder is relative to the working directory, or the other way round, so both are
+/// compared resolved; a file outside the staging folder keeps its own path.
+fn published_path(root: &Path, staging: &Path, p: &Path) -> PathBuf {
+    let resolved = |x: &Path| std::fs::canonicalize(x).or_else(|_| std::path::absolute(x)).unwrap_or_else(|_| x.to_path_buf());
+    match resolved(p).strip_prefix(resolved(staging)) {
+        Ok(relative) => root.join(relative),
+        Err(_) => p.to_path_buf(),
+    }
+}
+
 fn file_record(path: &str) -> Result<serde_json::Value> {
     file_record_as(Path::new(path), path)
 }
@@ -1123,7 +1135,7 @@ fn manifest(
     let staging = run_dir.staging();
     let outputs = outputs
         .iter()
-        .map(|p| file_record_as(p, &run_dir.root().join(p.strip_prefix(&staging).unwrap_or(p)).display().to_string()))
+        .map(|p| file_record_as(p, &published_path(run_dir.root(), &staging, p).display().to_string()))
         .collect::<Result<Vec<_>>>()?;
     let stages: Vec<_> = plan
         .stages

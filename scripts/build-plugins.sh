@@ -6,10 +6,21 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-# Plugins that ship (installed into plugins/dist) and test fixtures (built only).
-shipped=(normalized-difference scl-mask s2cloudless spectral-mask indices onnx-classifier kmeans reliable-samples
-         agreement-samples stratified-samples uncertainty-query random-forest markov simclr-augment)
-fixtures=(fixture-spin fixture-alloc-bomb fixture-snoop fixture-trap-on-chunk fixture-slow-mean)
+# The package named by a folder's Cargo.toml.
+package_of() { sed -n 's/^name = "\(.*\)"$/\1/p' "$1/Cargo.toml" | head -n 1; }
+# Plugins that ship (installed into plugins/dist): every package under plugins/ but the
+# SDK; test fixtures (built only): every package under tests/components/. The folders
+# are the one list (the workspace's members are the same globs).
+shipped=()
+for d in plugins/*/; do
+  [ -f "$d/Cargo.toml" ] || continue
+  name="$(package_of "$d")"
+  [ "$name" = sitsflow-sdk ] || shipped+=("$name")
+done
+fixtures=()
+for d in tests/components/*/; do
+  if [ -f "$d/Cargo.toml" ]; then fixtures+=("$(package_of "$d")"); fi
+done
 
 args=()
 for p in "${shipped[@]}" "${fixtures[@]}"; do args+=(-p "$p"); done

@@ -135,7 +135,7 @@ fn inspect_prints_name_version_kind_and_schema() {
     let out = sitsflow(&["plugins", "list", "--dir", "plugins"], dir.path());
     let listed = text(&out.stdout);
     let names: Vec<&str> = listed.lines().filter_map(|l| l.split_whitespace().next()).collect();
-    let mut shipped: Vec<String> = common::SHIPPED.iter().map(|p| format!("{p}@0.1.0")).collect();
+    let mut shipped: Vec<String> = common::shipped().iter().map(|p| format!("{p}@0.1.0")).collect();
     shipped.sort();
     assert_eq!(names, shipped, "{listed}");
     assert!(listed.contains("scl-mask@0.1.0                       cloud-mask"), "{listed}");

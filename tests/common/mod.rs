@@ -8,51 +8,34 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
-/// The components the harness builds: shipped plugins and sandbox fixtures.
-pub const PACKAGES: &[&str] = &[
-    "normalized-difference",
-    "scl-mask",
-    "indices",
-    "s2cloudless",
-    "spectral-mask",
-    "reliable-samples",
-    "kmeans",
-    "random-forest",
-    "onnx-classifier",
-    "agreement-samples",
-    "stratified-samples",
-    "uncertainty-query",
-    "markov",
-    "simclr-augment",
-    "fixture-spin",
-    "fixture-alloc-bomb",
-    "fixture-snoop",
-    "fixture-trap-on-chunk",
-    "fixture-chatter",
-    "fixture-entropy",
-    "fixture-slow-mean",
-    "fixture-compat-0-1-0",
-    "fixture-compat-0-2-0",
-    "fixture-footprint",
-];
+/// The packages of the folders under `dir` (each folder's `Cargo.toml` `name`), sorted.
+/// The workspace's folders are the one list of plugins and fixtures: a new one needs no
+/// line in the harness.
+fn packages_under(dir: &str) -> Vec<String> {
+    let root = workspace().join(dir);
+    let mut names: Vec<String> = std::fs::read_dir(&root)
+        .unwrap_or_else(|e| panic!("{}: {e}", root.display()))
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("Cargo.toml")).ok())
+        .filter_map(|manifest| {
+            manifest.lines().find_map(|l| l.strip_prefix("name = \"").and_then(|n| n.strip_suffix('"')).map(str::to_string))
+        })
+        .collect();
+    names.sort();
+    names
+}
 
-/// The plugins that ship (installed into a project's plugins/ by `project_dir`).
-pub const SHIPPED: &[&str] = &[
-    "normalized-difference",
-    "scl-mask",
-    "s2cloudless",
-    "spectral-mask",
-    "indices",
-    "onnx-classifier",
-    "kmeans",
-    "reliable-samples",
-    "agreement-samples",
-    "stratified-samples",
-    "uncertainty-query",
-    "random-forest",
-    "markov",
-    "simclr-augment",
-];
+/// The plugins that ship (installed into a project's plugins/ by `project_dir`): every
+/// package under plugins/ but the SDK.
+pub fn shipped() -> &'static [String] {
+    static SHIPPED: OnceLock<Vec<String>> = OnceLock::new();
+    SHIPPED.get_or_init(|| packages_under("plugins").into_iter().filter(|p| p != "sitsflow-sdk").collect())
+}
+
+/// The components the harness builds: the shipped plugins and the sandbox fixtures of
+/// tests/components/.
+pub fn packages() -> Vec<String> {
+    shipped().iter().cloned().chain(packages_under("tests/components")).collect()
+}
 
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().nth(2).expect("host/sitsflow/ is inside the workspace").to_path_buf()
@@ -75,8 +58,8 @@ fn built() -> &'static PathBuf {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut command = Command::new(cargo);
         command.current_dir(workspace()).env_remove("CARGO_TARGET_DIR").args(["build", "--quiet", "--profile", "plugin", "--target", "wasm32-wasip2"]);
-        for p in PACKAGES {
-            command.args(["-p", p]);
+        for p in packages() {
+            command.args(["-p", &p]);
         }
         let status = command.status().expect("running cargo to build the test components");
         assert!(status.success(), "building the components for wasm32-wasip2 failed (is the target installed? scripts/setup.sh adds it)");
@@ -107,7 +90,7 @@ pub fn runtime() -> Arc<Runtime> {
 pub fn project_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
     let plugins = sitsflow::plugins::PluginDir::new(dir.path().join("plugins"));
-    for shipped in SHIPPED {
+    for shipped in shipped() {
         plugins.install(&runtime(), &component(shipped)).expect("installing a shipped plugin");
     }
     dir

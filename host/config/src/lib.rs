@@ -1,6 +1,6 @@
 //! Pipeline configuration: TOML in, typed and validated values out.
 //!
-//! Architecture invariant: this is the only module that knows TOML. Everything
+//! Architecture invariant: this is the only crate that knows TOML (`scripts/check-layers.sh` enforces it). Everything
 //! downstream sees [`Pipeline`] and [`Lockfile`]; every error points at the file,
 //! line and column at fault.
 

@@ -2,7 +2,7 @@
 //! for stages that call the `infer` host import.
 //!
 //! Architecture invariants:
-//! - this is the only module that knows `ort`; a plugin never links a model runtime, it
+//! - this is the only crate that knows `ort` (`scripts/check-layers.sh` enforces it); a plugin never links a model runtime, it
 //!   names a model its pipeline declares and hands tensors across the `infer` import
 //!   (like wasi-nn's `load-by-name`);
 //! - ONNX Runtime is a shared library loaded at run time, once per process, from

@@ -1,6 +1,6 @@
 //! Raster I/O through GDAL: image time series in, GeoTIFFs out.
 //!
-//! Architecture invariant: this is the only module that knows GDAL.
+//! Architecture invariant: this is the only crate that knows GDAL (`scripts/check-layers.sh` enforces it).
 //!
 //! Inputs of three shapes become one [`Series`]: a folder of per-date multi-band
 //! rasters (`YYYY-MM-DD.tif`, band names in the descriptions), Sentinel-2 L2A products
@@ -31,7 +31,6 @@ pub use write::{ChunkedRaster, ClassStyle, OutputKind, write_class_map, write_ge
 // Pixel windows and dates are core types; re-exported so raster's callers name one module.
 pub use sitsflow_core::dates::{parse_date, years_of};
 pub use sitsflow_core::window::{Window, chunk_grid};
-
 
 /// The pixel grid a series is read onto and outputs are written on.
 #[derive(Debug, Clone, PartialEq)]
@@ -95,7 +94,6 @@ pub fn grid_of(path: &std::path::Path) -> anyhow::Result<Grid> {
 pub fn pixel_area(grid: &Grid) -> Option<f64> {
     grid.geo_transform.map(|gt| (gt[1] * gt[5] - gt[2] * gt[4]).abs())
 }
-
 
 /// The metadata item (default domain) that marks a raster as made by a generator rather
 /// than observed (`sitsflow demo-data --vhr` writes it); its value names the generator.

@@ -7,7 +7,7 @@
 //! - a stage sees no files, no network, no environment, no arguments and no stdio;
 //!   what it needs arrives as call arguments, what it says goes through `host.log`;
 //! - an instance that trapped is never called again;
-//! - nothing outside this module touches wasmtime types.
+//! - nothing outside this crate touches wasmtime types (its dependency on wasmtime is the only one: `scripts/check-layers.sh`).
 
 #![deny(missing_docs)]
 

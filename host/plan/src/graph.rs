@@ -15,9 +15,9 @@
 //! open (per-year outputs need its years); `run` checks that each fit node wrote the
 //! rasters the graph names for it, so the graph cannot drift from what runs.
 
-use sitsflow_sandbox::StageKind;
 use sitsflow_core::PixelType;
-use crate::{Plan, Role, Training};
+pub use crate::kinds::{FitIo, LabelMaps};
+use crate::{Plan, Role, StagePlan};
 use sitsflow_raster::Grid;
 use serde_json::{Value, json};
 
@@ -62,127 +62,7 @@ pub struct RasterRef {
     pub producer: NodeId,
 }
 
-/// What a fit node reads and writes, per kind: the drivers (`sitsflow::fit`) take every
-/// raster name from here, so the graph is the one source of the run's names.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FitIo {
-    /// Fitted on a sample of `features` (None: its input is per-year and it names no
-    /// year, which the driver refuses), then assigns every pixel into `map`.
-    Cluster {
-        /// The features raster it is fitted on and assigns.
-        features: Option<RasterId>,
-        /// The cluster map it writes.
-        map: RasterId,
-    },
-    /// Chooses among candidate pixels (those `layers[0]` = `reference` labels, when the
-    /// pipeline has one) with their `features` and the class `layers` written so far.
-    Sample {
-        /// The candidates' features raster.
-        features: Option<RasterId>,
-        /// The class rasters offered to it: the reference (when there is one), then earlier fit nodes' maps.
-        layers: Vec<RasterId>,
-        /// The raster of the chosen labels it writes.
-        map: RasterId,
-    },
-    /// Trains (or loads a model) and predicts each of `maps`; `oracle` is the reference
-    /// an active learner asks for labels.
-    Label {
-        /// The maps it predicts, one per features raster.
-        maps: Vec<LabelMaps>,
-        /// The reference an active learner asks for labels.
-        oracle: Option<RasterId>,
-    },
-    /// Decodes yearly `posteriors` into yearly `maps`, the change count and from → to.
-    Decode {
-        /// The yearly posteriors it reads.
-        posteriors: Vec<RasterId>,
-        /// The yearly maps it writes.
-        maps: Vec<RasterId>,
-        /// The count of changes across the years.
-        changes: RasterId,
-        /// The from → to codes.
-        fromto: RasterId,
-    },
-    /// Trains an encoder on views of patches of `features` (one raster per year it
-    /// pools), then writes the `embeddings` of each of `sources` (every features raster
-    /// of its input), one raster each.
-    Pretrain {
-        /// The features rasters it trains on, one per year it pools.
-        features: Vec<RasterId>,
-        /// The features rasters it embeds.
-        sources: Vec<RasterId>,
-        /// The embeddings it writes, one per source.
-        embeddings: Vec<RasterId>,
-    },
-    /// Trains on dated annotations, then maps every date of `features` on the finer
-    /// grid: each date's own labels (`dates`, a band per date), the Markov chain's
-    /// consistent sequence (`markov`) and its count of changes (`changes`).
-    /// `annotations`: an earlier stage's yearly maps with their dates (none when the
-    /// annotations are files the plan lists).
-    SuperResolve {
-        /// The features raster whose dates it maps.
-        features: Option<RasterId>,
-        /// An earlier stage's yearly maps, each with its date.
-        annotations: Vec<(String, RasterId)>,
-        /// Each date's own labels, a band per date.
-        dates: RasterId,
-        /// The Markov chain's consistent sequence.
-        markov: RasterId,
-        /// The count of changes in the consistent sequence.
-        changes: RasterId,
-    },
-}
 
-/// One map a labeller predicts, from one features raster.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LabelMaps {
-    /// The year of per-year features (None: features without years).
-    pub year: Option<i32>,
-    /// The features raster it predicts from.
-    pub features: RasterId,
-    /// The class map it writes.
-    pub map: RasterId,
-    /// The winning class's probability, per pixel.
-    pub confidence: RasterId,
-    /// Kept for a decoder that reads this labeller.
-    pub proba: Option<RasterId>,
-}
-
-impl FitIo {
-    /// The rasters the node reads.
-    pub fn reads(&self) -> Vec<RasterId> {
-        match self {
-            FitIo::Cluster { features, .. } => features.iter().copied().collect(),
-            FitIo::Sample { features, layers, .. } => features.iter().chain(layers).copied().collect(),
-            FitIo::Label { maps, oracle } => maps.iter().map(|m| m.features).chain(*oracle).collect(),
-            FitIo::Decode { posteriors, .. } => posteriors.clone(),
-            FitIo::Pretrain { features, sources, .. } => features.iter().chain(sources).copied().collect(),
-            FitIo::SuperResolve { features, annotations, .. } => features.iter().copied().chain(annotations.iter().map(|a| a.1)).collect(),
-        }
-    }
-
-    /// The rasters the node writes.
-    pub fn writes(&self) -> Vec<RasterId> {
-        match self {
-            FitIo::Cluster { map, .. } | FitIo::Sample { map, .. } => vec![*map],
-            FitIo::Label { maps, .. } => maps.iter().flat_map(|m| [m.map, m.confidence].into_iter().chain(m.proba)).collect(),
-            FitIo::Decode { maps, changes, fromto, .. } => maps.iter().copied().chain([*changes, *fromto]).collect(),
-            FitIo::Pretrain { embeddings, .. } => embeddings.clone(),
-            FitIo::SuperResolve { dates, markov, changes, .. } => vec![*dates, *markov, *changes],
-        }
-    }
-
-    /// The class rasters it writes, offered as layers to the samplers after it.
-    fn class_layers(&self) -> Vec<RasterId> {
-        match self {
-            FitIo::Cluster { map, .. } | FitIo::Sample { map, .. } => vec![*map],
-            FitIo::Label { maps, .. } => maps.iter().map(|m| m.map).collect(),
-            FitIo::Decode { maps, .. } => maps.clone(),
-            // On a finer grid: not a layer of the scene's samplers.
-            FitIo::Pretrain { .. } | FitIo::SuperResolve { .. } => Vec::new(),
-        }
-    }
-}
 
 /// A step of the run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -231,6 +111,79 @@ pub struct Graph {
     pub nodes: Vec<Node>,
 }
 
+/// What a stage kind's `fit_io` (in `kinds/<kind>.rs`) is given to name the rasters
+/// its fit node reads and to declare those it writes: the one place where a fit
+/// node's raster names are made.
+pub(crate) struct FitCx<'a> {
+    g: &'a mut Graph,
+    grid: &'a Grid,
+    /// The plan.
+    pub plan: &'a Plan,
+    /// The series' years.
+    pub years: &'a [i32],
+    /// The stage whose node this is.
+    pub stage: &'a StagePlan,
+    node: NodeId,
+    /// The reference's declared raster, when the pipeline has one.
+    pub reference: Option<RasterId>,
+    /// The class rasters written so far (the reference, then earlier fit nodes' maps).
+    pub class_layers: &'a [RasterId],
+    /// Nodes it runs after besides those that write its rasters.
+    pub after: Vec<NodeId>,
+    /// The query sampler that runs inside it (a plan stage index).
+    pub query: Option<usize>,
+}
+
+impl FitCx<'_> {
+    /// The stage's id.
+    pub fn id(&self) -> &str {
+        self.stage.id.as_str()
+    }
+
+    /// Declares a raster it writes on the series' grid.
+    pub fn declare(&mut self, name: String, pixels: Pixels) -> RasterId {
+        self.declare_scaled(name, 1, pixels)
+    }
+
+    /// Declares a raster it writes on the grid `scale` times finer than the series'.
+    pub fn declare_scaled(&mut self, name: String, scale: usize, pixels: Pixels) -> RasterId {
+        let g = &mut *self.g;
+        g.rasters.push(RasterRef { name, grid: self.grid.scaled(scale), scale, pixels, lifetime: Lifetime::Declared, producer: self.node });
+        g.rasters.len() - 1
+    }
+
+    /// The declared raster of this name (written by an earlier node).
+    pub fn declared(&self, name: &str) -> Option<RasterId> {
+        self.g.declared(name)
+    }
+
+    /// Whether the stage `input` writes one features raster per year.
+    pub fn per_year_input(&self, input: &str) -> bool {
+        self.plan.stages.iter().any(|s| s.id.as_str() == input && s.role.per_year())
+    }
+
+    /// The features raster a clusterer or sampler reads: its input's, or that input's
+    /// raster of the stage's year (None for per-year features without one).
+    pub fn one_features(&self) -> Option<RasterId> {
+        match self.stage.role.input() {
+            Some(input) if self.per_year_input(input.as_str()) => {
+                self.stage.role.year().and_then(|y| self.declared(&format!("{input}_{y}")))
+            }
+            Some(input) => self.declared(input.as_str()),
+            None => None,
+        }
+    }
+
+    /// Runs after the fit node of stage `id` (when it has one).
+    pub fn run_after(&mut self, id: &str) {
+        let node = self.g.fit_node_of(self.plan, id);
+        self.after.extend(node);
+    }
+}
+
+/// A class map's pixels.
+pub(crate) const CLASS_MAP: Pixels = Pixels::Known(PixelType::U16);
+
 impl Graph {
     /// Compiles `plan` for a series on `grid` spanning `years`.
     pub fn compile(plan: &Plan, grid: &Grid, years: &[i32]) -> Graph {
@@ -270,125 +223,18 @@ impl Graph {
 
         // Fit nodes, in pipeline order; a labeller's query sampler runs inside it.
         let queries = plan.query_samplers();
-        let per_year_input = |input: &str| plan.stages.iter().any(|s| s.id.as_str() == input && s.role.per_year());
         let reference = g.declared("reference");
         // Class rasters offered to samplers: the reference, then each fit node's maps.
         let mut class_layers: Vec<RasterId> = reference.into_iter().collect();
-        let u16_map = Pixels::Known(PixelType::U16);
         for (s, stage) in plan.stages.iter().enumerate() {
             // An augmenter runs inside the pretraining node that names it.
             if stage.is_chunk_stage() || queries.contains(&stage.id.as_str()) || matches!(stage.role, Role::Augmenter) {
                 continue;
             }
             let node = g.nodes.len();
-            let id = stage.id.as_str();
-            // The features raster a clusterer or sampler reads: its input's, or that
-            // input's raster of the stage's year (None for per-year features without one).
-            let one_features = |g: &Graph| match stage.role.input() {
-                Some(input) if per_year_input(input.as_str()) => stage.role.year().and_then(|y| g.declared(&format!("{input}_{y}"))),
-                Some(input) => g.declared(input.as_str()),
-                None => None,
-            };
-            let mut after = Vec::new();
-            let mut query = None;
-            let declare = |g: &mut Graph, name: String, pixels: Pixels| add(g, name, 1, pixels, Lifetime::Declared, node);
-            let io = match &stage.role {
-                Role::Clusterer { .. } => FitIo::Cluster { features: one_features(&g), map: declare(&mut g, id.to_string(), u16_map) },
-                Role::Sampler { .. } => FitIo::Sample {
-                    features: one_features(&g),
-                    layers: class_layers.clone(),
-                    map: declare(&mut g, id.to_string(), u16_map),
-                },
-                Role::Labeller { input, training, pretrained, .. } => {
-                    if let Some(encoder) = pretrained {
-                        after.extend(g.fit_node_of(plan, encoder.as_str()));
-                    }
-                    let mut oracle = None;
-                    let sampler = match training {
-                        Training::Samples(samples) => Some(samples),
-                        Training::ActiveLearning { samples, learning } => {
-                            query = plan.stages.iter().position(|q| q.id == learning.query);
-                            oracle = reference;
-                            Some(samples)
-                        }
-                        Training::Stored(_) | Training::Csv(_) => None,
-                    };
-                    if let Some(sampler) = sampler {
-                        after.extend(g.fit_node_of(plan, sampler.as_str()));
-                    }
-                    let decoded = plan.stages.iter().any(|d| matches!(&d.role, Role::Decoder { input } if *input == stage.id));
-                    // Trained on one year or on all, it predicts every year of per-year features.
-                    let sources: Vec<(Option<i32>, String, String)> = if per_year_input(input.as_str()) {
-                        years.iter().map(|y| (Some(*y), format!("{input}_{y}"), format!("{id}_{y}"))).collect()
-                    } else {
-                        vec![(None, input.to_string(), id.to_string())]
-                    };
-                    let mut maps = Vec::new();
-                    for (year, features, map) in sources {
-                        let Some(features) = g.declared(&features) else { continue };
-                        maps.push(LabelMaps {
-                            year,
-                            features,
-                            map: declare(&mut g, map.clone(), u16_map),
-                            confidence: declare(&mut g, format!("{map}_confidence"), Pixels::Known(PixelType::F32)),
-                            proba: decoded.then(|| declare(&mut g, format!("{map}_proba"), Pixels::Known(PixelType::F32))),
-                        });
-                    }
-                    FitIo::Label { maps, oracle }
-                }
-                Role::Decoder { input } => {
-                    let from_labeller = plan.stages.iter().any(|l| &l.id == input && l.kind() == StageKind::Labeller);
-                    let posteriors = years
-                        .iter()
-                        .filter_map(|y| g.declared(&if from_labeller { format!("{input}_{y}_proba") } else { format!("{input}_{y}") }))
-                        .collect();
-                    let maps = years.iter().map(|y| declare(&mut g, format!("{id}_{y}"), u16_map)).collect();
-                    let changes = declare(&mut g, format!("{id}_changes"), u16_map);
-                    let fromto = declare(&mut g, format!("{id}_fromto"), Pixels::FromToCoding);
-                    FitIo::Decode { posteriors, maps, changes, fromto }
-                }
-                Role::CloudMask { .. } | Role::Features { .. } => unreachable!("chunk stages are in the map node"),
-                Role::Augmenter => unreachable!("augmenters are skipped above"),
-                Role::Pretrainer { input, year, per_year, .. } => {
-                    let names: Vec<String> = match year {
-                        Some(y) => vec![format!("{input}_{y}")],
-                        None if *per_year => years.iter().map(|y| format!("{input}_{y}")).collect(),
-                        None => vec![input.to_string()],
-                    };
-                    let features = names.iter().filter_map(|n| g.declared(n)).collect();
-                    // Embeddings of every features raster of the input, named like it.
-                    let mut sources = Vec::new();
-                    let mut embeddings = Vec::new();
-                    let pairs: Vec<(String, String)> = if *per_year {
-                        years.iter().map(|y| (format!("{input}_{y}"), format!("{id}_{y}"))).collect()
-                    } else {
-                        vec![(input.to_string(), id.to_string())]
-                    };
-                    for (source, name) in pairs {
-                        let Some(source) = g.declared(&source) else { continue };
-                        sources.push(source);
-                        embeddings.push(declare(&mut g, name, Pixels::Known(PixelType::F32)));
-                    }
-                    FitIo::Pretrain { features, sources, embeddings }
-                }
-                Role::SuperResolver { input, scale, annotations: sources } => {
-                    let on_fine = |g: &mut Graph, name: String| add(g, name, *scale, u16_map, Lifetime::Declared, node);
-                    // An earlier stage's yearly maps, each dated 1 July of its year.
-                    let annotations = match sources {
-                        crate::Annotations::Maps(maps) => {
-                            years.iter().filter_map(|y| g.declared(&format!("{maps}_{y}")).map(|r| (format!("{y}-07-01"), r))).collect()
-                        }
-                        crate::Annotations::Files(_) => Vec::new(),
-                    };
-                    FitIo::SuperResolve {
-                        annotations,
-                        features: g.declared(input.as_str()),
-                        dates: on_fine(&mut g, format!("{id}_dates")),
-                        markov: on_fine(&mut g, format!("{id}_markov")),
-                        changes: on_fine(&mut g, format!("{id}_changes")),
-                    }
-                }
-            };
+            let mut f = FitCx { g: &mut g, grid, plan, years, stage, node, reference, class_layers: &class_layers, after: Vec::new(), query: None };
+            let io = stage.role.fit_io(&mut f);
+            let (after, query) = (f.after, f.query);
             class_layers.extend(io.class_layers());
             g.nodes.push(Node::Fit { stage: s, query, io, after });
         }

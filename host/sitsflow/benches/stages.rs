@@ -330,7 +330,7 @@ fn main() {
         for _ in 0..3 {
             data.extend_from_slice(&probabilities.data);
         }
-        let series = sitsflow::bindings::stages::decoder::PosteriorSeries { steps: 3, samples: n as u32, classes: probabilities.classes.clone(), data };
+        let series = sitsflow::runtime::data::PosteriorSeries { steps: 3, samples: n as u32, classes: probabilities.classes.clone(), data };
         let sdk_series = sdk::PosteriorSeries { steps: 3, samples: n, classes: series.classes.clone(), data: series.data.clone() };
         let p = pool("markov");
         let params = r#"{"transition": {"stay": 0.9}}"#;

@@ -21,7 +21,6 @@ pub use sitsflow_eval::samples;
 pub use sitsflow_infer as inference;
 pub use sitsflow_raster as raster;
 pub use sitsflow_sandbox as runtime;
-pub use sitsflow_sandbox::bindings;
 pub use sitsflow_recipes::{network, segment, train};
 pub use sitsflow_plan as plan;
 pub use sitsflow_plan::{graph, plugins};

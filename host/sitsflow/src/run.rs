@@ -14,7 +14,7 @@
 //! finished and never touches a previous run's outputs; rerunning the same pipeline
 //! on the same inputs resumes from the chunks and outputs already done.
 
-use crate::bindings::types::Cube;
+use crate::runtime::data::Cube;
 use crate::runtime::StageKind;
 use crate::plan::{Plan, Role, StagePlan};
 use crate::outputs::{Output, PixelType};
@@ -622,7 +622,7 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
                 data: pad_reflect_owned(data.data, read_window.rows, read_window.cols, pad),
                 valid,
             };
-            let placement = crate::bindings::types::Placement {
+            let placement = crate::runtime::data::Placement {
                 row: window.row as i32 - h as i32,
                 col: window.col as i32 - h as i32,
                 core_row: h as u32,
@@ -834,7 +834,7 @@ struct ChunkWindows {
     window: Window,
     outer: Window,
     core: Window,
-    placement: crate::bindings::types::Placement,
+    placement: crate::runtime::data::Placement,
 }
 
 /// Runs every stage on one chunk, in order; cloud masks narrow the validity that
@@ -1180,7 +1180,7 @@ fn manifest(
     };
     let manifest = json!({
         "sitsflow": env!("CARGO_PKG_VERSION"),
-        "wit": crate::bindings::WIT_PACKAGE,
+        "wit": crate::runtime::data::WIT_PACKAGE,
         "gdal": crate::raster::gdal_version(),
         "pipeline": {
             "name": plan.name,

@@ -114,79 +114,14 @@ pub struct ModelBlob {
     pub data: Vec<u8>,
 }
 
-/// Cloud mask classes: 0 clear, 1 cloud, 2 shadow, 3 snow, 255 no data.
-pub mod mask_class {
-    pub const CLEAR: u8 = 0;
-    pub const CLOUD: u8 = 1;
-    pub const SHADOW: u8 = 2;
-    pub const SNOW: u8 = 3;
-    pub const NO_DATA: u8 = 255;
-}
-
-/// A cloud mask for a chunk.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Mask {
-    /// `dates × rows × cols`, see [`mask_class`].
-    pub classes: Vec<u8>,
-    /// `dates × rows × cols` cloud probability, or empty.
-    pub probability: Vec<f32>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Fitted {
-    pub model: ModelBlob,
-    /// JSON diagnostics.
-    pub report: String,
-}
-
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Assignment {
-    pub clusters: Vec<u32>,
-    pub distances: Vec<f32>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Trained {
-    pub model: ModelBlob,
-    /// JSON diagnostics.
-    pub report: String,
-}
-
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct SampleInput {
-    pub features: FeatureMatrix,
-    /// Named categorical layers, each `samples` long (0 = no data).
-    pub layers: Vec<(String, Vec<u32>)>,
-    pub probabilities: Option<Probabilities>,
-    /// (row, col) per candidate, or empty.
-    pub positions: Vec<(u32, u32)>,
-    pub seed: u64,
-}
-
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Selection {
-    pub indices: Vec<u32>,
-    pub labels: Vec<u16>,
-    /// JSON report.
-    pub report: String,
-}
-
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct PosteriorSeries {
-    pub steps: usize,
-    pub samples: usize,
-    pub classes: Vec<u16>,
-    /// `steps × samples × classes`.
-    pub data: Vec<f32>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Decoded {
-    /// `steps × samples`.
-    pub labels: Vec<u16>,
-    /// `steps × samples × classes`, or empty.
-    pub posteriors: Vec<f32>,
-}
+// Types that only one stage kind uses live with that kind, under `kinds/`; they are
+// re-exported here so `sitsflow_sdk::data::*` (and the prelude) still has all of them.
+pub use crate::kinds::augmenter::{PatchBatch, ViewPair};
+pub use crate::kinds::cloud_mask::{Mask, mask_class};
+pub use crate::kinds::clusterer::{Assignment, Fitted};
+pub use crate::kinds::decoder::{Decoded, PosteriorSeries};
+pub use crate::kinds::labeller::Trained;
+pub use crate::kinds::sampler::{SampleInput, Selection};
 
 /// `f(i)` for every `i` in `0..n`, in order, `N` calls per loop round (the last few one
 /// by one). In the sandbox every loop back-edge checks the deadline, and the vectors live
@@ -270,52 +205,4 @@ mod finite_tests {
         }
         assert!(super::all_finite(&[f32::MAX, -f32::MAX, f32::MIN_POSITIVE, -0.0, 1e-45]));
     }
-}
-
-/// A batch of patches of one scene for an [`AugmenterStage`](crate::AugmenterStage):
-/// `count × dates × bands × rows × cols` f32, row-major, NaN = missing, and one seed per
-/// patch.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct PatchBatch {
-    pub count: usize,
-    pub dates: Vec<String>,
-    pub bands: Vec<String>,
-    pub rows: usize,
-    pub cols: usize,
-    pub data: Vec<f32>,
-    /// The views of patch `i` depend only on its values, `seeds[i]` and the parameters.
-    pub seeds: Vec<u64>,
-}
-
-impl PatchBatch {
-    /// Values of one patch (`dates × bands × rows × cols`).
-    pub fn patch_len(&self) -> usize {
-        self.dates.len() * self.bands.len() * self.rows * self.cols
-    }
-
-    /// Checks that `data` and `seeds` have the sizes the header says.
-    pub fn check(&self) -> Result<(), crate::StageError> {
-        if self.seeds.len() != self.count {
-            return Err(crate::StageError::InvalidInput(format!("{} seeds for {} patches", self.seeds.len(), self.count)));
-        }
-        if self.data.len() != self.count * self.patch_len() {
-            return Err(crate::StageError::InvalidInput(format!(
-                "{} values for {} patches of {} dates × {} bands × {} × {} px",
-                self.data.len(),
-                self.count,
-                self.dates.len(),
-                self.bands.len(),
-                self.rows,
-                self.cols
-            )));
-        }
-        Ok(())
-    }
-}
-
-/// Two views of every patch of a [`PatchBatch`], each in the batch's layout.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ViewPair {
-    pub first: Vec<f32>,
-    pub second: Vec<f32>,
 }

@@ -179,50 +179,6 @@ impl Placement {
     }
 }
 
-/// Cloud, shadow and snow masking of a cube chunk.
-pub trait CloudMaskStage: Stage {
-    fn mask(chunk: Cube, params: Self::Params) -> Result<Mask, StageError>;
-
-    /// As `mask`, told where the chunk lies; the default ignores it.
-    fn mask_at(chunk: Cube, _at: Placement, params: Self::Params) -> Result<Mask, StageError> {
-        Self::mask(chunk, params)
-    }
-
-    /// The context the mask needs for `params` (e.g. its dilation radius); the default
-    /// needs none. A mask's scale must be 1.
-    fn footprint(_params: &Self::Params) -> Footprint {
-        Footprint::default()
-    }
-
-    /// The bands of `available` that `mask` reads with `params`, or `None` for all of
-    /// them (the default) — see [`bands_present`]. The host then copies only those into
-    /// the sandbox.
-    fn bands(_available: &[String], _params: &Self::Params) -> Option<Vec<String>> {
-        None
-    }
-}
-
-/// Per-pixel features of a cube chunk: one sample per pixel, row-major.
-pub trait FeatureStage: Stage {
-    /// One row per output pixel of the whole chunk (`rows × cols` × scale² of them).
-    fn compute(chunk: Cube, params: Self::Params) -> Result<FeatureMatrix, StageError>;
-
-    /// As `compute`, told where the chunk lies; the default ignores it.
-    fn compute_at(chunk: Cube, _at: Placement, params: Self::Params) -> Result<FeatureMatrix, StageError> {
-        Self::compute(chunk, params)
-    }
-
-    /// As [`CloudMaskStage::footprint`]; a scale above 1 puts the output on a finer grid.
-    fn footprint(_params: &Self::Params) -> Footprint {
-        Footprint::default()
-    }
-
-    /// As [`CloudMaskStage::bands`].
-    fn bands(_available: &[String], _params: &Self::Params) -> Option<Vec<String>> {
-        None
-    }
-}
-
 /// For [`CloudMaskStage::bands`] and [`FeatureStage::bands`]: `needed`, if every one of
 /// them is in `available`; otherwise `None`, so the stage gets every band and its call
 /// names the one that is missing.
@@ -230,51 +186,14 @@ pub fn bands_present<'a>(available: &[String], needed: impl IntoIterator<Item = 
     needed.into_iter().map(|b| available.iter().find(|a| *a == b).cloned()).collect()
 }
 
-/// Unsupervised clustering.
-pub trait ClustererStage: Stage {
-    fn fit(samples: FeatureMatrix, params: Self::Params) -> Result<Fitted, StageError>;
-    fn assign(model: ModelBlob, samples: FeatureMatrix, params: Self::Params)
-    -> Result<Assignment, StageError>;
-}
+// Each stage kind (its trait, the types only it uses, its export macro and its WIT
+// world) lives in one file under `kinds/`; the traits are re-exported here.
+mod kinds;
 
-/// Supervised per-pixel classification.
-pub trait LabellerStage: Stage {
-    fn train(samples: FeatureMatrix, labels: Vec<u16>, params: Self::Params)
-    -> Result<Trained, StageError>;
-    fn predict(model: ModelBlob, samples: FeatureMatrix, params: Self::Params)
-    -> Result<Probabilities, StageError>;
-}
-
-/// Sample selection.
-pub trait SamplerStage: Stage {
-    fn select(input: SampleInput, params: Self::Params) -> Result<Selection, StageError>;
-
-    /// What `select` reads with `params`; the host leaves the rest empty. Default: all.
-    fn needs(_params: &Self::Params) -> SampleNeeds {
-        SampleNeeds::ALL
-    }
-}
-
-/// Which parts of a [`SampleInput`] a sampler reads (see [`SamplerStage::needs`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SampleNeeds {
-    /// The candidates' features; without them `features` keeps `samples` but no values.
-    pub features: bool,
-    /// The candidates' positions; without them `positions` is empty.
-    pub positions: bool,
-}
-
-impl SampleNeeds {
-    pub const ALL: SampleNeeds = SampleNeeds { features: true, positions: true };
-}
-
-/// Temporal decoding of posterior series.
-pub trait DecoderStage: Stage {
-    fn decode(series: PosteriorSeries, params: Self::Params) -> Result<Decoded, StageError>;
-}
-
-/// Views of patches for self-supervised pretraining (WIT 0.2.1, `augmenter-stage`):
-/// two seeded views of every patch, each of the patch's shape.
-pub trait AugmenterStage: Stage {
-    fn augment(batch: PatchBatch, params: Self::Params) -> Result<ViewPair, StageError>;
-}
+pub use kinds::augmenter::AugmenterStage;
+pub use kinds::cloud_mask::CloudMaskStage;
+pub use kinds::clusterer::ClustererStage;
+pub use kinds::decoder::DecoderStage;
+pub use kinds::features::FeatureStage;
+pub use kinds::labeller::LabellerStage;
+pub use kinds::sampler::{SampleNeeds, SamplerStage};

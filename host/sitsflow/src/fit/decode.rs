@@ -145,7 +145,7 @@ pub(super) fn run(
                     if v.is_finite() { classes[j] } else { 0 }
                 }).collect())
                 .collect();
-            let series = crate::bindings::stages::decoder::PosteriorSeries { steps: steps as u32, samples: n as u32, classes: classes.clone(), data };
+            let series = crate::runtime::data::PosteriorSeries { steps: steps as u32, samples: n as u32, classes: classes.clone(), data };
             let decoded = pool
                 .with(|inst| inst.decode(&context(stage, &format!("chunk {i}")), &series, &params))
                 .map_err(call_error(stage, &format!("decoding chunk {i} ({window})")))?;

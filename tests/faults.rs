@@ -237,6 +237,112 @@ fn a_run_killed_over_a_finished_run_leaves_it_intact_or_without_a_manifest() {
     assert_eq!(fingerprint(&run), fingerprint(&fresh.path().join("runs/demo")));
 }
 
+#[test]
+#[cfg_attr(not(feature = "failpoints"), ignore = "needs --features failpoints (scripts/test.sh sets it)")]
+fn a_kill_after_the_manifest_is_published_keeps_it_and_the_next_run_or_assembly_finishes() {
+    let (_keep, reference) = reference_run();
+    let expected = fingerprint(reference);
+    let dir = chain_project(&chain_pipeline("runs/demo"));
+    let run = dir.path().join("runs/demo");
+    // Killed once the new manifest is in place, while `.partial/` (with publish.json) is still there.
+    let out = sitsflow(dir.path(), &["--quiet", "run", "pipeline.toml"], Some("rundir::published_manifest=return"));
+    assert!(was_killed(&out), "{}", text(&out.stderr));
+    assert!(run.join(".partial/publish.json").exists(), "killed inside the window");
+    assert_manifest_matches(&run);
+    assert_eq!(fingerprint(&run), expected);
+    // Twice: the first finishes the publish, the second finds a clean directory.
+    for command in ["assemble", "run"] {
+        let out = sitsflow(dir.path(), &["--quiet", command, "pipeline.toml"], None);
+        assert!(out.status.success(), "{command}: {}", text(&out.stderr));
+        assert_manifest_matches(&run);
+        assert_eq!(fingerprint(&run), expected, "{command}");
+        assert!(!run.join(".partial").exists(), "{command}");
+    }
+}
+
+/// A project whose pipeline runs `stage` (TOML lines) after NDVI features, on the small demo.
+fn hostile_project(stage: &str) -> tempfile::TempDir {
+    let demo = common::small_demo();
+    let pipeline = format!(
+        "schema = 1\nname = \"hostile\"\n[input]\nseries = \"{demo}/series\"\n[reference]\npath = \"{demo}/truth/2018.tif\"\n\
+         classes = \"{demo}/classes.csv\"\n[output]\ndir = \"runs/hostile\"\n[plugins]\ndir = \"plugins\"\n\
+         [[stage]]\nid = \"ndvi\"\nplugin = \"normalized-difference@0.1.0\"\nparams = {{ a = \"B08\", b = \"B04\" }}\n\
+         [[stage]]\nid = \"sparse\"\nplugin = \"stratified-samples@0.1.0\"\nparams = {{ per_class = 5 }}\n{stage}",
+        demo = demo.display()
+    );
+    let dir = common::project_dir();
+    std::fs::write(dir.path().join("pipeline.toml"), pipeline).unwrap();
+    let out = sitsflow(dir.path(), &["--quiet", "plugins", "lock", "pipeline.toml"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    dir
+}
+
+#[test]
+fn a_labeller_returning_nan_negative_or_unnormalised_probabilities_fails_naming_stage_plugin_and_chunk() {
+    let labeller = common::component("fixture-hostile-labeller");
+    for (mode, message) in [
+        ("nan", "returned a non-finite probability (NaN) for sample 0"),
+        ("negative", "returned probability -5 for sample 0, class column 0: probabilities lie within [0, 1]"),
+        ("unnormalised", "returned probabilities summing to"),
+    ] {
+        let dir = hostile_project(&format!(
+            "[[stage]]\nid = \"labels\"\npath = \"{}\"\nsamples = \"sparse\"\nholdout = 0\nparams = {{ probabilities = \"{mode}\" }}\n",
+            labeller.display()
+        ));
+        let out = sitsflow(dir.path(), &["--quiet", "run", "pipeline.toml"], None);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{mode}: {err}");
+        assert!(err.contains("stage 'labels' (fixture-hostile-labeller@0.1.0) predicting") && err.contains("chunk"), "{mode}: {err}");
+        assert!(err.contains(message), "{mode}: {err}");
+        assert!(!dir.path().join("runs/hostile/manifest.json").exists(), "{mode}: nothing is published");
+    }
+    // The same fixture predicting proper probabilities runs through.
+    let dir = hostile_project(&format!("[[stage]]\nid = \"labels\"\npath = \"{}\"\nsamples = \"sparse\"\nholdout = 0\n", labeller.display()));
+    let out = sitsflow(dir.path(), &["--quiet", "run", "pipeline.toml"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn a_features_stage_returning_no_features_a_nul_name_or_a_name_twice_fails_naming_stage_and_plugin() {
+    let features = common::component("fixture-hostile-features");
+    for (mode, message) in [
+        ("none", "returned zero features; a features stage returns at least one"),
+        ("nul", r#"feature 0 is named "a\0b": a name is 1 to 256 bytes without control characters"#),
+        ("duplicate", "returned the feature name 'x' twice"),
+    ] {
+        let dir = hostile_project(&format!("[[stage]]\nid = \"odd\"\npath = \"{}\"\nparams = {{ names = \"{mode}\" }}\n", features.display()));
+        let out = sitsflow(dir.path(), &["--quiet", "run", "pipeline.toml"], None);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{mode}: {err}");
+        assert!(err.contains("stage 'odd' (fixture-hostile-features@0.1.0) on chunk 0"), "{mode}: {err}");
+        assert!(err.contains(message), "{mode}: {err}");
+        assert!(!err.contains("GDAL") && !err.contains("NulError"), "{mode}: {err}");
+    }
+}
+
+#[test]
+fn a_plugin_keeping_state_between_calls_gives_the_same_bytes_run_after_run_at_two_workers() {
+    let features = common::component("fixture-hostile-features");
+    let stage = format!("[[stage]]\nid = \"state\"\npath = \"{}\"\nparams = {{ names = \"calls\" }}\n", features.display());
+    let mut maps = Vec::new();
+    for _ in 0..2 {
+        let dir = hostile_project(&stage);
+        let pipeline = std::fs::read_to_string(dir.path().join("pipeline.toml")).unwrap();
+        // Several chunks on two workers: with reused instances, which chunk an instance
+        // serves second is a race.
+        let pipeline = pipeline.replace("[output]", "[run]\nworkers = 2\nchunk_size = 16\n[output]");
+        std::fs::write(dir.path().join("pipeline.toml"), pipeline).unwrap();
+        let out = sitsflow(dir.path(), &["--quiet", "run", "pipeline.toml"], None);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let ds = gdal::Dataset::open(dir.path().join("runs/hostile/state.tif")).unwrap();
+        let values: Vec<f32> = ds.rasterband(1).unwrap().read_as::<f32>((0, 0), (64, 64), (64, 64), None).unwrap().data().to_vec();
+        // Every chunk is its instance's first call.
+        assert!(values.iter().all(|&v| v == 1.0), "an instance served more than one call: {:?}", values.iter().copied().fold(0f32, f32::max));
+        maps.push(std::fs::read(dir.path().join("runs/hostile/state.tif")).unwrap());
+    }
+    assert!(maps[0] == maps[1], "the two runs' maps differ");
+}
+
 /// A tmpfs of `mib` MiB mounted at `dir` (unmounted on drop); None where mounting is
 /// not allowed (not root), which the caller reports.
 struct Tmpfs(PathBuf);
@@ -290,6 +396,31 @@ fn a_full_disk_fails_the_run_cleanly_and_the_rerun_recovers() {
     assert!(out.status.success(), "the rerun with room recovers: {}", text(&out.stderr));
     assert_manifest_matches(&run);
     assert_eq!(fingerprint(&run), fingerprint(reference));
+}
+
+#[test]
+fn a_full_disk_while_the_report_is_written_names_the_file_and_the_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let mount = dir.path().join("disk");
+    let Some(_disk) = Tmpfs::mount(&mount, 64) else {
+        eprintln!("SKIPPED a_full_disk_while_the_report_is_written_names_the_file_and_the_device: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    // Fill the device to the last byte, as a run's outputs would have.
+    let staging = mount.join("demo/.partial/out");
+    std::fs::create_dir_all(&staging).unwrap();
+    {
+        use std::io::Write as _;
+        let mut filler = std::fs::File::create(mount.join("filler")).unwrap();
+        while filler.write_all(&[0u8; 4096]).is_ok() {}
+    }
+    let manifest = serde_json::json!({ "pipeline": { "name": "demo" } });
+    // What `run` does around the report (run.rs): the write, then the device's state.
+    let result = sitsflow::fsutil::with_space_hint(sitsflow::report::write_report(&staging, &manifest, &[], &[], &[]), &staging);
+    let err = format!("{:#}", result.expect_err("the device is full"));
+    assert!(err.contains("no space left on the device holding"), "{err}");
+    assert!(err.contains(&format!("writing {}", staging.join("report.json").display())), "{err}");
+    assert!(!staging.join("report.json").exists(), "nothing half-written under the final name");
 }
 
 fn walkdir(dir: &Path) -> Vec<PathBuf> {

@@ -149,6 +149,36 @@ fn a_run_directory_that_is_or_holds_an_input_is_refused() {
     }
 }
 
+#[cfg(unix)]
+#[test]
+fn a_run_directory_that_a_symlink_leads_into_an_input_is_refused() {
+    let demo = common::small_demo();
+    let series = demo.join("series");
+    // (link, its target — None: the project's plugin folder —, the run directory, the refusal)
+    for (link, target, output, message) in [
+        // The run directory itself is a link to the series folder.
+        ("links/series", Some(series.clone()), "links/series", "holds the series folder"),
+        // A folder above it is a link: the run directory lands in the series folder.
+        ("links/demo", Some(demo.to_path_buf()), "links/demo/series", "holds the series folder"),
+        ("links/demo", Some(demo.to_path_buf()), "links/demo/series/runs/x", "is inside the series folder"),
+        // Into the plugin folder, through a link.
+        ("links/plugins", None, "links/plugins/run", "is inside the plugin folder"),
+    ] {
+        let dir = project(&ndvi_pipeline(output, ""));
+        let link = dir.path().join(link);
+        std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+        let target = target.unwrap_or_else(|| dir.path().join("plugins"));
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let before = std::fs::read_dir(&series).unwrap().count();
+        let out = sitsflow(&["--quiet", "run", "pipeline.toml"], dir.path());
+        assert_eq!(out.status.code(), Some(1), "{output}: {}", text(&out.stderr));
+        let err = text(&out.stderr);
+        assert!(err.contains(message) && err.contains("which resolves to"), "{output}: {err}");
+        assert_eq!(std::fs::read_dir(&series).unwrap().count(), before, "{output}: nothing written into the series folder");
+        assert!(!target.join(".sitsflow.lock").exists(), "{output}: no lock file left in the input");
+    }
+}
+
 #[test]
 fn a_reference_that_misses_the_grid_is_an_error_not_an_empty_map() {
     let dir = tempfile::tempdir().unwrap();

@@ -73,6 +73,35 @@ fn bad_file_names_and_duplicate_dates_are_refused_before_reading() {
     assert!(err.starts_with("date 2015-07-11 appears twice"), "{err}");
 }
 
+#[test]
+fn a_date_that_does_not_overlap_the_grid_is_an_error_naming_file_and_date() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = common::shared_data().join("slovenia-s2-eolearn/series");
+    std::fs::copy(src.join("2015-07-11.tif"), dir.path().join("2015-07-11.tif")).unwrap();
+    // The next date, 100 km east of the first: it shares no pixel with the grid.
+    let far = dir.path().join("2015-07-31.tif");
+    std::fs::copy(src.join("2015-07-31.tif"), &far).unwrap();
+    {
+        let mut ds = gdal::Dataset::open_ex(&far, gdal::DatasetOptions { open_flags: gdal::GdalOpenFlags::GDAL_OF_UPDATE, ..Default::default() }).unwrap();
+        let mut gt = ds.geo_transform().unwrap();
+        gt[0] += 100_000.0;
+        ds.set_geo_transform(&gt).unwrap();
+    }
+    let err = format!("{:#}", Series::open(dir.path(), None).unwrap_err());
+    assert!(err.contains("2015-07-31.tif (date 2015-07-31, band 'NDVI'): does not overlap the grid"), "{err}");
+    assert!(err.contains("every pixel of that date would be no data"), "{err}");
+    // Without a CRS the file cannot be aligned at all: refused when opened, not in the chunk phase.
+    {
+        let mut ds = gdal::Dataset::open_ex(&far, gdal::DatasetOptions { open_flags: gdal::GdalOpenFlags::GDAL_OF_UPDATE, ..Default::default() }).unwrap();
+        let mut gt = ds.geo_transform().unwrap();
+        gt[0] -= 100_000.0;
+        ds.set_geo_transform(&gt).unwrap();
+        ds.set_projection("").unwrap();
+    }
+    let err = format!("{:#}", Series::open(dir.path(), None).unwrap_err());
+    assert!(err.contains("2015-07-31.tif (date 2015-07-31, band 'NDVI'): has no CRS while the grid has one"), "{err}");
+}
+
 // ---- Generated Sentinel-2 L2A products and STAC items ------------------------------
 
 use gdal::raster::{Buffer, RasterCreationOptions};

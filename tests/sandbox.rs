@@ -450,7 +450,7 @@ fn a_300_mib_result_is_handed_over() {
 
 /// The run's stage instances share what the memory budget leaves them: guests filling
 /// their own cap on every worker cannot take the host past the budget. Memory goes back
-/// to the account when an instance goes.
+/// to the account when an instance goes (after its call: every call gets a fresh one).
 #[test]
 fn instances_together_stay_within_the_run_share_of_memory() {
     use sitsflow::runtime::GuestMemory;
@@ -459,14 +459,18 @@ fn instances_together_stay_within_the_run_share_of_memory() {
     let limits = Limits { memory_bytes: 256 << 20, ..Limits::default() };
     let (a, b) = (StagePool::new(plugin.clone(), limits).sharing(&shared), StagePool::new(plugin, limits).sharing(&shared));
     let c = cube(4, 4, |_| 0.5);
-    // Each within its own cap; the first keeps its memory while pooled.
-    a.with(|i| i.features(&context(0), &c, r#"{"mib": 60}"#)).unwrap();
-    let err = b.with(|i| i.features(&context(1), &c, r#"{"mib": 60}"#)).unwrap_err();
-    assert!(matches!(err, StageCallError::SharedMemory { shared_mib: 96, .. }), "{err}");
-    assert!(err.to_string().contains("memory_budget_mib"), "{err}");
+    // Each within its own cap; while the first instance holds its 60 MiB (its call is
+    // still open, as on another worker), the second cannot take another 60.
+    a.with(|first| {
+        first.features(&context(0), &c, r#"{"mib": 60}"#)?;
+        let err = b.with(|second| second.features(&context(1), &c, r#"{"mib": 60}"#)).unwrap_err();
+        assert!(matches!(err, StageCallError::SharedMemory { shared_mib: 96, .. }), "{err}");
+        assert!(err.to_string().contains("memory_budget_mib"), "{err}");
+        Ok(())
+    })
+    .unwrap();
     assert!(shared.peak_bytes() <= 96 << 20, "never past the share: {} bytes", shared.peak_bytes());
-    drop(a);
-    b.with(|i| i.features(&context(2), &c, r#"{"mib": 60}"#)).expect("the first pool's memory went back to the account");
+    b.with(|i| i.features(&context(2), &c, r#"{"mib": 60}"#)).expect("the first instance's memory went back to the account");
 }
 
 /// SimCLR views (seed 003): the same seeds give the same views in the sandbox as the

@@ -43,20 +43,44 @@ impl Source {
             return ConfigError { file: self.path.clone(), line: 0, column: 0, message, excerpt: None };
         };
         let (line, column) = self.line_col(span.start);
-        let text = self.text.lines().nth(line - 1).unwrap_or("").to_string();
+        let text = self.text.lines().nth(line - 1).unwrap_or("");
         // Underline the span on its first line.
         let first_line_len = self.text[span.start..span.end.min(self.text.len())]
             .split('\n')
             .next()
             .map_or(1, |s| s.chars().count().max(1));
+        let excerpt = excerpt_window(text, column, first_line_len);
         ConfigError {
             file: self.path.clone(),
             line,
             column,
-            message,
-            excerpt: Some((text, column, first_line_len)),
+            message: sitsflow_core::fsutil::cut_text(&message, sitsflow_core::fsutil::SHOWN_MESSAGE_BYTES).into_owned(),
+            excerpt: Some(excerpt),
         }
     }
+}
+
+/// Characters of a line an excerpt shows before the span and in all.
+const EXCERPT_BEFORE: usize = 40;
+const EXCERPT_CHARS: usize = 160;
+
+/// The part of a long line an excerpt shows (about [`EXCERPT_CHARS`] characters from a
+/// little before the span, `…` where it is cut), with the span's column and width in it.
+fn excerpt_window(text: &str, column: usize, width: usize) -> (String, usize, usize) {
+    let chars = text.chars().count();
+    if chars <= EXCERPT_CHARS {
+        return (text.to_string(), column, width);
+    }
+    let start = column.saturating_sub(1 + EXCERPT_BEFORE);
+    let end = (start + EXCERPT_CHARS).min(chars);
+    let mut shown: String = text.chars().skip(start).take(end - start).collect();
+    let lead = if start > 0 { "…" } else { "" };
+    if end < chars {
+        shown.push('…');
+    }
+    let column_in = column - start + lead.chars().count();
+    let width_in = width.min(end - (column - 1).min(end)).max(1);
+    (format!("{lead}{shown}"), column_in, width_in)
 }
 
 /// A configuration error with its place: `file:line:column: message`, then the

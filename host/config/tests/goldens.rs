@@ -59,3 +59,21 @@ fn the_valid_cases_parse() {
         }
     }
 }
+
+#[test]
+fn an_error_about_a_20_mb_value_echoes_a_few_hundred_bytes_of_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("huge.toml");
+    let id = "X".repeat(20 << 20);
+    let text = format!(
+        "schema = 1\nname = \"huge\"\n\n[input]\nseries = \"series\"\n\n[[stage]]\nid = \"{id}\"\nplugin = \"normalized-difference@0.1.0\"\n"
+    );
+    std::fs::write(&file, text).expect("writing the case");
+    let err = Pipeline::load(&file).err().expect("a 20 MB stage id is refused").to_string();
+    assert!(err.len() < 5_000, "the message is {} bytes", err.len());
+    assert!(err.contains("huge.toml:8:6: invalid stage id 'XXXX") && err.contains("bytes in all)"), "{err}");
+    // The excerpt shows the start of the line and underlines within it.
+    let excerpt: Vec<&str> = err.lines().skip(1).collect();
+    assert!(excerpt.iter().all(|l| l.chars().count() < 200), "{excerpt:?}");
+    assert!(excerpt.iter().any(|l| l.contains("^^^")), "{excerpt:?}");
+}

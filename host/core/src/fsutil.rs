@@ -100,6 +100,61 @@ pub fn produce<T>(path: &Path, write: impl FnOnce(&Path) -> anyhow::Result<T>) -
     }
 }
 
+/// The most bytes of an input value a message echoes.
+pub const SHOWN_VALUE_BYTES: usize = 200;
+
+/// A value as a message shows it: quoted and escaped (`{:?}`), cut to about
+/// [`SHOWN_VALUE_BYTES`] with its full length said, so an error never echoes megabytes.
+pub fn shown_value(value: &str) -> String {
+    if value.len() <= SHOWN_VALUE_BYTES {
+        return format!("{value:?}");
+    }
+    let mut end = SHOWN_VALUE_BYTES;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}… ({} bytes in all)", &value[..end], value.len())
+}
+
+/// The most bytes of one message (a plugin's error text, a schema's complaint) shown.
+pub const SHOWN_MESSAGE_BYTES: usize = 2000;
+
+/// `text` cut to about `max` bytes (at a character boundary) with its full length said.
+pub fn cut_text(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}… ({} bytes in all)", &text[..end], text.len()))
+}
+
+/// Where `path` really is: absolute, every symbolic link resolved in the part that
+/// exists (its deepest existing ancestor, canonicalised), the rest appended as written
+/// and normalised. Two paths name the same place when their resolved forms are equal,
+/// whatever links lead there.
+pub fn resolve(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(existing) {
+            let mut out = real;
+            out.extend(rest.iter().rev());
+            return normalize(&out);
+        }
+        match (existing.file_name(), existing.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                existing = parent;
+            }
+            _ => return normalize(&absolute),
+        }
+    }
+}
+
 /// Removes `.` and resolves `..` lexically (no file-system access), so paths shown to
 /// operators read `runs/demo` rather than `configs/../runs/demo`.
 pub fn normalize(path: &Path) -> PathBuf {
@@ -171,5 +226,27 @@ mod tests {
         assert_eq!(relative_to(Path::new("/t/x/plugins"), Path::new("/t/x")), Path::new("plugins"));
         assert_eq!(relative_to(Path::new("configs/demo.lock"), Path::new("configs")), Path::new("demo.lock"));
         assert_eq!(relative_to(Path::new("a"), Path::new(".")), Path::new("a"));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn resolve_follows_links_in_the_part_that_exists() {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = tmp.path().join("data");
+        std::fs::create_dir(&real).unwrap();
+        std::fs::create_dir(tmp.path().join("runs")).unwrap();
+        std::os::unix::fs::symlink("../data", tmp.path().join("runs/link")).unwrap();
+        let real = std::fs::canonicalize(&real).unwrap();
+        assert_eq!(resolve(&tmp.path().join("runs/link")), real);
+        assert_eq!(resolve(&tmp.path().join("runs/link/new/run")), real.join("new/run"));
+        assert_eq!(resolve(&tmp.path().join("runs/./other")), std::fs::canonicalize(tmp.path()).unwrap().join("runs/other"));
+    }
+
+    #[test]
+    fn a_long_value_is_cut_when_shown() {
+        assert_eq!(shown_value("a\0b"), "\"a\\0b\"");
+        let long = "é".repeat(10_000);
+        let shown = shown_value(&long);
+        assert!(shown.len() < 300 && shown.ends_with("(20000 bytes in all)"), "{shown}");
     }
 }

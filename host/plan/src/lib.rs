@@ -508,45 +508,49 @@ impl Plan {
             if let Role::SuperResolver { annotations: Annotations::Files(files), .. } = &stage.role {
                 inputs.extend(files.iter().map(|a| ("an annotation", a.path.clone())));
             }
-            match &stage.role {
-                _ => {}
-            }
         }
         inputs
     }
 
     /// Refuses a run directory that is one of the run's inputs or holds one (publishing
     /// replaces the files of the run directory), or that lies inside the series folder
-    /// (whose rasters are read as dates). A stored model may sit in the run directory it
+    /// (whose rasters are read as dates) or the plugin folder. Paths are compared where
+    /// they really are, so a symbolic link (the run directory, or a folder above it)
+    /// cannot lead a run into its inputs. A stored model may sit in the run directory it
     /// was trained in: a run predicting with it writes its own models there.
     pub fn check_output_dir(&self) -> anyhow::Result<()> {
-        let abs = |p: &Path| sitsflow_core::fsutil::normalize(&std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()));
-        let out = abs(&self.output_dir);
+        use sitsflow_core::fsutil::resolve;
+        let out = resolve(&self.output_dir);
+        let shown = |p: &Path, real: &Path| {
+            let lexical = sitsflow_core::fsutil::normalize(&std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()));
+            if lexical == real { real.display().to_string() } else { format!("{} (which resolves to {})", p.display(), real.display()) }
+        };
         let inputs: Vec<(&str, PathBuf)> = self.input_paths().into_iter().filter(|(what, _)| *what != "a stored model").collect();
         for (what, path) in &inputs {
-            let path = abs(path);
-            if path == out || path.starts_with(&out) {
+            let real = resolve(path);
+            if real.starts_with(&out) {
                 anyhow::bail!(
                     "the run directory {} holds {what} {}: publishing a run replaces its folder's files; give the run a \
                      folder of its own ([output] dir or --output)",
-                    out.display(),
-                    path.display()
+                    shown(&self.output_dir, &out),
+                    shown(path, &real)
                 );
             }
         }
-        let folder = match &self.input.source {
-            InputSource::Series(dir) => Some(("the series folder", dir)),
-            InputSource::L2a(dir) => Some(("the L2A folder", dir)),
-            InputSource::Stac(_) => None,
-        };
-        if let Some((what, dir)) = folder {
-            let dir = abs(dir);
-            if out.starts_with(&dir) {
+        let mut folders = vec![("the plugin folder", &self.plugin_dir)];
+        match &self.input.source {
+            InputSource::Series(dir) => folders.push(("the series folder", dir)),
+            InputSource::L2a(dir) => folders.push(("the L2A folder", dir)),
+            InputSource::Stac(_) => {}
+        }
+        for (what, dir) in folders {
+            let real = resolve(dir);
+            if out.starts_with(&real) {
                 anyhow::bail!(
-                    "the run directory {} is inside {what} {}, whose rasters are read as the input; give the run a folder \
+                    "the run directory {} is inside {what} {}, whose files are read as the run's input; give the run a folder \
                      outside it ([output] dir or --output)",
-                    out.display(),
-                    dir.display()
+                    shown(&self.output_dir, &out),
+                    shown(dir, &real)
                 );
             }
         }

@@ -84,7 +84,7 @@ impl ReferenceMap {
 
 /// Whether `ds`'s extent meets `grid`'s (the grid's outline transformed into `ds`'s
 /// CRS); `None` when either lacks georeferencing or the CRSs cannot be related.
-fn overlaps(ds: &Dataset, grid: &Grid) -> Option<bool> {
+pub(crate) fn overlaps(ds: &Dataset, grid: &Grid) -> Option<bool> {
     use gdal::spatial_ref::{AxisMappingStrategy, CoordTransform, SpatialRef};
     let gt = grid.geo_transform?;
     let rgt = ds.geo_transform().ok()?;

@@ -173,16 +173,37 @@ impl Series {
             Some(g) => g,
             None => Grid::of(&open(&scenes[0].sources[0].path)?),
         };
-        let mut checked: HashMap<String, Grid> = HashMap::new();
+        // Each file's grid, and whether it overlaps the target grid (None: cannot tell).
+        let mut checked: HashMap<String, (Grid, Option<bool>)> = HashMap::new();
         for scene in &scenes {
             ensure!(scene.sources.len() == bands.len(), "{}: date {} has {} bands, expected {}", origin.display(), scene.date, scene.sources.len(), bands.len());
             for (source, band) in scene.sources.iter().zip(&bands) {
                 if !checked.contains_key(&source.path) {
                     let ds = open(&source.path)?;
-                    checked.insert(source.path.clone(), Grid::of(&ds));
+                    let overlap = crate::reference::overlaps(&ds, &grid);
+                    checked.insert(source.path.clone(), (Grid::of(&ds), overlap));
                     probe(&ds, &source.path)?;
                 }
-                let ds_grid = &checked[&source.path];
+                let (ds_grid, overlap) = &checked[&source.path];
+                if *overlap == Some(false) {
+                    bail!(
+                        "{} (date {}, band '{band}'): does not overlap the grid ({} × {} px{}): every pixel of that date would be \
+                         no data; check its CRS and extent, or leave the date out of the series",
+                        source.path,
+                        scene.date,
+                        grid.width,
+                        grid.height,
+                        grid.geo_transform.map_or(String::new(), |g| format!(", upper left {} {}", g[0], g[3]))
+                    );
+                }
+                if !ds_grid.same_pixels(&grid) && !grid.projection.is_empty() && ds_grid.projection.is_empty() {
+                    bail!(
+                        "{} (date {}, band '{band}'): has no CRS while the grid has one, so it cannot be aligned; give the file \
+                         its CRS (e.g. `gdal_edit.py -a_srs EPSG:…`)",
+                        source.path,
+                        scene.date
+                    );
+                }
                 if !ds_grid.same_pixels(&grid) && (ds_grid.geo_transform.is_none() || grid.geo_transform.is_none()) {
                     bail!(
                         "{} (date {}, band '{band}'): its grid ({} x {} px) differs from the target grid ({} x {} px) and one of them has no georeferencing, so it cannot be aligned",

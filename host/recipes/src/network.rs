@@ -123,7 +123,7 @@ pub fn check_params(arch: &str, params: &Value) -> Result<(), Vec<(String, Strin
         Some(RecipeShape::Pixel) | None => params_schema(),
     };
     let schema = jsonschema::validator_for(&schema).expect("the recipe parameter schema is valid");
-    let errors: Vec<_> = schema.iter_errors(params).map(|e| (e.instance_path().to_string(), e.to_string())).collect();
+    let errors: Vec<_> = schema.iter_errors(params).map(|e| (e.instance_path().to_string(), sitsflow_core::fsutil::cut_text(&e.to_string(), 300).into_owned())).collect();
     if errors.is_empty() { Ok(()) } else { Err(errors) }
 }
 

@@ -12,7 +12,7 @@ use crate::bindings::since_v0_1::{self, stages as v01};
 use crate::bindings::types::{self, Cube, FeatureMatrix, Footprint, ModelBlob, Placement, Probabilities, StageError, Tensor};
 use sitsflow_infer::{InferenceError, ModelSet};
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -95,12 +95,14 @@ pub enum StageCallError {
     },
 }
 
+/// A stage's own error, its text cut to [`SHOWN_MESSAGE_BYTES`](sitsflow_core::fsutil::SHOWN_MESSAGE_BYTES).
 fn describe_stage_error(e: &StageError) -> String {
+    let cut = |m: &str| sitsflow_core::fsutil::cut_text(m, sitsflow_core::fsutil::SHOWN_MESSAGE_BYTES).into_owned();
     match e {
-        StageError::InvalidInput(m) => format!("rejected its input: {m}"),
-        StageError::InvalidParams(m) => format!("rejected its parameters: {m}"),
-        StageError::Unsupported(m) => format!("cannot do this: {m}"),
-        StageError::Failed(m) => format!("failed: {m}"),
+        StageError::InvalidInput(m) => format!("rejected its input: {}", cut(m)),
+        StageError::InvalidParams(m) => format!("rejected its parameters: {}", cut(m)),
+        StageError::Unsupported(m) => format!("cannot do this: {}", cut(m)),
+        StageError::Failed(m) => format!("failed: {}", cut(m)),
     }
 }
 
@@ -897,8 +899,11 @@ fn deadline_ticks(deadline_ms: u64) -> u64 {
     deadline_ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1)
 }
 
-/// Healthy instances of one stage, reused across chunks and worker threads.
-/// An instance that trapped is dropped and replaced by a fresh one on demand.
+/// The instances of one stage: every call (every chunk, every `with`) gets a fresh
+/// instance from the plugin's `InstancePre`, so nothing a guest keeps between calls —
+/// a cache, a counter, a `HashMap` iterated in its random order — can make a result
+/// depend on which instance served a chunk or in what order the workers ran. The same
+/// inputs and seed give the same bits whatever the plugin does.
 pub struct StagePool {
     plugin: Arc<Plugin>,
     limits: Limits,
@@ -907,7 +912,6 @@ pub struct StagePool {
     /// The run's account of its instances' memory (`sharing`).
     shared: Option<Arc<GuestMemory>>,
     models: Arc<ModelSet>,
-    idle: Mutex<Vec<Instance>>,
 }
 
 impl StagePool {
@@ -918,7 +922,7 @@ impl StagePool {
 
     /// A pool whose instances may call these models through `infer`, by their names in the set.
     pub fn with_models(plugin: Arc<Plugin>, limits: Limits, models: Arc<ModelSet>) -> Self {
-        StagePool { plugin, limits, seed: 0, shared: None, models, idle: Mutex::new(Vec::new()) }
+        StagePool { plugin, limits, seed: 0, shared: None, models }
     }
 
     /// The same pool, its guests' randomness seeded from the run's `seed` (with the
@@ -944,19 +948,12 @@ impl StagePool {
         &self.models
     }
 
-    /// Runs `f` on an idle instance (or a new one), returning the instance to the
-    /// pool only if it is still healthy.
+    /// Runs `f` on a fresh instance, dropped afterwards (its memory returned to the
+    /// run's account). Instantiating from the `InstancePre` costs tens of µs (memory
+    /// images are mapped copy-on-write), small beside a chunk's call.
     pub fn with<R>(&self, f: impl FnOnce(&mut Instance) -> Result<R, StageCallError>) -> Result<R, StageCallError> {
-        let idle = self.idle.lock().expect("stage pool lock").pop();
-        let mut instance = match idle {
-            Some(i) => i,
-            None => Instance::new(&self.plugin, self.limits, self.models.clone(), self.shared.clone())?,
-        };
+        let mut instance = Instance::new(&self.plugin, self.limits, self.models.clone(), self.shared.clone())?;
         instance.store.data_mut().run_seed = self.seed;
-        let result = f(&mut instance);
-        if instance.is_healthy() {
-            self.idle.lock().expect("stage pool lock").push(instance);
-        }
-        result
+        f(&mut instance)
     }
 }

@@ -279,7 +279,7 @@ impl Plugin {
         let errors: Vec<_> = self
             .schema
             .iter_errors(params)
-            .map(|e| (e.instance_path().to_string(), e.to_string()))
+            .map(|e| (e.instance_path().to_string(), sitsflow_core::fsutil::cut_text(&e.to_string(), 300).into_owned()))
             .collect();
         if errors.is_empty() { Ok(()) } else { Err(errors) }
     }

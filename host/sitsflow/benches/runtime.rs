@@ -4,7 +4,9 @@
 //! `target/bench/runtime.json`. Measured: the per-call overhead of a stage call on a
 //! tiny chunk, the cost of a fresh instance, and the throughput of moving a 64 MiB
 //! cube into a stage and its 32 MiB feature matrix out (template stage
-//! `normalized-difference`), each against the native call of the same code.
+//! `normalized-difference`), each against the native call of the same code; and what
+//! a fresh instance per call (`StagePool::with`, what runs do) costs against calling one
+//! reused instance.
 
 #[path = "../../../tests/common/mod.rs"]
 mod common;
@@ -67,6 +69,16 @@ fn main() {
         t.elapsed() / calls
     });
 
+    // 1b. The same calls on one reused instance: what pooling instances would save.
+    let mut reused = plugin.instantiate(limits).unwrap();
+    let reused_call = median(5, || {
+        let t = Instant::now();
+        for _ in 0..calls {
+            black_box(reused.features(&context, &tiny, PARAMS).unwrap());
+        }
+        t.elapsed() / calls
+    });
+
     // 2. A fresh instance from the pre-instantiated component.
     let instantiate = median(5, || {
         let t = Instant::now();
@@ -83,6 +95,11 @@ fn main() {
     let wasm_big = median(7, || {
         let t = Instant::now();
         black_box(pool.with(|i| i.features(&context, &big, PARAMS)).unwrap());
+        t.elapsed()
+    });
+    let reused_big = median(7, || {
+        let t = Instant::now();
+        black_box(reused.features(&context, &big, PARAMS).unwrap());
         t.elapsed()
     });
     let native_big = median(7, || {
@@ -102,6 +119,13 @@ fn main() {
         native_call.as_secs_f64() * 1e6,
         wasm_call.as_secs_f64() / native_call.as_secs_f64()
     );
+    println!(
+        "{:<44} {:>10.2}µs {:>10.2}µs {:>7.1}x",
+        "  the same on one reused instance",
+        reused_call.as_secs_f64() * 1e6,
+        native_call.as_secs_f64() * 1e6,
+        reused_call.as_secs_f64() / native_call.as_secs_f64()
+    );
     println!("{:<44} {:>10.2}µs {:>12} {:>8}", "fresh instance (InstancePre)", instantiate.as_secs_f64() * 1e6, "-", "-");
     println!(
         "{:<44} {:>10.1}ms {:>10.1}ms {:>7.2}x",
@@ -111,18 +135,27 @@ fn main() {
         wasm_big.as_secs_f64() / native_big.as_secs_f64()
     );
     println!("{:<44} {:>8.2}GB/s {:>8.2}GB/s", "  throughput (bytes in + out / time)", gbps(wasm_big), gbps(native_big));
+    println!(
+        "{:<44} {:>10.1}ms {:>10.1}ms {:>7.2}x",
+        "  the same on one reused instance",
+        reused_big.as_secs_f64() * 1e3,
+        native_big.as_secs_f64() * 1e3,
+        reused_big.as_secs_f64() / native_big.as_secs_f64()
+    );
 
     let report = serde_json::json!({
         "bench": "runtime",
         "baseline": "native call of the same stage code in the same run",
         "machine": { "cores": std::thread::available_parallelism().map_or(1, |n| n.get()) },
         "per_call_us": { "wasm": wasm_call.as_secs_f64() * 1e6, "native": native_call.as_secs_f64() * 1e6,
-                         "ratio": wasm_call.as_secs_f64() / native_call.as_secs_f64() },
+                         "ratio": wasm_call.as_secs_f64() / native_call.as_secs_f64(),
+                         "wasm_reused_instance": reused_call.as_secs_f64() * 1e6 },
         "instantiate_us": instantiate.as_secs_f64() * 1e6,
         "chunk_64mib": { "bytes_in": bytes_in, "bytes_out": bytes_out,
                          "wasm_ms": wasm_big.as_secs_f64() * 1e3, "native_ms": native_big.as_secs_f64() * 1e3,
                          "ratio": wasm_big.as_secs_f64() / native_big.as_secs_f64(),
-                         "wasm_gbps": gbps(wasm_big), "native_gbps": gbps(native_big) },
+                         "wasm_gbps": gbps(wasm_big), "native_gbps": gbps(native_big),
+                         "wasm_reused_instance_ms": reused_big.as_secs_f64() * 1e3 },
     });
     let out = common::workspace().join("target/bench/runtime.json");
     sitsflow::fsutil::write_atomic(&out, serde_json::to_string_pretty(&report).unwrap().as_bytes()).unwrap();

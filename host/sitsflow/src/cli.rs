@@ -425,6 +425,17 @@ fn dispatch(cli: &Cli) -> Result<(), Failure> {
             let plan = Plan::load(pipeline, &runtime)?;
             print!("{}", plan.render());
             plan.verify_lock().map_err(Failure::Lock)?;
+            // What the run would find wrong with its input (a band missing from a date, a
+            // date off the grid or without a CRS) is found here, without reading pixels.
+            let series = plan.input.open().with_context(|| format!("{}: checking the input", pipeline.display()))?;
+            println!(
+                "input: {} dates × {} bands ({}), on a {} × {} px grid",
+                series.scenes.len(),
+                series.bands.len(),
+                series.bands.join(", "),
+                series.grid.width,
+                series.grid.height
+            );
             println!("ok: {} is valid and its plugins match {}", pipeline.display(), plan.lockfile.display());
             Ok(())
         }

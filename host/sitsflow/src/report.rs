@@ -576,7 +576,10 @@ pub fn write_report(
         "scene_stages": sections.iter().map(|s| json!({ "stage": s.stage, "kind": s.kind, "plugin": s.plugin, "summary": s.summary })).collect::<Vec<_>>(),
         "comparisons": comparisons(sections),
     });
-    crate::fsutil::write_atomic(&run_dir.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
+    let json_path = run_dir.join("report.json");
+    crate::fsutil::write_atomic(&json_path, serde_json::to_string_pretty(&report)?.as_bytes())
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("writing {}", json_path.display()))?;
 
     let megapixels = manifest["series"]["width"].as_f64().unwrap_or(0.0) * manifest["series"]["height"].as_f64().unwrap_or(0.0) / 1e6;
     let mut html = String::new();
@@ -687,7 +690,10 @@ pub fn write_report(
         html.push_str(&section_html(section));
     }
     html.push_str("</body></html>\n");
-    crate::fsutil::write_atomic(&run_dir.join("report.html"), html.as_bytes())?;
+    let html_path = run_dir.join("report.html");
+    crate::fsutil::write_atomic(&html_path, html.as_bytes())
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("writing {}", html_path.display()))?;
     Ok(())
 }
 

@@ -499,6 +499,13 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
         RunMode::Shard { index, count } => crate::rundir::RunDir::open_shard(&plan.output_dir, index, count)?,
         _ => crate::rundir::RunDir::open(&plan.output_dir)?,
     };
+    if mode == RunMode::Assemble && run_dir.finished_publish() && !run_dir.partial().exists() {
+        // A run killed while publishing left nothing else to do: its publish is now
+        // finished, and no shard has started since.
+        log::warn!("{}: finished publishing the interrupted run; there are no shard chunks to assemble", plan.output_dir.display());
+        let outputs = run_dir.published().into_iter().filter(|p| p.extension().is_some_and(|e| e == "tif")).collect();
+        return Ok(RunSummary { run_dir: plan.output_dir.clone(), outputs, chunks: 0, resumed_chunks: 0, chunk_size: layout.chunk_size, seconds: started.elapsed().as_secs_f64() });
+    }
     let key = run_key(plan, &series, &layout);
     let mut partial = Partial::open(run_dir.partial(), &key, &mode.journal(), !matches!(mode, RunMode::Shard { .. }))?;
     let staging = run_dir.staging();
@@ -739,7 +746,10 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
     manifest["graph"] = graph.to_json(plan);
     manifest["resumed_nodes"] = json!(fitted.resumed);
     manifest["peak_rss_mib"] = json!(peaks.overall());
-    peaks.measure("report", || crate::report::evaluate_and_write(plan, &staging, &finished, &manifest, &fitted.sections))?;
+    peaks.measure("report", || {
+        // A full disk shows up as a bare "No space left on device": name the device.
+        crate::fsutil::with_space_hint(crate::report::evaluate_and_write(plan, &staging, &finished, &manifest, &fitted.sections), &staging)
+    })?;
     manifest["peak_rss_mib"] = json!(peaks.overall());
     manifest["memory"] = peaks.to_json(plan.memory_budget_mib as u64);
     manifest["memory"]["estimate_mib"] = json!(layout.estimate_mib);
@@ -901,6 +911,7 @@ fn run_stages(
                     check_len(stage, index, "feature samples", features.samples as usize, outer_out.pixels())?;
                     let width = features.names.len();
                     check_len(stage, index, "feature values", features.data.len(), outer_out.pixels() * width)?;
+                    check_feature_names(stage, index, &features.names)?;
                     let names = positional_names(&features.names);
                     outputs.push(StageOutput::Features(names, crop_rows(&features.data, width, outer_out, core_out)));
                 }
@@ -912,6 +923,7 @@ fn run_stages(
                 check_len(stage, index, "feature samples", features.samples as usize, outer_out.pixels())?;
                 let width = features.names.len();
                 check_len(stage, index, "feature values", features.data.len(), outer_out.pixels() * width)?;
+                check_feature_names(stage, index, &features.names)?;
                 let cropped = crop_rows(&features.data, width, outer_out, core_out);
                 if read_later(stage.id.as_str()) {
                     let as_cube = features_cube(&features.names, &features.data, outer.rows, outer.cols)
@@ -1015,6 +1027,33 @@ fn positional_names(names: &[String]) -> Vec<String> {
             None => n.clone(),
         })
         .collect()
+}
+
+/// The longest feature name a stage may return, in bytes.
+const MAX_FEATURE_NAME: usize = 256;
+
+/// Checks the feature names a stage returned before they name raster bands: at least
+/// one, none empty, too long or holding control characters (NUL included), no two alike.
+fn check_feature_names(stage: &StagePlan, index: usize, names: &[String]) -> Result<(), String> {
+    let at = || format!("stage '{}' ({}) on chunk {index}", stage.id, stage.reference());
+    if names.is_empty() {
+        return Err(format!("{}: returned zero features; a features stage returns at least one", at()));
+    }
+    for (k, name) in names.iter().enumerate() {
+        if name.is_empty() || name.len() > MAX_FEATURE_NAME || name.chars().any(char::is_control) {
+            return Err(format!(
+                "{}: feature {k} is named {}: a name is 1 to {MAX_FEATURE_NAME} bytes without control characters",
+                at(),
+                crate::fsutil::shown_value(name)
+            ));
+        }
+    }
+    let mut sorted: Vec<&String> = names.iter().collect();
+    sorted.sort_unstable();
+    if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+        return Err(format!("{}: returned the feature name '{}' twice; each feature needs a name of its own", at(), w[0]));
+    }
+    Ok(())
 }
 
 fn check_len(stage: &StagePlan, index: usize, what: &str, got: usize, expected: usize) -> Result<(), String> {

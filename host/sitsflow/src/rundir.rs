@@ -16,6 +16,9 @@
 //! not produce, then renames each staged file into place and the new manifest last; a
 //! run killed in between leaves no manifest (nothing looks finished), and the next
 //! `RunDir::open` rolls the publish forward from `publish.json` before anything else.
+//! Rolling forward is idempotent at every point: once the new manifest has left the
+//! staging area every file is in place, and only the working folder is left to remove
+//! (renamed to `.partial.removing-<pid>` first, so it goes as a whole).
 
 use anyhow::{Context, Result, bail};
 use serde_json::json;
@@ -27,10 +30,14 @@ use std::path::{Path, PathBuf};
 pub const LOCK_FILE: &str = ".sitsflow.lock";
 /// The run's record, published last.
 pub const MANIFEST: &str = "manifest.json";
+/// What a working folder is renamed to before it is deleted (`.partial.removing-<pid>`).
+const TRASH_PREFIX: &str = ".partial.removing-";
 
 /// A locked run directory.
 pub struct RunDir {
     root: PathBuf,
+    /// Whether opening it finished the publish of an interrupted run.
+    finished_publish: bool,
     /// Held for the life of the value; the OS releases them when the process dies.
     _locks: Vec<File>,
 }
@@ -87,10 +94,12 @@ impl RunDir {
         let mut lock = lock_file(&lock_path)?;
         acquire(root, &mut lock, &lock_path, false)?;
         write_holder(&mut lock, "")?;
-        let dir = RunDir { root: root.to_path_buf(), _locks: vec![lock] };
+        let mut dir = RunDir { root: root.to_path_buf(), finished_publish: false, _locks: vec![lock] };
+        dir.remove_trash();
         if dir.publish_file().exists() {
             log::info!("finishing the publish of a run that was interrupted while publishing into {}", root.display());
             dir.roll_forward()?;
+            dir.finished_publish = true;
         }
         Ok(dir)
     }
@@ -106,7 +115,7 @@ impl RunDir {
         // Shards starting together each take the lock shared; an exclusive holder
         // (a whole run, an assembly) makes this fail at once.
         acquire(root, &mut lock, &lock_path, true)?;
-        let mut dir = RunDir { root: root.to_path_buf(), _locks: vec![lock] };
+        let mut dir = RunDir { root: root.to_path_buf(), finished_publish: false, _locks: vec![lock] };
         if dir.publish_file().exists() {
             bail!(
                 "{}: a run was interrupted while publishing; `sitsflow assemble` (or `sitsflow run`) finishes it before shards start",
@@ -122,6 +131,17 @@ impl RunDir {
         Ok(dir)
     }
 
+    /// Whether opening it finished the publish of a run that was interrupted while
+    /// publishing (its working folder is then gone).
+    pub fn finished_publish(&self) -> bool {
+        self.finished_publish
+    }
+
+    /// The files the published run lists in its manifest (paths under the run directory).
+    pub fn published(&self) -> Vec<PathBuf> {
+        previous_files(&self.root.join(MANIFEST)).into_iter().map(|f| self.root.join(f)).collect()
+    }
+
     /// The run directory itself.
     pub fn root(&self) -> &Path {
         &self.root
@@ -135,6 +155,17 @@ impl RunDir {
     /// Where the run's files are made, under their final relative names.
     pub fn staging(&self) -> PathBuf {
         self.partial().join("out")
+    }
+
+    /// Deletes working folders a killed process was removing (best effort: they hold
+    /// nothing a run needs).
+    fn remove_trash(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.root) else { return };
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(TRASH_PREFIX) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
     }
 
     fn publish_file(&self) -> PathBuf {
@@ -183,27 +214,60 @@ impl RunDir {
             record[key].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(PathBuf::from)).filter(|p| is_inside(p)).collect()
         };
         let (publish, remove) = (list("publish"), list("remove"));
-        remove_if_present(&self.root.join(MANIFEST))?;
-        for rel in &remove {
-            remove_if_present(&self.root.join(rel))?;
-        }
         let staging = self.staging();
-        for (n, rel) in publish.iter().chain(std::iter::once(&PathBuf::from(MANIFEST))).enumerate() {
-            let (from, to) = (staging.join(rel), self.root.join(rel));
-            if from.exists() {
-                if let Some(parent) = to.parent() {
-                    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-                }
-                std::fs::rename(&from, &to).with_context(|| format!("publishing {} as {}", from.display(), to.display()))?;
-                if n == 0 {
-                    crate::fail_point!("rundir::published_first");
-                }
-            } else if !to.exists() {
-                bail!("publishing into {}: the staged {} is gone", self.root.display(), from.display());
+        // The new manifest is renamed into place last: while it is still staged, the
+        // old run's manifest (if any) and its files the new run does not make go, and
+        // the staged files move; once it is gone from staging, all of that is done and
+        // only the working folder is left to remove. Each step checks what is already
+        // done, so a kill at any point is finished by running this again.
+        if staging.join(MANIFEST).exists() {
+            remove_if_present(&self.root.join(MANIFEST))?;
+            for rel in &remove {
+                remove_if_present(&self.root.join(rel))?;
             }
+            for (n, rel) in publish.iter().chain(std::iter::once(&PathBuf::from(MANIFEST))).enumerate() {
+                let (from, to) = (staging.join(rel), self.root.join(rel));
+                if from.exists() {
+                    if let Some(parent) = to.parent() {
+                        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+                    }
+                    std::fs::rename(&from, &to).with_context(|| format!("publishing {} as {}", from.display(), to.display()))?;
+                    if n == 0 {
+                        crate::fail_point!("rundir::published_first");
+                    }
+                } else if !to.exists() {
+                    bail!("publishing into {}: the staged {} is gone", self.root.display(), from.display());
+                }
+            }
+            sync_dir(&self.root);
+            crate::fail_point!("rundir::published_manifest");
+        } else if !self.root.join(MANIFEST).exists() {
+            bail!(
+                "publishing into {}: {} says a run was being published, but its manifest is neither staged ({}) nor published; \
+                 remove {} to start the run afresh",
+                self.root.display(),
+                path.display(),
+                staging.join(MANIFEST).display(),
+                self.partial().display()
+            );
+        } else if let Some(missing) = publish.iter().find(|rel| !self.root.join(rel).exists()) {
+            bail!(
+                "publishing into {}: the manifest is published but {} is missing; the run directory was changed by hand",
+                self.root.display(),
+                self.root.join(missing).display()
+            );
         }
+        self.remove_partial()
+    }
+
+    /// Removes the working folder as one step: renamed out of the way first (a kill
+    /// cannot leave a journal without the chunk files it lists), then deleted.
+    fn remove_partial(&self) -> Result<()> {
+        let partial = self.partial();
+        let trash = self.root.join(format!("{TRASH_PREFIX}{}", std::process::id()));
+        std::fs::rename(&partial, &trash).with_context(|| format!("renaming {} to {}", partial.display(), trash.display()))?;
         sync_dir(&self.root);
-        std::fs::remove_dir_all(self.partial()).with_context(|| format!("removing {}", self.partial().display()))?;
+        std::fs::remove_dir_all(&trash).with_context(|| format!("removing {}", trash.display()))?;
         Ok(())
     }
 }
@@ -339,5 +403,34 @@ mod tests {
         assert_eq!(std::fs::read_to_string(tmp.path().join("b.tif")).unwrap(), "new b");
         assert!(std::fs::read_to_string(tmp.path().join(MANIFEST)).unwrap().contains("b.tif"));
         assert!(!tmp.path().join(".partial").exists());
+    }
+
+    #[test]
+    fn a_kill_after_the_manifest_is_published_keeps_it_and_the_next_open_finishes() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let dir = RunDir::open(tmp.path()).unwrap();
+            put(&dir.staging().join("a.tif"), "new");
+            put(&dir.partial().join("done"), "journal");
+            put(&dir.publish_file(), r#"{"publish": ["a.tif"], "remove": []}"#);
+            // As if killed after every rename, the manifest's included, and before the
+            // working folder went.
+            std::fs::rename(dir.staging().join("a.tif"), tmp.path().join("a.tif")).unwrap();
+            put(&tmp.path().join(MANIFEST), r#"{"published": ["a.tif"]}"#);
+        }
+        for _ in 0..2 {
+            RunDir::open(tmp.path()).unwrap();
+            assert_eq!(std::fs::read_to_string(tmp.path().join(MANIFEST)).unwrap(), r#"{"published": ["a.tif"]}"#);
+            assert_eq!(std::fs::read_to_string(tmp.path().join("a.tif")).unwrap(), "new");
+            assert!(!tmp.path().join(".partial").exists());
+        }
+    }
+
+    #[test]
+    fn a_working_folder_killed_while_being_removed_is_removed_by_the_next_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        put(&tmp.path().join(format!("{TRASH_PREFIX}123/done")), "journal");
+        RunDir::open(tmp.path()).unwrap();
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1, "only the lock file is left");
     }
 }

@@ -155,6 +155,20 @@ pub(super) fn run(
             if let Some(bad) = decoded.labels.iter().find(|l| **l != 0 && !classes.contains(l)) {
                 bail!("stage '{}' ({}) returned label {bad}, not one of the input's classes {classes:?}", stage.id, stage.reference());
             }
+            // Smoothed posteriors are optional; when given they are checked like a labeller's.
+            if !decoded.posteriors.is_empty() {
+                if decoded.posteriors.len() != steps * n * k {
+                    bail!(
+                        "stage '{}' ({}) on chunk {i} ({window}) returned {} smoothed posteriors for {steps} years × {n} pixels × {k} classes",
+                        stage.id,
+                        stage.reference(),
+                        decoded.posteriors.len()
+                    );
+                }
+                if let Some(problem) = super::probability_problem(&decoded.posteriors, k) {
+                    bail!("stage '{}' ({}) on chunk {i} ({window}): {problem}", stage.id, stage.reference());
+                }
+            }
             let decoded: Vec<Vec<u16>> = decoded.labels.chunks_exact(n).map(<[u16]>::to_vec).collect();
             Ok((raw, decoded))
         },

@@ -206,7 +206,7 @@ impl Learner<'_> {
             }
             _ => unreachable!("a learner predicts with the model it trained"),
         };
-        check_probabilities(stage, &p, features.samples as usize)?;
+        check_probabilities(stage, &p, features.samples as usize, what)?;
         Ok(p)
     }
 }
@@ -232,9 +232,10 @@ fn band_major(data: &[f32], k: usize) -> Vec<f32> {
 }
 
 /// Checks a labeller's probabilities before anything is written from them: the shape,
-/// at least one class, and class codes that are usable (not 0, which is no data in a
-/// class map) and distinct.
-fn check_probabilities(stage: &StagePlan, p: &Probabilities, samples: usize) -> Result<()> {
+/// at least one class, class codes that are usable (not 0, which is no data in a class
+/// map) and distinct, and every sample's values probabilities (finite, within [0, 1],
+/// summing to 1 within [`PROBABILITY_TOLERANCE`]). `what` names the chunk or the samples.
+pub(crate) fn check_probabilities(stage: &StagePlan, p: &Probabilities, samples: usize, what: &str) -> Result<()> {
     if p.classes.is_empty() {
         bail!("stage '{}' ({}) returned probabilities over zero classes", stage.id, stage.reference());
     }
@@ -254,6 +255,9 @@ fn check_probabilities(stage: &StagePlan, p: &Probabilities, samples: usize) -> 
             p.classes.len(),
             p.data.len()
         );
+    }
+    if let Some(problem) = crate::fit::probability_problem(&p.data, p.classes.len()) {
+        bail!("stage '{}' ({}) predicting {what}: {problem}", stage.id, stage.reference());
     }
     Ok(())
 }

@@ -489,3 +489,43 @@ mod tests {
         assert_eq!(samples_that_fit(100, 128, default, 344, 0), Err(0), "no room: refused, never an underflow");
     }
 }
+
+/// How far a sample's probabilities may sum from 1 (f32 softmax and vote shares sum
+/// within about 1e-6; a labeller off by more is wrong, not imprecise).
+pub const PROBABILITY_TOLERANCE: f32 = 1e-3;
+
+/// What is wrong with `data` (samples × `classes` values) as probabilities, if
+/// anything: the first sample whose values are not finite, not within [0, 1], or do not
+/// sum to 1 within [`PROBABILITY_TOLERANCE`].
+pub fn probability_problem(data: &[f32], classes: usize) -> Option<String> {
+    if classes == 0 {
+        return None;
+    }
+    for (sample, row) in data.chunks_exact(classes).enumerate() {
+        if let Some((j, v)) = row.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Some(format!("returned a non-finite probability ({v}) for sample {sample}, class column {j}"));
+        }
+        if let Some((j, v)) = row.iter().enumerate().find(|(_, v)| **v < -PROBABILITY_TOLERANCE || **v > 1.0 + PROBABILITY_TOLERANCE) {
+            return Some(format!("returned probability {v} for sample {sample}, class column {j}: probabilities lie within [0, 1]"));
+        }
+        let sum: f32 = row.iter().sum();
+        if (sum - 1.0).abs() > PROBABILITY_TOLERANCE {
+            return Some(format!("returned probabilities summing to {sum} for sample {sample}: each sample's sum to 1"));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod probability_tests {
+    use super::probability_problem;
+
+    #[test]
+    fn probabilities_must_be_finite_within_0_1_and_sum_to_1() {
+        assert_eq!(probability_problem(&[0.25, 0.75, 1.0, 0.0], 2), None);
+        assert!(probability_problem(&[0.5, 0.5, f32::NAN, 1.0], 2).unwrap().contains("non-finite probability (NaN) for sample 1"));
+        assert!(probability_problem(&[-5.0, 6.0], 2).unwrap().contains("probability -5 for sample 0"));
+        assert!(probability_problem(&[0.5, 0.4], 2).unwrap().contains("summing to 0.9"));
+        assert!(probability_problem(&[f32::NEG_INFINITY, 1.0], 2).unwrap().contains("non-finite"));
+    }
+}

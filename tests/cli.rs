@@ -87,6 +87,34 @@ fn a_changed_plugin_is_refused_until_relocked() {
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
 
+/// A cached component that fails its integrity check is the cache's fault, not the
+/// pipeline's: its own exit code and message, no `file:line:column` prefix.
+#[test]
+fn a_tampered_component_cache_exits_5_naming_the_cache_not_the_pipeline() {
+    let dir = project(NDVI);
+    let cache = tempfile::tempdir().unwrap();
+    let validate = || {
+        common::sitsflow_command(dir.path()).env("SITSFLOW_CACHE_DIR", cache.path()).args(["--quiet", "validate", "pipeline.toml"]).output().unwrap()
+    };
+    assert!(sitsflow(&["--quiet", "plugins", "lock", "pipeline.toml"], dir.path()).status.success());
+    assert!(validate().status.success(), "{}", text(&validate().stderr));
+    // Every cached component's bytes changed: its signature no longer matches.
+    for entry in std::fs::read_dir(cache.path().join("components")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|x| x == "cwasm") {
+            let mut bytes = std::fs::read(&path).unwrap();
+            let last = bytes.len() - 1;
+            bytes[last] ^= 0xff;
+            std::fs::write(&path, bytes).unwrap();
+        }
+    }
+    let out = validate();
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.starts_with("error: the component cache: compiling plugin ") && err.contains("the cached component "), "{err}");
+    assert!(err.contains("does not carry this machine's signature") && !err.contains("pipeline.toml:"), "{err}");
+}
+
 #[test]
 fn invalid_pipeline_exits_3_with_file_line_column() {
     let dir = project(&format!("{NDVI}colour = \"blue\"\n"));

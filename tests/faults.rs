@@ -343,6 +343,46 @@ fn a_plugin_keeping_state_between_calls_gives_the_same_bytes_run_after_run_at_tw
     assert!(maps[0] == maps[1], "the two runs' maps differ");
 }
 
+#[test]
+fn a_stage_of_thousands_of_features_stays_within_the_memory_budget_in_map_and_assembly() {
+    let features = common::component("fixture-hostile-features");
+    let stage = format!("[[stage]]\nid = \"wide\"\npath = \"{}\"\nmemory_mib = 1024\nparams = {{ names = \"wide\", count = 4000 }}\n", features.display());
+    for budget in [256, 512, 1024] {
+        let dir = hostile_project(&stage);
+        let pipeline = std::fs::read_to_string(dir.path().join("pipeline.toml")).unwrap();
+        let pipeline = pipeline.replace("[output]", &format!("[run]\nmemory_budget_mib = {budget}\n[output]"));
+        std::fs::write(dir.path().join("pipeline.toml"), pipeline).unwrap();
+        let out = sitsflow(dir.path(), &["--quiet", "run", "pipeline.toml"], None);
+        assert!(out.status.success(), "budget {budget}: {}", text(&out.stderr));
+        let run = dir.path().join("runs/hostile");
+        let m = manifest(&run);
+        let peaks: Vec<String> = m["memory"]["nodes"].as_array().unwrap().iter().filter(|n| ["map", "assemble"].contains(&n["node"].as_str().unwrap())).map(|n| format!("{} {} MiB", n["node"], n["peak_rss_mib"])).collect();
+        eprintln!("4000 features, budget {budget} MiB: {} px chunks, peaks {}", m["chunk_size"], peaks.join(", "));
+        for node in m["memory"]["nodes"].as_array().unwrap() {
+            let peak = node["peak_rss_mib"].as_f64().unwrap();
+            assert!(peak <= budget as f64, "budget {budget}: node {} peaked at {peak} MiB (chunks of {} px)", node["node"], m["chunk_size"]);
+        }
+        let ds = gdal::Dataset::open(run.join("wide.tif")).unwrap();
+        assert_eq!(ds.raster_count(), 4000);
+        let last: Vec<f32> = ds.rasterband(4000).unwrap().read_as::<f32>((0, 63), (64, 1), (64, 1), None).unwrap().data().to_vec();
+        // The fixture writes each pixel's index within its chunk (no halo here).
+        let side = m["chunk_size"].as_u64().unwrap() as usize;
+        let origin = (63 / side) * side;
+        let width = side.min(64 - origin);
+        let expected = ((63 - origin) * width + (63 - origin)) as f32;
+        assert_eq!(last[63], expected, "budget {budget}: the values survive the smaller chunks and blocks ({side} px chunks)");
+    }
+    // A chunk size the budget cannot hold is refused before any chunk runs, saying what the stages return.
+    let dir = hostile_project(&stage);
+    let pipeline = std::fs::read_to_string(dir.path().join("pipeline.toml")).unwrap();
+    let pipeline = pipeline.replace("[output]", "[run]\nmemory_budget_mib = 256\nchunk_size = 64\n[output]");
+    std::fs::write(dir.path().join("pipeline.toml"), pipeline).unwrap();
+    let out = sitsflow(dir.path(), &["--quiet", "run", "pipeline.toml"], None);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("chunk_size 64 needs about") && err.contains("bytes per pixel), over memory_budget_mib = 256"), "{err}");
+}
+
 /// A tmpfs of `mib` MiB mounted at `dir` (unmounted on drop); None where mounting is
 /// not allowed (not root), which the caller reports.
 struct Tmpfs(PathBuf);

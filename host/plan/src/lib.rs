@@ -31,6 +31,28 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// Why a pipeline could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// The pipeline file (or a file it names) is wrong: `file:line:column: …`.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// A cached compiled component failed its integrity check: the cache, not the
+    /// pipeline, is at fault.
+    #[error("{0:#}")]
+    Cache(anyhow::Error),
+}
+
+/// A plugin that could not be loaded: the cache's fault, or the pipeline's (pointing
+/// at the key that names the plugin).
+fn load_error(source: &Source, span: std::ops::Range<usize>, e: anyhow::Error) -> PlanError {
+    if e.chain().any(|c| c.downcast_ref::<sitsflow_sandbox::CacheRefused>().is_some()) {
+        PlanError::Cache(e)
+    } else {
+        source.error(Some(span), format!("{e:#}")).into()
+    }
+}
+
 /// Default memory budget of a run.
 pub const DEFAULT_MEMORY_BUDGET_MIB: u32 = 2048;
 
@@ -319,7 +341,7 @@ fn recipe_plan(
 
 impl Plan {
     /// Resolves a parsed pipeline. Errors point into `source`.
-    pub fn resolve(pipeline: &Pipeline, source: &Source, runtime: &Arc<Runtime>) -> Result<Plan, ConfigError> {
+    pub fn resolve(pipeline: &Pipeline, source: &Source, runtime: &Arc<Runtime>) -> Result<Plan, PlanError> {
         let base = source.path.parent().map(Path::to_path_buf).unwrap_or_default();
         let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
         let rel = |p: &str| sitsflow_core::fsutil::normalize(&base.join(p));
@@ -343,22 +365,20 @@ impl Plan {
                     let file = plugin_dir
                         .find(reference.get_ref())
                         .map_err(|e| source.error(Some(reference.span()), format!("{e:#}")))?;
-                    let plugin = runtime
-                        .load_with(&file, interruption)
-                        .map_err(|e| source.error(Some(reference.span()), format!("{e:#}")))?;
+                    let plugin = runtime.load_with(&file, interruption).map_err(|e| load_error(source, reference.span(), e))?;
                     let info = plugin.info();
                     if info.name != reference.get_ref().name || info.version != reference.get_ref().version {
-                        return Err(source.error(
-                            Some(reference.span()),
-                            format!("{} describes itself as '{}', not '{}'", file.display(), info.reference(), reference.get_ref()),
-                        ));
+                        return Err(source
+                            .error(
+                                Some(reference.span()),
+                                format!("{} describes itself as '{}', not '{}'", file.display(), info.reference(), reference.get_ref()),
+                            )
+                            .into());
                     }
                     Executor::Plugin(plugin)
                 }
                 (None, Some(path), _) => Executor::Plugin(
-                    runtime
-                        .load_with(&rel(path.get_ref()), interruption)
-                        .map_err(|e| source.error(Some(path.span()), format!("{e:#}")))?,
+                    runtime.load_with(&rel(path.get_ref()), interruption).map_err(|e| load_error(source, path.span(), e))?,
                 ),
                 (None, None, None) => unreachable!("Pipeline::parse checks that a stage names its plugin"),
             };
@@ -428,7 +448,7 @@ impl Plan {
         for m in &pipeline.models {
             let path = rel(m.path.get_ref());
             if !path.is_file() {
-                return Err(source.error(Some(m.path.span()), format!("model file {} does not exist", path.display())));
+                return Err(source.error(Some(m.path.span()), format!("model file {} does not exist", path.display())).into());
             }
             let device = m.device.as_ref().map_or(Ok(sitsflow_infer::Device::Auto), |d| d.get_ref().parse());
             let device = device.map_err(|e| source.error(m.device.as_ref().map(|d| d.span()), e))?;
@@ -462,7 +482,7 @@ impl Plan {
     }
 
     /// Loads and resolves a pipeline file.
-    pub fn load(path: &Path, runtime: &Arc<Runtime>) -> Result<Plan, ConfigError> {
+    pub fn load(path: &Path, runtime: &Arc<Runtime>) -> Result<Plan, PlanError> {
         let (pipeline, source) = Pipeline::load(path)?;
         Plan::resolve(&pipeline, &source, runtime)
     }

@@ -139,6 +139,18 @@ pub fn set_cog_threads(threads: usize) {
     COG_THREADS.store(threads.max(1), std::sync::atomic::Ordering::Relaxed);
 }
 
+static ASSEMBLY_MIB: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Sets what the memory budget leaves the writing of an output (0: no limit): an output
+/// whose overviews would take more is written without them, with a warning.
+pub fn set_assembly_memory(mib: usize) {
+    ASSEMBLY_MIB.store(mib, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub(crate) fn assembly_memory_mib() -> usize {
+    ASSEMBLY_MIB.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 pub(crate) fn cog_threads() -> usize {
     COG_THREADS.load(std::sync::atomic::Ordering::Relaxed)
 }

@@ -5,7 +5,11 @@
 //! name, renamed when complete), so a run killed at any moment leaves only whole
 //! chunk files behind and a rerun can take them over. When every chunk is there, a
 //! VRT mosaic of them is copied into the COG, under a temporary name first; only the
-//! final rename gives the output its real name.
+//! final rename gives the output its real name. A wide output (thousands of bands
+//! over many chunks, where the VRT's sources alone would take hundreds of MiB) is
+//! first copied chunk by chunk and band by band into one band-interleaved GeoTIFF, and
+//! an output whose overviews would not fit what the budget leaves the assembly is
+//! written without them.
 
 use super::{Grid, Window};
 use anyhow::{Context, Result, bail};
@@ -43,19 +47,53 @@ fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
-fn cog_options(kind: OutputKind) -> RasterCreationOptions {
+fn cog_options(kind: OutputKind, block: usize, overviews: bool) -> RasterCreationOptions {
     let resampling = match kind {
         OutputKind::Continuous => "AVERAGE",
         OutputKind::Categorical => "MODE",
     };
-    RasterCreationOptions::from_iter([
+    let mut options = vec![
         "COMPRESS=DEFLATE".to_string(),
         "PREDICTOR=YES".to_string(),
-        "BLOCKSIZE=256".to_string(),
+        format!("BLOCKSIZE={block}"),
         "BIGTIFF=IF_SAFER".to_string(),
         format!("OVERVIEW_RESAMPLING={resampling}"),
         format!("NUM_THREADS={}", super::cog_threads()),
-    ])
+    ];
+    if !overviews {
+        options.push("OVERVIEWS=NONE".to_string());
+    }
+    RasterCreationOptions::from_iter(options)
+}
+
+/// About what GDAL 3.6 takes to build a COG's overviews, in MiB: for every band a
+/// buffer of the source's width × 256 rows read and one written, and about 256 KiB of
+/// its own (measured: 4000 bands of 64 × 64 px took 780 MiB, 360 bands of 512 × 512 px
+/// 500 MiB, over what the same copies took without overviews).
+pub fn overview_memory_mib(bands: usize, width: usize, height: usize, bytes: usize) -> usize {
+    let per_band = width * height.min(256) * bytes * 2 + (256 << 10);
+    (bands * per_band).div_ceil(1 << 20)
+}
+
+/// The most sources (bands × chunks) a VRT mosaic takes; a wider output is copied into
+/// one GeoTIFF instead (a VRT holds several KiB per source: 64,000 took 270 MiB).
+const MAX_VRT_SOURCES: usize = 20_000;
+
+/// The most bytes one COG block holds (all its bands: GDAL 3.6's COG driver interleaves
+/// pixels), so a wide output is written in smaller blocks rather than in blocks of
+/// hundreds of MiB each (one per compression thread).
+const COG_BLOCK_BYTES: usize = 16 << 20;
+
+/// The COG block side for `bands` bands of `bytes` each: 256 px, halved while a block of
+/// all bands would pass [`COG_BLOCK_BYTES`] (16 px at least). It depends only on the
+/// output's bands and type, never on the run's budget or workers, so outputs stay the
+/// same bytes whatever the machine.
+pub fn cog_block_side(bands: usize, bytes: usize) -> usize {
+    let mut side = 256;
+    while side > 16 && side * side * bands.max(1) * bytes.max(1) > COG_BLOCK_BYTES {
+        side /= 2;
+    }
+    side
 }
 
 /// Closes a dataset written at `path` and fails when GDAL reported an error while
@@ -82,7 +120,26 @@ fn copy_to_cog(source: &Dataset, target: &Path, kind: OutputKind) -> Result<Path
     }
     let tmp = sitsflow_core::fsutil::temp_path(target);
     let driver = DriverManager::get_driver_by_name("COG")?;
-    let copy = source.create_copy(&driver, &tmp, &cog_options(kind)).with_context(|| format!("writing the COG {}", tmp.display()));
+    let bytes = match source.rasterband(1).map(|b| b.band_type()) {
+        Ok(t) => t.bytes() as usize,
+        Err(_) => 4,
+    };
+    let bands = source.raster_count();
+    let block = cog_block_side(bands, bytes);
+    let (width, height) = source.raster_size();
+    let share = super::assembly_memory_mib();
+    let needed = overview_memory_mib(bands, width, height, bytes);
+    let overviews = share == 0 || needed <= share;
+    if !overviews {
+        log::warn!(
+            "writing {} without overviews: building them for its {bands} bands would take about {needed} MiB, over the \
+             {share} MiB the memory budget leaves the assembly",
+            target.display()
+        );
+    }
+    let copy = source
+        .create_copy(&driver, &tmp, &cog_options(kind, block, overviews))
+        .with_context(|| format!("writing the COG {}", tmp.display()));
     let copy = sitsflow_core::fsutil::with_space_hint(copy, &tmp);
     if copy.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -328,7 +385,7 @@ impl ChunkedRaster {
     }
 
     /// Mosaics the chunk files (a VRT) into the COG at the target name.
-    pub fn finish<T: GdalType>(&mut self, chunks: &[(usize, Window)]) -> Result<PathBuf> {
+    pub fn finish<T: GdalType + Copy>(&mut self, chunks: &[(usize, Window)]) -> Result<PathBuf> {
         let Some(names) = self.known_band_names()? else {
             bail!("{}: no chunk was written", self.target.display());
         };
@@ -375,12 +432,69 @@ impl ChunkedRaster {
             let _ = writeln!(vrt, "  </VRTRasterBand>");
         }
         let _ = writeln!(vrt, "</VRTDataset>");
-        let vrt_path = self.work.join("mosaic.vrt");
-        std::fs::write(&vrt_path, vrt)?;
-        let mosaic = Dataset::open(&vrt_path).with_context(|| format!("opening {}", vrt_path.display()))?;
+        let mosaic = if names.len() * chunks.len() > MAX_VRT_SOURCES && self.style.is_none() {
+            self.mosaic_tiff::<T>(&names, chunks)?
+        } else {
+            let vrt_path = self.work.join("mosaic.vrt");
+            std::fs::write(&vrt_path, vrt)?;
+            Dataset::open(&vrt_path).with_context(|| format!("opening {}", vrt_path.display()))?
+        };
         let target = copy_to_cog(&mosaic, &self.target, self.kind)?;
         drop(mosaic);
         let _ = std::fs::remove_dir_all(&self.work);
         Ok(target)
+    }
+
+    /// The chunk files copied, one band of one chunk at a time, into one tiled,
+    /// band-interleaved GeoTIFF of the whole grid (`mosaic.tif` in the work folder).
+    fn mosaic_tiff<T: GdalType + Copy>(&self, names: &[String], chunks: &[(usize, Window)]) -> Result<Dataset> {
+        let path = self.work.join("mosaic.tif");
+        let driver = DriverManager::get_driver_by_name("GTiff")?;
+        let options = RasterCreationOptions::from_iter(["COMPRESS=ZSTD", "ZSTD_LEVEL=1", "TILED=YES", "INTERLEAVE=BAND", "BIGTIFF=IF_SAFER"]);
+        let mut ds = driver
+            .create_with_band_type_with_options::<T, _>(&path, self.grid.width, self.grid.height, names.len(), &options)
+            .with_context(|| format!("creating {}", path.display()))?;
+        if let Some(gt) = self.grid.geo_transform {
+            ds.set_geo_transform(&gt)?;
+        }
+        if !self.grid.projection.is_empty() {
+            ds.set_projection(&self.grid.projection)?;
+        }
+        for (b, name) in names.iter().enumerate() {
+            let mut band = ds.rasterband(b + 1)?;
+            band.set_description(name)?;
+            if let Some(nd) = self.nodata {
+                band.set_no_data_value(Some(nd))?;
+            }
+        }
+        for (index, w) in chunks {
+            let file = self.chunk_file(*index);
+            let chunk = Dataset::open(&file).with_context(|| format!("{}: reopening chunk {index} ({})", self.target.display(), file.display()))?;
+            for b in 1..=names.len() {
+                let mut plane = chunk.rasterband(b)?.read_as::<T>((0, 0), (w.cols, w.rows), (w.cols, w.rows), None)?;
+                ds.rasterband(b)?.write((w.col as isize, w.row as isize), (w.cols, w.rows), &mut plane)?;
+            }
+        }
+        let written = sitsflow_core::fsutil::with_space_hint(
+            ds.flush_cache().map_err(anyhow::Error::from).with_context(|| format!("writing {}", path.display())),
+            &path,
+        );
+        written?;
+        Ok(ds)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wide_outputs_get_smaller_blocks_and_their_overviews_are_costed() {
+        assert_eq!(cog_block_side(15, 4), 256, "the usual outputs keep 256 px blocks");
+        assert_eq!(cog_block_side(360, 4), 64);
+        assert_eq!(cog_block_side(4000, 4), 32);
+        assert_eq!(cog_block_side(100_000, 4), 16, "16 px at least");
+        assert!(overview_memory_mib(4000, 64, 64, 4) > 1000);
+        assert!(overview_memory_mib(15, 1024, 1024, 4) < 50);
     }
 }

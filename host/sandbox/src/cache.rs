@@ -69,6 +69,13 @@ fn machine_key(dir: &Path) -> Result<[u8; 32]> {
     }
 }
 
+/// A cached compiled component that fails its integrity check (swapped, tampered with, or
+/// compiled on another machine): never run. Callers tell it apart from a bad plugin or
+/// pipeline (`sitsflow` exits with its own code).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CacheRefused(pub String);
+
 impl ComponentCache {
     pub(crate) fn new(dir: Option<PathBuf>, engine: &Engine) -> Self {
         let mut h = DefaultHasher::new();
@@ -112,12 +119,13 @@ impl ComponentCache {
         if let (Ok(compiled), Ok(tag)) = (std::fs::read(&path), std::fs::read_to_string(&mac_path)) {
             let tag = hex::decode(tag.trim()).unwrap_or_default();
             if Self::mac(key, &name, &compiled).verify_slice(&tag).is_err() {
-                bail!(
+                return Err(CacheRefused(format!(
                     "the cached component {} does not carry this machine's signature ({}): it was not compiled here from the \
                      pinned plugin and is refused; delete it (or the cache folder) to recompile",
                     path.display(),
                     mac_path.display()
-                );
+                ))
+                .into());
             }
             // SAFETY: these bytes are what `Engine::precompile_component` of an engine with
             // the same compatibility hash wrote (the name and the MAC, keyed by this

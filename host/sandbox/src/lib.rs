@@ -23,6 +23,7 @@ mod stderr;
 mod bindings;
 mod guest_env;
 
+pub use cache::CacheRefused;
 pub use engine::{Interruption, Runtime, RuntimeOptions};
 pub use instance::{CallContext, Described, GuestMemory, Instance, Limits, StageCallError, StageKind, StagePool, kind_name};
 pub use plugin::{Plugin, PluginInfo};

@@ -24,6 +24,9 @@ pub mod exit {
     pub const INVALID_CONFIG: u8 = 3;
     /// Plugins differ from the lockfile.
     pub const LOCK_MISMATCH: u8 = 4;
+    /// A cached compiled component failed its integrity check (the cache, not the
+    /// pipeline, is at fault).
+    pub const CACHE_REFUSED: u8 = 5;
 }
 
 /// `--missing`: what a missing value in a samples CSV is (the flag's spelling of
@@ -334,7 +337,17 @@ fn parse_map_nodata(text: &str) -> Result<MapNodata, String> {
 enum Failure {
     Config(ConfigError),
     Lock(anyhow::Error),
+    Cache(anyhow::Error),
     Other(anyhow::Error),
+}
+
+impl From<sitsflow::plan::PlanError> for Failure {
+    fn from(e: sitsflow::plan::PlanError) -> Self {
+        match e {
+            sitsflow::plan::PlanError::Config(e) => Failure::Config(e),
+            sitsflow::plan::PlanError::Cache(e) => Failure::Cache(e),
+        }
+    }
 }
 
 impl From<anyhow::Error> for Failure {
@@ -374,6 +387,10 @@ pub fn main() -> ExitCode {
         Err(Failure::Lock(e)) => {
             eprintln!("error: {e:#}");
             ExitCode::from(exit::LOCK_MISMATCH)
+        }
+        Err(Failure::Cache(e)) => {
+            eprintln!("error: the component cache: {e:#}");
+            ExitCode::from(exit::CACHE_REFUSED)
         }
         Err(Failure::Other(e)) => {
             eprintln!("error: {e:#}");

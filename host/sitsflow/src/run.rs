@@ -129,19 +129,26 @@ pub struct Layout {
     pub estimate_mib: usize,
 }
 
+/// A chunk stage as the layout sees it: its kind, its output scale, and the bytes its
+/// result takes per pixel of the series' grid (scale² output pixels; all years of a
+/// per-year stage), as the probe found them (0: not probed).
+pub type ChunkStageSize = (StageKind, usize, usize);
+
 /// Bytes held per pixel of a chunk, by one worker: the cube, each stage instance's
 /// copy of it and its result, the result's copy on the host.
-fn bytes_per_pixel(dates: usize, bands: usize, stages: &[(StageKind, usize)]) -> (usize, usize) {
+fn bytes_per_pixel(dates: usize, bands: usize, stages: &[ChunkStageSize]) -> (usize, usize) {
     let cube = dates * bands * 4 + dates;
     let mut held = cube;
     let mut result = 0;
-    for (kind, scale) in stages {
-        // Features: assume two values per date (per output pixel: scale² of them per
-        // input pixel); masks: one byte per date.
-        let out = match kind {
+    for (kind, scale, probed) in stages {
+        // At least two values per date for features (per output pixel: scale² of them
+        // per input pixel), five bytes per date for masks; more when the probe found
+        // the stage returns more (a stage of thousands of features).
+        let assumed = match kind {
             StageKind::CloudMask => dates * 5,
             _ => dates * 8 * scale * scale,
         };
+        let out = assumed.max(*probed);
         held += cube + out + out;
         result += out;
     }
@@ -165,7 +172,7 @@ impl Layout {
         workers: usize,
         dates: usize,
         bands: usize,
-        stages: &[(StageKind, usize)],
+        stages: &[ChunkStageSize],
     ) -> Result<Layout> {
         let gdal_cache_mib = (budget_mib / 8).clamp(16, 256);
         let (per_px, result_px) = bytes_per_pixel(dates, bands, stages);
@@ -182,8 +189,9 @@ impl Layout {
                 let need = estimate(side, 1);
                 if need > budget_mib {
                     bail!(
-                        "chunk_size {side} needs about {need} MiB on one worker ({dates} dates × {bands} bands, {} stages), \
-                         over memory_budget_mib = {budget_mib}; lower chunk_size or raise the budget",
+                        "chunk_size {side} needs about {need} MiB on one worker ({dates} dates × {bands} bands, {} stages \
+                         returning {result_px} bytes per pixel), over memory_budget_mib = {budget_mib}; lower chunk_size or \
+                         raise the budget",
                         stages.len()
                     );
                 }
@@ -202,8 +210,8 @@ impl Layout {
                 }
                 if estimate(side, planned) > budget_mib {
                     bail!(
-                        "memory_budget_mib = {budget_mib} is too small for {dates} dates × {bands} bands \
-                         ({side} px chunks need about {} MiB for {planned} chunks in flight)",
+                        "memory_budget_mib = {budget_mib} is too small for {dates} dates × {bands} bands and stages returning \
+                         {result_px} bytes per pixel ({side} px chunks need about {} MiB for {planned} chunks in flight)",
                         estimate(side, planned)
                     );
                 }
@@ -458,9 +466,17 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
     let grid = series.grid.clone();
     // Cloud masks and features stream chunk by chunk; the scene stages run after them.
     let chunk_stages: Vec<(usize, &StagePlan)> = plan.stages.iter().enumerate().filter(|(_, s)| s.is_chunk_stage()).collect();
-    let kinds: Vec<(StageKind, usize)> =
-        chunk_stages.iter().map(|(_, s)| (s.kind(), s.role.footprint().map_or(1, |f| f.scale))).collect();
     let (halo, tile) = chunk_geometry(plan.halo as usize, &chunk_stages)?;
+    let models = load_models(plan)?;
+    let years = crate::raster::years_of(&series.dates());
+    // What each stage really returns per pixel sizes the chunks (a stage of thousands of
+    // features must not be sized as one of a few).
+    let probed = probe_output_bytes(plan, &series, &chunk_stages, &models, &years, halo, tile)?;
+    let kinds: Vec<ChunkStageSize> = chunk_stages
+        .iter()
+        .zip(&probed)
+        .map(|((_, s), bytes)| (s.kind(), s.role.footprint().map_or(1, |f| f.scale), *bytes))
+        .collect();
     let workers = plan.worker_count();
     let layout_for = |fixed: Option<usize>| {
         Layout::plan(
@@ -488,6 +504,10 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
     }
     crate::raster::set_block_cache(layout.gdal_cache_mib);
     crate::raster::set_cog_threads(layout.workers);
+    // What writing one output may take: the budget less the engine's own and GDAL's cache.
+    crate::raster::set_assembly_memory(
+        (plan.memory_budget_mib as usize).saturating_sub(FIXED_OVERHEAD_MIB + layout.gdal_cache_mib).max(32),
+    );
     crate::memory::tune_allocator(layout.workers);
     let reference = plan.reference.as_ref().map(|r| ReferenceMap::open(&r.path, &grid)).transpose()?;
     let lookup: HashMap<u32, u16> = plan.reference.as_ref().map(|r| r.nomenclature.lookup()).unwrap_or_default();
@@ -553,7 +573,6 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
         _ => {}
     }
 
-    let years = crate::raster::years_of(&series.dates());
     let year_list: Vec<i32> = years.iter().map(|(y, _)| *y).collect();
     let graph = crate::graph::Graph::compile(plan, &grid, &year_list);
     graph.check_order().map_err(|e| anyhow::anyhow!("internal: the compiled graph is out of order: {e}"))?;
@@ -578,7 +597,6 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
         Output::new(&partial.dir, &staging, "reference", &grid, PixelType::U16, Some(style))
     });
 
-    let models = load_models(plan)?;
     // All stage instances of the run together get what the budget leaves beside the
     // engine and GDAL's cache (each also within its own `memory_mib`).
     let guest_memory = crate::runtime::GuestMemory::new(
@@ -607,45 +625,8 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
             Ok((reader, reference))
         },
         |(reader, reference), index| -> Result<ChunkOutputs, String> {
-            let window = chunks[index];
-            let (width, height) = (series.grid.width, series.grid.height);
-            let read_window = window.with_halo(layout.halo, width, height);
-            let data = reader.read(read_window).map_err(|e| format!("chunk {index} ({window}): {e:#}"))?;
-            // Where the halo leaves the scene, it is filled by reflection.
-            let h = layout.halo;
-            let pad = [
-                h - (window.row - read_window.row),
-                h - (read_window.row + read_window.rows - window.row - window.rows),
-                h - (window.col - read_window.col),
-                h - (read_window.col + read_window.cols - window.col - window.cols),
-            ];
-            let (rows, cols) = (window.rows + 2 * h, window.cols + 2 * h);
-            let valid = if data.valid.is_empty() { data.valid } else { pad_reflect_owned(data.valid, read_window.rows, read_window.cols, pad) };
-            let cube = Cube {
-                dates: dates.clone(),
-                bands: series.bands.clone(),
-                rows: rows as u32,
-                cols: cols as u32,
-                data: pad_reflect_owned(data.data, read_window.rows, read_window.cols, pad),
-                valid,
-            };
-            let placement = crate::runtime::data::Placement {
-                row: window.row as i32 - h as i32,
-                col: window.col as i32 - h as i32,
-                core_row: h as u32,
-                core_col: h as u32,
-                core_rows: window.rows as u32,
-                core_cols: window.cols as u32,
-                scene_rows: height as u32,
-                scene_cols: width as u32,
-            };
-            let around = ChunkWindows {
-                index,
-                window,
-                outer: Window { row: 0, col: 0, rows, cols },
-                core: Window { row: h, col: h, rows: window.rows, cols: window.cols },
-                placement,
-            };
+            let (cube, around) = chunk_input(reader, series, dates, index, chunks[index], layout.halo)?;
+            let window = around.window;
             let stages = run_stages(&chunk_stages, &pools, &stage_nanos, years, &around, cube)?;
             let reference = match &reference {
                 Some(r) => {
@@ -834,6 +815,115 @@ fn crop_rows(data: &[f32], width: usize, outer: Window, core: Window) -> Vec<f32
         out.extend_from_slice(&data[start..start + core.cols * width]);
     }
     out
+}
+
+/// The cube of chunk `index` (its `window` read with `halo` px around it, reflected
+/// where the halo leaves the scene) and where it lies.
+fn chunk_input(
+    reader: &mut crate::raster::SeriesReader,
+    series: &Series,
+    dates: &[String],
+    index: usize,
+    window: Window,
+    halo: usize,
+) -> Result<(Cube, ChunkWindows), String> {
+    let (width, height) = (series.grid.width, series.grid.height);
+    let read_window = window.with_halo(halo, width, height);
+    let data = reader.read(read_window).map_err(|e| format!("chunk {index} ({window}): {e:#}"))?;
+    // Where the halo leaves the scene, it is filled by reflection.
+    let h = halo;
+    let pad = [
+        h - (window.row - read_window.row),
+        h - (read_window.row + read_window.rows - window.row - window.rows),
+        h - (window.col - read_window.col),
+        h - (read_window.col + read_window.cols - window.col - window.cols),
+    ];
+    let (rows, cols) = (window.rows + 2 * h, window.cols + 2 * h);
+    let valid = if data.valid.is_empty() { data.valid } else { pad_reflect_owned(data.valid, read_window.rows, read_window.cols, pad) };
+    let cube = Cube {
+        dates: dates.to_vec(),
+        bands: series.bands.clone(),
+        rows: rows as u32,
+        cols: cols as u32,
+        data: pad_reflect_owned(data.data, read_window.rows, read_window.cols, pad),
+        valid,
+    };
+    let placement = crate::runtime::data::Placement {
+        row: window.row as i32 - h as i32,
+        col: window.col as i32 - h as i32,
+        core_row: h as u32,
+        core_col: h as u32,
+        core_rows: window.rows as u32,
+        core_cols: window.cols as u32,
+        scene_rows: height as u32,
+        scene_cols: width as u32,
+    };
+    let around = ChunkWindows {
+        index,
+        window,
+        outer: Window { row: 0, col: 0, rows, cols },
+        core: Window { row: h, col: h, rows: window.rows, cols: window.cols },
+        placement,
+    };
+    Ok((cube, around))
+}
+
+/// Side of the window the probe runs the chunk stages on (or their tile, when larger).
+const PROBE_SIDE: usize = 16;
+
+/// What each chunk stage returns, in bytes per pixel of the series' grid (its scale²
+/// output pixels, every year of a per-year stage), found by running the chunk stages once
+/// on a small window at the scene's top-left: the layout sizes chunks from what stages
+/// return, not from a guess (0 for every stage when the probe fails).
+fn probe_output_bytes(
+    plan: &Plan,
+    series: &Series,
+    chunk_stages: &[(usize, &StagePlan)],
+    models: &std::sync::Arc<crate::inference::ModelSet>,
+    years: &[(i32, Vec<usize>)],
+    halo: usize,
+    tile: usize,
+) -> Result<Vec<usize>> {
+    if chunk_stages.is_empty() {
+        return Ok(Vec::new());
+    }
+    let side = PROBE_SIDE.max(tile);
+    let window = Window { row: 0, col: 0, rows: side.min(series.grid.height), cols: side.min(series.grid.width) };
+    let pools: Vec<StagePool> = chunk_stages
+        .iter()
+        .map(|(_, s)| StagePool::with_models(s.chunk_plugin().clone(), s.limits, models.clone()).seeded(plan.seed))
+        .collect();
+    let nanos: Vec<AtomicU64> = plan.stages.iter().map(|_| AtomicU64::new(0)).collect();
+    let mut reader = series.reader()?;
+    let probe = (|| -> Result<Vec<StageOutput>, String> {
+        let (cube, around) = chunk_input(&mut reader, series, &series.dates(), 0, window, halo)?;
+        run_stages(chunk_stages, &pools, &nanos, years, &around, cube)
+    })();
+    // A stage failing here fails again in the chunk phase, which reports every chunk that
+    // failed and keeps those done; until then the sizes fall back to the assumed ones.
+    let outputs = match probe {
+        Ok(outputs) => outputs,
+        Err(e) => {
+            log::debug!("probing the chunk stages on the scene's top-left {} × {} px failed ({e}); sizing chunks without it", window.cols, window.rows);
+            return Ok(vec![0; chunk_stages.len()]);
+        }
+    };
+    let pixels = window.pixels().max(1);
+    let mut outputs = outputs.into_iter();
+    let mut bytes = Vec::with_capacity(chunk_stages.len());
+    for (_, stage) in chunk_stages {
+        let parts = if stage.role.per_year() { years.len() } else { 1 };
+        let total: usize = outputs
+            .by_ref()
+            .take(parts)
+            .map(|o| match o {
+                StageOutput::Mask(classes) => classes.len(),
+                StageOutput::Features(_, data) => data.len() * 4,
+            })
+            .sum();
+        bytes.push(total.div_ceil(pixels));
+    }
+    Ok(bytes)
 }
 
 /// A chunk as the stages see it: its window in the scene, the cube around it (halo
@@ -1272,7 +1362,7 @@ mod tests {
 
     #[test]
     fn layout_fits_the_budget() {
-        let stages = [(StageKind::Features, 1)];
+        let stages = [(StageKind::Features, 1, 0)];
         let l = Layout::plan(2048, None, None, 0, 0, 0, 2, 36, 10, &stages).unwrap();
         assert!(l.estimate_mib <= 2048 && l.chunk_size >= 256, "{l:?}");
         let aligned = Layout::plan(2048, None, Some(256), 0, 0, 0, 2, 36, 10, &stages).unwrap();
@@ -1286,12 +1376,12 @@ mod tests {
 
     #[test]
     fn chunks_are_multiples_of_the_stages_tile() {
-        let stages = [(StageKind::Features, 1)];
+        let stages = [(StageKind::Features, 1, 0)];
         let l = Layout::plan(1024, None, Some(256), 64, 0, 16, 2, 36, 10, &stages).unwrap();
         assert_eq!(l.chunk_size % 64, 0, "{l:?}");
         let err = Layout::plan(1024, Some(100), None, 64, 0, 16, 2, 36, 10, &stages).unwrap_err().to_string();
         assert!(err.contains("chunk_size 100 is not a multiple of the 64 px tile a stage works on; use 64"), "{err}");
-        let fine = Layout::plan(1024, None, None, 0, 0, 0, 2, 36, 10, &[(StageKind::Features, 4)]).unwrap();
+        let fine = Layout::plan(1024, None, None, 0, 0, 0, 2, 36, 10, &[(StageKind::Features, 4, 0)]).unwrap();
         assert!(fine.chunk_size < l.chunk_size, "a 4× finer output takes more memory per chunk: {fine:?}");
     }
 
@@ -1323,7 +1413,7 @@ mod tests {
 
     #[test]
     fn the_chunk_grid_does_not_depend_on_the_worker_count() {
-        let stages = [(StageKind::CloudMask, 1), (StageKind::Features, 1)];
+        let stages = [(StageKind::CloudMask, 1, 0), (StageKind::Features, 1, 0)];
         let sizes: Vec<usize> =
             [1, 2, 8, 64].iter().map(|&w| Layout::plan(1024, None, None, 0, 0, 2, w, 36, 11, &stages).unwrap().chunk_size).collect();
         assert!(sizes.iter().all(|&s| s == sizes[0]), "{sizes:?}");

@@ -9,10 +9,14 @@ use sitsflow_sdk::prelude::*;
 #[derive(serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
-    /// `"fine"` (one feature `x`), `"none"`, `"nul"`, `"duplicate"` or `"calls"` (one
-    /// feature `calls`: the calls this instance has served, this one included).
+    /// `"fine"` (one feature `x`), `"none"`, `"nul"`, `"duplicate"`, `"calls"` (one
+    /// feature `calls`: the calls this instance has served, this one included) or
+    /// `"wide"` (`count` features: a stage whose output dwarfs its input).
     #[serde(default = "fine")]
     pub names: String,
+    /// With `names = "wide"`: this many features (`f0`, `f1`, …), each the pixel's index.
+    #[serde(default)]
+    pub count: usize,
 }
 
 fn fine() -> String {
@@ -38,6 +42,11 @@ impl FeatureStage for Hostile {
             "none" => Vec::new(),
             "nul" => vec!["a\0b".into()],
             "duplicate" => vec!["x".into(), "x".into()],
+            "wide" => {
+                let names: Vec<String> = (0..p.count).map(|k| format!("f{k}")).collect();
+                let data = (0..n).flat_map(|i| std::iter::repeat_n(i as f32, p.count)).collect();
+                return Ok(FeatureMatrix { samples: n, names, data });
+            }
             "calls" => {
                 let served = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                 return Ok(FeatureMatrix { samples: n, names: vec!["calls".into()], data: vec![served as f32; n] });

@@ -25,7 +25,8 @@ print(json.dumps({
     "kappa": cohen_kappa_score(ref, pred, labels=labels),
     "precision": p.tolist(), "recall": r.tolist(), "f1": f.tolist(), "support": s.tolist(),
     "iou": jaccard_score(ref, pred, labels=labels, average=None, zero_division=0).tolist(),
-    "macro_f1": f1_score(ref, pred, labels=sorted(set(ref.tolist())), average="macro", zero_division=0),
+    "macro_f1": f1_score(ref, pred, average="macro", zero_division=0),
+    "miou": jaccard_score(ref, pred, average="macro", zero_division=0),
     "confusion": confusion_matrix(ref, pred, labels=labels).tolist(),
 }))
 "#;
@@ -58,6 +59,7 @@ fn check_parity(reference: &[u16], map: &[u16]) {
     close(m.overall_accuracy, theirs["oa"].as_f64().unwrap(), "OA");
     close(m.kappa, theirs["kappa"].as_f64().unwrap(), "kappa");
     close(m.macro_f1, theirs["macro_f1"].as_f64().unwrap(), "macro F1");
+    close(m.miou, theirs["miou"].as_f64().unwrap(), "mIoU");
     for (i, c) in m.classes.iter().enumerate() {
         close(c.users_accuracy, theirs["precision"][i].as_f64().unwrap(), &format!("UA of {}", c.class));
         close(c.producers_accuracy, theirs["recall"][i].as_f64().unwrap(), &format!("PA of {}", c.class));
@@ -79,6 +81,21 @@ fn metrics_match_scikit_learn_on_generated_labels() {
             .collect();
         check_parity(&reference, &map);
     }
+}
+
+/// One definition of macro F1 and mIoU, scikit-learn's: the mean over the classes of the
+/// reference or the map. A class the map predicts but the reference lacks counts (with
+/// F1 and IoU 0), where averaging over the reference's classes alone would not.
+#[test]
+fn a_class_predicted_but_absent_from_the_reference_counts_in_macro_f1_and_miou() {
+    let reference = [1u16, 1, 2, 2, 3, 3];
+    let map = [1u16, 4, 2, 2, 3, 4];
+    let m = Confusion::from_pairs(&reference, &map).metrics();
+    // F1: class 1 2/3, 2 1, 3 2/3, 4 0 → mean over four classes.
+    assert!((m.macro_f1 - (2.0 / 3.0 + 1.0 + 2.0 / 3.0) / 4.0).abs() < 1e-12, "{}", m.macro_f1);
+    // IoU: 1/2, 1, 1/2, 0.
+    assert!((m.miou - 2.0 / 4.0).abs() < 1e-12, "{}", m.miou);
+    check_parity(&reference, &map);
 }
 
 fn read_u16(path: &std::path::Path) -> (usize, usize, Vec<u16>) {

@@ -48,6 +48,12 @@ fn report_renders_in_chromium_with_maps_and_confusion_matrix() {
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
     let oa = report["evaluations"][0]["evaluation"]["metrics"]["overall_accuracy"].as_f64().unwrap();
     assert!(oa > 0.6 && oa < 1.0, "OA {oa}");
+    // The report names every evaluated map where the run published it.
+    for e in report["evaluations"].as_array().unwrap() {
+        let map = std::path::PathBuf::from(e["evaluation"]["map"].as_str().unwrap());
+        assert!(!map.to_string_lossy().contains(".partial"), "{}", map.display());
+        assert!(dir.path().join(&map).exists(), "{} is published", map.display());
+    }
 
     let html = run.join("report.html");
     let url = format!("file://{}", html.display());

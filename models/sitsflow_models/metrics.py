@@ -1,5 +1,9 @@
 """Accuracy metrics of a classification against reference labels: overall accuracy,
-Cohen's kappa, per-class precision / recall / F1 and the confusion matrix."""
+Cohen's kappa, per-class precision / recall / F1 and the confusion matrix.
+
+Macro F1 is scikit-learn's `f1_score(average="macro", zero_division=0)`: the mean over
+the classes present in the reference or the prediction, as the host's `sitsflow_eval`
+computes it (one definition for `train`, `eval`, runs and reports)."""
 
 from __future__ import annotations
 

@@ -39,9 +39,12 @@ pub struct Metrics {
     pub overall_accuracy: f64,
     /// Cohen's kappa: agreement beyond what the marginals give by chance.
     pub kappa: f64,
-    /// Mean F1 over the classes present in the reference.
+    /// Mean F1 over the classes present in the reference or the map: scikit-learn's
+    /// `f1_score(reference, map, average="macro", zero_division=0)` (a class the map
+    /// predicts but the reference lacks counts, with F1 0).
     pub macro_f1: f64,
-    /// Mean IoU over the classes present in the reference or the map.
+    /// Mean IoU over the classes present in the reference or the map: scikit-learn's
+    /// `jaccard_score(reference, map, average="macro", zero_division=0)`.
     pub miou: f64,
     /// Per-class figures, in `Confusion::classes` order.
     pub classes: Vec<ClassMetrics>,
@@ -137,8 +140,9 @@ impl Confusion {
                 }
             })
             .collect();
-        // Averages over the classes of the reference (as scikit-learn's labels= would).
-        let present: Vec<&ClassMetrics> = classes.iter().filter(|c| c.support > 0).collect();
+        // Averages over the classes of the reference or the map: scikit-learn's default
+        // labels (the matrix's classes are exactly those seen on either side).
+        let present: Vec<&ClassMetrics> = (0..k).filter(|&i| row[i] > 0.0 || col[i] > 0.0).map(|i| &classes[i]).collect();
         let mean = |f: fn(&ClassMetrics) -> f64| ratio(present.iter().map(|c| f(c)).sum(), present.len() as f64);
         Metrics {
             samples: n as u64,

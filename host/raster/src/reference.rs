@@ -27,12 +27,12 @@ impl ReferenceMap {
         let ds = Dataset::open(path).with_context(|| format!("{}: cannot open the reference map with GDAL", path.display()))?;
         if let Some(false) = overlaps(&ds, grid) {
             bail!(
-                "{}: the reference map does not overlap the grid it is compared on ({} × {} px at {:?}): every pixel \
+                "{}: the reference map does not overlap the grid it is compared on ({} × {} px{}): every pixel \
                  would be no data; check its CRS and extent",
                 path.display(),
                 grid.width,
                 grid.height,
-                grid.geo_transform.map(|g| (g[0], g[3]))
+                grid.geo_transform.map_or(String::new(), |g| format!(", upper left {} {}", g[0], g[3]))
             );
         }
         let nodata = ds.rasterband(1)?.no_data_value();

@@ -200,7 +200,8 @@ pub fn find_labeller(runtime: &Arc<Runtime>, dir: &Path, arch: &str) -> Result<A
         match versions.pop() {
             Some((_, path)) => path,
             None => bail!(
-                "--arch {arch}: not a recipe (tempcnn, lstm, fg-unet) nor a plugin installed in {} (`sitsflow plugins list --dir {}`)",
+                "--arch {arch}: not a recipe ({}) nor a plugin installed in {} (`sitsflow plugins list --dir {}`)",
+                sitsflow_core::recipes::RECIPES.iter().filter(|r| r.standalone).map(|r| r.name).collect::<Vec<_>>().join(", "),
                 dir.display(),
                 dir.display()
             ),

@@ -735,8 +735,10 @@ pub fn evaluate_and_write(plan: &crate::plan::Plan, staging: &Path, outputs: &[P
             if !map.exists() {
                 bail!("[[evaluate]] output '{output}': the run wrote no {}", plan.output_dir.join(format!("{output}.tif")).display());
             }
-            let evaluation = crate::eval::evaluate_map(&map, truth, lookup.as_ref(), e.stratified)
+            let mut evaluation = crate::eval::evaluate_map(&map, truth, lookup.as_ref(), e.stratified)
                 .with_context(|| format!("evaluating {output} against {}", truth.display()))?;
+            // The report names the map where the run publishes it, not its staging copy.
+            evaluation.map = plan.output_dir.join(format!("{output}.tif"));
             log::info!("{output} against {}: OA {:.4}, kappa {:.4}", truth.display(), evaluation.metrics.overall_accuracy, evaluation.metrics.kappa);
             evaluations.push(EvaluationEntry { output: output.clone(), evaluation });
         }

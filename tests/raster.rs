@@ -417,6 +417,104 @@ fn a_truncated_file_is_refused_when_the_series_is_opened() {
     assert!(err.contains("cannot be read (corrupt or truncated file?)") || err.contains("cannot open with GDAL"), "{err}");
 }
 
+// ---- A real L2A product as ESA delivers it (SAFE, JPEG 2000, 60 m bands) -----------
+
+/// The shared T29UNU product's SAFE folder.
+fn t29unu() -> std::path::PathBuf {
+    common::shared_data().join("s2-l2a-safe-t29unu")
+}
+
+/// A window of a file's first band, as raw values.
+fn raw_window(path: &Path, row: usize, col: usize, rows: usize, cols: usize) -> Vec<u16> {
+    let ds = gdal::Dataset::open(path).unwrap();
+    ds.rasterband(1).unwrap().read_as::<u16>((col as isize, row as isize), (cols, rows), (cols, rows), None).unwrap().data().to_vec()
+}
+
+fn img_data() -> std::path::PathBuf {
+    let granule = std::fs::read_dir(t29unu().join("S2A_MSIL2A_20221005T115411_N0400_R023_T29UNU_20221005T164454.SAFE/GRANULE"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    granule.join("IMG_DATA")
+}
+
+#[test]
+fn a_real_l2a_product_is_read_on_its_60m_grid_from_its_own_files() {
+    let options = sitsflow::raster::L2aOptions {
+        bands: Some(["B01", "B04", "B8A", "SCL"].map(String::from).to_vec()),
+        ..Default::default()
+    };
+    let series = sitsflow::raster::open_l2a(&t29unu(), &options).unwrap();
+    // No band asked is finer than 60 m: the grid is the product's 60 m one, not SCL's 20 m.
+    assert_eq!((series.grid.width, series.grid.height), (1830, 1830));
+    assert_eq!(series.grid.geo_transform.unwrap()[1], 60.0);
+    let (row, col, side) = (900, 700, 64);
+    let chunk = series.reader().unwrap().read(Window { row, col, rows: side, cols: side }).unwrap();
+    let n = side * side;
+    let plane = |band: usize| &chunk.data[band * n..(band + 1) * n];
+    let r60 = img_data().join("R60m");
+    // Reflectance = (DN − 1000) / 10000 (MTD_MSIL2A.xml, baseline 04.00), DN 0 = no data.
+    for (b, name) in ["B01", "B04", "B8A"].iter().enumerate() {
+        let dn = raw_window(&r60.join(format!("T29UNU_20221005T115411_{name}_60m.jp2")), row, col, side, side);
+        for (p, (&d, &v)) in dn.iter().zip(plane(b)).enumerate() {
+            if d == 0 {
+                assert!(v.is_nan(), "{name} pixel {p}: DN 0 is no data");
+            } else {
+                let expected = (d as f64 - 1000.0) / 10000.0;
+                assert!((v as f64 - expected).abs() < 1e-6, "{name} pixel {p}: {v} vs (DN {d} − 1000) / 10000");
+            }
+        }
+    }
+    // SCL comes from the product's own 60 m file, codes untouched: 0 … 11 only.
+    let scl60 = raw_window(&r60.join("T29UNU_20221005T115411_SCL_60m.jp2"), row, col, side, side);
+    for (p, (&code, &v)) in scl60.iter().zip(plane(3)).enumerate() {
+        let v = if v.is_nan() { 0.0 } else { v };
+        assert_eq!(v, code as f32, "SCL pixel {p}");
+    }
+    assert!(plane(3).iter().all(|v| v.is_nan() || *v <= 11.0), "no SCL code beyond 11");
+}
+
+#[cfg(unix)]
+#[test]
+fn scl_read_from_20m_onto_a_60m_grid_is_nearest_on_full_resolution_data() {
+    // The product without its SCL_60m: the 20 m SCL must be taken by nearest from its
+    // full-resolution pixels (the JPEG 2000's reduced resolutions would average codes).
+    let copy = tempfile::tempdir().unwrap();
+    fn mirror(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let path = entry.unwrap().path();
+            let target = to.join(path.file_name().unwrap());
+            if path.is_dir() {
+                mirror(&path, &target);
+            } else if !path.to_string_lossy().ends_with("_SCL_60m.jp2") {
+                std::os::unix::fs::symlink(&path, &target).unwrap();
+            }
+        }
+    }
+    mirror(&t29unu(), copy.path());
+    let options = sitsflow::raster::L2aOptions { bands: Some(["B01", "SCL"].map(String::from).to_vec()), ..Default::default() };
+    let series = sitsflow::raster::open_l2a(copy.path(), &options).unwrap();
+    assert_eq!(series.grid.geo_transform.unwrap()[1], 60.0, "the grid is B01's, not SCL's 20 m");
+    let (row, col, side) = (600, 600, 48);
+    let chunk = series.reader().unwrap().read(Window { row, col, rows: side, cols: side }).unwrap();
+    let scl = &chunk.data[side * side..2 * side * side];
+    let scl20 = raw_window(&img_data().join("R20m/T29UNU_20221005T115411_SCL_20m.jp2"), 3 * row, 3 * col, 3 * side, 3 * side);
+    let mut differ = 0;
+    for r in 0..side {
+        for c in 0..side {
+            // GDAL's nearest: the 20 m pixel under the 60 m pixel's centre.
+            let expected = scl20[(3 * r + 1) * 3 * side + 3 * c + 1] as f32;
+            let got = if scl[r * side + c].is_nan() { 0.0 } else { scl[r * side + c] };
+            differ += (got != expected) as usize;
+        }
+    }
+    assert_eq!(differ, 0, "{differ} of {} SCL pixels are not their 20 m centre pixel's code", side * side);
+    assert!(scl.iter().all(|v| v.is_nan() || *v <= 11.0), "no SCL code beyond 11");
+}
+
 // ---- A pipeline on L2A products: SCL cloud mask, then NDVI ---------------------------
 
 #[test]

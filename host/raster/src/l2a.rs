@@ -10,9 +10,15 @@
 //! otherwise the run stops and asks for the setting (reprocessed products such as
 //! BigEarthNet's carry `_N9999_`, which says nothing of their offset). The manifest
 //! records each product's offset and where it came from. Every band is read onto one
-//! grid (the finest band's, 10 m, unless the pipeline names one): bilinear in float for
-//! reflectance, nearest for SCL. Two products of one tile and date are refused, naming
-//! both: which one to read is the operator's choice.
+//! grid: the pipeline's, or else the finest spectral band's of the first product (10 m
+//! when it has a 10 m band; a class band such as SCL never sets it), said in the log.
+//! Each band is read from the product's own file at the grid's resolution when it has
+//! one, else from the closest finer file (so a coarser grid averages full-resolution
+//! pixels), else from its finest; reflectance is averaged onto a coarser grid and
+//! interpolated bilinearly onto a finer one, in float, and SCL is taken by nearest —
+//! always from full-resolution data, never from the JPEG 2000 codestream's reduced
+//! resolutions (`-ovr NONE`), which average class codes. Two products of one tile and
+//! date are refused, naming both: which one to read is the operator's choice.
 
 use super::series::{BandSource, Resampling, Scene, Series};
 use super::{Grid, parse_date};
@@ -178,6 +184,14 @@ fn radiometry(band_file: &Path, options: &L2aOptions) -> Result<(Radiometry, Str
     }
 }
 
+/// The file of a band to read onto a grid of `grid_m` metre pixels: the one at the grid's
+/// resolution, else the closest finer one, else the finest there is.
+fn file_for_grid(candidates: &[BandFile], grid_m: f64) -> &BandFile {
+    let exact = candidates.iter().find(|f| (f.resolution_m as f64 - grid_m).abs() < 1e-6);
+    let finer = candidates.iter().filter(|f| (f.resolution_m as f64) < grid_m).max_by_key(|f| f.resolution_m);
+    exact.or(finer).unwrap_or_else(|| candidates.iter().min_by_key(|f| f.resolution_m).expect("at least one file"))
+}
+
 /// Finds the L2A band files under `dir` and builds the series.
 pub fn open_l2a(dir: &Path, options: &L2aOptions) -> Result<Series> {
     let mut files = Vec::new();
@@ -228,8 +242,42 @@ pub fn open_l2a(dir: &Path, options: &L2aOptions) -> Result<Series> {
     let bands: Vec<String> =
         options.bands.clone().unwrap_or_else(|| DEFAULT_BANDS.iter().map(|b| b.to_string()).collect());
 
+    // The grid first: the pipeline's, else the finest spectral band's of the first product.
+    let grid = match &options.grid {
+        Some(g) => g.clone(),
+        None => {
+            let ((tile, datetime), first) = products.iter().next().expect("checked non-empty above");
+            let spectral: Vec<&String> = bands.iter().filter(|b| Resampling::for_band(b) != Resampling::Nearest).collect();
+            let candidates: Vec<&String> = if spectral.is_empty() { bands.iter().collect() } else { spectral };
+            let finest = candidates
+                .iter()
+                .filter_map(|b| first.get(*b).and_then(|files| files.iter().min_by_key(|f| f.resolution_m)).map(|f| (f, *b)))
+                .min_by_key(|(f, _)| f.resolution_m);
+            let Some((file, band)) = finest else {
+                let have: Vec<&str> = first.keys().map(String::as_str).collect();
+                let missing = bands.iter().find(|b| !first.contains_key(*b)).unwrap_or(&bands[0]);
+                bail!(
+                    "{}: product {tile} of {}-{}-{} has no band {missing} (it has {})",
+                    dir.display(),
+                    &datetime[0..4],
+                    &datetime[4..6],
+                    &datetime[6..8],
+                    have.join(", ")
+                );
+            };
+            log::info!(
+                "grid: {} m, the finest of the spectral bands asked in the first product ({band}, {}); set [input] grid for another",
+                file.resolution_m,
+                file.path.display()
+            );
+            let ds = gdal::Dataset::open(&file.path).with_context(|| format!("{}: cannot open with GDAL", file.path.display()))?;
+            Grid::of(&ds)
+        }
+    };
+    // The grid's pixel size in metres (L2A tiles are in UTM), to pick each band's file.
+    let grid_m = grid.geo_transform.map(|g| g[1].abs()).unwrap_or(0.0);
+
     let mut scenes = Vec::new();
-    let mut finest: Option<(u32, PathBuf)> = None;
     for ((tile, datetime), by_band) in &products {
         let date = format!("{}-{}-{}", &datetime[0..4], &datetime[4..6], &datetime[6..8]);
         if parse_date(&date).is_none() {
@@ -242,12 +290,9 @@ pub fn open_l2a(dir: &Path, options: &L2aOptions) -> Result<Series> {
                 let have: Vec<&str> = by_band.keys().map(String::as_str).collect();
                 bail!("{}: product {tile} of {date} has no band {band} (it has {})", dir.display(), have.join(", "));
             };
-            let file = candidates.iter().min_by_key(|f| f.resolution_m).expect("at least one file");
-            if scenes.is_empty() && finest.as_ref().is_none_or(|(r, _)| file.resolution_m < *r) {
-                finest = Some((file.resolution_m, file.path.clone()));
-            }
+            let file = file_for_grid(candidates, grid_m);
             let path = file.path.display().to_string();
-            let source = if band == "SCL" {
+            let source = if Resampling::for_band(band) == Resampling::Nearest {
                 BandSource { path, band: 1, scale: 1.0, offset: 0.0, nodata: Some(0.0), resampling: Resampling::Nearest }
             } else {
                 let (r, from) = radiometry(&file.path, options)?;
@@ -266,6 +311,7 @@ pub fn open_l2a(dir: &Path, options: &L2aOptions) -> Result<Series> {
                     scale: 1.0 / r.quantification,
                     offset: r.offset(band) / r.quantification,
                     nodata: Some(0.0),
+                    // Averaged onto a coarser grid, bilinear onto a finer one (warp.rs decides).
                     resampling: Resampling::Bilinear,
                 }
             };
@@ -273,14 +319,6 @@ pub fn open_l2a(dir: &Path, options: &L2aOptions) -> Result<Series> {
         }
         scenes.push(Scene { date, sources, radiometry: radiometry_record });
     }
-    let grid = match &options.grid {
-        Some(g) => g.clone(),
-        None => {
-            let (_, path) = finest.expect("the first scene has bands");
-            let ds = gdal::Dataset::open(&path).with_context(|| format!("{}: cannot open with GDAL", path.display()))?;
-            Grid::of(&ds)
-        }
-    };
     Series::from_scenes(dir.to_path_buf(), scenes, bands, Some(grid))
 }
 

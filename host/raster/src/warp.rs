@@ -85,6 +85,14 @@ fn warp_to_grid(src: &Dataset, grid: &Grid, resampling: Resampling, nodata: Opti
     if src.projection().is_empty() {
         bail!("it has no CRS, so it cannot be aligned to the target grid");
     }
+    // Interpolating reflectance onto a coarser grid would skip most source pixels:
+    // average them instead (a finer grid keeps bilinear).
+    let resampling = match (resampling, src.geo_transform()) {
+        (Resampling::Bilinear, Ok(sgt)) if same_crs(&src.projection(), &grid.projection) && sgt[1].abs() < gt[1].abs() * 0.999 => {
+            Resampling::Average
+        }
+        (r, _) => r,
+    };
     let (xmin, ymax) = (gt[0], gt[3]);
     let xmax = xmin + gt[1] * grid.width as f64;
     let ymin = ymax + gt[5] * grid.height as f64;
@@ -103,6 +111,10 @@ fn warp_to_grid(src: &Dataset, grid: &Grid, resampling: Resampling, nodata: Opti
         grid.height.to_string(),
         "-r".into(),
         resampling.gdal_name().into(),
+        // From full-resolution data only: a JPEG 2000's reduced resolutions (or any
+        // overview) would average class codes and resample reflectance their own way.
+        "-ovr".into(),
+        "NONE".into(),
     ];
     if resampling != Resampling::Nearest {
         // Interpolate and keep the result in float: in the source's integer type an

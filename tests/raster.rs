@@ -515,6 +515,32 @@ fn scl_read_from_20m_onto_a_60m_grid_is_nearest_on_full_resolution_data() {
     assert!(scl.iter().all(|v| v.is_nan() || *v <= 11.0), "no SCL code beyond 11");
 }
 
+#[test]
+fn ndvi_of_the_real_product_at_60m_uses_b8a_and_never_leaves_its_range() {
+    let dir = common::project_dir();
+    let pipeline = format!(
+        "schema = 1\nname = \"t29unu\"\n[input]\nl2a = {:?}\nbands = [\"B04\", \"B8A\", \"SCL\"]\n\
+         [[stage]]\nid = \"clouds\"\nplugin = \"scl-mask@0.1.0\"\n\
+         [[stage]]\nid = \"ndvi\"\nplugin = \"indices@0.1.0\"\nparams = {{ indices = [\"NDVI\"], nir = \"B8A\" }}\n",
+        t29unu().display().to_string()
+    );
+    std::fs::write(dir.path().join("pipeline.toml"), pipeline).unwrap();
+    let run = |args: &[&str]| common::sitsflow_command(dir.path()).args(args).output().unwrap();
+    assert!(run(&["--quiet", "plugins", "lock", "pipeline.toml"]).status.success());
+    let out = run(&["run", "pipeline.toml"]);
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("grid: 60 m, the finest of the spectral bands asked in the first product (B04"), "{log}");
+    // Negative reflectance (DN under the offset) is masked where it would push NDVI out of range, and said.
+    assert!(log.contains("indices outside [-1, 1] masked (from negative reflectance), pixel-dates per index: NDVI "), "{log}");
+    let ds = gdal::Dataset::open(dir.path().join("runs/t29unu/ndvi.tif")).unwrap();
+    assert_eq!(ds.raster_size(), (1830, 1830));
+    let ndvi = ds.rasterband(1).unwrap().read_as::<f32>((0, 0), (1830, 1830), (1830, 1830), None).unwrap();
+    let finite: Vec<f32> = ndvi.data().iter().copied().filter(|v| v.is_finite()).collect();
+    assert!(finite.len() > 500_000, "{} finite values (the product is 60 % cloud)", finite.len());
+    assert!(finite.iter().all(|v| (-1.0..=1.0).contains(v)), "NDVI within [-1, 1]");
+}
+
 // ---- A pipeline on L2A products: SCL cloud mask, then NDVI ---------------------------
 
 #[test]

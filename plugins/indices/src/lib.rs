@@ -7,6 +7,14 @@
 //! (McFeeters); MNDWI and NDSI (B03−B11)/(B03+B11); NDBI (B11−B08)/(B11+B08);
 //! BSI ((B11+B04)−(B08+B02))/((B11+B04)+(B08+B02)); EVI 2.5(B08−B04)/(B08+6B04−7.5B02+1).
 //! A band of the cube with an index's name (e.g. a stored `NDVI`) is used as it is.
+//! `nir = "B8A"` puts the narrow near-infrared band in place of B08 in every formula (the
+//! one a 20 m or 60 m grid has).
+//!
+//! Range: the normalized differences (NDVI, NDWI, MNDWI, NDSI, NDBI, BSI) lie within
+//! [−1, 1] when reflectance is not negative; EVI is taken within [−1, 1] too. Reflectance
+//! below 0 (L2A digital numbers under the 1,000 offset of baseline 04.00: noise over dark
+//! water and shadow) can put an index far outside (NDVI of −32 or 44): such values are
+//! masked (NaN, so no statistic uses them), and the stage logs how many per chunk.
 
 use sitsflow_sdk::prelude::*;
 
@@ -35,7 +43,21 @@ fn evi(nir: f32, red: f32, blue: f32) -> f32 {
 
 /// One index over a whole plane (the formula is chosen once, outside the pixel loop,
 /// so the loop is branch-free and vectorises). NaN inputs give NaN by IEEE rules.
-fn index_plane(name: &str, planes: &[&[f32]], out: &mut [f32]) {
+fn index_plane(name: &str, planes: &[&[f32]], out: &mut [f32]) -> usize {
+    index_values(name, planes, out);
+    // Outside [−1, 1] only from negative reflectance: masked, and counted for the log.
+    let mut masked = 0;
+    for o in out.iter_mut() {
+        let outside = o.abs() > 1.0;
+        masked += outside as usize;
+        if outside {
+            *o = f32::NAN;
+        }
+    }
+    masked
+}
+
+fn index_values(name: &str, planes: &[&[f32]], out: &mut [f32]) {
     match name {
         "NDVI" | "NDWI" | "MNDWI" | "NDSI" | "NDBI" => {
             for ((o, &a), &b) in out.iter_mut().zip(planes[0]).zip(planes[1]) {
@@ -114,10 +136,23 @@ pub struct Params {
     pub gapfill: Option<Gapfill>,
     #[serde(default)]
     pub on_missing: OnMissing,
+    /// The near-infrared band the formulas use: `B08` (10 m, the default) or `B8A`
+    /// (narrow NIR at 20 m, the one 20 m and 60 m grids have).
+    #[serde(default = "b08")]
+    pub nir: String,
 }
 
 fn yes() -> bool {
     true
+}
+
+fn b08() -> String {
+    "B08".into()
+}
+
+/// The bands a formula reads, with `nir` in place of B08.
+fn formula_bands<'a>(needs: &[&'a str], nir: &'a str) -> Vec<&'a str> {
+    needs.iter().map(|b| if *b == "B08" { nir } else { *b }).collect()
 }
 
 pub struct Indices;
@@ -331,6 +366,7 @@ impl FeatureStage for Indices {
                 continue;
             }
             let (_, needs) = FORMULAS.iter().find(|(n, _)| n == name)?;
+            let needs = formula_bands(needs, &p.nir);
             if p.on_missing == OnMissing::Error && !needs.iter().all(|b| present(b)) {
                 return None;
             }
@@ -374,9 +410,15 @@ impl FeatureStage for Indices {
                     FORMULAS.iter().map(|f| f.0).collect::<Vec<_>>().join(", ")
                 )));
             };
+            let needs = formula_bands(needs, &p.nir);
             let missing: Vec<&str> = needs.iter().copied().filter(|b| chunk.band_index(b).is_none()).collect();
             if !missing.is_empty() {
-                let why = format!("{name} needs {} but the cube has no {}", needs.join(", "), missing.join(", "));
+                let hint = if missing.contains(&"B08") && chunk.band_index("B8A").is_some() {
+                    "; the cube has B8A: set nir = \"B8A\""
+                } else {
+                    ""
+                };
+                let why = format!("{name} needs {} but the cube has no {}{hint}", needs.join(", "), missing.join(", "));
                 match p.on_missing {
                     OnMissing::Error => return Err(StageError::Unsupported(format!("{why} (bands: {})", chunk.bands.join(", ")))),
                     OnMissing::Skip => {
@@ -434,6 +476,7 @@ impl FeatureStage for Indices {
         let pairs = network(dates);
         let mut cols = vec![V4::splat(0.0); dates];
         let mut quad_stats = vec![0f32; 4 * p.stats.len()];
+        let mut outside = vec![0usize; layers.len()];
         for (l, (_, layer)) in layers.iter().enumerate() {
             for d in 0..dates {
                 let out = &mut planes[d * n..(d + 1) * n];
@@ -441,7 +484,7 @@ impl FeatureStage for Indices {
                     Layer::Band(b) => out.copy_from_slice(chunk.plane(d, *b)),
                     Layer::Index(formula, bands) => {
                         let inputs: Vec<&[f32]> = bands.iter().map(|b| chunk.plane(d, *b)).collect();
-                        index_plane(formula, &inputs, out);
+                        outside[l] += index_plane(formula, &inputs, out);
                     }
                 }
                 if let Some(valid) = chunk.valid_plane(d) {
@@ -483,6 +526,17 @@ impl FeatureStage for Indices {
                     stats_into(&series, &p.stats, &mut sorted, &mut row[first_stat..]);
                 }
             }
+        }
+        let masked: Vec<String> =
+            layers.iter().zip(&outside).filter(|(_, m)| **m > 0).map(|((name, _), m)| format!("{name} {m}")).collect();
+        if !masked.is_empty() {
+            sitsflow_sdk::host::log(
+                sitsflow_sdk::host::Level::Warn,
+                &format!(
+                    "indices outside [-1, 1] masked (from negative reflectance), pixel-dates per index: {}",
+                    masked.join(", ")
+                ),
+            );
         }
         Ok(FeatureMatrix { samples: n, names, data })
     }
@@ -553,6 +607,25 @@ mod tests {
         assert_eq!(err, StageError::Unsupported("MNDWI needs B03, B11 but the cube has no B11 (bands: B02, B03, B04, B08, CLP)".into()));
         let out = Indices::compute(c, params(r#"{"indices": ["NDVI", "MNDWI"], "on_missing": "skip"}"#)).unwrap();
         assert_eq!(out.names.len(), 3, "only NDVI per date");
+    }
+
+    #[test]
+    fn nir_b8a_replaces_b08_and_out_of_range_values_are_masked() {
+        // A 60 m-like cube: B8A and no B08; the second pixel's red is negative reflectance.
+        let c = Cube {
+            dates: vec!["2022-10-05".into()],
+            bands: vec!["B04".into(), "B8A".into()],
+            rows: 1,
+            cols: 2,
+            data: vec![0.05, -0.0049, 0.30, 0.0051],
+            valid: vec![],
+        };
+        let err = Indices::compute(c.clone(), params(r#"{"indices": ["NDVI"]}"#)).unwrap_err();
+        assert!(matches!(&err, StageError::Unsupported(m) if m.contains("the cube has B8A: set nir = \"B8A\"")), "{err:?}");
+        let out = Indices::compute(c, params(r#"{"indices": ["NDVI"], "nir": "B8A"}"#)).unwrap();
+        assert!((out.data[0] - (0.30 - 0.05) / (0.30 + 0.05)).abs() < 1e-6);
+        // (0.0051 + 0.0049) / (0.0051 − 0.0049) = 50: outside [-1, 1], masked.
+        assert!(out.data[1].is_nan(), "{}", out.data[1]);
     }
 
     #[test]

@@ -29,4 +29,5 @@ cargo build --quiet --release -p sitsflow
 
 components=()
 for p in "${shipped[@]}"; do components+=("target/wasm32-wasip2/plugin/${p//-/_}.wasm"); done
-target/release/sitsflow --quiet plugins install --dir plugins/dist "${components[@]}"
+# This checkout's own build replaces what an earlier build installed (--force).
+target/release/sitsflow --quiet plugins install --force --dir plugins/dist "${components[@]}"

@@ -115,6 +115,35 @@ fn a_tampered_component_cache_exits_5_naming_the_cache_not_the_pipeline() {
     assert!(err.contains("does not carry this machine's signature") && !err.contains("pipeline.toml:"), "{err}");
 }
 
+/// A `name@version` names one build: `plugins install` refuses other bytes under an
+/// installed name (a stale build was once installed that way) unless `--force`.
+#[test]
+fn installing_other_bytes_under_an_installed_name_is_refused_unless_forced() {
+    let dir = tempfile::tempdir().unwrap();
+    let template = common::component("normalized-difference");
+    let install = |extra: &[&str], file: &Path| {
+        let mut args = vec!["plugins", "install", "--dir", "plugins"];
+        args.extend_from_slice(extra);
+        common::sitsflow_command(dir.path()).args(&args).arg(file).output().unwrap()
+    };
+    assert!(install(&[], &template).status.success());
+    let out = install(&[], &template);
+    assert!(out.status.success(), "the same bytes again: {}", text(&out.stderr));
+    // The same component with a custom section appended: valid, same name@version, other bytes.
+    let other = dir.path().join("rebuilt.wasm");
+    let mut bytes = std::fs::read(&template).unwrap();
+    bytes.extend_from_slice(&[0x00, 0x03, 0x01, b't', b'1']);
+    std::fs::write(&other, &bytes).unwrap();
+    let out = install(&[], &other);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("already holds normalized-difference@0.1.0 with other bytes") && err.contains("--force"), "{err}");
+    let installed = dir.path().join("plugins/normalized-difference@0.1.0.wasm");
+    assert_eq!(std::fs::read(&installed).unwrap(), std::fs::read(&template).unwrap(), "the installed build is untouched");
+    assert!(install(&["--force"], &other).status.success());
+    assert_eq!(std::fs::read(&installed).unwrap(), bytes);
+}
+
 #[test]
 fn invalid_pipeline_exits_3_with_file_line_column() {
     let dir = project(&format!("{NDVI}colour = \"blue\"\n"));

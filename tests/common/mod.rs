@@ -91,7 +91,7 @@ pub fn project_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
     let plugins = sitsflow::plugins::PluginDir::new(dir.path().join("plugins"));
     for shipped in shipped() {
-        plugins.install(&runtime(), &component(shipped)).expect("installing a shipped plugin");
+        plugins.install(&runtime(), &component(shipped), false).expect("installing a shipped plugin");
     }
     dir
 }

@@ -46,11 +46,31 @@ impl PluginDir {
     }
 
     /// Loads a component and installs it as `name@version.wasm` (atomically), as its
-    /// `describe()` names it. Returns the installed plugin.
-    pub fn install(&self, runtime: &Arc<Runtime>, component: &Path) -> Result<Arc<Plugin>> {
+    /// `describe()` names it. Returns the installed plugin. A `name@version` names one
+    /// build: an installed file of that name with other bytes is refused unless `force`
+    /// (reinstalling the same bytes is a no-op).
+    pub fn install(&self, runtime: &Arc<Runtime>, component: &Path, force: bool) -> Result<Arc<Plugin>> {
         let plugin = runtime.load(component)?;
-        let target = self.path.join(format!("{}.wasm", plugin.info().reference()));
+        let reference = plugin.info().reference();
+        let target = self.path.join(format!("{reference}.wasm"));
         let bytes = std::fs::read(component).with_context(|| format!("reading {}", component.display()))?;
+        if let Ok(installed) = std::fs::read(&target) {
+            if installed == bytes {
+                return runtime.load(&target);
+            }
+            if !force {
+                bail!(
+                    "{} already holds {reference} with other bytes (sha256 {} installed, {} in {}): a name@version names one \
+                     build, and pipelines locked to the installed one would refuse the new one; bump the plugin's version, \
+                     or replace it with `sitsflow plugins install --force` (then `sitsflow plugins lock` each pipeline again)",
+                    self.path.display(),
+                    &sitsflow_core::hash::sha256_hex(&installed)[..12],
+                    &sitsflow_core::hash::sha256_hex(&bytes)[..12],
+                    component.display()
+                );
+            }
+            log::warn!("replacing {} with {} (--force)", target.display(), component.display());
+        }
         sitsflow_core::fsutil::write_atomic(&target, &bytes).with_context(|| format!("writing {}", target.display()))?;
         runtime.load(&target)
     }

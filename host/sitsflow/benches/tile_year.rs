@@ -58,7 +58,7 @@ fn prepare(size: usize, budget: u32) -> PathBuf {
         std::fs::create_dir_all(project.join("nomenclature")).unwrap();
         let plugins = sitsflow::plugins::PluginDir::new(project.join("plugins"));
         for shipped in ["scl-mask", "indices", "kmeans", "reliable-samples", "random-forest", "agreement-samples", "markov"] {
-            plugins.install(&common::runtime(), &common::component(shipped)).expect("installing a shipped plugin");
+            plugins.install(&common::runtime(), &common::component(shipped), false).expect("installing a shipped plugin");
         }
         for entry in std::fs::read_dir(common::workspace().join("configs/nomenclature")).unwrap() {
             let path = entry.unwrap().path();

@@ -311,6 +311,9 @@ pub enum PluginsCommand {
         components: Vec<PathBuf>,
         #[arg(long, env = "SITSFLOW_PLUGIN_DIR", default_value = "plugins/dist")]
         dir: PathBuf,
+        /// Replace an installed name@version whose bytes differ (refused otherwise).
+        #[arg(long)]
+        force: bool,
     },
     /// Check a pipeline's plugins against its lockfile.
     Verify {
@@ -792,11 +795,11 @@ fn plugins(command: &PluginsCommand, quiet: bool) -> Result<(), Failure> {
             print!("{}", inspect(&plugin));
             Ok(())
         }
-        PluginsCommand::Install { components, dir } => {
+        PluginsCommand::Install { components, dir, force } => {
             let runtime = runtime()?;
             let target = PluginDir::new(dir);
             for component in components {
-                let plugin = target.install(&runtime, component)?;
+                let plugin = target.install(&runtime, component, *force)?;
                 if quiet {
                     continue;
                 }

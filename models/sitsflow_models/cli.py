@@ -226,7 +226,7 @@ def cmd_train(args) -> int:
 
     from . import export, metrics, nets
     from .publish import Graph, publish
-    from .train import TrainConfig, predict_logits, train
+    from .train import TrainConfig, leave_process_group, predict_logits, train
 
     # Float reductions split across threads sum in a thread-count-dependent order.
     torch.set_num_threads(args.threads)
@@ -247,6 +247,7 @@ def cmd_train(args) -> int:
     result = train(samples.cube, targets, samples.groups, samples.bands, len(classes), config, emit)
     train_seconds = time.perf_counter() - started
     classifier = result.classifier
+    leave_process_group()
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun rank 0 writes the model; the others hold the same weights
 

@@ -34,6 +34,7 @@ def train_segmentation_command(args, emit, log, write_json) -> int:
 
     from . import export
     from .publish import Graph, publish
+    from .train import leave_process_group
     from .segmentation import (ARCH, VHR_INPUT_NAME, SegmentationConfig, build, default_hyperparameters, export_onnx,
                                onnxruntime_max_abs_diff, save_checkpoint, train_segmentation)
 
@@ -101,6 +102,7 @@ def train_segmentation_command(args, emit, log, write_json) -> int:
                 f"mIoU {report['miou']:.4f}")
         table.append(row)
     seconds = time.perf_counter() - started
+    leave_process_group()
     if rank != 0:
         return 0
     segmenter = result.segmenter

@@ -65,6 +65,20 @@ def distributed() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def leave_process_group() -> None:
+    """Under torchrun, once every rank has trained: wait for all, then leave the process
+    group on each rank. A rank that exited while others still held the group could be
+    aborted by gloo's teardown (seen once as SIGABRT of rank 1 on a loaded 2-core machine);
+    rank 0 then goes on alone (assessment, export), which needs no collective."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def seed_everything(seed: int) -> None:
     """Same seed, same data, same machine → same weights."""
     random.seed(seed)

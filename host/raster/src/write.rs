@@ -137,9 +137,18 @@ fn copy_to_cog(source: &Dataset, target: &Path, kind: OutputKind) -> Result<Path
             target.display()
         );
     }
+    // GDAL 3.6's option list says COG blocks "should be >= 128" but writes smaller ones
+    // as asked (a wide output needs them): skip that validation's warning for our own options.
+    let small_block = block < 128;
+    if small_block {
+        gdal::config::set_thread_local_config_option("GDAL_VALIDATE_CREATION_OPTIONS", "NO")?;
+    }
     let copy = source
         .create_copy(&driver, &tmp, &cog_options(kind, block, overviews))
         .with_context(|| format!("writing the COG {}", tmp.display()));
+    if small_block {
+        gdal::config::clear_thread_local_config_option("GDAL_VALIDATE_CREATION_OPTIONS")?;
+    }
     let copy = sitsflow_core::fsutil::with_space_hint(copy, &tmp);
     if copy.is_err() {
         let _ = std::fs::remove_file(&tmp);

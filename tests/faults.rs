@@ -262,10 +262,15 @@ fn a_kill_after_the_manifest_is_published_keeps_it_and_the_next_run_or_assembly_
 
 /// A project whose pipeline runs `stage` (TOML lines) after NDVI features, on the small demo.
 fn hostile_project(stage: &str) -> tempfile::TempDir {
+    hostile_project_with(stage, "")
+}
+
+/// As [`hostile_project`], with `run` as the pipeline's `[run]` table's lines.
+fn hostile_project_with(stage: &str, run: &str) -> tempfile::TempDir {
     let demo = common::small_demo();
     let pipeline = format!(
         "schema = 1\nname = \"hostile\"\n[input]\nseries = \"{demo}/series\"\n[reference]\npath = \"{demo}/truth/2018.tif\"\n\
-         classes = \"{demo}/classes.csv\"\n[output]\ndir = \"runs/hostile\"\n[plugins]\ndir = \"plugins\"\n\
+         classes = \"{demo}/classes.csv\"\n[run]\n{run}[output]\ndir = \"runs/hostile\"\n[plugins]\ndir = \"plugins\"\n\
          [[stage]]\nid = \"ndvi\"\nplugin = \"normalized-difference@0.1.0\"\nparams = {{ a = \"B08\", b = \"B04\" }}\n\
          [[stage]]\nid = \"sparse\"\nplugin = \"stratified-samples@0.1.0\"\nparams = {{ per_class = 5 }}\n{stage}",
         demo = demo.display()
@@ -326,12 +331,9 @@ fn a_plugin_keeping_state_between_calls_gives_the_same_bytes_run_after_run_at_tw
     let stage = format!("[[stage]]\nid = \"state\"\npath = \"{}\"\nparams = {{ names = \"calls\" }}\n", features.display());
     let mut maps = Vec::new();
     for _ in 0..2 {
-        let dir = hostile_project(&stage);
-        let pipeline = std::fs::read_to_string(dir.path().join("pipeline.toml")).unwrap();
         // Several chunks on two workers: with reused instances, which chunk an instance
         // serves second is a race.
-        let pipeline = pipeline.replace("[output]", "[run]\nworkers = 2\nchunk_size = 16\n[output]");
-        std::fs::write(dir.path().join("pipeline.toml"), pipeline).unwrap();
+        let dir = hostile_project_with(&stage, "workers = 2\nchunk_size = 16\n");
         let out = sitsflow(dir.path(), &["--quiet", "run", "pipeline.toml"], None);
         assert!(out.status.success(), "{}", text(&out.stderr));
         let ds = gdal::Dataset::open(dir.path().join("runs/hostile/state.tif")).unwrap();
@@ -348,10 +350,7 @@ fn a_stage_of_thousands_of_features_stays_within_the_memory_budget_in_map_and_as
     let features = common::component("fixture-hostile-features");
     let stage = format!("[[stage]]\nid = \"wide\"\npath = \"{}\"\nmemory_mib = 1024\nparams = {{ names = \"wide\", count = 4000 }}\n", features.display());
     for budget in [256, 512, 1024] {
-        let dir = hostile_project(&stage);
-        let pipeline = std::fs::read_to_string(dir.path().join("pipeline.toml")).unwrap();
-        let pipeline = pipeline.replace("[output]", &format!("[run]\nmemory_budget_mib = {budget}\n[output]"));
-        std::fs::write(dir.path().join("pipeline.toml"), pipeline).unwrap();
+        let dir = hostile_project_with(&stage, &format!("memory_budget_mib = {budget}\n"));
         let out = sitsflow(dir.path(), &["--quiet", "run", "pipeline.toml"], None);
         assert!(out.status.success(), "budget {budget}: {}", text(&out.stderr));
         let run = dir.path().join("runs/hostile");
@@ -373,10 +372,7 @@ fn a_stage_of_thousands_of_features_stays_within_the_memory_budget_in_map_and_as
         assert_eq!(last[63], expected, "budget {budget}: the values survive the smaller chunks and blocks ({side} px chunks)");
     }
     // A chunk size the budget cannot hold is refused before any chunk runs, saying what the stages return.
-    let dir = hostile_project(&stage);
-    let pipeline = std::fs::read_to_string(dir.path().join("pipeline.toml")).unwrap();
-    let pipeline = pipeline.replace("[output]", "[run]\nmemory_budget_mib = 256\nchunk_size = 64\n[output]");
-    std::fs::write(dir.path().join("pipeline.toml"), pipeline).unwrap();
+    let dir = hostile_project_with(&stage, "memory_budget_mib = 256\nchunk_size = 64\n");
     let out = sitsflow(dir.path(), &["--quiet", "run", "pipeline.toml"], None);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let err = text(&out.stderr);

@@ -106,14 +106,17 @@ pub const SHOWN_VALUE_BYTES: usize = 200;
 /// A value as a message shows it: quoted and escaped (`{:?}`), cut to about
 /// [`SHOWN_VALUE_BYTES`] with its full length said, so an error never echoes megabytes.
 pub fn shown_value(value: &str) -> String {
-    if value.len() <= SHOWN_VALUE_BYTES {
-        return format!("{value:?}");
-    }
-    let mut end = SHOWN_VALUE_BYTES;
-    while !value.is_char_boundary(end) {
+    let head = head(value, SHOWN_VALUE_BYTES);
+    if head.len() == value.len() { format!("{value:?}") } else { format!("{head:?}… ({} bytes in all)", value.len()) }
+}
+
+/// The first `max` bytes of `text` or a little fewer, ending at a character boundary.
+fn head(text: &str, max: usize) -> &str {
+    let mut end = max.min(text.len());
+    while !text.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{:?}… ({} bytes in all)", &value[..end], value.len())
+    &text[..end]
 }
 
 /// The most bytes of one message (a plugin's error text, a schema's complaint) shown.
@@ -121,14 +124,12 @@ pub const SHOWN_MESSAGE_BYTES: usize = 2000;
 
 /// `text` cut to about `max` bytes (at a character boundary) with its full length said.
 pub fn cut_text(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
-    if text.len() <= max {
-        return std::borrow::Cow::Borrowed(text);
+    let head = head(text, max);
+    if head.len() == text.len() {
+        std::borrow::Cow::Borrowed(text)
+    } else {
+        std::borrow::Cow::Owned(format!("{head}… ({} bytes in all)", text.len()))
     }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    std::borrow::Cow::Owned(format!("{}… ({} bytes in all)", &text[..end], text.len()))
 }
 
 /// Where `path` really is: absolute, every symbolic link resolved in the part that

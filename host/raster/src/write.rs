@@ -485,7 +485,7 @@ impl ChunkedRaster {
             }
         }
         let written = sitsflow_core::fsutil::with_space_hint(
-            ds.flush_cache().map_err(anyhow::Error::from).with_context(|| format!("writing {}", path.display())),
+            ds.flush_cache().with_context(|| format!("writing {}", path.display())),
             &path,
         );
         written?;

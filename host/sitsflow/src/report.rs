@@ -578,7 +578,6 @@ pub fn write_report(
     });
     let json_path = run_dir.join("report.json");
     crate::fsutil::write_atomic(&json_path, serde_json::to_string_pretty(&report)?.as_bytes())
-        .map_err(anyhow::Error::from)
         .with_context(|| format!("writing {}", json_path.display()))?;
 
     let megapixels = manifest["series"]["width"].as_f64().unwrap_or(0.0) * manifest["series"]["height"].as_f64().unwrap_or(0.0) / 1e6;
@@ -692,7 +691,6 @@ pub fn write_report(
     html.push_str("</body></html>\n");
     let html_path = run_dir.join("report.html");
     crate::fsutil::write_atomic(&html_path, html.as_bytes())
-        .map_err(anyhow::Error::from)
         .with_context(|| format!("writing {}", html_path.display()))?;
     Ok(())
 }

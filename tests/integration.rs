@@ -22,6 +22,7 @@ mod raster;
 mod report;
 mod sandbox;
 mod scaleout;
+mod seasons;
 mod segment;
 mod sen2vhr;
 mod ssl;

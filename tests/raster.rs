@@ -669,3 +669,16 @@ fn a_date_on_another_resolution_warps_scl_by_nearest_and_reflectance_bilinearly(
     let between = b04.iter().filter(|v| (v.round() as i64 - 1000) % 100 != 0).count();
     assert!(between > 0, "reflectance is interpolated between 20 m pixels");
 }
+
+#[test]
+fn a_date_window_keeps_or_leaves_out_a_real_l2a_product_and_says_what_it_found() {
+    let window = |start: &str, end: &str| sitsflow::raster::DateWindow { start: Some(start.into()), end: Some(end.into()) };
+    let options = |dates| sitsflow::raster::L2aOptions { bands: Some(vec!["B01".into()]), dates, ..Default::default() };
+    let series = sitsflow::raster::open_l2a(&t29unu(), &options(window("2022-10-05", "2022-10-05"))).unwrap();
+    assert_eq!(series.dates(), ["2022-10-05"], "both ends are included");
+    let err = format!("{:#}", sitsflow::raster::open_l2a(&t29unu(), &options(window("2023-01-01", "2023-12-31"))).unwrap_err());
+    assert!(
+        err.ends_with("no acquisition in the window [input] start/end = 2023-01-01 … 2023-12-31; its only acquisition is of 2022-10-05"),
+        "{err}"
+    );
+}

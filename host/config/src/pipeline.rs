@@ -130,6 +130,24 @@ pub struct Input {
     /// the target grid every input is aligned to (default: the first input's grid).
     #[serde(default)]
     pub grid: Option<Located<GridTable>>,
+    /// `start = "2018-08-01"`: the first acquisition date read (included; default: the
+    /// series' first).
+    #[serde(default)]
+    pub start: Option<Located<String>>,
+    /// `end = "2018-11-30"`: the last acquisition date read (included; default: the
+    /// series' last).
+    #[serde(default)]
+    pub end: Option<Located<String>>,
+}
+
+impl Input {
+    /// The dates a run reads (`start`/`end`, checked by [`Pipeline::parse`]).
+    pub fn dates(&self) -> sitsflow_core::dates::DateWindow {
+        sitsflow_core::dates::DateWindow {
+            start: self.start.as_ref().map(|s| s.get_ref().clone()),
+            end: self.end.as_ref().map(|e| e.get_ref().clone()),
+        }
+    }
 }
 
 /// `grid = { crs = "EPSG:32633", bounds = [xmin, ymin, xmax, ymax], resolution = 10.0 }`
@@ -479,6 +497,19 @@ impl Pipeline {
             [_, second, ..] => {
                 return Err(source.error(at(*second), "[input] takes one of `series`, `l2a` or `stac`, not several"));
             }
+        }
+        for bound in [&self.input.start, &self.input.end].into_iter().flatten() {
+            if sitsflow_core::dates::parse_date(bound.get_ref()).is_none() {
+                return Err(source.error(
+                    at(bound),
+                    format!("{} is not a date: write YYYY-MM-DD, e.g. \"2018-08-01\"", sitsflow_core::fsutil::shown_value(bound.get_ref())),
+                ));
+            }
+        }
+        if let (Some(start), Some(end)) = (&self.input.start, &self.input.end)
+            && start.get_ref() > end.get_ref()
+        {
+            return Err(source.error(at(end), format!("end {} is before start {}: no date would be read", end.get_ref(), start.get_ref())));
         }
         if let Some(reference) = &self.reference {
             match (&reference.nomenclature, &reference.classes) {

@@ -26,3 +26,69 @@ pub fn years_of(dates: &[String]) -> Vec<(i32, Vec<usize>)> {
     }
     years
 }
+
+/// `[input] start`/`end`: the acquisitions a run reads, both ends included
+/// (`YYYY-MM-DD`, checked by the configuration); `None` leaves that side open.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DateWindow {
+    /// The first date read.
+    pub start: Option<String>,
+    /// The last date read.
+    pub end: Option<String>,
+}
+
+impl DateWindow {
+    /// Whether the window leaves out nothing.
+    pub fn is_all(&self) -> bool {
+        self.start.is_none() && self.end.is_none()
+    }
+
+    /// Whether an acquisition date (`YYYY-MM-DD`, or any string beginning with one)
+    /// lies in the window. ISO dates compare as text.
+    pub fn contains(&self, date: &str) -> bool {
+        let day = date.get(..10).unwrap_or(date);
+        self.start.as_deref().is_none_or(|s| day >= s) && self.end.as_deref().is_none_or(|e| day <= e)
+    }
+
+    /// `2018-08-01 … 2018-11-30`, `from 2018-08-01`, `until 2018-11-30` or `all dates`.
+    pub fn describe(&self) -> String {
+        match (&self.start, &self.end) {
+            (Some(s), Some(e)) => format!("{s} … {e}"),
+            (Some(s), None) => format!("from {s}"),
+            (None, Some(e)) => format!("until {e}"),
+            (None, None) => "all dates".into(),
+        }
+    }
+
+    /// The error when no acquisition of `found` (sorted dates) lies in the window.
+    pub fn nothing_in(&self, what: &str, found: &[String]) -> String {
+        match (found.first(), found.last()) {
+            (Some(first), _) if found.len() == 1 => {
+                format!("{what}: no acquisition in the window [input] start/end = {}; its only acquisition is of {first}", self.describe())
+            }
+            (Some(first), Some(last)) => format!(
+                "{what}: no acquisition in the window [input] start/end = {}; its {} acquisitions run from {first} to {last}",
+                self.describe(),
+                found.len()
+            ),
+            _ => format!("{what}: no acquisitions found"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_includes_both_ends_and_reads_datetimes_by_their_day() {
+        let w = DateWindow { start: Some("2018-08-01".into()), end: Some("2018-11-30".into()) };
+        assert!(w.contains("2018-08-01") && w.contains("2018-11-30") && w.contains("2018-11-30T10:56:31Z"));
+        assert!(!w.contains("2018-07-31") && !w.contains("2018-12-01"));
+        assert!(DateWindow::default().contains("1999-01-01") && DateWindow::default().is_all());
+        let open_end = DateWindow { start: Some("2018-01-01".into()), end: None };
+        assert!(open_end.contains("2030-01-01") && !open_end.contains("2017-12-31"));
+        let msg = w.nothing_in("series/", &["2017-08-04".into(), "2017-09-01".into()]);
+        assert_eq!(msg, "series/: no acquisition in the window [input] start/end = 2018-08-01 … 2018-11-30; its 2 acquisitions run from 2017-08-04 to 2017-09-01");
+    }
+}

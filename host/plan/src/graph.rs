@@ -248,6 +248,48 @@ impl Graph {
         self.rasters.iter().position(|r| r.lifetime == Lifetime::Declared && r.name == name)
     }
 
+    /// Checks that every map `[[evaluate]]` names is a declared raster of this run: an
+    /// output written once per year is named with its year (`forest_2019`), or
+    /// evaluated every year by `{year}` in `truth`.
+    pub fn check_evaluations(&self, plan: &Plan, years: &[i32]) -> Result<(), String> {
+        for e in &plan.evaluations {
+            let per_year = e.truth.to_string_lossy().contains("{year}");
+            let wanted: Vec<String> =
+                if per_year { years.iter().map(|y| format!("{}_{y}", e.output)).collect() } else { vec![e.output.clone()] };
+            for name in wanted {
+                if self.declared(&name).is_some() {
+                    continue;
+                }
+                let yearly: Vec<&str> = self
+                    .rasters
+                    .iter()
+                    .filter(|r| r.lifetime == Lifetime::Declared)
+                    .filter_map(|r| r.name.strip_prefix(e.output.as_str()).and_then(|y| y.strip_prefix('_')).map(|y| (r, y)))
+                    .filter(|(_, y)| y.len() == 4 && y.bytes().all(|b| b.is_ascii_digit()))
+                    .map(|(r, _)| r.name.as_str())
+                    .collect();
+                return Err(if !yearly.is_empty() {
+                    format!(
+                        "[[evaluate]] output = '{}': that stage writes one map per year here ({}); name one of them, \
+                         or evaluate each year with `{{year}}` in truth",
+                        e.output,
+                        yearly.join(", ")
+                    )
+                } else if per_year && self.declared(&e.output).is_some() {
+                    format!(
+                        "[[evaluate]] output = '{}': truth names `{{year}}` but '{}' is one map for the whole series, \
+                         not one per year; give its truth without `{{year}}`",
+                        e.output, e.output
+                    )
+                } else {
+                    let names: Vec<&str> = self.rasters.iter().filter(|r| r.lifetime == Lifetime::Declared).map(|r| r.name.as_str()).collect();
+                    format!("[[evaluate]] output = '{}': the run writes no map '{name}' (its outputs: {})", e.output, names.join(", "))
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// The fit node of a stage.
     fn fit_node_of(&self, plan: &Plan, id: &str) -> Option<NodeId> {
         self.nodes.iter().position(|n| matches!(n, Node::Fit { stage, .. } if plan.stages[*stage].id.as_str() == id))

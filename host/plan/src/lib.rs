@@ -80,6 +80,8 @@ pub struct InputPlan {
     pub boa_add_offset: Option<f64>,
     /// The grid every input is aligned to (default: the first input's).
     pub grid: Option<GridSpec>,
+    /// The acquisitions read (`start`/`end`).
+    pub dates: sitsflow_core::dates::DateWindow,
 }
 
 impl InputPlan {
@@ -91,9 +93,10 @@ impl InputPlan {
             tile: self.tile.clone(),
             boa_add_offset: self.boa_add_offset,
             grid: grid.clone(),
+            dates: self.dates.clone(),
         };
         match &self.source {
-            InputSource::Series(dir) => Series::open_folder(dir, self.bands.as_deref(), grid),
+            InputSource::Series(dir) => Series::open_folder_within(dir, self.bands.as_deref(), grid, &self.dates),
             InputSource::L2a(dir) => sitsflow_raster::open_l2a(dir, &options),
             InputSource::Stac(file) => sitsflow_raster::open_stac(file, &options),
         }
@@ -416,6 +419,7 @@ impl Plan {
                 let g = g.get_ref();
                 GridSpec { crs: g.crs.clone(), bounds: g.bounds, resolution: g.resolution }
             }),
+            dates: i.dates(),
         };
         if let (Some(spec), Some(located)) = (&input.grid, &i.grid) {
             spec.to_grid().map_err(|e| source.error(Some(located.span()), format!("{e:#}")))?;
@@ -662,6 +666,9 @@ impl Plan {
         }
         if let Some(offset) = self.input.boa_add_offset {
             let _ = writeln!(out, "  boa offset    {offset} DN where the products do not say");
+        }
+        if !self.input.dates.is_all() {
+            let _ = writeln!(out, "  input dates   {}", self.input.dates.describe());
         }
         if let Some(g) = &self.input.grid {
             let _ = writeln!(out, "  grid          {} {:?} at {} m", g.crs, g.bounds, g.resolution);

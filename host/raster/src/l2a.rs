@@ -21,7 +21,7 @@
 //! date are refused, naming both: which one to read is the operator's choice.
 
 use super::series::{BandSource, Resampling, Scene, Series};
-use super::{Grid, parse_date};
+use super::{DateWindow, Grid, parse_date};
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -42,6 +42,8 @@ pub struct L2aOptions {
     pub boa_add_offset: Option<f64>,
     /// The target grid (default: the finest band's grid of the first acquisition).
     pub grid: Option<Grid>,
+    /// The acquisitions read (`[input] start`/`end`; default all).
+    pub dates: DateWindow,
 }
 
 /// One band file found on disk.
@@ -233,6 +235,15 @@ pub fn open_l2a(dir: &Path, options: &L2aOptions) -> Result<Series> {
     }
     if products.is_empty() {
         bail!("{}: no Sentinel-2 L2A band files (like T33TPS_20190119T100319_B04_10m.jp2) found", dir.display());
+    }
+    if !options.dates.is_all() {
+        let found: Vec<String> = products.keys().map(|(_, t)| format!("{}-{}-{}", &t[0..4], &t[4..6], &t[6..8])).collect();
+        products.retain(|(_, t), _| options.dates.contains(&format!("{}-{}-{}", &t[0..4], &t[4..6], &t[6..8])));
+        if products.is_empty() {
+            let mut found = found;
+            found.sort();
+            bail!("{}", options.dates.nothing_in(&dir.display().to_string(), &found));
+        }
     }
     let tiles: std::collections::BTreeSet<&String> = products.keys().map(|(t, _)| t).collect();
     if tiles.len() > 1 {

@@ -29,7 +29,7 @@ pub use stac::open_stac;
 pub use warp::GridSpec;
 pub use write::{ChunkedRaster, ClassStyle, OutputKind, write_class_map, write_geotiff_dn, write_geotiff_f32};
 // Pixel windows and dates are core types; re-exported so raster's callers name one module.
-pub use sitsflow_core::dates::{parse_date, years_of};
+pub use sitsflow_core::dates::{DateWindow, parse_date, years_of};
 pub use sitsflow_core::window::{Window, chunk_grid};
 
 /// The pixel grid a series is read onto and outputs are written on.

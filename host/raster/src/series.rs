@@ -1,7 +1,7 @@
 //! A time series: for every date, where each band comes from; read window by window.
 
 use super::warp::Aligned;
-use super::{Grid, Window, parse_date};
+use super::{DateWindow, Grid, Window, parse_date};
 use anyhow::{Context, Result, bail, ensure};
 use gdal::{Dataset, Metadata};
 use std::collections::HashMap;
@@ -103,6 +103,12 @@ impl Series {
     /// Like [`Series::open`], aligning every file onto `target` when given (default: the
     /// first file's grid).
     pub fn open_folder(dir: &Path, bands: Option<&[String]>, target: Option<Grid>) -> Result<Series> {
+        Self::open_folder_within(dir, bands, target, &DateWindow::default())
+    }
+
+    /// Like [`Series::open_folder`], reading only the dates in `window` (files outside
+    /// it are not opened).
+    pub fn open_folder_within(dir: &Path, bands: Option<&[String]>, target: Option<Grid>, window: &DateWindow) -> Result<Series> {
         let entries = std::fs::read_dir(dir).with_context(|| format!("reading the series folder {}", dir.display()))?;
         let mut files = Vec::new();
         for entry in entries {
@@ -120,6 +126,11 @@ impl Series {
             bail!("date {} appears twice: {} and {}", w[0].0, w[0].1.display(), w[1].1.display());
         }
         ensure!(!files.is_empty(), "the series folder {} has no YYYY-MM-DD.tif files", dir.display());
+        if !window.is_all() {
+            let found: Vec<String> = files.iter().map(|(d, _)| d.clone()).collect();
+            files.retain(|(d, _)| window.contains(d));
+            ensure!(!files.is_empty(), "{}", window.nothing_in(&format!("the series folder {}", dir.display()), &found));
+        }
 
         let mut names: Option<Vec<String>> = bands.map(<[String]>::to_vec);
         let mut scenes = Vec::new();

@@ -70,6 +70,7 @@ pub fn open_stac(file: &Path, options: &L2aOptions) -> Result<Series> {
     let bands: Vec<String> =
         options.bands.clone().unwrap_or_else(|| DEFAULT_BANDS.iter().map(|b| b.to_string()).collect());
     let mut scenes = Vec::new();
+    let mut outside = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let id = item["id"].as_str().map_or_else(|| format!("#{i}"), str::to_string);
         let properties = &item["properties"];
@@ -77,6 +78,10 @@ pub fn open_stac(file: &Path, options: &L2aOptions) -> Result<Series> {
         let date = datetime.get(0..10).unwrap_or("");
         if parse_date(date).is_none() {
             bail!("{}: item {id} has no valid datetime ('{datetime}')", file.display());
+        }
+        if !options.dates.contains(date) {
+            outside.push(date.to_string());
+            continue;
         }
         let baseline: Option<f64> = properties["s2:processing_baseline"]
             .as_str()
@@ -121,6 +126,10 @@ pub fn open_stac(file: &Path, options: &L2aOptions) -> Result<Series> {
             });
         }
         scenes.push(Scene { date: date.to_string(), sources, radiometry: None });
+    }
+    if scenes.is_empty() && !outside.is_empty() {
+        outside.sort();
+        bail!("{}", options.dates.nothing_in(&file.display().to_string(), &outside));
     }
     let grid = match &options.grid {
         Some(g) => g.clone(),

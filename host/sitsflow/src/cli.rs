@@ -456,6 +456,10 @@ fn dispatch(cli: &Cli) -> Result<(), Failure> {
                 series.grid.width,
                 series.grid.height
             );
+            let years: Vec<i32> = sitsflow::raster::years_of(&series.dates()).into_iter().map(|(y, _)| y).collect();
+            sitsflow::graph::Graph::compile(&plan, &series.grid, &years)
+                .check_evaluations(&plan, &years)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", pipeline.display()))?;
             println!("ok: {} is valid and its plugins match {}", pipeline.display(), plan.lockfile.display());
             Ok(())
         }

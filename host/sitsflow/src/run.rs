@@ -576,6 +576,7 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
     let year_list: Vec<i32> = years.iter().map(|(y, _)| *y).collect();
     let graph = crate::graph::Graph::compile(plan, &grid, &year_list);
     graph.check_order().map_err(|e| anyhow::anyhow!("internal: the compiled graph is out of order: {e}"))?;
+    graph.check_evaluations(plan, &year_list).map_err(|e| anyhow::anyhow!("{}: {e}", plan.pipeline.display()))?;
     log::debug!("graph of '{}':\n{}", plan.name, graph.render(plan));
     let mut outputs: Vec<Output> = Vec::new();
     for (_, stage) in &chunk_stages {

@@ -110,8 +110,78 @@ pub enum Stat {
 #[derive(Debug, Clone, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Gapfill {
-    /// Days between grid dates, from the first date of the chunk.
+    /// Days between grid dates: from the first date of the cube, or from `start`.
     pub step_days: u32,
+    /// `"MM-DD"`: anchors the grid on this day of every calendar year of the cube, so
+    /// that each year has the same grid dates (and per-year features the same names):
+    /// a model trained on one year maps another. Without it the grid starts at the
+    /// cube's first date.
+    #[serde(default)]
+    pub start: Option<String>,
+    /// `"MM-DD"` (with `start`; default `"12-31"`): the last day of each year's grid,
+    /// on or after `start`. Each year has `(end − start) / step_days + 1` grid dates,
+    /// counted in a year without 29 February.
+    #[serde(default)]
+    pub end: Option<String>,
+}
+
+/// `MM-DD` → (month, day), a day that exists in a year without 29 February.
+fn month_day(field: &str, text: &str) -> Result<(i64, i64), StageError> {
+    let bad = || StageError::InvalidParams(format!("gapfill.{field} = '{text}' is not a day of the year: write \"MM-DD\", e.g. \"03-01\""));
+    let (m, d) = text.split_once('-').ok_or_else(bad)?;
+    if m.len() != 2 || d.len() != 2 {
+        return Err(bad());
+    }
+    let (m, d): (i64, i64) = (m.parse().map_err(|_| bad())?, d.parse().map_err(|_| bad())?);
+    let days = [31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    if !(1..=12).contains(&m) || d < 1 || d > days[m as usize - 1] {
+        return Err(bad());
+    }
+    Ok((m, d))
+}
+
+/// The days of a time grid and, for an anchored one, each year's season.
+struct TimeGrid {
+    days: Vec<i64>,
+    /// First and last day of each year's season, both included.
+    seasons: Option<Vec<(i64, i64)>>,
+}
+
+/// The time grid of a cube whose dates run from day `first` to day `last`.
+fn grid_days(g: &Gapfill, first: i64, last: i64) -> Result<TimeGrid, StageError> {
+    if g.step_days == 0 {
+        return Err(StageError::InvalidParams("gapfill.step_days must be at least 1".into()));
+    }
+    let step = g.step_days as usize;
+    let Some(start) = &g.start else {
+        if g.end.is_some() {
+            return Err(StageError::InvalidParams("gapfill.end needs gapfill.start (the day each year's grid begins)".into()));
+        }
+        return Ok(TimeGrid { days: (first..=last).step_by(step).collect(), seasons: None });
+    };
+    let (sm, sd) = month_day("start", start)?;
+    let (em, ed) = match &g.end {
+        Some(end) => month_day("end", end)?,
+        None => (12, 31),
+    };
+    // The season's length in a year without 29 February (2001).
+    let at = |y: i64, m: i64, d: i64| day_number(&format!("{y:04}-{m:02}-{d:02}"));
+    let span = at(2001, em, ed)? - at(2001, sm, sd)?;
+    if span < 0 {
+        return Err(StageError::InvalidParams(format!(
+            "gapfill.end '{}' is before gapfill.start '{start}': a year's grid runs from start to end within the calendar year",
+            g.end.as_deref().unwrap_or("12-31")
+        )));
+    }
+    let count = span as usize / step + 1;
+    let year = |day: i64| civil(day)[..4].parse::<i64>().expect("civil() writes a four-digit year");
+    let (mut grid, mut seasons) = (Vec::new(), Vec::new());
+    for y in year(first)..=year(last) {
+        let from = at(y, sm, sd)?;
+        grid.extend((0..count).map(|k| from + (k * step) as i64));
+        seasons.push((from, at(y, em, ed)?));
+    }
+    Ok(TimeGrid { days: grid, seasons: Some(seasons) })
 }
 
 /// Parameters.
@@ -127,7 +197,8 @@ pub struct Params {
     /// Output the values per date (or per grid date with `gapfill`); default true.
     #[serde(default = "yes")]
     pub per_date: bool,
-    /// Temporal statistics over the valid dates, per index or band.
+    /// Temporal statistics over the valid dates, per index or band (with an anchored
+    /// `gapfill`, over the valid dates of each year's season only).
     #[serde(default)]
     pub stats: Vec<Stat>,
     /// Linear gap-filling onto a regular grid (values before the first / after the last
@@ -445,14 +516,18 @@ impl FeatureStage for Indices {
 
         let dates = chunk.dates.len();
         let days: Vec<i64> = chunk.dates.iter().map(|d| day_number(d)).collect::<Result<_, _>>()?;
-        let (out_dates, grid): (Vec<String>, Option<Vec<i64>>) = match &p.gapfill {
-            Some(g) if g.step_days > 0 => {
-                let (first, last) = (days[0], days[dates - 1]);
-                let grid: Vec<i64> = (first..=last).step_by(g.step_days as usize).collect();
-                (grid.iter().map(|d| civil(*d)).collect(), Some(grid))
+        let (out_dates, grid, seasons) = match &p.gapfill {
+            Some(g) => {
+                let TimeGrid { days: grid, seasons } = grid_days(g, days[0], days[dates - 1])?;
+                (grid.iter().map(|d| civil(*d)).collect(), Some(grid), seasons)
             }
-            Some(_) => return Err(StageError::InvalidParams("gapfill.step_days must be at least 1".into())),
-            None => (chunk.dates.clone(), None),
+            None => (chunk.dates.clone(), None, None),
+        };
+        // With an anchored grid, statistics summarise each year's season only, so that
+        // they too mean the same in every year.
+        let off_season: Vec<usize> = match &seasons {
+            Some(seasons) => (0..dates).filter(|&d| !seasons.iter().any(|&(a, b)| (a..=b).contains(&days[d]))).collect(),
+            None => Vec::new(),
         };
         let mut names = Vec::new();
         for (name, _) in &layers {
@@ -495,9 +570,19 @@ impl FeatureStage for Indices {
                     }
                 }
             }
+            // What the statistics read: the planes, without the dates off season.
+            let stat_planes: std::borrow::Cow<[f32]> = if off_season.is_empty() || p.stats.is_empty() {
+                std::borrow::Cow::Borrowed(&planes)
+            } else {
+                let mut copy = planes.clone();
+                for &d in &off_season {
+                    copy[d * n..(d + 1) * n].fill(f32::NAN);
+                }
+                std::borrow::Cow::Owned(copy)
+            };
             let stats_at = l * per_layer + first_stat;
             for q in 0..quads {
-                stats4(&planes, n, 4 * q, &p.stats, &pairs, &mut cols, &mut quad_stats);
+                stats4(&stat_planes, n, 4 * q, &p.stats, &pairs, &mut cols, &mut quad_stats);
                 for (i, values) in quad_stats.chunks_exact(p.stats.len()).enumerate() {
                     let at = (4 * q + i) * width + stats_at;
                     data[at..at + values.len()].copy_from_slice(values);
@@ -523,6 +608,9 @@ impl FeatureStage for Indices {
                     }
                 }
                 if stats_left {
+                    for (d, s) in series.iter_mut().enumerate() {
+                        *s = stat_planes[d * n + px];
+                    }
                     stats_into(&series, &p.stats, &mut sorted, &mut row[first_stat..]);
                 }
             }
@@ -597,6 +685,54 @@ mod tests {
         assert!((px1[2] - (0.06 + 0.2 * 20.0 / 30.0)).abs() < 1e-6);
         assert_eq!(px1[5], 2.0);
         assert!((px1[4] - 0.16).abs() < 1e-6);
+    }
+
+    #[test]
+    fn an_anchored_grid_gives_every_year_the_same_days_whatever_its_acquisitions() {
+        let g = |start: &str, end: Option<&str>| Gapfill { step_days: 10, start: Some(start.into()), end: end.map(Into::into) };
+        let days = |g: &Gapfill, a: &str, b: &str| -> Vec<String> {
+            grid_days(g, day_number(a).unwrap(), day_number(b).unwrap()).unwrap().days.into_iter().map(civil).collect()
+        };
+        // Two years whose first acquisitions differ (08-04 and 08-09) get the same days of
+        // the year; 2020 is a leap year and still has 12 grid dates from 08-05.
+        let season = g("08-05", Some("11-25"));
+        let y2017 = days(&season, "2017-08-04", "2017-11-27");
+        let y2020 = days(&season, "2020-08-09", "2020-11-20");
+        assert_eq!(y2017.len(), 12);
+        assert_eq!(y2017.first().map(String::as_str), Some("2017-08-05"));
+        assert_eq!(y2017.last().map(String::as_str), Some("2017-11-23"));
+        let md = |v: &[String]| v.iter().map(|d| d[5..].to_string()).collect::<Vec<_>>();
+        assert_eq!(md(&y2017), md(&y2020));
+        // A whole year from 01-01: 37 dates in 2019 and in leap 2020 alike.
+        assert_eq!(days(&g("01-01", None), "2019-01-03", "2019-12-30").len(), 37);
+        assert_eq!(days(&g("01-01", None), "2020-01-03", "2020-12-30").len(), 37);
+        // A cube over two calendar years gets each year's season.
+        assert_eq!(days(&season, "2017-08-04", "2018-11-27").len(), 24);
+        // Mistakes are named.
+        for (bad, want) in [
+            (g("13-01", None), "gapfill.start = '13-01' is not a day of the year"),
+            (g("02-29", None), "gapfill.start = '02-29' is not a day of the year"),
+            (g("10-01", Some("07-31")), "gapfill.end '07-31' is before gapfill.start '10-01'"),
+            (Gapfill { step_days: 10, start: None, end: Some("11-25".into()) }, "gapfill.end needs gapfill.start"),
+            (Gapfill { step_days: 0, start: None, end: None }, "step_days must be at least 1"),
+        ] {
+            let Err(StageError::InvalidParams(msg)) = grid_days(&bad, 17000, 17300).map(|g| g.days) else { panic!("not InvalidParams") };
+            assert!(msg.contains(want), "{msg}");
+        }
+    }
+
+    #[test]
+    fn with_an_anchored_grid_statistics_cover_the_season_only() {
+        let json = r#"{"bands": ["B02"], "gapfill": {"step_days": 10, "start": "01-05", "end": "01-31"}, "stats": ["count", "min"]}"#;
+        let out = Indices::compute(cube(), params(json)).unwrap();
+        assert_eq!(out.names, ["B02@2020-01-05", "B02@2020-01-15", "B02@2020-01-25", "B02:count", "B02:min"]);
+        // Pixel 0 is valid on all three dates; 01-01 is before the season.
+        let c = cube();
+        assert_eq!(out.row(0)[3], 2.0);
+        assert_eq!(out.row(0)[4], c.plane(1, 0)[0].min(c.plane(2, 0)[0]));
+        // The grid still interpolates from the date before the season.
+        let want = c.plane(0, 0)[0] + (c.plane(1, 0)[0] - c.plane(0, 0)[0]) * 0.4;
+        assert!((out.row(0)[0] - want).abs() < 1e-6, "{} vs {want}", out.row(0)[0]);
     }
 
     #[test]

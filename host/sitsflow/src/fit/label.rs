@@ -31,9 +31,9 @@ pub(super) struct LabellerPlan<'a> {
     pub maps: &'a [LabelMaps],
 }
 
-impl LabellerPlan<'_> {
+impl<'a> LabellerPlan<'a> {
     /// The features rasters it trains on: of its year, or of every year.
-    pub(super) fn training_maps(&self) -> Vec<&LabelMaps> {
+    pub(super) fn training_maps(&self) -> Vec<&'a LabelMaps> {
         match self.year {
             Some(y) => self.maps.iter().filter(|m| m.year == Some(y)).collect(),
             None => self.maps.iter().collect(),
@@ -55,6 +55,8 @@ pub(super) fn run(
     results: &mut FitResults,
 ) -> Result<SceneSection> {
     let stage = labeller.stage;
+    // Every year it maps has the features it trains on: found before it trains.
+    mapped_features(scene, labeller)?;
     match &stage.executor {
         Executor::Recipe(recipe) if recipe.shape() == sitsflow_core::recipes::RecipeShape::Segmentation => {
             super::segment::run(scene, labeller, recipe, training, selections, nomenclature, results)
@@ -519,10 +521,7 @@ fn label(
     let stage = labeller.stage;
     let evaluation = write_evaluation(scene, stage, &fit, nomenclature, results)?;
     let model = fit.model;
-    let Some(first) = labeller.maps.first() else {
-        bail!("stage '{}': no features raster to predict on", stage.id);
-    };
-    let names = FeatureRaster::open(&scene.path(first.features))?.names;
+    let (first, names) = mapped_features(scene, labeller)?;
     let style = nomenclature.map(|n| ClassStyle { classes: n.styles() });
     let all: Vec<(usize, Window)> = scene.chunks.iter().copied().enumerate().collect();
     let mut maps = Vec::new();
@@ -538,7 +537,7 @@ fn label(
             |i, window| {
                 let raster = FeatureRaster::open(features)?;
                 if raster.names != names {
-                    bail!("{} has other features than the model was trained on", features.display());
+                    bail!("{}", other_features(stage, scene.name(first.features), &names, &name, &raster.names));
                 }
                 let matrix = FeatureMatrix { samples: window.pixels() as u32, names: names.clone(), data: raster.read(window)? };
                 let p = learner.predict(stage, &model, &matrix, &format!("{name}, chunk {i} ({window})"))?;
@@ -580,6 +579,48 @@ fn label(
     Ok(SceneSection { stage: stage.id.to_string(), kind: "labeller".into(), plugin: stage.reference(), summary })
 }
 
+
+/// The features raster a labeller's model is trained on (its year's, or the first) and
+/// its feature names, which every raster it maps must have.
+fn mapped_features<'a>(scene: &Context, labeller: &LabellerPlan<'a>) -> Result<(&'a LabelMaps, Vec<String>)> {
+    let stage = labeller.stage;
+    let Some(first) = labeller.training_maps().first().copied().or(labeller.maps.first()) else {
+        bail!("stage '{}': no features raster to predict on", stage.id);
+    };
+    let names = FeatureRaster::open(&scene.path(first.features))?.names;
+    for target in labeller.maps {
+        let theirs = FeatureRaster::open(&scene.path(target.features))?.names;
+        if theirs != names {
+            bail!("{}", other_features(stage, scene.name(first.features), &names, scene.name(target.features), &theirs));
+        }
+    }
+    Ok((first, names))
+}
+
+/// Why a features raster cannot be mapped by a model trained on another: the first
+/// feature that differs, and for per-year features (`@t00`: a date's rank in its year)
+/// how to give every year the same dates.
+fn other_features(stage: &StagePlan, trained: &str, ours: &[String], target: &str, theirs: &[String]) -> String {
+    let differ = match ours.iter().zip(theirs).position(|(a, b)| a != b) {
+        Some(i) => format!("feature {i} is '{}' in {trained} and '{}' in {target}", ours[i], theirs[i]),
+        None => format!("{trained} has {} features and {target} {}", ours.len(), theirs.len()),
+    };
+    let positional = ours.iter().chain(theirs).any(|n| n.rsplit_once("@t").is_some_and(|(_, r)| !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit())));
+    let hint = if positional {
+        "; per-year features are named by the rank of their date in the year, so each year needs the same dates: \
+         gap-fill them onto a grid anchored on a day of the year (indices: gapfill = { step_days = 10, start = \"MM-DD\", \
+         end = \"MM-DD\" }), with acquisitions over that season in every year ([input] start/end leave out a partial year)"
+    } else {
+        ""
+    };
+    format!(
+        "stage '{}' ({}): trained on {trained} ({} features), it cannot map {target} ({} features): {differ}{hint}",
+        stage.id,
+        stage.reference(),
+        ours.len(),
+        theirs.len()
+    )
+}
 
 /// Agreement between consecutive years' maps, per class (the share of a class's pixels
 /// in one year that keep it the next) and overall: the consistency table of seed 001.

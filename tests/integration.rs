@@ -23,6 +23,7 @@ mod report;
 mod sandbox;
 mod scaleout;
 mod seasons;
+mod vectors;
 mod segment;
 mod sen2vhr;
 mod ssl;

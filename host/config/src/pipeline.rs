@@ -90,8 +90,16 @@ pub struct ModelDecl {
 pub struct Evaluate {
     /// `output = "reference"`: a class-map output of the run (a stage id, or `reference`).
     pub output: Located<String>,
-    /// `truth = "truth/2018.tif"`: the reference raster, any CRS (aligned by mode).
+    /// `truth = "truth/2018.tif"`: the reference raster, any CRS (aligned by mode); or
+    /// vectors with `class_field`.
     pub truth: Located<String>,
+    /// `layer = "points"`: the truth's vector layer (default: its only one).
+    #[serde(default)]
+    pub layer: Option<Located<String>>,
+    /// `class_field = "class"`: the attribute with each truth feature's class (code, or
+    /// class name of the nomenclature).
+    #[serde(default)]
+    pub class_field: Option<Located<String>>,
     /// `nomenclature = "….toml"`: translate the truth's codes first.
     #[serde(default)]
     pub nomenclature: Option<Located<String>>,
@@ -166,8 +174,16 @@ pub struct GridTable {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Reference {
-    /// `path = "clc2018.tif"`: any CRS; aligned to the cube grid by mode.
+    /// `path = "clc2018.tif"`: any CRS; aligned to the cube grid by mode. Or vectors in
+    /// any format OGR reads (`parcels.gpkg`, `points.shp`, `.geojson`), with `class_field`.
     pub path: Located<String>,
+    /// `layer = "parcels"`: the vector layer (default: the file's only one).
+    #[serde(default)]
+    pub layer: Option<Located<String>>,
+    /// `class_field = "crop"`: the attribute with each feature's class, a code or a class
+    /// name of the nomenclature; makes `path` a vector reference.
+    #[serde(default)]
+    pub class_field: Option<Located<String>>,
     /// `nomenclature = "nomenclature/clc-to-10.toml"`: source codes → classes.
     #[serde(default)]
     pub nomenclature: Option<Located<String>>,
@@ -510,6 +526,12 @@ impl Pipeline {
             && start.get_ref() > end.get_ref()
         {
             return Err(source.error(at(end), format!("end {} is before start {}: no date would be read", end.get_ref(), start.get_ref())));
+        }
+        let layers = self.reference.iter().map(|r| (&r.layer, &r.class_field)).chain(self.evaluations.iter().map(|e| (&e.layer, &e.class_field)));
+        for (layer, class_field) in layers {
+            if let (Some(layer), None) = (layer, class_field) {
+                return Err(source.error(at(layer), "`layer` names a vector layer: give its class attribute too (`class_field = \"…\"`)"));
+            }
         }
         if let Some(reference) = &self.reference {
             match (&reference.nomenclature, &reference.classes) {

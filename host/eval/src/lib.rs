@@ -14,7 +14,7 @@ pub mod samples;
 
 pub use area::{AreaEstimate, ClassArea, area_estimate};
 pub use confusion::{ClassMetrics, Confusion, Metrics, agreement};
-pub use maps::{ChangeAgreement, MapEvaluation, SeriesAgreement, change_agreement, evaluate_map, evaluate_map_with, evaluate_points, evaluate_points_with, series_agreement};
+pub use maps::{ChangeAgreement, MapEvaluation, SeriesAgreement, TruthVectors, change_agreement, evaluate_map, evaluate_map_vectors, evaluate_map_with, evaluate_points, evaluate_points_with, series_agreement};
 
 use std::fmt::Write as _;
 

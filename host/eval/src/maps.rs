@@ -2,7 +2,7 @@
 //! grid by mode, codes translated through a nomenclature), and series of maps.
 
 use super::{AreaEstimate, Confusion, Metrics, agreement, area_estimate};
-use sitsflow_raster::{ReferenceMap, Window, chunk_grid, grid_of, pixel_area};
+use sitsflow_raster::{ReferenceMap, VectorSpec, Window, chunk_grid, grid_of, pixel_area};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -53,9 +53,39 @@ pub fn evaluate_map_with(
     map_nodata: Option<u16>,
 ) -> Result<MapEvaluation> {
     let grid = grid_of(map)?;
+    let ref_raster = ReferenceMap::open(reference, &grid)?;
+    evaluate_against(map, reference, ref_raster, lookup, stratified, map_nodata)
+}
+
+/// A truth made of vectors: which layer and attribute hold the classes, and the class
+/// names a name attribute resolves through.
+#[derive(Debug, Clone, Copy)]
+pub struct TruthVectors<'a> {
+    /// Layer and class field.
+    pub spec: &'a VectorSpec,
+    /// Class name → class code.
+    pub class_names: &'a [(String, u16)],
+}
+
+/// [`evaluate_map`] against vectors (parcels, points) rasterised onto the map's grid
+/// by GDAL: each polygon's pixels whose centre it holds, each point's pixel.
+pub fn evaluate_map_vectors(map: &Path, truth: &Path, vectors: TruthVectors, lookup: Option<&HashMap<u32, u16>>, stratified: bool) -> Result<MapEvaluation> {
+    let grid = grid_of(map)?;
+    let (ref_raster, _) = ReferenceMap::open_vector(truth, vectors.spec, vectors.class_names, &grid)?;
+    evaluate_against(map, truth, ref_raster, lookup, stratified, None)
+}
+
+fn evaluate_against(
+    map: &Path,
+    reference: &Path,
+    ref_raster: ReferenceMap,
+    lookup: Option<&HashMap<u32, u16>>,
+    stratified: bool,
+    map_nodata: Option<u16>,
+) -> Result<MapEvaluation> {
+    let grid = grid_of(map)?;
     let mut skipped = 0u64;
     let map_raster = ReferenceMap::open(map, &grid)?;
-    let ref_raster = ReferenceMap::open(reference, &grid)?;
     let mut confusion = Confusion::default();
     let mut map_pixels: BTreeMap<u16, u64> = BTreeMap::new();
     let mut unmapped = BTreeMap::new();

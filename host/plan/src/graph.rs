@@ -102,6 +102,9 @@ pub enum Node {
     },
 }
 
+/// The raster of a vector reference's feature ids (FID per pixel, nodata 4294967295).
+pub const REFERENCE_IDS: &str = "reference_ids";
+
 /// The compiled plan.
 #[derive(Debug, Clone)]
 pub struct Graph {
@@ -210,8 +213,12 @@ impl Graph {
                 chunk_rasters.push(add(&mut g, name, footprint.scale, Pixels::Known(pixel), Lifetime::Intermediate, map));
             }
         }
-        if plan.reference.is_some() {
+        if let Some(r) = &plan.reference {
             chunk_rasters.push(add(&mut g, "reference".into(), 1, Pixels::Known(PixelType::U16), Lifetime::Intermediate, map));
+            // Vectors give each pixel its feature's id: the parcels of grouped splits.
+            if r.vector.is_some() {
+                chunk_rasters.push(add(&mut g, REFERENCE_IDS.into(), 1, Pixels::Known(PixelType::U32), Lifetime::Intermediate, map));
+            }
         }
         g.nodes.push(Node::Map { stages, writes: chunk_rasters.clone() });
         for r in chunk_rasters {

@@ -23,7 +23,7 @@ use sitsflow_config::{
     ConfigError, LockEntry, Lockfile, Nomenclature, Pipeline, Source,
     StageId,
 };
-use sitsflow_raster::{GridSpec, L2aOptions, Series};
+use sitsflow_raster::{GridSpec, L2aOptions, Series, VectorSpec};
 use crate::plugins::PluginDir;
 use sitsflow_sandbox::StageKind;
 use sitsflow_sandbox::{Interruption, Limits, Plugin, Runtime};
@@ -114,6 +114,11 @@ pub struct EvaluatePlan {
     pub nomenclature: Option<Nomenclature>,
     /// Whether the truth is a sample stratified by map class (area estimates).
     pub stratified: bool,
+    /// The truth's vector layer and class field, when it is vectors.
+    pub vector: Option<VectorSpec>,
+    /// Class names → codes a name field resolves through: the evaluation's
+    /// nomenclature, else the reference's.
+    pub class_names: Vec<(String, u16)>,
 }
 
 /// The reference map, resolved.
@@ -123,6 +128,27 @@ pub struct ReferencePlan {
     pub path: PathBuf,
     /// Its codes → classes, with names and colours.
     pub nomenclature: Nomenclature,
+    /// Its vector layer and class field, when it is vectors (rasterised by GDAL).
+    pub vector: Option<VectorSpec>,
+}
+
+impl ReferencePlan {
+    /// Class names → class codes, for vector class fields that hold names.
+    pub fn class_names(&self) -> Vec<(String, u16)> {
+        self.nomenclature.classes.iter().map(|c| (c.name.clone(), c.code)).collect()
+    }
+}
+
+/// ` (layer 'parcels', classes from 'crop')` for the plan's summary.
+fn shown_spec(v: &VectorSpec) -> String {
+    match &v.layer {
+        Some(l) => format!(" (layer '{l}', classes from field '{}')", v.class_field),
+        None => format!(" (classes from field '{}')", v.class_field),
+    }
+}
+
+fn vector_spec(layer: &Option<sitsflow_config::Located<String>>, class_field: &Option<sitsflow_config::Located<String>>) -> Option<VectorSpec> {
+    class_field.as_ref().map(|f| VectorSpec { layer: layer.as_ref().map(|l| l.get_ref().clone()), class_field: f.get_ref().clone() })
 }
 
 /// A resolved pipeline, ready to run.
@@ -178,7 +204,7 @@ pub struct StagePlan {
 }
 
 /// Names a run writes for itself, which no stage id may take.
-const RESERVED_OUTPUTS: &[&str] = &["reference", "report", "manifest", "models"];
+const RESERVED_OUTPUTS: &[&str] = &["reference", "reference_ids", "report", "manifest", "models"];
 
 /// Whether `name` is one of the names stage `stage` writes besides its own id.
 fn writes_name(stage: &StagePlan, name: &str) -> bool {
@@ -432,7 +458,7 @@ impl Plan {
                     (None, Some(c)) => Nomenclature::from_classes_csv(&rel(c.get_ref()))?,
                     (None, None) => unreachable!("Pipeline::parse checks [reference]"),
                 };
-                Some(ReferencePlan { path: rel(r.path.get_ref()), nomenclature })
+                Some(ReferencePlan { path: rel(r.path.get_ref()), nomenclature, vector: vector_spec(&r.layer, &r.class_field) })
             }
         };
 
@@ -440,11 +466,19 @@ impl Plan {
 
         let mut evaluations = Vec::new();
         for e in &pipeline.evaluations {
+            let nomenclature = e.nomenclature.as_ref().map(|n| Nomenclature::load(&rel(n.get_ref()))).transpose()?;
+            let class_names = match (&nomenclature, &reference) {
+                (Some(n), _) => n.classes.iter().map(|c| (c.name.clone(), c.code)).collect(),
+                (None, Some(r)) => r.class_names(),
+                (None, None) => Vec::new(),
+            };
             evaluations.push(EvaluatePlan {
                 output: e.output.get_ref().clone(),
                 truth: rel(e.truth.get_ref()),
-                nomenclature: e.nomenclature.as_ref().map(|n| Nomenclature::load(&rel(n.get_ref()))).transpose()?,
+                nomenclature,
                 stratified: e.stratified,
+                vector: vector_spec(&e.layer, &e.class_field),
+                class_names,
             });
         }
 
@@ -676,8 +710,9 @@ impl Plan {
         if let Some(r) = &self.reference {
             let _ = writeln!(
                 out,
-                "  reference     {} ({}: {} classes)",
+                "  reference     {}{} ({}: {} classes)",
                 show(&r.path),
+                r.vector.as_ref().map_or(String::new(), shown_spec),
                 r.nomenclature.name,
                 r.nomenclature.classes.len()
             );
@@ -686,9 +721,10 @@ impl Plan {
         for e in &self.evaluations {
             let _ = writeln!(
                 out,
-                "  evaluate      {} against {}{}",
+                "  evaluate      {} against {}{}{}",
                 e.output,
                 show(&e.truth),
+                e.vector.as_ref().map_or(String::new(), shown_spec),
                 if e.stratified { " (stratified sample)" } else { "" }
             );
         }

@@ -223,6 +223,24 @@ impl ClassRaster {
     }
 }
 
+impl ClassRaster {
+    /// Reads a window of 32-bit values (feature ids, wide codes).
+    pub fn read_u32(&self, window: Window) -> Result<Vec<u32>> {
+        let mut out = vec![0u32; window.pixels()];
+        self.dataset
+            .rasterband(1)?
+            .read_into_slice::<u32>(
+                (window.col as isize, window.row as isize),
+                (window.cols, window.rows),
+                (window.cols, window.rows),
+                &mut out,
+                None,
+            )
+            .with_context(|| format!("{}: reading at {window}", self.path.display()))?;
+        Ok(out)
+    }
+}
+
 /// Map coordinates of a pixel's centre.
 pub fn pixel_centre(geo_transform: &[f64; 6], row: usize, col: usize) -> (f64, f64) {
     let (c, r) = (col as f64 + 0.5, row as f64 + 0.5);

@@ -17,6 +17,7 @@ mod quicklook;
 mod reference;
 mod series;
 mod stac;
+mod vector;
 mod warp;
 mod write;
 
@@ -26,6 +27,7 @@ pub use quicklook::{Quicklook, quicklook, true_colour};
 pub use reference::ReferenceMap;
 pub use series::{BandSource, ChunkData, Resampling, Scene, Series, SeriesReader};
 pub use stac::open_stac;
+pub use vector::{NO_FEATURE, VectorReference, VectorSpec, VectorSummary, is_vector};
 pub use warp::GridSpec;
 pub use write::{ChunkedRaster, ClassStyle, OutputKind, write_class_map, write_geotiff_dn, write_geotiff_f32};
 // Pixel windows and dates are core types; re-exported so raster's callers name one module.

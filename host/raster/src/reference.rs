@@ -6,25 +6,42 @@
 //! are finer than the map's (10 m against CLC's 100 m) the two orders agree.
 
 use super::series::Resampling;
+use super::vector::{VectorReference, VectorSpec, VectorSummary};
 use super::warp::Aligned;
 use super::{Grid, Window};
 use anyhow::{Context, Result, bail};
 use gdal::Dataset;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
-/// A reference map opened on a target grid.
+/// A reference map opened on a target grid: a raster aligned by mode, or vectors
+/// rasterised by GDAL ([`VectorReference`]).
 pub struct ReferenceMap {
     /// The reference map's file.
     pub path: PathBuf,
-    aligned: Aligned,
-    nodata: Option<f64>,
+    source: Source,
+}
+
+enum Source {
+    Raster { aligned: Aligned, nodata: Option<f64> },
+    Vector(Mutex<VectorReference>),
 }
 
 impl ReferenceMap {
     /// Opens `path` and aligns it to `grid` (no-op when it is already on it).
     pub fn open(path: &Path, grid: &Grid) -> Result<ReferenceMap> {
-        let ds = Dataset::open(path).with_context(|| format!("{}: cannot open the reference map with GDAL", path.display()))?;
+        let ds = Dataset::open(path).with_context(|| format!("{}: cannot open the reference map with GDAL", path.display()));
+        let ds = match ds {
+            Ok(ds) if ds.raster_count() > 0 => ds,
+            _ if super::vector::is_vector(path) => bail!(
+                "{}: holds vectors, not a raster: name the attribute with their classes (`class_field = \"…\"`, and `layer` \
+                 when the file has several)",
+                path.display()
+            ),
+            Ok(_) => bail!("{}: has no raster band", path.display()),
+            Err(e) => return Err(e),
+        };
         if let Some(false) = overlaps(&ds, grid) {
             bail!(
                 "{}: the reference map does not overlap the grid it is compared on ({} × {} px{}): every pixel \
@@ -38,13 +55,38 @@ impl ReferenceMap {
         let nodata = ds.rasterband(1)?.no_data_value();
         let aligned = Aligned::new(ds, grid, Resampling::Mode, nodata)
             .with_context(|| format!("{}: aligning the reference map to the cube grid", path.display()))?;
-        Ok(ReferenceMap { path: path.to_path_buf(), aligned, nodata })
+        Ok(ReferenceMap { path: path.to_path_buf(), source: Source::Raster { aligned, nodata } })
     }
 
-    /// Reads a window of raw codes (no-data as 0).
+    /// Opens a vector reference (see [`VectorReference::open`]).
+    pub fn open_vector(path: &Path, spec: &VectorSpec, class_names: &[(String, u16)], grid: &Grid) -> Result<(ReferenceMap, VectorSummary)> {
+        let (vector, summary) = VectorReference::open(path, spec, class_names, grid)?;
+        Ok((ReferenceMap { path: path.to_path_buf(), source: Source::Vector(Mutex::new(vector)) }, summary))
+    }
+
+    /// Whether pixels carry the id of the feature they come from (a vector reference).
+    pub fn has_feature_ids(&self) -> bool {
+        matches!(self.source, Source::Vector(_))
+    }
+
+    /// Reads a window of raw codes (no-data as 0); for vectors whose class field holds
+    /// names, the class codes the names resolve to.
     pub fn read_raw(&self, window: Window) -> Result<Vec<u32>> {
+        Ok(self.read_raw_with_ids(window)?.0)
+    }
+
+    /// [`ReferenceMap::read_raw`], with each pixel's feature id for vector references
+    /// ([`crate::NO_FEATURE`] where no feature is).
+    pub fn read_raw_with_ids(&self, window: Window) -> Result<(Vec<u32>, Option<Vec<u32>>)> {
+        let (aligned, nodata) = match &self.source {
+            Source::Raster { aligned, nodata } => (aligned, *nodata),
+            Source::Vector(vector) => {
+                let (classes, ids) = vector.lock().unwrap_or_else(std::sync::PoisonError::into_inner).read(window)?;
+                return Ok((classes, Some(ids)));
+            }
+        };
         let mut raw = vec![0u32; window.pixels()];
-        self.aligned
+        aligned
             .dataset
             .rasterband(1)?
             .read_into_slice::<u32>(
@@ -55,19 +97,30 @@ impl ReferenceMap {
                 None,
             )
             .with_context(|| format!("{}: reading at {window}", self.path.display()))?;
-        if let Some(nd) = self.nodata {
+        if let Some(nd) = nodata {
             for v in raw.iter_mut().filter(|v| **v as f64 == nd) {
                 *v = 0;
             }
         }
-        Ok(raw)
+        Ok((raw, None))
     }
 
     /// Reads a window and translates source codes with `lookup`; codes not in it
     /// become 0 and are counted in `unmapped` (no-data stays 0 and is not counted).
     pub fn read(&self, window: Window, lookup: &HashMap<u32, u16>, unmapped: &mut BTreeMap<u32, u64>) -> Result<Vec<u16>> {
-        Ok(self
-            .read_raw(window)?
+        Ok(self.read_with_ids(window, lookup, unmapped)?.0)
+    }
+
+    /// [`ReferenceMap::read`], with each pixel's feature id for vector references.
+    pub fn read_with_ids(&self, window: Window, lookup: &HashMap<u32, u16>, unmapped: &mut BTreeMap<u32, u64>) -> Result<(Vec<u16>, Option<Vec<u32>>)> {
+        let (raw, ids) = self.read_raw_with_ids(window)?;
+        // Names were resolved to class codes when the vectors were opened.
+        if let Source::Vector(v) = &self.source
+            && v.lock().unwrap_or_else(std::sync::PoisonError::into_inner).holds_names()
+        {
+            return Ok((raw.into_iter().map(|c| c as u16).collect(), ids));
+        }
+        let classes = raw
             .into_iter()
             .map(|code| {
                 if code == 0 {
@@ -78,7 +131,8 @@ impl ReferenceMap {
                     0
                 })
             })
-            .collect())
+            .collect();
+        Ok((classes, ids))
     }
 }
 

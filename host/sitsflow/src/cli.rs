@@ -456,6 +456,13 @@ fn dispatch(cli: &Cli) -> Result<(), Failure> {
                 series.grid.width,
                 series.grid.height
             );
+            if let Some(r) = &plan.reference {
+                let (_, summary) = sitsflow::run::open_reference(r, &series.grid).with_context(|| format!("{}: checking the reference", pipeline.display()))?;
+                if let Some(s) = summary {
+                    let kinds: Vec<String> = s.features.iter().map(|(k, n)| format!("{n} {k}{}", if *n == 1 { "" } else { "s" })).collect();
+                    println!("reference: {} in layer '{}'", kinds.join(", "), s.layer);
+                }
+            }
             let years: Vec<i32> = sitsflow::raster::years_of(&series.dates()).into_iter().map(|(y, _)| y).collect();
             sitsflow::graph::Graph::compile(&plan, &series.grid, &years)
                 .check_evaluations(&plan, &years)

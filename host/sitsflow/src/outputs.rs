@@ -29,6 +29,20 @@ impl Output {
         Output { raster, pixel, scale: 1 }
     }
 
+    /// A vector reference's feature ids (`u32`, nodata [`crate::raster::NO_FEATURE`]:
+    /// FID 0 is a feature of shapefiles).
+    pub fn feature_ids(partial_dir: &Path, run_dir: &Path, name: &str, grid: &crate::raster::Grid) -> Output {
+        let raster = ChunkedRaster::new(
+            &partial_dir.join(name),
+            &run_dir.join(format!("{name}.tif")),
+            grid,
+            OutputKind::Categorical,
+            Some(crate::raster::NO_FEATURE as f64),
+            None,
+        );
+        Output { raster, pixel: PixelType::U32, scale: 1 }
+    }
+
     /// An output on the grid `scale` times finer than `grid` (the series'), whose chunks
     /// are given by their windows on the series' grid.
     pub fn on_scaled_grid(partial_dir: &Path, run_dir: &Path, name: &str, grid: &crate::raster::Grid, scale: usize, pixel: PixelType, style: Option<ClassStyle>) -> Output {

@@ -733,14 +733,24 @@ pub fn evaluate_and_write(plan: &crate::plan::Plan, staging: &Path, outputs: &[P
             if !map.exists() {
                 bail!("[[evaluate]] output '{output}': the run wrote no {}", plan.output_dir.join(format!("{output}.tif")).display());
             }
-            let mut evaluation = crate::eval::evaluate_map(&map, truth, lookup.as_ref(), e.stratified)
+            let evaluated = match &e.vector {
+                Some(spec) => crate::eval::evaluate_map_vectors(
+                    &map,
+                    truth,
+                    crate::eval::TruthVectors { spec, class_names: &e.class_names },
+                    lookup.as_ref(),
+                    e.stratified,
+                ),
+                None => crate::eval::evaluate_map(&map, truth, lookup.as_ref(), e.stratified),
+            };
+            let mut evaluation = evaluated
                 .with_context(|| format!("evaluating {output} against {}", truth.display()))?;
             // The report names the map where the run publishes it, not its staging copy.
             evaluation.map = plan.output_dir.join(format!("{output}.tif"));
             log::info!("{output} against {}: OA {:.4}, kappa {:.4}", truth.display(), evaluation.metrics.overall_accuracy, evaluation.metrics.kappa);
             evaluations.push(EvaluationEntry { output: output.clone(), evaluation });
         }
-        if jobs.len() > 1 && lookup.is_none() {
+        if jobs.len() > 1 && lookup.is_none() && e.vector.is_none() {
             let maps: Vec<PathBuf> = jobs.iter().map(|(o, _)| staging.join(format!("{o}.tif"))).collect();
             let truths: Vec<PathBuf> = jobs.iter().map(|(_, t)| t.clone()).collect();
             let changes = crate::eval::change_agreement(&maps, &truths)?;

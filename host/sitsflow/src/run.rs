@@ -236,7 +236,17 @@ enum StageOutput {
 
 struct ChunkOutputs {
     stages: Vec<StageOutput>,
-    reference: Option<Vec<u16>>,
+    /// The reference's classes, and for vectors each pixel's feature id.
+    reference: Option<(Vec<u16>, Option<Vec<u32>>)>,
+}
+
+/// Opens the reference on `grid`: a raster aligned by mode, or vectors rasterised by
+/// GDAL (with what the layer holds).
+pub fn open_reference(r: &crate::plan::ReferencePlan, grid: &crate::raster::Grid) -> Result<(ReferenceMap, Option<crate::raster::VectorSummary>)> {
+    match &r.vector {
+        Some(spec) => ReferenceMap::open_vector(&r.path, spec, &r.class_names(), grid).map(|(m, s)| (m, Some(s))),
+        None => ReferenceMap::open(&r.path, grid).map(|m| (m, None)),
+    }
 }
 
 /// The working files of a run and the journal of chunks done.
@@ -509,9 +519,22 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
         (plan.memory_budget_mib as usize).saturating_sub(FIXED_OVERHEAD_MIB + layout.gdal_cache_mib).max(32),
     );
     crate::memory::tune_allocator(layout.workers);
-    let reference = plan.reference.as_ref().map(|r| ReferenceMap::open(&r.path, &grid)).transpose()?;
+    if let Some(r) = &plan.reference {
+        // Each worker opens its own; this is to fail early, and to say what vectors hold.
+        let (_, summary) = open_reference(r, &grid)?;
+        if let (Some(summary), Some(spec)) = (summary, &r.vector) {
+            let kinds: Vec<String> = summary.features.iter().map(|(k, n)| format!("{n} {k}{}", if *n == 1 { "" } else { "s" })).collect();
+            log::info!(
+                "reference: {} of layer '{}' in {}, classes from field '{}'{}",
+                kinds.join(", "),
+                summary.layer,
+                r.path.display(),
+                spec.class_field,
+                if summary.without_class > 0 { format!(" ({} without a class, left out)", summary.without_class) } else { String::new() }
+            );
+        }
+    }
     let lookup: HashMap<u32, u16> = plan.reference.as_ref().map(|r| r.nomenclature.lookup()).unwrap_or_default();
-    drop(reference); // each worker opens its own; this was only to fail early
 
     let chunks = chunk_grid(grid.width, grid.height, layout.chunk_size);
     let mode = options.mode;
@@ -597,6 +620,11 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
         let style = ClassStyle { classes: r.nomenclature.styles() };
         Output::new(&partial.dir, &staging, "reference", &grid, PixelType::U16, Some(style))
     });
+    let mut reference_ids_out = plan
+        .reference
+        .as_ref()
+        .filter(|r| r.vector.is_some())
+        .map(|_| Output::feature_ids(&partial.dir, &staging, crate::graph::REFERENCE_IDS, &grid));
 
     // All stage instances of the run together get what the budget leaves beside the
     // engine and GDAL's cache (each also within its own `memory_mib`).
@@ -622,7 +650,7 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
         // Each worker reads through its own GDAL handles.
         || {
             let reader = series.reader()?;
-            let reference = plan.reference.as_ref().map(|r| ReferenceMap::open(&r.path, &series.grid)).transpose()?;
+            let reference = plan.reference.as_ref().map(|r| open_reference(r, &series.grid).map(|(map, _)| map)).transpose()?;
             Ok((reader, reference))
         },
         |(reader, reference), index| -> Result<ChunkOutputs, String> {
@@ -632,7 +660,7 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
             let reference = match &reference {
                 Some(r) => {
                     let mut seen = BTreeMap::new();
-                    let labels = r.read(window, lookup, &mut seen).map_err(|e| format!("chunk {index}: {e:#}"))?;
+                    let labels = r.read_with_ids(window, lookup, &mut seen).map_err(|e| format!("chunk {index}: {e:#}"))?;
                     let mut all = unmapped.lock().expect("lock");
                     for (code, n) in seen {
                         *all.entry(code).or_default() += n;
@@ -645,7 +673,7 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
         },
         |index, chunk| {
             bar.inc(1);
-            write_chunk(series, &mut outputs, &mut reference_out, index, chunks[index], chunk)?;
+            write_chunk(series, &mut outputs, (&mut reference_out, &mut reference_ids_out), index, chunks[index], chunk)?;
             partial.record(index)?;
             crate::fail_point!("run::chunk_written");
             Ok(())
@@ -694,7 +722,7 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
     let all: Vec<(usize, Window)> = chunks.iter().copied().enumerate().collect();
     let mut finished = Vec::new();
     peaks.start();
-    for output in outputs.iter_mut().chain(reference_out.as_mut()) {
+    for output in outputs.iter_mut().chain(reference_out.as_mut()).chain(reference_ids_out.as_mut()) {
         finished.push(output.finish_or_reuse(&all)?);
     }
     peaks.finish("assemble");
@@ -1174,7 +1202,7 @@ fn apply_mask(cube: &mut Cube, classes: &[u8]) {
 fn write_chunk(
     series: &Series,
     outputs: &mut [Output],
-    reference_out: &mut Option<Output>,
+    (reference_out, reference_ids_out): (&mut Option<Output>, &mut Option<Output>),
     index: usize,
     window: Window,
     chunk: ChunkOutputs,
@@ -1200,8 +1228,11 @@ fn write_chunk(
             }
         }
     }
-    if let (Some(labels), Some(out)) = (chunk.reference, reference_out.as_mut()) {
+    if let (Some((labels, ids)), Some(out)) = (chunk.reference, reference_out.as_mut()) {
         out.raster.write_chunk(index, window, &["reference".to_string()], &labels)?;
+        if let (Some(ids), Some(out)) = (ids, reference_ids_out.as_mut()) {
+            out.raster.write_chunk(index, window, &["feature id".to_string()], &ids)?;
+        }
     }
     Ok(())
 }

@@ -365,20 +365,30 @@ pub(super) fn split_selection(scene: &Context, labeller: &LabellerPlan, samples:
             Split { groups, test, rule: format!("{:.0} % of the {HOLDOUT_BLOCK_PX} px blocks, seeded per labeller", share * 100.0) }
         }
         HoldoutBy::Polygons => {
-            let groups = crate::segment::polygons(&selected.pixels, &selected.labels, width);
+            // The vector reference's features (its parcels) when it has them, else
+            // 4-connected pixels of one class.
+            let (groups, what) = match &selected.features {
+                Some(ids) => (dense_groups(ids), format!("the features of the vector reference, one per parcel, in '{samples}'")),
+                None => (crate::segment::polygons(&selected.pixels, &selected.labels, width), format!("4-connected pixels of one class in '{samples}'")),
+            };
             let mut rng = scene.rng_for(samples.as_str(), &format!("polygons {share}"));
             let test_groups = crate::segment::test_polygons(&groups, &selected.labels, share, &mut rng);
             let test = groups.iter().map(|g| test_groups.contains(g)).collect();
-            Split {
-                groups,
-                test,
-                rule: format!(
-                    "{:.0} % of each class's polygons (4-connected pixels of one class in '{samples}'), seeded per sampler",
-                    share * 100.0
-                ),
-            }
+            Split { groups, test, rule: format!("{:.0} % of each class's polygons ({what}), seeded per sampler", share * 100.0) }
         }
     }
+}
+
+/// Feature ids as groups numbered 1, 2, … in order of first appearance (pixels are
+/// ascending, so the numbering does not depend on the FIDs' values).
+fn dense_groups(ids: &[u32]) -> Vec<u32> {
+    let mut numbers: HashMap<u32, u32> = HashMap::new();
+    ids.iter()
+        .map(|id| {
+            let next = numbers.len() as u32 + 1;
+            *numbers.entry(*id).or_insert(next)
+        })
+        .collect()
 }
 
 impl Split {

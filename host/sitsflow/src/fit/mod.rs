@@ -75,6 +75,8 @@ struct Selected {
     /// Pixel indices (row-major over the grid), ascending.
     pixels: Vec<u64>,
     labels: Vec<u16>,
+    /// Each pixel's feature id, when the reference is vectors: its parcel.
+    features: Option<Vec<u32>>,
 }
 
 /// Everything the fit nodes share.
@@ -136,6 +138,26 @@ impl Context<'_> {
     }
 
     /// The chunk holding a pixel, and its offset inside it.
+    /// Each pixel's feature id (the FID of a vector reference's feature there,
+    /// [`crate::raster::NO_FEATURE`] where none is), when the reference is vectors.
+    pub(super) fn feature_ids_at(&self, pixels: &[u64]) -> Result<Option<Vec<u32>>> {
+        let Some(ids) = self.graph.declared(crate::graph::REFERENCE_IDS) else { return Ok(None) };
+        let raster = crate::raster::ClassRaster::open(&self.path(ids))?;
+        let mut by_chunk: BTreeMap<usize, Vec<(usize, usize)>> = BTreeMap::new();
+        for (i, &p) in pixels.iter().enumerate() {
+            let (chunk, offset) = self.locate(p);
+            by_chunk.entry(chunk).or_default().push((i, offset));
+        }
+        let mut out = vec![crate::raster::NO_FEATURE; pixels.len()];
+        for (chunk, at) in by_chunk {
+            let window = raster.read_u32(self.chunks[chunk])?;
+            for (i, offset) in at {
+                out[i] = window[offset];
+            }
+        }
+        Ok(Some(out))
+    }
+
     pub(super) fn locate(&self, pixel: u64) -> (usize, usize) {
         let (row, col) = ((pixel / self.grid.width as u64) as usize, (pixel % self.grid.width as u64) as usize);
         let per_row = self.grid.width.div_ceil(self.chunk_size);

@@ -107,7 +107,8 @@ pub(super) fn run(
     let names: HashMap<u16, String> =
         nomenclature.map(|n| n.classes.iter().map(|c| (c.code, c.name.clone())).collect()).unwrap_or_default();
     let csv_path = scene.run_dir().join(format!("{}.csv", stage.id));
-    write_samples_csv(scene, &csv_path, &input.features, &chosen, &names)?;
+    let features = scene.feature_ids_at(&chosen.iter().map(|c| c.0).collect::<Vec<_>>())?;
+    write_samples_csv(scene, &csv_path, &input.features, &chosen, &names, features.as_deref())?;
     results.files.push(csv_path);
 
     // The raster of chosen labels.
@@ -146,7 +147,7 @@ pub(super) fn run(
             "report": report,
         }),
     };
-    let selected = Selected { pixels: chosen.iter().map(|c| c.0).collect(), labels: chosen.iter().map(|c| c.1).collect() };
+    let selected = Selected { pixels: chosen.iter().map(|c| c.0).collect(), labels: chosen.iter().map(|c| c.1).collect(), features };
     Ok((section, selected))
 }
 
@@ -156,6 +157,7 @@ fn write_samples_csv(
     features: &FeatureMatrix,
     chosen: &[(u64, u16, usize)],
     names: &HashMap<u16, String>,
+    feature_ids: Option<&[u32]>,
 ) -> Result<()> {
     let mut text = String::from("label,id,group,row,col");
     let georef = scene.grid.geo_transform.is_some();
@@ -169,10 +171,14 @@ fn write_samples_csv(
     text.push('\n');
     let f = features.names.len();
     let blocks_per_row = scene.grid.width.div_ceil(HOLDOUT_BLOCK_PX);
-    for &(p, l, i) in chosen {
+    for (k, &(p, l, i)) in chosen.iter().enumerate() {
         let (row, col) = ((p / scene.grid.width as u64) as usize, (p % scene.grid.width as u64) as usize);
         let label = names.get(&l).cloned().unwrap_or_else(|| l.to_string());
-        let group = (row / HOLDOUT_BLOCK_PX) * blocks_per_row + col / HOLDOUT_BLOCK_PX;
+        // The group: the vector reference's feature (its parcel), else the 32 px block.
+        let group = match feature_ids.map(|ids| ids[k]) {
+            Some(id) if id != crate::raster::NO_FEATURE => id as usize,
+            _ => (row / HOLDOUT_BLOCK_PX) * blocks_per_row + col / HOLDOUT_BLOCK_PX,
+        };
         text.push_str(&format!("{label},{p},{group},{row},{col}"));
         if let Some(gt) = &scene.grid.geo_transform {
             let (x, y) = pixel_centre(gt, row, col);

@@ -6,7 +6,7 @@
 
 use crate::common;
 use serde_json::Value;
-use sitsflow::raster::{ReferenceMap, VectorSpec, chunk_grid, grid_of};
+use sitsflow::raster::{ReferenceMap, VectorSpec, Window, chunk_grid, grid_of};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -235,4 +235,118 @@ class_field = "class"
     let oa = evaluation["metrics"]["overall_accuracy"].as_f64().unwrap();
     eprintln!("held out parcels: OA {:.4}; points: OA {oa:.4} on {points_made}", metrics["held_out"]["metrics"]["overall_accuracy"]);
     assert!(oa > 0.6, "OA on the points {oa}");
+}
+
+/// The operator's path on vector labels: `extract` the samples at the parcels' pixels
+/// (the values a run computes there, bit for bit), `train` a forest on them with folds
+/// grouped by parcel, and `run` the pipeline with the stored model; at points, only the
+/// chunks holding one are computed.
+#[test]
+fn extract_then_train_then_run_on_parcels_and_points() {
+    let gpkg = polygons();
+    let shared = common::shared_data().canonicalize().unwrap();
+    let project = common::project_dir();
+    let dir = project.path();
+    let sitsflow = |args: &[&str]| {
+        let out = common::sitsflow_command(dir).args(args).env("SITSFLOW_PLUGIN_DIR", dir.join("plugins")).output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "sitsflow {args:?} failed:\n{text}");
+        text
+    };
+    let pipeline = |reference: &str, run: &str, labeller: &str| {
+        format!(
+            r#"schema = 1
+name = "parcels"
+
+[input]
+series = "{shared}/slovenia-s2-eolearn/series"
+
+[reference]
+{reference}
+classes = "{shared}/slovenia-s2-eolearn/classes.csv"
+
+[output]
+dir = "runs/{run}"
+
+[run]
+chunk_size = 32
+
+[plugins]
+dir = "plugins"
+
+[[stage]]
+id = "clouds"
+plugin = "s2cloudless@0.1.0"
+params = {{ probability_band = "CLP_S2C", threshold = 0.4, average_over = 4, dilation_size = 2 }}
+
+[[stage]]
+id = "features"
+plugin = "indices@0.1.0"
+params = {{ indices = ["NDVI"], per_date = false, stats = ["mean", "std", "p10", "p50", "p90"] }}
+{labeller}"#,
+            shared = shared.display()
+        )
+    };
+    let parcels = format!("path = \"{}\"\nclass_field = \"LULC_ID\"", gpkg.display());
+    std::fs::write(dir.join("extract.toml"), pipeline(&parcels, "features", "")).unwrap();
+    sitsflow(&["--quiet", "plugins", "lock", "extract.toml"]);
+    let log = sitsflow(&["extract", "extract.toml", "--out", "samples/parcels.csv"]);
+    assert!(log.contains("(16 of 16 chunks computed)"), "{log}");
+    // The same pipeline run: its features and feature ids at every labelled pixel.
+    sitsflow(&["run", "extract.toml"]);
+    let run = dir.join("runs/features");
+    let features = sitsflow::raster::FeatureRaster::open(&run.join("features.tif")).unwrap();
+    let whole = Window { row: 0, col: 0, rows: 101, cols: 100 };
+    let values = features.read(whole).unwrap();
+    let ids = gdal::Dataset::open(run.join("reference_ids.tif")).unwrap().rasterband(1).unwrap().read_band_as::<u32>().unwrap().data().to_vec();
+    let reference = read_u16(&run.join("reference.tif"));
+
+    let samples = sitsflow::samples::Samples::read_csv(&dir.join("samples/parcels.csv")).unwrap();
+    assert_eq!(samples.features, features.names);
+    assert_eq!(samples.len(), reference.iter().filter(|c| **c != 0).count(), "one sample per labelled pixel");
+    let csv = std::fs::read_to_string(dir.join("samples/parcels.csv")).unwrap();
+    assert!(csv.starts_with("label,id,group,lon,lat,NDVI:mean,"), "{}", &csv[..80]);
+    let f = features.names.len();
+    for (k, line) in csv.lines().skip(1).enumerate() {
+        let cells: Vec<&str> = line.split(',').collect();
+        let (pixel, group): (usize, u32) = (cells[1].parse().unwrap(), cells[2].parse().unwrap());
+        assert_eq!(group, ids[pixel], "pixel {pixel}: its group is its feature");
+        let (lon, lat): (f64, f64) = (cells[3].parse().unwrap(), cells[4].parse().unwrap());
+        assert!((14.5..14.6).contains(&lon) && (45.8..45.9).contains(&lat), "pixel {pixel} at {lon}, {lat}");
+        for j in 0..f {
+            let (ours, run) = (samples.data[k * f + j], values[pixel * f + j]);
+            assert!(ours.to_bits() == run.to_bits() || ours == run, "pixel {pixel}, {}: extract {ours}, run {run}", features.names[j]);
+        }
+    }
+
+    // train, grouped by parcel, then run with the stored model.
+    let classes = format!("{}/slovenia-s2-eolearn/classes.csv", shared.display());
+    let log = sitsflow(&[
+        "train", "--arch", "random-forest", "--samples", "samples/parcels.csv", "--classes", &classes, "--params", r#"{"n_trees": 30, "seed": 3}"#, "--folds", "3",
+        "--seed", "3", "--out", "model",
+    ]);
+    assert!(log.contains("3-fold cross-validation (grouped by the `group` column)"), "{log}");
+    let labeller = "\n[[stage]]\nid = \"landcover\"\nplugin = \"random-forest@0.1.0\"\ninput = \"features\"\nmodel = \"model/model.model\"\n";
+    std::fs::write(dir.join("map.toml"), pipeline(&parcels, "map", labeller)).unwrap();
+    sitsflow(&["--quiet", "plugins", "lock", "map.toml"]);
+    sitsflow(&["run", "map.toml"]);
+    assert!(dir.join("runs/map/landcover.tif").is_file());
+
+    // Points (one per labelled polygon): only the chunks that hold one are computed.
+    let points = dir.join("points.gpkg");
+    tool("ogr2ogr", &["-dialect", "sqlite", "-sql", "SELECT ST_PointOnSurface(geom) AS geom, LULC_ID AS class FROM LULC WHERE LULC_ID > 0", points.to_str().unwrap(), gpkg.to_str().unwrap()]);
+    let at_points = format!("path = \"{}\"\nclass_field = \"class\"", points.display());
+    std::fs::write(dir.join("points.toml"), pipeline(&at_points, "points", "")).unwrap();
+    sitsflow(&["--quiet", "plugins", "lock", "points.toml"]);
+    let log = sitsflow(&["extract", "points.toml", "--out", "samples/points.csv"]);
+    let samples = sitsflow::samples::Samples::read_csv(&dir.join("samples/points.csv")).unwrap();
+    let chunks: BTreeSet<usize> = std::fs::read_to_string(dir.join("samples/points.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap().parse::<usize>().unwrap())
+        .map(|p| (p / 100 / 32) * 4 + (p % 100) / 32)
+        .collect();
+    assert!(log.contains(&format!("({} of 16 chunks computed)", chunks.len())), "{log}");
+    assert!(samples.len() > 50 && chunks.len() < 16, "{} points in {} chunks", samples.len(), chunks.len());
 }

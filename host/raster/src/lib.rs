@@ -182,3 +182,23 @@ pub fn gdal_driver_count() -> usize {
     gdal::DriverManager::count()
 }
 
+
+/// Longitude and latitude (WGS 84, degrees) of points given in `grid`'s CRS; `None`
+/// when the grid has no CRS.
+pub fn lon_lat(grid: &Grid, points: &[(f64, f64)]) -> anyhow::Result<Option<Vec<(f64, f64)>>> {
+    use gdal::spatial_ref::{AxisMappingStrategy, CoordTransform, SpatialRef};
+    if grid.projection.is_empty() {
+        return Ok(None);
+    }
+    let mut from = SpatialRef::from_wkt(&grid.projection)?;
+    let mut to = SpatialRef::from_epsg(4326)?;
+    from.set_axis_mapping_strategy(AxisMappingStrategy::TraditionalGisOrder);
+    to.set_axis_mapping_strategy(AxisMappingStrategy::TraditionalGisOrder);
+    let transform = CoordTransform::new(&from, &to)?;
+    let (mut xs, mut ys): (Vec<f64>, Vec<f64>) = points.iter().copied().unzip();
+    let mut zs = vec![0.0; xs.len()];
+    if !xs.is_empty() {
+        transform.transform_coords(&mut xs, &mut ys, &mut zs)?;
+    }
+    Ok(Some(xs.into_iter().zip(ys).collect()))
+}

@@ -78,6 +78,22 @@ pub enum Command {
         #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u32).range(64..))]
         memory_budget_mib: Option<u32>,
     },
+    /// Write the samples CSV (label, id, group, lon, lat, BAND@DATE…) of the pipeline's
+    /// labelled pixels: the points or polygon pixels of its [reference], with the
+    /// features its mask and features stages compute there, as a run would. Then
+    /// `sitsflow train --samples` it, or give it to a labeller as `samples = "…csv"`.
+    Extract {
+        pipeline: PathBuf,
+        /// The CSV to write (replaced whole when it exists).
+        #[arg(long)]
+        out: PathBuf,
+        /// The features stage whose features are the columns (default: the last).
+        #[arg(long)]
+        features: Option<String>,
+        /// For a per-year features stage: the year (default: the series' only one).
+        #[arg(long)]
+        year: Option<i32>,
+    },
     /// Finish a sharded run once every shard is done: assemble the outputs, run the
     /// scene stages, write the report and publish (refused while chunks are missing).
     Assemble {
@@ -438,6 +454,24 @@ fn dispatch(cli: &Cli) -> Result<(), Failure> {
             for output in &summary.outputs {
                 println!("{}", output.display());
             }
+            Ok(())
+        }
+        Command::Extract { pipeline, out, features, year } => {
+            let runtime = runtime()?;
+            let plan = Plan::load(pipeline, &runtime)?;
+            plan.verify_lock().map_err(Failure::Lock)?;
+            let options = sitsflow::extract::ExtractOptions { features: features.clone(), year: *year };
+            let summary = sitsflow::extract::extract(&plan, &options, out)?;
+            let classes: Vec<String> = summary.per_class.iter().map(|(c, n)| format!("{c} {n}")).collect();
+            log::info!(
+                "{} samples × {} features ({} of {} chunks computed): {}",
+                summary.per_class.values().sum::<u64>(),
+                summary.features,
+                summary.chunks_read,
+                summary.chunks,
+                classes.join(", ")
+            );
+            println!("{}", summary.path.display());
             Ok(())
         }
         Command::Validate { pipeline } => {

@@ -26,6 +26,7 @@ pub use sitsflow_plan as plan;
 pub use sitsflow_plan::{graph, plugins};
 
 pub mod bench;
+pub mod extract;
 pub mod fit;
 pub mod learn;
 pub mod outputs;

@@ -227,7 +227,7 @@ impl Layout {
 }
 
 /// One stage's result on one chunk, cropped to the chunk (halo removed).
-enum StageOutput {
+pub(crate) enum StageOutput {
     /// `dates × rows × cols` mask classes.
     Mask(Vec<u8>),
     /// Feature names and `pixels × features` values.
@@ -456,7 +456,7 @@ fn pad_reflect_owned<T: Copy>(planes: Vec<T>, rows: usize, cols: usize, pad: [us
 }
 
 /// Loads the pipeline's ONNX models (one session per file and device per process).
-fn load_models(plan: &Plan) -> Result<std::sync::Arc<crate::inference::ModelSet>> {
+pub(crate) fn load_models(plan: &Plan) -> Result<std::sync::Arc<crate::inference::ModelSet>> {
     if plan.models.is_empty() {
         return Ok(crate::inference::ModelSet::empty());
     }
@@ -467,21 +467,19 @@ fn load_models(plan: &Plan) -> Result<std::sync::Arc<crate::inference::ModelSet>
     Ok(std::sync::Arc::new(set))
 }
 
-/// Runs a resolved plan.
-pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
-    let started = Instant::now();
-    plan.verify_lock()?;
-    plan.check_output_dir()?;
-    let series = plan.input.open()?;
-    let grid = series.grid.clone();
-    // Cloud masks and features stream chunk by chunk; the scene stages run after them.
-    let chunk_stages: Vec<(usize, &StagePlan)> = plan.stages.iter().enumerate().filter(|(_, s)| s.is_chunk_stage()).collect();
-    let (halo, tile) = chunk_geometry(plan.halo as usize, &chunk_stages)?;
-    let models = load_models(plan)?;
-    let years = crate::raster::years_of(&series.dates());
+/// The chunk layout of a run over `series`: halo and tile from the chunk stages, chunk
+/// size from the budget and what the stages return (probed), or from the pipeline.
+pub(crate) fn plan_layout(
+    plan: &Plan,
+    series: &Series,
+    chunk_stages: &[(usize, &StagePlan)],
+    models: &std::sync::Arc<crate::inference::ModelSet>,
+    years: &[(i32, Vec<usize>)],
+) -> Result<Layout> {
+    let (halo, tile) = chunk_geometry(plan.halo as usize, chunk_stages)?;
     // What each stage really returns per pixel sizes the chunks (a stage of thousands of
     // features must not be sized as one of a few).
-    let probed = probe_output_bytes(plan, &series, &chunk_stages, &models, &years, halo, tile)?;
+    let probed = probe_output_bytes(plan, series, chunk_stages, models, years, halo, tile)?;
     let kinds: Vec<ChunkStageSize> = chunk_stages
         .iter()
         .zip(&probed)
@@ -505,13 +503,28 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
     let mut layout = layout_for(plan.chunk_size.map(|c| c as usize))?;
     // A budget that would hold chunks larger than the scene: one chunk of the scene's
     // size (on the stages' tile grid), and the memory estimate for that chunk.
-    let scene_side = grid.width.max(grid.height);
+    let scene_side = series.grid.width.max(series.grid.height);
     if plan.chunk_size.is_none() && layout.chunk_size > scene_side {
         let side = if tile > 0 { scene_side.div_ceil(tile) * tile } else { scene_side };
         if side < layout.chunk_size {
             layout = layout_for(Some(side))?;
         }
     }
+    Ok(layout)
+}
+
+/// Runs a resolved plan.
+pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
+    let started = Instant::now();
+    plan.verify_lock()?;
+    plan.check_output_dir()?;
+    let series = plan.input.open()?;
+    let grid = series.grid.clone();
+    // Cloud masks and features stream chunk by chunk; the scene stages run after them.
+    let chunk_stages: Vec<(usize, &StagePlan)> = plan.stages.iter().enumerate().filter(|(_, s)| s.is_chunk_stage()).collect();
+    let models = load_models(plan)?;
+    let years = crate::raster::years_of(&series.dates());
+    let layout = plan_layout(plan, &series, &chunk_stages, &models, &years)?;
     crate::raster::set_block_cache(layout.gdal_cache_mib);
     crate::raster::set_cog_threads(layout.workers);
     // What writing one output may take: the budget less the engine's own and GDAL's cache.
@@ -848,7 +861,7 @@ fn crop_rows(data: &[f32], width: usize, outer: Window, core: Window) -> Vec<f32
 
 /// The cube of chunk `index` (its `window` read with `halo` px around it, reflected
 /// where the halo leaves the scene) and where it lies.
-fn chunk_input(
+pub(crate) fn chunk_input(
     reader: &mut crate::raster::SeriesReader,
     series: &Series,
     dates: &[String],
@@ -958,7 +971,7 @@ fn probe_output_bytes(
 /// A chunk as the stages see it: its window in the scene, the cube around it (halo
 /// included, in cube pixels) and the core the host keeps, and the placement the stage
 /// is told.
-struct ChunkWindows {
+pub(crate) struct ChunkWindows {
     index: usize,
     window: Window,
     outer: Window,
@@ -969,7 +982,7 @@ struct ChunkWindows {
 /// Runs every stage on one chunk, in order; cloud masks narrow the validity that
 /// later stages see. Each output is checked against the stage's footprint (the whole
 /// cube, times its scale) and cropped to the core.
-fn run_stages(
+pub(crate) fn run_stages(
     stages: &[(usize, &StagePlan)],
     pools: &[StagePool],
     stage_nanos: &[AtomicU64],

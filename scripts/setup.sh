@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a fresh Debian 12 machine (run as root, or with sudo available).
-# Installs: GDAL (libgdal-dev, gdal-bin), pkg-config, the wasm32-wasip2 Rust target,
-# and the ONNX Runtime shared library from the `onnxruntime` PyPI wheel into .deps/.
+# Installs: GDAL (libgdal-dev, gdal-bin), pkg-config, nginx (the tests' HTTP range
+# server), the wasm32-wasip2 Rust target, the ONNX Runtime shared library from the
+# `onnxruntime` PyPI wheel and rustac (the tests' STAC API server) into .deps/.
 # Prints the environment to export at the end; `source scripts/env.sh` does that for you.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -10,8 +11,9 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 need_apt=()
-# chromium renders report.html in the report test (headless).
-for pkg in libgdal-dev gdal-bin pkg-config chromium; do
+# chromium renders report.html in the report test (headless); nginx serves COGs by
+# HTTP range requests to the STAC test (started by the test itself, never as a service).
+for pkg in libgdal-dev gdal-bin pkg-config chromium nginx; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -56,5 +58,15 @@ if ! PYTHONPATH="$py_dir" python3 -c "import sklearn, numpy" 2>/dev/null; then
   rm -rf "$py_dir.tmp"
   python3 -m pip install --quiet --disable-pip-version-check --target "$py_dir.tmp" "numpy>=1.26,<3" "scikit-learn>=1.4,<2"
   rm -rf "$py_dir" && mv "$py_dir.tmp" "$py_dir"
+fi
+# rustac's STAC API server (`rustac serve`, in-memory backend) for the STAC API test.
+rustac_version=0.9.18
+rustac_dir="$here/.deps/rustac-$rustac_version"
+if ! PYTHONPATH="$rustac_dir" "$rustac_dir/bin/rustac" --version >/dev/null 2>&1; then
+  echo "setup: installing rustac $rustac_version (its STAC API server) into $rustac_dir" >&2
+  rm -rf "$rustac_dir.tmp"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps --only-binary=:all: \
+    --target "$rustac_dir.tmp" "rustac==$rustac_version"
+  rm -rf "$rustac_dir" && mv "$rustac_dir.tmp" "$rustac_dir"
 fi
 echo "setup: ok" >&2

@@ -23,6 +23,7 @@ mod report;
 mod sandbox;
 mod scaleout;
 mod seasons;
+mod stac_api;
 mod vectors;
 mod segment;
 mod sen2vhr;

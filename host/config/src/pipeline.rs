@@ -123,6 +123,12 @@ pub struct Input {
     /// `stac = "items.json"`: a STAC ItemCollection whose assets are the bands.
     #[serde(default)]
     pub stac: Option<Located<String>>,
+    /// `stac_api = { url = "…", collections = ["sentinel-2-l2a"], bbox = [w, s, e, n] }`
+    /// (or `aoi = "field.gpkg"`; `max_cloud_cover = 20`): search a STAC API over
+    /// `start`/`end`; a run freezes the items found in its run directory
+    /// (`stac-items.json`) and every later run reads those.
+    #[serde(default)]
+    pub stac_api: Option<Located<StacApiTable>>,
     /// `bands = ["B02", "B04", "B08"]`: read only these bands, in this order (default:
     /// all bands of a series folder; B02–B08, B8A, B11, B12 of L2A products and STAC items).
     #[serde(default)]
@@ -156,6 +162,28 @@ impl Input {
             end: self.end.as_ref().map(|e| e.get_ref().clone()),
         }
     }
+}
+
+/// `stac_api = { url = "…", collections = ["…"], bbox = [w, s, e, n], max_cloud_cover = 20 }`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StacApiTable {
+    /// The API's landing page, e.g. `https://earth-search.aws.element84.com/v1`.
+    pub url: String,
+    /// The collections to search, e.g. `["sentinel-2-l2a"]`.
+    pub collections: Vec<String>,
+    /// `[west, south, east, north]` in degrees (WGS 84).
+    #[serde(default)]
+    pub bbox: Option<[f64; 4]>,
+    /// Or a vector file (one layer, any CRS) whose geometries the items must intersect.
+    #[serde(default)]
+    pub aoi: Option<String>,
+    /// Leave out items whose `eo:cloud_cover` (percent) is above this.
+    #[serde(default)]
+    pub max_cloud_cover: Option<f64>,
+    /// Refuse a search that finds more items than this (default 1000).
+    #[serde(default)]
+    pub max_items: Option<u32>,
 }
 
 /// `grid = { crs = "EPSG:32633", bounds = [xmin, ymin, xmax, ymax], resolution = 10.0 }`
@@ -505,13 +533,36 @@ impl Pipeline {
         if self.name.get_ref().trim().is_empty() {
             return Err(source.error(at(&self.name), "the pipeline name must not be empty"));
         }
-        let inputs: Vec<&Located<String>> =
-            [&self.input.series, &self.input.l2a, &self.input.stac].into_iter().flatten().collect();
+        let mut inputs: Vec<std::ops::Range<usize>> =
+            [&self.input.series, &self.input.l2a, &self.input.stac].into_iter().flatten().map(|l| l.span()).collect();
+        inputs.extend(self.input.stac_api.as_ref().map(|l| l.span()));
+        inputs.sort_by_key(|r| r.start);
         match inputs.as_slice() {
-            [] => return Err(source.error(None, "[input] needs one of `series`, `l2a` or `stac`")),
+            [] => return Err(source.error(None, "[input] needs one of `series`, `l2a`, `stac` or `stac_api`")),
             [_] => {}
             [_, second, ..] => {
-                return Err(source.error(at(*second), "[input] takes one of `series`, `l2a` or `stac`, not several"));
+                return Err(source.error(Some(second.clone()), "[input] takes one of `series`, `l2a`, `stac` or `stac_api`, not several"));
+            }
+        }
+        if let Some(api) = &self.input.stac_api {
+            let t = api.get_ref();
+            let problem = if !(t.url.starts_with("http://") || t.url.starts_with("https://")) {
+                Some(format!("stac_api.url '{}' is not an http(s) address", t.url))
+            } else if t.collections.is_empty() {
+                Some("stac_api.collections names no collection".to_string())
+            } else if t.bbox.is_some() == t.aoi.is_some() {
+                Some("stac_api takes the area to search as `bbox = [west, south, east, north]` (degrees) or `aoi = \"file\"`, one of them".to_string())
+            } else if let Some([w, s, e, n]) = t.bbox.filter(|[w, s, e, n]| !(-180.0 <= *w && w < e && *e <= 180.0 && -90.0 <= *s && s < n && *n <= 90.0)) {
+                Some(format!("stac_api.bbox [{w}, {s}, {e}, {n}] is not [west, south, east, north] in degrees"))
+            } else if let Some(c) = t.max_cloud_cover.filter(|c| !(0.0..=100.0).contains(c)) {
+                Some(format!("stac_api.max_cloud_cover {c} is not a percentage (0 to 100)"))
+            } else if t.max_items == Some(0) {
+                Some("stac_api.max_items must be at least 1".to_string())
+            } else {
+                None
+            };
+            if let Some(p) = problem {
+                return Err(source.error(at(api), p));
             }
         }
         for bound in [&self.input.start, &self.input.end].into_iter().flatten() {

@@ -65,7 +65,29 @@ pub enum InputSource {
     L2a(PathBuf),
     /// A STAC ItemCollection file.
     Stac(PathBuf),
+    /// A STAC API search (frozen into the run directory by the first run).
+    StacApi(StacApiPlan),
 }
+
+/// `[input] stac_api`, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StacApiPlan {
+    /// The API's landing page.
+    pub url: String,
+    /// The collections searched.
+    pub collections: Vec<String>,
+    /// `[west, south, east, north]` in degrees.
+    pub bbox: Option<[f64; 4]>,
+    /// Or the vector file whose geometries the items must intersect.
+    pub aoi: Option<PathBuf>,
+    /// Items cloudier than this (percent) are left out.
+    pub max_cloud_cover: Option<f64>,
+    /// The most items a search may find.
+    pub max_items: usize,
+}
+
+/// The file, in the run directory, that freezes the items a STAC API search found.
+pub const FROZEN_STAC_ITEMS: &str = "stac-items.json";
 
 /// The input, resolved.
 #[derive(Debug, Clone)]
@@ -99,7 +121,59 @@ impl InputPlan {
             InputSource::Series(dir) => Series::open_folder_within(dir, self.bands.as_deref(), grid, &self.dates),
             InputSource::L2a(dir) => sitsflow_raster::open_l2a(dir, &options),
             InputSource::Stac(file) => sitsflow_raster::open_stac(file, &options),
+            InputSource::StacApi(api) => {
+                let found = self.search(api)?;
+                sitsflow_raster::open_stac_items(&found.items, Path::new(&api.url), &options)
+            }
         }
+    }
+
+    /// Searches the STAC API of `[input] stac_api` over `start`/`end`.
+    pub fn search(&self, api: &StacApiPlan) -> anyhow::Result<sitsflow_raster::StacFound> {
+        let intersects = api.aoi.as_deref().map(sitsflow_raster::aoi_geometry).transpose()?;
+        let search = sitsflow_raster::StacSearch {
+            url: api.url.clone(),
+            collections: api.collections.clone(),
+            bbox: api.bbox,
+            intersects,
+            dates: self.dates.clone(),
+            max_cloud_cover: api.max_cloud_cover,
+            max_items: api.max_items,
+        };
+        let found = sitsflow_raster::search_stac(&search)?;
+        log::info!(
+            "STAC search of {} ({}): {} items{}",
+            api.url,
+            api.collections.join(", "),
+            found.returned,
+            if found.cloudy > 0 { format!(", {} left out above {}% cloud cover", found.cloudy, api.max_cloud_cover.unwrap_or(100.0)) } else { String::new() }
+        );
+        Ok(found)
+    }
+
+    /// Opens the series, a STAC API search from the items frozen in `run_dir` — searched
+    /// and frozen there first when they are not (the rerun of a run reads the items its
+    /// first search found, whatever the archive holds since).
+    pub fn open_frozen(&self, run_dir: &Path) -> anyhow::Result<Series> {
+        let InputSource::StacApi(api) = &self.source else { return self.open() };
+        let frozen = run_dir.join(FROZEN_STAC_ITEMS);
+        if frozen.is_file() {
+            log::info!("reading the STAC items frozen in {} (delete it to search {} again)", frozen.display(), api.url);
+        } else {
+            let found = self.search(api)?;
+            std::fs::create_dir_all(run_dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", run_dir.display()))?;
+            let text = serde_json::to_string_pretty(&found.items)?;
+            sitsflow_core::fsutil::write_atomic(&frozen, text.as_bytes())?;
+            log::info!("froze the {} items found in {}", found.items["features"].as_array().map_or(0, Vec::len), frozen.display());
+        }
+        let options = L2aOptions {
+            bands: self.bands.clone(),
+            tile: self.tile.clone(),
+            boa_add_offset: self.boa_add_offset,
+            grid: self.grid.as_ref().map(GridSpec::to_grid).transpose()?,
+            dates: self.dates.clone(),
+        };
+        sitsflow_raster::open_stac(&frozen, &options)
     }
 }
 
@@ -433,6 +507,16 @@ impl Plan {
             InputSource::L2a(rel(p.get_ref()))
         } else if let Some(p) = &i.stac {
             InputSource::Stac(rel(p.get_ref()))
+        } else if let Some(api) = &i.stac_api {
+            let t = api.get_ref();
+            InputSource::StacApi(StacApiPlan {
+                url: t.url.clone(),
+                collections: t.collections.clone(),
+                bbox: t.bbox,
+                aoi: t.aoi.as_ref().map(|a| rel(a)),
+                max_cloud_cover: t.max_cloud_cover,
+                max_items: t.max_items.unwrap_or(1000) as usize,
+            })
         } else {
             unreachable!("Pipeline::parse checks that [input] names one source")
         };
@@ -547,6 +631,8 @@ impl Plan {
             InputSource::Series(p) => ("the series folder", p.clone()),
             InputSource::L2a(p) => ("the L2A folder", p.clone()),
             InputSource::Stac(p) => ("the STAC file", p.clone()),
+            InputSource::StacApi(StacApiPlan { aoi: Some(p), .. }) => ("the STAC search's area", p.clone()),
+            InputSource::StacApi(_) => ("the pipeline", self.pipeline.clone()),
         });
         if let Some(r) = &self.reference {
             inputs.push(("the reference map", r.path.clone()));
@@ -599,7 +685,7 @@ impl Plan {
         match &self.input.source {
             InputSource::Series(dir) => folders.push(("the series folder", dir)),
             InputSource::L2a(dir) => folders.push(("the L2A folder", dir)),
-            InputSource::Stac(_) => {}
+            InputSource::Stac(_) | InputSource::StacApi(_) => {}
         }
         for (what, dir) in folders {
             let real = resolve(dir);
@@ -690,8 +776,20 @@ impl Plan {
             InputSource::Series(p) => ("series", p),
             InputSource::L2a(p) => ("l2a", p),
             InputSource::Stac(p) => ("stac", p),
+            InputSource::StacApi(api) => {
+                let area = match (&api.bbox, &api.aoi) {
+                    (Some(b), _) => format!("bbox {b:?}"),
+                    (None, Some(a)) => format!("aoi {}", show(a)),
+                    (None, None) => String::new(),
+                };
+                let clouds = api.max_cloud_cover.map_or(String::new(), |c| format!(", cloud cover ≤ {c} %"));
+                let _ = writeln!(out, "  input stac-api {} ({}), {area}{clouds}, at most {} items", api.url, api.collections.join(", "), api.max_items);
+                ("", &self.pipeline)
+            }
         };
-        let _ = writeln!(out, "  input {kind:<7} {}", show(path));
+        if !kind.is_empty() {
+            let _ = writeln!(out, "  input {kind:<7} {}", show(path));
+        }
         if let Some(bands) = &self.input.bands {
             let _ = writeln!(out, "  input bands   {}", bands.join(", "));
         }

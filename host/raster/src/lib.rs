@@ -26,7 +26,7 @@ pub use layers::{ClassRaster, FeatureRaster, pixel_centre, read_classes_on};
 pub use quicklook::{Quicklook, quicklook, true_colour};
 pub use reference::ReferenceMap;
 pub use series::{BandSource, ChunkData, Resampling, Scene, Series, SeriesReader};
-pub use stac::open_stac;
+pub use stac::{StacFound, StacSearch, aoi_geometry, open_stac, open_stac_items, search_stac};
 pub use vector::{NO_FEATURE, VectorReference, VectorSpec, VectorSummary, is_vector};
 pub use warp::GridSpec;
 pub use write::{ChunkedRaster, ClassStyle, OutputKind, write_class_map, write_geotiff_dn, write_geotiff_f32};

@@ -10,7 +10,7 @@
 
 use super::l2a::{DEFAULT_BANDS, L2aOptions};
 use super::series::{BandSource, Resampling, Scene, Series};
-use super::{Grid, parse_date};
+use super::{DateWindow, Grid, parse_date};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 use std::path::Path;
@@ -59,14 +59,151 @@ fn find_asset<'a>(assets: &'a serde_json::Map<String, Value>, band: &str) -> Opt
     })
 }
 
+/// A search of a STAC API (`[input] stac_api`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StacSearch {
+    /// The API's landing page, e.g. `https://earth-search.aws.element84.com/v1`.
+    pub url: String,
+    /// The collections searched, e.g. `sentinel-2-l2a`.
+    pub collections: Vec<String>,
+    /// `[west, south, east, north]` in degrees (WGS 84).
+    pub bbox: Option<[f64; 4]>,
+    /// Or a GeoJSON geometry in WGS 84 the items must intersect (see [`aoi_geometry`]).
+    pub intersects: Option<Value>,
+    /// The acquisitions searched (`[input] start`/`end`).
+    pub dates: DateWindow,
+    /// Items whose `eo:cloud_cover` is above this (percent) are left out.
+    pub max_cloud_cover: Option<f64>,
+    /// At most this many items are taken (the search is refused when there are more).
+    pub max_items: usize,
+}
+
+/// What a search found and kept, for the log and the manifest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StacFound {
+    /// The ItemCollection of the items kept, sorted by date then id.
+    pub items: Value,
+    /// Items the API returned.
+    pub returned: usize,
+    /// Items left out for their cloud cover.
+    pub cloudy: usize,
+}
+
+/// Searches a STAC API with rustac's client (items page by page, following `next`
+/// links). The cloud cover is checked on the items returned, whatever the server
+/// supports (rustac's in-memory server answers a `query` with no items at all).
+pub fn search_stac(search: &StacSearch) -> Result<StacFound> {
+    let shown = &search.url;
+    let datetime = match (&search.dates.start, &search.dates.end) {
+        (None, None) => None,
+        (s, e) => Some(format!(
+            "{}/{}",
+            s.as_ref().map_or("..".to_string(), |s| format!("{s}T00:00:00Z")),
+            e.as_ref().map_or("..".to_string(), |e| format!("{e}T23:59:59Z"))
+        )),
+    };
+    let mut body = serde_json::json!({ "collections": search.collections, "limit": search.max_items.min(250) });
+    if let Some(b) = search.bbox {
+        body["bbox"] = serde_json::json!(b);
+    }
+    if let Some(g) = &search.intersects {
+        body["intersects"] = g.clone();
+    }
+    if let Some(d) = datetime {
+        body["datetime"] = Value::String(d);
+    }
+    let query: stac::api::Search = serde_json::from_value(body.clone()).with_context(|| format!("{shown}: building the search {body}"))?;
+    let client = stac_io::api::BlockingClient::new(shown).with_context(|| format!("{shown}: not a STAC API address"))?;
+    let pages = client.search(query).with_context(|| format!("{shown}: searching {body}"))?;
+    let (mut kept, mut returned, mut cloudy) = (Vec::new(), 0usize, 0usize);
+    for item in pages {
+        let item = Value::Object(item.with_context(|| format!("{shown}: reading the search's results"))?);
+        returned += 1;
+        if returned > search.max_items {
+            bail!(
+                "{shown}: the search finds more than max_items = {} items; narrow it (bbox or aoi, [input] start/end, max_cloud_cover) or raise max_items",
+                search.max_items
+            );
+        }
+        if let Some(max) = search.max_cloud_cover {
+            match item["properties"]["eo:cloud_cover"].as_f64() {
+                Some(c) if c > max => {
+                    cloudy += 1;
+                    continue;
+                }
+                Some(_) => {}
+                None => bail!(
+                    "{shown}: item {} has no eo:cloud_cover, so max_cloud_cover cannot be applied to it",
+                    item["id"].as_str().unwrap_or("?")
+                ),
+            }
+        }
+        kept.push(item);
+    }
+    let date = |i: &Value| i["properties"]["datetime"].as_str().or(i["properties"]["start_datetime"].as_str()).unwrap_or("").to_string();
+    kept.sort_by(|a, b| (date(a), a["id"].as_str().unwrap_or("")).cmp(&(date(b), b["id"].as_str().unwrap_or(""))));
+    Ok(StacFound { items: serde_json::json!({ "type": "FeatureCollection", "features": kept }), returned, cloudy })
+}
+
+/// The geometries of a vector file's layer (its only one), as one GeoJSON geometry in
+/// WGS 84: the area a STAC search must intersect.
+pub fn aoi_geometry(path: &Path) -> Result<Value> {
+    use gdal::spatial_ref::{AxisMappingStrategy, CoordTransform, SpatialRef};
+    use gdal::vector::LayerAccess;
+    let shown = path.display();
+    let options = gdal::DatasetOptions { open_flags: gdal::GdalOpenFlags::GDAL_OF_VECTOR, ..Default::default() };
+    let ds = gdal::Dataset::open_ex(path, options).with_context(|| format!("{shown}: cannot open as a vector dataset"))?;
+    if ds.layer_count() != 1 {
+        bail!("{shown}: an area of interest has one layer; this has {}", ds.layer_count());
+    }
+    let mut layer = ds.layer(0)?;
+    let mut wgs84 = SpatialRef::from_epsg(4326)?;
+    wgs84.set_axis_mapping_strategy(AxisMappingStrategy::TraditionalGisOrder);
+    let transform = match layer.spatial_ref() {
+        Some(mut srs) => {
+            srs.set_axis_mapping_strategy(AxisMappingStrategy::TraditionalGisOrder);
+            Some(CoordTransform::new(&srs, &wgs84)?)
+        }
+        None => None,
+    };
+    let mut union: Option<gdal::vector::Geometry> = None;
+    for feature in layer.features() {
+        let Some(g) = feature.geometry() else { continue };
+        let g = match &transform {
+            Some(t) => g.transform(t)?,
+            None => g.clone(),
+        };
+        union = Some(match union {
+            None => g,
+            Some(u) => u.union(&g).with_context(|| format!("{shown}: joining its geometries"))?,
+        });
+    }
+    let union = union.with_context(|| format!("{shown}: no geometry"))?;
+    serde_json::from_str(&union.json()?).with_context(|| format!("{shown}: its geometry as GeoJSON"))
+}
+
 /// Opens the series an ItemCollection describes.
 pub fn open_stac(file: &Path, options: &L2aOptions) -> Result<Series> {
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let doc: Value = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", file.display()))?;
+    open_stac_items(&doc, file, options)
+}
+
+/// Opens the series of an ItemCollection read from `file` (which names it in messages;
+/// relative asset hrefs are taken from its folder).
+pub fn open_stac_items(doc: &Value, file: &Path, options: &L2aOptions) -> Result<Series> {
     let Some(items) = doc["features"].as_array() else {
         bail!("{}: not a STAC ItemCollection (no \"features\" array)", file.display());
     };
+    if items.is_empty() {
+        bail!("{}: the ItemCollection holds no item", file.display());
+    }
     let base = file.parent().unwrap_or(Path::new("."));
+    if items.iter().flat_map(|i| i["assets"].as_object().into_iter().flatten()).any(|(_, a)| a["href"].as_str().is_some_and(|h| h.starts_with("http"))) {
+        // Assets over HTTP: GDAL reads their blocks by range requests, and must not list
+        // the server's folders first.
+        gdal::config::set_config_option("GDAL_DISABLE_READDIR_ON_OPEN", "EMPTY_DIR")?;
+    }
     let bands: Vec<String> =
         options.bands.clone().unwrap_or_else(|| DEFAULT_BANDS.iter().map(|b| b.to_string()).collect());
     let mut scenes = Vec::new();
@@ -99,7 +236,13 @@ pub fn open_stac(file: &Path, options: &L2aOptions) -> Result<Series> {
             let Some(href) = asset["href"].as_str() else {
                 bail!("{}: item {id}, band {band}: the asset has no href", file.display());
             };
-            let raster = &asset["raster:bands"][0];
+            // A multi-band asset names its bands in `eo:bands`: the band is at its position
+            // there (GDAL band position + 1), with its own `raster:bands` entry.
+            let position = asset["eo:bands"]
+                .as_array()
+                .and_then(|bands| bands.iter().position(|b| b["name"].as_str() == Some(band.as_str())))
+                .unwrap_or(0);
+            let raster = &asset["raster:bands"][position];
             let is_scl = band == "SCL";
             let (scale, offset) = if let Some(s) = raster["scale"].as_f64() {
                 (s, raster["offset"].as_f64().unwrap_or(0.0))
@@ -118,7 +261,7 @@ pub fn open_stac(file: &Path, options: &L2aOptions) -> Result<Series> {
             };
             sources.push(BandSource {
                 path: gdal_path(href, base),
-                band: 1,
+                band: position + 1,
                 scale,
                 offset,
                 nodata: raster["nodata"].as_f64().or(Some(0.0)),

@@ -527,6 +527,10 @@ fn dispatch(cli: &Cli) -> Result<(), Failure> {
                 plan.output_dir = dir.clone();
             }
             plan.verify_lock().map_err(Failure::Lock)?;
+            // Every shard must read the same items: a STAC API search is frozen now.
+            if matches!(plan.input.source, sitsflow::plan::InputSource::StacApi(_)) {
+                plan.input.open_frozen(&plan.output_dir)?;
+            }
             let request = sitsflow::scaleout::Request {
                 engine: *engine,
                 shards: *shards as usize,

@@ -51,7 +51,7 @@ pub fn extract(plan: &Plan, options: &ExtractOptions, out: &Path) -> Result<Extr
             plan.pipeline.display()
         );
     };
-    let series = plan.input.open()?;
+    let series = plan.input.open_frozen(&plan.output_dir)?;
     let grid = series.grid.clone();
     let chunk_stages: Vec<(usize, &StagePlan)> = plan.stages.iter().enumerate().filter(|(_, s)| s.is_chunk_stage()).collect();
     let features: Vec<&StagePlan> = chunk_stages.iter().map(|(_, s)| *s).filter(|s| matches!(s.role, Role::Features { .. })).collect();

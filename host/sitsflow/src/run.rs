@@ -518,7 +518,8 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
     let started = Instant::now();
     plan.verify_lock()?;
     plan.check_output_dir()?;
-    let series = plan.input.open()?;
+    // A STAC API search is frozen into the run directory: a rerun reads the same items.
+    let series = plan.input.open_frozen(&plan.output_dir)?;
     let grid = series.grid.clone();
     // Cloud masks and features stream chunk by chunk; the scene stages run after them.
     let chunk_stages: Vec<(usize, &StagePlan)> = plan.stages.iter().enumerate().filter(|(_, s)| s.is_chunk_stage()).collect();
@@ -1306,6 +1307,23 @@ fn manifest(
         })
         .collect::<Result<Vec<_>>>()?;
     let inputs = series.files().iter().map(|f| file_record(f)).collect::<Result<Vec<_>>>()?;
+    // A STAC API search: what was asked, and the items it froze (which reruns read).
+    let stac_search = match &plan.input.source {
+        crate::plan::InputSource::StacApi(api) => {
+            let frozen = plan.output_dir.join(crate::plan::FROZEN_STAC_ITEMS);
+            json!({
+                "url": api.url,
+                "collections": api.collections,
+                "bbox": api.bbox,
+                "aoi": api.aoi.as_ref().map(|a| a.display().to_string()),
+                "start": plan.input.dates.start,
+                "end": plan.input.dates.end,
+                "max_cloud_cover": api.max_cloud_cover,
+                "frozen_items": file_record_as(&frozen, crate::plan::FROZEN_STAC_ITEMS)?,
+            })
+        }
+        _ => serde_json::Value::Null,
+    };
     let staging = run_dir.staging();
     let outputs = outputs
         .iter()
@@ -1372,6 +1390,7 @@ fn manifest(
             "geo_transform": series.grid.geo_transform,
             "crs_wkt": series.grid.projection,
             "radiometry": series.scenes.iter().filter_map(|s| s.radiometry.clone().map(|mut r| { r["date"] = json!(s.date); r })).collect::<Vec<_>>(),
+            "stac_search": stac_search,
         },
         "inputs": inputs,
         "reference": reference,

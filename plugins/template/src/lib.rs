@@ -3,7 +3,9 @@
 //! For every date it computes `(a − b) / (a + b)` of two named bands — NDVI with
 //! `a = "B08", b = "B04"`, NDWI with `a = "B03", b = "B08"`, and so on — and returns
 //! one feature per date named `ND(a,b)@YYYY-MM-DD`. Pixels that are missing (NaN),
-//! masked (validity 0) or whose denominator is zero give NaN.
+//! masked (validity 0) or whose denominator is zero give NaN, and so do values outside
+//! [−1, 1]: L2A reflectance below zero (DN under the offset) makes them, and they are
+//! counted in a warning rather than written silently.
 
 use sitsflow_sdk::prelude::*;
 
@@ -50,6 +52,7 @@ impl FeatureStage for NormalizedDifference {
         // Sample-major output (one row per pixel), written date by date so the
         // inner loop reads two contiguous planes.
         let mut data = vec![f32::NAN; pixels * dates];
+        let mut outside = 0usize;
         for d in 0..dates {
             let (a, b) = (chunk.plane(d, ia), chunk.plane(d, ib));
             let valid = chunk.valid_plane(d);
@@ -59,9 +62,20 @@ impl FeatureStage for NormalizedDifference {
                 }
                 let sum = a[p] + b[p];
                 if sum != 0.0 {
-                    data[p * dates + d] = (a[p] - b[p]) / sum;
+                    let v = (a[p] - b[p]) / sum;
+                    if v.abs() <= 1.0 {
+                        data[p * dates + d] = v;
+                    } else {
+                        outside += 1;
+                    }
                 }
             }
+        }
+        if outside > 0 {
+            sitsflow_sdk::host::log(
+                sitsflow_sdk::host::Level::Warn,
+                &format!("{label}: {outside} pixel-dates outside [-1, 1] (from negative reflectance) masked"),
+            );
         }
         Ok(FeatureMatrix {
             samples: pixels,
@@ -105,6 +119,16 @@ mod tests {
         assert!(close(out.row(1)[0], 0.0));
         assert!(out.row(2)[0].is_nan(), "missing input gives NaN");
         assert!(close(out.row(2)[1], 0.0));
+    }
+
+    #[test]
+    fn values_outside_minus_one_one_are_masked() {
+        // Reflectance below zero (an L2A DN under the offset): (0.3 - -0.1) / 0.2 = 2.
+        let c = Cube { dates: vec!["2022-10-05".into()], bands: vec!["B04".into(), "B08".into()], rows: 1, cols: 2, data: vec![-0.1, 0.1, 0.3, 0.3], valid: vec![] };
+        let params = NormalizedDifference::parse_params(r#"{"a":"B08","b":"B04"}"#).unwrap();
+        let out = NormalizedDifference::compute(c, params).unwrap();
+        assert!(out.row(0)[0].is_nan(), "2.0 is no normalized difference");
+        assert!((out.row(1)[0] - 0.5).abs() < 1e-6);
     }
 
     #[test]

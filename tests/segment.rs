@@ -175,6 +175,17 @@ fn fg_unet_trains_on_sparse_parcels_beside_the_random_forest_and_tiles_without_s
         unet["training"]["tiling"]["tile"], 96,
         "a 64 px scene is one tile of 64 + 2 × 16 px"
     );
+    // The recipe assessed its network on the same held-out parcels with the same
+    // definitions (macro F1 over the classes of the reference or the prediction): its
+    // metrics.json and the host's agree.
+    let recipe = json(&run.join("models/unet/metrics.json"));
+    let host = &unet["held_out"]["metrics"];
+    assert_eq!(recipe["evaluated_on"], "test", "{recipe}");
+    assert_eq!(recipe["samples"], host["samples"], "{recipe}");
+    for key in ["overall_accuracy", "kappa", "macro_f1"] {
+        let (a, b) = (recipe[key].as_f64().unwrap(), host[key].as_f64().unwrap());
+        assert!((a - b).abs() < 1e-9, "{key}: the recipe says {a}, the host {b}");
+    }
     let dataset = json(&run.join("models/unet/dataset.json"));
     assert_eq!(dataset["contract"], "sitsflow-patches/1");
     assert_eq!(

@@ -138,6 +138,15 @@ fn read_f32(path: &Path) -> Vec<f32> {
     (1..=ds.raster_count()).flat_map(|b| ds.rasterband(b).unwrap().read_band_as::<f32>().unwrap().data().to_vec()).collect()
 }
 
+/// The window of `whole` that `part` covers (same pixel size and CRS), band by band.
+fn read_window(whole: &Path, part: &Path) -> Vec<f32> {
+    let (w, p) = (gdal::Dataset::open(whole).unwrap(), gdal::Dataset::open(part).unwrap());
+    let (gw, gp) = (w.geo_transform().unwrap(), p.geo_transform().unwrap());
+    let (col, row) = (((gp[0] - gw[0]) / gw[1]).round() as isize, ((gp[3] - gw[3]) / gw[5]).round() as isize);
+    let size = p.raster_size();
+    (1..=w.raster_count()).flat_map(|b| w.rasterband(b).unwrap().read_as::<f32>((col, row), size, size, None).unwrap().data().to_vec()).collect()
+}
+
 #[test]
 fn a_stac_api_search_is_frozen_in_the_run_and_its_cogs_are_read_by_range_requests() {
     let project = common::project_dir();
@@ -213,7 +222,9 @@ fn a_stac_api_search_is_frozen_in_the_run_and_its_cogs_are_read_by_range_request
     for d in &kept {
         std::fs::copy(demo.join(format!("series/{d}.tif")), local.join(format!("{d}.tif"))).unwrap();
     }
-    let centre = [(bbox[0] + bbox[2]) / 2.0, (bbox[1] + bbox[3]) / 2.0];
+    // The middle of the scene: the grid is the items' cropped to it.
+    let (dx, dy) = (bbox[2] - bbox[0], bbox[3] - bbox[1]);
+    let area = [bbox[0] + 0.25 * dx, bbox[1] + 0.25 * dy, bbox[0] + 0.75 * dx, bbox[1] + 0.75 * dy];
     let pipeline = |input: &str, run: &str| {
         format!(
             "schema = 1\nname = \"stac\"\n\n[input]\n{input}\nbands = [\"B04\", \"B08\", \"SCL\"]\n\n[output]\ndir = \"runs/{run}\"\n\n[plugins]\ndir = \"plugins\"\n\n\
@@ -222,7 +233,7 @@ fn a_stac_api_search_is_frozen_in_the_run_and_its_cogs_are_read_by_range_request
     };
     let search = format!(
         "stac_api = {{ url = \"http://127.0.0.1:{api_port}\", collections = [\"demo\"], bbox = [{}, {}, {}, {}], max_cloud_cover = 60 }}\nstart = \"2019-01-01\"\nend = \"2019-12-31\"",
-        centre[0] - 0.001, centre[1] - 0.001, centre[0] + 0.001, centre[1] + 0.001
+        area[0], area[1], area[2], area[3]
     );
     std::fs::write(dir.join("stac.toml"), pipeline(&search, "stac")).unwrap();
     std::fs::write(dir.join("local.toml"), pipeline("series = \"local\"", "local")).unwrap();
@@ -231,6 +242,7 @@ fn a_stac_api_search_is_frozen_in_the_run_and_its_cogs_are_read_by_range_request
     }
     let log = sitsflow(dir, &["validate", "stac.toml"]);
     assert!(log.contains(&format!("input: {} dates × 3 bands", kept.len())), "{log}");
+    let (side, cropped) = (64, dir.join("runs/stac/features.tif"));
     let log = sitsflow(dir, &["run", "stac.toml"]);
     assert!(log.contains(&format!("STAC search of http://127.0.0.1:{api_port} (demo): 4 items, {} left out above 60% cloud cover", 4 - kept.len())), "{log}");
     sitsflow(dir, &["run", "local.toml"]);
@@ -245,9 +257,12 @@ fn a_stac_api_search_is_frozen_in_the_run_and_its_cogs_are_read_by_range_request
     assert_eq!(recorded["frozen_items"]["sha256"].as_str().map(str::len), Some(64), "{recorded}");
     let read: Vec<&str> = manifest["inputs"].as_array().unwrap().iter().map(|i| i["path"].as_str().unwrap()).collect();
     assert!(read.iter().all(|p| p.starts_with(&format!("/vsicurl/http://127.0.0.1:{nginx_port}/"))), "{read:?}");
-    // Over HTTP the values are those of the local files, bit for bit.
+    // The grid is the middle of the scene, whole pixels of the items' grid; over HTTP the
+    // values are those of the local files there, bit for bit.
+    let (w, h) = gdal::Dataset::open(&cropped).unwrap().raster_size();
+    assert!((28..=36).contains(&w) && (28..=36).contains(&h), "{w} × {h} px of {side} × {side}");
     for name in ["features.tif", "clouds.tif"] {
-        let (a, b) = (read_f32(&dir.join("runs/stac").join(name)), read_f32(&dir.join("runs/local").join(name)));
+        let (a, b) = (read_f32(&dir.join("runs/stac").join(name)), read_window(&dir.join("runs/local").join(name), &dir.join("runs/stac").join(name)));
         assert!(a.len() == b.len() && a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{name} differs between the STAC and the local run");
     }
     // GDAL read the COGs by range requests (206), not whole.
@@ -259,6 +274,8 @@ fn a_stac_api_search_is_frozen_in_the_run_and_its_cogs_are_read_by_range_request
     std::fs::remove_dir_all(dir.join("runs/stac/.partial")).ok();
     let log = sitsflow(dir, &["run", "stac.toml"]);
     assert!(log.contains("reading the STAC items frozen in"), "{log}");
-    assert_eq!(read_f32(&dir.join("runs/stac/features.tif")), read_f32(&dir.join("runs/local/features.tif")));
+    let again = read_f32(&dir.join("runs/stac/features.tif"));
+    let local = read_window(&dir.join("runs/local/features.tif"), &dir.join("runs/stac/features.tif"));
+    assert!(again.iter().zip(&local).all(|(x, y)| x.to_bits() == y.to_bits()));
     drop(nginx_server);
 }

@@ -116,6 +116,7 @@ impl InputPlan {
             boa_add_offset: self.boa_add_offset,
             grid: grid.clone(),
             dates: self.dates.clone(),
+            clip: self.clip()?,
         };
         match &self.source {
             InputSource::Series(dir) => Series::open_folder_within(dir, self.bands.as_deref(), grid, &self.dates),
@@ -128,9 +129,19 @@ impl InputPlan {
         }
     }
 
+    /// The area a STAC API search covers, in degrees: its bbox, or its AOI's bounds.
+    fn clip(&self) -> anyhow::Result<Option<[f64; 4]>> {
+        let InputSource::StacApi(api) = &self.source else { return Ok(None) };
+        Ok(match (&api.bbox, &api.aoi) {
+            (Some(b), _) => Some(*b),
+            (None, Some(aoi)) => Some(sitsflow_raster::aoi_geometry(aoi)?.1),
+            (None, None) => None,
+        })
+    }
+
     /// Searches the STAC API of `[input] stac_api` over `start`/`end`.
     pub fn search(&self, api: &StacApiPlan) -> anyhow::Result<sitsflow_raster::StacFound> {
-        let intersects = api.aoi.as_deref().map(sitsflow_raster::aoi_geometry).transpose()?;
+        let intersects = api.aoi.as_deref().map(sitsflow_raster::aoi_geometry).transpose()?.map(|(g, _)| g);
         let search = sitsflow_raster::StacSearch {
             url: api.url.clone(),
             collections: api.collections.clone(),
@@ -172,6 +183,7 @@ impl InputPlan {
             boa_add_offset: self.boa_add_offset,
             grid: self.grid.as_ref().map(GridSpec::to_grid).transpose()?,
             dates: self.dates.clone(),
+            clip: self.clip()?,
         };
         sitsflow_raster::open_stac(&frozen, &options)
     }

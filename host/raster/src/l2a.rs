@@ -44,6 +44,9 @@ pub struct L2aOptions {
     pub grid: Option<Grid>,
     /// The acquisitions read (`[input] start`/`end`; default all).
     pub dates: DateWindow,
+    /// STAC items: without `grid`, the items' grid is cropped to this area
+    /// (`[west, south, east, north]` in degrees: the search's bbox or area of interest).
+    pub clip: Option<[f64; 4]>,
 }
 
 /// One band file found on disk.

@@ -60,6 +60,43 @@ impl Grid {
         }
     }
 
+    /// The part of this grid (north up) that covers `wgs84` (`[west, south, east, north]`
+    /// in degrees), snapped outwards to whole pixels: the same pixels, fewer of them.
+    pub fn cropped_to(&self, wgs84: [f64; 4]) -> anyhow::Result<Grid> {
+        use gdal::spatial_ref::{AxisMappingStrategy, CoordTransform, SpatialRef};
+        let Some(gt) = self.geo_transform.filter(|g| g[2] == 0.0 && g[4] == 0.0) else {
+            anyhow::bail!("the grid is not north up with a geotransform, so it cannot be cropped to an area");
+        };
+        anyhow::ensure!(!self.projection.is_empty(), "the grid has no CRS, so it cannot be cropped to an area in degrees");
+        let mut from = SpatialRef::from_epsg(4326)?;
+        let mut to = SpatialRef::from_wkt(&self.projection)?;
+        from.set_axis_mapping_strategy(AxisMappingStrategy::TraditionalGisOrder);
+        to.set_axis_mapping_strategy(AxisMappingStrategy::TraditionalGisOrder);
+        let [minx, miny, maxx, maxy] = CoordTransform::new(&from, &to)?.transform_bounds(&wgs84, 21)?;
+        let col = |x: f64| (x - gt[0]) / gt[1];
+        let row = |y: f64| (y - gt[3]) / gt[5];
+        let (c0, c1) = (col(minx).min(col(maxx)).floor().max(0.0), col(minx).max(col(maxx)).ceil().min(self.width as f64));
+        let (r0, r1) = (row(miny).min(row(maxy)).floor().max(0.0), row(miny).max(row(maxy)).ceil().min(self.height as f64));
+        anyhow::ensure!(
+            c0 < c1 && r0 < r1,
+            "the area [{}, {}, {}, {}] does not meet the grid ({} × {} px, upper left {} {})",
+            wgs84[0],
+            wgs84[1],
+            wgs84[2],
+            wgs84[3],
+            self.width,
+            self.height,
+            gt[0],
+            gt[3]
+        );
+        Ok(Grid {
+            width: (c1 - c0) as usize,
+            height: (r1 - r0) as usize,
+            geo_transform: Some([gt[0] + c0 * gt[1], gt[1], 0.0, gt[3] + r0 * gt[5], 0.0, gt[5]]),
+            projection: self.projection.clone(),
+        })
+    }
+
     /// The grid of an open dataset.
     pub(crate) fn of(ds: &gdal::Dataset) -> Grid {
         let (width, height) = ds.raster_size();

@@ -146,8 +146,9 @@ pub fn search_stac(search: &StacSearch) -> Result<StacFound> {
 }
 
 /// The geometries of a vector file's layer (its only one), as one GeoJSON geometry in
-/// WGS 84: the area a STAC search must intersect.
-pub fn aoi_geometry(path: &Path) -> Result<Value> {
+/// WGS 84 — the area a STAC search must intersect — and its bounds
+/// (`[west, south, east, north]`).
+pub fn aoi_geometry(path: &Path) -> Result<(Value, [f64; 4])> {
     use gdal::spatial_ref::{AxisMappingStrategy, CoordTransform, SpatialRef};
     use gdal::vector::LayerAccess;
     let shown = path.display();
@@ -179,7 +180,9 @@ pub fn aoi_geometry(path: &Path) -> Result<Value> {
         });
     }
     let union = union.with_context(|| format!("{shown}: no geometry"))?;
-    serde_json::from_str(&union.json()?).with_context(|| format!("{shown}: its geometry as GeoJSON"))
+    let e = union.envelope();
+    let geometry = serde_json::from_str(&union.json()?).with_context(|| format!("{shown}: its geometry as GeoJSON"))?;
+    Ok((geometry, [e.MinX, e.MinY, e.MaxX, e.MaxY]))
 }
 
 /// Opens the series an ItemCollection describes.
@@ -276,7 +279,23 @@ pub fn open_stac_items(doc: &Value, file: &Path, options: &L2aOptions) -> Result
     }
     let grid = match &options.grid {
         Some(g) => g.clone(),
-        None => finest_grid(scenes.first().map(|s| s.sources.as_slice()).unwrap_or(&[]))?,
+        None => {
+            let finest = finest_grid(scenes.first().map(|s| s.sources.as_slice()).unwrap_or(&[]))?;
+            match options.clip {
+                Some(area) => {
+                    let cropped = finest.cropped_to(area).with_context(|| format!("{}: cropping the items' grid to the searched area", file.display()))?;
+                    log::info!(
+                        "grid: the items' finest, cropped to the searched area: {} × {} px of {} × {}; set [input] grid for another",
+                        cropped.width,
+                        cropped.height,
+                        finest.width,
+                        finest.height
+                    );
+                    cropped
+                }
+                None => finest,
+            }
+        }
     };
     Series::from_scenes(file.to_path_buf(), scenes, bands, Some(grid))
 }

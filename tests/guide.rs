@@ -40,11 +40,11 @@ fn plugin_author_guide() {
     let status = Command::new(cargo)
         .current_dir(&krate)
         .env("CARGO_TARGET_DIR", root.join("target/guide"))
-        .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2"])
+        .args(["build", "--quiet", "--profile", "plugin", "--target", "wasm32-wasip2"])
         .status()
         .unwrap();
     assert!(status.success(), "the guide's crate does not build");
-    let wasm = root.join("target/guide/wasm32-wasip2/release/my_index.wasm");
+    let wasm = root.join("target/guide/wasm32-wasip2/plugin/my_index.wasm");
 
     let out = Command::new(env!("CARGO_BIN_EXE_sitsflow"))
         .args(["plugins", "inspect"])

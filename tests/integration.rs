@@ -17,6 +17,7 @@ mod guide;
 mod inference;
 mod learn;
 mod operator;
+mod plugin_author;
 mod kmeans;
 mod raster;
 mod report;

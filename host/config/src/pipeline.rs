@@ -260,11 +260,33 @@ pub struct Run {
 pub struct Plugins {
     /// `dir = "plugins"`: folder of installed plugins `name@version.wasm`, relative to the
     /// pipeline file (default: `$SITSFLOW_PLUGIN_DIR`, else `plugins/` beside the file).
+    /// Or several, searched in order: `dir = ["my-plugins", "../plugins/dist"]` (an
+    /// author's stages beside the shipped ones; the lockfile pins each one's bytes).
     #[serde(default)]
-    pub dir: Option<Located<String>>,
+    pub dir: Option<Located<Folders>>,
     /// `lockfile = "demo.lock"`: the sha256 pins (default: the pipeline's name with `.lock`).
     #[serde(default)]
     pub lockfile: Option<Located<String>>,
+}
+
+/// One folder, or several searched in order.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Folders {
+    /// `dir = "plugins"`
+    One(String),
+    /// `dir = ["mine", "../plugins/dist"]`
+    Several(Vec<String>),
+}
+
+impl Folders {
+    /// The folders, in search order.
+    pub fn list(&self) -> Vec<&str> {
+        match self {
+            Folders::One(d) => vec![d.as_str()],
+            Folders::Several(ds) => ds.iter().map(String::as_str).collect(),
+        }
+    }
 }
 
 /// `[[stage]]`
@@ -611,6 +633,11 @@ impl Pipeline {
                 }
                 return Err(source.error(at(&e.output), format!("no output named '{name}' (outputs: {})", names.join(", "))));
             }
+        }
+        if let Some(dirs) = &self.plugins.dir
+            && dirs.get_ref().list().is_empty()
+        {
+            return Err(source.error(at(dirs), "[plugins] dir names no folder"));
         }
         if let Some(budget) = &self.run.memory_budget_mib {
             if *budget.get_ref() < 64 {

@@ -265,8 +265,10 @@ pub struct Plan {
     pub workers: usize,
     /// Seed handed to stochastic stages.
     pub seed: u64,
-    /// The folder of installed plugins.
+    /// The first folder of installed plugins.
     pub plugin_dir: PathBuf,
+    /// Every folder of installed plugins, searched in order.
+    pub plugin_dirs: Vec<PathBuf>,
     /// The lockfile pinning the plugins' sha256.
     pub lockfile: PathBuf,
     /// The stages, in pipeline order.
@@ -461,9 +463,10 @@ impl Plan {
         let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
         let rel = |p: &str| sitsflow_core::fsutil::normalize(&base.join(p));
         let name = pipeline.name.get_ref().clone();
-        let plugin_dir = PluginDir::new(
-            pipeline.plugins.dir.as_ref().map(|d| rel(d.get_ref())).unwrap_or_else(|| default_plugin_dir(&base)),
-        );
+        let plugin_dirs: Vec<PluginDir> = match &pipeline.plugins.dir {
+            Some(d) => d.get_ref().list().into_iter().map(|d| PluginDir::new(rel(d))).collect(),
+            None => vec![PluginDir::new(default_plugin_dir(&base))],
+        };
         let lockfile = pipeline.plugins.lockfile.as_ref().map(|l| rel(l.get_ref())).unwrap_or_else(|| {
             let stem = source.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or(name.clone());
             sitsflow_core::fsutil::normalize(&base.join(format!("{stem}.lock")))
@@ -477,8 +480,7 @@ impl Plan {
             let executor = match (&stage.plugin, &stage.path, &stage.recipe) {
                 (None, None, Some(recipe)) => Executor::Recipe(recipe_plan(stage, recipe, &base, source)?),
                 (Some(reference), _, _) => {
-                    let file = plugin_dir
-                        .find(reference.get_ref())
+                    let file = crate::plugins::find_in(&plugin_dirs, reference.get_ref())
                         .map_err(|e| source.error(Some(reference.span()), format!("{e:#}")))?;
                     let plugin = runtime.load_with(&file, interruption).map_err(|e| load_error(source, reference.span(), e))?;
                     let info = plugin.info();
@@ -609,7 +611,8 @@ impl Plan {
             halo: pipeline.run.halo.as_ref().map_or(0, |h| *h.get_ref()),
             workers: pipeline.run.workers.unwrap_or(0) as usize,
             seed: pipeline.run.seed.unwrap_or(0),
-            plugin_dir: plugin_dir.path,
+            plugin_dir: plugin_dirs[0].path.clone(),
+            plugin_dirs: plugin_dirs.into_iter().map(|d| d.path).collect(),
             lockfile,
             stages,
         })
@@ -638,7 +641,9 @@ impl Plan {
     /// stored models and VHR images — each with what it is, for messages.
     pub fn input_paths(&self) -> Vec<(&'static str, PathBuf)> {
         let mut inputs: Vec<(&'static str, PathBuf)> =
-            vec![("the pipeline", self.pipeline.clone()), ("the plugin folder", self.plugin_dir.clone())];
+            vec![("the pipeline", self.pipeline.clone())];
+        let folder = if self.plugin_dirs.len() == 1 { "the plugin folder" } else { "a plugin folder" };
+        inputs.extend(self.plugin_dirs.iter().map(|d| (folder, d.clone())));
         inputs.push(match &self.input.source {
             InputSource::Series(p) => ("the series folder", p.clone()),
             InputSource::L2a(p) => ("the L2A folder", p.clone()),
@@ -693,7 +698,8 @@ impl Plan {
                 );
             }
         }
-        let mut folders = vec![("the plugin folder", &self.plugin_dir)];
+        let folder = if self.plugin_dirs.len() == 1 { "the plugin folder" } else { "a plugin folder" };
+        let mut folders: Vec<(&str, &PathBuf)> = self.plugin_dirs.iter().map(|d| (folder, d)).collect();
         match &self.input.source {
             InputSource::Series(dir) => folders.push(("the series folder", dir)),
             InputSource::L2a(dir) => folders.push(("the L2A folder", dir)),
@@ -848,7 +854,8 @@ impl Plan {
             "  chunks        {chunks}, halo {} px, memory budget {} MiB, workers: {workers}, seed {}",
             self.halo, self.memory_budget_mib, self.seed
         );
-        let _ = writeln!(out, "  plugins       {} (lockfile {})", show(&self.plugin_dir), show(&self.lockfile));
+        let dirs: Vec<String> = self.plugin_dirs.iter().map(|d| show(d)).collect();
+        let _ = writeln!(out, "  plugins       {} (lockfile {})", dirs.join(", then "), show(&self.lockfile));
         for m in &self.models {
             let _ = writeln!(out, "  model         {} = {} on {}", m.name, show(&m.path), m.device);
         }

@@ -97,3 +97,21 @@ impl PluginDir {
         bail!("unknown plugin '{reference}' (installed in {}: {})", self.path.display(), names.join(", "))
     }
 }
+
+/// The component of `reference` in the first of `dirs` that has it; when none has, the
+/// error says what each holds.
+pub fn find_in(dirs: &[PluginDir], reference: &PluginRef) -> Result<PathBuf> {
+    if let [only] = dirs {
+        return only.find(reference);
+    }
+    if let Some(file) = dirs.iter().map(|d| d.file_of(reference)).find(|f| f.exists()) {
+        return Ok(file);
+    }
+    let mut held = Vec::new();
+    for d in dirs {
+        let installed = d.installed()?;
+        let names: Vec<&str> = installed.iter().map(|(r, _)| r.as_str()).collect();
+        held.push(format!("{}: {}", d.path.display(), if names.is_empty() { "none".to_string() } else { names.join(", ") }));
+    }
+    anyhow::bail!("plugin '{reference}' is in none of the plugin folders ({})", held.join("; "))
+}

@@ -4,14 +4,14 @@
 //! interface. A plugin exports just one of them; the runtime looks up that one
 //! interface per kind (`GuestIndices`), never the whole world.
 //!
-//! `wit/stage.wit` is the current contract (0.2.1; 0.2.0 plugins load through it, names
+//! `plugins/sdk/wit/stage.wit` is the current contract (0.2.1; 0.2.0 plugins load through it, names
 //! matching across patch versions); [`since_v0_1`] holds the bindings of
 //! the frozen 0.1.1 contract (`wit/since_v0.1.1/`), through which plugins built against
 //! any 0.1.x still load — like Zed's `since_vX` modules. Both share this module's
 //! `types`, whose 0.1 records are unchanged in 0.2.
 
 wasmtime::component::bindgen!({
-    path: "../../wit",
+    path: "../../plugins/sdk/wit",
     world: "sitsflow:stage/host-view",
     imports: { default: trappable },
 });

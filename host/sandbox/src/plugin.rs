@@ -275,12 +275,48 @@ impl Plugin {
 
     /// Checks parameters against the plugin's schema: `Err` lists each violation
     /// with its JSON pointer (e.g. `/a`).
+    ///
+    /// A whole float where the schema asks an integer (`k = 12.0`) passes JSON Schema,
+    /// which counts 12.0 as an integer, and then fails in the stage's own parser, after
+    /// the chain before it has run: it is refused here. Each such value is found by
+    /// validating the parameters with it made fractional: the schema then objects to an
+    /// integer expected at its place.
     pub fn check_params(&self, params: &serde_json::Value) -> Result<(), Vec<(String, String)>> {
-        let errors: Vec<_> = self
+        let mut errors: Vec<_> = self
             .schema
             .iter_errors(params)
             .map(|e| (e.instance_path().to_string(), sitsflow_core::fsutil::cut_text(&e.to_string(), 300).into_owned()))
             .collect();
+        if errors.is_empty() {
+            for (pointer, value) in whole_floats(params, String::new()) {
+                let mut probe = params.clone();
+                if let Some(slot) = probe.pointer_mut(&pointer) {
+                    *slot = serde_json::json!(value + 0.5);
+                }
+                // The objection may come at the value or above it (an optional table is an
+                // `anyOf` that fails as a whole).
+                let wants_integer = self.schema.iter_errors(&probe).any(|e| {
+                    let at = e.instance_path().to_string();
+                    pointer == at || pointer.starts_with(&format!("{at}/")) || at.is_empty()
+                });
+                if wants_integer {
+                    errors.push((pointer, format!("{value:?} is written as a float where an integer is expected: write {}", value as i64)));
+                }
+            }
+        }
         if errors.is_empty() { Ok(()) } else { Err(errors) }
+    }
+}
+
+/// The JSON pointers and values of the numbers in `value` that are floats with no
+/// fractional part (`12.0`), where an integer may have been meant.
+fn whole_floats(value: &serde_json::Value, at: String) -> Vec<(String, f64)> {
+    match value {
+        serde_json::Value::Number(n) if n.is_f64() => n.as_f64().filter(|f| f.fract() == 0.0 && f.is_finite()).map(|f| vec![(at, f)]).unwrap_or_default(),
+        serde_json::Value::Array(items) => items.iter().enumerate().flat_map(|(i, v)| whole_floats(v, format!("{at}/{i}"))).collect(),
+        serde_json::Value::Object(map) => {
+            map.iter().flat_map(|(k, v)| whole_floats(v, format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")))).collect()
+        }
+        _ => Vec::new(),
     }
 }

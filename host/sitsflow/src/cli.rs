@@ -331,6 +331,44 @@ pub enum PluginsCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Write a plugin crate to start from: a working stage of KIND (features, cloud-mask)
+    /// built the way the shipped plugins are, outside any workspace.
+    New {
+        /// The stage kind: features or cloud-mask.
+        kind: String,
+        /// The plugin's name (lower case, digits, '-'): the crate and its folder.
+        name: String,
+        /// The folder to write the crate in (it writes DIR/NAME/).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The SDK as a path (a sitsflow checkout's plugins/sdk, or an unpacked release).
+        #[arg(long, conflicts_with = "sdk_git", required_unless_present = "sdk_git")]
+        sdk: Option<PathBuf>,
+        /// Or the git repository holding sitsflow (cargo finds the SDK in it).
+        #[arg(long)]
+        sdk_git: Option<String>,
+    },
+    /// Run a built component (a features or cloud-mask stage) on a series folder, without
+    /// a pipeline, and write what it returns as a GeoTIFF: an author's test of the Wasm
+    /// build itself.
+    Run {
+        /// The component (`.wasm`) or `name@version` installed in --dir.
+        plugin: String,
+        /// Parameters as JSON, checked against the component's schema.
+        #[arg(long, default_value = "{}")]
+        params: String,
+        /// A series folder (`YYYY-MM-DD.tif`, band names in the descriptions).
+        #[arg(long)]
+        input: PathBuf,
+        /// Only this window of it: `row,col,rows,cols` (default: the whole scene).
+        #[arg(long, value_parser = parse_window)]
+        window: Option<sitsflow::raster::Window>,
+        /// The GeoTIFF to write (Float32: one band per feature, or per date for a mask).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, env = "SITSFLOW_PLUGIN_DIR", default_value = "plugins/dist")]
+        dir: PathBuf,
+    },
     /// Check a pipeline's plugins against its lockfile.
     Verify {
         pipeline: PathBuf,
@@ -339,6 +377,15 @@ pub enum PluginsCommand {
     Lock {
         pipeline: PathBuf,
     },
+}
+
+/// `--window row,col,rows,cols`.
+fn parse_window(text: &str) -> Result<sitsflow::raster::Window, String> {
+    let parts: Vec<usize> = text.split(',').map(|p| p.trim().parse::<usize>()).collect::<Result<_, _>>().map_err(|_| format!("'{text}' is not row,col,rows,cols"))?;
+    match parts.as_slice() {
+        [row, col, rows, cols] => Ok(sitsflow::raster::Window { row: *row, col: *col, rows: *rows, cols: *cols }),
+        _ => Err(format!("'{text}' is not row,col,rows,cols")),
+    }
 }
 
 /// `--map-nodata`: a code, or `none`.
@@ -854,6 +901,40 @@ fn plugins(command: &PluginsCommand, quiet: bool) -> Result<(), Failure> {
                 }
                 println!("installed {} ({}) in {}", plugin.info().reference(), plugin.info().kind_name(), dir.display());
             }
+            Ok(())
+        }
+        PluginsCommand::New { kind, name, dir, sdk, sdk_git } => {
+            let source = match (sdk, sdk_git) {
+                (Some(path), _) => sitsflow::template::SdkSource::Path(path.clone()),
+                (None, Some(url)) => sitsflow::template::SdkSource::Git(url.clone()),
+                (None, None) => unreachable!("clap requires one of --sdk and --sdk-git"),
+            };
+            let root = sitsflow::template::new_plugin(kind, name, dir, &source)?;
+            if !quiet {
+                println!("wrote {}: cargo test, then cargo build --profile plugin --target wasm32-wasip2 (see its README.md)", root.display());
+            }
+            Ok(())
+        }
+        PluginsCommand::Run { plugin, params, input, window, out, dir } => {
+            let runtime = runtime()?;
+            let path = if plugin.ends_with(".wasm") || Path::new(plugin).is_file() {
+                PathBuf::from(plugin)
+            } else {
+                let reference = sitsflow::config::PluginRef::try_from(plugin.clone()).map_err(anyhow::Error::msg)?;
+                PluginDir::new(dir).find(&reference)?
+            };
+            let summary = sitsflow::harness::run_component(&runtime, &path, params, input, *window, out)?;
+            log::info!(
+                "{} on {} ({} × {} px): {} band{} in {:.3} s",
+                summary.plugin,
+                summary.window,
+                summary.window.cols,
+                summary.window.rows,
+                summary.bands.len(),
+                if summary.bands.len() == 1 { "" } else { "s" },
+                summary.seconds
+            );
+            println!("{}", summary.out.display());
             Ok(())
         }
         PluginsCommand::Verify { pipeline } => {

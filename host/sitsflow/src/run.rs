@@ -367,7 +367,7 @@ fn run_key(plan: &Plan, series: &Series, layout: &Layout) -> String {
     crate::hash::sha256_hex(text.as_bytes())
 }
 
-/// Colours and names of cloud-mask classes (see `wit/stage.wit`).
+/// Colours and names of cloud-mask classes (see `plugins/sdk/wit/stage.wit`).
 fn mask_style() -> ClassStyle {
     let classes = [(0, "clear", "transparent"), (1, "cloud", "#ff00ff"), (2, "cloud shadow", "#5a3a8c"), (3, "snow", "#00e5ff")];
     ClassStyle { classes: classes.iter().map(|(c, n, col)| (*c, n.to_string(), col.to_string())).collect() }

@@ -41,6 +41,39 @@ pub mod wit;
 
 pub use data::*;
 pub use schemars;
+
+/// The WIT contract this SDK implements, as its package line names it
+/// (`sitsflow:stage@0.2.1`); the SDK's own version shares its MAJOR.MINOR.
+pub const CONTRACT: &str = contract_of(include_str!("../wit/stage.wit"));
+
+/// The `package …;` of a WIT document (a compile-time scan, so a mismatch with the
+/// crate's version fails the SDK's own tests, not an author's build).
+const fn contract_of(wit: &str) -> &str {
+    let bytes = wit.as_bytes();
+    let key = b"package ";
+    let mut i = 0;
+    while i + key.len() < bytes.len() {
+        let mut k = 0;
+        while k < key.len() && bytes[i + k] == key[k] {
+            k += 1;
+        }
+        if k == key.len() && (i == 0 || bytes[i - 1] == b'\n') {
+            let start = i + key.len();
+            let mut end = start;
+            while end < bytes.len() && bytes[end] != b';' {
+                end += 1;
+            }
+            let (_, rest) = bytes.split_at(start);
+            let (name, _) = rest.split_at(end - start);
+            return match std::str::from_utf8(name) {
+                Ok(s) => s,
+                Err(_) => panic!("the package line of wit/stage.wit is not UTF-8"),
+            };
+        }
+        i += 1;
+    }
+    panic!("wit/stage.wit has no package line")
+}
 pub use serde;
 pub use serde_json;
 
@@ -197,3 +230,18 @@ pub use kinds::decoder::DecoderStage;
 pub use kinds::features::FeatureStage;
 pub use kinds::labeller::LabellerStage;
 pub use kinds::sampler::{SampleNeeds, SamplerStage};
+
+#[cfg(test)]
+mod version_tests {
+    /// The SDK's version is tied to the contract it carries: MAJOR.MINOR equal, the SDK's
+    /// patch at least the contract's.
+    #[test]
+    fn the_sdk_version_follows_its_contract() {
+        let (package, version) = super::CONTRACT.split_once('@').expect("sitsflow:stage@x.y.z");
+        assert_eq!(package, "sitsflow:stage");
+        let parts = |v: &str| -> Vec<u32> { v.split('.').map(|p| p.parse().unwrap()).collect() };
+        let (wit, sdk) = (parts(version), parts(env!("CARGO_PKG_VERSION")));
+        assert_eq!((wit[0], wit[1]), (sdk[0], sdk[1]), "SDK {} against contract {}", env!("CARGO_PKG_VERSION"), super::CONTRACT);
+        assert!(sdk[2] >= wit[2], "SDK {} is older than its contract {}", env!("CARGO_PKG_VERSION"), super::CONTRACT);
+    }
+}

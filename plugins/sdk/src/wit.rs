@@ -11,7 +11,7 @@
 /// kind's file the home of what all kinds share.
 pub mod cloud_mask_stage {
     wit_bindgen::generate!({
-        path: "../../wit",
+        path: "wit",
         world: "cloud-mask-stage",
         pub_export_macro: true,
         export_macro_name: "export_cloud_mask_world",
@@ -28,7 +28,7 @@ macro_rules! world {
         #[doc = concat!("The `", $world, "` world.")]
         pub mod $module {
             wit_bindgen::generate!({
-                path: "../../wit",
+                path: "wit",
                 world: $world,
                 pub_export_macro: true,
                 export_macro_name: $macro_name,

@@ -308,12 +308,14 @@ fn a_labeller_returning_nan_negative_or_unnormalised_probabilities_fails_naming_
 }
 
 #[test]
-fn a_features_stage_returning_no_features_a_nul_name_or_a_name_twice_fails_naming_stage_and_plugin() {
+fn a_features_stage_returning_no_features_a_nul_name_a_name_twice_or_a_name_short_fails_naming_stage_and_plugin() {
     let features = common::component("fixture-hostile-features");
     for (mode, message) in [
         ("none", "returned zero features; a features stage returns at least one"),
         ("nul", r#"feature 0 is named "a\0b": a name is 1 to 256 bytes without control characters"#),
         ("duplicate", "returned the feature name 'x' twice"),
+        // Checked inside the sandbox by the SDK: the names are short, not the values.
+        ("short", "the stage named 1 features but returned 2 values per pixel"),
     ] {
         let dir = hostile_project(&format!("[[stage]]\nid = \"odd\"\npath = \"{}\"\nparams = {{ names = \"{mode}\" }}\n", features.display()));
         let out = sitsflow(dir.path(), &["--quiet", "run", "pipeline.toml"], None);

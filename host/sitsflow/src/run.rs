@@ -1043,7 +1043,7 @@ pub(crate) fn run_stages(
                     let features = pool.with(|i| i.features_at(&context, &sub, at(), &params)).map_err(fail)?;
                     check_len(stage, index, "feature samples", features.samples as usize, outer_out.pixels())?;
                     let width = features.names.len();
-                    check_len(stage, index, "feature values", features.data.len(), outer_out.pixels() * width)?;
+                    check_feature_values(stage, index, width, features.data.len(), outer_out.pixels())?;
                     check_feature_names(stage, index, &features.names)?;
                     let names = positional_names(&features.names);
                     outputs.push(StageOutput::Features(names, crop_rows(&features.data, width, outer_out, core_out)));
@@ -1055,7 +1055,7 @@ pub(crate) fn run_stages(
                 let features = pool.with(|i| i.features_at(&context, source, at(), &params)).map_err(fail)?;
                 check_len(stage, index, "feature samples", features.samples as usize, outer_out.pixels())?;
                 let width = features.names.len();
-                check_len(stage, index, "feature values", features.data.len(), outer_out.pixels() * width)?;
+                check_feature_values(stage, index, width, features.data.len(), outer_out.pixels())?;
                 check_feature_names(stage, index, &features.names)?;
                 let cropped = crop_rows(&features.data, width, outer_out, core_out);
                 if read_later(stage.id.as_str()) {
@@ -1187,6 +1187,25 @@ fn check_feature_names(stage: &StagePlan, index: usize, names: &[String]) -> Res
         return Err(format!("{}: returned the feature name '{}' twice; each feature needs a name of its own", at(), w[0]));
     }
     Ok(())
+}
+
+/// A features stage's values against its names: `pixels` rows of `names` values. The
+/// message says whether names or values are off (a stage one name short returns a
+/// whole number of values per pixel, one more than it names).
+fn check_feature_values(stage: &StagePlan, index: usize, names: usize, values: usize, pixels: usize) -> Result<(), String> {
+    if values == names * pixels {
+        return Ok(());
+    }
+    let at = format!("stage '{}' ({}) on chunk {index}", stage.id, stage.reference());
+    Err(if pixels > 0 && values % pixels == 0 {
+        let per_pixel = values / pixels;
+        format!(
+            "{at}: returned {per_pixel} values per pixel but named {names} features ({values} values for {pixels} pixels): \
+             its names and its values disagree"
+        )
+    } else {
+        format!("{at}: returned {values} values for {pixels} pixels, not a whole number per pixel ({names} features named)")
+    })
 }
 
 fn check_len(stage: &StagePlan, index: usize, what: &str, got: usize, expected: usize) -> Result<(), String> {

@@ -108,7 +108,34 @@ pub fn features_compute<S: FeatureStage>(
 ) -> Result<w::FeatureMatrix, w::StageError> {
     let chunk = cube(chunk);
     chunk.check().map_err(error_out)?;
-    run::<S, _, _>(params, |p| S::compute_at(chunk, placement(at), p), features_out)
+    let pixels = chunk.pixels();
+    run::<S, _, _>(params, |p| S::compute_at(chunk, placement(at), p).and_then(|f| check_features(f, pixels)), features_out)
+}
+
+/// A stage's features against themselves before they leave the sandbox: one row per
+/// pixel of the cube, as many values per row as names. The message says which is off.
+pub fn check_features(f: FeatureMatrix, pixels: usize) -> Result<FeatureMatrix, StageError> {
+    if f.samples != pixels {
+        return Err(StageError::Failed(format!("the stage returned {} samples for a cube of {pixels} pixels", f.samples)));
+    }
+    let width = f.names.len();
+    if f.data.len() != pixels * width {
+        let per_pixel = f.data.len() as f64 / pixels.max(1) as f64;
+        return Err(StageError::Failed(if f.data.len() % pixels.max(1) == 0 {
+            format!(
+                "the stage named {width} features but returned {} values per pixel ({} values for {pixels} pixels): \
+                 {} name{} {}",
+                per_pixel as usize,
+                f.data.len(),
+                (per_pixel as usize).abs_diff(width),
+                if (per_pixel as usize).abs_diff(width) == 1 { " is" } else { "s are" },
+                if (per_pixel as usize) > width { "missing" } else { "too many" }
+            )
+        } else {
+            format!("the stage returned {} values, not a whole number per pixel ({pixels} pixels, {width} names)", f.data.len())
+        }));
+    }
+    Ok(f)
 }
 
 /// `bands` of `cloud-mask-inputs` and `features-inputs`: `None` too when the parameters do not parse.

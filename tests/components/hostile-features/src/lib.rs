@@ -9,7 +9,8 @@ use sitsflow_sdk::prelude::*;
 #[derive(serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
-    /// `"fine"` (one feature `x`), `"none"`, `"nul"`, `"duplicate"`, `"calls"` (one
+    /// `"fine"` (one feature `x`), `"none"`, `"nul"`, `"duplicate"`, `"short"` (one name,
+    /// two values per pixel), `"calls"` (one
     /// feature `calls`: the calls this instance has served, this one included) or
     /// `"wide"` (`count` features: a stage whose output dwarfs its input).
     #[serde(default = "fine")]
@@ -42,6 +43,7 @@ impl FeatureStage for Hostile {
             "none" => Vec::new(),
             "nul" => vec!["a\0b".into()],
             "duplicate" => vec!["x".into(), "x".into()],
+            "short" => return Ok(FeatureMatrix { samples: n, names: vec!["x".into()], data: vec![1.0; 2 * n] }),
             "wide" => {
                 let names: Vec<String> = (0..p.count).map(|k| format!("f{k}")).collect();
                 let data = (0..n).flat_map(|i| std::iter::repeat_n(i as f32, p.count)).collect();

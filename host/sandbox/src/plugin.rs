@@ -285,7 +285,15 @@ impl Plugin {
         let mut errors: Vec<_> = self
             .schema
             .iter_errors(params)
-            .map(|e| (e.instance_path().to_string(), sitsflow_core::fsutil::cut_text(&e.to_string(), 300).into_owned()))
+            .map(|e| {
+                let at = e.instance_path().to_string();
+                let mut message = sitsflow_core::fsutil::cut_text(&e.to_string(), 300).into_owned();
+                // A misspelt key: name the closest one the schema has there.
+                if let Some(hint) = closest_key(&self.info.params_schema, &at, &message) {
+                    message.push_str(&hint);
+                }
+                (at, message)
+            })
             .collect();
         if errors.is_empty() {
             for (pointer, value) in whole_floats(params, String::new()) {
@@ -318,5 +326,77 @@ fn whole_floats(value: &serde_json::Value, at: String) -> Vec<(String, f64)> {
             map.iter().flat_map(|(k, v)| whole_floats(v, format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")))).collect()
         }
         _ => Vec::new(),
+    }
+}
+
+/// `; did you mean 'threshold'?` for an `Additional properties … ('treshold' was
+/// unexpected)` error at `pointer`, when a key the schema allows there is close to it.
+fn closest_key(schema: &serde_json::Value, pointer: &str, message: &str) -> Option<String> {
+    let unexpected = message.split('\'').nth(1).filter(|_| message.contains("was unexpected"))?;
+    let object = schema_at(schema, schema, pointer)?;
+    let keys: Vec<&String> = object.get("properties")?.as_object()?.keys().collect();
+    let (best, distance) = keys.iter().map(|k| (*k, edit_distance(&unexpected.to_lowercase(), &k.to_lowercase()))).min_by_key(|(_, d)| *d)?;
+    (distance <= 2.max(unexpected.len() / 4)).then(|| format!("; did you mean '{best}'?"))
+}
+
+/// The sub-schema describing the value at `pointer` (`/gapfill`), following `$ref`s into
+/// `$defs` and the non-null branch of an `anyOf`/`oneOf` (an optional table).
+fn schema_at<'a>(root: &'a serde_json::Value, node: &'a serde_json::Value, pointer: &str) -> Option<&'a serde_json::Value> {
+    let mut node = resolve(root, node);
+    for segment in pointer.split('/').skip(1) {
+        node = resolve(root, node.get("properties")?.get(segment)?);
+    }
+    Some(node)
+}
+
+fn resolve<'a>(root: &'a serde_json::Value, mut node: &'a serde_json::Value) -> &'a serde_json::Value {
+    for _ in 0..16 {
+        if let Some(r) = node.get("$ref").and_then(|r| r.as_str()).and_then(|r| r.strip_prefix('#')) {
+            match root.pointer(r) {
+                Some(target) => node = target,
+                None => return node,
+            }
+        } else if let Some(branch) = ["anyOf", "oneOf"].iter().find_map(|k| node.get(*k)?.as_array()?.iter().find(|b| b.get("type").and_then(|t| t.as_str()) != Some("null"))) {
+            node = branch;
+        } else {
+            break;
+        }
+    }
+    node
+}
+
+/// Levenshtein distance.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(row[j + 1] + 1);
+            prev = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod suggestion_tests {
+    use super::*;
+
+    #[test]
+    fn a_misspelt_key_is_matched_to_the_closest_one_there_is() {
+        let schema = serde_json::json!({
+            "type": "object",
+            "properties": { "threshold": {"type": "number"}, "gapfill": {"anyOf": [{"$ref": "#/$defs/Gapfill"}, {"type": "null"}]} },
+            "$defs": { "Gapfill": { "type": "object", "properties": { "step_days": {"type": "integer"} } } }
+        });
+        let msg = |k: &str| format!("Additional properties are not allowed ('{k}' was unexpected)");
+        assert_eq!(closest_key(&schema, "", &msg("treshold")).as_deref(), Some("; did you mean 'threshold'?"));
+        assert_eq!(closest_key(&schema, "/gapfill", &msg("step")).as_deref(), None, "too far from step_days");
+        assert_eq!(closest_key(&schema, "/gapfill", &msg("stepdays")).as_deref(), Some("; did you mean 'step_days'?"));
+        assert_eq!(closest_key(&schema, "", &msg("colour")), None);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 }

@@ -108,15 +108,18 @@ pub fn features_compute<S: FeatureStage>(
 ) -> Result<w::FeatureMatrix, w::StageError> {
     let chunk = cube(chunk);
     chunk.check().map_err(error_out)?;
-    let pixels = chunk.pixels();
-    run::<S, _, _>(params, |p| S::compute_at(chunk, placement(at), p).and_then(|f| check_features(f, pixels)), features_out)
+    // A stage of scale s returns s² rows per pixel of the cube.
+    let scale = S::parse_params(params).map_or(1, |p| S::footprint(&p).scale.max(1));
+    let rows = chunk.pixels() * scale * scale;
+    run::<S, _, _>(params, |p| S::compute_at(chunk, placement(at), p).and_then(|f| check_features(f, rows)), features_out)
 }
 
-/// A stage's features against themselves before they leave the sandbox: one row per
-/// pixel of the cube, as many values per row as names. The message says which is off.
+/// A stage's features against themselves before they leave the sandbox: `pixels` rows
+/// (one per output pixel: the cube's pixels times the footprint's scale²), as many
+/// values per row as names. The message says which is off.
 pub fn check_features(f: FeatureMatrix, pixels: usize) -> Result<FeatureMatrix, StageError> {
     if f.samples != pixels {
-        return Err(StageError::Failed(format!("the stage returned {} samples for a cube of {pixels} pixels", f.samples)));
+        return Err(StageError::Failed(format!("the stage returned {} samples for {pixels} output pixels", f.samples)));
     }
     let width = f.names.len();
     if f.data.len() != pixels * width {

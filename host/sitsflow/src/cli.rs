@@ -331,10 +331,10 @@ pub enum PluginsCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Write a plugin crate to start from: a working stage of KIND (features, cloud-mask)
-    /// built the way the shipped plugins are, outside any workspace.
+    /// Write a plugin crate to start from: a working stage of KIND (features, cloud-mask,
+    /// labeller, decoder) built the way the shipped plugins are, outside any workspace.
     New {
-        /// The stage kind: features or cloud-mask.
+        /// The stage kind: features, cloud-mask, labeller or decoder.
         kind: String,
         /// The plugin's name (lower case, digits, '-'): the crate and its folder.
         name: String,

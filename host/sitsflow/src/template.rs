@@ -16,7 +16,7 @@ pub enum SdkSource {
 }
 
 /// The kinds `plugins new` writes a crate for.
-pub const KINDS: [&str; 2] = ["features", "cloud-mask"];
+pub const KINDS: [&str; 4] = ["features", "cloud-mask", "labeller", "decoder"];
 
 /// Writes the crate `name` (a plugin name: lower case, digits, `-`) of `kind` into
 /// `dir/name/`; refuses to write over an existing folder. Returns the folder.
@@ -27,6 +27,8 @@ pub fn new_plugin(kind: &str, name: &str, dir: &Path, sdk: &SdkSource) -> Result
     let lib = match kind {
         "features" => FEATURES.replace("{name}", name).replace("{Type}", &type_name(name)),
         "cloud-mask" => CLOUD_MASK.replace("{name}", name).replace("{Type}", &type_name(name)),
+        "labeller" => LABELLER.replace("{name}", name).replace("{Type}", &type_name(name)),
+        "decoder" => DECODER.replace("{name}", name).replace("{Type}", &type_name(name)),
         other => bail!("no template for a '{other}' stage (templates: {}); start from one of the shipped plugins of that kind", KINDS.join(", ")),
     };
     let root = dir.join(name);
@@ -258,6 +260,213 @@ mod tests {
         let cube = Cube { dates: vec!["2020-06-01".into()], bands: vec!["B02".into()], rows: 1, cols: 3, data: vec![0.05, 0.4, f32::NAN], valid: vec![] };
         let mask = {Type}::mask(cube, {Type}::parse_params("{}").unwrap()).unwrap();
         assert_eq!(mask.classes, [mask_class::CLEAR, mask_class::CLOUD, mask_class::NO_DATA]);
+    }
+}
+"##;
+
+const LABELLER: &str = r##"//! `{name}`: a labeller stage. A nearest-centroid classifier: training keeps each
+//! class's mean feature vector (NaN features left out of the means), prediction gives
+//! each sample softmax(−distance² / temperature) over the classes — replace `train` and
+//! `predict` with your method. The model is the stage's own format, versioned.
+
+use sitsflow_sdk::prelude::*;
+
+/// Parameters, from the pipeline's `params = { … }`, checked against their JSON Schema.
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    /// Softness of the probabilities (default 1.0; smaller is sharper).
+    #[serde(default = "one")]
+    pub temperature: f32,
+}
+
+fn one() -> f32 {
+    1.0
+}
+
+/// The model's format: bump it when the layout of the bytes changes.
+const FORMAT: &str = "{name}-centroids/1";
+
+pub struct {Type};
+
+impl Stage for {Type} {
+    const NAME: &'static str = "{name}";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const SUMMARY: &'static str = "Nearest class centroid.";
+    type Params = Params;
+}
+
+/// The model: class codes, feature count, one centroid per class (`classes × features`).
+fn encode(classes: &[u16], features: usize, centroids: &[f32]) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    bytes.extend((classes.len() as u32).to_le_bytes());
+    bytes.extend((features as u32).to_le_bytes());
+    classes.iter().for_each(|c| bytes.extend(c.to_le_bytes()));
+    centroids.iter().for_each(|v| bytes.extend(v.to_le_bytes()));
+    bytes
+}
+
+fn decode(model: &ModelBlob) -> Result<(Vec<u16>, usize, Vec<f32>), StageError> {
+    let bad = || StageError::InvalidInput(format!("not a {FORMAT} model (format '{}', {} bytes)", model.format, model.data.len()));
+    if model.format != FORMAT || model.data.len() < 8 {
+        return Err(bad());
+    }
+    let word = |i: usize| u32::from_le_bytes(model.data[i..i + 4].try_into().unwrap()) as usize;
+    let (k, f) = (word(0), word(4));
+    if model.data.len() != 8 + 2 * k + 4 * k * f {
+        return Err(bad());
+    }
+    let classes = (0..k).map(|i| u16::from_le_bytes(model.data[8 + 2 * i..10 + 2 * i].try_into().unwrap())).collect();
+    let at = 8 + 2 * k;
+    let centroids = (0..k * f).map(|i| f32::from_le_bytes(model.data[at + 4 * i..at + 4 * i + 4].try_into().unwrap())).collect();
+    Ok((classes, f, centroids))
+}
+
+impl LabellerStage for {Type} {
+    fn train(samples: FeatureMatrix, labels: Vec<u16>, _params: Params) -> Result<Trained, StageError> {
+        let f = samples.names.len();
+        // Class codes in order; 0 is unlabelled and ignored.
+        let mut classes: Vec<u16> = labels.iter().copied().filter(|l| *l != 0).collect();
+        classes.sort_unstable();
+        classes.dedup();
+        if classes.is_empty() {
+            return Err(StageError::InvalidInput("no labelled sample to train on".into()));
+        }
+        let (mut sums, mut counts) = (vec![0f64; classes.len() * f], vec![0u64; classes.len() * f]);
+        for (i, label) in labels.iter().enumerate().filter(|(_, l)| **l != 0) {
+            let c = classes.binary_search(label).expect("collected above");
+            for (j, v) in samples.row(i).iter().enumerate().filter(|(_, v)| !v.is_nan()) {
+                sums[c * f + j] += *v as f64;
+                counts[c * f + j] += 1;
+            }
+        }
+        let centroids: Vec<f32> = sums.iter().zip(&counts).map(|(s, n)| if *n > 0 { (*s / *n as f64) as f32 } else { f32::NAN }).collect();
+        let report = format!("{{\"classes\": {}, \"features\": {f}}}", classes.len());
+        Ok(Trained { model: ModelBlob { format: FORMAT.into(), data: encode(&classes, f, &centroids) }, report })
+    }
+
+    fn predict(model: ModelBlob, samples: FeatureMatrix, params: Params) -> Result<Probabilities, StageError> {
+        let (classes, f, centroids) = decode(&model)?;
+        if samples.names.len() != f {
+            return Err(StageError::InvalidInput(format!("the model has {f} features, the samples {}", samples.names.len())));
+        }
+        let k = classes.len();
+        let mut data = vec![0f32; samples.samples * k];
+        for i in 0..samples.samples {
+            let row = samples.row(i);
+            // Squared distance over the features both have; softmax of its negative.
+            let d: Vec<f32> = (0..k)
+                .map(|c| row.iter().zip(&centroids[c * f..(c + 1) * f]).filter(|(x, m)| !x.is_nan() && !m.is_nan()).map(|(x, m)| (x - m) * (x - m)).sum())
+                .collect();
+            let best = d.iter().copied().fold(f32::INFINITY, f32::min);
+            let weights: Vec<f32> = d.iter().map(|v| (-(v - best) / params.temperature.max(1e-6)).exp()).collect();
+            let total: f32 = weights.iter().sum();
+            for (c, w) in weights.iter().enumerate() {
+                data[i * k + c] = w / total;
+            }
+        }
+        Ok(Probabilities { samples: samples.samples, classes, data })
+    }
+}
+
+sitsflow_sdk::export_labeller_stage!({Type});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_classes_apart_are_told_apart() {
+        let samples = FeatureMatrix { samples: 4, names: vec!["x".into()], data: vec![0.0, 0.1, 1.0, 0.9] };
+        let trained = {Type}::train(samples, vec![1, 1, 2, 0], {Type}::parse_params("{}").unwrap()).unwrap();
+        let test = FeatureMatrix { samples: 2, names: vec!["x".into()], data: vec![0.05, 1.1] };
+        let p = {Type}::predict(trained.model, test, {Type}::parse_params("{}").unwrap()).unwrap();
+        assert_eq!(p.classes, [1, 2]);
+        assert!(p.data[0] > 0.5 && p.data[3] > 0.5, "{:?}", p.data);
+        assert!((p.data[0] + p.data[1] - 1.0).abs() < 1e-6);
+    }
+}
+"##;
+
+const DECODER: &str = r##"//! `{name}`: a decoder stage. A temporal majority filter: each year's label is the
+//! most frequent of the yearly argmax labels in a window of `window` years around it
+//! (ties and years without posteriors keep their own) — replace `decode` with your
+//! method.
+
+use sitsflow_sdk::prelude::*;
+
+/// Parameters, from the pipeline's `params = { … }`, checked against their JSON Schema.
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    /// Years in the window, odd (default 3).
+    #[serde(default = "three")]
+    pub window: u32,
+}
+
+fn three() -> u32 {
+    3
+}
+
+pub struct {Type};
+
+impl Stage for {Type} {
+    const NAME: &'static str = "{name}";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const SUMMARY: &'static str = "Temporal majority of yearly labels.";
+    type Params = Params;
+}
+
+impl DecoderStage for {Type} {
+    fn decode(series: PosteriorSeries, params: Params) -> Result<Decoded, StageError> {
+        if params.window == 0 || params.window % 2 == 0 {
+            return Err(StageError::InvalidParams(format!("window = {} is not an odd number of years", params.window)));
+        }
+        let (steps, n, k) = (series.steps, series.samples, series.classes.len());
+        // Each year's own label: the argmax of its posteriors, 0 where they are missing (NaN).
+        let own: Vec<u16> = series
+            .data
+            .chunks_exact(k.max(1))
+            .map(|p| {
+                let (j, v) = p.iter().enumerate().fold((0, f32::NEG_INFINITY), |a, (j, &v)| if v > a.1 { (j, v) } else { a });
+                if v.is_finite() { series.classes[j] } else { 0 }
+            })
+            .collect();
+        let half = (params.window / 2) as usize;
+        let mut labels = vec![0u16; steps * n];
+        for s in 0..n {
+            for t in 0..steps {
+                let here = own[t * n + s];
+                if here == 0 {
+                    continue; // a year without posteriors stays without a label
+                }
+                let (from, to) = (t.saturating_sub(half), (t + half).min(steps - 1));
+                let mut best = (here, 0usize);
+                for c in (from..=to).map(|u| own[u * n + s]).filter(|c| *c != 0) {
+                    let votes = (from..=to).filter(|u| own[u * n + s] == c).count();
+                    if votes > best.1 || (votes == best.1 && c == here) {
+                        best = (c, votes);
+                    }
+                }
+                labels[t * n + s] = best.0;
+            }
+        }
+        Ok(Decoded { labels, posteriors: Vec::new() })
+    }
+}
+
+sitsflow_sdk::export_decoder_stage!({Type});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_one_year_flicker_is_voted_away() {
+        // 3 years × 1 pixel × 2 classes: 1, 2, 1 → 1, 1, 1.
+        let series = PosteriorSeries { steps: 3, samples: 1, classes: vec![1, 2], data: vec![0.9, 0.1, 0.4, 0.6, 0.8, 0.2] };
+        let out = {Type}::decode(series, {Type}::parse_params("{}").unwrap()).unwrap();
+        assert_eq!(out.labels, [1, 1, 1]);
     }
 }
 "##;

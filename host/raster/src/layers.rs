@@ -208,28 +208,19 @@ impl ClassRaster {
 
     /// Reads a window of class codes.
     pub fn read(&self, window: Window) -> Result<Vec<u16>> {
-        let mut out = vec![0u16; window.pixels()];
-        self.dataset
-            .rasterband(1)?
-            .read_into_slice::<u16>(
-                (window.col as isize, window.row as isize),
-                (window.cols, window.rows),
-                (window.cols, window.rows),
-                &mut out,
-                None,
-            )
-            .with_context(|| format!("{}: reading at {window}", self.path.display()))?;
-        Ok(out)
+        self.read_window(window)
     }
-}
 
-impl ClassRaster {
     /// Reads a window of 32-bit values (feature ids, wide codes).
     pub fn read_u32(&self, window: Window) -> Result<Vec<u32>> {
-        let mut out = vec![0u32; window.pixels()];
+        self.read_window(window)
+    }
+
+    fn read_window<T: gdal::raster::GdalType + Copy + Default>(&self, window: Window) -> Result<Vec<T>> {
+        let mut out = vec![T::default(); window.pixels()];
         self.dataset
             .rasterband(1)?
-            .read_into_slice::<u32>(
+            .read_into_slice::<T>(
                 (window.col as isize, window.row as isize),
                 (window.cols, window.rows),
                 (window.cols, window.rows),

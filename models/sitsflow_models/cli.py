@@ -226,7 +226,7 @@ def cmd_train(args) -> int:
 
     from . import export, metrics, nets
     from .publish import Graph, publish
-    from .train import TrainConfig, leave_process_group, predict_logits, train
+    from .train import SMALL_CLASS, TrainConfig, leave_process_group, predict_logits, small_classes, train
 
     # Float reductions split across threads sum in a thread-count-dependent order.
     torch.set_num_threads(args.threads)
@@ -240,6 +240,11 @@ def cmd_train(args) -> int:
         log(f"{args.samples}: {n} samples, {dates} dates × {bands} bands, {len(classes)} classes; training {args.arch}")
         emit({"event": "start", "arch": args.arch, "samples": n, "dates": dates, "bands": bands,
               "classes": len(classes), "seed": args.seed})
+    small = small_classes(targets, len(classes))
+    if small and int(os.environ.get("RANK", "0")) == 0:
+        listed = ", ".join(f"{classes[c].name} {n}" for c, n in small)
+        log(f"warning: classes with fewer than {SMALL_CLASS} samples are hard to learn (their loss weight is capped): "
+            f"{listed}")
     config = TrainConfig(arch=args.arch, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size,
                          patience=args.patience, learning_rate=args.learning_rate,
                          hyperparameters=args.hyperparameters)

@@ -34,6 +34,10 @@ class TrainConfig:
     weight_decay: float = 1e-6
     #: Share of the groups (parcels) held out for validation, per class.
     validation_fraction: float = 0.2
+    #: Upper bound of a class's loss weight (inverse frequency, 1 on a balanced set):
+    #: uncapped, a class of five samples among hundreds weighs tens of times the others
+    #: and its few samples steer the network.
+    max_class_weight: float = 3.0
     hyperparameters: dict = field(default_factory=dict)
 
 
@@ -131,14 +135,26 @@ def band_statistics(cube: np.ndarray, bands: list[str]) -> tuple[np.ndarray, np.
     return mean.astype(np.float32), std.astype(np.float32)
 
 
-def class_weights(targets: np.ndarray, classes: int) -> np.ndarray:
-    """Inverse class frequency, scaled so a balanced set has weight 1 everywhere; a class
-    without training sample gets 0 (it is never a target, and 1/0 is not a weight)."""
+def class_weights(targets: np.ndarray, classes: int, cap: float = math.inf) -> np.ndarray:
+    """Inverse class frequency, scaled so a balanced set has weight 1 everywhere, at most
+    `cap`; a class without training sample gets 0 (it is never a target, and 1/0 is not
+    a weight)."""
     counts = np.bincount(targets[targets >= 0], minlength=classes).astype(np.float64)
     total = counts.sum()
     with np.errstate(divide="ignore"):
         w = np.where(counts > 0, total / (classes * counts), 0.0)
-    return w.astype(np.float32)
+    return np.minimum(w, cap).astype(np.float32)
+
+
+#: Classes with fewer training samples than this are named in a warning: too few to learn.
+SMALL_CLASS = 10
+
+
+def small_classes(targets: np.ndarray, classes: int) -> list[tuple[int, int]]:
+    """(class index, training samples) of the classes present with fewer than
+    `SMALL_CLASS` samples."""
+    counts = np.bincount(targets[targets >= 0], minlength=classes)
+    return [(c, int(n)) for c, n in enumerate(counts) if 0 < n < SMALL_CLASS]
 
 
 def make_loss(weights: np.ndarray) -> nn.CrossEntropyLoss:
@@ -225,8 +241,15 @@ def train(cube: np.ndarray, targets: np.ndarray, groups: list[str] | None, bands
     mean, std = band_statistics(cube[train_index], bands)
     classifier = nets.build(config.arch, bands=cube.shape[2], dates=cube.shape[1], classes=classes, mean=mean,
                             std=std, hyperparameters=config.hyperparameters)
-    weights = class_weights(targets[train_index], classes)
+    weights = class_weights(targets[train_index], classes, config.max_class_weight)
     loss_fn = make_loss(weights)
+    small = small_classes(targets[train_index], classes)
+    if small:
+        emit({"event": "small_classes", "classes": [{"index": c, "samples": n} for c, n in small],
+              "below": SMALL_CLASS, "max_class_weight": config.max_class_weight})
+    # Early stopping watches the unweighted loss: a weighted one can be won by a rare
+    # class's few validation samples while the rest gets worse.
+    validation_loss = make_loss(np.ones(classes, dtype=np.float32))
     # Under torchrun every rank holds the whole set and draws the same order; each step's
     # batch is dealt out across the ranks (rank r takes every world-th sample), and
     # DistributedDataParallel averages their gradients, so the ranks' weights stay equal.
@@ -280,7 +303,7 @@ def train(cube: np.ndarray, targets: np.ndarray, groups: list[str] | None, bands
             return None
         logits = predict_logits(classifier, x_val)
         keep = y_val >= 0
-        return {"val_loss": float(loss_fn(logits, y_val)),
+        return {"val_loss": float(validation_loss(logits, y_val)),
                 "val_oa": float((logits.argmax(1)[keep] == y_val[keep]).float().mean())}
 
     fit = fit_loop(classifier, config.epochs, train_epoch, validate, config.patience, config.min_delta, emit, rank,

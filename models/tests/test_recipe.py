@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sitsflow_models.train import TrainConfig, class_weights, grouped_split, make_loss, train
+from sitsflow_models.train import SMALL_CLASS, TrainConfig, class_weights, grouped_split, make_loss, small_classes, train
 
 from . import synthetic
 
@@ -109,6 +109,17 @@ class Loss(unittest.TestCase):
         w = class_weights(np.array([0, 0, 0, 1, -1, -1]), 3)
         # 4 labelled samples: class 0 has 3, class 1 has 1, class 2 none.
         np.testing.assert_allclose(w, [4 / (3 * 3), 4 / (3 * 1), 0.0], rtol=1e-6)
+
+    def test_weights_are_capped_so_a_tiny_class_does_not_steer_the_network(self):
+        # 100 samples of class 0, 5 of class 1: uncapped, class 1 weighs 10.5 (105 / (2 × 5)).
+        targets = np.array([0] * 100 + [1] * 5)
+        np.testing.assert_allclose(class_weights(targets, 2), [105 / 200, 10.5], rtol=1e-6)
+        np.testing.assert_allclose(class_weights(targets, 2, cap=3.0), [105 / 200, 3.0], rtol=1e-6)
+        self.assertEqual(TrainConfig(arch="tempcnn").max_class_weight, 3.0)
+
+    def test_classes_too_small_to_learn_are_listed_with_their_counts(self):
+        targets = np.array([0] * 50 + [1] * 5 + [2] * SMALL_CLASS + [-1] * 3)
+        self.assertEqual(small_classes(targets, 4), [(1, 5)], "class 3 has no sample, class 2 enough")
 
     def test_unlabelled_samples_add_no_loss(self):
         weights = class_weights(np.array([0, 1, 1, 2]), 3)

@@ -347,7 +347,12 @@ fn supervise(
     let errors = std::thread::spawn(move || {
         let mut tail = Vec::new();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            log::debug!(target: "train", "{line}");
+            // The recipe's warnings (classes too small to learn, metrics on the training
+            // set) reach the operator; the rest of its chatter is debug.
+            match line.strip_prefix("warning: ") {
+                Some(warning) => log::warn!(target: "train", "{warning}"),
+                None => log::debug!(target: "train", "{line}"),
+            }
             tail.push(line);
             if tail.len() > 40 {
                 tail.remove(0);

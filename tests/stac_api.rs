@@ -9,66 +9,40 @@
 use crate::common;
 use gdal::Metadata;
 use serde_json::{Value, json};
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 
 /// A server process, killed when dropped.
 struct Server {
-    name: &'static str,
     child: Child,
-    log: PathBuf,
+    /// nginx's listening socket, which the test bound and nginx inherited.
+    _socket: Option<TcpListener>,
 }
 
 impl Drop for Server {
+    /// SIGTERM, which nginx's master passes on to its workers before it exits (a SIGKILL
+    /// would leave them running); then waits for it.
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // SAFETY: kill() on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
         let _ = self.child.wait();
     }
 }
 
-impl Server {
-    /// Waits until it answers `GET path` on `port` with 200: the event the test waits on.
-    /// Fails with its log when it exits first, or has not answered after 60 s.
-    fn wait_ready(&mut self, port: u16, path: &str) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        let mut last = String::new();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("{} exited ({status}) before answering:\n{}", self.name, std::fs::read_to_string(&self.log).unwrap_or_default());
-            }
-            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-                let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-                let mut bytes = Vec::new();
-                let _ = s.read_to_end(&mut bytes);
-                let answer = String::from_utf8_lossy(&bytes);
-                if answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200") {
-                    return;
-                }
-                last = answer.lines().next().unwrap_or("").to_string();
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{} did not answer GET {path} on port {port} with 200 (last answer: {last:?}):\n{}",
-                self.name,
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-            // A pause between polls, not a bet on timing: the loop ends on the answer.
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-    }
-}
-
-/// A port no one listens on now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
+/// nginx serving `root` on a socket the test binds and hands it (nginx takes listening
+/// sockets from the `NGINX` environment variable, as in its binary upgrade): requests
+/// wait in the socket's backlog until nginx accepts them, so there is nothing to wait
+/// for, and no port another process could take in between.
 fn nginx(root: &Path, dir: &Path) -> (Server, u16) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
     let binary = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().map(PathBuf::from).find(|p| p.is_file());
     let binary = binary.unwrap_or_else(|| panic!("missing: nginx (/usr/sbin/nginx; scripts/setup.sh installs it)"));
-    let port = free_port();
+    let socket = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (port, fd) = (socket.local_addr().unwrap().port(), socket.as_raw_fd());
     let d = dir.display();
     let conf = format!(
         // Workers as the test's own user: a root master would give them nobody's rights,
@@ -82,34 +56,59 @@ fn nginx(root: &Path, dir: &Path) -> (Server, u16) {
     );
     let conf_path = dir.join("nginx.conf");
     std::fs::write(&conf_path, conf).unwrap();
-    let log = dir.join("nginx.log");
-    let out = std::fs::File::create(&log).unwrap();
-    let child = Command::new(binary)
+    let out = std::fs::File::create(dir.join("nginx.log")).unwrap();
+    let mut command = Command::new(binary);
+    command
         .args(["-p", &dir.display().to_string(), "-c", &conf_path.display().to_string(), "-e", &dir.join("nginx-error.log").display().to_string()])
+        .env("NGINX", format!("{fd};"))
         .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .unwrap();
-    (Server { name: "nginx", child, log }, port)
+        .stderr(out);
+    // The socket crosses exec in nginx only (Rust opens it close-on-exec).
+    // SAFETY: fcntl is async-signal-safe, as code between fork and exec must be.
+    unsafe {
+        command.pre_exec(move || {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn().unwrap();
+    (Server { child, _socket: Some(socket) }, port)
 }
 
+/// `rustac serve` on a free port; returns once it says it serves, which it prints only
+/// after binding (it prints nothing of the kind when the port is taken).
 fn rustac(files: &[&Path], dir: &Path) -> (Server, u16) {
+    use std::io::BufRead;
     let home = common::workspace().join(".deps/rustac-0.9.18");
     let binary = home.join("bin/rustac");
     assert!(binary.is_file(), "missing: {} (scripts/setup.sh installs rustac, the STAC API server)", binary.display());
-    let port = free_port();
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let log = dir.join("rustac.log");
-    let out = std::fs::File::create(&log).unwrap();
-    let child = Command::new(binary)
+    let mut child = Command::new(binary)
         .env("PYTHONPATH", &home)
         .arg("serve")
         .args(files)
         .args(["--addr", &format!("127.0.0.1:{port}")])
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    (Server { name: "rustac serve", child, log }, port)
+    // It says so on stderr.
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut said = Vec::new();
+    loop {
+        match lines.next() {
+            Some(Ok(line)) if line.starts_with("Serving a STAC API at") => break,
+            Some(Ok(line)) => said.push(line),
+            _ => panic!("rustac serve ended before serving:\n{}", said.join("\n")),
+        }
+    }
+    // Whatever it prints later must not fill the pipe and stall it.
+    std::thread::spawn(move || lines.for_each(drop));
+    (Server { child, _socket: None }, port)
 }
 
 /// WGS 84 bounds of a raster.
@@ -211,10 +210,7 @@ fn a_stac_api_search_is_frozen_in_the_run_and_its_cogs_are_read_by_range_request
     .unwrap();
     let items_file = dir.join("servers/items.json");
     std::fs::write(&items_file, json!({"type": "FeatureCollection", "features": items}).to_string()).unwrap();
-    let (mut api, api_port) = rustac(&[&collection, &items_file], &dir.join("servers"));
-    let mut nginx_server = nginx_server;
-    nginx_server.wait_ready(nginx_port, &format!("/{}.tif", dates[0]));
-    api.wait_ready(api_port, "/");
+    let (api, api_port) = rustac(&[&collection, &items_file], &dir.join("servers"));
 
     // The same dates as a local series folder: what the run must read.
     let local = dir.join("local");

@@ -109,17 +109,9 @@ pub struct InputPlan {
 impl InputPlan {
     /// Opens and checks the series (every file, band and date) without reading pixels.
     pub fn open(&self) -> anyhow::Result<Series> {
-        let grid = self.grid.as_ref().map(GridSpec::to_grid).transpose()?;
-        let options = L2aOptions {
-            bands: self.bands.clone(),
-            tile: self.tile.clone(),
-            boa_add_offset: self.boa_add_offset,
-            grid: grid.clone(),
-            dates: self.dates.clone(),
-            clip: self.clip()?,
-        };
+        let options = self.options()?;
         match &self.source {
-            InputSource::Series(dir) => Series::open_folder_within(dir, self.bands.as_deref(), grid, &self.dates),
+            InputSource::Series(dir) => Series::open_folder_within(dir, self.bands.as_deref(), options.grid, &self.dates),
             InputSource::L2a(dir) => sitsflow_raster::open_l2a(dir, &options),
             InputSource::Stac(file) => sitsflow_raster::open_stac(file, &options),
             InputSource::StacApi(api) => {
@@ -177,15 +169,20 @@ impl InputPlan {
             sitsflow_core::fsutil::write_atomic(&frozen, text.as_bytes())?;
             log::info!("froze the {} items found in {}", found.items["features"].as_array().map_or(0, Vec::len), frozen.display());
         }
-        let options = L2aOptions {
+        sitsflow_raster::open_stac(&frozen, &self.options()?)
+    }
+
+    /// What the readers of products and items are told: bands, tile, offset, grid, dates
+    /// and the searched area.
+    fn options(&self) -> anyhow::Result<L2aOptions> {
+        Ok(L2aOptions {
             bands: self.bands.clone(),
             tile: self.tile.clone(),
             boa_add_offset: self.boa_add_offset,
             grid: self.grid.as_ref().map(GridSpec::to_grid).transpose()?,
             dates: self.dates.clone(),
             clip: self.clip()?,
-        };
-        sitsflow_raster::open_stac(&frozen, &options)
+        })
     }
 }
 
@@ -642,7 +639,7 @@ impl Plan {
     pub fn input_paths(&self) -> Vec<(&'static str, PathBuf)> {
         let mut inputs: Vec<(&'static str, PathBuf)> =
             vec![("the pipeline", self.pipeline.clone())];
-        let folder = if self.plugin_dirs.len() == 1 { "the plugin folder" } else { "a plugin folder" };
+        let folder = self.plugin_folder_word();
         inputs.extend(self.plugin_dirs.iter().map(|d| (folder, d.clone())));
         inputs.push(match &self.input.source {
             InputSource::Series(p) => ("the series folder", p.clone()),
@@ -698,7 +695,7 @@ impl Plan {
                 );
             }
         }
-        let folder = if self.plugin_dirs.len() == 1 { "the plugin folder" } else { "a plugin folder" };
+        let folder = self.plugin_folder_word();
         let mut folders: Vec<(&str, &PathBuf)> = self.plugin_dirs.iter().map(|d| (folder, d)).collect();
         match &self.input.source {
             InputSource::Series(dir) => folders.push(("the series folder", dir)),
@@ -717,6 +714,11 @@ impl Plan {
             }
         }
         Ok(())
+    }
+
+    /// How messages name one of the plugin folders.
+    fn plugin_folder_word(&self) -> &'static str {
+        if self.plugin_dirs.len() == 1 { "the plugin folder" } else { "a plugin folder" }
     }
 
     /// Worker threads to use: `SITSFLOW_WORKERS` (the cores an engine gave this process:

@@ -25,7 +25,8 @@ pub struct ReferenceMap {
 
 enum Source {
     Raster { aligned: Aligned, nodata: Option<f64> },
-    Vector(Mutex<VectorReference>),
+    /// The vectors, and whether their class field holds names (resolved to class codes).
+    Vector { vector: Mutex<VectorReference>, names: bool },
 }
 
 impl ReferenceMap {
@@ -58,15 +59,28 @@ impl ReferenceMap {
         Ok(ReferenceMap { path: path.to_path_buf(), source: Source::Raster { aligned, nodata } })
     }
 
-    /// Opens a vector reference (see [`VectorReference::open`]).
+    /// Opens a vector reference and surveys it once (see [`VectorReference::open`] and
+    /// [`VectorReference::survey`]).
     pub fn open_vector(path: &Path, spec: &VectorSpec, class_names: &[(String, u16)], grid: &Grid) -> Result<(ReferenceMap, VectorSummary)> {
-        let (vector, summary) = VectorReference::open(path, spec, class_names, grid)?;
-        Ok((ReferenceMap { path: path.to_path_buf(), source: Source::Vector(Mutex::new(vector)) }, summary))
+        let mut vector = VectorReference::open(path, spec, class_names, grid)?;
+        let summary = vector.survey()?;
+        Ok((Self::of_vector(vector), summary))
+    }
+
+    /// Opens a vector reference for reading windows, without the survey (a chunk worker's
+    /// copy of one surveyed already).
+    pub fn open_vector_to_read(path: &Path, spec: &VectorSpec, class_names: &[(String, u16)], grid: &Grid) -> Result<ReferenceMap> {
+        Ok(Self::of_vector(VectorReference::open(path, spec, class_names, grid)?))
+    }
+
+    fn of_vector(vector: VectorReference) -> ReferenceMap {
+        let names = vector.holds_names();
+        ReferenceMap { path: vector.path.clone(), source: Source::Vector { vector: Mutex::new(vector), names } }
     }
 
     /// Whether pixels carry the id of the feature they come from (a vector reference).
     pub fn has_feature_ids(&self) -> bool {
-        matches!(self.source, Source::Vector(_))
+        matches!(self.source, Source::Vector { .. })
     }
 
     /// Reads a window of raw codes (no-data as 0); for vectors whose class field holds
@@ -80,7 +94,7 @@ impl ReferenceMap {
     pub fn read_raw_with_ids(&self, window: Window) -> Result<(Vec<u32>, Option<Vec<u32>>)> {
         let (aligned, nodata) = match &self.source {
             Source::Raster { aligned, nodata } => (aligned, *nodata),
-            Source::Vector(vector) => {
+            Source::Vector { vector, .. } => {
                 let (classes, ids) = vector.lock().unwrap_or_else(std::sync::PoisonError::into_inner).read(window)?;
                 return Ok((classes, Some(ids)));
             }
@@ -115,9 +129,7 @@ impl ReferenceMap {
     pub fn read_with_ids(&self, window: Window, lookup: &HashMap<u32, u16>, unmapped: &mut BTreeMap<u32, u64>) -> Result<(Vec<u16>, Option<Vec<u32>>)> {
         let (raw, ids) = self.read_raw_with_ids(window)?;
         // Names were resolved to class codes when the vectors were opened.
-        if let Source::Vector(v) = &self.source
-            && v.lock().unwrap_or_else(std::sync::PoisonError::into_inner).holds_names()
-        {
+        if let Source::Vector { names: true, .. } = &self.source {
             return Ok((raw.into_iter().map(|c| c as u16).collect(), ids));
         }
         let classes = raw

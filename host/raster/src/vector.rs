@@ -46,10 +46,12 @@ pub struct VectorReference {
     layer: OwnedLayer,
     layer_name: String,
     field: usize,
-    field_name: String,
     values: Values,
     /// Class name (lower case) → class code, for name fields.
     names: HashMap<String, u16>,
+    /// The class names as the nomenclature gives them, for messages.
+    known: Vec<String>,
+    spec: VectorSpec,
     grid: Grid,
     /// Grid CRS → layer CRS, and back (None: the same CRS, or one side has none).
     to_layer: Option<CoordTransform>,
@@ -79,10 +81,10 @@ fn gis_order(mut srs: SpatialRef) -> SpatialRef {
 }
 
 impl VectorReference {
-    /// Opens `spec`'s layer of `path` for `grid`, checking the class field and, for
-    /// class names, that every name is one of `class_names` (name → class code, matched
-    /// without regard to case); reads every feature's attributes once.
-    pub fn open(path: &Path, spec: &VectorSpec, class_names: &[(String, u16)], grid: &Grid) -> Result<(VectorReference, VectorSummary)> {
+    /// Opens `spec`'s layer of `path` for `grid`, checking the layer and the class field;
+    /// class names resolve through `class_names` (name → class code, matched without
+    /// regard to case). Reads no feature: see [`VectorReference::survey`].
+    pub fn open(path: &Path, spec: &VectorSpec, class_names: &[(String, u16)], grid: &Grid) -> Result<VectorReference> {
         let shown = path.display();
         let options = DatasetOptions { open_flags: GdalOpenFlags::GDAL_OF_VECTOR, ..Default::default() };
         let ds = Dataset::open_ex(path, options).with_context(|| format!("{shown}: cannot open as a vector dataset with GDAL/OGR"))?;
@@ -94,7 +96,7 @@ impl VectorReference {
             (None, []) => bail!("{shown}: has no layer"),
             (None, _) => bail!("{shown}: holds several layers ({}); choose one with `layer = \"…\"`", names.join(", ")),
         };
-        let mut layer = ds.into_layer_by_name(&layer_name)?;
+        let layer = ds.into_layer_by_name(&layer_name)?;
         let fields: Vec<(String, u32)> = layer.defn().fields().map(|f| (f.name(), f.field_type())).collect();
         let Some(field) = fields.iter().position(|(n, _)| *n == spec.class_field) else {
             bail!(
@@ -125,7 +127,28 @@ impl VectorReference {
             _ => (None, None),
         };
 
-        // Every feature once: its class resolves, and what the layer holds.
+        Ok(VectorReference {
+            path: path.to_path_buf(),
+            layer,
+            layer_name,
+            field,
+            values,
+            names: lookup,
+            known: class_names.iter().map(|(n, _)| n.clone()).collect(),
+            spec: spec.clone(),
+            grid: grid.clone(),
+            to_layer,
+            to_grid,
+        })
+    }
+
+    /// Reads every feature's attributes once: what the layer holds, and that every class
+    /// resolves (an unknown name or a value that is no class code is an error listing
+    /// them). Once, where the reference is first opened: each window's read checks only
+    /// the features it burns.
+    pub fn survey(&mut self) -> Result<VectorSummary> {
+        let (shown, layer_name, field) = (self.path.display().to_string(), self.layer_name.clone(), self.field);
+        let (spec, lookup, layer) = (&self.spec, &self.names, &mut self.layer);
         let mut summary = VectorSummary { layer: layer_name.clone(), features: BTreeMap::new(), without_class: 0 };
         let mut unknown: BTreeMap<String, u64> = BTreeMap::new();
         let mut bad_codes: BTreeMap<String, u64> = BTreeMap::new();
@@ -160,7 +183,7 @@ impl VectorReference {
         }
         if !unknown.is_empty() {
             let list: Vec<String> = unknown.iter().take(10).map(|(n, c)| format!("{n:?} ({c})")).collect();
-            let known: Vec<&str> = class_names.iter().map(|(n, _)| n.as_str()).collect();
+            let known = &self.known;
             bail!(
                 "{shown}, layer '{layer_name}', field '{}': {} name{} not in the nomenclature: {}{}; its classes: {}",
                 spec.class_field,
@@ -176,19 +199,7 @@ impl VectorReference {
             bail!("{shown}, layer '{layer_name}', field '{}': values that are not class codes (whole numbers ≥ 0): {}", spec.class_field, list.join(", "));
         }
         layer.reset_feature_reading();
-        let reference = VectorReference {
-            path: path.to_path_buf(),
-            layer,
-            layer_name,
-            field,
-            field_name: spec.class_field.clone(),
-            values,
-            names: lookup,
-            grid: grid.clone(),
-            to_layer,
-            to_grid,
-        };
-        Ok((reference, summary))
+        Ok(summary)
     }
 
     /// Whether the class field holds names (resolved to class codes) rather than codes.
@@ -230,7 +241,7 @@ impl VectorReference {
                 Some(FieldValue::IntegerValue(v)) => v as u32,
                 Some(FieldValue::Integer64Value(v)) => v as u32,
                 Some(FieldValue::RealValue(v)) => v as u32,
-                Some(other) => bail!("{}: field '{}' holds {other:?}", shown(), self.field_name),
+                Some(other) => bail!("{}: field '{}' holds {other:?}", shown(), self.spec.class_field),
             };
             let Some(fid) = feature.fid() else { continue };
             let geometry = match &self.to_grid {

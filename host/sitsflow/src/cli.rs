@@ -538,7 +538,7 @@ fn dispatch(cli: &Cli) -> Result<(), Failure> {
                 series.grid.height
             );
             if let Some(r) = &plan.reference {
-                let (_, summary) = sitsflow::run::open_reference(r, &series.grid).with_context(|| format!("{}: checking the reference", pipeline.display()))?;
+                let (_, summary) = sitsflow::run::open_reference(r, &series.grid, true).with_context(|| format!("{}: checking the reference", pipeline.display()))?;
                 if let Some(s) = summary {
                     let kinds: Vec<String> = s.features.iter().map(|(k, n)| format!("{n} {k}{}", if *n == 1 { "" } else { "s" })).collect();
                     println!("reference: {} in layer '{}'", kinds.join(", "), s.layer);

@@ -97,7 +97,7 @@ pub fn extract(plan: &Plan, options: &ExtractOptions, out: &Path) -> Result<Extr
     let lookup: HashMap<u32, u16> = reference.nomenclature.lookup();
 
     // The labelled pixels of each chunk (the reference is rasterised or aligned per chunk).
-    let (map, _) = open_reference(reference, &grid)?;
+    let (map, _) = open_reference(reference, &grid, true)?;
     let mut labelled: BTreeMap<usize, Vec<Labelled>> = BTreeMap::new();
     let mut unmapped = BTreeMap::new();
     for (i, window) in chunks.iter().enumerate() {
@@ -189,7 +189,6 @@ pub fn extract(plan: &Plan, options: &ExtractOptions, out: &Path) -> Result<Extr
         log::warn!("the series' grid has no CRS: the samples have no lon, lat");
     }
 
-    let blocks_per_row = grid.width.div_ceil(crate::fit::HOLDOUT_BLOCK_PX);
     let mut text = String::from("label,id,group");
     if lon_lat.is_some() {
         text.push_str(",lon,lat");
@@ -205,11 +204,7 @@ pub fn extract(plan: &Plan, options: &ExtractOptions, out: &Path) -> Result<Extr
         *per_class.entry(label.clone()).or_default() += 1;
         let pixel = row * grid.width + col;
         // id: the pixel; group: the feature (its parcel), else the 32 px block.
-        let group = if *fid != NO_FEATURE {
-            *fid as usize
-        } else {
-            (row / crate::fit::HOLDOUT_BLOCK_PX) * blocks_per_row + col / crate::fit::HOLDOUT_BLOCK_PX
-        };
+        let group = crate::fit::sample_group(grid.width, pixel as u64, Some(*fid));
         text.push_str(&format!("{},{pixel},{group}", csv_field(&label)));
         if let Some(ll) = &lon_lat {
             text.push_str(&format!(",{:.7},{:.7}", ll[k].0, ll[k].1));

@@ -5,7 +5,6 @@
 //! kinds need the scene a pipeline builds.
 
 use crate::raster::{Grid, Series, Window, write_geotiff_f32};
-use crate::runtime::data::{Cube, Placement};
 use crate::runtime::{CallContext, Limits, Runtime, StageKind, StagePool};
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -47,19 +46,11 @@ pub fn run_component(runtime: &Arc<Runtime>, wasm: &Path, params: &str, input: &
     if window.row + window.rows > grid.height || window.col + window.cols > grid.width || window.pixels() == 0 {
         bail!("--window {window} is not inside the series' {} × {} px", grid.width, grid.height);
     }
-    let data = series.reader()?.read(window)?;
+    // The chunk as a run hands it over (no halo: the window is the core).
     let dates = series.dates();
-    let cube = Cube { dates: dates.clone(), bands: series.bands.clone(), rows: window.rows as u32, cols: window.cols as u32, data: data.data, valid: data.valid };
-    let placement = Placement {
-        row: window.row as i32,
-        col: window.col as i32,
-        core_row: 0,
-        core_col: 0,
-        core_rows: window.rows as u32,
-        core_cols: window.cols as u32,
-        scene_rows: grid.height as u32,
-        scene_cols: grid.width as u32,
-    };
+    let mut reader = series.reader()?;
+    let (cube, around) = crate::run::chunk_input(&mut reader, &series, &dates, 0, window, 0).map_err(anyhow::Error::msg)?;
+    let placement = around.placement;
     let context = CallContext { stage: plugin.info().name.clone(), chunk: format!("window {window}") };
     let pool = StagePool::new(plugin.clone(), Limits::default());
     let started = std::time::Instant::now();
@@ -68,14 +59,7 @@ pub fn run_component(runtime: &Arc<Runtime>, wasm: &Path, params: &str, input: &
         StageKind::Features => {
             let features = pool.with(|i| i.features_at(&context, &cube, placement, params)).map_err(|e| anyhow::anyhow!("{reference}: {e}"))?;
             let f = features.names.len();
-            if features.data.len() != n * f {
-                bail!(
-                    "{reference} returned {} values for {} names × {n} pixels: {}",
-                    features.data.len(),
-                    f,
-                    if features.data.len() % n == 0 { format!("{} features' worth of values", features.data.len() / n) } else { "not a whole number of features".into() }
-                );
-            }
+            crate::run::check_feature_values(&format!("{reference} on {window}"), f, features.data.len(), n).map_err(anyhow::Error::msg)?;
             let planes = (0..f).map(|k| (0..n).map(|p| features.data[p * f + k]).collect()).collect();
             (features.names, planes)
         }

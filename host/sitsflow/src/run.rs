@@ -241,10 +241,12 @@ struct ChunkOutputs {
 }
 
 /// Opens the reference on `grid`: a raster aligned by mode, or vectors rasterised by
-/// GDAL (with what the layer holds).
-pub fn open_reference(r: &crate::plan::ReferencePlan, grid: &crate::raster::Grid) -> Result<(ReferenceMap, Option<crate::raster::VectorSummary>)> {
+/// GDAL; with `survey`, vectors are read through once (every class checked) and what the
+/// layer holds is returned — where the reference is first opened, not in each worker.
+pub fn open_reference(r: &crate::plan::ReferencePlan, grid: &crate::raster::Grid, survey: bool) -> Result<(ReferenceMap, Option<crate::raster::VectorSummary>)> {
     match &r.vector {
-        Some(spec) => ReferenceMap::open_vector(&r.path, spec, &r.class_names(), grid).map(|(m, s)| (m, Some(s))),
+        Some(spec) if survey => ReferenceMap::open_vector(&r.path, spec, &r.class_names(), grid).map(|(m, s)| (m, Some(s))),
+        Some(spec) => ReferenceMap::open_vector_to_read(&r.path, spec, &r.class_names(), grid).map(|m| (m, None)),
         None => ReferenceMap::open(&r.path, grid).map(|m| (m, None)),
     }
 }
@@ -535,7 +537,7 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
     crate::memory::tune_allocator(layout.workers);
     if let Some(r) = &plan.reference {
         // Each worker opens its own; this is to fail early, and to say what vectors hold.
-        let (_, summary) = open_reference(r, &grid)?;
+        let (_, summary) = open_reference(r, &grid, true)?;
         if let (Some(summary), Some(spec)) = (summary, &r.vector) {
             let kinds: Vec<String> = summary.features.iter().map(|(k, n)| format!("{n} {k}{}", if *n == 1 { "" } else { "s" })).collect();
             log::info!(
@@ -664,7 +666,7 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
         // Each worker reads through its own GDAL handles.
         || {
             let reader = series.reader()?;
-            let reference = plan.reference.as_ref().map(|r| open_reference(r, &series.grid).map(|(map, _)| map)).transpose()?;
+            let reference = plan.reference.as_ref().map(|r| open_reference(r, &series.grid, false).map(|(map, _)| map)).transpose()?;
             Ok((reader, reference))
         },
         |(reader, reference), index| -> Result<ChunkOutputs, String> {
@@ -977,7 +979,7 @@ pub(crate) struct ChunkWindows {
     window: Window,
     outer: Window,
     core: Window,
-    placement: crate::runtime::data::Placement,
+    pub(crate) placement: crate::runtime::data::Placement,
 }
 
 /// Runs every stage on one chunk, in order; cloud masks narrow the validity that
@@ -1043,7 +1045,7 @@ pub(crate) fn run_stages(
                     let features = pool.with(|i| i.features_at(&context, &sub, at(), &params)).map_err(fail)?;
                     check_len(stage, index, "feature samples", features.samples as usize, outer_out.pixels())?;
                     let width = features.names.len();
-                    check_feature_values(stage, index, width, features.data.len(), outer_out.pixels())?;
+                    check_feature_values(&format!("stage '{}' ({}) on chunk {index}", stage.id, stage.reference()), width, features.data.len(), outer_out.pixels())?;
                     check_feature_names(stage, index, &features.names)?;
                     let names = positional_names(&features.names);
                     outputs.push(StageOutput::Features(names, crop_rows(&features.data, width, outer_out, core_out)));
@@ -1055,7 +1057,7 @@ pub(crate) fn run_stages(
                 let features = pool.with(|i| i.features_at(&context, source, at(), &params)).map_err(fail)?;
                 check_len(stage, index, "feature samples", features.samples as usize, outer_out.pixels())?;
                 let width = features.names.len();
-                check_feature_values(stage, index, width, features.data.len(), outer_out.pixels())?;
+                check_feature_values(&format!("stage '{}' ({}) on chunk {index}", stage.id, stage.reference()), width, features.data.len(), outer_out.pixels())?;
                 check_feature_names(stage, index, &features.names)?;
                 let cropped = crop_rows(&features.data, width, outer_out, core_out);
                 if read_later(stage.id.as_str()) {
@@ -1192,11 +1194,11 @@ fn check_feature_names(stage: &StagePlan, index: usize, names: &[String]) -> Res
 /// A features stage's values against its names: `pixels` rows of `names` values. The
 /// message says whether names or values are off (a stage one name short returns a
 /// whole number of values per pixel, one more than it names).
-fn check_feature_values(stage: &StagePlan, index: usize, names: usize, values: usize, pixels: usize) -> Result<(), String> {
+/// `at` names the call (stage, plugin, chunk).
+pub(crate) fn check_feature_values(at: &str, names: usize, values: usize, pixels: usize) -> Result<(), String> {
     if values == names * pixels {
         return Ok(());
     }
-    let at = format!("stage '{}' ({}) on chunk {index}", stage.id, stage.reference());
     Err(if pixels > 0 && values % pixels == 0 {
         let per_pixel = values / pixels;
         format!(

@@ -24,13 +24,14 @@ pub fn new_plugin(kind: &str, name: &str, dir: &Path, sdk: &SdkSource) -> Result
     if !crate::config::valid_plugin_name(name) {
         bail!("'{name}' is not a plugin name: lower-case letters, digits and '-', starting with a letter");
     }
-    let lib = match kind {
-        "features" => FEATURES.replace("{name}", name).replace("{Type}", &type_name(name)),
-        "cloud-mask" => CLOUD_MASK.replace("{name}", name).replace("{Type}", &type_name(name)),
-        "labeller" => LABELLER.replace("{name}", name).replace("{Type}", &type_name(name)),
-        "decoder" => DECODER.replace("{name}", name).replace("{Type}", &type_name(name)),
+    let template = match kind {
+        "features" => FEATURES,
+        "cloud-mask" => CLOUD_MASK,
+        "labeller" => LABELLER,
+        "decoder" => DECODER,
         other => bail!("no template for a '{other}' stage (templates: {}); start from one of the shipped plugins of that kind", KINDS.join(", ")),
     };
+    let lib = template.replace("{name}", name).replace("{Type}", &type_name(name));
     let root = dir.join(name);
     if root.exists() {
         bail!("{} exists already; choose another name or folder", root.display());

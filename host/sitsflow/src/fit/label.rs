@@ -56,7 +56,7 @@ pub(super) fn run(
 ) -> Result<SceneSection> {
     let stage = labeller.stage;
     // Every year it maps has the features it trains on: found before it trains.
-    mapped_features(scene, labeller)?;
+    let mapped = mapped_features(scene, labeller)?;
     match &stage.executor {
         Executor::Recipe(recipe) if recipe.shape() == sitsflow_core::recipes::RecipeShape::Segmentation => {
             super::segment::run(scene, labeller, recipe, training, selections, nomenclature, results)
@@ -72,7 +72,7 @@ pub(super) fn run(
                     fit_on_selection(scene, labeller, &learner, samples, selected(selections, stage, samples)?)?
                 }
             };
-            label(scene, labeller, &learner, fit, nomenclature, results)
+            label(scene, labeller, &mapped, &learner, fit, nomenclature, results)
         }
         Executor::Plugin(plugin) => {
             let pool = StagePool::with_models(plugin.clone(), stage.limits, scene.models.clone()).seeded(scene.plan.seed).sharing(&scene.guest_memory);
@@ -91,7 +91,7 @@ pub(super) fn run(
                 Training::Samples(samples) => fit_on_selection(scene, labeller, &Learner::Stage(&pool), samples, selected(selections, stage, samples)?)?,
                 Training::Csv(path) => fit_on_csv(scene, labeller, &Learner::Stage(&pool), path, nomenclature)?,
             };
-            label(scene, labeller, &Learner::Stage(&pool), fit, nomenclature, results)
+            label(scene, labeller, &mapped, &Learner::Stage(&pool), fit, nomenclature, results)
         }
     }
 }
@@ -186,7 +186,7 @@ impl Learner<'_> {
                 Ok((Trained::Blob(trained.model), parse_report(&trained.report)))
             }
             Learner::Network { recipe, class_names } => {
-                let groups: Vec<u64> = train_pixels.iter().map(|&p| block_of(scene.grid.width, p)).collect();
+                let groups: Vec<u64> = train_pixels.iter().map(|&p| super::block_of(scene.grid.width, p)).collect();
                 let set = crate::network::TrainingSet { features: train, labels, groups: &groups, class_names };
                 let seed = {
                     use rand::RngCore;
@@ -213,12 +213,6 @@ impl Learner<'_> {
     }
 }
 
-/// The hold-out block (32 px square) of a pixel, numbered row-major.
-fn block_of(grid_width: usize, pixel: u64) -> u64 {
-    let (row, col) = (pixel / grid_width as u64, pixel % grid_width as u64);
-    let blocks_per_row = grid_width.div_ceil(HOLDOUT_BLOCK_PX) as u64;
-    row / HOLDOUT_BLOCK_PX as u64 * blocks_per_row + col / HOLDOUT_BLOCK_PX as u64
-}
 
 
 /// Pixel-major `pixels × k` values as `k` planes.
@@ -360,7 +354,7 @@ pub(super) fn split_selection(scene: &Context, labeller: &LabellerPlan, samples:
                 use rand::RngCore;
                 scene.rng(labeller.stage, "holdout").next_u64()
             };
-            let groups: Vec<u32> = selected.pixels.iter().map(|&p| block_of(width, p) as u32 + 1).collect();
+            let groups: Vec<u32> = selected.pixels.iter().map(|&p| super::block_of(width, p) as u32 + 1).collect();
             let test: Vec<bool> = selected.pixels.iter().map(|&p| held_out(seed, width, p, share)).collect();
             Split { groups, test, rule: format!("{:.0} % of the {HOLDOUT_BLOCK_PX} px blocks, seeded per labeller", share * 100.0) }
         }
@@ -520,9 +514,13 @@ pub(super) fn write_evaluation(scene: &Context, stage: &StagePlan, fit: &Fit, no
     Ok(evaluation)
 }
 
+/// Predicts every map of `labeller` with the model `fit`; `mapped` is the features
+/// raster trained on and its names, which every mapped raster has (`mapped_features`).
+#[allow(clippy::too_many_arguments)]
 fn label(
     scene: &Context,
     labeller: &LabellerPlan,
+    (first, names): &(&LabelMaps, Vec<String>),
     learner: &Learner,
     fit: Fit,
     nomenclature: Option<&Nomenclature>,
@@ -531,7 +529,6 @@ fn label(
     let stage = labeller.stage;
     let evaluation = write_evaluation(scene, stage, &fit, nomenclature, results)?;
     let model = fit.model;
-    let (first, names) = mapped_features(scene, labeller)?;
     let style = nomenclature.map(|n| ClassStyle { classes: n.styles() });
     let all: Vec<(usize, Window)> = scene.chunks.iter().copied().enumerate().collect();
     let mut maps = Vec::new();
@@ -546,7 +543,7 @@ fn label(
         scene.per_chunk(
             |i, window| {
                 let raster = FeatureRaster::open(features)?;
-                if raster.names != names {
+                if raster.names != *names {
                     bail!("{}", other_features(stage, scene.name(first.features), &names, &name, &raster.names));
                 }
                 let matrix = FeatureMatrix { samples: window.pixels() as u32, names: names.clone(), data: raster.read(window)? };

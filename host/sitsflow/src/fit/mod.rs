@@ -56,6 +56,22 @@ use std::time::Instant;
 /// Side of the blocks a labeller's hold-out split is drawn by.
 pub const HOLDOUT_BLOCK_PX: usize = 32;
 
+/// The hold-out block (32 px square) of a pixel, numbered row-major.
+pub(crate) fn block_of(grid_width: usize, pixel: u64) -> u64 {
+    let (row, col) = (pixel / grid_width as u64, pixel % grid_width as u64);
+    let blocks_per_row = grid_width.div_ceil(HOLDOUT_BLOCK_PX) as u64;
+    row / HOLDOUT_BLOCK_PX as u64 * blocks_per_row + col / HOLDOUT_BLOCK_PX as u64
+}
+
+/// The `group` a samples CSV gives the sample at `pixel`: the vector reference's
+/// feature there (its parcel), else its hold-out block.
+pub(crate) fn sample_group(grid_width: usize, pixel: u64, feature: Option<u32>) -> u64 {
+    match feature {
+        Some(id) if id != crate::raster::NO_FEATURE => id as u64,
+        _ => block_of(grid_width, pixel),
+    }
+}
+
 /// What the fit nodes produced.
 #[derive(Default)]
 pub struct FitResults {

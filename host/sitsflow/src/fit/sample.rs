@@ -1,6 +1,6 @@
 //! A sampler's node.
 
-use super::{Context, FitResults, HOLDOUT_BLOCK_PX, Selected, call_error, context, parse_report};
+use super::{Context, FitResults, Selected, call_error, context, parse_report};
 use crate::config::Nomenclature;
 use crate::graph::RasterId;
 use crate::outputs::{Output, PixelType};
@@ -170,15 +170,10 @@ fn write_samples_csv(
     }
     text.push('\n');
     let f = features.names.len();
-    let blocks_per_row = scene.grid.width.div_ceil(HOLDOUT_BLOCK_PX);
     for (k, &(p, l, i)) in chosen.iter().enumerate() {
         let (row, col) = ((p / scene.grid.width as u64) as usize, (p % scene.grid.width as u64) as usize);
         let label = names.get(&l).cloned().unwrap_or_else(|| l.to_string());
-        // The group: the vector reference's feature (its parcel), else the 32 px block.
-        let group = match feature_ids.map(|ids| ids[k]) {
-            Some(id) if id != crate::raster::NO_FEATURE => id as usize,
-            _ => (row / HOLDOUT_BLOCK_PX) * blocks_per_row + col / HOLDOUT_BLOCK_PX,
-        };
+        let group = super::sample_group(scene.grid.width, p, feature_ids.map(|ids| ids[k]));
         text.push_str(&format!("{label},{p},{group},{row},{col}"));
         if let Some(gt) = &scene.grid.geo_transform {
             let (x, y) = pixel_centre(gt, row, col);

@@ -346,19 +346,31 @@ fn bench_records_runs_and_compares_two_records() {
 /// sidecar and test metrics.
 #[test]
 fn train_launches_the_recipe_and_reads_its_outputs() {
+    train_and_check_against_pytorch("tempcnn");
+}
+
+/// The same for L-TAE: its attention over dates (einsum, masked softmax) exports to a
+/// graph the host's ONNX Runtime runs as PyTorch does.
+#[test]
+fn train_launches_ltae_and_the_host_runs_its_graph() {
+    train_and_check_against_pytorch("ltae");
+}
+
+fn train_and_check_against_pytorch(arch: &str) {
     let out_dir = tempfile::tempdir().unwrap();
     let data = common::shared_data().join("formosat2-tempcnn");
-    let model = out_dir.path().join("tempcnn");
+    let model = out_dir.path().join(arch);
     let (train, test, classes) = (data.join("train.csv"), data.join("test.csv"), data.join("classes.csv"));
     let args = [
         "train", "--samples", train.to_str().unwrap(), "--test", test.to_str().unwrap(), "--classes",
-        classes.to_str().unwrap(), "--arch", "tempcnn", "--epochs", "3", "--out", model.to_str().unwrap(),
+        classes.to_str().unwrap(), "--arch", arch, "--epochs", "3", "--out", model.to_str().unwrap(),
     ];
     let out = sitsflow(&args, &common::workspace());
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("OA "), "{}", text(&out.stdout));
     let sidecar: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(model.join("model.json")).unwrap()).unwrap();
     assert_eq!(sidecar["contract"], "sitsflow-model/1");
+    assert_eq!(sidecar["arch"], arch);
     assert_eq!(sidecar["input"]["shape"], serde_json::json!(["N", 149, 3]));
     assert!(model.join("model.onnx").exists() && model.join("metrics.json").exists());
 
@@ -390,7 +402,7 @@ fn train_launches_the_recipe_and_reads_its_outputs() {
         .collect();
     assert_eq!(ours.len(), theirs.len());
     let max = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-    eprintln!("formosat-2 TempCNN: max |ONNX Runtime − PyTorch| = {max:.2e} on {} test samples", samples.len());
+    eprintln!("formosat-2 {arch}: max |ONNX Runtime − PyTorch| = {max:.2e} on {} test samples", samples.len());
     assert!(max < 1e-4, "{max}");
 }
 

@@ -69,19 +69,19 @@ class _Parser(argparse.ArgumentParser):
 
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m sitsflow_models",
-                                description="Train TempCNN / LSTM pixel classifiers and export them to ONNX.")
+                                description="Train TempCNN / LSTM / L-TAE pixel classifiers and export them to ONNX.")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a model on a samples CSV and export it to OUTDIR")
     t.add_argument("--contract", type=int, required=True,
                    help=f"file-contract version the caller expects (supported: {', '.join(map(str, CONTRACTS))})")
-    t.add_argument("--samples", type=Path, help="training samples CSV (wide BAND@DATE convention; tempcnn, lstm)")
+    t.add_argument("--samples", type=Path, help="training samples CSV (wide BAND@DATE convention; tempcnn, lstm, ltae)")
     t.add_argument("--patches", type=Path,
                    help="patch dataset folder (sitsflow-patches/1: image.npy, labels.npy, groups.npy, dataset.json; fg-unet)")
     t.add_argument("--test", type=Path, help="test samples CSV; metrics.json is computed on it (else on validation)")
     t.add_argument("--missing", choices=("error", "keep"), default="error",
                    help="missing values (empty cells, nan) in the samples: an error naming the cell (default), or NaN "
                         "for the network (replaced by the band mean in the graph)")
-    t.add_argument("--arch", choices=("tempcnn", "lstm", "fg-unet", "asunet"), required=True)
+    t.add_argument("--arch", choices=("tempcnn", "lstm", "ltae", "fg-unet", "asunet"), required=True)
     t.add_argument("--out", type=Path, required=True, help="output directory (created)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--epochs", type=int, default=100, help="epoch cap (early stopping usually ends sooner)")
@@ -91,11 +91,20 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--classes", type=Path, help="nomenclature CSV code,name,color (else names sorted → 1..C)")
     t.add_argument("--hyperparameters", type=json.loads, default={},
                    help='JSON object overriding the architecture defaults, e.g. \'{"filters": 32}\'')
+    t.add_argument("--drop-dates", type=float, default=0.0,
+                   help="tempcnn, lstm, ltae: time augmentation, share of each training sample's dates set missing "
+                        "in each batch (default 0)")
+    t.add_argument("--shift-dates", type=int, default=0,
+                   help="tempcnn, lstm, ltae: time augmentation, each training sample shifted by up to this many dates "
+                        "either way, the dates shifted in missing (default 0)")
     t.add_argument("--threads", type=int, default=1,
                    help="CPU threads; fixed (default 1) so a seed gives the same weights on any machine")
     t.add_argument("--note", default=None, help="free text stored in model.json (e.g. how to apply the model)")
     t.add_argument("--patch", type=int, default=64, help="fg-unet: side of the training patches drawn on the fly")
     t.add_argument("--patches-per-epoch", type=int, default=256, help="fg-unet: patches drawn per epoch (all ranks)")
+    t.add_argument("--normalise", choices=("channel", "band"), default="channel",
+                   help="fg-unet: standardise each BAND@DATE channel with its own statistics (channel, the seed's) or "
+                        "with its band's pooled over the dates (band: another year's shifted season stays in range)")
     t.add_argument("--tile", type=int, default=512, help="fg-unet: inference tile side (recorded in the sidecar)")
     t.add_argument("--overlap", type=int, default=16, help="fg-unet: inference overlap on each side of a tile")
     t.add_argument("--encoder", type=Path,
@@ -129,7 +138,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=1)
     pr = sub.add_parser("predict", help="class probabilities of the PyTorch model (reference for ONNX inference)")
     pr.add_argument("--model", type=Path, required=True, help="OUTDIR/model.onnx (model.pt and model.json beside it)")
-    pr.add_argument("--samples", type=Path, help="samples CSV (tempcnn, lstm)")
+    pr.add_argument("--samples", type=Path, help="samples CSV (tempcnn, lstm, ltae)")
     pr.add_argument("--patches", type=Path, help="patch dataset whose whole scene is predicted by tiles (fg-unet)")
     pr.add_argument("--tile", type=int, help="fg-unet: tile side (default: the sidecar's)")
     pr.add_argument("--overlap", type=int, help="fg-unet: overlap (default: the sidecar's)")
@@ -144,7 +153,7 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--hyperparameters", type=json.loads, default={})
     b = sub.add_parser("bench", help="PyTorch CPU inference throughput, as JSON on stdout")
     b.add_argument("--model", type=Path, required=True)
-    b.add_argument("--samples", type=Path, help="samples CSV (tempcnn, lstm)")
+    b.add_argument("--samples", type=Path, help="samples CSV (tempcnn, lstm, ltae)")
     b.add_argument("--patches", type=Path, help="patch dataset: its scene is predicted by tiles (fg-unet)")
     b.add_argument("--tile", type=int, help="fg-unet: tile side (default: the sidecar's)")
     b.add_argument("--overlap", type=int, help="fg-unet: overlap (default: the sidecar's)")
@@ -247,9 +256,10 @@ def cmd_train(args) -> int:
             f"{listed}")
     config = TrainConfig(arch=args.arch, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size,
                          patience=args.patience, learning_rate=args.learning_rate,
+                         drop_dates=args.drop_dates, shift_dates=args.shift_dates,
                          hyperparameters=args.hyperparameters)
     started = time.perf_counter()
-    result = train(samples.cube, targets, samples.groups, samples.bands, len(classes), config, emit)
+    result = train(samples.cube, targets, samples.groups, samples.bands, len(classes), config, emit, samples.dates)
     train_seconds = time.perf_counter() - started
     classifier = result.classifier
     leave_process_group()
@@ -273,7 +283,7 @@ def cmd_train(args) -> int:
     hyperparameters = {**nets.default_hyperparameters(args.arch), **args.hyperparameters}
     checkpoint_config = {"arch": args.arch, "bands": bands, "dates": dates, "classes": len(classes),
                          "hyperparameters": hyperparameters, "mean": result.mean.tolist(),
-                         "std": result.std.tolist()}
+                         "std": result.std.tolist(), "positions": nets.day_positions(samples.dates, dates)}
     validation = (f"{config.validation_fraction:.0%} of each class's groups (`group` column)"
                   if samples.groups is not None else f"{config.validation_fraction:.0%} of each class's rows")
     sidecar = {
@@ -320,6 +330,7 @@ def cmd_train(args) -> int:
             "weight_decay": config.weight_decay,
             "loss": "cross-entropy weighted by inverse class frequency, unlabelled ignored",
             "class_weights": result.class_weights.tolist(),
+            "time_augmentation": {"drop_dates": config.drop_dates, "shift_dates": config.shift_dates},
             "seconds": round(train_seconds, 2),
             "processes": result.world_size,
         },

@@ -79,7 +79,8 @@ def load_checkpoint(path: Path) -> tuple[nets.Classifier, dict]:
     checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
     config = checkpoint["config"]
     classifier = nets.build(config["arch"], bands=config["bands"], dates=config["dates"], classes=config["classes"],
-                            mean=config["mean"], std=config["std"], hyperparameters=config["hyperparameters"])
+                            mean=config["mean"], std=config["std"], hyperparameters=config["hyperparameters"],
+                            positions=config.get("positions"))
     classifier.load_state_dict(checkpoint["state_dict"])
     return classifier.eval(), config
 

@@ -84,7 +84,7 @@ def train_segmentation_command(args, emit, log, write_json) -> int:
             config = SegmentationConfig(seed=args.seed, epochs=args.epochs, patches_per_epoch=args.patches_per_epoch,
                                         batch_size=args.batch_size, patch=args.patch, patience=args.patience,
                                         learning_rate=args.learning_rate, tile=args.tile, overlap=args.overlap,
-                                        hyperparameters=args.hyperparameters, budget=b)
+                                        hyperparameters=args.hyperparameters, budget=b, normalise=args.normalise)
             if runs > 1 and rank == 0:
                 log(f"{init} at {b:.0%} of the labelled pixels")
                 emit({"event": "run", "init": init, "budget": b})
@@ -166,7 +166,8 @@ def train_segmentation_command(args, emit, log, write_json) -> int:
         },
         "tiling": {"tile": args.tile, "overlap": args.overlap, "blend": "centre crop"},
         "normalisation": {"mean": result.mean.tolist(), "std": result.std.tolist(), "in_graph": True,
-                          "statistics": "per channel over the training scene (NaN ignored)"},
+                          "statistics": ("per channel over the training scene (NaN ignored)" if args.normalise == "channel"
+                                         else "per band over the training scene and all its dates (NaN ignored)")},
         "opset": export.OPSET,
         "exporter": "torch.onnx.export (TorchScript)",
         "training_data_sha256": {name: sha256_file(args.patches / name)

@@ -264,6 +264,9 @@ class SegmentationConfig:
     hyperparameters: dict = field(default_factory=dict)
     #: Share of each class's fitting pixels kept (seed 003's label budgets: 0.01, 0.1, 1).
     budget: float = 1.0
+    #: "channel": each `BAND@DATE` channel standardised with its own statistics (the
+    #: seed's); "band": with its band's, pooled over the dates (`pool_by_band`).
+    normalise: str = "channel"
 
 
 @dataclass
@@ -305,6 +308,26 @@ def channel_statistics(image: np.ndarray, rng: np.random.Generator, max_pixels: 
         sd = np.nanstd(block, axis=1)
         std[start:start + len(block)] = np.where(sd > 0, sd, 1.0)
     return mean, std
+
+
+def pool_by_band(mean: np.ndarray, std: np.ndarray, channels: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Channel statistics pooled over the dates of each band (channels `BAND@DATE`): every
+    channel of a band gets the band's mean and std over all its dates (the mixture of the
+    channels' distributions, each weighted alike). A network normalised this way sees
+    another year's shifted season on the same scale as its training year's, instead of
+    each date standardised by its own statistics."""
+    bands = [c.split("@", 1)[0] for c in channels]
+    if len(bands) != len(mean):
+        raise InputError(f"{len(channels)} channel names for {len(mean)} channels")
+    pooled_mean, pooled_std = mean.astype(np.float64).copy(), std.astype(np.float64).copy()
+    for band in dict.fromkeys(bands):
+        members = np.array([i for i, b in enumerate(bands) if b == band])
+        m = mean[members].astype(np.float64)
+        centre = m.mean()
+        variance = (std[members].astype(np.float64) ** 2 + (m - centre) ** 2).mean()
+        pooled_mean[members] = centre
+        pooled_std[members] = np.sqrt(variance) if variance > 0 else 1.0
+    return pooled_mean.astype(np.float32), pooled_std.astype(np.float32)
 
 
 def _window(a: np.ndarray, top: int, left: int, size: int) -> np.ndarray:
@@ -479,6 +502,8 @@ def train_segmentation(dataset: PatchDataset, config: SegmentationConfig,
                              np.random.default_rng([config.seed, 3 << 20]))
     test = _targets(dataset, classes, test_groups)
     mean, std = channel_statistics(dataset.image, rng)
+    if config.normalise == "band":
+        mean, std = pool_by_band(mean, std, dataset.channels)
     counts = np.bincount(fit[fit >= 0], minlength=len(classes)).astype(np.float64)
     weights = np.where(counts > 0, counts.sum() / (len(classes) * np.maximum(counts, 1)), 0.0).astype(np.float32)
     vhr_input = None

@@ -38,6 +38,12 @@ class TrainConfig:
     #: uncapped, a class of five samples among hundreds weighs tens of times the others
     #: and its few samples steer the network.
     max_class_weight: float = 3.0
+    #: Time augmentation (year transfer): each training sample of each batch loses this
+    #: share of its dates (set missing, as a cloud would)…
+    drop_dates: float = 0.0
+    #: … and is shifted by up to this many dates either way (the vacated dates missing),
+    #: as a season that comes early or late.
+    shift_dates: int = 0
     hyperparameters: dict = field(default_factory=dict)
 
 
@@ -224,11 +230,32 @@ def fit_loop(module: nn.Module, epochs: int, train_epoch: Callable[[], dict], va
     return Fit(history=history, best_epoch=best_epoch, best_loss=best_loss, stopped_early=stopped_early)
 
 
+def augment_in_time(x: torch.Tensor, drop: float, shift: int, generator: torch.Generator) -> torch.Tensor:
+    """`x` `[N, T, B]` with each sample shifted by a draw in −shift…shift dates (the dates
+    shifted in from outside missing) and then a share `drop` of its dates set missing;
+    NaN is what the networks read as missing."""
+    n, t, b = x.shape
+    if shift > 0:
+        offset = torch.randint(-shift, shift + 1, (n, 1), generator=generator)
+        source = torch.arange(t)[None, :] - offset
+        inside = (source >= 0) & (source < t)
+        x = x.gather(1, source.clamp(0, t - 1)[:, :, None].expand(n, t, b))
+        x = torch.where(inside[:, :, None], x, torch.full_like(x, float("nan")))
+    if drop > 0:
+        dropped = torch.rand((n, t), generator=generator) < drop
+        x = torch.where(dropped[:, :, None], torch.full_like(x, float("nan")), x)
+    return x
+
+
 def train(cube: np.ndarray, targets: np.ndarray, groups: list[str] | None, bands: list[str], classes: int,
-          config: TrainConfig, emit: Callable[[dict], None] = lambda event: None) -> TrainResult:
-    """Trains a classifier on `[N, T, B]` raw values with class indices (-1 = unlabelled)."""
+          config: TrainConfig, emit: Callable[[dict], None] = lambda event: None,
+          dates: list[str] | None = None) -> TrainResult:
+    """Trains a classifier on `[N, T, B]` raw values with class indices (-1 = unlabelled).
+    `dates` (the samples' date names) give L-TAE its positions (`nets.day_positions`)."""
     if config.epochs < 1 or config.batch_size < 2 or config.patience < 1:
         raise InputError("epochs and patience must be ≥ 1 and batch size ≥ 2")
+    if not 0.0 <= config.drop_dates < 1.0 or config.shift_dates < 0:
+        raise InputError("drop_dates must be in [0, 1) and shift_dates ≥ 0")
     rank, world = distributed()
     if config.batch_size < 2 * world:
         raise InputError(f"batch size {config.batch_size} is too small for {world} processes: each needs two "
@@ -240,7 +267,8 @@ def train(cube: np.ndarray, targets: np.ndarray, groups: list[str] | None, bands
         raise InputError("no labelled training sample")
     mean, std = band_statistics(cube[train_index], bands)
     classifier = nets.build(config.arch, bands=cube.shape[2], dates=cube.shape[1], classes=classes, mean=mean,
-                            std=std, hyperparameters=config.hyperparameters)
+                            std=std, hyperparameters=config.hyperparameters,
+                            positions=nets.day_positions(dates, cube.shape[1]))
     weights = class_weights(targets[train_index], classes, config.max_class_weight)
     loss_fn = make_loss(weights)
     small = small_classes(targets[train_index], classes)
@@ -278,7 +306,10 @@ def train(cube: np.ndarray, targets: np.ndarray, groups: list[str] | None, bands
             part = batch[rank::world]
             yb = y_train[part]
             optimiser.zero_grad()
-            logits = model(x_train[part])
+            xb = x_train[part]
+            if config.drop_dates > 0 or config.shift_dates > 0:
+                xb = augment_in_time(xb, config.drop_dates, config.shift_dates, generator)
+            logits = model(xb)
             # A rank whose share holds no label still joins the gradient exchange.
             loss = loss_fn(logits, yb) if (yb >= 0).any() else logits.sum() * 0.0
             loss.backward()

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sitsflow_models.train import SMALL_CLASS, TrainConfig, class_weights, grouped_split, make_loss, small_classes, train
+from sitsflow_models.train import (SMALL_CLASS, TrainConfig, augment_in_time, class_weights, grouped_split, make_loss,
+                                   small_classes, train)
 
 from . import synthetic
 
@@ -23,9 +24,12 @@ class Recipe(unittest.TestCase):
         cls.cube, cls.targets, cls.groups = synthetic.make(60, seed=1)
         cls.test_cube, cls.test_targets, _ = synthetic.make(40, seed=2)
 
-    def fit(self, arch, seed=0, epochs=15):
+    HYPERPARAMETERS = {"tempcnn": {"filters": 16, "dense": 32}, "lstm": {"hidden": 16},
+                       "ltae": {"d_model": 32, "heads": 4, "d_k": 4}}
+
+    def fit(self, arch, seed=0, epochs=15, **options):
         config = TrainConfig(arch=arch, seed=seed, epochs=epochs, batch_size=32, patience=5,
-                             hyperparameters={"filters": 16, "dense": 32} if arch == "tempcnn" else {"hidden": 16})
+                             hyperparameters=self.HYPERPARAMETERS[arch], **options)
         return train(self.cube, self.targets, self.groups, ["B0", "B1", "B2"], 3, config)
 
     def accuracy(self, classifier):
@@ -39,6 +43,16 @@ class Recipe(unittest.TestCase):
 
     def test_lstm_beats_chance(self):
         self.assertGreater(self.accuracy(self.fit("lstm", epochs=25).classifier), 0.6)
+
+    def test_ltae_beats_chance(self):
+        self.assertGreater(self.accuracy(self.fit("ltae", epochs=25).classifier), 0.8)
+
+    def test_time_augmentation_still_learns_and_is_seeded(self):
+        a = self.fit("tempcnn", seed=5, epochs=15, drop_dates=0.2, shift_dates=1)
+        self.assertGreater(self.accuracy(a.classifier), 0.8)
+        b = self.fit("tempcnn", seed=5, epochs=2, drop_dates=0.2, shift_dates=1)
+        same = [{k: v for k, v in e.items() if k != "epochs"} for e in a.history[:2]]
+        self.assertEqual(same, [{k: v for k, v in e.items() if k != "epochs"} for e in b.history])
 
     def test_same_seed_gives_the_same_weights_and_history(self):
         a, b = self.fit("tempcnn", seed=3, epochs=3), self.fit("tempcnn", seed=3, epochs=3)
@@ -84,6 +98,36 @@ class Distributed(unittest.TestCase):
         self.assertGreater(ranks[0]["accuracy"], 0.8)
         self.assertLess(abs(ranks[0]["accuracy"] - single_accuracy), 0.1,
                         f"two processes {ranks[0]['accuracy']:.3f} vs one {single_accuracy:.3f}")
+
+
+class TimeAugmentation(unittest.TestCase):
+    def test_shifted_dates_move_and_the_dates_shifted_in_are_missing(self):
+        x = torch.arange(2 * 6 * 2, dtype=torch.float32).reshape(2, 6, 2)
+        g = torch.Generator().manual_seed(0)
+        for _ in range(20):
+            y = augment_in_time(x, 0.0, 2, g)
+            for n in range(2):
+                valid = ~torch.isnan(y[n, :, 0])
+                shift = int(6 - valid.sum())
+                self.assertLessEqual(shift, 2)
+                # The valid dates are a run of the original series, in order, one step apart.
+                kept = y[n][valid]
+                steps = kept[1:, 0] - kept[:-1, 0]
+                self.assertTrue(torch.all(steps == 2), y[n])
+                self.assertTrue(torch.isnan(y[n][~valid]).all())
+
+    def test_dropped_dates_lose_every_band_at_about_the_share(self):
+        x = torch.ones(400, 20, 3)
+        y = augment_in_time(x, 0.25, 0, torch.Generator().manual_seed(1))
+        missing = torch.isnan(y)
+        self.assertTrue(torch.equal(missing.all(-1), missing.any(-1)), "a date is dropped whole")
+        self.assertAlmostEqual(float(missing.all(-1).float().mean()), 0.25, delta=0.02)
+
+    def test_bad_settings_are_refused(self):
+        cube, targets, groups = synthetic.make(10, seed=0)
+        for options in ({"drop_dates": 1.0}, {"shift_dates": -1}):
+            with self.assertRaises(Exception):
+                train(cube, targets, groups, ["B0", "B1", "B2"], 3, TrainConfig(arch="tempcnn", epochs=1, **options))
 
 
 class Split(unittest.TestCase):

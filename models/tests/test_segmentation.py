@@ -129,6 +129,18 @@ class Statistics(unittest.TestCase):
         with self.assertRaisesRegex(Exception, "channel 2 has no valid value"):
             segmentation.channel_statistics(image, np.random.default_rng(0), channels_at_once=3)
 
+    def test_band_statistics_pool_every_date_of_a_band(self):
+        image, _, _ = parcels(size=32, dates=5, bands=4)
+        channels = [f"B{b}@t{d:02d}" for d in range(5) for b in range(4)]
+        mean, std = segmentation.channel_statistics(image, np.random.default_rng(0))
+        pooled_mean, pooled_std = segmentation.pool_by_band(mean, std, channels)
+        for b in range(4):
+            values = image[b::4].astype(np.float64)  # every date of band b: the same pixel count each
+            np.testing.assert_allclose(pooled_mean[b::4], np.nanmean(values), rtol=1e-5)
+            np.testing.assert_allclose(pooled_std[b::4], np.nanstd(values), rtol=1e-4)
+        with self.assertRaisesRegex(Exception, "channel names"):
+            segmentation.pool_by_band(mean, std, channels[:-1])
+
 
 class TiledPrediction(unittest.TestCase):
     def test_tiles_agree_with_the_whole_scene_away_from_the_seams(self):

@@ -35,6 +35,7 @@ pub const RECIPES: &[Recipe] = &[
     Recipe { name: "asunet", shape: RecipeShape::SuperResolution, standalone: true },
     Recipe { name: "fg-unet", shape: RecipeShape::Segmentation, standalone: true },
     Recipe { name: "lstm", shape: RecipeShape::Pixel, standalone: true },
+    Recipe { name: "ltae", shape: RecipeShape::Pixel, standalone: true },
     Recipe { name: "simclr", shape: RecipeShape::Pretraining, standalone: false },
     Recipe { name: "tempcnn", shape: RecipeShape::Pixel, standalone: true },
 ];

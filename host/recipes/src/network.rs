@@ -33,11 +33,21 @@ fn params_schema() -> Value {
             "learning_rate": { "type": "number", "exclusiveMinimum": 0, "description": "Adam's learning rate (default 1e-3)" },
             "threads": { "type": "integer", "minimum": 1, "description": "torch threads: results depend on the count (default 1)" },
             "seed": { "type": "integer", "minimum": 0, "description": "default: the run's seed" },
-            "hyperparameters": { "type": "object", "description": "network widths: tempcnn filters, kernel, dense, dropout; lstm hidden, layers, dropout" },
+            "hyperparameters": { "type": "object", "description": "network widths: tempcnn filters, kernel, dense, dropout; lstm hidden, layers, dropout; ltae d_model, heads, d_k, dropout, period" },
             "nproc_per_node": { "type": "integer", "minimum": 1, "maximum": 256, "description": "train with this many processes per node under torchrun (DDP: gloo on CPU, NCCL on CUDA; default 1)" },
             "nodes": { "type": "integer", "minimum": 1, "maximum": 4096, "description": "train on this many nodes of the Slurm allocation (srun torchrun, c10d rendezvous; default 1)" }
         }
     })
+}
+
+/// The parameters of a per-pixel temporal recipe (`tempcnn`, `lstm`, `ltae`): the common
+/// ones and time augmentation.
+fn pixel_params_schema() -> Value {
+    let mut schema = params_schema();
+    let properties = schema["properties"].as_object_mut().expect("an object schema");
+    properties.insert("drop_dates".into(), json!({ "type": "number", "minimum": 0, "exclusiveMaximum": 1, "description": "time augmentation: share of each training sample's dates set missing in each batch, as a cloud would (default 0)" }));
+    properties.insert("shift_dates".into(), json!({ "type": "integer", "minimum": 0, "maximum": 64, "description": "time augmentation: each training sample shifted by up to this many dates either way, a season early or late (default 0)" }));
+    schema
 }
 
 /// The parameters of `recipe = "fg-unet"`: the temporal recipes' and the tiles, the
@@ -49,6 +59,7 @@ fn segmentation_params_schema() -> Value {
     properties["hyperparameters"]["description"] = json!("network widths: width, depth, pixel_width, dropout; with `vhr`, the VHR encoder's vhr_width and the fusion, \"se\" (squeeze-and-excitation, default) or \"concat\"");
     properties.insert("vhr_scale".into(), json!({ "type": "integer", "minimum": 1, "maximum": 64, "description": "with `vhr`: VHR pixels per scene pixel along each axis, a power of two; the image is warped onto the scene's grid made this much finer (default: the image's own resolution ratio)" }));
     properties.insert("tile".into(), json!({ "type": "integer", "minimum": 16, "maximum": 8192, "description": "inference tile side in px (default 512, the seed's)" }));
+    properties.insert("normalise".into(), json!({ "enum": ["channel", "band"], "description": "standardise each BAND@DATE channel with its own statistics (\"channel\", default, the seed's) or with its band's pooled over the dates (\"band\": a model that maps other years)" }));
     properties.insert("overlap".into(), json!({ "type": "integer", "minimum": 0, "maximum": 1024, "description": "context added on each side of a tile's core in px (default 16, the seed's)" }));
     properties.insert("patch".into(), json!({ "type": "integer", "minimum": 8, "maximum": 1024, "description": "training patch side in px (default 64)" }));
     properties.insert("patches_per_epoch".into(), json!({ "type": "integer", "minimum": 1, "description": "patches drawn on the fly per epoch (default 256)" }));
@@ -120,7 +131,7 @@ pub fn check_params(arch: &str, params: &Value) -> Result<(), Vec<(String, Strin
         Some(RecipeShape::Segmentation) => segmentation_params_schema(),
         Some(RecipeShape::Pretraining) => pretraining_params_schema(),
         Some(RecipeShape::SuperResolution) => super_resolution_params_schema(),
-        Some(RecipeShape::Pixel) | None => params_schema(),
+        Some(RecipeShape::Pixel) | None => pixel_params_schema(),
     };
     let schema = jsonschema::validator_for(&schema).expect("the recipe parameter schema is valid");
     let errors: Vec<_> = schema.iter_errors(params).map(|e| (e.instance_path().to_string(), sitsflow_core::fsutil::cut_text(&e.to_string(), 300).into_owned())).collect();
@@ -233,6 +244,9 @@ pub fn request(
             ("patch", "--patch"),
             ("patches_per_epoch", "--patches-per-epoch"),
             ("hyperparameters", "--hyperparameters"),
+            ("normalise", "--normalise"),
+            ("drop_dates", "--drop-dates"),
+            ("shift_dates", "--shift-dates"),
         ],
     );
     if let Some(budgets) = params.get("budgets").and_then(Value::as_array) {
@@ -263,7 +277,9 @@ pub fn request(
 /// `flag value` for each key of `table` that `params` sets (a stage's params as the
 /// recipe's command-line flags), in the table's order.
 pub fn flags(params: &Value, table: &[(&str, &str)]) -> Vec<String> {
-    table.iter().filter_map(|(key, flag)| params.get(*key).map(|v| [flag.to_string(), v.to_string()])).flatten().collect()
+    // A string goes as it is (`--normalise band`), anything else as JSON (`--hyperparameters {…}`).
+    let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);
+    table.iter().filter_map(|(key, flag)| params.get(*key).map(|v| [flag.to_string(), text(v)])).flatten().collect()
 }
 
 /// Removes a previous training's output folder before a recipe writes it again.
@@ -407,5 +423,18 @@ mod tests {
         assert!(check_params("lstm", &json!({ "tile": 256 })).is_err());
         assert!(check_params("fg-unet", &json!({ "tile": 256, "overlap": 16, "nproc_per_node": 2, "nodes": 1 })).is_ok());
         assert_eq!(check_params("fg-unet", &json!({ "tile": 8 })).unwrap_err().len(), 1);
+        // Time augmentation is the per-pixel networks'; the band normalisation FG-UNet's.
+        assert!(check_params("ltae", &json!({ "drop_dates": 0.2, "shift_dates": 1 })).is_ok());
+        assert_eq!(check_params("tempcnn", &json!({ "drop_dates": 1.0, "shift_dates": -1 })).unwrap_err().len(), 2);
+        assert!(check_params("fg-unet", &json!({ "drop_dates": 0.2 })).is_err());
+        assert!(check_params("fg-unet", &json!({ "normalise": "band" })).is_ok());
+        assert!(check_params("fg-unet", &json!({ "normalise": "date" })).is_err());
+    }
+
+    #[test]
+    fn flags_pass_strings_as_they_are_and_the_rest_as_json() {
+        let params = json!({ "normalise": "band", "drop_dates": 0.2, "hyperparameters": { "width": 8 } });
+        let table = [("normalise", "--normalise"), ("drop_dates", "--drop-dates"), ("hyperparameters", "--hyperparameters"), ("tile", "--tile")];
+        assert_eq!(flags(&params, &table), ["--normalise", "band", "--drop-dates", "0.2", "--hyperparameters", r#"{"width":8}"#]);
     }
 }

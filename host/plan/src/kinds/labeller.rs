@@ -26,7 +26,7 @@ pub struct Holdout {
 /// The units held out whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HoldoutBy {
-    /// 32 px squares of the grid, drawn per labeller.
+    /// 32 px squares of the grid, drawn per sampler (as polygons are).
     Blocks,
     /// Polygons (4-connected pixels of one class) of the sampler's selection, drawn per
     /// class and per sampler: every labeller of a sampler is tested on the same pixels.

@@ -342,21 +342,29 @@ pub(super) struct Split {
     pub(super) rule: String,
 }
 
-/// The split of `selected` that `labeller.holdout` asks for. Blocks are drawn per
-/// labeller; polygons per sampler (`samples`), so every labeller of one sampler with the
-/// same share is tested on the same pixels (seed 004's comparison).
+/// The split of `selected` that `labeller.holdout` asks for. Blocks and polygons are both
+/// drawn per sampler (`samples`) and share, so every labeller of one sampler with the same
+/// share is tested on the same pixels (seed 004's comparison; the report's comparison
+/// table).
 pub(super) fn split_selection(scene: &Context, labeller: &LabellerPlan, samples: &StageId, selected: &Selected) -> Split {
     let width = scene.grid.width;
     let share = labeller.holdout.share;
     match labeller.holdout.by {
         HoldoutBy::Blocks => {
-            let seed = {
-                use rand::RngCore;
-                scene.rng(labeller.stage, "holdout").next_u64()
-            };
+            // An exact share of the blocks that hold samples (at least one, and never all
+            // of them), drawn per sampler: a per-block coin would hold out 1 block of 16 as
+            // readily as 9.
+            use rand::seq::SliceRandom;
             let groups: Vec<u32> = selected.pixels.iter().map(|&p| super::block_of(width, p) as u32 + 1).collect();
-            let test: Vec<bool> = selected.pixels.iter().map(|&p| held_out(seed, width, p, share)).collect();
-            Split { groups, test, rule: format!("{:.0} % of the {HOLDOUT_BLOCK_PX} px blocks, seeded per labeller", share * 100.0) }
+            let mut blocks = groups.clone();
+            blocks.sort_unstable();
+            blocks.dedup();
+            blocks.shuffle(&mut scene.rng_for(samples.as_str(), &format!("blocks {share}")));
+            let lowest = usize::from(share > 0.0 && blocks.len() > 1);
+            let n = ((share * blocks.len() as f64).round() as usize).clamp(lowest, blocks.len().saturating_sub(1).max(lowest));
+            let test_blocks: std::collections::HashSet<u32> = blocks[..n].iter().copied().collect();
+            let test: Vec<bool> = groups.iter().map(|g| test_blocks.contains(g)).collect();
+            Split { groups, test, rule: format!("{:.0} % of the {HOLDOUT_BLOCK_PX} px blocks holding samples, seeded per sampler", share * 100.0) }
         }
         HoldoutBy::Polygons => {
             // The vector reference's features (its parcels) when it has them, else

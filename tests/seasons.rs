@@ -76,6 +76,13 @@ fn a_forest_trained_on_the_2018_season_maps_2017_from_the_same_days_of_the_year(
     // parcels change between years).
     assert!(oa_2018 > 0.75, "held-out 2018 OA {oa_2018}");
     assert!(oa_2017 > 0.5, "2017 OA {oa_2017}");
+    // The report sets them side by side: trained on 2018, held out, then the 2017 map.
+    let row = &report["year_transfer"][0];
+    assert_eq!((row["stage"].as_str(), row["training_years"].clone()), (Some("forest"), serde_json::json!([2018])), "{row}");
+    assert_eq!(row["held_out"]["overall_accuracy"].as_f64(), Some(oa_2018));
+    assert_eq!((row["maps"][0]["year"].as_i64(), row["maps"][0]["training_year"].as_bool()), (Some(2017), Some(false)));
+    assert_eq!(row["maps"][0]["overall_accuracy"].as_f64(), Some(oa_2017));
+    assert!(std::fs::read_to_string(dir.join("report.html")).unwrap().contains("<h2>Year transfer</h2>"));
 
     // A second run reads only 2017 ([input] start/end) and maps it with the stored model:
     // the same map as the first run's 2017 map.

@@ -452,6 +452,73 @@ pub fn comparisons(sections: &[SceneSection]) -> Value {
     Value::Array(compared)
 }
 
+/// Each labeller trained on some years beside its maps of the other years: the held-out
+/// figure of its training year (when it held some out) and each `<stage>_<year>` map's
+/// evaluation, the training year's whole map included — what an operator who trains once
+/// and maps every year needs to see side by side.
+pub fn year_transfer(sections: &[SceneSection], evaluations: &[EvaluationEntry]) -> Value {
+    let rows: Vec<Value> = sections
+        .iter()
+        .filter(|s| s.kind == "labeller")
+        .filter_map(|s| {
+            let trained: Vec<i64> = s.summary["training_years"].as_array()?.iter().filter_map(Value::as_i64).collect();
+            let maps: Vec<Value> = evaluations
+                .iter()
+                .filter_map(|e| {
+                    let year: i64 = e.output.strip_prefix(s.stage.as_str())?.strip_prefix('_')?.parse().ok()?;
+                    let m = &e.evaluation.metrics;
+                    Some(json!({
+                        "year": year,
+                        "training_year": trained.contains(&year),
+                        "output": e.output,
+                        "reference": e.evaluation.reference,
+                        "overall_accuracy": m.overall_accuracy,
+                        "macro_f1": m.macro_f1,
+                        "samples": m.samples,
+                    }))
+                })
+                .collect();
+            (!trained.is_empty() && maps.iter().any(|m| m["training_year"] == false)).then(|| {
+                let held = &s.summary["held_out"]["metrics"];
+                json!({
+                    "stage": s.stage,
+                    "plugin": s.plugin,
+                    "training_years": trained,
+                    "held_out": if held.is_object() { json!({ "overall_accuracy": held["overall_accuracy"], "macro_f1": held["macro_f1"], "samples": held["samples"] }) } else { Value::Null },
+                    "maps": maps,
+                })
+            })
+        })
+        .collect();
+    Value::Array(rows)
+}
+
+fn year_transfer_html(rows: &[Value]) -> String {
+    let mut years: Vec<i64> = rows.iter().flat_map(|r| r["maps"].as_array().into_iter().flatten().filter_map(|m| m["year"].as_i64())).collect();
+    years.sort_unstable();
+    years.dedup();
+    let mut html = String::from("<h2>Year transfer</h2><p>Each labeller's held-out figure in its training year beside its maps of every year, OA / macro F1 (a map of a training year includes the training pixels).</p><table><tr><th class=l>labeller</th><th class=l>trained on</th><th>held out</th>");
+    for y in &years {
+        let _ = write!(html, "<th>{y}</th>");
+    }
+    html.push_str("</tr>");
+    let pair = |v: &Value| match (v["overall_accuracy"].as_f64(), v["macro_f1"].as_f64()) {
+        (Some(oa), Some(f1)) => format!("{oa:.3} / {f1:.3}"),
+        _ => "–".to_string(),
+    };
+    for r in rows {
+        let trained: Vec<String> = r["training_years"].as_array().into_iter().flatten().map(Value::to_string).collect();
+        let _ = write!(html, "<tr><td class=l>{} ({})</td><td class=l>{}</td><td>{}</td>", esc(r["stage"].as_str().unwrap_or("")), esc(r["plugin"].as_str().unwrap_or("")), trained.join(", "), pair(&r["held_out"]));
+        for y in &years {
+            let map = r["maps"].as_array().into_iter().flatten().find(|m| m["year"].as_i64() == Some(*y));
+            let _ = write!(html, "<td>{}</td>", map.map_or("–".to_string(), pair));
+        }
+        html.push_str("</tr>");
+    }
+    html.push_str("</table>");
+    html
+}
+
 fn comparison_html(comparison: &Value, quicklooks: &[(String, Quicklook)]) -> String {
     let labellers = comparison["labellers"]
         .as_array()
@@ -575,6 +642,7 @@ pub fn write_report(
         "evaluations": evaluations.iter().map(|e| json!({ "output": e.output, "evaluation": e.evaluation })).collect::<Vec<_>>(),
         "scene_stages": sections.iter().map(|s| json!({ "stage": s.stage, "kind": s.kind, "plugin": s.plugin, "summary": s.summary })).collect::<Vec<_>>(),
         "comparisons": comparisons(sections),
+        "year_transfer": year_transfer(sections, evaluations),
     });
     let json_path = run_dir.join("report.json");
     crate::fsutil::write_atomic(&json_path, serde_json::to_string_pretty(&report)?.as_bytes())
@@ -634,6 +702,9 @@ pub fn write_report(
     html.push_str("</div>");
     for comparison in report["comparisons"].as_array().into_iter().flatten() {
         html.push_str(&comparison_html(comparison, quicklooks));
+    }
+    if let Some(rows) = report["year_transfer"].as_array().filter(|r| !r.is_empty()) {
+        html.push_str(&year_transfer_html(rows));
     }
     for entry in evaluations {
         let e = &entry.evaluation;

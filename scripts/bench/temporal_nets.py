@@ -69,17 +69,6 @@ def grouped_folds(header: list[str], rows: list[list[str]], k: int, seed: int) -
     return [fold_of_group[r[group]] for r in rows]
 
 
-def tiny(rows: list[list[str]], small: list[str], keep: int, seed: int) -> list[list[str]]:
-    by_class: dict[str, list[list[str]]] = defaultdict(list)
-    for r in rows:
-        by_class[r[0]].append(r)
-    rng = random.Random(seed)
-    kept = []
-    for c, members in sorted(by_class.items()):
-        kept += rng.sample(members, keep) if c in small else members
-    return kept
-
-
 def cases(name: str, work: Path):
     """(training CSV, test CSV, classes CSV or None) of each fold of set `name`."""
     if name.startswith("formosat2"):
@@ -91,8 +80,12 @@ def cases(name: str, work: Path):
         if name == "formosat2-split":
             yield F2 / "train.csv", F2 / "test.csv", classes
         elif name == "formosat2-tiny":
-            cut = tiny(train, ["barley", "corn", "grassland", "rapeseed", "soy", "urban", "wheat"], 5, 3)
-            yield write(work / "train.csv", header, cut), F2 / "test.csv", classes
+            # The first case of tiny_classes.py (the same cut, the same seed).
+            from tiny_classes import subsample
+
+            small = ["barley", "corn", "grassland", "rapeseed", "soy", "urban", "wheat"]
+            subsample(F2 / "train.csv", work / "train.csv", small, 5, 3)
+            yield work / "train.csv", F2 / "test.csv", classes
         else:
             yield from folds(header, train + test, work, classes)
         return

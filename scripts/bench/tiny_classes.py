@@ -16,8 +16,6 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
-
 
 def subsample(train: Path, out: Path, small: list[str], keep: int, seed: int) -> int:
     rows = list(csv.reader(train.open()))
@@ -37,6 +35,8 @@ def subsample(train: Path, out: Path, small: list[str], keep: int, seed: int) ->
 
 
 def main() -> None:
+    import numpy as np  # here, so that `subsample` needs nothing beyond the standard library
+
     models, data = Path(sys.argv[1]).resolve(), Path(sys.argv[2]).resolve()
     sys.path.insert(0, str(models))
     from sitsflow_models import metrics

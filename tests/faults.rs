@@ -362,7 +362,11 @@ fn a_stage_of_thousands_of_features_stays_within_the_memory_budget_in_map_and_as
         for node in m["memory"]["nodes"].as_array().unwrap() {
             let peak = node["peak_rss_mib"].as_f64().unwrap();
             assert!(peak <= budget as f64, "budget {budget}: node {} peaked at {peak} MiB (chunks of {} px)", node["node"], m["chunk_size"]);
+            // Each node's CPU time is there for the benches (tile_year's CPU s/Mpx per node).
+            assert!(node["cpu_seconds"].as_f64().is_some_and(|c| c >= 0.0), "{node}");
         }
+        let map = m["memory"]["nodes"].as_array().unwrap().iter().find(|n| n["node"] == "map").unwrap();
+        assert!(map["cpu_seconds"].as_f64().unwrap() > 0.0, "the map phase ran on some CPU: {map}");
         let ds = gdal::Dataset::open(run.join("wide.tif")).unwrap();
         assert_eq!(ds.raster_count(), 4000);
         let last: Vec<f32> = ds.rasterband(4000).unwrap().read_as::<f32>((0, 63), (64, 1), (64, 1), None).unwrap().data().to_vec();

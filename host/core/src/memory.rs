@@ -67,16 +67,42 @@ pub fn tune_allocator(workers: usize) {
     let _ = workers;
 }
 
-/// The peak and the wall time of each node of a run, and the peak of the whole run.
+/// CPU seconds (user + system) of this process and of its children that have been
+/// waited for (a recipe's Python, a `gdal` tool), every thread counted.
+pub fn cpu_seconds() -> f64 {
+    let of = |who| {
+        // SAFETY: getrusage fills the struct it is given; a zeroed one is valid to pass.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        if unsafe { libc::getrusage(who, &mut usage) } != 0 {
+            return 0.0;
+        }
+        let time = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+        time(usage.ru_utime) + time(usage.ru_stime)
+    };
+    of(libc::RUSAGE_SELF) + of(libc::RUSAGE_CHILDREN)
+}
+
+/// One node of a run as [`Peaks`] measured it.
+#[derive(Debug)]
+struct Node {
+    name: String,
+    peak_mib: f64,
+    /// Resident memory when the node started (after the heap was trimmed).
+    at_start_mib: f64,
+    seconds: f64,
+    cpu_seconds: f64,
+}
+
+/// The peak, the wall time and the CPU time of each node of a run, and the peak of the
+/// whole run.
 #[derive(Debug, Default)]
 pub struct Peaks {
-    /// (node, peak MiB, resident at start MiB, wall seconds).
-    nodes: Vec<(String, f64, f64, f64)>,
+    nodes: Vec<Node>,
     overall: f64,
     /// Resident memory when the node started (after the heap was trimmed).
     at_start: f64,
     reset: Option<bool>,
-    started: Option<std::time::Instant>,
+    started: Option<(std::time::Instant, f64)>,
 }
 
 impl Peaks {
@@ -87,15 +113,15 @@ impl Peaks {
         let ok = reset_peak();
         self.reset.get_or_insert(ok);
         self.at_start = resident_mib().unwrap_or(0.0);
-        self.started = Some(std::time::Instant::now());
+        self.started = Some((std::time::Instant::now(), cpu_seconds()));
     }
 
     /// Ends the node named `node` (started by `start`).
     pub fn finish(&mut self, node: impl Into<String>) {
         let peak = peak_mib().unwrap_or(0.0);
         self.overall = self.overall.max(peak);
-        let seconds = self.started.take().map_or(0.0, |t| t.elapsed().as_secs_f64());
-        self.nodes.push((node.into(), peak, self.at_start, seconds));
+        let (seconds, cpu) = self.started.take().map_or((0.0, 0.0), |(t, cpu)| (t.elapsed().as_secs_f64(), cpu_seconds() - cpu));
+        self.nodes.push(Node { name: node.into(), peak_mib: peak, at_start_mib: self.at_start, seconds, cpu_seconds: cpu });
     }
 
     /// Measures `work` as node `node`.
@@ -116,17 +142,18 @@ impl Peaks {
         let nodes: Vec<Value> = self
             .nodes
             .iter()
-            .map(|(n, p, start, seconds)| {
+            .map(|n| {
                 json!({
-                    "node": n,
-                    "peak_rss_mib": (p * 10.0).round() / 10.0,
-                    "of_budget": ((p / budget_mib as f64) * 1000.0).round() / 1000.0,
-                    "resident_at_start_mib": (start * 10.0).round() / 10.0,
-                    "seconds": (seconds * 1000.0).round() / 1000.0,
+                    "node": n.name,
+                    "peak_rss_mib": (n.peak_mib * 10.0).round() / 10.0,
+                    "of_budget": ((n.peak_mib / budget_mib as f64) * 1000.0).round() / 1000.0,
+                    "resident_at_start_mib": (n.at_start_mib * 10.0).round() / 10.0,
+                    "seconds": (n.seconds * 1000.0).round() / 1000.0,
+                    "cpu_seconds": (n.cpu_seconds * 1000.0).round() / 1000.0,
                 })
             })
             .collect();
-        let highest = self.nodes.iter().max_by(|a, b| a.1.total_cmp(&b.1)).map(|(n, ..)| n.clone());
+        let highest = self.nodes.iter().max_by(|a, b| a.peak_mib.total_cmp(&b.peak_mib)).map(|n| n.name.clone());
         json!({
             "budget_mib": budget_mib,
             "peak_rss_mib": (self.overall() * 10.0).round() / 10.0,

@@ -8,8 +8,9 @@
 //! × 20 dates × 11 bands (10 reflectance bands as UInt16 digital numbers with L2A's offset,
 //! as Sentinel-2 L2A COGs carry them, + SCL), generated once into
 //! `target/bench/tile-year-SIZE/`. Each run is a child `sitsflow run`; its manifest gives
-//! every graph node's wall seconds and peak resident memory and every stage's CPU
-//! seconds. Printed per size: seconds per megapixel per node, the peak against the budget,
+//! every graph node's wall and CPU seconds (the process's threads and the children it
+//! waited for) and peak resident memory, and every stage's CPU seconds inside the sandbox.
+//! Printed per size: wall and CPU seconds per megapixel per node, the peak against the budget,
 //! and the projection to one 10 980² Sentinel-2 tile-year (120.6 Mpx, one of the 3 years)
 //! on this machine's cores and per core (CPU seconds). The baseline of the Slurm part is
 //! the unsharded run of the smallest size, measured in the same invocation: the same
@@ -184,7 +185,15 @@ fn main() {
             .iter()
             .map(|n| {
                 let s = n["seconds"].as_f64().unwrap_or(0.0);
-                json!({ "node": n["node"], "seconds": s, "s_per_mpx_year": s / mpx / YEARS, "peak_rss_mib": n["peak_rss_mib"] })
+                let c = n["cpu_seconds"].as_f64().unwrap_or(0.0);
+                json!({
+                    "node": n["node"],
+                    "seconds": s,
+                    "s_per_mpx_year": s / mpx / YEARS,
+                    "cpu_seconds": c,
+                    "cpu_s_per_mpx_year": c / mpx / YEARS,
+                    "peak_rss_mib": n["peak_rss_mib"],
+                })
             })
             .collect();
         let stages: Vec<Value> = manifest["stages"]
@@ -261,6 +270,8 @@ fn main() {
     }
     println!();
     per_size_table(&records, "node", "s/Mpx/year", ("nodes", "node", "s_per_mpx_year"));
+    println!();
+    per_size_table(&records, "node", "CPU s/Mpx/year", ("nodes", "node", "cpu_s_per_mpx_year"));
     println!();
     per_size_table(&records, "stage (inside the sandbox)", "CPU s/Mpx/year", ("stages", "stage", "cpu_s_per_mpx_year"));
     if let Some(s) = &sharded {

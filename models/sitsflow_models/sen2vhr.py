@@ -23,7 +23,9 @@ into the target date, or changed from the earlier annotation's); the loss is
         + λ · KL(p_t ‖ p_{t+1})  (every fine pixel, labelled or not: the semi-supervision)
 
 the KL divergence between the transition probabilities of consecutive dates. λ = 0 is
-the ablation the report compares.
+the ablation the report compares. After training, the batch norms' statistics are
+re-estimated with the kept weights (`recalibrate_norms`): the running averages lag the
+weights, and in eval mode that lag moves boundaries inside 10 m pixels by whole fine pixels.
 
 Module B, the **Markov chain** (`viterbi`): the most probable consistent sequence of
 labels `y_0 … y_T`, maximising `Σ_t log p_t(y_{t−1} → y_t)` — a transition's "from"
@@ -344,6 +346,9 @@ class SrConfig:
     test_fraction: float = 0.3
     block: int = 16
     hyperparameters: dict = field(default_factory=dict)
+    #: Batches of training patches the batch-norm statistics are re-estimated on after
+    #: training, with the kept weights (None: one epoch's; 0: keep the running averages).
+    norm_batches: int | None = None
 
 
 @dataclass
@@ -484,8 +489,38 @@ def train(data: SeriesData, config: SrConfig, emit: Callable[[dict], None] = lam
 
     # A patience below 1 stops at the first epoch without a better loss, as 1 does.
     fit = fit_loop(model, config.epochs, train_epoch, validate, max(config.patience, 1), config.min_delta, emit)
+    batches = max(1, config.patches_per_epoch // config.batch_size) if config.norm_batches is None else config.norm_batches
+    if batches > 0:
+        norm_rng = np.random.default_rng([config.seed, 3])
+        recalibrate_norms(model, (batch_of([sample(norm_rng, 0) for _ in range(config.batch_size)])[:3]
+                                  for _ in range(batches)))
     return SrResult(model=model, history=fit.history, best_epoch=fit.best_epoch, roles=roles,
                     train_annotations=train_annotations, test_annotations=test_annotations, mean=mean, std=std)
+
+
+def recalibrate_norms(model: SuperResolution, batches) -> None:
+    """Re-estimates every batch norm's running mean and variance with the model's final
+    weights, as the plain average over `batches` of `(x0, x1, month)` training windows
+    (both dates, as training sees them). The running averages kept while training mix
+    statistics of earlier weights (momentum 0.1, the last few dozen steps); in eval mode
+    that lag shifts every logit by a constant, and where the output is a boundary inside
+    a 10 m pixel — a fine class probability crossing one half between fine pixels — a
+    constant shift moves the boundary by whole fine pixels. Leaves the model in eval mode."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches
+    model.train()
+    try:
+        with torch.no_grad():
+            for x0, x1, month in batches:
+                model.net(model.inputs(x0), month[:, 0])
+                model.net(model.inputs(x1), month[:, 1])
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.eval()
 
 
 def effective_tile(tile: int, overlap: int, h: int, w: int, multiple: int) -> int:

@@ -23,7 +23,10 @@
 //! slopes, gardens and streets. It is generated, not observed: figures from it say so.
 //!
 //! With `--forest-change` (seed 000) bark beetles dry some conifer crowns in the last
-//! year (the series' pixels mix the dry crowns' share of a dead-needle spectrum in), and
+//! year (the series' pixels mix the dry crowns' share of a dead-needle spectrum in; a
+//! series pixel whose 2.5 m block straddles the edge of a wood, a clear-cut or the storm
+//! damage mixes each side's spectrum by its share of the block, as a sensor integrates its
+//! footprint), and
 //! each year gets a 2.5 m annotation of the forest, `forest/<year>.tif`, in seed 000's
 //! nomenclature (`configs/nomenclature/forest-change.toml`: coniferous, broadleaf,
 //! clear-cut, grass and herbs in clear-cut areas, dry trees; 0 outside the forest),
@@ -200,11 +203,67 @@ fn dry_share(r: usize, c: usize, size: usize, year: usize, years: usize, seed: u
     n as f32 / (s * s) as f32
 }
 
+/// The landscape's class at the centre of the 2.5 m pixel (`row`, `col`) of a `side` px
+/// scene, in the first year and in year `year` (0-based); `None` outside every shape (the
+/// fields, drawn on the 10 m grid). A 2.5 m pixel's centre lies at
+/// `(row + 0.5) / 4 − 0.5` series pixels, so the 4 × 4 pixels of series pixel (r, c)
+/// are centred on it: the annotation and the series' class map (`shape_class` at the
+/// series pixel's index) share one grid.
+fn fine_class(row: usize, col: usize, side: f32, year: usize, urban_fabric: bool) -> Option<(u16, u16)> {
+    let s = VHR_SCALE;
+    let (y, x) = ((row as f32 + 0.5) / s as f32 - 0.5, (col as f32 + 0.5) / s as f32 - 0.5);
+    let first = shape_class(y, x, side, urban_fabric)?;
+    Some((first, (1..=year).fold(first, |class, t| changed_class(class, y, x, side, t))))
+}
+
+/// A part of a series pixel's block made of dry crowns (`DRY`'s spectrum), in [`block_parts`].
+const DRY_PART: u16 = u16::MAX;
+
+/// Seed 000: for each series pixel whose 2.5 m block holds more than one of the shapes'
+/// classes in year `year` (0-based) — the edge of a wood, of the clear-cut, of the storm
+/// damage —, each class of the block (dry crowns as [`DRY_PART`]) with its share of the
+/// block, from the same point function as the annotation ([`fine_class`]). `None` where
+/// the block is of the pixel's own class (dry crowns in a conifer block are
+/// [`dry_share`]'s) or part of it lies outside every shape.
+fn block_parts(map: &[u16], size: usize, year: usize, years: usize, urban_fabric: bool, seed: u64) -> Vec<Option<Vec<(u16, f32)>>> {
+    let s = VHR_SCALE;
+    let side = size as f32;
+    let share = 1.0 / (s * s) as f32;
+    let mut out = vec![None; size * size];
+    for r in 0..size {
+        for c in 0..size {
+            let fine: Option<Vec<u16>> = (0..s * s)
+                .map(|k| {
+                    let (row, col) = (r * s + k / s, c * s + k % s);
+                    fine_class(row, col, side, year, urban_fabric).map(|(first, now)| {
+                        if first == CONIFERS && now == CONIFERS && dry_crown(row, col, size, year, years, seed) { DRY_PART } else { now }
+                    })
+                })
+                .collect();
+            let Some(fine) = fine else { continue };
+            let own = map[r * size + c];
+            if fine.iter().all(|&part| part == own || (part == DRY_PART && own == CONIFERS)) {
+                continue;
+            }
+            let mut parts: Vec<(u16, f32)> = Vec::new();
+            for part in fine {
+                match parts.iter().position(|p| p.0 == part) {
+                    Some(at) => parts[at].1 += share,
+                    None => parts.push((part, share)),
+                }
+            }
+            out[r * size + c] = Some(parts);
+        }
+    }
+    out
+}
+
 /// Year `year`'s forest annotation on the 4× grid (seed 000's classes, 0 outside the
-/// forest), from the landscape's shapes at each 2.5 m pixel's centre (so a 10 m pixel on
-/// an edge holds both sides, as the series' edge pixels mix them): conifers and
-/// broadleaves, the conifers cut since the first year as clear-cut, the broadleaves the
-/// storm felled as grass and herbs in clear-cut areas, and dry crowns.
+/// forest), from the landscape's shapes at each 2.5 m pixel's centre ([`fine_class`]; a
+/// 10 m pixel on an edge holds both sides, and the series pixel mixes them by their
+/// shares: [`block_parts`]): conifers and broadleaves, the conifers cut since the first
+/// year as clear-cut, the broadleaves the storm felled as grass and herbs in clear-cut
+/// areas, and dry crowns.
 fn forest_annotation(size: usize, year: usize, years: usize, urban_fabric: bool, seed: u64) -> Vec<u16> {
     let s = VHR_SCALE;
     let fine = size * s;
@@ -212,9 +271,7 @@ fn forest_annotation(size: usize, year: usize, years: usize, urban_fabric: bool,
     let mut out = vec![0u16; fine * fine];
     for row in 0..fine {
         for col in 0..fine {
-            let (y, x) = ((row as f32 + 0.5) / s as f32 - 0.5, (col as f32 + 0.5) / s as f32 - 0.5);
-            let Some(first) = shape_class(y, x, side, urban_fabric) else { continue };
-            let now = (1..=year).fold(first, |class, t| changed_class(class, y, x, side, t));
+            let Some((first, now)) = fine_class(row, col, side, year, urban_fabric) else { continue };
             out[row * fine + col] = match (first, now) {
                 (CONIFERS, CONIFERS) if dry_crown(row, col, size, year, years, seed) => 5,
                 (_, CONIFERS) => 1,
@@ -411,6 +468,12 @@ pub fn generate(dir: &Path, options: &DemoOptions) -> Result<()> {
     let mut annotation_dates = String::from("date,path,hr_date\n");
     for (y, &year) in options.years.iter().enumerate() {
         let map = &maps[y];
+        // Seed 000: the series pixels on the forest's edges, each side by its share of the block.
+        let parts = if options.forest_change {
+            block_parts(map, size, y, options.years.len(), options.urban_fabric, options.seed)
+        } else {
+            Vec::new()
+        };
         // A warm or late spring moves every field's phenology that year.
         let year_shift: f32 = trait_rng.random_range(-12.0..12.0);
         for k in 0..options.dates_per_year {
@@ -448,20 +511,31 @@ pub fn generate(dir: &Path, options: &DemoOptions) -> Result<()> {
                 let brightness = traits.brightness[i] * (1.0 + 0.06 * (rng.random::<f32>() - 0.5));
                 let fabric = (options.urban_fabric && class == ARTIFICIAL).then(|| Fabric::at(i / size, i % size, options.seed));
                 let g_garden = pixel_greenness(GRASS, doy, shift, traits.vigour[i]);
+                let block = parts.get(i).and_then(Option::as_ref);
                 for b in 0..BANDS.len() {
-                    let mut pure = match fabric {
-                        Some(Fabric::Roof) => ROOF[b],
-                        Some(Fabric::Street) => STREET[b],
-                        Some(Fabric::Garden) => surface(GRASS, g_garden, b),
-                        None => surface(class, g, b),
+                    let mut pure = match (fabric, block) {
+                        (Some(Fabric::Roof), _) => ROOF[b],
+                        (Some(Fabric::Street), _) => STREET[b],
+                        (Some(Fabric::Garden), _) => surface(GRASS, g_garden, b),
+                        // A block on an edge: each class (or dry crowns) by its share.
+                        (None, Some(block)) => block
+                            .iter()
+                            .map(|&(part, share)| {
+                                let v = if part == DRY_PART { DRY[b] } else { surface(part, pixel_greenness(part, doy, shift, traits.vigour[i]), b) };
+                                share * v
+                            })
+                            .sum::<f32>(),
+                        (None, None) => surface(class, g, b),
                     };
-                    if options.forest_change && class == CONIFERS {
-                        let dry = dry_share(i / size, i % size, size, y, options.years.len(), options.seed);
-                        pure = (1.0 - dry) * pure + dry * DRY[b];
-                    }
-                    if let Some(other) = mixed {
-                        let g_other = pixel_greenness(other, doy, shift, traits.vigour[i]);
-                        pure = 0.65 * pure + 0.35 * surface(other, g_other, b);
+                    if block.is_none() {
+                        if options.forest_change && class == CONIFERS {
+                            let dry = dry_share(i / size, i % size, size, y, options.years.len(), options.seed);
+                            pure = (1.0 - dry) * pure + dry * DRY[b];
+                        }
+                        if let Some(other) = mixed {
+                            let g_other = pixel_greenness(other, doy, shift, traits.vigour[i]);
+                            pure = 0.65 * pure + 0.35 * surface(other, g_other, b);
+                        }
                     }
                     let noise = 1.0 + 0.08 * (rng.random::<f32>() - 0.5);
                     let mut v = pure * brightness * noise + haze * HAZE[b];
@@ -717,4 +791,38 @@ fn sparse_labels(map: &[u16], size: usize, seed: u64) -> Vec<u16> {
 fn write_labels(path: &Path, grid: &Grid, labels: &[u16]) -> Result<()> {
     let style = ClassStyle { classes: CLASSES.iter().map(|c| (c.0, c.1.to_string(), c.2.to_string())).collect() };
     write_class_map(path, grid, "class", labels.to_vec(), &style)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A series pixel on a forest edge mixes its block's classes by the shares the 2.5 m
+    /// annotation gives them (the point function both use), so where a boundary falls
+    /// inside a 10 m pixel is in the series, as a sensor's footprint integrates it.
+    #[test]
+    fn edge_pixels_hold_their_blocks_classes_by_their_annotated_shares() {
+        let (size, years, seed) = (64, 3, 7);
+        let base = base_map(size, false, &mut ChaCha8Rng::seed_from_u64(seed));
+        let maps = yearly_maps(&base, size, years);
+        let s = VHR_SCALE;
+        for (year, map) in maps.iter().enumerate() {
+            let annotation = forest_annotation(size, year, years, false, seed);
+            let parts = block_parts(map, size, year, years, false, seed);
+            let edges = parts.iter().filter(|p| p.is_some()).count();
+            assert!(edges > 20, "year {year}: only {edges} edge pixels");
+            for (i, block) in parts.iter().enumerate() {
+                let Some(block) = block else { continue };
+                let total: f32 = block.iter().map(|p| p.1).sum();
+                assert!((total - 1.0).abs() < 1e-5, "pixel {i}: shares sum to {total}");
+                assert!(block.len() > 1, "pixel {i}: an edge holds two parts or more");
+                // Every forest part's share is its count among the block's 16 annotated pixels.
+                let (r, c) = (i / size, i % size);
+                let fine: Vec<u16> = (0..s * s).map(|k| annotation[(r * s + k / s) * size * s + c * s + k % s]).collect();
+                let conifers = block.iter().filter(|p| p.0 == CONIFERS).map(|p| p.1).sum::<f32>();
+                let annotated = fine.iter().filter(|&&a| a == 1).count() as f32 / (s * s) as f32;
+                assert!((conifers - annotated).abs() < 1e-5, "pixel {i}: conifers {conifers} against the annotation's {annotated}");
+            }
+        }
+    }
 }

@@ -16,7 +16,10 @@
 //! the unsharded run of the smallest size, measured in the same invocation: the same
 //! pipeline as a 4-shard array (1 core each) + assembly on a private one-node Slurm
 //! (`scripts/slurm-local.sh`), its wall time from submission to the assembly's end, and
-//! its outputs checked byte for byte against the unsharded run's.
+//! its outputs checked byte for byte against the unsharded run's. Last, one year of the
+//! smallest size through `scripts/bench/user_chain.toml` and through the Python script a
+//! user would write instead (`scripts/bench/python_chain.py`; its packages from
+//! `scripts/setup-bench.sh`), with the ratios.
 //! Writes `target/bench/tile-year.json`.
 
 #[path = "../../../tests/common/mod.rs"]
@@ -54,11 +57,15 @@ fn prepare(size: usize, budget: u32) -> PathBuf {
         sitsflow::demo::generate(&data, &options).expect("generating the series");
     }
     let project = root.join("project");
-    if !project.join("plugins").is_dir() {
+    // The demo chain's plugins, and the sampler of the user's chain (`python_comparison`).
+    let installed = |name: &str| {
+        std::fs::read_dir(project.join("plugins")).is_ok_and(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with(name)))
+    };
+    if !installed("stratified-samples@") {
         let _ = std::fs::remove_dir_all(&project);
         std::fs::create_dir_all(project.join("nomenclature")).unwrap();
         let plugins = sitsflow::plugins::PluginDir::new(project.join("plugins"));
-        for shipped in ["scl-mask", "indices", "kmeans", "reliable-samples", "random-forest", "agreement-samples", "markov"] {
+        for shipped in ["scl-mask", "indices", "kmeans", "reliable-samples", "random-forest", "agreement-samples", "markov", "stratified-samples"] {
             plugins.install(&common::runtime(), &common::component(shipped), false).expect("installing a shipped plugin");
         }
         for entry in std::fs::read_dir(common::workspace().join("configs/nomenclature")).unwrap() {
@@ -285,8 +292,26 @@ fn main() {
             s["outputs_identical"]
         );
     }
+    let python = python_comparison(sizes[0]);
+    if let Some(p) = &python {
+        println!();
+        println!(
+            "Against the Python script, {}², one year: sitsflow {:.1} s wall / {:.1} s CPU / {:.0} MiB, the script {:.1} s / {:.1} s / {:.0} MiB: sitsflow {:.2}× as fast (wall), {:.2}× (CPU), at {:.2}× its memory",
+            p["size"],
+            p["sitsflow"]["wall_s"].as_f64().unwrap(),
+            p["sitsflow"]["cpu_s"].as_f64().unwrap(),
+            p["sitsflow"]["peak_rss_mib"].as_f64().unwrap(),
+            p["python"]["wall_s"].as_f64().unwrap(),
+            p["python"]["cpu_s"].as_f64().unwrap(),
+            p["python"]["peak_rss_mib"].as_f64().unwrap(),
+            p["speedup_wall"].as_f64().unwrap(),
+            p["speedup_cpu"].as_f64().unwrap(),
+            p["memory_ratio"].as_f64().unwrap(),
+        );
+    }
     let record = json!({
         "bench": "tile-year",
+        "python_chain": python,
         "pipeline": "configs/demo.toml (seed 001 chain), paths and budget replaced",
         "machine": { "cores": cores },
         "sizes": records,
@@ -296,6 +321,55 @@ fn main() {
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
     std::fs::write(&out, serde_json::to_string_pretty(&record).unwrap()).unwrap();
     eprintln!("wrote {}", out.display());
+}
+
+/// One year (2018) of the `size`² series through `scripts/bench/user_chain.toml` and through
+/// `scripts/bench/python_chain.py`, the script a user would write instead (issue #36), one
+/// after the other: wall and CPU seconds and peak memory of each, and their ratios. None
+/// (and a line saying how to get it) when the script's packages are not installed.
+fn python_comparison(size: usize) -> Option<Value> {
+    let workspace = common::workspace();
+    let packages = workspace.join(".deps/bench-python");
+    let script = workspace.join("scripts/bench/python_chain.py");
+    let check = Command::new("python3").args(["-c", "import rasterio, scipy, sklearn"]).env("PYTHONPATH", &packages).output();
+    if !check.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipping the comparison with the Python script: run `bash scripts/setup-bench.sh` to install its packages");
+        return None;
+    }
+    let root = workspace.join(format!("target/bench/tile-year-{size}"));
+    let (data, project) = (root.join("data-dn"), root.join("project"));
+    let pipeline = std::fs::read_to_string(workspace.join("scripts/bench/user_chain.toml"))
+        .unwrap()
+        .replace("../../target/bench/tile-year-1024/data-dn", &data.display().to_string())
+        .replace("dir = \"../../plugins/dist\"", "dir = \"plugins\"")
+        .replace("dir = \"../../target/bench/user-chain\"", "dir = \"runs/user-chain\"");
+    std::fs::write(project.join("user-chain.toml"), pipeline).unwrap();
+    let out = sitsflow().current_dir(&project).args(["--quiet", "plugins", "lock", "user-chain.toml"]).output().unwrap();
+    assert!(out.status.success(), "locking: {}", text(&out.stderr));
+    let _ = std::fs::remove_dir_all(project.join("runs/user-chain"));
+    let measure = |mut command: Command| {
+        let started = Instant::now();
+        let (ok, cpu, peak) = sitsflow::bench::wait_with_usage(command.stdout(Stdio::null()).spawn().unwrap());
+        assert!(ok, "{command:?} failed");
+        json!({ "wall_s": started.elapsed().as_secs_f64(), "cpu_s": cpu, "peak_rss_mib": peak })
+    };
+    eprintln!("the same job by sitsflow and by the Python script, {size}², one year");
+    let mut ours = sitsflow();
+    ours.current_dir(&project).args(["--quiet", "run", "user-chain.toml"]);
+    let ours = measure(ours);
+    let mut theirs = Command::new("python3");
+    theirs.arg(&script).arg(&data).arg("2018").arg(root.join("python-map.tif")).env("PYTHONPATH", &packages);
+    let theirs = measure(theirs);
+    let ratio = |key: &str| theirs[key].as_f64().unwrap() / ours[key].as_f64().unwrap();
+    Some(json!({
+        "job": "scripts/bench/user_chain.toml against scripts/bench/python_chain.py, 2018",
+        "size": size,
+        "sitsflow": ours,
+        "python": theirs,
+        "speedup_wall": ratio("wall_s"),
+        "speedup_cpu": ratio("cpu_s"),
+        "memory_ratio": 1.0 / ratio("peak_rss_mib"),
+    }))
 }
 
 /// A Markdown table with a row per entry of `records[0][list]` (named by its `name`

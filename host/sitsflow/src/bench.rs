@@ -40,13 +40,21 @@ fn machine() -> Value {
 
 /// Waits for `child`: whether it exited 0, and the CPU seconds (user + system) it used.
 pub fn wait_with_cpu(child: std::process::Child) -> (bool, f64) {
+    let (ok, cpu, _) = wait_with_usage(child);
+    (ok, cpu)
+}
+
+/// Waits for `child`: whether it succeeded, its CPU seconds (user + system, every thread
+/// and the children it waited for) and its peak resident memory in MiB.
+pub fn wait_with_usage(child: std::process::Child) -> (bool, f64, f64) {
     // SAFETY: waits for our own child and fills a zeroed struct.
     unsafe {
         let mut usage: libc::rusage = std::mem::zeroed();
         let mut status = 0;
         libc::wait4(child.id() as i32, &mut status, 0, &mut usage);
         let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-        (libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, t(usage.ru_utime) + t(usage.ru_stime))
+        let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+        (ok, t(usage.ru_utime) + t(usage.ru_stime), usage.ru_maxrss as f64 / 1024.0)
     }
 }
 

@@ -16,7 +16,9 @@
 //! the unsharded run of the smallest size, measured in the same invocation: the same
 //! pipeline as a 4-shard array (1 core each) + assembly on a private one-node Slurm
 //! (`scripts/slurm-local.sh`), its wall time from submission to the assembly's end, and
-//! its outputs checked byte for byte against the unsharded run's. Last, one year of the
+//! its outputs checked byte for byte against the unsharded run's. Then the map phase of the
+//! smallest size against GDAL decoding the same band-dates on every core plus the chunk
+//! stages' CPU. Last, one year of the
 //! smallest size through `scripts/bench/user_chain.toml` and through the Python script a
 //! user would write instead (`scripts/bench/python_chain.py`; its packages from
 //! `scripts/setup-bench.sh`), with the ratios.
@@ -292,6 +294,39 @@ fn main() {
             s["outputs_identical"]
         );
     }
+    // The map phase against GDAL decoding the same band-dates plus the stages' CPU.
+    let decode = gdal_decode_baseline(sizes[0], cores);
+    let first_record = &records[0];
+    let map_wall = first_record["nodes"].as_array().unwrap().iter().find(|n| n["node"] == "map").and_then(|n| n["seconds"].as_f64()).unwrap_or(f64::NAN);
+    // The chunk stages (cloud mask, indices) run in the map phase; the others are scene stages.
+    let chunk_stage_cpu: f64 = first_record["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| ["clouds", "features"].contains(&s["stage"].as_str().unwrap_or("")))
+        .filter_map(|s| s["cpu_seconds"].as_f64())
+        .sum();
+    let floor = decode["wall_s"].as_f64().unwrap() + chunk_stage_cpu / cores as f64;
+    let decode_ratio = json!({
+        "size": sizes[0],
+        "gdal_decode": decode,
+        "chunk_stages_cpu_s": chunk_stage_cpu,
+        "floor_s": floor,
+        "map_wall_s": map_wall,
+        "ratio": map_wall / floor,
+        "rule": "the map phase's wall seconds against GDAL decoding every band-date on all cores plus the chunk stages' CPU seconds spread over the cores",
+    });
+    println!();
+    println!(
+        "Map phase, {}²: {:.1} s against GDAL decoding the {} band-dates on {cores} threads ({:.1} s) + the chunk stages' {:.1} CPU s over {cores} cores = {:.1} s: {:.2}×",
+        sizes[0],
+        map_wall,
+        decode["band_dates"],
+        decode["wall_s"].as_f64().unwrap(),
+        chunk_stage_cpu,
+        floor,
+        map_wall / floor
+    );
     let python = python_comparison(sizes[0]);
     if let Some(p) = &python {
         println!();
@@ -312,6 +347,7 @@ fn main() {
     let record = json!({
         "bench": "tile-year",
         "python_chain": python,
+        "map_against_gdal_decoding": decode_ratio,
         "pipeline": "configs/demo.toml (seed 001 chain), paths and budget replaced",
         "machine": { "cores": cores },
         "sizes": records,
@@ -321,6 +357,50 @@ fn main() {
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
     std::fs::write(&out, serde_json::to_string_pretty(&record).unwrap()).unwrap();
     eprintln!("wrote {}", out.display());
+}
+
+/// GDAL's own decoding of every band-date of the `size`² series (whole bands, the files
+/// dealt out to `cores` threads, each with its own handles): wall and CPU seconds. The
+/// floor the chunk phase's reading is measured against (issue #36: the map phase within
+/// 1.5× of this plus the stages' CPU).
+fn gdal_decode_baseline(size: usize, cores: usize) -> Value {
+    let series = common::workspace().join(format!("target/bench/tile-year-{size}/data-dn/series"));
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&series).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "tif")).collect();
+    files.sort();
+    let cpu_before = process_cpu_seconds();
+    let started = Instant::now();
+    let band_dates: usize = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..cores)
+            .map(|t| {
+                let files = &files;
+                scope.spawn(move || {
+                    let mut read = 0;
+                    for path in files.iter().skip(t).step_by(cores) {
+                        let ds = gdal::Dataset::open(path).unwrap();
+                        let (w, h) = ds.raster_size();
+                        for b in 1..=ds.raster_count() {
+                            let buffer = ds.rasterband(b).unwrap().read_as::<u16>((0, 0), (w, h), (w, h), None).unwrap();
+                            std::hint::black_box(buffer.data().iter().map(|&v| v as u64).sum::<u64>());
+                            read += 1;
+                        }
+                    }
+                    read
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    let wall = started.elapsed().as_secs_f64();
+    json!({ "band_dates": band_dates, "threads": cores, "wall_s": wall, "cpu_s": process_cpu_seconds() - cpu_before })
+}
+
+/// This process's CPU seconds, every thread.
+fn process_cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the zeroed struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(usage.ru_utime) + t(usage.ru_stime)
 }
 
 /// One year (2018) of the `size`² series through `scripts/bench/user_chain.toml` and through

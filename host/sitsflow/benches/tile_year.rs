@@ -367,7 +367,7 @@ fn gdal_decode_baseline(size: usize, cores: usize) -> Value {
     let series = common::workspace().join(format!("target/bench/tile-year-{size}/data-dn/series"));
     let mut files: Vec<PathBuf> = std::fs::read_dir(&series).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "tif")).collect();
     files.sort();
-    let cpu_before = process_cpu_seconds();
+    let cpu_before = sitsflow::memory::cpu_seconds();
     let started = Instant::now();
     let band_dates: usize = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..cores)
@@ -391,16 +391,7 @@ fn gdal_decode_baseline(size: usize, cores: usize) -> Value {
         handles.into_iter().map(|h| h.join().unwrap()).sum()
     });
     let wall = started.elapsed().as_secs_f64();
-    json!({ "band_dates": band_dates, "threads": cores, "wall_s": wall, "cpu_s": process_cpu_seconds() - cpu_before })
-}
-
-/// This process's CPU seconds, every thread.
-fn process_cpu_seconds() -> f64 {
-    // SAFETY: getrusage fills the zeroed struct it is given.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-    t(usage.ru_utime) + t(usage.ru_stime)
+    json!({ "band_dates": band_dates, "threads": cores, "wall_s": wall, "cpu_s": sitsflow::memory::cpu_seconds() - cpu_before })
 }
 
 /// One year (2018) of the `size`² series through `scripts/bench/user_chain.toml` and through
